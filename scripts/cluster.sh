@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Throwaway PostgreSQL 15 clusters for the demo, the tests and the benchmark.
+#
+#   scripts/cluster.sh start DIR PORT [extra postgresql.conf lines...]
+#   scripts/cluster.sh stop  DIR
+#
+# The cluster runs as the `postgres` user (Postgres refuses root), listens on
+# 127.0.0.1:PORT and a socket in DIR, and preloads the extension so that its
+# background worker runs. `start` wipes DIR first: every run starts clean.
+set -euo pipefail
+
+cmd=${1:?usage: cluster.sh start|stop DIR [PORT]}
+dir=${2:?data directory}
+bindir=$(pg_config --bindir)
+
+as_pg() {
+  if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
+}
+
+case "$cmd" in
+start)
+  port=${3:?port}
+  shift 3
+  if [ -f "$dir/data/postmaster.pid" ]; then
+    as_pg "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  chown postgres:postgres "$dir"
+  as_pg "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log"
+  {
+    echo "port = $port"
+    echo "listen_addresses = '127.0.0.1'"
+    echo "unix_socket_directories = '$dir'"
+    echo "shared_preload_libraries = 'queue'"
+    echo "queue.database = 'postgres'"
+    echo "max_connections = 100"
+    echo "logging_collector = off"
+    for line in "$@"; do echo "$line"; done
+  } >>"$dir/data/postgresql.conf"
+  as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+  ;;
+stop)
+  if [ -f "$dir/data/postmaster.pid" ]; then
+    as_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+  fi
+  ;;
+*)
+  echo "usage: cluster.sh start DIR PORT | stop DIR" >&2
+  exit 2
+  ;;
+esac

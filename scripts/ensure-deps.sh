@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install whatever this machine lacks to build and test the extension.
+# Idempotent and quick when everything is there: each step checks first.
+set -euo pipefail
+
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo)
+PGRX_VERSION=0.18.0
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION"; then
+  echo "deps: installing cargo-pgrx $PGRX_VERSION (a few minutes, once)"
+  cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
+fi
+
+PG_CONFIG_BIN="$(pg_config --bindir)/pg_config"
+if ! grep -qs '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+  echo "deps: cargo pgrx init --pg15 $PG_CONFIG_BIN"
+  cargo pgrx init --pg15 "$PG_CONFIG_BIN" >/dev/null
+fi
+
+if ! python3 -c 'import psycopg, pytest' >/dev/null 2>&1; then
+  echo "deps: installing psycopg and pytest"
+  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' 'pytest>=7' 2>&1 \
+    | grep -v 'Running pip as the' || true
+fi

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Every test, the way CI runs it (`make test` calls this after building).
+#
+#   1. #[pg_test] unit tests of the Rust internals (cargo pgrx test)
+#   2. pg_regress golden tests of the whole SQL surface    (pg_test/sql, expected)
+#   3. pg_isolation_regress concurrency specs              (pg_test/specs)
+#   4. real-client tests: Python workers, LISTEN/NOTIFY, the background
+#      worker, serial-group hammer                          (pg_test/client)
+#
+# Steps 2-4 run against a throwaway cluster with the extension preloaded.
+# The last line is "N passed, N failed" over the steps.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+RUN_DIR=${RUN_DIR:-$PWD/.run}
+PORT=${TEST_PORT:-55433}
+PKGLIB=$(pg_config --pkglibdir)
+CLUSTER="$RUN_DIR/test-cluster"
+mkdir -p "$RUN_DIR"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+passed=0
+failed=0
+failures=()
+step() {
+  local name=$1
+  shift
+  echo "=== $name"
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "--- $name: ok"
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    echo "--- $name: FAILED"
+  fi
+}
+
+unit_tests() {
+  local pgdata="$RUN_DIR/pgrx-test-data"
+  mkdir -p "$pgdata"
+  chown postgres:postgres "$pgdata"
+  cargo pgrx test pg15 --runas postgres --pgdata "$pgdata"
+}
+
+install_release() {
+  cargo pgrx install --release --pg-config "$(command -v pg_config)" >"$RUN_DIR/install.log" 2>&1 \
+    || { tail -40 "$RUN_DIR/install.log"; return 1; }
+}
+
+regress_tests() {
+  local tests
+  tests=$(cd pg_test/sql && ls *.sql | sed 's/\.sql$//' | sort)
+  rm -rf "$RUN_DIR/regress"
+  mkdir -p "$RUN_DIR/regress"
+  "$PKGLIB/pgxs/src/test/regress/pg_regress" --use-existing --host=127.0.0.1 --port="$PORT" \
+    --user=postgres --inputdir=pg_test --outputdir="$RUN_DIR/regress" \
+    --dbname=queue_regress $tests \
+    || { cat "$RUN_DIR/regress/regression.diffs" 2>/dev/null | head -200; return 1; }
+}
+
+isolation_tests() {
+  local specs
+  specs=$(cd pg_test/specs && ls *.spec | sed 's/\.spec$//' | sort)
+  rm -rf "$RUN_DIR/isolation"
+  mkdir -p "$RUN_DIR/isolation"
+  "$PKGLIB/pgxs/src/test/isolation/pg_isolation_regress" --use-existing --host=127.0.0.1 \
+    --port="$PORT" --user=postgres --inputdir=pg_test --outputdir="$RUN_DIR/isolation" \
+    --dbname=queue_isolation $specs \
+    || { cat "$RUN_DIR/isolation/regression.diffs" 2>/dev/null | head -200; return 1; }
+}
+
+client_tests() {
+  QUEUE_TEST_DSN="host=127.0.0.1 port=$PORT user=postgres dbname=postgres" \
+  QUEUE_TEST_CLUSTER="$CLUSTER" \
+    python3 -m pytest -q -p no:cacheprovider pg_test/client
+}
+
+start_cluster() {
+  # A short tick keeps the worker tests quick; the default is 1 s.
+  scripts/cluster.sh start "$CLUSTER" "$PORT" "queue.tick = 100ms" \
+    && psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c 'CREATE EXTENSION queue'
+}
+
+step "unit tests (cargo pgrx test)" unit_tests
+step "install release build" install_release
+if step "start test cluster" start_cluster; then
+  step "pg_regress golden tests" regress_tests
+  step "pg_isolation_regress specs" isolation_tests
+  step "client tests (python, real connections)" client_tests
+  scripts/cluster.sh stop "$CLUSTER" || true
+fi
+
+if [ ${#failures[@]} -gt 0 ]; then
+  printf 'failed step: %s\n' "${failures[@]}"
+fi
+echo "tests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

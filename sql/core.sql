@@ -1,0 +1,644 @@
+-- The core queue: push, claim, ack, fail, touch, cancel, and the serial-group
+-- election they share. Every public function here is SECURITY DEFINER with a
+-- pinned search_path, refers to internal objects by schema, and never builds
+-- SQL from text it was given.
+
+------------------------------------------------------------------------------
+-- Internal helpers
+------------------------------------------------------------------------------
+
+/*
+ * queue.wake: tell workers LISTENing on channel queue_<name> that jobs of the
+ * queue can be claimed. Postgres folds identical notifications of one
+ * transaction into one, so callers may call this freely.
+ */
+CREATE FUNCTION queue.wake(p_queue text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify('queue_' || p_queue, '');
+$$;
+
+/*
+ * queue.raise_invalid: raise invalid_parameter_value (22023) with a message
+ * and a hint. Used by the validation code so every message has one shape.
+ */
+CREATE FUNCTION queue.raise_invalid(p_message text, p_hint text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = p_message, HINT = p_hint;
+END;
+$$;
+
+/*
+ * queue.check_push_options: validate everything a push may be given, before
+ * anything is written. Returns the time the job becomes due.
+ */
+CREATE FUNCTION queue.check_push_options(
+    p_delay interval, p_run_at timestamptz, p_max_attempts int, p_timeout interval,
+    p_backoff_base interval, p_backoff_max interval, p_retry_delays interval[],
+    p_dedupe_key text, p_priority int)
+RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_delay IS NOT NULL AND p_run_at IS NOT NULL THEN
+        PERFORM queue.raise_invalid('delay and run_at cannot both be given',
+            'Pass either delay => interval ''5 minutes'' or run_at => a timestamptz.');
+    END IF;
+    IF p_delay < interval '0' THEN
+        PERFORM queue.raise_invalid(format('delay must not be negative: %s', p_delay),
+            'Pass a delay of zero or more, or NULL to run now.');
+    END IF;
+    IF p_priority IS NULL THEN
+        PERFORM queue.raise_invalid('priority must not be NULL',
+            'Pass an integer (lower runs first) or one of critical, high, normal, low.');
+    END IF;
+    IF p_max_attempts IS NULL OR p_max_attempts < 1 THEN
+        PERFORM queue.raise_invalid(format('max_attempts must be at least 1: %s', coalesce(p_max_attempts::text, 'NULL')),
+            'max_attempts counts the first try: 1 means no retry.');
+    END IF;
+    IF p_timeout IS NULL OR p_timeout <= interval '0' THEN
+        PERFORM queue.raise_invalid(format('timeout must be positive: %s', coalesce(p_timeout::text, 'NULL')),
+            'The timeout is the lease a worker gets on a claimed job, e.g. interval ''5 minutes''.');
+    END IF;
+    IF p_backoff_base IS NULL OR p_backoff_base < interval '0' THEN
+        PERFORM queue.raise_invalid(format('backoff_base must not be negative: %s', coalesce(p_backoff_base::text, 'NULL')),
+            'The first retry waits backoff_base, each later one twice as long.');
+    END IF;
+    IF p_backoff_max IS NULL OR p_backoff_max < p_backoff_base THEN
+        PERFORM queue.raise_invalid(format('backoff_max (%s) must be at least backoff_base (%s)',
+                coalesce(p_backoff_max::text, 'NULL'), p_backoff_base),
+            'backoff_max caps the exponential backoff.');
+    END IF;
+    IF p_retry_delays IS NOT NULL AND (cardinality(p_retry_delays) = 0
+            OR array_position(p_retry_delays, NULL) IS NOT NULL
+            OR EXISTS (SELECT 1 FROM unnest(p_retry_delays) d WHERE d < interval '0')) THEN
+        PERFORM queue.raise_invalid(format('invalid retry_delays: %s', p_retry_delays),
+            'Pass a non-empty list of non-negative intervals such as ''{1 minute, 5 minutes, 30 minutes}''; the last entry repeats.');
+    END IF;
+    IF p_dedupe_key = '' THEN
+        PERFORM queue.raise_invalid('dedupe_key must not be empty',
+            'Pass NULL for no deduplication.');
+    END IF;
+    RETURN coalesce(p_run_at, now() + p_delay, now());
+END;
+$$;
+
+/*
+ * queue.group_elect: make the right job of a serial group its active job.
+ *
+ * A group has at most one active job (processing, retrying, or pending and
+ * next in line), enforced by the unique index jobs_group_active. This is
+ * called whenever the group may have changed: a push into the group, a
+ * scheduled job becoming due, the active job finishing or being cancelled.
+ *
+ *  - A job that has started (processing, retrying, or pending again after a
+ *    retry) keeps the group until it is final: nothing changes.
+ *  - Otherwise the waiting job first in (priority, id) order becomes active,
+ *    replacing a not-yet-started active job that it overtakes, and the queue
+ *    of the new active job is woken.
+ *
+ * All electors of one group, and the claimers of its jobs, serialize on a
+ * transaction-scoped advisory lock keyed by the CRC-32 of the group name.
+ * Both lookups read small partial indexes: O(log n) whatever the group size.
+ */
+CREATE FUNCTION queue.group_elect(p_group text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_active_id      bigint;
+    v_active_status  queue.job_status;
+    v_active_started boolean;
+    v_next_id        bigint;
+    v_next_queue     text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(queue.group_lock_key(p_group));
+
+    SELECT id, status, attempts > 0 INTO v_active_id, v_active_status, v_active_started
+      FROM queue.jobs
+     WHERE serial_group = p_group
+       AND (status IN ('processing', 'retrying') OR (status = 'pending' AND NOT group_waiting));
+    IF v_active_id IS NOT NULL AND (v_active_status <> 'pending' OR v_active_started) THEN
+        RETURN;
+    END IF;
+
+    SELECT id, queue INTO v_next_id, v_next_queue
+      FROM queue.jobs
+     WHERE serial_group = p_group AND status = 'pending'
+     ORDER BY priority, id
+     LIMIT 1;
+    IF v_next_id IS NULL OR v_next_id = v_active_id THEN
+        RETURN;
+    END IF;
+
+    -- Demote first: the unique index allows one active job at any moment.
+    IF v_active_id IS NOT NULL THEN
+        UPDATE queue.jobs SET group_waiting = true WHERE id = v_active_id;
+    END IF;
+    UPDATE queue.jobs SET group_waiting = false WHERE id = v_next_id;
+    PERFORM queue.wake(v_next_queue);
+END;
+$$;
+
+------------------------------------------------------------------------------
+-- Priorities
+------------------------------------------------------------------------------
+
+/*
+ * queue_priority: the number behind a named priority. Lower runs first.
+ */
+CREATE FUNCTION @extschema@.queue_priority(name text) RETURNS int
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    CASE lower(btrim(name))
+        WHEN 'critical' THEN RETURN -20;
+        WHEN 'high'     THEN RETURN -10;
+        WHEN 'normal'   THEN RETURN 0;
+        WHEN 'low'      THEN RETURN 10;
+        ELSE
+            IF name ~ '^\s*[+-]?[0-9]{1,9}\s*$' THEN
+                RETURN name::int;
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('unknown priority: "%s"', name),
+                HINT = 'Use critical (-20), high (-10), normal (0), low (10), or an integer; lower runs first.';
+    END CASE;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_priority(text) IS
+'Number of a named priority: critical = -20, high = -10, normal = 0, low = 10 (integers in text pass through). Lower runs first.';
+
+------------------------------------------------------------------------------
+-- Push
+------------------------------------------------------------------------------
+
+/*
+ * queue_push: add one job. Returns its id.
+ *
+ * A due job is `pending` and wakes the queue's listeners; a delayed one is
+ * `scheduled` until the maintenance pass promotes it. With a dedupe_key, a
+ * live job with the same (queue, dedupe_key) wins and its id is returned: the
+ * unique index jobs_dedupe decides, so concurrent pushes agree. A job of a
+ * serial group enters as waiting and the group election decides whether it
+ * runs next.
+ */
+CREATE FUNCTION @extschema@.queue_push(
+    queue text, payload jsonb DEFAULT '{}', priority int DEFAULT 0,
+    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes',
+    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue  text := queue.check_queue_name(queue_push.queue);
+    v_group  text := queue.check_group_name(queue_push.serial_group);
+    v_run_at timestamptz;
+    v_status queue.job_status;
+    v_id     bigint;
+BEGIN
+    IF queue_push.payload IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'payload must not be NULL',
+            HINT = 'Pass a JSON value; ''{}'' for an empty payload.';
+    END IF;
+    v_run_at := queue.check_push_options(queue_push.delay, queue_push.run_at,
+        queue_push.max_attempts, queue_push.timeout, queue_push.backoff_base,
+        queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
+        queue_push.priority);
+    v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
+
+    IF queue_push.dedupe_key IS NULL THEN
+        INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
+                run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload)
+        VALUES (v_queue, v_status, queue_push.priority, v_group IS NOT NULL AND v_status = 'pending',
+                v_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
+                queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
+                queue_push.payload)
+        RETURNING j.id INTO v_id;
+    ELSE
+        LOOP
+            INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
+                    run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+                    dedupe_key, payload)
+            VALUES (v_queue, v_status, queue_push.priority, v_group IS NOT NULL AND v_status = 'pending',
+                    v_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
+                    queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
+                    queue_push.dedupe_key, queue_push.payload)
+            ON CONFLICT (queue, dedupe_key)
+                WHERE dedupe_key IS NOT NULL AND status IN ('scheduled', 'pending', 'processing', 'retrying')
+                DO NOTHING
+            RETURNING j.id INTO v_id;
+            EXIT WHEN v_id IS NOT NULL;
+            -- A live duplicate exists. It may become final between the two
+            -- statements; then the next round inserts.
+            SELECT j.id INTO v_id FROM queue.jobs j
+             WHERE j.queue = v_queue AND j.dedupe_key = queue_push.dedupe_key
+               AND j.status IN ('scheduled', 'pending', 'processing', 'retrying');
+            IF v_id IS NOT NULL THEN
+                RETURN v_id;
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF v_status = 'pending' THEN
+        IF v_group IS NULL THEN
+            PERFORM queue.wake(v_queue);
+        ELSE
+            PERFORM queue.group_elect(v_group);
+        END IF;
+    END IF;
+    RETURN v_id;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text) IS
+'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins).';
+
+/*
+ * queue_push with a named priority ('critical', 'high', 'normal', 'low').
+ * The priority has no default here, so plain calls resolve to the int form.
+ */
+CREATE FUNCTION @extschema@.queue_push(
+    queue text, payload jsonb, priority text,
+    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes',
+    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12);
+$$;
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text) IS
+'Push one job with a named priority (critical, high, normal, low); otherwise the same as queue_push with an integer priority.';
+
+/*
+ * queue_push_batch: push many payloads with the same options in one statement.
+ * Returns the ids in the order of the payloads. With a dedupe_key every
+ * payload goes through queue_push, so the key keeps its meaning.
+ */
+CREATE FUNCTION @extschema@.queue_push_batch(
+    queue text, payloads jsonb[], priority int DEFAULT 0,
+    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes',
+    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_queue  text := queue.check_queue_name(queue);
+    v_group  text := queue.check_group_name(serial_group);
+    v_run_at timestamptz;
+    v_status queue.job_status;
+    v_payload jsonb;
+BEGIN
+    IF payloads IS NULL OR array_position(payloads, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'payloads must not be NULL or contain NULL',
+            HINT = 'Pass an array of JSON values, e.g. ARRAY[''{"n": 1}'', ''{"n": 2}'']::jsonb[].';
+    END IF;
+    v_run_at := queue.check_push_options(delay, run_at, max_attempts, timeout,
+        backoff_base, backoff_max, retry_delays, dedupe_key, priority);
+
+    IF dedupe_key IS NOT NULL THEN
+        FOREACH v_payload IN ARRAY payloads LOOP
+            RETURN NEXT @extschema@.queue_push(v_queue, v_payload, priority, NULL, v_run_at,
+                v_group, max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key);
+        END LOOP;
+        RETURN;
+    END IF;
+
+    v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
+    RETURN QUERY
+    WITH inserted AS (
+        INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
+                run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload)
+        SELECT v_queue, v_status, priority, v_group IS NOT NULL AND v_status = 'pending', v_group,
+               v_run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, p.payload
+          FROM unnest(payloads) WITH ORDINALITY AS p(payload, n)
+         ORDER BY p.n
+        RETURNING j.id
+    )
+    SELECT inserted.id FROM inserted ORDER BY inserted.id;
+
+    IF v_status = 'pending' AND cardinality(payloads) > 0 THEN
+        IF v_group IS NULL THEN
+            PERFORM queue.wake(v_queue);
+        ELSE
+            PERFORM queue.group_elect(v_group);
+        END IF;
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text) IS
+'Push many payloads with the same options in one statement; returns their ids in payload order.';
+
+CREATE FUNCTION @extschema@.queue_push_batch(
+    queue text, payloads jsonb[], priority text,
+    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes',
+    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12);
+$$;
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text) IS
+'Push many payloads with a named priority (critical, high, normal, low).';
+
+------------------------------------------------------------------------------
+-- Claim
+------------------------------------------------------------------------------
+
+/*
+ * queue_pop: claim up to `batch` jobs of a queue, in (priority, id) order.
+ *
+ * The claim query reads jobs_claim (pending, not waiting behind a group) in
+ * index order and locks with SKIP LOCKED, so concurrent workers take
+ * different jobs and never wait on each other. A job of a serial group is
+ * only taken if this transaction gets its group's advisory lock at once;
+ * a group busy with an election is skipped like a locked row. Each claimed
+ * job becomes `processing` with a lease of its timeout and its attempt
+ * counter incremented; that counter is returned as `attempt`.
+ */
+CREATE FUNCTION @extschema@.queue_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1)
+RETURNS SETOF queue.claimed_job
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue  text := queue.check_queue_name(queue_pop.queue);
+    v_worker text := queue_pop.worker;
+    v_batch  int  := queue_pop.batch;
+BEGIN
+    IF v_batch IS NULL OR v_batch < 1 OR v_batch > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('batch must be between 1 and 10000: %s', coalesce(v_batch::text, 'NULL')),
+            HINT = 'batch is the most jobs one call may claim.';
+    END IF;
+
+    RETURN QUERY
+    WITH next_jobs AS (
+        SELECT j.id
+          FROM queue.jobs j
+         WHERE j.queue = v_queue
+           AND j.status = 'pending'
+           AND NOT j.group_waiting
+           AND (j.serial_group IS NULL
+                OR pg_try_advisory_xact_lock(queue.group_lock_key(j.serial_group)))
+         ORDER BY j.priority, j.id
+         LIMIT v_batch
+           FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE queue.jobs j
+           SET status      = 'processing',
+               attempts    = j.attempts + 1,
+               started_at  = now(),
+               lease_until = now() + j.timeout,
+               worker      = v_worker
+          FROM next_jobs
+         WHERE j.id = next_jobs.id
+        RETURNING j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts,
+                  j.max_attempts, j.lease_until, j.created_at
+    )
+    SELECT * FROM claimed ORDER BY claimed.priority, claimed.id;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int) IS
+'Claim up to batch jobs of a queue in (priority, id) order (FOR UPDATE SKIP LOCKED). Each returned job is processing with a lease of its timeout; attempt is the claim counter to pass to ack / fail / touch.';
+
+------------------------------------------------------------------------------
+-- Finish
+------------------------------------------------------------------------------
+
+/*
+ * queue_ack: mark a claimed job completed. False (and no change) when the job
+ * is unknown, not processing, or `attempt` is stale. Frees its serial group.
+ */
+CREATE FUNCTION @extschema@.queue_ack(id bigint, result jsonb DEFAULT NULL, attempt int DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_found boolean;
+    v_group text;
+BEGIN
+    UPDATE queue.jobs j
+       SET status = 'completed', result = queue_ack.result, finished_at = now(), lease_until = NULL
+     WHERE j.id = queue_ack.id
+       AND j.status = 'processing'
+       AND (attempt IS NULL OR j.attempts = attempt)
+    RETURNING true, j.serial_group INTO v_found, v_group;
+    IF v_group IS NOT NULL THEN
+        PERFORM queue.group_elect(v_group);
+    END IF;
+    RETURN coalesce(v_found, false);
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_ack(bigint, jsonb, int) IS
+'Complete a claimed job, optionally storing a result. Returns false and changes nothing when the job is unknown, not processing, or attempt is stale.';
+
+/*
+ * queue_ack(ids): complete many current claims at once. Returns how many.
+ */
+CREATE FUNCTION @extschema@.queue_ack(ids bigint[])
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_count  bigint;
+    v_groups text[];
+    v_group  text;
+BEGIN
+    WITH acked AS (
+        UPDATE queue.jobs j
+           SET status = 'completed', finished_at = now(), lease_until = NULL
+         WHERE j.id = ANY (ids) AND j.status = 'processing'
+        RETURNING j.serial_group
+    )
+    SELECT count(*), array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL)
+      INTO v_count, v_groups FROM acked;
+    FOREACH v_group IN ARRAY coalesce(v_groups, '{}') LOOP
+        PERFORM queue.group_elect(v_group);
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_ack(bigint[]) IS
+'Complete many claimed jobs at once; returns how many were processing and are now completed.';
+
+/*
+ * queue_fail: record a failed attempt. With attempts left the job goes
+ * `retrying` after its backoff (or `retry_in`), or straight back to `pending`
+ * when the delay is zero; with none left, or `permanent`, it is `failed`
+ * (a dead letter). Returns the new status, or NULL when nothing changed
+ * (unknown job, not processing, stale attempt).
+ */
+CREATE FUNCTION @extschema@.queue_fail(id bigint, error text DEFAULT NULL, attempt int DEFAULT NULL,
+                                       retry_in interval DEFAULT NULL, permanent boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_job   queue.jobs;
+    v_delay interval;
+BEGIN
+    IF retry_in < interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('retry_in must not be negative: %s', retry_in),
+            HINT = 'Pass the delay before the next try, or NULL for the job''s backoff.';
+    END IF;
+    SELECT * INTO v_job FROM queue.jobs j
+     WHERE j.id = queue_fail.id AND j.status = 'processing'
+       AND (attempt IS NULL OR j.attempts = attempt)
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+
+    IF coalesce(permanent, false) OR v_job.attempts >= v_job.max_attempts THEN
+        UPDATE queue.jobs j
+           SET status = 'failed', last_error = error, finished_at = now(), lease_until = NULL
+         WHERE j.id = v_job.id;
+        IF v_job.serial_group IS NOT NULL THEN
+            PERFORM queue.group_elect(v_job.serial_group);
+        END IF;
+        RETURN 'failed';
+    END IF;
+
+    v_delay := coalesce(retry_in, queue.retry_delay(v_job.attempts, v_job.backoff_base,
+                                                    v_job.backoff_max, v_job.retry_delays));
+    IF v_delay <= interval '0' THEN
+        -- Due at once: back in line now. A grouped job stays its group's
+        -- active job (status pending, not waiting).
+        UPDATE queue.jobs j
+           SET status = 'pending', last_error = error, run_at = now(), lease_until = NULL
+         WHERE j.id = v_job.id;
+        PERFORM queue.wake(v_job.queue);
+        RETURN 'pending';
+    END IF;
+    UPDATE queue.jobs j
+       SET status = 'retrying', last_error = error, run_at = now() + v_delay, lease_until = NULL
+     WHERE j.id = v_job.id;
+    RETURN 'retrying';
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_fail(bigint, text, int, interval, boolean) IS
+'Fail a claimed job: retrying with backoff while attempts remain (retry_in overrides the delay once), failed when none remain or permanent. Returns the new status, NULL when nothing changed.';
+
+/*
+ * queue_touch: heartbeat of a claimed job. Its lease now runs to
+ * now() + extend (default: the job's timeout).
+ */
+CREATE FUNCTION @extschema@.queue_touch(id bigint, extend interval DEFAULT NULL, attempt int DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+    IF extend <= interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('extend must be positive: %s', extend),
+            HINT = 'Pass how long the lease should run from now, or NULL for the job''s timeout.';
+    END IF;
+    UPDATE queue.jobs j
+       SET lease_until = now() + coalesce(extend, j.timeout)
+     WHERE j.id = queue_touch.id AND j.status = 'processing'
+       AND (attempt IS NULL OR j.attempts = attempt);
+    RETURN FOUND;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_touch(bigint, interval, int) IS
+'Extend the lease of a claimed job to now() + extend (default: its timeout). False when the job is not processing or attempt is stale.';
+
+/*
+ * queue_cancel: cancel a job that is still waiting (scheduled, pending,
+ * retrying). A processing job is not cancelled: its worker holds it.
+ */
+CREATE FUNCTION @extschema@.queue_cancel(id bigint)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_found boolean;
+    v_group text;
+BEGIN
+    UPDATE queue.jobs j
+       SET status = 'cancelled', finished_at = now(), group_waiting = false
+     WHERE j.id = queue_cancel.id AND j.status IN ('scheduled', 'pending', 'retrying')
+    RETURNING true, j.serial_group INTO v_found, v_group;
+    IF v_group IS NOT NULL THEN
+        PERFORM queue.group_elect(v_group);
+    END IF;
+    RETURN coalesce(v_found, false);
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_cancel(bigint) IS
+'Cancel a waiting job (scheduled, pending or retrying). False for processing, final or unknown jobs.';
+
+------------------------------------------------------------------------------
+-- Looking at jobs
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.queue_peek(queue text, n int DEFAULT 1)
+RETURNS SETOF queue.waiting_job
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue text := queue.check_queue_name(queue_peek.queue);
+    v_n     int  := queue_peek.n;
+BEGIN
+    IF v_n IS NULL OR v_n < 1 OR v_n > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('n must be between 1 and 10000: %s', coalesce(v_n::text, 'NULL')),
+            HINT = 'n is how many of the next jobs to show.';
+    END IF;
+    RETURN QUERY
+    SELECT j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts, j.run_at, j.created_at
+      FROM queue.jobs j
+     WHERE j.queue = v_queue AND j.status = 'pending' AND NOT j.group_waiting
+     ORDER BY j.priority, j.id
+     LIMIT v_n;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_peek(text, int) IS
+'The next n jobs queue_pop would claim, in claim order, without claiming them.';
+
+CREATE FUNCTION @extschema@.queue_size(queue text)
+RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_size.queue);
+    v_size  bigint;
+BEGIN
+    SELECT count(*) INTO v_size FROM queue.jobs j
+     WHERE j.queue = v_queue AND j.status IN ('pending', 'scheduled', 'retrying');
+    RETURN v_size;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_size(text) IS
+'Jobs still waiting in a queue: pending + scheduled + retrying.';
+
+CREATE FUNCTION @extschema@.queue_job(id bigint)
+RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(j) - 'group_waiting'
+           || jsonb_build_object('waiting_for_group', j.group_waiting)
+      FROM queue.jobs j
+     WHERE j.id = $1;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_job(bigint) IS
+'Everything about one job as jsonb (status, attempts, payload, result, last_error, progress, times, worker); NULL for an unknown id.';

@@ -1,0 +1,112 @@
+-- The jobs table and the partial indexes that keep every hot query small.
+--
+-- One table holds a job through its whole life. Each query of the hot path
+-- reads a partial index that contains only the rows it can act on, so
+-- finished history and future jobs never cost the claim anything:
+--
+--   jobs_claim         pending jobs that may run now, in claim order
+--   jobs_due           scheduled / retrying jobs, by the time they become due
+--   jobs_lease         processing jobs, by the time their lease runs out
+--   jobs_finished      final jobs, by age, for retention and dead letters
+--   jobs_dedupe        one live job per (queue, dedupe_key)
+--   jobs_group_active  at most ONE active job per serial group (see below)
+--   jobs_group_next    waiting jobs of a group in (priority, id) order
+
+CREATE TYPE queue.job_status AS ENUM (
+    'scheduled',   -- waiting for run_at
+    'pending',     -- ready to be claimed
+    'processing',  -- claimed; the lease runs until lease_until
+    'retrying',    -- an attempt failed; waits for its backoff
+    'completed',   -- final
+    'failed',      -- final, dead letter
+    'expired',     -- final, dead letter: the last attempt outlived its lease
+    'cancelled'    -- final
+);
+
+CREATE TABLE queue.jobs (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue         text NOT NULL,
+    status        queue.job_status NOT NULL,
+    priority      int NOT NULL DEFAULT 0,
+    -- true for a pending job of a serial group that must wait behind its
+    -- group's active job; such a job is not in jobs_claim.
+    group_waiting boolean NOT NULL DEFAULT false,
+    serial_group  text,
+    run_at        timestamptz NOT NULL,
+    lease_until   timestamptz,
+    attempts      int NOT NULL DEFAULT 0,
+    max_attempts  int NOT NULL,
+    timeout       interval NOT NULL,
+    backoff_base  interval NOT NULL,
+    backoff_max   interval NOT NULL,
+    retry_delays  interval[],
+    dedupe_key    text,
+    payload       jsonb NOT NULL,
+    last_error    text,
+    result        jsonb,
+    progress      jsonb,
+    worker        text,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    started_at    timestamptz,
+    finished_at   timestamptz,
+    CONSTRAINT jobs_waiting_needs_group CHECK (NOT group_waiting OR serial_group IS NOT NULL),
+    CONSTRAINT jobs_attempts_in_range CHECK (attempts >= 0 AND max_attempts >= 1)
+);
+
+-- The claim reads this index in (priority, id) order and stops after `batch`
+-- rows: its cost depends on the batch, not on how many jobs wait or finished.
+CREATE INDEX jobs_claim ON queue.jobs (queue, priority, id)
+    WHERE status = 'pending' AND NOT group_waiting;
+
+CREATE INDEX jobs_due ON queue.jobs (run_at)
+    WHERE status IN ('scheduled', 'retrying');
+
+CREATE INDEX jobs_lease ON queue.jobs (lease_until)
+    WHERE status = 'processing';
+
+CREATE INDEX jobs_finished ON queue.jobs (finished_at)
+    WHERE status IN ('completed', 'failed', 'expired', 'cancelled');
+
+CREATE UNIQUE INDEX jobs_dedupe ON queue.jobs (queue, dedupe_key)
+    WHERE dedupe_key IS NOT NULL
+      AND status IN ('scheduled', 'pending', 'processing', 'retrying');
+
+-- The serial-group invariant, enforced by the database itself: a group has at
+-- most one ACTIVE job, i.e. one that is processing, retrying, or pending and
+-- next in line. Every other pending job of the group has group_waiting = true.
+-- Hence two jobs of one group can never be processing at once, whatever any
+-- query does; the claim and election queries only make it fast.
+CREATE UNIQUE INDEX jobs_group_active ON queue.jobs (serial_group)
+    WHERE serial_group IS NOT NULL
+      AND (status IN ('processing', 'retrying')
+           OR (status = 'pending' AND NOT group_waiting));
+
+-- Picks the next job of a group in O(log n) when its active job finishes.
+CREATE INDEX jobs_group_next ON queue.jobs (serial_group, priority, id)
+    WHERE serial_group IS NOT NULL AND status = 'pending';
+
+-- Row shapes returned by queue_pop and queue_peek. They are types rather
+-- than RETURNS TABLE so that the result column `queue` can share its name
+-- with the `queue` parameter.
+CREATE TYPE queue.claimed_job AS (
+    id           bigint,
+    queue        text,
+    payload      jsonb,
+    priority     int,
+    serial_group text,
+    attempt      int,
+    max_attempts int,
+    lease_until  timestamptz,
+    created_at   timestamptz
+);
+
+CREATE TYPE queue.waiting_job AS (
+    id           bigint,
+    queue        text,
+    payload      jsonb,
+    priority     int,
+    serial_group text,
+    attempts     int,
+    run_at       timestamptz,
+    created_at   timestamptz
+);

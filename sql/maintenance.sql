@@ -1,0 +1,197 @@
+-- Maintenance: the duties that keep the queue moving. Each duty is its own
+-- small function that does one bounded batch and says how many rows it
+-- touched. queue.maintenance_pass() runs each once; the background worker
+-- calls it every tick (committing between calls while there is more to do),
+-- and queue_tick() calls it by hand until nothing is left.
+
+/*
+ * queue.promote_due: scheduled and retrying jobs whose run_at has come
+ * become pending, at most p_batch of them, oldest first. Each affected queue
+ * is woken once. A scheduled job of a serial group enters as waiting and its
+ * group is re-elected; a retrying job is already its group's active job and
+ * simply stays so.
+ */
+CREATE FUNCTION queue.promote_due(p_batch int) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count  int;
+    v_queues text[];
+    v_groups text[];
+    v_name   text;
+BEGIN
+    WITH due AS (
+        SELECT id, status AS was
+          FROM queue.jobs
+         WHERE status IN ('scheduled', 'retrying') AND run_at <= now()
+         ORDER BY run_at
+         LIMIT p_batch
+           FOR UPDATE SKIP LOCKED
+    ), promoted AS (
+        UPDATE queue.jobs j
+           SET status = 'pending',
+               group_waiting = (j.serial_group IS NOT NULL AND due.was = 'scheduled')
+          FROM due
+         WHERE j.id = due.id
+        RETURNING j.queue, j.serial_group, due.was
+    )
+    SELECT count(*),
+           array_agg(DISTINCT queue) FILTER (WHERE serial_group IS NULL OR was = 'retrying'),
+           array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL AND was = 'scheduled')
+      INTO v_count, v_queues, v_groups
+      FROM promoted;
+
+    FOREACH v_name IN ARRAY coalesce(v_queues, '{}') LOOP
+        PERFORM queue.wake(v_name);
+    END LOOP;
+    FOREACH v_name IN ARRAY coalesce(v_groups, '{}') LOOP
+        PERFORM queue.group_elect(v_name);
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+/*
+ * queue.expire_leases: processing jobs whose lease ran out. With attempts
+ * left they go retrying after their backoff (the lost attempt counts);
+ * otherwise they end expired, a dead letter, and free their serial group.
+ * Returns {"retried": n, "expired": n}.
+ */
+CREATE FUNCTION queue.expire_leases(p_batch int) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_retried int;
+    v_expired int;
+    v_groups  text[];
+    v_name    text;
+BEGIN
+    WITH lost AS (
+        SELECT id
+          FROM queue.jobs
+         WHERE status = 'processing' AND lease_until < now()
+         ORDER BY lease_until
+         LIMIT p_batch
+           FOR UPDATE SKIP LOCKED
+    ), moved AS (
+        UPDATE queue.jobs j
+           SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'expired'
+                             ELSE 'retrying' END::queue.job_status,
+               run_at = CASE WHEN j.attempts >= j.max_attempts THEN j.run_at
+                             ELSE now() + queue.retry_delay(j.attempts, j.backoff_base,
+                                                            j.backoff_max, j.retry_delays) END,
+               finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+               last_error = format('lease expired: attempt %s was claimed at %s and not finished by %s',
+                                   j.attempts, j.started_at, j.lease_until),
+               lease_until = NULL
+          FROM lost
+         WHERE j.id = lost.id
+        RETURNING j.status, j.serial_group
+    )
+    SELECT count(*) FILTER (WHERE status = 'retrying'),
+           count(*) FILTER (WHERE status = 'expired'),
+           array_agg(DISTINCT serial_group) FILTER (WHERE status = 'expired' AND serial_group IS NOT NULL)
+      INTO v_retried, v_expired, v_groups
+      FROM moved;
+
+    FOREACH v_name IN ARRAY coalesce(v_groups, '{}') LOOP
+        PERFORM queue.group_elect(v_name);
+    END LOOP;
+    RETURN jsonb_build_object('retried', v_retried, 'expired', v_expired);
+END;
+$$;
+
+/*
+ * queue.retention: how long final jobs are kept (GUC queue.retention).
+ */
+CREATE FUNCTION queue.retention() RETURNS interval
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('queue.retention', true), ''), '7 days')::interval;
+$$;
+
+/*
+ * queue.prune_finished: delete at most p_batch final jobs older than the
+ * retention, oldest first.
+ */
+CREATE FUNCTION queue.prune_finished(p_batch int) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count int;
+BEGIN
+    DELETE FROM queue.jobs
+     WHERE id IN (SELECT id FROM queue.jobs
+                   WHERE status IN ('completed', 'failed', 'expired', 'cancelled')
+                     AND finished_at < now() - queue.retention()
+                   ORDER BY finished_at
+                   LIMIT p_batch);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END;
+$$;
+
+/*
+ * queue.maintenance_pass: every duty once, one bounded batch each. A duty
+ * that fails is logged as a WARNING and rolled back alone (its own
+ * subtransaction); the others still run, so one bad row never stops the
+ * queue. "more" is true when some duty filled its batch.
+ */
+CREATE FUNCTION queue.maintenance_pass(p_batch int DEFAULT 1000) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_promoted int := 0;
+    v_leases   jsonb := '{"retried": 0, "expired": 0}';
+    v_deleted  int := 0;
+    v_errors   int := 0;
+BEGIN
+    BEGIN
+        v_promoted := queue.promote_due(p_batch);
+    EXCEPTION WHEN OTHERS THEN
+        v_errors := v_errors + 1;
+        RAISE WARNING 'queue: promoting due jobs failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+    END;
+    BEGIN
+        v_leases := queue.expire_leases(p_batch);
+    EXCEPTION WHEN OTHERS THEN
+        v_errors := v_errors + 1;
+        RAISE WARNING 'queue: expiring leases failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+    END;
+    BEGIN
+        v_deleted := queue.prune_finished(p_batch);
+    EXCEPTION WHEN OTHERS THEN
+        v_errors := v_errors + 1;
+        RAISE WARNING 'queue: deleting old jobs failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+    END;
+    RETURN jsonb_build_object(
+        'promoted', v_promoted,
+        'retried', (v_leases ->> 'retried')::int,
+        'expired', (v_leases ->> 'expired')::int,
+        'deleted', v_deleted,
+        'errors', v_errors,
+        'more', v_promoted >= p_batch OR (v_leases ->> 'retried')::int
+                + (v_leases ->> 'expired')::int >= p_batch OR v_deleted >= p_batch);
+END;
+$$;
+
+/*
+ * queue_tick: one maintenance pass by hand, the same code the background
+ * worker runs, repeated until no duty has more to do. Returns what it did.
+ */
+CREATE FUNCTION @extschema@.queue_tick() RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_pass  jsonb;
+    v_total jsonb := '{"promoted": 0, "retried": 0, "expired": 0, "deleted": 0, "errors": 0}';
+    v_key   text;
+BEGIN
+    LOOP
+        v_pass := queue.maintenance_pass();
+        FOREACH v_key IN ARRAY ARRAY['promoted', 'retried', 'expired', 'deleted', 'errors'] LOOP
+            v_total := jsonb_set(v_total, ARRAY[v_key],
+                                 to_jsonb((v_total ->> v_key)::int + (v_pass ->> v_key)::int));
+        END LOOP;
+        EXIT WHEN NOT (v_pass ->> 'more')::boolean;
+    END LOOP;
+    RETURN v_total;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_tick() IS
+'Run one maintenance pass by hand (the background worker''s code): promote due jobs, expire leases, delete old final jobs. Returns counts: promoted, retried, expired, deleted, errors.';

@@ -1,0 +1,47 @@
+//! Configuration: every `queue.*` setting, registered once per process.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// The database the background worker serves (`queue.database`).
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// Milliseconds between two maintenance passes (`queue.tick`).
+pub static TICK_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// How long final jobs are kept before the maintenance pass deletes them
+/// (`queue.retention`, an interval such as '7 days').
+pub static RETENTION: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"7 days"));
+
+/// Register the settings. `queue.database` can only change at server start
+/// (the worker connects once); the others are re-read on SIGHUP.
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"queue.database",
+        c"Database served by the queue background worker.",
+        c"The maintenance worker connects to this database and waits there until CREATE EXTENSION queue has run.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"queue.tick",
+        c"Time between two maintenance passes.",
+        c"Each pass promotes due jobs, expires leases and deletes old final jobs.",
+        &TICK_MS,
+        10,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_string_guc(
+        c"queue.retention",
+        c"How long completed, failed, expired and cancelled jobs are kept.",
+        c"An interval such as '7 days'. The maintenance pass deletes final jobs older than this.",
+        &RETENTION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}

@@ -1,0 +1,66 @@
+//! `queue`: Postgres itself as the job queue.
+//!
+//! This file holds only module lines and the entry points. The hot path
+//! (push, claim, ack, fail) is readable SQL in `sql/`; Rust earns its place in
+//! validation, hashing, backoff arithmetic and the background worker.
+
+use pgrx::prelude::*;
+
+mod backoff;
+mod gucs;
+mod maintenance;
+mod serial_group;
+mod validate;
+
+::pgrx::pg_module_magic!(name, version);
+
+/// Schema `queue` holds the internal tables and helpers; the public
+/// `queue_*` functions live in the extension's own schema.
+#[pg_schema]
+mod queue {}
+
+// Order matters: the schema first, then the tables, then the SQL functions that
+// use both the tables and the Rust helpers, then grants and comments.
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/core.sql",
+    name = "core",
+    requires = [
+        "jobs",
+        validate::check_queue_name,
+        validate::check_group_name,
+        serial_group::group_lock_key,
+        backoff::retry_delay
+    ]
+);
+extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["core"]);
+extension_sql_file!("../sql/security.sql", name = "security", finalize);
+
+/// Called once per process that loads the library. When loaded through
+/// `shared_preload_libraries` it also registers the background worker.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::register();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        maintenance::register_worker();
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    // The unit tests live next to the code they test; this module only makes
+    // sure the test harness builds them.
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries='queue'"]
+    }
+}

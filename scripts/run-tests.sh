@@ -48,8 +48,15 @@ install_release() {
     || { tail -40 "$RUN_DIR/install.log"; return 1; }
 }
 
+# pg_regress --use-existing does not create its database.
+fresh_db() {
+  psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres \
+    -c "DROP DATABASE IF EXISTS \"$1\"" -c "CREATE DATABASE \"$1\""
+}
+
 regress_tests() {
   local tests
+  fresh_db queue_regress || return 1
   tests=$(cd pg_test/sql && ls *.sql | sed 's/\.sql$//' | sort)
   rm -rf "$RUN_DIR/regress"
   mkdir -p "$RUN_DIR/regress"
@@ -61,6 +68,7 @@ regress_tests() {
 
 isolation_tests() {
   local specs
+  fresh_db queue_isolation || return 1
   specs=$(cd pg_test/specs && ls *.spec | sed 's/\.spec$//' | sort)
   rm -rf "$RUN_DIR/isolation"
   mkdir -p "$RUN_DIR/isolation"

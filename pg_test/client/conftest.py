@@ -1,0 +1,40 @@
+"""Shared fixtures for the real-client tests.
+
+Every test talks to a real cluster (started by scripts/run-tests.sh with the
+extension preloaded and `queue.tick = 100ms`) over real connections.
+"""
+import os
+import subprocess
+import uuid
+
+import psycopg
+import pytest
+
+DSN = os.environ.get("QUEUE_TEST_DSN", "host=127.0.0.1 port=55433 user=postgres dbname=postgres")
+CLUSTER_DIR = os.environ.get("QUEUE_TEST_CLUSTER")
+
+
+def connect(autocommit=True):
+    return psycopg.connect(DSN, autocommit=autocommit)
+
+
+@pytest.fixture
+def conn():
+    with connect() as c:
+        yield c
+
+
+@pytest.fixture
+def queue_name():
+    """A queue name no other test uses, so tests never see each other's jobs."""
+    return "t-" + uuid.uuid4().hex[:12]
+
+
+def pg_ctl(*args):
+    """Run pg_ctl on the test cluster as the postgres user."""
+    assert CLUSTER_DIR, "QUEUE_TEST_CLUSTER is not set"
+    bindir = subprocess.check_output(["pg_config", "--bindir"], text=True).strip()
+    cmd = [f"{bindir}/pg_ctl", "-D", f"{CLUSTER_DIR}/data", *args]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

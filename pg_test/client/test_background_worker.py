@@ -1,0 +1,121 @@
+"""The maintenance worker inside Postgres, observed from client connections:
+it promotes delayed jobs and retries (with the NOTIFY), expires leases, and
+comes back after being terminated. The test cluster runs queue.tick = 100ms."""
+import time
+
+from conftest import connect
+
+TICK = 0.1
+
+
+def wait_for(conn, sql, args, expected, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = conn.execute(sql, args).fetchone()[0]
+        if value == expected:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"{sql} {args}: never became {expected!r}, last {value!r}")
+
+
+def worker_pid(conn):
+    row = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'queue maintenance'"
+    ).fetchone()
+    return row[0] if row else None
+
+
+def test_worker_is_visible_in_pg_stat_activity(conn):
+    row = conn.execute(
+        "SELECT application_name, datname FROM pg_stat_activity WHERE backend_type = 'queue maintenance'"
+    ).fetchone()
+    assert row == ("queue maintenance", "postgres")
+
+
+def test_delayed_job_is_promoted_and_notified_within_a_tick(queue_name):
+    with connect() as listener, connect() as producer:
+        listener.execute(f'LISTEN "queue_{queue_name}"')
+        job = producer.execute(
+            "SELECT queue_push(%s, '{}', delay => '500 milliseconds')", (queue_name,)
+        ).fetchone()[0]
+        run_at = producer.execute("SELECT run_at FROM queue.jobs WHERE id = %s", (job,)).fetchone()[0]
+        assert listener.execute("SELECT count(*) FROM queue_pop(%s)", (queue_name,)).fetchone()[0] == 0
+        notes = list(listener.notifies(timeout=5, stop_after=1))
+        assert notes and notes[0].channel == f"queue_{queue_name}"
+        heard_at = listener.execute("SELECT clock_timestamp()").fetchone()[0]
+        lateness = (heard_at - run_at).total_seconds()
+        assert 0 <= lateness < TICK + 0.25, f"NOTIFY {lateness:.3f}s after run_at"
+        popped = listener.execute("SELECT id FROM queue_pop(%s)", (queue_name,)).fetchone()
+        assert popped == (job,)
+        print(f"delayed job: NOTIFY heard {lateness * 1000:.1f} ms after run_at")
+
+
+def test_retry_backoff_is_promoted_by_the_worker(queue_name):
+    with connect() as conn:
+        conn.execute(f'LISTEN "queue_{queue_name}"')
+        job = conn.execute(
+            "SELECT queue_push(%s, '{}', backoff_base => '200 milliseconds')", (queue_name,)
+        ).fetchone()[0]
+        list(conn.notifies(timeout=0.2))  # drain the push's own notification
+        assert conn.execute("SELECT id FROM queue_pop(%s)", (queue_name,)).fetchone() == (job,)
+        assert conn.execute("SELECT queue_fail(%s, 'transient')", (job,)).fetchone() == ("retrying",)
+        notes = list(conn.notifies(timeout=5, stop_after=1))
+        assert notes, "no NOTIFY after the backoff"
+        row = conn.execute("SELECT id, attempt FROM queue_pop(%s)", (queue_name,)).fetchone()
+        assert row == (job, 2)
+        assert conn.execute("SELECT queue_ack(%s, attempt => 2)", (job,)).fetchone() == (True,)
+
+
+def test_expired_lease_is_retried_then_expired(queue_name):
+    with connect() as conn:
+        job = conn.execute(
+            "SELECT queue_push(%s, '{}', timeout => '200 milliseconds', max_attempts => 2, backoff_base => '0')",
+            (queue_name,),
+        ).fetchone()[0]
+        assert conn.execute("SELECT attempt FROM queue_pop(%s)", (queue_name,)).fetchone() == (1,)
+        # The worker never acks: the maintenance worker takes the job back.
+        wait_for(conn, "SELECT status::text FROM queue.jobs WHERE id = %s", (job,), "pending")
+        assert conn.execute("SELECT attempt FROM queue_pop(%s)", (queue_name,)).fetchone() == (2,)
+        wait_for(conn, "SELECT status::text FROM queue.jobs WHERE id = %s", (job,), "expired")
+        err = conn.execute("SELECT last_error FROM queue.jobs WHERE id = %s", (job,)).fetchone()[0]
+        assert err.startswith("lease expired")
+
+
+def test_worker_restarts_after_terminate(queue_name):
+    with connect() as conn:
+        old = worker_pid(conn)
+        assert old
+        assert conn.execute("SELECT pg_terminate_backend(%s)", (old,)).fetchone() == (True,)
+        deadline = time.monotonic() + 10
+        new = None
+        while time.monotonic() < deadline:
+            new = worker_pid(conn)
+            if new and new != old:
+                break
+            time.sleep(0.05)
+        assert new and new != old, "the worker did not come back"
+        # The new worker does the job.
+        job = conn.execute(
+            "SELECT queue_push(%s, '{}', delay => '100 milliseconds')", (queue_name,)
+        ).fetchone()[0]
+        wait_for(conn, "SELECT status::text FROM queue.jobs WHERE id = %s", (job,), "pending")
+
+
+def test_many_due_jobs_are_promoted_in_bounded_batches(queue_name):
+    with connect() as conn:
+        conn.execute(
+            "SELECT count(*) FROM queue_push_batch(%s, array_fill('{}'::jsonb, ARRAY[20000]), delay => '300 milliseconds')",
+            (queue_name,),
+        )
+        started = time.monotonic()
+        wait_for(
+            conn,
+            "SELECT count(*) FROM queue.jobs WHERE queue = %s AND status = 'pending'",
+            (queue_name,),
+            20000,
+            timeout=30,
+        )
+        took = time.monotonic() - started
+        # Claims keep working while promotion runs: nothing waits on a big lock.
+        assert conn.execute("SELECT count(*) FROM queue_pop(%s, batch => 100)", (queue_name,)).fetchone() == (100,)
+        print(f"20000 due jobs promoted {took:.2f}s after the push (300 ms delay)")

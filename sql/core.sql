@@ -8,13 +8,20 @@
 ------------------------------------------------------------------------------
 
 /*
- * queue.wake: tell workers LISTENing on channel queue_<name> that jobs of the
- * queue can be claimed. Postgres folds identical notifications of one
- * transaction into one, so callers may call this freely.
+ * queue.wake: jobs of a queue became claimable; wake the workers LISTENing
+ * on channel queue_<name>. When the notifier background worker serves this
+ * database, the wake-up is handed to it after commit and only if a worker
+ * may be asleep (see src/wakeup.rs); otherwise a plain NOTIFY is sent in this
+ * transaction. Postgres folds identical notifications of one transaction
+ * into one, so callers may call this freely.
  */
 CREATE FUNCTION queue.wake(p_queue text) RETURNS void
-LANGUAGE sql AS $$
-    SELECT pg_notify('queue_' || p_queue, '');
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT queue.defer_wake(p_queue) THEN
+        PERFORM pg_notify('queue_' || p_queue, '');
+    END IF;
+END;
 $$;
 
 /*
@@ -358,43 +365,27 @@ COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, 
 ------------------------------------------------------------------------------
 
 /*
- * queue_pop: claim up to `batch` jobs of a queue, in (priority, id) order.
- *
- * The claim query reads jobs_claim (pending, not waiting behind a group) in
- * index order and locks with SKIP LOCKED, so concurrent workers take
- * different jobs and never wait on each other. A job of a serial group is
- * only taken if this transaction gets its group's advisory lock at once;
- * a group busy with an election is skipped like a locked row. Each claimed
- * job becomes `processing` with a lease of its timeout and its attempt
- * counter incremented; that counter is returned as `attempt`.
+ * queue.claim: THE claim query. Reads jobs_claim (pending, not waiting
+ * behind a serial group) in (priority, id) order and locks with SKIP
+ * LOCKED, so concurrent workers take different jobs and never wait on each
+ * other. A job of a serial group is only taken if this transaction gets its
+ * group's advisory lock at once; a group busy with an election is skipped
+ * like a locked row. Each claimed job becomes `processing` with a lease of
+ * its timeout and its attempt counter incremented.
  */
-CREATE FUNCTION @extschema@.queue_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1)
+CREATE FUNCTION queue.claim(p_queue text, p_worker text, p_batch int)
 RETURNS SETOF queue.claimed_job
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    v_queue  text := queue.check_queue_name(queue_pop.queue);
-    v_worker text := queue_pop.worker;
-    v_batch  int  := queue_pop.batch;
-BEGIN
-    IF v_batch IS NULL OR v_batch < 1 OR v_batch > 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('batch must be between 1 and 10000: %s', coalesce(v_batch::text, 'NULL')),
-            HINT = 'batch is the most jobs one call may claim.';
-    END IF;
-
-    RETURN QUERY
+LANGUAGE sql AS $$
     WITH next_jobs AS (
         SELECT j.id
           FROM queue.jobs j
-         WHERE j.queue = v_queue
+         WHERE j.queue = p_queue
            AND j.status = 'pending'
            AND NOT j.group_waiting
            AND (j.serial_group IS NULL
                 OR pg_try_advisory_xact_lock(queue.group_lock_key(j.serial_group)))
          ORDER BY j.priority, j.id
-         LIMIT v_batch
+         LIMIT p_batch
            FOR UPDATE SKIP LOCKED
     ), claimed AS (
         UPDATE queue.jobs j
@@ -402,13 +393,39 @@ BEGIN
                attempts    = j.attempts + 1,
                started_at  = now(),
                lease_until = now() + j.timeout,
-               worker      = v_worker
+               worker      = p_worker
           FROM next_jobs
          WHERE j.id = next_jobs.id
         RETURNING j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts,
                   j.max_attempts, j.lease_until, j.created_at
     )
     SELECT * FROM claimed ORDER BY claimed.priority, claimed.id;
+$$;
+
+/*
+ * queue_pop: claim up to `batch` jobs of a queue (see queue.claim). When
+ * nothing is claimable, the caller is about to sleep on LISTEN: mark the
+ * queue as having a sleeper, then claim once more with a fresh snapshot, so
+ * that a job committed in between is either seen now or wakes the worker.
+ */
+CREATE FUNCTION @extschema@.queue_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1)
+RETURNS SETOF queue.claimed_job
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue  text := queue.check_queue_name(queue_pop.queue);
+    v_batch  int  := queue_pop.batch;
+BEGIN
+    IF v_batch IS NULL OR v_batch < 1 OR v_batch > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('batch must be between 1 and 10000: %s', coalesce(v_batch::text, 'NULL')),
+            HINT = 'batch is the most jobs one call may claim.';
+    END IF;
+    RETURN QUERY SELECT * FROM queue.claim(v_queue, queue_pop.worker, v_batch);
+    IF NOT FOUND THEN
+        PERFORM queue.note_sleeper(v_queue);
+        RETURN QUERY SELECT * FROM queue.claim(v_queue, queue_pop.worker, v_batch);
+    END IF;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int) IS

@@ -45,3 +45,11 @@ pub fn register() {
         GucFlags::default(),
     );
 }
+
+/// The database the background workers serve.
+pub fn database_name() -> String {
+    DATABASE
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_else(|| "postgres".to_string())
+}

@@ -11,6 +11,7 @@ mod gucs;
 mod maintenance;
 mod serial_group;
 mod validate;
+mod wakeup;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -31,19 +32,24 @@ extension_sql_file!(
         validate::check_queue_name,
         validate::check_group_name,
         serial_group::group_lock_key,
-        backoff::retry_delay
+        backoff::retry_delay,
+        wakeup::defer_wake,
+        wakeup::note_sleeper
     ]
 );
 extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["core"]);
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 /// Called once per process that loads the library. When loaded through
-/// `shared_preload_libraries` it also registers the background worker.
+/// `shared_preload_libraries` it also reserves the shared memory of the
+/// wake-up path and registers the two background workers.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        wakeup::init_shared_memory();
         maintenance::register_worker();
+        wakeup::register_worker();
     }
 }
 

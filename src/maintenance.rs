@@ -39,10 +39,7 @@ pub fn register_worker() {
 pub extern "C-unwind" fn queue_maintenance_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
 
-    let database = gucs::DATABASE
-        .get()
-        .and_then(|c| c.into_string().ok())
-        .unwrap_or_else(|| "postgres".to_string());
+    let database = gucs::database_name();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     unsafe {
         pg_sys::pgstat_report_appname(c"queue maintenance".as_ptr());

@@ -59,6 +59,8 @@ def test_retry_backoff_is_promoted_by_the_worker(queue_name):
         list(conn.notifies(timeout=0.2))  # drain the push's own notification
         assert conn.execute("SELECT id FROM queue_pop(%s)", (queue_name,)).fetchone() == (job,)
         assert conn.execute("SELECT queue_fail(%s, 'transient')", (job,)).fetchone() == ("retrying",)
+        # The worker protocol: pop; only when that finds nothing, wait.
+        assert conn.execute("SELECT count(*) FROM queue_pop(%s)", (queue_name,)).fetchone() == (0,)
         notes = list(conn.notifies(timeout=5, stop_after=1))
         assert notes, "no NOTIFY after the backoff"
         row = conn.execute("SELECT id, attempt FROM queue_pop(%s)", (queue_name,)).fetchone()

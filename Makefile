@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps install test demo demo-stop clean
+.PHONY: all deps install test demo demo-stop clean bench
 
 all: install
 
@@ -26,3 +26,6 @@ demo-stop:
 clean:
 	cargo clean
 	rm -rf .run
+
+bench: install
+	cargo run --release -q -p queue-bench -- $(BENCH_ARGS)

@@ -8,88 +8,6 @@
 ------------------------------------------------------------------------------
 
 /*
- * queue.wake: jobs of a queue became claimable; wake the workers LISTENing
- * on channel queue_<name>. When the notifier background worker serves this
- * database, the wake-up is handed to it after commit and only if a worker
- * may be asleep (see src/wakeup.rs); otherwise a plain NOTIFY is sent in this
- * transaction. Postgres folds identical notifications of one transaction
- * into one, so callers may call this freely.
- */
-CREATE FUNCTION queue.wake(p_queue text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT queue.defer_wake(p_queue) THEN
-        PERFORM pg_notify('queue_' || p_queue, '');
-    END IF;
-END;
-$$;
-
-/*
- * queue.raise_invalid: raise invalid_parameter_value (22023) with a message
- * and a hint. Used by the validation code so every message has one shape.
- */
-CREATE FUNCTION queue.raise_invalid(p_message text, p_hint text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = p_message, HINT = p_hint;
-END;
-$$;
-
-/*
- * queue.check_push_options: validate everything a push may be given, before
- * anything is written. Returns the time the job becomes due.
- */
-CREATE FUNCTION queue.check_push_options(
-    p_delay interval, p_run_at timestamptz, p_max_attempts int, p_timeout interval,
-    p_backoff_base interval, p_backoff_max interval, p_retry_delays interval[],
-    p_dedupe_key text, p_priority int)
-RETURNS timestamptz
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF p_delay IS NOT NULL AND p_run_at IS NOT NULL THEN
-        PERFORM queue.raise_invalid('delay and run_at cannot both be given',
-            'Pass either delay => interval ''5 minutes'' or run_at => a timestamptz.');
-    END IF;
-    IF p_delay < interval '0' THEN
-        PERFORM queue.raise_invalid(format('delay must not be negative: %s', p_delay),
-            'Pass a delay of zero or more, or NULL to run now.');
-    END IF;
-    IF p_priority IS NULL THEN
-        PERFORM queue.raise_invalid('priority must not be NULL',
-            'Pass an integer (lower runs first) or one of critical, high, normal, low.');
-    END IF;
-    IF p_max_attempts IS NULL OR p_max_attempts < 1 THEN
-        PERFORM queue.raise_invalid(format('max_attempts must be at least 1: %s', coalesce(p_max_attempts::text, 'NULL')),
-            'max_attempts counts the first try: 1 means no retry.');
-    END IF;
-    IF p_timeout IS NULL OR p_timeout <= interval '0' THEN
-        PERFORM queue.raise_invalid(format('timeout must be positive: %s', coalesce(p_timeout::text, 'NULL')),
-            'The timeout is the lease a worker gets on a claimed job, e.g. interval ''5 minutes''.');
-    END IF;
-    IF p_backoff_base IS NULL OR p_backoff_base < interval '0' THEN
-        PERFORM queue.raise_invalid(format('backoff_base must not be negative: %s', coalesce(p_backoff_base::text, 'NULL')),
-            'The first retry waits backoff_base, each later one twice as long.');
-    END IF;
-    IF p_backoff_max IS NULL OR p_backoff_max < p_backoff_base THEN
-        PERFORM queue.raise_invalid(format('backoff_max (%s) must be at least backoff_base (%s)',
-                coalesce(p_backoff_max::text, 'NULL'), p_backoff_base),
-            'backoff_max caps the exponential backoff.');
-    END IF;
-    IF p_retry_delays IS NOT NULL AND (cardinality(p_retry_delays) = 0
-            OR array_position(p_retry_delays, NULL) IS NOT NULL
-            OR EXISTS (SELECT 1 FROM unnest(p_retry_delays) d WHERE d < interval '0')) THEN
-        PERFORM queue.raise_invalid(format('invalid retry_delays: %s', p_retry_delays),
-            'Pass a non-empty list of non-negative intervals such as ''{1 minute, 5 minutes, 30 minutes}''; the last entry repeats.');
-    END IF;
-    IF p_dedupe_key = '' THEN
-        PERFORM queue.raise_invalid('dedupe_key must not be empty',
-            'Pass NULL for no deduplication.');
-    END IF;
-    RETURN coalesce(p_run_at, now() + p_delay, now());
-END;
-$$;
-
-/*
  * queue.group_elect: make the right job of a serial group its active job.
  *
  * A group has at most one active job (processing, retrying, or pending and
@@ -365,48 +283,24 @@ COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, 
 ------------------------------------------------------------------------------
 
 /*
- * queue.claim: THE claim query. Reads jobs_claim (pending, not waiting
- * behind a serial group) in (priority, id) order and locks with SKIP
- * LOCKED, so concurrent workers take different jobs and never wait on each
- * other. A job of a serial group is only taken if this transaction gets its
- * group's advisory lock at once; a group busy with an election is skipped
- * like a locked row. Each claimed job becomes `processing` with a lease of
- * its timeout and its attempt counter incremented.
- */
-CREATE FUNCTION queue.claim(p_queue text, p_worker text, p_batch int)
-RETURNS SETOF queue.claimed_job
-LANGUAGE sql AS $$
-    WITH next_jobs AS (
-        SELECT j.id
-          FROM queue.jobs j
-         WHERE j.queue = p_queue
-           AND j.status = 'pending'
-           AND NOT j.group_waiting
-           AND (j.serial_group IS NULL
-                OR pg_try_advisory_xact_lock(queue.group_lock_key(j.serial_group)))
-         ORDER BY j.priority, j.id
-         LIMIT p_batch
-           FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE queue.jobs j
-           SET status      = 'processing',
-               attempts    = j.attempts + 1,
-               started_at  = now(),
-               lease_until = now() + j.timeout,
-               worker      = p_worker
-          FROM next_jobs
-         WHERE j.id = next_jobs.id
-        RETURNING j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts,
-                  j.max_attempts, j.lease_until, j.created_at
-    )
-    SELECT * FROM claimed ORDER BY claimed.priority, claimed.id;
-$$;
-
-/*
- * queue_pop: claim up to `batch` jobs of a queue (see queue.claim). When
- * nothing is claimable, the caller is about to sleep on LISTEN: mark the
- * queue as having a sleeper, then claim once more with a fresh snapshot, so
- * that a job committed in between is either seen now or wakes the worker.
+ * queue_pop: claim up to `batch` jobs of a queue, in (priority, id) order.
+ *
+ * THE claim query reads jobs_claim (pending, not waiting behind a serial
+ * group) in index order and locks with SKIP LOCKED, so concurrent workers
+ * take different jobs and never wait on each other. A job of a serial group
+ * is only taken if this transaction gets its group's advisory lock at once;
+ * a group busy with an election is skipped like a locked row. Each claimed
+ * job becomes `processing` with a lease of its timeout and its attempt
+ * counter incremented. The ids go through an array, not a join: with a
+ * parameter as LIMIT the planner guesses thousands of rows and would
+ * hash-join them against a scan of the whole table, while `id = ANY(array)`
+ * is a primary-key lookup per claimed job.
+ *
+ * When nothing is claimable the caller is about to sleep on LISTEN: the
+ * second round marks the queue as having a sleeper and claims once more with
+ * a fresh snapshot, so a job committed in between is either seen now or
+ * wakes the worker (src/wakeup.rs). The claim is written once, in a loop, so
+ * that plpgsql plans it once per session.
  */
 CREATE FUNCTION @extschema@.queue_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1)
 RETURNS SETOF queue.claimed_job
@@ -414,6 +308,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_queue  text := queue.check_queue_name(queue_pop.queue);
+    v_worker text := queue_pop.worker;
     v_batch  int  := queue_pop.batch;
 BEGIN
     IF v_batch IS NULL OR v_batch < 1 OR v_batch > 10000 THEN
@@ -421,11 +316,35 @@ BEGIN
             MESSAGE = format('batch must be between 1 and 10000: %s', coalesce(v_batch::text, 'NULL')),
             HINT = 'batch is the most jobs one call may claim.';
     END IF;
-    RETURN QUERY SELECT * FROM queue.claim(v_queue, queue_pop.worker, v_batch);
-    IF NOT FOUND THEN
-        PERFORM queue.note_sleeper(v_queue);
-        RETURN QUERY SELECT * FROM queue.claim(v_queue, queue_pop.worker, v_batch);
-    END IF;
+    FOR round IN 1..2 LOOP
+        IF round = 2 THEN
+            PERFORM queue.note_sleeper(v_queue);
+        END IF;
+        RETURN QUERY
+        WITH claimed AS (
+            UPDATE queue.jobs j
+               SET status      = 'processing',
+                   attempts    = j.attempts + 1,
+                   started_at  = now(),
+                   lease_until = now() + j.timeout,
+                   worker      = v_worker
+             WHERE j.id = ANY (ARRAY(
+                       SELECT c.id
+                         FROM queue.jobs c
+                        WHERE c.queue = v_queue
+                          AND c.status = 'pending'
+                          AND NOT c.group_waiting
+                          AND (c.serial_group IS NULL
+                               OR pg_try_advisory_xact_lock(queue.group_lock_key(c.serial_group)))
+                        ORDER BY c.priority, c.id
+                        LIMIT v_batch
+                          FOR UPDATE SKIP LOCKED))
+            RETURNING j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts,
+                      j.max_attempts, j.lease_until, j.created_at
+        )
+        SELECT * FROM claimed ORDER BY claimed.priority, claimed.id;
+        EXIT WHEN FOUND;
+    END LOOP;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int) IS

@@ -19,24 +19,26 @@ DECLARE
     v_groups text[];
     v_name   text;
 BEGIN
-    WITH due AS (
-        SELECT id, status AS was
-          FROM queue.jobs
-         WHERE status IN ('scheduled', 'retrying') AND run_at <= now()
-         ORDER BY run_at
-         LIMIT p_batch
-           FOR UPDATE SKIP LOCKED
-    ), promoted AS (
+    -- In SET, j.status is still the old status: a scheduled job of a group
+    -- enters waiting (and its group is elected below), a retrying one stays
+    -- its group's active job. The ids go through an array, not a join, so
+    -- this is a primary-key lookup per job whatever LIMIT the planner guesses.
+    WITH promoted AS (
         UPDATE queue.jobs j
            SET status = 'pending',
-               group_waiting = (j.serial_group IS NOT NULL AND due.was = 'scheduled')
-          FROM due
-         WHERE j.id = due.id
-        RETURNING j.queue, j.serial_group, due.was
+               group_waiting = (j.serial_group IS NOT NULL AND j.status = 'scheduled')
+         WHERE j.id = ANY (ARRAY(
+                   SELECT id
+                     FROM queue.jobs
+                    WHERE status IN ('scheduled', 'retrying') AND run_at <= now()
+                    ORDER BY run_at
+                    LIMIT p_batch
+                      FOR UPDATE SKIP LOCKED))
+        RETURNING j.queue, j.serial_group, j.group_waiting
     )
     SELECT count(*),
-           array_agg(DISTINCT queue) FILTER (WHERE serial_group IS NULL OR was = 'retrying'),
-           array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL AND was = 'scheduled')
+           array_agg(DISTINCT queue) FILTER (WHERE NOT group_waiting),
+           array_agg(DISTINCT serial_group) FILTER (WHERE group_waiting)
       INTO v_count, v_queues, v_groups
       FROM promoted;
 
@@ -64,14 +66,7 @@ DECLARE
     v_groups  text[];
     v_name    text;
 BEGIN
-    WITH lost AS (
-        SELECT id
-          FROM queue.jobs
-         WHERE status = 'processing' AND lease_until < now()
-         ORDER BY lease_until
-         LIMIT p_batch
-           FOR UPDATE SKIP LOCKED
-    ), moved AS (
+    WITH moved AS (
         UPDATE queue.jobs j
            SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'expired'
                              ELSE 'retrying' END::queue.job_status,
@@ -82,8 +77,13 @@ BEGIN
                last_error = format('lease expired: attempt %s was claimed at %s and not finished by %s',
                                    j.attempts, j.started_at, j.lease_until),
                lease_until = NULL
-          FROM lost
-         WHERE j.id = lost.id
+         WHERE j.id = ANY (ARRAY(
+                   SELECT id
+                     FROM queue.jobs
+                    WHERE status = 'processing' AND lease_until < now()
+                    ORDER BY lease_until
+                    LIMIT p_batch
+                      FOR UPDATE SKIP LOCKED))
         RETURNING j.status, j.serial_group
     )
     SELECT count(*) FILTER (WHERE status = 'retrying'),
@@ -117,11 +117,12 @@ DECLARE
     v_count int;
 BEGIN
     DELETE FROM queue.jobs
-     WHERE id IN (SELECT id FROM queue.jobs
-                   WHERE status IN ('completed', 'failed', 'expired', 'cancelled')
-                     AND finished_at < now() - queue.retention()
-                   ORDER BY finished_at
-                   LIMIT p_batch);
+     WHERE id = ANY (ARRAY(
+               SELECT id FROM queue.jobs
+                WHERE status IN ('completed', 'failed', 'expired', 'cancelled')
+                  AND finished_at < now() - queue.retention()
+                ORDER BY finished_at
+                LIMIT p_batch));
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
 END;

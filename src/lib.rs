@@ -33,7 +33,8 @@ extension_sql_file!(
         validate::check_group_name,
         serial_group::group_lock_key,
         backoff::retry_delay,
-        wakeup::defer_wake,
+        validate::check_push_options,
+        wakeup::wake,
         wakeup::note_sleeper
     ]
 );

@@ -95,6 +95,116 @@ fn check_group_name(name: Option<&str>) -> Option<&str> {
     name
 }
 
+/// Postgres' text for an interval array, as `array_out` writes it: elements
+/// quoted when they hold blanks or punctuation, NULL bare.
+fn array_text(values: &[Option<Interval>]) -> String {
+    let items: Vec<String> = values
+        .iter()
+        .map(|v| match v {
+            None => "NULL".to_string(),
+            Some(i) => {
+                let t = i.to_string();
+                if t.is_empty() || t.eq_ignore_ascii_case("null") || t.chars().any(|c| " ,{}\"\\".contains(c)) {
+                    format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\""))
+                } else {
+                    t
+                }
+            }
+        })
+        .collect();
+    format!("{{{}}}", items.join(","))
+}
+
+fn text_or_null<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "NULL".into())
+}
+
+/// Validate every option a push may be given and return when the job is due:
+/// `run_at`, or now() + `delay`, or now(). One call, before anything is
+/// written; each problem raises 22023 with the value named and a hint.
+#[pg_extern(stable, parallel_safe, schema = "queue")]
+#[allow(clippy::too_many_arguments)]
+fn check_push_options(
+    delay: Option<Interval>,
+    run_at: Option<TimestampWithTimeZone>,
+    max_attempts: Option<i32>,
+    timeout: Option<Interval>,
+    backoff_base: Option<Interval>,
+    backoff_max: Option<Interval>,
+    retry_delays: Option<Vec<Option<Interval>>>,
+    dedupe_key: Option<&str>,
+    priority: Option<i32>,
+) -> TimestampWithTimeZone {
+    const F: &str = "check_push_options";
+    let negative = |i: &Interval| i.as_micros() < 0;
+    if delay.is_some() && run_at.is_some() {
+        raise_invalid(
+            "delay and run_at cannot both be given".into(),
+            "Pass either delay => interval '5 minutes' or run_at => a timestamptz.",
+            F,
+        );
+    }
+    if let Some(d) = delay.as_ref().filter(|d| negative(d)) {
+        raise_invalid(format!("delay must not be negative: {d}"), "Pass a delay of zero or more, or NULL to run now.", F);
+    }
+    if priority.is_none() {
+        raise_invalid(
+            "priority must not be NULL".into(),
+            "Pass an integer (lower runs first) or one of critical, high, normal, low.",
+            F,
+        );
+    }
+    if max_attempts.is_none_or(|m| m < 1) {
+        raise_invalid(
+            format!("max_attempts must be at least 1: {}", text_or_null(&max_attempts)),
+            "max_attempts counts the first try: 1 means no retry.",
+            F,
+        );
+    }
+    if timeout.as_ref().is_none_or(|t| t.as_micros() <= 0) {
+        raise_invalid(
+            format!("timeout must be positive: {}", text_or_null(&timeout)),
+            "The timeout is the lease a worker gets on a claimed job, e.g. interval '5 minutes'.",
+            F,
+        );
+    }
+    let base = match backoff_base {
+        Some(b) if !negative(&b) => b,
+        other => raise_invalid(
+            format!("backoff_base must not be negative: {}", text_or_null(&other)),
+            "The first retry waits backoff_base, each later one twice as long.",
+            F,
+        ),
+    };
+    if backoff_max.as_ref().is_none_or(|m| m.as_micros() < base.as_micros()) {
+        raise_invalid(
+            format!("backoff_max ({}) must be at least backoff_base ({base})", text_or_null(&backoff_max)),
+            "backoff_max caps the exponential backoff.",
+            F,
+        );
+    }
+    if let Some(list) = retry_delays.as_ref() {
+        if list.is_empty() || list.iter().any(|d| d.as_ref().is_none_or(negative)) {
+            raise_invalid(
+                format!("invalid retry_delays: {}", array_text(list)),
+                "Pass a non-empty list of non-negative intervals such as '{1 minute, 5 minutes, 30 minutes}'; the last entry repeats.",
+                F,
+            );
+        }
+    }
+    if dedupe_key == Some("") {
+        raise_invalid("dedupe_key must not be empty".into(), "Pass NULL for no deduplication.", F);
+    }
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let now = unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(now), false) }
+        .unwrap_or_else(|| raise_invalid("no transaction timestamp".into(), "", F));
+    match (run_at, delay) {
+        (Some(at), _) => at,
+        (None, Some(d)) => now + d,
+        (None, None) => now,
+    }
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
@@ -128,6 +238,26 @@ mod tests {
     #[pg_test(error = "invalid queue name: queue name \"bad name\" contains the character ' '")]
     fn sql_check_raises() {
         Spi::run("SELECT queue.check_queue_name('bad name')").unwrap();
+    }
+
+    #[pg_test]
+    fn push_options_resolve_run_at() {
+        let due_now = Spi::get_one::<bool>(
+            "SELECT queue.check_push_options(NULL, NULL, 3, '5 min', '10 s', '1 h', NULL, NULL, 0) = now()",
+        )
+        .unwrap();
+        assert_eq!(due_now, Some(true));
+        let delayed = Spi::get_one::<bool>(
+            "SELECT queue.check_push_options('1 day', NULL, 3, '5 min', '10 s', '1 h', NULL, NULL, 0) = now() + interval '1 day'",
+        )
+        .unwrap();
+        assert_eq!(delayed, Some(true));
+    }
+
+    #[pg_test(error = "invalid retry_delays: {00:01:00,NULL}")]
+    fn push_options_name_the_bad_schedule() {
+        Spi::run("SELECT queue.check_push_options(NULL, NULL, 3, '5 min', '10 s', '1 h', '{1 minute, NULL}', NULL, 0)")
+            .unwrap();
     }
 
     #[pg_test]

@@ -31,8 +31,7 @@
 //!
 //! Where this path is not available (library not preloaded, a push in a
 //! database other than `queue.database`, notifier not running) `queue.wake`
-//! reports so and the caller sends a plain NOTIFY in its own transaction:
-//! slower, never wrong.
+//! sends a plain NOTIFY in the caller's transaction: slower, never wrong.
 //!
 //! Queues are hashed to slots. A slot that two queues share is marked
 //! COLLIDED for good and then wakes its queues on every push: more
@@ -201,10 +200,25 @@ thread_local! {
     static CALLBACK_REGISTERED: RefCell<bool> = const { RefCell::new(false) };
 }
 
-/// SQL `queue.defer_wake(queue)`: remember to wake the queue's sleepers
-/// after commit. False when the notifier cannot do it; the caller then
-/// sends a NOTIFY itself.
+/// SQL `queue.wake(queue)`: jobs of the queue became claimable. Hands the
+/// wake-up to the notifier after commit when it serves this database, and
+/// otherwise sends `NOTIFY queue_<name>` in this transaction. Postgres folds
+/// identical notifications of one transaction into one.
 #[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
+fn wake(queue: &str) {
+    if !defer_wake(queue) {
+        let channel = format!("queue_{queue}");
+        unsafe {
+            pgrx::direct_function_call_as_datum(
+                pg_sys::pg_notify,
+                &[channel.as_str().into_datum(), "".into_datum()],
+            );
+        }
+    }
+}
+
+/// Remember to wake the queue's sleepers after commit. False when the
+/// notifier cannot do it.
 fn defer_wake(queue: &str) -> bool {
     if !notifier_serves_this_database() {
         return false;

@@ -1,0 +1,563 @@
+//! queue-bench: the `queue` extension against the physical limit of its design.
+//!
+//! The reference is a bare table with a partial index on (priority, id),
+//! pushed by plain INSERT, claimed by
+//! `UPDATE ... WHERE id IN (SELECT ... ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT n)`
+//! and acked by DELETE. Both run in the same cluster, in the same run, with the
+//! same client code; only the SQL differs.
+//!
+//! Usage: `queue-bench [--url URL] [--reps N] [--only W1,W3,...] [--json FILE]`.
+//! Without --url it starts its own throwaway cluster (scripts/cluster.sh) with
+//! fsync on, synchronous_commit on, shared_buffers 1GB and the extension
+//! preloaded.
+
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const BENCH_PORT: u16 = 55450;
+const QUEUE: &str = "bench";
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum System {
+    Queue,
+    Reference,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Queue => "queue",
+            System::Reference => "reference",
+        }
+    }
+}
+
+/// One measured number series.
+struct Entry {
+    workload: String,
+    system: &'static str,
+    unit: &'static str,
+    values: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[s.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[idx]
+}
+
+fn payload(n: usize) -> String {
+    format!(r#"{{"n": {n}, "s": "{}"}}"#, "x".repeat(64))
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A connection whose notifications arrive on a channel.
+async fn connect_listening(url: &str) -> Result<(Client, mpsc::UnboundedReceiver<()>)> {
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(msg) = messages.next().await {
+            match msg {
+                Ok(AsyncMessage::Notification(_)) => {
+                    let _ = tx.send(());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    Ok((client, rx))
+}
+
+fn ids_of(messages: &[SimpleQueryMessage]) -> Vec<i64> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn id_array(ids: &[i64]) -> String {
+    let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    format!("'{{{}}}'::bigint[]", list.join(","))
+}
+
+/// One round trip, one transaction: ack the previous claims, claim the next.
+fn ack_and_claim_sql(system: System, worker: usize, previous: &[i64], batch: usize) -> String {
+    let mut sql = String::from("BEGIN;");
+    match system {
+        System::Queue => {
+            if !previous.is_empty() {
+                if previous.len() == 1 {
+                    sql += &format!("SELECT queue_ack({});", previous[0]);
+                } else {
+                    sql += &format!("SELECT queue_ack({});", id_array(previous));
+                }
+            }
+            sql += &format!("SELECT id FROM queue_pop('{QUEUE}', 'w{worker}', {batch});");
+        }
+        System::Reference => {
+            if !previous.is_empty() {
+                sql += &format!("DELETE FROM bench_ref WHERE id = ANY({});", id_array(previous));
+            }
+            sql += &format!(
+                "UPDATE bench_ref SET claimed = true WHERE id IN (SELECT id FROM bench_ref \
+                 WHERE NOT claimed ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT {batch}) RETURNING id;"
+            );
+        }
+    }
+    sql + "COMMIT;"
+}
+
+struct Bench {
+    url: String,
+    admin: Client,
+    results: Vec<Entry>,
+    reps: usize,
+}
+
+impl Bench {
+    async fn reset(&self) -> Result<()> {
+        self.admin
+            .batch_execute(
+                "TRUNCATE queue.jobs RESTART IDENTITY; TRUNCATE bench_ref RESTART IDENTITY; CHECKPOINT;",
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Fill `n` waiting jobs, optionally spread over `groups` serial groups.
+    async fn prefill(&self, system: System, n: usize, groups: Option<usize>) -> Result<()> {
+        let chunk = 10_000;
+        let mut done = 0;
+        while done < n {
+            let m = chunk.min(n - done);
+            let sql = match (system, groups) {
+                (System::Queue, None) => format!(
+                    "INSERT INTO queue.jobs (queue, status, run_at, max_attempts, timeout, backoff_base, backoff_max, payload)
+                     SELECT '{QUEUE}', 'pending', now(), 3, '5 minutes', '10 seconds', '1 hour',
+                            jsonb_build_object('n', i, 's', repeat('x', 64))
+                       FROM generate_series({}, {}) i",
+                    done + 1,
+                    done + m
+                ),
+                (System::Queue, Some(g)) => format!(
+                    "SELECT count(*) FROM (SELECT queue_push('{QUEUE}', jsonb_build_object('n', i, 's', repeat('x', 64)),
+                                                serial_group => 'g' || (i % {g})) FROM generate_series({}, {}) i) s",
+                    done + 1,
+                    done + m
+                ),
+                (System::Reference, _) => format!(
+                    "INSERT INTO bench_ref (payload) SELECT jsonb_build_object('n', i, 's', repeat('x', 64))
+                       FROM generate_series({}, {}) i",
+                    done + 1,
+                    done + m
+                ),
+            };
+            self.admin.batch_execute(&sql).await?;
+            done += m;
+        }
+        // VACUUM cannot share a multi-statement query (an implicit transaction).
+        self.admin.batch_execute("VACUUM ANALYZE queue.jobs").await?;
+        self.admin.batch_execute("VACUUM ANALYZE bench_ref").await?;
+        Ok(())
+    }
+
+    fn record(&mut self, workload: &str, system: System, unit: &'static str, values: Vec<f64>) {
+        println!(
+            "  {workload:<34} {:<9} median {:>10.1} {unit}  (runs: {})",
+            system.name(),
+            median(&values),
+            values.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", ")
+        );
+        self.results.push(Entry { workload: workload.to_string(), system: system.name(), unit, values });
+    }
+
+    /// W1: single pushes from several connections, one transaction each.
+    async fn single_pushes(&self, system: System, total: usize, conns: usize) -> Result<f64> {
+        self.reset().await?;
+        let sql = match system {
+            System::Queue => format!("SELECT queue_push('{QUEUE}', $1::text::jsonb)"),
+            System::Reference => "INSERT INTO bench_ref (payload) VALUES ($1::text::jsonb)".to_string(),
+        };
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..conns {
+            let url = self.url.clone();
+            let sql = sql.clone();
+            tasks.push(tokio::spawn(async move {
+                let client = connect(&url).await?;
+                let stmt = client.prepare(&sql).await?;
+                for i in 0..total / conns {
+                    client.execute(&stmt, &[&payload(c * total + i)]).await?;
+                }
+                Result::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok(total as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// W2: pushes in batches from one connection.
+    async fn batch_pushes(&self, system: System, total: usize, batch: usize) -> Result<f64> {
+        self.reset().await?;
+        let client = connect(&self.url).await?;
+        let sql = match system {
+            System::Queue => format!("SELECT count(*) FROM queue_push_batch('{QUEUE}', $1::text[]::jsonb[])"),
+            System::Reference => "INSERT INTO bench_ref (payload) SELECT unnest($1::text[]::jsonb[])".to_string(),
+        };
+        let stmt = client.prepare(&sql).await?;
+        let batches: Vec<Vec<String>> =
+            (0..total / batch).map(|b| (0..batch).map(|i| payload(b * batch + i)).collect()).collect();
+        let started = Instant::now();
+        for b in &batches {
+            client.execute(&stmt, &[b]).await?;
+        }
+        Ok(total as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// W3 / W4 / W6: drain prefilled jobs with `workers` connections, each
+    /// acking its previous claims in the transaction of its next claim.
+    async fn drain(&self, system: System, total: usize, workers: usize, batch: usize) -> Result<f64> {
+        let completed = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let url = self.url.clone();
+            let completed = completed.clone();
+            tasks.push(tokio::spawn(async move {
+                let (client, mut wakeups) = connect_listening(&url).await?;
+                client.batch_execute(&format!("LISTEN \"queue_{QUEUE}\"")).await?;
+                let mut held: Vec<i64> = Vec::new();
+                loop {
+                    let sql = ack_and_claim_sql(system, w, &held, batch);
+                    completed.fetch_add(held.len(), Ordering::SeqCst);
+                    held = ids_of(&client.simple_query(&sql).await?);
+                    if held.is_empty() {
+                        if completed.load(Ordering::SeqCst) >= total {
+                            return Result::Ok(());
+                        }
+                        // Serial groups: everything left may be held by others.
+                        let _ = tokio::time::timeout(Duration::from_millis(50), wakeups.recv()).await;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok(total as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// W5: one push every 5 ms, two idle workers in LISTEN; latency from the
+    /// push's commit (its call returning) to a worker's pop returning it.
+    async fn wakeup_latency(&self, seconds: u64) -> Result<Vec<f64>> {
+        self.reset().await?;
+        let committed: Arc<Mutex<HashMap<i64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+        let popped: Arc<Mutex<HashMap<i64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for w in 0..2 {
+            let url = self.url.clone();
+            let popped = popped.clone();
+            let stop = stop.clone();
+            workers.push(tokio::spawn(async move {
+                let (client, mut wakeups) = connect_listening(&url).await?;
+                client.batch_execute(&format!("LISTEN \"queue_{QUEUE}\"")).await?;
+                let pop = client.prepare(&format!("SELECT id FROM queue_pop('{QUEUE}', 'w{w}')")).await?;
+                let ack = client.prepare("SELECT queue_ack($1::bigint)").await?;
+                while stop.load(Ordering::SeqCst) == 0 {
+                    let rows = client.query(&pop, &[]).await?;
+                    if let Some(row) = rows.first() {
+                        let id: i64 = row.get(0);
+                        popped.lock().map_err(|_| "poisoned")?.insert(id, Instant::now());
+                        client.query(&ack, &[&id]).await?;
+                        continue;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(1), wakeups.recv()).await;
+                }
+                Result::Ok(())
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let producer = connect(&self.url).await?;
+        let push = producer.prepare(&format!("SELECT queue_push('{QUEUE}', $1::text::jsonb)")).await?;
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let mut n = 0;
+        while Instant::now() < until {
+            tick.tick().await;
+            let id: i64 = producer.query_one(&push, &[&payload(n)]).await?.get(0);
+            committed.lock().map_err(|_| "poisoned")?.insert(id, Instant::now());
+            n += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(1, Ordering::SeqCst);
+        producer.batch_execute(&format!("NOTIFY \"queue_{QUEUE}\"")).await?;
+        for w in workers {
+            w.await??;
+        }
+        let committed = committed.lock().map_err(|_| "poisoned")?;
+        let popped = popped.lock().map_err(|_| "poisoned")?;
+        let lat: Vec<f64> = committed
+            .iter()
+            .map(|(id, c)| match popped.get(id) {
+                Some(p) => p.saturating_duration_since(*c).as_secs_f64() * 1000.0,
+                None => f64::INFINITY,
+            })
+            .collect();
+        Ok(lat)
+    }
+
+    /// W7: one pop + one ack, each its own transaction, at a given depth.
+    async fn pop_ack_latency(&self, ops: usize) -> Result<f64> {
+        let client = connect(&self.url).await?;
+        let pop = client.prepare(&format!("SELECT id FROM queue_pop('{QUEUE}', 'lat')")).await?;
+        let ack = client.prepare("SELECT queue_ack($1::bigint)").await?;
+        let mut lat = Vec::with_capacity(ops);
+        for _ in 0..ops {
+            let t = Instant::now();
+            let id: i64 = client.query_one(&pop, &[]).await?.get(0);
+            client.query(&ack, &[&id]).await?;
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(percentile(&mut lat, 0.5))
+    }
+}
+
+fn want(only: &[String], w: &str) -> bool {
+    only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(w))
+}
+
+fn start_cluster() -> Result<String> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let dir = format!("{root}/.run/bench-cluster");
+    let status = std::process::Command::new(format!("{root}/scripts/cluster.sh"))
+        .args([
+            "start",
+            &dir,
+            &BENCH_PORT.to_string(),
+            "shared_buffers = 1GB",
+            "fsync = on",
+            "synchronous_commit = on",
+            "max_wal_size = 8GB",
+        ])
+        .status()?;
+    if !status.success() {
+        return Err("could not start the benchmark cluster".into());
+    }
+    Ok(format!("host=127.0.0.1 port={BENCH_PORT} user=postgres dbname=postgres"))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (mut url, mut reps, mut only, mut json) = (None, 3usize, Vec::new(), String::from(".run/bench.json"));
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--url" => url = args.next(),
+            "--reps" => reps = args.next().and_then(|v| v.parse().ok()).unwrap_or(3),
+            "--only" => only = args.next().unwrap_or_default().split(',').map(str::to_string).collect(),
+            "--json" => json = args.next().unwrap_or(json),
+            other => return Err(format!("unknown argument {other}; see the top of bench/src/main.rs").into()),
+        }
+    }
+    let own_cluster = url.is_none();
+    let url = match url {
+        Some(u) => u,
+        None => start_cluster()?,
+    };
+    let admin = connect(&url).await?;
+    admin
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS queue;
+             DROP TABLE IF EXISTS bench_ref;
+             CREATE TABLE bench_ref (id bigserial PRIMARY KEY, priority int NOT NULL DEFAULT 0,
+                                     payload jsonb NOT NULL, claimed boolean NOT NULL DEFAULT false);
+             CREATE INDEX bench_ref_claim ON bench_ref (priority, id) WHERE NOT claimed;",
+        )
+        .await?;
+    let version: String = admin.query_one("SELECT version()", &[]).await?.get(0);
+    println!("queue-bench: {version}; {reps} repetitions; {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    let mut b = Bench { url, admin, results: Vec::new(), reps };
+    let systems = [System::Queue, System::Reference];
+
+    if want(&only, "W1") {
+        for s in systems {
+            let mut v = Vec::new();
+            for _ in 0..b.reps {
+                v.push(b.single_pushes(s, 50_000, 4).await?);
+            }
+            b.record("W1 50k single pushes, 4 conns", s, "jobs/s", v);
+        }
+    }
+    if want(&only, "W2") {
+        for s in systems {
+            let mut v = Vec::new();
+            for _ in 0..b.reps {
+                v.push(b.batch_pushes(s, 100_000, 1000).await?);
+            }
+            b.record("W2 100k pushes, batches of 1000", s, "jobs/s", v);
+        }
+    }
+    for (w, name, batch) in [("W3", "W3 drain 50k, 4 workers, batch 1", 1), ("W4", "W4 drain 50k, 4 workers, batch 100", 100)] {
+        if want(&only, w) {
+            for s in systems {
+                let mut v = Vec::new();
+                for _ in 0..b.reps {
+                    b.reset().await?;
+                    b.prefill(s, 50_000, None).await?;
+                    v.push(b.drain(s, 50_000, 4, batch).await?);
+                }
+                b.record(name, s, "jobs/s", v);
+            }
+        }
+    }
+    if want(&only, "W5") {
+        let mut p50 = Vec::new();
+        let mut p95 = Vec::new();
+        let mut p99 = Vec::new();
+        for _ in 0..b.reps {
+            let mut lat = b.wakeup_latency(20).await?;
+            p50.push(percentile(&mut lat, 0.50));
+            p95.push(percentile(&mut lat, 0.95));
+            p99.push(percentile(&mut lat, 0.99));
+        }
+        b.record("W5 wake-up latency p50", System::Queue, "ms", p50);
+        b.record("W5 wake-up latency p95", System::Queue, "ms", p95);
+        b.record("W5 wake-up latency p99", System::Queue, "ms", p99);
+    }
+    if want(&only, "W6") {
+        for (name, batch) in [("W6 W3 over 1000 serial groups", 1), ("W6 W4 over 1000 serial groups", 100)] {
+            let mut v = Vec::new();
+            for _ in 0..b.reps {
+                b.reset().await?;
+                b.prefill(System::Queue, 50_000, Some(1000)).await?;
+                v.push(b.drain(System::Queue, 50_000, 4, batch).await?);
+            }
+            b.record(name, System::Queue, "jobs/s", v);
+        }
+        let mut v = Vec::new();
+        for _ in 0..b.reps {
+            b.reset().await?;
+            b.prefill(System::Queue, 8_000, Some(1)).await?;
+            v.push(b.drain(System::Queue, 8_000, 4, 1).await?);
+        }
+        b.record("W6 8000 jobs in one group", System::Queue, "jobs/s", v);
+    }
+    if want(&only, "W7") {
+        b.reset().await?;
+        let mut depth = 0;
+        for target in [1_000usize, 100_000, 1_000_000] {
+            b.prefill(System::Queue, target - depth, None).await?;
+            depth = target;
+            let mut v = Vec::new();
+            for _ in 0..b.reps {
+                v.push(b.pop_ack_latency(300).await?);
+                b.prefill(System::Queue, 300, None).await?;
+            }
+            b.record(&format!("W7 pop+ack p50, {target} waiting"), System::Queue, "ms", v);
+        }
+        println!("  (adding 10,000,000 finished jobs of history)");
+        b.admin
+            .batch_execute(
+                "INSERT INTO queue.jobs (queue, status, run_at, max_attempts, timeout, backoff_base, backoff_max,
+                                         payload, attempts, started_at, finished_at)
+                 SELECT 'bench', 'completed', now(), 3, '5 minutes', '10 seconds', '1 hour',
+                        jsonb_build_object('n', i, 's', repeat('x', 64)), 1, now(), now()
+                   FROM generate_series(1, 10000000) i",
+            )
+            .await?;
+        b.admin.batch_execute("VACUUM ANALYZE queue.jobs").await?;
+        let mut v = Vec::new();
+        for _ in 0..b.reps {
+            v.push(b.pop_ack_latency(300).await?);
+            b.prefill(System::Queue, 300, None).await?;
+        }
+        b.record("W7 pop+ack p50, 1M waiting + 10M done", System::Queue, "ms", v);
+    }
+
+    print_table(&b.results);
+    write_json(&b.results, &json)?;
+    println!("JSON: {json}");
+    if own_cluster {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let _ = std::process::Command::new(format!("{root}/scripts/cluster.sh"))
+            .args(["stop", &format!("{root}/.run/bench-cluster")])
+            .status();
+    }
+    Ok(())
+}
+
+fn find<'a>(results: &'a [Entry], workload: &str, system: &str) -> Option<&'a Entry> {
+    results.iter().find(|e| e.workload == workload && e.system == system)
+}
+
+fn print_table(results: &[Entry]) {
+    println!("\n| workload | queue median [min-max] | reference median | queue / reference |");
+    println!("| --- | --- | --- | --- |");
+    for e in results.iter().filter(|e| e.system == "queue") {
+        let min = e.values.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = e.values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let reference = find(results, &e.workload, "reference");
+        let (ref_text, ratio) = match reference {
+            Some(r) => (format!("{:.0} {}", median(&r.values), r.unit), format!("{:.2}", median(&e.values) / median(&r.values))),
+            None => ("".to_string(), "".to_string()),
+        };
+        let digits = if e.unit == "ms" { 2 } else { 0 };
+        println!(
+            "| {} | {:.*} {} [{:.*}-{:.*}] | {} | {} |",
+            e.workload, digits, median(&e.values), e.unit, digits, min, digits, max, ref_text, ratio
+        );
+    }
+}
+
+fn write_json(results: &[Entry], path: &str) -> Result<()> {
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "workload": e.workload, "system": e.system, "unit": e.unit,
+                "runs": e.values, "median": median(&e.values),
+                "min": e.values.iter().cloned().fold(f64::INFINITY, f64::min),
+                "max": e.values.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            })
+        })
+        .collect();
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "results": rows }))?)?;
+    Ok(())
+}

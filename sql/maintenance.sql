@@ -172,8 +172,10 @@ END;
 $$;
 
 /*
- * queue_tick: one maintenance pass by hand, the same code the background
- * worker runs, repeated until no duty has more to do. Returns what it did.
+ * queue_tick: by hand, the same code the background services run: the
+ * maintenance pass until no duty has more to do, then the scheduler pass
+ * (fire due schedules). Returns what it did. Without shared_preload_libraries
+ * this is how delayed jobs, leases and schedules move (e.g. from cron).
  */
 CREATE FUNCTION @extschema@.queue_tick() RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -191,8 +193,14 @@ BEGIN
         END LOOP;
         EXIT WHEN NOT (v_pass ->> 'more')::boolean;
     END LOOP;
+    LOOP
+        v_pass := queue.scheduler_pass();
+        v_total := v_total || jsonb_build_object('fired',
+            coalesce((v_total ->> 'fired')::int, 0) + (v_pass ->> 'fired')::int);
+        EXIT WHEN NOT (v_pass ->> 'more')::boolean;
+    END LOOP;
     RETURN v_total;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_tick() IS
-'Run one maintenance pass by hand (the background worker''s code): promote due jobs, expire leases, delete old final jobs. Returns counts: promoted, retried, expired, deleted, errors.';
+'Run the background services'' passes by hand: promote due jobs, expire leases, delete old final jobs, fire due schedules. Returns counts: promoted, retried, expired, deleted, errors, fired.';

@@ -63,3 +63,9 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_touch(bigint, interval, int),
     @extschema@.queue_priority(text)
 TO queue_worker;
+
+-- queue_schedule runs as its caller (it records the caller as the owner)
+-- and reaches the internal table through this one SECURITY DEFINER function.
+GRANT USAGE ON SCHEMA queue TO queue_admin;
+GRANT EXECUTE ON FUNCTION queue.upsert_schedule(name, text, text, text, jsonb, int, text, int, interval, boolean)
+    TO queue_admin;

@@ -44,6 +44,7 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    register_scheduler();
 }
 
 /// The database the background workers serve.
@@ -52,4 +53,24 @@ pub fn database_name() -> String {
         .get()
         .and_then(|c| c.into_string().ok())
         .unwrap_or_else(|| "postgres".to_string())
+}
+
+/// Time zone in which cron schedules are evaluated (`queue.timezone`).
+pub static TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
+
+/// Register the scheduler's settings (called from [`register`]).
+fn register_scheduler() {
+    GucRegistry::define_string_guc(
+        c"queue.timezone",
+        c"Time zone in which cron schedules are evaluated.",
+        c"An IANA name such as 'UTC' or 'Europe/Prague'.",
+        &TIMEZONE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// The scheduler's time zone name.
+pub fn timezone_name() -> String {
+    TIMEZONE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "UTC".to_string())
 }

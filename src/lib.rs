@@ -7,9 +7,11 @@
 use pgrx::prelude::*;
 
 mod backoff;
+mod cron;
 mod gucs;
-mod maintenance;
+mod scheduler;
 mod serial_group;
+mod services;
 mod validate;
 mod wakeup;
 
@@ -39,17 +41,28 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["core"]);
+extension_sql_file!(
+    "../sql/scheduler.sql",
+    name = "scheduler",
+    requires = [
+        "core",
+        scheduler::schedule_kind,
+        scheduler::schedule_next,
+        scheduler::schedule_after_run,
+        scheduler::schedule_upcoming
+    ]
+);
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 /// Called once per process that loads the library. When loaded through
 /// `shared_preload_libraries` it also reserves the shared memory of the
-/// wake-up path and registers the two background workers.
+/// wake-up path and registers the background workers.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         wakeup::init_shared_memory();
-        maintenance::register_worker();
+        services::register_workers();
         wakeup::register_worker();
     }
 }

@@ -192,6 +192,34 @@ impl Bench {
         Ok(())
     }
 
+    /// Fill `n` pending jobs straight into the table, in groups if asked:
+    /// job i belongs to group i % groups, and the first job of each group is
+    /// its active one (the state queue_push would leave).
+    async fn prefill_fast(&self, n: usize, groups: Option<usize>) -> Result<()> {
+        let (group, waiting) = match groups {
+            Some(g) => (format!("'g' || (i % {g})"), format!("i > {g}")),
+            None => ("NULL".to_string(), "false".to_string()),
+        };
+        let mut done = 0;
+        while done < n {
+            let m = 100_000.min(n - done);
+            self.admin
+                .batch_execute(&format!(
+                    "INSERT INTO queue.jobs (queue, status, serial_group, group_waiting, run_at, max_attempts,
+                                             timeout, backoff_base, backoff_max, payload)
+                     SELECT '{QUEUE}', 'pending', {group}, {waiting}, now(), 3, '5 minutes', '10 seconds', '1 hour',
+                            jsonb_build_object('n', i, 's', repeat('x', 64))
+                       FROM generate_series({}, {}) i",
+                    done + 1,
+                    done + m
+                ))
+                .await?;
+            done += m;
+        }
+        self.admin.batch_execute("VACUUM ANALYZE queue.jobs").await?;
+        Ok(())
+    }
+
     fn record(&mut self, workload: &str, system: System, unit: &'static str, values: Vec<f64>) {
         println!(
             "  {workload:<34} {:<9} median {:>10.1} {unit}  (runs: {})",
@@ -413,34 +441,42 @@ async fn main() -> Result<()> {
     let mut b = Bench { url, admin, results: Vec::new(), reps };
     let systems = [System::Queue, System::Reference];
 
+    // Queue and reference alternate inside each repetition, so that both
+    // see the same stretch of this machine's (noisy) fsync latency.
     if want(&only, "W1") {
-        for s in systems {
-            let mut v = Vec::new();
-            for _ in 0..b.reps {
-                v.push(b.single_pushes(s, 50_000, 4).await?);
+        let mut v = [Vec::new(), Vec::new()];
+        for _ in 0..b.reps {
+            for (k, s) in systems.iter().enumerate() {
+                v[k].push(b.single_pushes(*s, 50_000, 4).await?);
             }
-            b.record("W1 50k single pushes, 4 conns", s, "jobs/s", v);
+        }
+        for (k, s) in systems.iter().enumerate() {
+            b.record("W1 50k single pushes, 4 conns", *s, "jobs/s", v[k].clone());
         }
     }
     if want(&only, "W2") {
-        for s in systems {
-            let mut v = Vec::new();
-            for _ in 0..b.reps {
-                v.push(b.batch_pushes(s, 100_000, 1000).await?);
+        let mut v = [Vec::new(), Vec::new()];
+        for _ in 0..b.reps {
+            for (k, s) in systems.iter().enumerate() {
+                v[k].push(b.batch_pushes(*s, 100_000, 1000).await?);
             }
-            b.record("W2 100k pushes, batches of 1000", s, "jobs/s", v);
+        }
+        for (k, s) in systems.iter().enumerate() {
+            b.record("W2 100k pushes, batches of 1000", *s, "jobs/s", v[k].clone());
         }
     }
     for (w, name, batch) in [("W3", "W3 drain 50k, 4 workers, batch 1", 1), ("W4", "W4 drain 50k, 4 workers, batch 100", 100)] {
         if want(&only, w) {
-            for s in systems {
-                let mut v = Vec::new();
-                for _ in 0..b.reps {
+            let mut v = [Vec::new(), Vec::new()];
+            for _ in 0..b.reps {
+                for (k, s) in systems.iter().enumerate() {
                     b.reset().await?;
-                    b.prefill(s, 50_000, None).await?;
-                    v.push(b.drain(s, 50_000, 4, batch).await?);
+                    b.prefill(*s, 50_000, None).await?;
+                    v[k].push(b.drain(*s, 50_000, 4, batch).await?);
                 }
-                b.record(name, s, "jobs/s", v);
+            }
+            for (k, s) in systems.iter().enumerate() {
+                b.record(name, *s, "jobs/s", v[k].clone());
             }
         }
     }
@@ -475,6 +511,24 @@ async fn main() -> Result<()> {
             v.push(b.drain(System::Queue, 8_000, 4, 1).await?);
         }
         b.record("W6 8000 jobs in one group", System::Queue, "jobs/s", v);
+    }
+    if want(&only, "G") {
+        // Issue 3: pop latency with serial groups against an equally deep
+        // queue without them.
+        for (label, jobs, groups) in [
+            ("G pop+ack p50, 1M waiting, no groups", 1_000_000usize, None),
+            ("G pop+ack p50, 1M waiting in 10k groups", 1_000_000, Some(10_000usize)),
+            ("G pop+ack p50, 8000 waiting, no groups", 8_000, None),
+            ("G pop+ack p50, 8000 waiting in one group", 8_000, Some(1)),
+        ] {
+            b.reset().await?;
+            b.prefill_fast(jobs, groups).await?;
+            let mut v = Vec::new();
+            for _ in 0..b.reps {
+                v.push(b.pop_ack_latency(300).await?);
+            }
+            b.record(label, System::Queue, "ms", v);
+        }
     }
     if want(&only, "W7") {
         b.reset().await?;

@@ -25,11 +25,16 @@ def worker_pid(conn):
     return row[0] if row else None
 
 
-def test_worker_is_visible_in_pg_stat_activity(conn):
-    row = conn.execute(
-        "SELECT application_name, datname FROM pg_stat_activity WHERE backend_type = 'queue maintenance'"
-    ).fetchone()
-    assert row == ("queue maintenance", "postgres")
+def test_workers_are_visible_in_pg_stat_activity(conn):
+    rows = conn.execute(
+        """SELECT backend_type, application_name, datname FROM pg_stat_activity
+            WHERE backend_type LIKE 'queue %' ORDER BY backend_type"""
+    ).fetchall()
+    assert rows == [
+        ("queue maintenance", "queue maintenance", "postgres"),
+        ("queue notifier", "queue notifier", "postgres"),
+        ("queue scheduler", "queue scheduler", "postgres"),
+    ]
 
 
 def test_delayed_job_is_promoted_and_notified_within_a_tick(queue_name):

@@ -28,16 +28,33 @@ SET ROLE regress_queue_nobody;
 SELECT queue_push('sec', '{}');
 SELECT queue_pop('sec');
 SELECT queue.check_queue_name('x');
+SELECT queue_schedule('s', '@daily', 'q');
 RESET ROLE;
 
+-- Schedules: admins only; the creator is the owner, and a schedule stops
+-- pushing when its owner loses the right to push.
+CREATE ROLE regress_queue_ops LOGIN;
+GRANT queue_admin TO regress_queue_ops;
+SET ROLE regress_queue_ops;
+SELECT queue_schedule('nightly', '@daily', 'sec') > 0 AS created;
+SELECT owner FROM queue_schedules();
+RESET ROLE;
+REVOKE queue_admin FROM regress_queue_ops;
+UPDATE queue.schedules SET next_run_at = now() - interval '1 minute';
+SELECT queue_tick() ->> 'fired' AS fired;
+SELECT last_error FROM queue_schedules();
+SELECT queue_trigger('nightly');
+SELECT count(*) AS jobs_from_schedule FROM queue.jobs WHERE queue = 'sec' AND id > 1;
+
 -- Every public function is SECURITY DEFINER with a pinned search_path,
--- and has a comment.
+-- and has a comment. Two exceptions: queue_priority touches no table, and
+-- queue_schedule runs as its caller to record the caller as the owner.
 SELECT p.oid::regprocedure AS function
   FROM pg_proc p
  WHERE p.proname LIKE 'queue\_%' AND p.pronamespace = 'public'::regnamespace
-   AND (NOT (p.prosecdef OR p.proname = 'queue_priority')
+   AND (NOT (p.prosecdef OR p.proname IN ('queue_priority', 'queue_schedule'))
         OR p.proconfig IS NULL
         OR obj_description(p.oid, 'pg_proc') IS NULL);
 
-DROP ROLE regress_queue_app, regress_queue_bg, regress_queue_nobody;
 DROP EXTENSION queue;
+DROP ROLE regress_queue_app, regress_queue_bg, regress_queue_nobody, regress_queue_ops;

@@ -1,0 +1,276 @@
+-- The scheduler: named schedules that push jobs. Parsing and time
+-- arithmetic are Rust (src/cron.rs, src/scheduler.rs); the firing is here,
+-- run by the scheduler background service and by queue_tick().
+--
+-- A schedule only ever pushes a job, with its own options, and only while
+-- the role that created it may push jobs. It never runs SQL.
+
+CREATE TABLE queue.schedules (
+    id           bigserial PRIMARY KEY,
+    name         text COLLATE "C" NOT NULL UNIQUE,
+    schedule     text NOT NULL,
+    kind         text NOT NULL,
+    queue        text COLLATE "C" NOT NULL,
+    payload      jsonb NOT NULL,
+    priority     int NOT NULL,
+    serial_group text COLLATE "C",
+    max_attempts int NOT NULL,
+    timeout      interval NOT NULL,
+    enabled      boolean NOT NULL DEFAULT true,
+    owner        name NOT NULL,
+    next_run_at  timestamptz,
+    last_run_at  timestamptz,
+    last_job_id  bigint,
+    last_error   text,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- The scheduler and the timeline read schedules in next-run order.
+CREATE INDEX schedules_due ON queue.schedules (next_run_at)
+    WHERE enabled AND next_run_at IS NOT NULL;
+
+/*
+ * queue.owner_may_push: whether a role may still push jobs (superuser,
+ * queue_producer or queue_admin). Checked every time a schedule fires.
+ */
+CREATE FUNCTION queue.owner_may_push(p_owner name) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_roles r
+         WHERE r.rolname = p_owner
+           AND (r.rolsuper
+                OR pg_has_role(r.oid, 'queue_producer', 'USAGE')
+                OR pg_has_role(r.oid, 'queue_admin', 'USAGE')));
+$$;
+
+/*
+ * queue.push_for_schedule: push one job of a schedule, as its owner may.
+ */
+CREATE FUNCTION queue.push_for_schedule(s queue.schedules) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT queue.owner_may_push(s.owner) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('schedule "%s": its owner %s may not push jobs', s.name, s.owner),
+            HINT = 'Grant queue_producer to the owner, or re-create the schedule as a role that has it.';
+    END IF;
+    RETURN @extschema@.queue_push(s.queue, s.payload, s.priority, serial_group => s.serial_group,
+                                  max_attempts => s.max_attempts, timeout => s.timeout);
+END;
+$$;
+
+/*
+ * queue.scheduler_pass: fire every due schedule, at most p_batch of them.
+ *
+ * Due schedules are locked (SKIP LOCKED) and their next_run_at moves past
+ * now() in the same transaction that pushes the job, so two passes running
+ * at once never push the same slot twice: the second skips the locked row,
+ * or, once the first committed, no longer sees it as due. The next run is
+ * computed from now(), so after downtime a schedule runs once, not once per
+ * missed slot. A push that fails (bad owner, bad options) is recorded in
+ * last_error and the schedule moves on. Returns {"fired", "failed", "more",
+ * "next_in_ms"} (milliseconds until the next due schedule, for the service's
+ * sleep).
+ */
+CREATE FUNCTION queue.scheduler_pass(p_batch int DEFAULT 100) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    s        queue.schedules;
+    v_job    bigint;
+    v_error  text;
+    v_fired  int := 0;
+    v_failed int := 0;
+    v_next   timestamptz;
+BEGIN
+    FOR s IN
+        SELECT * FROM queue.schedules
+         WHERE enabled AND next_run_at <= now()
+         ORDER BY next_run_at
+         LIMIT p_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        BEGIN
+            v_job := queue.push_for_schedule(s);
+            v_error := NULL;
+            v_fired := v_fired + 1;
+        EXCEPTION WHEN OTHERS THEN
+            v_job := NULL;
+            v_error := SQLERRM;
+            v_failed := v_failed + 1;
+            RAISE WARNING 'queue scheduler: %', SQLERRM;
+        END;
+        UPDATE queue.schedules
+           SET last_run_at = now(),
+               last_job_id = coalesce(v_job, last_job_id),
+               last_error  = v_error,
+               next_run_at = queue.schedule_after_run(schedule, next_run_at, now()),
+               enabled     = enabled AND kind <> 'once'
+         WHERE id = s.id;
+    END LOOP;
+
+    SELECT min(next_run_at) INTO v_next FROM queue.schedules WHERE enabled AND next_run_at IS NOT NULL;
+    RETURN jsonb_build_object(
+        'fired', v_fired, 'failed', v_failed,
+        'more', v_fired + v_failed >= p_batch,
+        'next_in_ms', CASE WHEN v_next IS NULL THEN NULL
+                           ELSE greatest(0, ceil(extract(epoch FROM v_next - clock_timestamp()) * 1000))::bigint END);
+END;
+$$;
+
+/*
+ * queue.upsert_schedule: create or replace a schedule (by name) owned by
+ * p_owner. Internal: queue_schedule passes its caller.
+ */
+CREATE FUNCTION queue.upsert_schedule(
+    p_owner name, p_name text, p_schedule text, p_queue text, p_payload jsonb, p_priority int,
+    p_serial_group text, p_max_attempts int, p_timeout interval, p_enabled boolean)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_kind text;
+    v_id   bigint;
+BEGIN
+    IF p_name IS NULL OR p_name = '' OR length(p_name) > 200 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid schedule name: %s', coalesce(quote_literal(p_name), 'NULL')),
+            HINT = 'Name a schedule with 1 to 200 characters; queue_schedule with an existing name replaces it.';
+    END IF;
+    IF p_schedule IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'schedule must not be NULL',
+            HINT = 'Pass a cron expression, @daily, ''every 10 minutes'', ''at <timestamptz>'' or ''manual''.';
+    END IF;
+    IF p_payload IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'payload must not be NULL',
+            HINT = 'Pass a JSON value; ''{}'' for an empty payload.';
+    END IF;
+    PERFORM queue.check_queue_name(p_queue), queue.check_group_name(p_serial_group),
+            queue.check_push_options(NULL, NULL, p_max_attempts, p_timeout, '0', '0', NULL, NULL, p_priority);
+    v_kind := queue.schedule_kind(p_schedule);
+    IF NOT queue.owner_may_push(p_owner) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('role %s may not push jobs, so it cannot own a schedule', p_owner),
+            HINT = 'Grant queue_producer or queue_admin to the role.';
+    END IF;
+
+    INSERT INTO queue.schedules AS s (name, schedule, kind, queue, payload, priority, serial_group,
+                                      max_attempts, timeout, enabled, owner, next_run_at)
+    VALUES (p_name, p_schedule, v_kind, p_queue, p_payload, p_priority, p_serial_group,
+            p_max_attempts, p_timeout, coalesce(p_enabled, true), p_owner,
+            queue.schedule_next(p_schedule, now()))
+    ON CONFLICT (name) DO UPDATE
+       SET schedule = excluded.schedule, kind = excluded.kind, queue = excluded.queue,
+           payload = excluded.payload, priority = excluded.priority,
+           serial_group = excluded.serial_group, max_attempts = excluded.max_attempts,
+           timeout = excluded.timeout, enabled = excluded.enabled, owner = excluded.owner,
+           next_run_at = excluded.next_run_at, last_error = NULL
+    RETURNING s.id INTO v_id;
+    RETURN v_id;
+END;
+$$;
+
+/*
+ * queue_schedule: create or replace (by name) a schedule that pushes a job.
+ * SECURITY INVOKER on purpose: it records its caller as the owner, whose
+ * right to push is checked again every time the schedule fires.
+ */
+CREATE FUNCTION @extschema@.queue_schedule(
+    name text, schedule text, queue text, payload jsonb DEFAULT '{}',
+    priority int DEFAULT 0, serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes', enabled boolean DEFAULT true)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT queue.upsert_schedule(current_user, $1, $2, $3, $4, $5, $6, $7, $8, $9);
+$$;
+COMMENT ON FUNCTION @extschema@.queue_schedule(text, text, text, jsonb, int, text, int, interval, boolean) IS
+'Create or replace (by name) a schedule that pushes a job: 5-field cron, @hourly..@yearly, ''every N seconds|minutes|hours|days'', ''at <timestamptz>'' or ''manual''. Cron runs in queue.timezone. Returns the schedule id.';
+
+CREATE FUNCTION @extschema@.queue_unschedule(name text) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    WITH gone AS (DELETE FROM queue.schedules s WHERE s.name = $1 RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM gone);
+$$;
+COMMENT ON FUNCTION @extschema@.queue_unschedule(text) IS
+'Delete a schedule by name; false when there is none. Jobs it already pushed stay.';
+
+/*
+ * queue_trigger: run a schedule now (any kind, enabled or not): push its
+ * job and return the job id. Its regular next run does not change.
+ */
+CREATE FUNCTION @extschema@.queue_trigger(name text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s     queue.schedules;
+    v_job bigint;
+BEGIN
+    SELECT * INTO s FROM queue.schedules WHERE schedules.name = queue_trigger.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('schedule "%s" does not exist', queue_trigger.name),
+            HINT = 'queue_schedules() lists the schedules.';
+    END IF;
+    v_job := queue.push_for_schedule(s);
+    UPDATE queue.schedules SET last_run_at = now(), last_job_id = v_job, last_error = NULL WHERE id = s.id;
+    RETURN v_job;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_trigger(text) IS
+'Run a schedule now: push its job and return the job id. The regular next run is unchanged.';
+
+CREATE FUNCTION @extschema@.queue_schedules()
+RETURNS TABLE (name text, kind text, schedule text, queue text, enabled boolean,
+               last_run_at timestamptz, last_job_id bigint, next_run_at timestamptz,
+               priority int, serial_group text, payload jsonb, owner name, last_error text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.name, s.kind, s.schedule, s.queue, s.enabled, s.last_run_at, s.last_job_id,
+           s.next_run_at, s.priority, s.serial_group, s.payload, s.owner, s.last_error
+      FROM queue.schedules s
+     ORDER BY s.name;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_schedules() IS
+'Every schedule: name, kind, schedule, queue, enabled, last_run_at, last_job_id, next_run_at, priority, serial_group, payload, owner, last_error.';
+
+/*
+ * queue_timeline: the upcoming runs of all schedules within `horizon`,
+ * soonest first, at most max_rows. Only the max_rows schedules that run
+ * soonest can appear (each of them runs at least once before any other
+ * schedule), so the work is max_rows^2 at worst, whatever the number of
+ * schedules.
+ */
+CREATE FUNCTION @extschema@.queue_timeline(horizon interval DEFAULT '1 day', max_rows int DEFAULT 20)
+RETURNS TABLE (name text, queue text, kind text, run_at timestamptz, is_due boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_horizon interval := queue_timeline.horizon;
+    v_max     int := queue_timeline.max_rows;
+    v_cutoff  timestamptz;
+BEGIN
+    IF v_horizon IS NULL OR v_horizon < interval '0' OR v_max IS NULL OR v_max < 1 OR v_max > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid timeline arguments: horizon %s, max_rows %s',
+                             coalesce(v_horizon::text, 'NULL'), coalesce(v_max::text, 'NULL')),
+            HINT = 'horizon is a non-negative interval; max_rows is between 1 and 10000.';
+    END IF;
+    SELECT s.next_run_at INTO v_cutoff
+      FROM queue.schedules s
+     WHERE s.enabled AND s.next_run_at IS NOT NULL
+     ORDER BY s.next_run_at OFFSET v_max - 1 LIMIT 1;
+    RETURN QUERY
+    SELECT s.name::text, s.queue::text, s.kind, r.run_at, r.run_at <= now()
+      FROM queue.schedules s,
+           LATERAL queue.schedule_upcoming(s.schedule, s.next_run_at, now(), now() + v_horizon, v_max) AS r(run_at)
+     WHERE s.enabled AND s.next_run_at IS NOT NULL
+       AND s.next_run_at <= coalesce(v_cutoff, 'infinity')
+       AND s.next_run_at <= now() + v_horizon
+     ORDER BY r.run_at, s.name
+     LIMIT v_max;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_timeline(interval, int) IS
+'Upcoming schedule runs within horizon, soonest first, at most max_rows; is_due marks runs whose time has come.';

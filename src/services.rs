@@ -1,0 +1,160 @@
+//! The background services: small workers with one duty each.
+//!
+//! * `queue maintenance` runs `queue.maintenance_pass()` every `queue.tick`:
+//!   promote due jobs, expire leases, delete old final jobs.
+//! * `queue scheduler` runs `queue.scheduler_pass()`: push the jobs of due
+//!   schedules. It sleeps until the next schedule is due, at most a second.
+//!
+//! Both are registered from `_PG_init` when the library is preloaded, connect
+//! to the database named by `queue.database`, idle quietly until the
+//! extension exists there, show themselves in pg_stat_activity, re-read the
+//! configuration on SIGHUP, and on SIGTERM finish their batch and exit. They
+//! exit with code 1 so that the postmaster starts them again after a crash
+//! or `pg_terminate_backend` (it does not while the server shuts down). A
+//! pass runs in its own transaction; one that fails is logged by the
+//! postmaster and the service is restarted, and inside a pass each duty is
+//! its own subtransaction, so one bad row never stops the others.
+//!
+//! (The notifier in `wakeup.rs` is a third worker, driven by its latch.)
+
+use crate::gucs;
+use pgrx::bgworkers::*;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+use std::time::Duration;
+
+/// One service: its name, and the SQL of one pass, which takes the batch
+/// size and returns jsonb with "more" (run again at once) and optionally
+/// "next_in_ms" (sleep at most that long).
+struct Service {
+    name: &'static str,
+    app_name: &'static CStr,
+    function: &'static str,
+    pass_sql: &'static str,
+    batch: i32,
+    /// The longest sleep between passes, if shorter than `queue.tick`.
+    max_sleep: Option<Duration>,
+}
+
+const MAINTENANCE: Service = Service {
+    name: "queue maintenance",
+    app_name: c"queue maintenance",
+    function: "queue_maintenance_main",
+    pass_sql: "SELECT queue.maintenance_pass($1)",
+    batch: 1000,
+    max_sleep: None,
+};
+
+const SCHEDULER: Service = Service {
+    name: "queue scheduler",
+    app_name: c"queue scheduler",
+    function: "queue_scheduler_main",
+    pass_sql: "SELECT queue.scheduler_pass($1)",
+    batch: 100,
+    max_sleep: Some(Duration::from_secs(1)),
+};
+
+/// Register the services with the postmaster. Only possible while
+/// `shared_preload_libraries` is being processed.
+pub fn register_workers() {
+    for service in [&MAINTENANCE, &SCHEDULER] {
+        BackgroundWorkerBuilder::new(service.name)
+            .set_type(service.name)
+            .set_function(service.function)
+            .set_library("queue")
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(Some(Duration::from_secs(1)))
+            .load();
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn queue_maintenance_main(_arg: pg_sys::Datum) {
+    run(&MAINTENANCE);
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn queue_scheduler_main(_arg: pg_sys::Datum) {
+    run(&SCHEDULER);
+}
+
+/// The loop every service shares.
+fn run(service: &Service) -> ! {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = gucs::database_name();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    unsafe {
+        pg_sys::pgstat_report_appname(service.app_name.as_ptr());
+    }
+    log!("{}: started for database \"{database}\"", service.name);
+
+    let mut sleep = tick(service, None);
+    while BackgroundWorker::wait_latch(Some(sleep)) {
+        if BackgroundWorker::sighup_received() {
+            unsafe {
+                pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+            }
+        }
+        sleep = run_passes(service);
+    }
+
+    log!("{}: shutting down", service.name);
+    unsafe {
+        pg_sys::proc_exit(1);
+    }
+}
+
+/// The sleep before the next pass: `queue.tick`, shortened by the service's
+/// own limit and by what the last pass asked for.
+fn tick(service: &Service, asked_ms: Option<u64>) -> Duration {
+    let mut d = Duration::from_millis(gucs::TICK_MS.get().max(10) as u64);
+    if let Some(max) = service.max_sleep {
+        d = d.min(max);
+    }
+    if let Some(ms) = asked_ms {
+        d = d.min(Duration::from_millis(ms.max(1)));
+    }
+    d
+}
+
+/// Passes, one transaction each, until the service has no more to do or a
+/// shutdown is asked for. Returns how long to sleep.
+fn run_passes(service: &Service) -> Duration {
+    loop {
+        set_activity(c"running a pass");
+        let result = BackgroundWorker::transaction(|| {
+            if !extension_installed() {
+                return None;
+            }
+            Spi::get_one_with_args::<pgrx::JsonB>(service.pass_sql, &[service.batch.into()])
+                .ok()
+                .flatten()
+                .map(|j| j.0)
+        });
+        set_activity(c"idle");
+        let more = result.as_ref().and_then(|r| r.get("more")).and_then(|m| m.as_bool()).unwrap_or(false);
+        if !more || BackgroundWorker::sigterm_received() {
+            let asked = result.as_ref().and_then(|r| r.get("next_in_ms")).and_then(|m| m.as_u64());
+            return tick(service, asked);
+        }
+        pg_sys::check_for_interrupts!();
+    }
+}
+
+/// Whether `CREATE EXTENSION queue` has run in this database.
+fn extension_installed() -> bool {
+    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'queue')")
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Show what the service is doing in pg_stat_activity.query.
+fn set_activity(what: &'static CStr) {
+    unsafe {
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, what.as_ptr());
+    }
+}

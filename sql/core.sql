@@ -62,6 +62,47 @@ BEGIN
 END;
 $$;
 
+/*
+ * queue.release_groups: the active jobs of these groups just became final
+ * (ack, final fail, expiry); make each group's next job active. Cheaper
+ * than queue.group_elect per group, and set-based for batch acks: with no
+ * active job left, the next one is simply the first waiting job in
+ * (priority, id) order. The group locks are taken in one global order (by
+ * key) so that concurrent releasers cannot deadlock; the NOT EXISTS is a
+ * safety net, the unique index jobs_group_active the guarantee.
+ */
+CREATE FUNCTION queue.release_groups(p_groups text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_queues text[];
+    v_queue  text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(k)
+       FROM (SELECT DISTINCT queue.group_lock_key(g) AS k FROM unnest(p_groups) AS g ORDER BY 1) keys;
+    WITH elected AS (
+        UPDATE queue.jobs j
+           SET group_waiting = false
+         WHERE j.id = ANY (ARRAY(
+                   SELECT n.id
+                     FROM unnest(p_groups) AS g(name),
+                          LATERAL (SELECT w.id FROM queue.jobs w
+                                    WHERE w.serial_group = g.name AND w.status = 'pending'
+                                    ORDER BY w.priority, w.id
+                                    LIMIT 1) n
+                    WHERE NOT EXISTS (
+                          SELECT 1 FROM queue.jobs a
+                           WHERE a.serial_group = g.name
+                             AND (a.status IN ('processing', 'retrying')
+                                  OR (a.status = 'pending' AND NOT a.group_waiting)))))
+        RETURNING j.queue
+    )
+    SELECT array_agg(DISTINCT queue) INTO v_queues FROM elected;
+    FOREACH v_queue IN ARRAY coalesce(v_queues, '{}') LOOP
+        PERFORM queue.wake(v_queue);
+    END LOOP;
+END;
+$$;
+
 ------------------------------------------------------------------------------
 -- Priorities
 ------------------------------------------------------------------------------
@@ -374,7 +415,7 @@ BEGIN
        AND (attempt IS NULL OR j.attempts = attempt)
     RETURNING true, j.serial_group INTO v_found, v_group;
     IF v_group IS NOT NULL THEN
-        PERFORM queue.group_elect(v_group);
+        PERFORM queue.release_groups(ARRAY[v_group]);
     END IF;
     RETURN coalesce(v_found, false);
 END;
@@ -392,7 +433,6 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_count  bigint;
     v_groups text[];
-    v_group  text;
 BEGIN
     WITH acked AS (
         UPDATE queue.jobs j
@@ -402,9 +442,9 @@ BEGIN
     )
     SELECT count(*), array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL)
       INTO v_count, v_groups FROM acked;
-    FOREACH v_group IN ARRAY coalesce(v_groups, '{}') LOOP
-        PERFORM queue.group_elect(v_group);
-    END LOOP;
+    IF v_groups IS NOT NULL THEN
+        PERFORM queue.release_groups(v_groups);
+    END IF;
     RETURN v_count;
 END;
 $$;
@@ -446,7 +486,7 @@ BEGIN
            SET status = 'failed', last_error = error, finished_at = now(), lease_until = NULL
          WHERE j.id = v_job.id;
         IF v_job.serial_group IS NOT NULL THEN
-            PERFORM queue.group_elect(v_job.serial_group);
+            PERFORM queue.release_groups(ARRAY[v_job.serial_group]);
         END IF;
         RETURN 'failed';
     END IF;

@@ -64,7 +64,6 @@ DECLARE
     v_retried int;
     v_expired int;
     v_groups  text[];
-    v_name    text;
 BEGIN
     WITH moved AS (
         UPDATE queue.jobs j
@@ -92,9 +91,9 @@ BEGIN
       INTO v_retried, v_expired, v_groups
       FROM moved;
 
-    FOREACH v_name IN ARRAY coalesce(v_groups, '{}') LOOP
-        PERFORM queue.group_elect(v_name);
-    END LOOP;
+    IF v_groups IS NOT NULL THEN
+        PERFORM queue.release_groups(v_groups);
+    END IF;
     RETURN jsonb_build_object('retried', v_retried, 'expired', v_expired);
 END;
 $$;

@@ -58,15 +58,21 @@ const SCHEDULER: Service = Service {
 /// `shared_preload_libraries` is being processed.
 pub fn register_workers() {
     for service in [&MAINTENANCE, &SCHEDULER] {
-        BackgroundWorkerBuilder::new(service.name)
-            .set_type(service.name)
-            .set_function(service.function)
-            .set_library("queue")
-            .enable_spi_access()
-            .set_start_time(BgWorkerStartTime::RecoveryFinished)
-            .set_restart_time(Some(Duration::from_secs(1)))
-            .load();
+        register_worker(service.name, service.function);
     }
+}
+
+/// Register one worker of this library: started once recovery is over,
+/// restarted a second after it exits with code 1.
+pub fn register_worker(name: &str, function: &str) {
+    BackgroundWorkerBuilder::new(name)
+        .set_type(name)
+        .set_function(function)
+        .set_library("queue")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .load();
 }
 
 #[pg_guard]

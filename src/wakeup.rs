@@ -273,14 +273,7 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
 
 /// Register the notifier with the postmaster (from `_PG_init`).
 pub fn register_worker() {
-    BackgroundWorkerBuilder::new(NOTIFIER_NAME)
-        .set_type(NOTIFIER_NAME)
-        .set_function("queue_notifier_main")
-        .set_library("queue")
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(Duration::from_secs(1)))
-        .load();
+    crate::services::register_worker(NOTIFIER_NAME, "queue_notifier_main");
 }
 
 /// The notifier's entry point. It publishes its latch, then sleeps until a
@@ -299,6 +292,12 @@ pub extern "C-unwind" fn queue_notifier_main(_arg: pg_sys::Datum) {
     shared
         .latch
         .store(unsafe { &raw mut (*pg_sys::MyProc).procLatch } as usize, Ordering::SeqCst);
+    // A NOTIFY transaction gets a transaction id and so a commit record;
+    // nothing is lost if that record is not flushed before the listeners
+    // hear of it, so do not wait for the flush.
+    BackgroundWorker::transaction(|| {
+        let _ = Spi::run("SET synchronous_commit = off");
+    });
     log!("{NOTIFIER_NAME}: started for database \"{database}\"");
 
     // Wake-ups asked for while no notifier ran are sent at once.
@@ -315,25 +314,30 @@ pub extern "C-unwind" fn queue_notifier_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// One round: take the list and NOTIFY each queue on it in one transaction.
-/// If the list overflowed, every queue with pending jobs is woken.
+/// One round: take the list and NOTIFY each queue on it in one transaction,
+/// calling `pg_notify` directly (no SQL to parse). If the list overflowed,
+/// every queue with pending jobs is woken.
 fn send_requested_notifications() {
     let (names, overflow) = WAKE_LIST.exclusive().take();
     if names.is_empty() && !overflow {
         return;
     }
     BackgroundWorker::transaction(|| {
-        let _ = Spi::run("SET LOCAL synchronous_commit = off");
         if overflow {
             let _ = Spi::run(
                 "SELECT pg_notify('queue_' || queue, '')
                    FROM (SELECT DISTINCT queue FROM queue.jobs WHERE status = 'pending') q",
             );
         }
-        let _ = Spi::run_with_args(
-            "SELECT pg_notify('queue_' || name, '') FROM unnest($1::text[]) AS name",
-            &[names.into()],
-        );
+        for name in &names {
+            let channel = format!("queue_{name}");
+            unsafe {
+                pgrx::direct_function_call_as_datum(
+                    pg_sys::pg_notify,
+                    &[channel.as_str().into_datum(), "".into_datum()],
+                );
+            }
+        }
     });
 }
 

@@ -7,7 +7,7 @@
 --   jobs_claim         pending jobs that may run now, in claim order
 --   jobs_due           scheduled / retrying jobs, by the time they become due
 --   jobs_lease         processing jobs, by the time their lease runs out
---   jobs_finished      final jobs, by age, for retention and dead letters
+--   jobs_finished      final jobs by status and age: retention, dead letters
 --   jobs_dedupe        one live job per (queue, dedupe_key)
 --   jobs_group_active  at most ONE active job per serial group (see below)
 --   jobs_group_next    waiting jobs of a group in (priority, id) order
@@ -67,7 +67,10 @@ CREATE INDEX jobs_due ON queue.jobs (run_at)
 CREATE INDEX jobs_lease ON queue.jobs (lease_until)
     WHERE status = 'processing';
 
-CREATE INDEX jobs_finished ON queue.jobs (finished_at)
+-- By status first, so that the dead letters (failed, expired) are found
+-- without walking completed history, and retention reads each final status
+-- up to its cut-off.
+CREATE INDEX jobs_finished ON queue.jobs (status, finished_at)
     WHERE status IN ('completed', 'failed', 'expired', 'cancelled');
 
 CREATE UNIQUE INDEX jobs_dedupe ON queue.jobs (queue, dedupe_key)

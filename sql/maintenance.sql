@@ -108,7 +108,7 @@ $$;
 
 /*
  * queue.prune_finished: delete at most p_batch final jobs older than the
- * retention, oldest first.
+ * retention (any of them: the next pass takes the rest).
  */
 CREATE FUNCTION queue.prune_finished(p_batch int) RETURNS int
 LANGUAGE plpgsql AS $$
@@ -120,7 +120,6 @@ BEGIN
                SELECT id FROM queue.jobs
                 WHERE status IN ('completed', 'failed', 'expired', 'cancelled')
                   AND finished_at < now() - queue.retention()
-                ORDER BY finished_at
                 LIMIT p_batch));
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;

@@ -61,6 +61,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_ack(bigint[]),
     @extschema@.queue_fail(bigint, text, int, interval, boolean),
     @extschema@.queue_touch(bigint, interval, int),
+    @extschema@.queue_progress(bigint, int, int, text),
+    @extschema@.queue_heartbeat(text, jsonb),
     @extschema@.queue_priority(text)
 TO queue_worker;
 

@@ -41,6 +41,7 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["core"]);
+extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["core"]);
 extension_sql_file!(
     "../sql/scheduler.sql",
     name = "scheduler",

@@ -1,0 +1,288 @@
+-- Operations: dead letters, clean-up, progress, worker heartbeats.
+
+-- One row per worker process, written only by that worker: no shared row.
+CREATE TABLE queue.workers (
+    worker         text COLLATE "C" PRIMARY KEY,
+    info           jsonb NOT NULL DEFAULT '{}',
+    started_at     timestamptz NOT NULL DEFAULT now(),
+    last_heartbeat timestamptz NOT NULL DEFAULT now()
+);
+
+/*
+ * queue.forget_jobs: delete jobs by id (never processing ones) and re-elect
+ * the serial groups whose active job went with them. Returns how many.
+ */
+CREATE FUNCTION queue.forget_jobs(p_ids bigint[]) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count  bigint;
+    v_groups text[];
+    v_group  text;
+BEGIN
+    WITH gone AS (
+        DELETE FROM queue.jobs j
+         WHERE j.id = ANY (p_ids) AND j.status <> 'processing'
+        RETURNING j.serial_group
+    )
+    SELECT count(*), array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL)
+      INTO v_count, v_groups FROM gone;
+    FOREACH v_group IN ARRAY coalesce(v_groups, '{}') LOOP
+        PERFORM queue.group_elect(v_group);
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+/*
+ * queue.revive_jobs: dead jobs (failed, expired) back to pending with their
+ * attempts reset, exactly once: the status condition is re-checked under the
+ * row lock, so a second concurrent retry finds nothing. Jobs of a serial
+ * group come back waiting and their group is re-elected. A live job with
+ * the same dedupe_key makes the retry fail (23505) rather than duplicate it.
+ */
+CREATE FUNCTION queue.revive_jobs(p_ids bigint[]) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count  bigint;
+    v_queues text[];
+    v_groups text[];
+    v_name   text;
+BEGIN
+    WITH revived AS (
+        UPDATE queue.jobs j
+           SET status = 'pending', attempts = 0, run_at = now(), finished_at = NULL,
+               started_at = NULL, lease_until = NULL, worker = NULL, result = NULL,
+               progress = NULL, group_waiting = (j.serial_group IS NOT NULL)
+         WHERE j.id = ANY (p_ids) AND j.status IN ('failed', 'expired')
+        RETURNING j.queue, j.serial_group
+    )
+    SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE serial_group IS NULL),
+           array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL)
+      INTO v_count, v_queues, v_groups FROM revived;
+    FOREACH v_name IN ARRAY coalesce(v_queues, '{}') LOOP
+        PERFORM queue.wake(v_name);
+    END LOOP;
+    FOREACH v_name IN ARRAY coalesce(v_groups, '{}') LOOP
+        PERFORM queue.group_elect(v_name);
+    END LOOP;
+    RETURN v_count;
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION USING ERRCODE = 'unique_violation',
+        MESSAGE = 'a live job with the same dedupe_key exists; the dead job was not retried',
+        HINT = 'Let the live job finish, or queue_delete the dead one.';
+END;
+$$;
+
+-- The row queue_dead returns (a type, so that its `queue` column may share
+-- the name of the `queue` parameter).
+CREATE TYPE queue.dead_job AS (
+    id bigint, queue text, status text, attempts int, max_attempts int, last_error text,
+    payload jsonb, serial_group text, created_at timestamptz, finished_at timestamptz);
+
+CREATE FUNCTION @extschema@.queue_dead(queue text DEFAULT NULL, max_rows int DEFAULT 100)
+RETURNS SETOF queue.dead_job
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue text := CASE WHEN queue_dead.queue IS NULL THEN NULL ELSE queue.check_queue_name(queue_dead.queue) END;
+    v_max   int  := queue_dead.max_rows;
+BEGIN
+    IF v_max IS NULL OR v_max < 1 OR v_max > 100000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('max_rows must be between 1 and 100000: %s', coalesce(v_max::text, 'NULL')),
+            HINT = 'max_rows is how many dead jobs to list, newest first.';
+    END IF;
+    RETURN QUERY
+    SELECT j.id, j.queue::text, j.status::text, j.attempts, j.max_attempts, j.last_error, j.payload,
+           j.serial_group::text, j.created_at, j.finished_at
+      FROM queue.jobs j
+     WHERE j.status IN ('failed', 'expired') AND (v_queue IS NULL OR j.queue = v_queue)
+     ORDER BY j.finished_at DESC, j.id DESC
+     LIMIT v_max;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_dead(text, int) IS
+'Dead letters (failed and expired jobs), newest first, with their last error; of one queue or all.';
+
+CREATE FUNCTION @extschema@.queue_retry(id bigint) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT queue.revive_jobs(ARRAY[$1]) > 0;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_retry(bigint) IS
+'Put a dead job (failed or expired) back to pending with its attempts reset. True once; false for any other job, also for the second of two concurrent retries.';
+
+CREATE FUNCTION @extschema@.queue_retry_all(queue text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_retry_all.queue);
+BEGIN
+    RETURN queue.revive_jobs(ARRAY(
+        SELECT j.id FROM queue.jobs j
+         WHERE j.queue = v_queue AND j.status IN ('failed', 'expired')));
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_retry_all(text) IS
+'Put every dead job of a queue back to pending; returns how many.';
+
+CREATE FUNCTION @extschema@.queue_delete(id bigint) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT queue.forget_jobs(ARRAY[$1]) > 0;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_delete(bigint) IS
+'Delete one job that is not processing (a processing job belongs to its worker). False for unknown or processing jobs.';
+
+CREATE FUNCTION @extschema@.queue_purge_dead(queue text DEFAULT NULL, older_than interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue text := CASE WHEN queue_purge_dead.queue IS NULL THEN NULL ELSE queue.check_queue_name(queue_purge_dead.queue) END;
+    v_older interval := queue_purge_dead.older_than;
+BEGIN
+    IF v_older < interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('older_than must not be negative: %s', v_older),
+            HINT = 'Pass how old dead jobs must be to go, or NULL for all.';
+    END IF;
+    RETURN queue.forget_jobs(ARRAY(
+        SELECT j.id FROM queue.jobs j
+         WHERE j.status IN ('failed', 'expired')
+           AND (v_queue IS NULL OR j.queue = v_queue)
+           AND (v_older IS NULL OR j.finished_at < now() - v_older)));
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_purge_dead(text, interval) IS
+'Delete dead jobs (failed, expired), of one queue or all, optionally only those finished longer ago than older_than; returns how many.';
+
+CREATE FUNCTION @extschema@.queue_cleanup(older_than interval) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('older_than must be a non-negative interval: %s', coalesce(older_than::text, 'NULL')),
+            HINT = 'Final jobs (completed, failed, expired, cancelled) finished longer ago than this are deleted.';
+    END IF;
+    RETURN queue.forget_jobs(ARRAY(
+        SELECT j.id FROM queue.jobs j
+         WHERE j.status IN ('completed', 'failed', 'expired', 'cancelled')
+           AND j.finished_at < now() - older_than));
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_cleanup(interval) IS
+'Delete final jobs (completed, failed, expired, cancelled) that finished longer ago than older_than; returns how many.';
+
+CREATE FUNCTION @extschema@.queue_clear(queue text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_clear.queue);
+BEGIN
+    RETURN queue.forget_jobs(ARRAY(
+        SELECT j.id FROM queue.jobs j
+         WHERE j.queue = v_queue AND j.status IN ('pending', 'scheduled', 'retrying')));
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_clear(text) IS
+'Delete the waiting jobs of a queue (pending, scheduled, retrying), never processing ones; returns how many.';
+
+/*
+ * queue_progress: a running job reports how far it is. Only its current
+ * claim can (the job must be processing).
+ */
+CREATE FUNCTION @extschema@.queue_progress(id bigint, current int, total int, message text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+    IF current IS NULL OR total IS NULL OR total < 1 OR current < 0 OR current > total THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid progress %s of %s', coalesce(current::text, 'NULL'), coalesce(total::text, 'NULL')),
+            HINT = 'total is at least 1 and current is between 0 and total.';
+    END IF;
+    UPDATE queue.jobs j
+       SET progress = jsonb_build_object('current', current, 'total', total,
+                                         'percent', round(100.0 * current / total, 1),
+                                         'message', message, 'updated_at', now())
+     WHERE j.id = queue_progress.id AND j.status = 'processing';
+    RETURN FOUND;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_progress(bigint, int, int, text) IS
+'Record the progress of a processing job (current of total, optional message); shown by queue_job. False when the job is not processing.';
+
+CREATE FUNCTION @extschema@.queue_heartbeat(worker text, info jsonb DEFAULT '{}') RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+    IF worker IS NULL OR worker = '' OR length(worker) > 200 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid worker name: %s', coalesce(quote_literal(worker), 'NULL')),
+            HINT = 'Name the worker with 1 to 200 characters, the name it passes to queue_pop.';
+    END IF;
+    INSERT INTO queue.workers AS w (worker, info) VALUES (worker, coalesce(info, '{}'))
+    ON CONFLICT ON CONSTRAINT workers_pkey
+    DO UPDATE SET last_heartbeat = now(), info = coalesce(excluded.info, w.info);
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_heartbeat(text, jsonb) IS
+'A worker says it is alive (and anything about itself in info). Use the name it passes to queue_pop.';
+
+CREATE FUNCTION @extschema@.queue_workers(stale_after interval DEFAULT '2 minutes')
+RETURNS TABLE (worker text, last_heartbeat timestamptz, healthy boolean, running_jobs bigint,
+               info jsonb, started_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT w.worker::text, w.last_heartbeat, w.last_heartbeat >= now() - $1,
+           (SELECT count(*) FROM queue.jobs j WHERE j.status = 'processing' AND j.worker = w.worker),
+           w.info, w.started_at
+      FROM queue.workers w
+     ORDER BY w.worker;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_workers(interval) IS
+'Every worker that sent a heartbeat: last heartbeat, healthy (heartbeat within stale_after), its processing jobs, info.';
+
+/*
+ * queue_reap_workers: drop workers whose last heartbeat is older than
+ * stale_after and release their processing jobs as failed attempts
+ * ("worker lost"), so nothing waits for the lease. Returns how many jobs
+ * were released.
+ */
+CREATE FUNCTION @extschema@.queue_reap_workers(stale_after interval DEFAULT '5 minutes') RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_worker text;
+    v_job    record;
+    v_count  bigint := 0;
+BEGIN
+    IF stale_after IS NULL OR stale_after < interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('stale_after must be a non-negative interval: %s', coalesce(stale_after::text, 'NULL')),
+            HINT = 'Workers silent for longer than this are dropped and their jobs released.';
+    END IF;
+    FOR v_worker IN
+        DELETE FROM queue.workers w WHERE w.last_heartbeat < now() - stale_after RETURNING w.worker
+    LOOP
+        FOR v_job IN
+            SELECT j.id, j.attempts FROM queue.jobs j
+             WHERE j.status = 'processing' AND j.worker = v_worker
+        LOOP
+            IF @extschema@.queue_fail(v_job.id, format('worker lost: %s stopped sending heartbeats', v_worker),
+                                      attempt => v_job.attempts) IS NOT NULL THEN
+                v_count := v_count + 1;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_reap_workers(interval) IS
+'Drop workers silent for longer than stale_after and release their processing jobs as failed attempts (''worker lost''); returns how many jobs were released.';

@@ -8,7 +8,8 @@
 #      worker, serial-group hammer                          (pg_test/client)
 #
 # Steps 2-4 run against a throwaway cluster with the extension preloaded.
-# The last line is "N passed, N failed" over the steps.
+# The last line is "tests: N passed, M failed", summed over what each runner
+# reported (scripts/count_tests.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,21 +20,31 @@ CLUSTER="$RUN_DIR/test-cluster"
 mkdir -p "$RUN_DIR"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-passed=0
-failed=0
-failures=()
+steps_failed=()
+tests_passed=0
+tests_failed=0
+
+# Run one step, show its output, and add the tests it reports (cargo test,
+# pg_regress, pg_isolation_regress and pytest each print their own counts).
 step() {
-  local name=$1
+  local name=$1 log status
   shift
+  log=$(mktemp)
   echo "=== $name"
-  if "$@"; then
-    passed=$((passed + 1))
+  "$@" 2>&1 | tee "$log"
+  status=${PIPESTATUS[0]}
+  if [ "$status" -eq 0 ]; then
     echo "--- $name: ok"
   else
-    failed=$((failed + 1))
-    failures+=("$name")
+    steps_failed+=("$name")
     echo "--- $name: FAILED"
   fi
+  local p f
+  read -r p f < <(python3 scripts/count_tests.py "$log")
+  tests_passed=$((tests_passed + p))
+  tests_failed=$((tests_failed + f))
+  rm -f "$log"
+  return "$status"
 }
 
 unit_tests() {
@@ -99,8 +110,10 @@ if step "start test cluster" start_cluster; then
   scripts/cluster.sh stop "$CLUSTER" || true
 fi
 
-if [ ${#failures[@]} -gt 0 ]; then
-  printf 'failed step: %s\n' "${failures[@]}"
+if [ ${#steps_failed[@]} -gt 0 ]; then
+  printf 'failed step: %s\n' "${steps_failed[@]}"
+  # A step that failed before reporting its tests still counts as a failure.
+  [ "$tests_failed" -gt 0 ] || tests_failed=${#steps_failed[@]}
 fi
-echo "tests: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+echo "tests: $tests_passed passed, $tests_failed failed"
+[ ${#steps_failed[@]} -eq 0 ]

@@ -127,7 +127,8 @@ END;
 $$;
 
 /*
- * queue.maintenance_pass: every duty once, one bounded batch each. A duty
+ * queue.maintenance_pass: every duty once (promote, expire leases, prune,
+ * mark stale workers), one bounded batch each. A duty
  * that fails is logged as a WARNING and rolled back alone (its own
  * subtransaction); the others still run, so one bad row never stops the
  * queue. "more" is true when some duty filled its batch.
@@ -138,6 +139,7 @@ DECLARE
     v_promoted int := 0;
     v_leases   jsonb := '{"retried": 0, "expired": 0}';
     v_deleted  int := 0;
+    v_stale    int := 0;
     v_errors   int := 0;
 BEGIN
     BEGIN
@@ -158,11 +160,18 @@ BEGIN
         v_errors := v_errors + 1;
         RAISE WARNING 'queue: deleting old jobs failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
     END;
+    BEGIN
+        v_stale := queue.mark_stale_workers();
+    EXCEPTION WHEN OTHERS THEN
+        v_errors := v_errors + 1;
+        RAISE WARNING 'queue: marking stale workers failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+    END;
     RETURN jsonb_build_object(
         'promoted', v_promoted,
         'retried', (v_leases ->> 'retried')::int,
         'expired', (v_leases ->> 'expired')::int,
         'deleted', v_deleted,
+        'stale_workers', v_stale,
         'errors', v_errors,
         'more', v_promoted >= p_batch OR (v_leases ->> 'retried')::int
                 + (v_leases ->> 'expired')::int >= p_batch OR v_deleted >= p_batch);
@@ -180,12 +189,12 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_pass  jsonb;
-    v_total jsonb := '{"promoted": 0, "retried": 0, "expired": 0, "deleted": 0, "errors": 0}';
+    v_total jsonb := '{"promoted": 0, "retried": 0, "expired": 0, "deleted": 0, "stale_workers": 0, "errors": 0}';
     v_key   text;
 BEGIN
     LOOP
         v_pass := queue.maintenance_pass();
-        FOREACH v_key IN ARRAY ARRAY['promoted', 'retried', 'expired', 'deleted', 'errors'] LOOP
+        FOREACH v_key IN ARRAY ARRAY['promoted', 'retried', 'expired', 'deleted', 'stale_workers', 'errors'] LOOP
             v_total := jsonb_set(v_total, ARRAY[v_key],
                                  to_jsonb((v_total ->> v_key)::int + (v_pass ->> v_key)::int));
         END LOOP;

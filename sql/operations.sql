@@ -5,8 +5,29 @@ CREATE TABLE queue.workers (
     worker         text COLLATE "C" PRIMARY KEY,
     info           jsonb NOT NULL DEFAULT '{}',
     started_at     timestamptz NOT NULL DEFAULT now(),
-    last_heartbeat timestamptz NOT NULL DEFAULT now()
+    last_heartbeat timestamptz NOT NULL DEFAULT now(),
+    -- Set by the maintenance pass when the worker has been silent for two
+    -- minutes; cleared by its next heartbeat.
+    stale_since    timestamptz
 );
+
+/*
+ * queue.mark_stale_workers: a maintenance duty. Workers silent for two
+ * minutes are marked stale (queue_health reports them; queue_reap_workers
+ * releases their jobs). Returns how many were newly marked.
+ */
+CREATE FUNCTION queue.mark_stale_workers() RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count int;
+BEGIN
+    UPDATE queue.workers
+       SET stale_since = now()
+     WHERE stale_since IS NULL AND last_heartbeat < now() - interval '2 minutes';
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END;
+$$;
 
 /*
  * queue.forget_jobs: delete jobs by id (never processing ones) and re-elect
@@ -229,7 +250,7 @@ BEGIN
     END IF;
     INSERT INTO queue.workers AS w (worker, info) VALUES (worker, coalesce(info, '{}'))
     ON CONFLICT ON CONSTRAINT workers_pkey
-    DO UPDATE SET last_heartbeat = now(), info = coalesce(excluded.info, w.info);
+    DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info);
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_heartbeat(text, jsonb) IS
@@ -237,12 +258,12 @@ COMMENT ON FUNCTION @extschema@.queue_heartbeat(text, jsonb) IS
 
 CREATE FUNCTION @extschema@.queue_workers(stale_after interval DEFAULT '2 minutes')
 RETURNS TABLE (worker text, last_heartbeat timestamptz, healthy boolean, running_jobs bigint,
-               info jsonb, started_at timestamptz)
+               info jsonb, started_at timestamptz, stale_since timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT w.worker::text, w.last_heartbeat, w.last_heartbeat >= now() - $1,
            (SELECT count(*) FROM queue.jobs j WHERE j.status = 'processing' AND j.worker = w.worker),
-           w.info, w.started_at
+           w.info, w.started_at, w.stale_since
       FROM queue.workers w
      ORDER BY w.worker;
 $$;

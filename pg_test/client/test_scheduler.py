@@ -70,3 +70,43 @@ def test_racing_scheduler_passes_never_push_a_slot_twice(queue_name):
     # One job per schedule per round: the background scheduler may also have
     # fired a round, but never the same slot twice.
     assert pushed == 10 * 20, pushed
+
+
+def test_timeline_over_thousands_of_schedules():
+    """queue_timeline over 3,000 schedules returns the true soonest runs
+    (checked against every schedule's own upcoming runs) and prints its
+    time. None of these schedules comes due during the test."""
+    prefix = "tl-" + uuid.uuid4().hex[:6] + "-"
+    with connect() as admin:
+        admin.execute(
+            """SELECT count(queue_schedule(%s || i,
+                   CASE i %% 4 WHEN 0 THEN 'every ' || (2 + i %% 500) || ' minutes'
+                              WHEN 1 THEN '@yearly'
+                              WHEN 2 THEN 'at ' || (now() + (i || ' minutes')::interval)::text
+                              ELSE '@monthly' END,
+                   'timeline-q'))
+                 FROM generate_series(1, 3000) i""",
+            (prefix,),
+        )
+    try:
+        with connect(autocommit=False) as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            t = time.monotonic()
+            got = conn.execute(
+                "SELECT name, run_at FROM queue_timeline('1 day', 20) WHERE name LIKE %s", (prefix + "%",)
+            ).fetchall()
+            took = time.monotonic() - t
+            expected = conn.execute(
+                """SELECT s.name, r.run_at
+                     FROM queue.schedules s,
+                          LATERAL queue.schedule_upcoming(s.schedule, s.next_run_at, now(), now() + interval '1 day', 20) r(run_at)
+                    WHERE s.enabled AND s.next_run_at IS NOT NULL
+                    ORDER BY r.run_at, s.name LIMIT 20"""
+            ).fetchall()
+            conn.rollback()
+        assert len(got) == 20
+        assert [g[1] for g in got] == [e[1] for e in expected]
+        print(f"queue_timeline over 3000+ schedules: {took * 1000:.1f} ms")
+    finally:
+        with connect() as admin:
+            admin.execute("DELETE FROM queue.schedules WHERE name LIKE %s", (prefix + "%",))

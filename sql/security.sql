@@ -71,3 +71,12 @@ TO queue_worker;
 GRANT USAGE ON SCHEMA queue TO queue_admin;
 GRANT EXECUTE ON FUNCTION queue.upsert_schedule(name, text, text, text, jsonb, int, text, int, interval, boolean)
     TO queue_admin;
+
+-- pg_dump skips the contents of an extension's tables unless they are
+-- marked as configuration: without this, a dump and restore would lose every
+-- job, schedule and worker row (and restart the id sequences).
+SELECT pg_catalog.pg_extension_config_dump('queue.jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.jobs_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.schedules', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.schedules_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.workers', '');

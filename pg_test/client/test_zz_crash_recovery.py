@@ -48,3 +48,40 @@ def test_committed_jobs_survive_an_immediate_stop(queue_name):
         assert conn.execute("SELECT queue_ack(%s, attempt => %s)", claimed[50]).fetchone() == (True,)
         rest = conn.execute("SELECT count(*) FROM queue_pop(%s, 'after', 1000)", (queue_name,)).fetchone()[0]
         assert rest == 400
+
+
+def test_pg_dump_and_restore_keep_jobs_and_schedules(queue_name, tmp_path):
+    """Jobs, schedules and the id sequence survive pg_dump / pg_restore into
+    a new database (the extension marks its tables as configuration)."""
+    import subprocess
+
+    bindir = subprocess.check_output(["pg_config", "--bindir"], text=True).strip()
+    src = connect()
+    with src:
+        ids = [r[0] for r in src.execute(
+            "SELECT queue_push_batch(%s, array_fill('{\"k\": 1}'::jsonb, ARRAY[5]))", (queue_name,)).fetchall()]
+        src.execute("SELECT queue_schedule(%s, '@daily', %s)", ("dump-" + queue_name, queue_name))
+    params = dict(p.split("=", 1) for p in __import__("conftest").DSN.split())
+    target = "restore_" + queue_name.replace("-", "_")
+    with connect() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{target}"')
+        admin.execute(f'CREATE DATABASE "{target}"')
+    dump = tmp_path / "db.dump"
+    common = ["-h", params["host"], "-p", params["port"], "-U", params["user"]]
+    subprocess.run([f"{bindir}/pg_dump", *common, "-Fc", "-f", str(dump), params["dbname"]], check=True)
+    subprocess.run([f"{bindir}/pg_restore", *common, "-d", target, str(dump)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import psycopg
+
+    with psycopg.connect(__import__("conftest").DSN.replace(f"dbname={params['dbname']}", f"dbname={target}"),
+                         autocommit=True) as restored:
+        got = [r[0] for r in restored.execute(
+            "SELECT id FROM queue.jobs WHERE queue = %s ORDER BY id", (queue_name,)).fetchall()]
+        assert got == ids
+        assert restored.execute(
+            "SELECT count(*) FROM queue_schedules() WHERE name = %s", ("dump-" + queue_name,)).fetchone() == (1,)
+        new_id = restored.execute("SELECT queue_push(%s, '{}')", (queue_name,)).fetchone()[0]
+        assert new_id > max(ids), "the id sequence was restored too"
+    with connect() as admin:
+        admin.execute(f'DROP DATABASE "{target}"')
+        admin.execute("SELECT queue_unschedule(%s)", ("dump-" + queue_name,))

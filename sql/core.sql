@@ -103,6 +103,25 @@ BEGIN
 END;
 $$;
 
+/*
+ * queue.announce: jobs became pending. Wake the queues of the ungrouped
+ * ones and elect the serial groups of the grouped ones (each elected job
+ * wakes its own queue).
+ */
+CREATE FUNCTION queue.announce(p_queues text[], p_groups text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_name text;
+BEGIN
+    FOREACH v_name IN ARRAY coalesce(p_queues, '{}') LOOP
+        PERFORM queue.wake(v_name);
+    END LOOP;
+    FOREACH v_name IN ARRAY coalesce(p_groups, '{}') LOOP
+        PERFORM queue.group_elect(v_name);
+    END LOOP;
+END;
+$$;
+
 ------------------------------------------------------------------------------
 -- Priorities
 ------------------------------------------------------------------------------

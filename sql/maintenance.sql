@@ -17,7 +17,6 @@ DECLARE
     v_count  int;
     v_queues text[];
     v_groups text[];
-    v_name   text;
 BEGIN
     -- In SET, j.status is still the old status: a scheduled job of a group
     -- enters waiting (and its group is elected below), a retrying one stays
@@ -41,13 +40,7 @@ BEGIN
            array_agg(DISTINCT serial_group) FILTER (WHERE group_waiting)
       INTO v_count, v_queues, v_groups
       FROM promoted;
-
-    FOREACH v_name IN ARRAY coalesce(v_queues, '{}') LOOP
-        PERFORM queue.wake(v_name);
-    END LOOP;
-    FOREACH v_name IN ARRAY coalesce(v_groups, '{}') LOOP
-        PERFORM queue.group_elect(v_name);
-    END LOOP;
+    PERFORM queue.announce(v_queues, v_groups);
     RETURN v_count;
 END;
 $$;

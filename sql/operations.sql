@@ -67,7 +67,6 @@ DECLARE
     v_count  bigint;
     v_queues text[];
     v_groups text[];
-    v_name   text;
 BEGIN
     WITH revived AS (
         UPDATE queue.jobs j
@@ -80,12 +79,7 @@ BEGIN
     SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE serial_group IS NULL),
            array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL)
       INTO v_count, v_queues, v_groups FROM revived;
-    FOREACH v_name IN ARRAY coalesce(v_queues, '{}') LOOP
-        PERFORM queue.wake(v_name);
-    END LOOP;
-    FOREACH v_name IN ARRAY coalesce(v_groups, '{}') LOOP
-        PERFORM queue.group_elect(v_name);
-    END LOOP;
+    PERFORM queue.announce(v_queues, v_groups);
     RETURN v_count;
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION USING ERRCODE = 'unique_violation',

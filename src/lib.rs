@@ -2,7 +2,8 @@
 //!
 //! This file holds only module lines and the entry points. The hot path
 //! (push, claim, ack, fail) is readable SQL in `sql/`; Rust earns its place in
-//! validation, hashing, backoff arithmetic and the background worker.
+//! validation, hashing, backoff arithmetic, cron parsing, the shared-memory
+//! wake-up path and the background workers.
 
 use pgrx::prelude::*;
 
@@ -66,13 +67,6 @@ pub extern "C-unwind" fn _PG_init() {
         services::register_workers();
         wakeup::register_worker();
     }
-}
-
-#[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests {
-    // The unit tests live next to the code they test; this module only makes
-    // sure the test harness builds them.
 }
 
 /// Required by `cargo pgrx test`.

@@ -369,13 +369,9 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_queue  text := queue.check_queue_name(queue_pop.queue);
     v_worker text := queue_pop.worker;
-    v_batch  int  := queue_pop.batch;
+    v_batch  int  := queue.check_count('batch', queue_pop.batch, 10000,
+                                       'batch is the most jobs one call may claim.');
 BEGIN
-    IF v_batch IS NULL OR v_batch < 1 OR v_batch > 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('batch must be between 1 and 10000: %s', coalesce(v_batch::text, 'NULL')),
-            HINT = 'batch is the most jobs one call may claim.';
-    END IF;
     FOR round IN 1..2 LOOP
         IF round = 2 THEN
             PERFORM queue.note_sleeper(v_queue);
@@ -592,13 +588,8 @@ SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     v_queue text := queue.check_queue_name(queue_peek.queue);
-    v_n     int  := queue_peek.n;
+    v_n     int  := queue.check_count('n', queue_peek.n, 10000, 'n is how many of the next jobs to show.');
 BEGIN
-    IF v_n IS NULL OR v_n < 1 OR v_n > 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('n must be between 1 and 10000: %s', coalesce(v_n::text, 'NULL')),
-            HINT = 'n is how many of the next jobs to show.';
-    END IF;
     RETURN QUERY
     SELECT j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts, j.run_at, j.created_at
       FROM queue.jobs j

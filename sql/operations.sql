@@ -101,13 +101,9 @@ SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     v_queue text := CASE WHEN queue_dead.queue IS NULL THEN NULL ELSE queue.check_queue_name(queue_dead.queue) END;
-    v_max   int  := queue_dead.max_rows;
+    v_max   int  := queue.check_count('max_rows', queue_dead.max_rows, 100000,
+                                      'max_rows is how many dead jobs to list, newest first.');
 BEGIN
-    IF v_max IS NULL OR v_max < 1 OR v_max > 100000 THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('max_rows must be between 1 and 100000: %s', coalesce(v_max::text, 'NULL')),
-            HINT = 'max_rows is how many dead jobs to list, newest first.';
-    END IF;
     RETURN QUERY
     SELECT j.id, j.queue::text, j.status::text, j.attempts, j.max_attempts, j.last_error, j.payload,
            j.serial_group::text, j.created_at, j.finished_at

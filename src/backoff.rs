@@ -6,12 +6,6 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 const USECS_PER_DAY: i128 = 86_400_000_000;
 
-/// Length of an interval in microseconds, counting a month as 30 days (the
-/// same convention as Postgres' own interval comparison).
-fn micros_of(i: &Interval) -> i128 {
-    i.as_micros()
-}
-
 /// The delay before retry number `attempt` (the attempt that just failed,
 /// counted from 1).
 ///
@@ -57,7 +51,8 @@ fn retry_delay(
     let mut schedule = Vec::new();
     for entry in retry_delays.unwrap_or_default() {
         match entry {
-            Some(d) if micros_of(&d) >= 0 => schedule.push(micros_of(&d)),
+            // as_micros counts a month as 30 days, like Postgres' interval comparison.
+            Some(d) if d.as_micros() >= 0 => schedule.push(d.as_micros()),
             _ => {
                 ErrorReport::new(
                     PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -72,8 +67,8 @@ fn retry_delay(
     let jitter: f64 = unsafe { pg_sys::pg_prng_double(&raw mut pg_sys::pg_global_prng_state) };
     interval_of(delay_micros(
         attempt,
-        micros_of(&backoff_base),
-        micros_of(&backoff_max),
+        backoff_base.as_micros(),
+        backoff_max.as_micros(),
         &schedule,
         jitter,
     ))

@@ -37,6 +37,7 @@ extension_sql_file!(
         serial_group::group_lock_key,
         backoff::retry_delay,
         validate::check_push_options,
+        validate::check_count,
         wakeup::wake,
         wakeup::note_sleeper
     ]

@@ -95,6 +95,20 @@ fn check_group_name(name: Option<&str>) -> Option<&str> {
     name
 }
 
+/// Return `value` when it is between 1 and `max`, or raise 22023 naming
+/// the argument: the one check for batch sizes and row counts.
+#[pg_extern(immutable, parallel_safe, schema = "queue")]
+fn check_count(what: &str, value: Option<i32>, max: i32, hint: &str) -> i32 {
+    match value {
+        Some(v) if (1..=max).contains(&v) => v,
+        other => raise_invalid(
+            format!("{what} must be between 1 and {max}: {}", text_or_null(&other)),
+            hint,
+            "check_count",
+        ),
+    }
+}
+
 /// Postgres' text for an interval array, as `array_out` writes it: elements
 /// quoted when they hold blanks or punctuation, NULL bare.
 fn array_text(values: &[Option<Interval>]) -> String {

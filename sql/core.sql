@@ -227,6 +227,7 @@ BEGIN
         END LOOP;
     END IF;
 
+    PERFORM queue.tally(v_queue, queue_push.priority, NULL, v_status::text);
     IF v_status = 'pending' THEN
         IF v_group IS NULL THEN
             PERFORM queue.wake(v_queue);
@@ -311,6 +312,7 @@ BEGIN
     )
     SELECT inserted.id FROM inserted ORDER BY inserted.id;
 
+    PERFORM queue.tally(v_queue, priority, NULL, v_status::text, cardinality(payloads));
     IF v_status = 'pending' AND cardinality(payloads) > 0 THEN
         IF v_group IS NULL THEN
             PERFORM queue.wake(v_queue);
@@ -396,9 +398,12 @@ BEGIN
                         LIMIT v_batch
                           FOR UPDATE SKIP LOCKED))
             RETURNING j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts,
-                      j.max_attempts, j.lease_until, j.created_at
+                      j.max_attempts, j.lease_until, j.created_at,
+                      queue.tally(j.queue, j.priority, 'pending', 'processing')
         )
-        SELECT * FROM claimed ORDER BY claimed.priority, claimed.id;
+        SELECT c.id, c.queue, c.payload, c.priority, c.serial_group, c.attempts,
+               c.max_attempts, c.lease_until, c.created_at
+          FROM claimed c ORDER BY c.priority, c.id;
         EXIT WHEN FOUND;
     END LOOP;
 END;
@@ -420,19 +425,25 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    v_found boolean;
-    v_group text;
+    v_found    boolean;
+    v_group    text;
+    v_queue    text;
+    v_priority int;
 BEGIN
     UPDATE queue.jobs j
        SET status = 'completed', result = queue_ack.result, finished_at = now(), lease_until = NULL
      WHERE j.id = queue_ack.id
        AND j.status = 'processing'
        AND (attempt IS NULL OR j.attempts = attempt)
-    RETURNING true, j.serial_group INTO v_found, v_group;
+    RETURNING true, j.serial_group, j.queue, j.priority INTO v_found, v_group, v_queue, v_priority;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM queue.tally(v_queue, v_priority, 'processing', 'completed');
     IF v_group IS NOT NULL THEN
         PERFORM queue.release_groups(ARRAY[v_group]);
     END IF;
-    RETURN coalesce(v_found, false);
+    RETURN true;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_ack(bigint, jsonb, int) IS
@@ -453,7 +464,7 @@ BEGIN
         UPDATE queue.jobs j
            SET status = 'completed', finished_at = now(), lease_until = NULL
          WHERE j.id = ANY (ids) AND j.status = 'processing'
-        RETURNING j.serial_group
+        RETURNING j.serial_group, queue.tally(j.queue, j.priority, 'processing', 'completed')
     )
     SELECT count(*), array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL)
       INTO v_count, v_groups FROM acked;
@@ -500,6 +511,7 @@ BEGIN
         UPDATE queue.jobs j
            SET status = 'failed', last_error = error, finished_at = now(), lease_until = NULL
          WHERE j.id = v_job.id;
+        PERFORM queue.tally(v_job.queue, v_job.priority, 'processing', 'failed');
         IF v_job.serial_group IS NOT NULL THEN
             PERFORM queue.release_groups(ARRAY[v_job.serial_group]);
         END IF;
@@ -514,12 +526,14 @@ BEGIN
         UPDATE queue.jobs j
            SET status = 'pending', last_error = error, run_at = now(), lease_until = NULL
          WHERE j.id = v_job.id;
+        PERFORM queue.tally(v_job.queue, v_job.priority, 'processing', 'pending');
         PERFORM queue.wake(v_job.queue);
         RETURN 'pending';
     END IF;
     UPDATE queue.jobs j
        SET status = 'retrying', last_error = error, run_at = now() + v_delay, lease_until = NULL
      WHERE j.id = v_job.id;
+    PERFORM queue.tally(v_job.queue, v_job.priority, 'processing', 'retrying');
     RETURN 'retrying';
 END;
 $$;
@@ -561,17 +575,22 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    v_found boolean;
-    v_group text;
+    v_job queue.jobs;
 BEGIN
+    SELECT * INTO v_job FROM queue.jobs j
+     WHERE j.id = queue_cancel.id AND j.status IN ('scheduled', 'pending', 'retrying')
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
     UPDATE queue.jobs j
        SET status = 'cancelled', finished_at = now(), group_waiting = false
-     WHERE j.id = queue_cancel.id AND j.status IN ('scheduled', 'pending', 'retrying')
-    RETURNING true, j.serial_group INTO v_found, v_group;
-    IF v_group IS NOT NULL THEN
-        PERFORM queue.group_elect(v_group);
+     WHERE j.id = v_job.id;
+    PERFORM queue.tally(v_job.queue, v_job.priority, v_job.status::text, 'cancelled');
+    IF v_job.serial_group IS NOT NULL THEN
+        PERFORM queue.group_elect(v_job.serial_group);
     END IF;
-    RETURN coalesce(v_found, false);
+    RETURN true;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_cancel(bigint) IS
@@ -600,22 +619,6 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_peek(text, int) IS
 'The next n jobs queue_pop would claim, in claim order, without claiming them.';
-
-CREATE FUNCTION @extschema@.queue_size(queue text)
-RETURNS bigint
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_queue text := queue.check_queue_name(queue_size.queue);
-    v_size  bigint;
-BEGIN
-    SELECT count(*) INTO v_size FROM queue.jobs j
-     WHERE j.queue = v_queue AND j.status IN ('pending', 'scheduled', 'retrying');
-    RETURN v_size;
-END;
-$$;
-COMMENT ON FUNCTION @extschema@.queue_size(text) IS
-'Jobs still waiting in a queue: pending + scheduled + retrying.';
 
 CREATE FUNCTION @extschema@.queue_job(id bigint)
 RETURNS jsonb

@@ -36,6 +36,9 @@ CREATE TABLE queue.jobs (
     serial_group  text COLLATE "C",
     run_at        timestamptz NOT NULL,
     lease_until   timestamptz,
+    -- Claims so far. A scheduled job has none (it was pushed with a delay
+    -- and never ran); a retrying job has at least one. queue.promote_due
+    -- relies on this to tell the two apart for the counters.
     attempts      int NOT NULL DEFAULT 0,
     max_attempts  int NOT NULL,
     timeout       interval NOT NULL,

@@ -22,6 +22,8 @@ BEGIN
     -- enters waiting (and its group is elected below), a retrying one stays
     -- its group's active job. The ids go through an array, not a join, so
     -- this is a primary-key lookup per job whatever LIMIT the planner guesses.
+    -- RETURNING sees only the new row; the old status is told by attempts
+    -- (a scheduled job has never run, a retrying one has: see jobs.sql).
     WITH promoted AS (
         UPDATE queue.jobs j
            SET status = 'pending',
@@ -33,7 +35,9 @@ BEGIN
                     ORDER BY run_at
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))
-        RETURNING j.queue, j.serial_group, j.group_waiting
+        RETURNING j.queue, j.serial_group, j.group_waiting,
+                  queue.tally(j.queue, j.priority,
+                              CASE WHEN j.attempts > 0 THEN 'retrying' ELSE 'scheduled' END, 'pending')
     )
     SELECT count(*),
            array_agg(DISTINCT queue) FILTER (WHERE NOT group_waiting),
@@ -76,7 +80,7 @@ BEGIN
                     ORDER BY lease_until
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))
-        RETURNING j.status, j.serial_group
+        RETURNING j.status, j.serial_group, queue.tally(j.queue, j.priority, 'processing', j.status::text)
     )
     SELECT count(*) FILTER (WHERE status = 'retrying'),
            count(*) FILTER (WHERE status = 'expired'),
@@ -100,21 +104,56 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 /*
+ * queue.delete_jobs: delete these jobs, never processing ones (a processing
+ * job belongs to its worker). Finished jobs that ran leave their run and
+ * wait times in queue.job_times, so queue_metrics does not change when
+ * history is deleted; deleted waiting jobs leave the counters. Returns how
+ * many were deleted and the serial groups they belonged to.
+ */
+CREATE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[])
+LANGUAGE plpgsql AS $$
+BEGIN
+    WITH gone AS (
+        DELETE FROM queue.jobs j
+         WHERE j.id = ANY (p_ids) AND j.status <> 'processing'
+        RETURNING j.queue, j.status, j.serial_group, j.run_at, j.started_at, j.finished_at,
+                  queue.tally(j.queue, j.priority, j.status::text, NULL)
+    ), archived AS (
+        INSERT INTO queue.job_times (queue, finished_minute, completed, failed, expired, run_ms, wait_ms)
+        SELECT g.queue, date_bin('1 minute', g.finished_at, timestamptz '2000-01-01 00:00:00+00'),
+               count(*) FILTER (WHERE g.status = 'completed'),
+               count(*) FILTER (WHERE g.status = 'failed'),
+               count(*) FILTER (WHERE g.status = 'expired'),
+               array_agg(queue.ms(g.finished_at - g.started_at)),
+               array_agg(queue.ms(g.started_at - g.run_at))
+          FROM gone g
+         WHERE g.status IN ('completed', 'failed', 'expired') AND g.started_at IS NOT NULL
+         GROUP BY 1, 2
+    )
+    SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
+      INTO deleted, groups
+      FROM gone g;
+END;
+$$;
+
+/*
  * queue.prune_finished: delete at most p_batch final jobs older than the
- * retention (any of them: the next pass takes the rest).
+ * retention (any of them: the next pass takes the rest), and archived job
+ * times older than queue.metrics_retention.
  */
 CREATE FUNCTION queue.prune_finished(p_batch int) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_count int;
+    v_count bigint;
 BEGIN
-    DELETE FROM queue.jobs
-     WHERE id = ANY (ARRAY(
+    SELECT d.deleted INTO v_count
+      FROM queue.delete_jobs(ARRAY(
                SELECT id FROM queue.jobs
                 WHERE status IN ('completed', 'failed', 'expired', 'cancelled')
                   AND finished_at < now() - queue.retention()
-                LIMIT p_batch));
-    GET DIAGNOSTICS v_count = ROW_COUNT;
+                LIMIT p_batch)) d;
+    DELETE FROM queue.job_times
+     WHERE finished_minute < now() - queue.metrics_retention();
     RETURN v_count;
 END;
 $$;
@@ -193,6 +232,7 @@ BEGIN
         END LOOP;
         EXIT WHEN NOT (v_pass ->> 'more')::boolean;
     END LOOP;
+    PERFORM queue.stats_pass();
     LOOP
         v_pass := queue.scheduler_pass();
         v_total := v_total || jsonb_build_object('fired',

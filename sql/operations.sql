@@ -36,21 +36,14 @@ $$;
 CREATE FUNCTION queue.forget_jobs(p_ids bigint[]) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_count  bigint;
-    v_groups text[];
-    v_group  text;
+    v_gone  record;
+    v_group text;
 BEGIN
-    WITH gone AS (
-        DELETE FROM queue.jobs j
-         WHERE j.id = ANY (p_ids) AND j.status <> 'processing'
-        RETURNING j.serial_group
-    )
-    SELECT count(*), array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL)
-      INTO v_count, v_groups FROM gone;
-    FOREACH v_group IN ARRAY coalesce(v_groups, '{}') LOOP
+    SELECT * INTO v_gone FROM queue.delete_jobs(p_ids);
+    FOREACH v_group IN ARRAY coalesce(v_gone.groups, '{}') LOOP
         PERFORM queue.group_elect(v_group);
     END LOOP;
-    RETURN v_count;
+    RETURN v_gone.deleted;
 END;
 $$;
 
@@ -74,7 +67,8 @@ BEGIN
                started_at = NULL, lease_until = NULL, worker = NULL, result = NULL,
                progress = NULL, group_waiting = (j.serial_group IS NOT NULL)
          WHERE j.id = ANY (p_ids) AND j.status IN ('failed', 'expired')
-        RETURNING j.queue, j.serial_group
+        -- (or 'expired': the counters treat every final status alike here)
+        RETURNING j.queue, j.serial_group, queue.tally(j.queue, j.priority, 'failed', 'pending')
     )
     SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE serial_group IS NULL),
            array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL)

@@ -80,3 +80,5 @@ SELECT pg_catalog.pg_extension_config_dump('queue.jobs_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.schedules', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.schedules_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.workers', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.stats', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.job_times', '');

@@ -15,6 +15,11 @@ pub static TICK_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static RETENTION: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"7 days"));
 
+/// How long the run and wait times of deleted final jobs are kept
+/// (`queue.metrics_retention`).
+pub static METRICS_RETENTION: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"7 days"));
+
 /// Register the settings. `queue.database` can only change at server start
 /// (the worker connects once); the others are re-read on SIGHUP.
 pub fn register() {
@@ -41,6 +46,14 @@ pub fn register() {
         c"How long completed, failed, expired and cancelled jobs are kept.",
         c"An interval such as '7 days'. The maintenance pass deletes final jobs older than this.",
         &RETENTION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"queue.metrics_retention",
+        c"How long the run and wait times of deleted final jobs are kept for queue_metrics.",
+        c"An interval such as '7 days'. Times of jobs finished longer ago are dropped by the maintenance pass.",
+        &METRICS_RETENTION,
         GucContext::Sighup,
         GucFlags::default(),
     );

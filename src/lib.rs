@@ -3,7 +3,7 @@
 //! This file holds only module lines and the entry points. The hot path
 //! (push, claim, ack, fail) is readable SQL in `sql/`; Rust earns its place in
 //! validation, hashing, backoff arithmetic, cron parsing, the shared-memory
-//! wake-up path and the background workers.
+//! wake-up path and job counters, and the background workers.
 
 use pgrx::prelude::*;
 
@@ -13,6 +13,7 @@ mod gucs;
 mod scheduler;
 mod serial_group;
 mod services;
+mod stats;
 mod validate;
 mod wakeup;
 
@@ -39,7 +40,8 @@ extension_sql_file!(
         validate::check_push_options,
         validate::check_count,
         wakeup::wake,
-        wakeup::note_sleeper
+        wakeup::note_sleeper,
+        stats::tally
     ]
 );
 extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["core"]);
@@ -55,6 +57,19 @@ extension_sql_file!(
         scheduler::schedule_upcoming
     ]
 );
+extension_sql_file!(
+    "../sql/stats.sql",
+    name = "stats",
+    requires = [
+        "maintenance",
+        "operations",
+        stats::stats_unflushed,
+        stats::stats_take,
+        stats::stats_recount_needed,
+        stats::stats_forget_gauges,
+        stats::stats_health
+    ]
+);
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 /// Called once per process that loads the library. When loaded through
@@ -65,6 +80,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::register();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         wakeup::init_shared_memory();
+        stats::init_shared_memory();
         services::register_workers();
         wakeup::register_worker();
     }

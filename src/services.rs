@@ -1,7 +1,9 @@
 //! The background services: small workers with one duty each.
 //!
 //! * `queue maintenance` runs `queue.maintenance_pass()` every `queue.tick`:
-//!   promote due jobs, expire leases, delete old final jobs.
+//!   promote due jobs, expire leases, delete old final jobs; then, in a short
+//!   transaction of its own, `queue.stats_pass()` moves the job counters from
+//!   shared memory into `queue.stats` (src/stats.rs), once more at shutdown.
 //! * `queue scheduler` runs `queue.scheduler_pass()`: push the jobs of due
 //!   schedules. It sleeps until the next schedule is due, at most a second.
 //!
@@ -34,6 +36,11 @@ struct Service {
     batch: i32,
     /// The longest sleep between passes, if shorter than `queue.tick`.
     max_sleep: Option<Duration>,
+    /// Run in a transaction of its own after the passes of a tick, and once
+    /// more before exiting.
+    after_sql: Option<&'static str>,
+    /// This service flushes the counters of its database and reports ticks.
+    keeps_counters: bool,
 }
 
 const MAINTENANCE: Service = Service {
@@ -43,6 +50,8 @@ const MAINTENANCE: Service = Service {
     pass_sql: "SELECT queue.maintenance_pass($1)",
     batch: 1000,
     max_sleep: None,
+    after_sql: Some("SELECT queue.stats_pass()"),
+    keeps_counters: true,
 };
 
 const SCHEDULER: Service = Service {
@@ -52,6 +61,8 @@ const SCHEDULER: Service = Service {
     pass_sql: "SELECT queue.scheduler_pass($1)",
     batch: 100,
     max_sleep: Some(Duration::from_secs(1)),
+    after_sql: None,
+    keeps_counters: false,
 };
 
 /// Register the services with the postmaster. Only possible while
@@ -95,6 +106,9 @@ fn run(service: &Service) -> ! {
     unsafe {
         pg_sys::pgstat_report_appname(service.app_name.as_ptr());
     }
+    if service.keeps_counters {
+        crate::stats::publish_served_database();
+    }
     log!("{}: started for database \"{database}\"", service.name);
 
     let mut sleep = tick(service, None);
@@ -107,6 +121,7 @@ fn run(service: &Service) -> ! {
         sleep = run_passes(service);
     }
 
+    run_after(service);
     log!("{}: shutting down", service.name);
     unsafe {
         pg_sys::proc_exit(1);
@@ -140,14 +155,32 @@ fn run_passes(service: &Service) -> Duration {
                 .flatten()
                 .map(|j| j.0)
         });
+        if service.keeps_counters && result.is_some() {
+            crate::stats::note_tick();
+        }
         set_activity(c"idle");
         let more = result.as_ref().and_then(|r| r.get("more")).and_then(|m| m.as_bool()).unwrap_or(false);
         if !more || BackgroundWorker::sigterm_received() {
             let asked = result.as_ref().and_then(|r| r.get("next_in_ms")).and_then(|m| m.as_u64());
+            run_after(service);
             return tick(service, asked);
         }
         pg_sys::check_for_interrupts!();
     }
+}
+
+/// The service's `after_sql`, in a transaction of its own.
+fn run_after(service: &Service) {
+    let Some(sql) = service.after_sql else {
+        return;
+    };
+    BackgroundWorker::transaction(|| {
+        if extension_installed() {
+            if let Err(e) = Spi::run(sql) {
+                warning!("{}: {sql} failed: {e}", service.name);
+            }
+        }
+    });
 }
 
 /// Whether `CREATE EXTENSION queue` has run in this database.

@@ -1,0 +1,548 @@
+-- Observability: counters, metrics, the queue list, health, Prometheus.
+--
+-- Nothing here counts rows of queue.jobs on the way to an answer. Every
+-- function that moves a job between statuses calls queue.tally (src/stats.rs);
+-- the tallies reach queue.stats without a shared hot row, and the readers sum
+-- a handful of rows per queue. queue_metrics reads the finished jobs of its
+-- window, and for jobs already deleted the compact times in queue.job_times.
+
+------------------------------------------------------------------------------
+-- Tables
+------------------------------------------------------------------------------
+
+-- Counters by queue, priority and writer. slot 0 holds what the maintenance
+-- worker flushed from shared memory; slot n > 0 is written by backend n just
+-- before its commits, in databases the worker does not serve. Readers sum the
+-- slots. Gauges (scheduled .. retrying) are net amounts; the rest only grow.
+CREATE TABLE queue.stats (
+    queue         text COLLATE "C" NOT NULL,
+    priority      int NOT NULL,
+    slot          int NOT NULL,
+    scheduled     bigint NOT NULL DEFAULT 0,
+    pending       bigint NOT NULL DEFAULT 0,
+    processing    bigint NOT NULL DEFAULT 0,
+    retrying      bigint NOT NULL DEFAULT 0,
+    pushed        bigint NOT NULL DEFAULT 0,
+    popped        bigint NOT NULL DEFAULT 0,
+    completed     bigint NOT NULL DEFAULT 0,
+    failed        bigint NOT NULL DEFAULT 0,
+    expired       bigint NOT NULL DEFAULT 0,
+    cancelled     bigint NOT NULL DEFAULT 0,
+    retried       bigint NOT NULL DEFAULT 0,
+    deleted       bigint NOT NULL DEFAULT 0,
+    last_activity timestamptz,
+    PRIMARY KEY (queue, priority, slot)
+);
+
+-- Run and wait times of final jobs that were deleted (retention, cleanup,
+-- purge), so that queue_metrics stays exact over its window after their rows
+-- are gone: one row per queue, minute and deleting statement, with one array
+-- element per job (8 bytes instead of a whole row).
+CREATE TABLE queue.job_times (
+    queue           text COLLATE "C" NOT NULL,
+    finished_minute timestamptz NOT NULL,
+    completed       int NOT NULL,
+    failed          int NOT NULL,
+    expired         int NOT NULL,
+    run_ms          float8[] NOT NULL,  -- finished_at - started_at
+    wait_ms         float8[] NOT NULL   -- started_at - run_at
+);
+CREATE INDEX job_times_minute ON queue.job_times (finished_minute);
+
+------------------------------------------------------------------------------
+-- Internal helpers
+------------------------------------------------------------------------------
+
+/*
+ * queue.ms: an interval in milliseconds. The one conversion used for job
+ * times, so that live rows and archived times agree to the last bit.
+ */
+CREATE FUNCTION queue.ms(interval) RETURNS float8
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT (extract(epoch FROM $1) * 1000)::float8;
+$$;
+
+/*
+ * queue.metrics_retention: how long archived job times are kept
+ * (GUC queue.metrics_retention).
+ */
+CREATE FUNCTION queue.metrics_retention() RETURNS interval
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('queue.metrics_retention', true), ''), '7 days')::interval;
+$$;
+
+/*
+ * queue.stats_apply: add counter amounts to one row of queue.stats.
+ * p_counts is in the order of src/stats.rs (scheduled first). Called by the
+ * flush (slot 0) and before commit by backends outside the served database
+ * (their own slot), never concurrently for one row.
+ */
+CREATE FUNCTION queue.stats_apply(p_slot int, p_queue text, p_priority int, p_counts bigint[],
+                                  p_last timestamptz) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO queue.stats AS s (queue, priority, slot, scheduled, pending, processing, retrying,
+                                  pushed, popped, completed, failed, expired, cancelled, retried,
+                                  deleted, last_activity)
+    VALUES (p_queue, p_priority, p_slot, p_counts[1], p_counts[2], p_counts[3], p_counts[4],
+            p_counts[5], p_counts[6], p_counts[7], p_counts[8], p_counts[9], p_counts[10],
+            p_counts[11], p_counts[12], p_last)
+    ON CONFLICT (queue, priority, slot) DO UPDATE
+       SET scheduled  = s.scheduled + excluded.scheduled,
+           pending    = s.pending + excluded.pending,
+           processing = s.processing + excluded.processing,
+           retrying   = s.retrying + excluded.retrying,
+           pushed     = s.pushed + excluded.pushed,
+           popped     = s.popped + excluded.popped,
+           completed  = s.completed + excluded.completed,
+           failed     = s.failed + excluded.failed,
+           expired    = s.expired + excluded.expired,
+           cancelled  = s.cancelled + excluded.cancelled,
+           retried    = s.retried + excluded.retried,
+           deleted    = s.deleted + excluded.deleted,
+           last_activity = greatest(s.last_activity, excluded.last_activity);
+$$;
+
+/*
+ * queue.stats_rows: the counters of every (queue, priority): queue.stats
+ * plus what shared memory and this transaction hold unflushed. The shared
+ * advisory lock keeps a flush from moving amounts between the two sources
+ * while they are read (the flush takes it exclusively), so nothing is seen
+ * twice or not at all.
+ */
+CREATE FUNCTION queue.stats_rows()
+RETURNS TABLE (queue text, priority int, scheduled bigint, pending bigint, processing bigint,
+               retrying bigint, pushed bigint, popped bigint, completed bigint, failed bigint,
+               expired bigint, cancelled bigint, retried bigint, deleted bigint,
+               last_activity timestamptz)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
+    RETURN QUERY
+    SELECT r.queue::text, r.priority,
+           sum(r.scheduled)::bigint, sum(r.pending)::bigint, sum(r.processing)::bigint,
+           sum(r.retrying)::bigint, sum(r.pushed)::bigint, sum(r.popped)::bigint,
+           sum(r.completed)::bigint, sum(r.failed)::bigint, sum(r.expired)::bigint,
+           sum(r.cancelled)::bigint, sum(r.retried)::bigint, sum(r.deleted)::bigint,
+           max(r.last_activity)
+      FROM (SELECT s.queue, s.priority, s.scheduled, s.pending, s.processing, s.retrying,
+                   s.pushed, s.popped, s.completed, s.failed, s.expired, s.cancelled,
+                   s.retried, s.deleted, s.last_activity
+              FROM queue.stats s
+            UNION ALL
+            SELECT u.queue, u.priority, u.counts[1], u.counts[2], u.counts[3], u.counts[4],
+                   u.counts[5], u.counts[6], u.counts[7], u.counts[8], u.counts[9],
+                   u.counts[10], u.counts[11], u.counts[12], u.last_activity
+              FROM queue.stats_unflushed() u) r
+     GROUP BY r.queue, r.priority;
+END;
+$$;
+
+/*
+ * queue.recount_stats: set the gauges from the jobs themselves. Needed once
+ * after a server start (shared memory, and any tallies not yet flushed,
+ * are gone). The SHARE lock waits for the transactions writing jobs and
+ * holds new ones back while it counts, so the count and the counters meet
+ * at one instant; lock_timeout keeps a long transaction from stalling the
+ * queue behind it (the duty then fails and runs again next tick).
+ */
+CREATE FUNCTION queue.recount_stats() RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_timeout text := current_setting('lock_timeout');
+    v_rows    int;
+BEGIN
+    PERFORM set_config('lock_timeout', '200ms', true);
+    LOCK TABLE queue.jobs IN SHARE MODE;
+    PERFORM set_config('lock_timeout', v_timeout, true);
+    PERFORM pg_advisory_xact_lock(1903519093, 1);
+    PERFORM queue.stats_forget_gauges();
+    UPDATE queue.stats
+       SET scheduled = 0, pending = 0, processing = 0, retrying = 0
+     WHERE scheduled <> 0 OR pending <> 0 OR processing <> 0 OR retrying <> 0;
+    INSERT INTO queue.stats AS s (queue, priority, slot, scheduled, pending, processing, retrying)
+    SELECT j.queue, j.priority, 0,
+           count(*) FILTER (WHERE j.status = 'scheduled'),
+           count(*) FILTER (WHERE j.status = 'pending'),
+           count(*) FILTER (WHERE j.status = 'processing'),
+           count(*) FILTER (WHERE j.status = 'retrying')
+      FROM queue.jobs j
+     WHERE j.status IN ('scheduled', 'pending', 'processing', 'retrying')
+     GROUP BY j.queue, j.priority
+    ON CONFLICT (queue, priority, slot) DO UPDATE
+       SET scheduled = excluded.scheduled, pending = excluded.pending,
+           processing = excluded.processing, retrying = excluded.retrying;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
+END;
+$$;
+
+/*
+ * queue.stats_pass: the counters' duty, run by the maintenance worker in a
+ * short transaction of its own after each pass (and by queue_tick): recount
+ * the gauges if shared memory asks for it, then move the shared-memory
+ * counters into queue.stats. Skips the flush while a reader holds the lock;
+ * the counters simply wait for the next tick. Returns rows flushed.
+ */
+CREATE FUNCTION queue.stats_pass() RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_rows int;
+BEGIN
+    IF queue.stats_recount_needed() THEN
+        PERFORM queue.recount_stats();
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(1903519093, 1) THEN
+        RETURN 0;
+    END IF;
+    PERFORM queue.stats_apply(0, t.queue, t.priority, t.counts, t.last_activity)
+       FROM queue.stats_take() t;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
+END;
+$$;
+
+/*
+ * queue.priority_label: the name of a named priority, else the number.
+ */
+CREATE FUNCTION queue.priority_label(p int) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE p WHEN -20 THEN 'critical' WHEN -10 THEN 'high' WHEN 0 THEN 'normal'
+                  WHEN 10 THEN 'low' ELSE p::text END;
+$$;
+
+/*
+ * queue.oldest_pending: push time of the oldest claimable job of these
+ * (queue, priority) pairs: one probe of jobs_claim per pair, in id order,
+ * so its cost does not depend on how many jobs wait.
+ */
+CREATE FUNCTION queue.oldest_pending(p_queues text[], p_priorities int[]) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT min(o.created_at)
+      FROM unnest(p_queues, p_priorities) AS k(queue, priority),
+           LATERAL (SELECT j.created_at FROM queue.jobs j
+                     WHERE j.queue = k.queue AND j.priority = k.priority
+                       AND j.status = 'pending' AND NOT j.group_waiting
+                     ORDER BY j.id LIMIT 1) o;
+$$;
+
+------------------------------------------------------------------------------
+-- Public functions
+------------------------------------------------------------------------------
+
+/*
+ * queue_stats: counts of one queue (or all): the waiting and running gauges,
+ * the cumulative totals, waiting jobs by priority, and the age of the oldest
+ * claimable job. Reads the counters, never counts job rows: constant time
+ * whatever the depth or history.
+ */
+CREATE FUNCTION @extschema@.queue_stats(queue text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue  text := CASE WHEN queue_stats.queue IS NULL THEN NULL ELSE queue.check_queue_name(queue_stats.queue) END;
+    v_stats  jsonb;
+    v_oldest timestamptz;
+BEGIN
+    WITH c AS (
+        SELECT * FROM queue.stats_rows() r WHERE v_queue IS NULL OR r.queue = v_queue
+    )
+    SELECT jsonb_build_object(
+               'queue', v_queue,
+               'total_size', coalesce(sum(c.pending + c.scheduled + c.retrying), 0),
+               'pending', coalesce(sum(c.pending), 0),
+               'scheduled', coalesce(sum(c.scheduled), 0),
+               'processing', coalesce(sum(c.processing), 0),
+               'retrying', coalesce(sum(c.retrying), 0),
+               'completed', coalesce(sum(c.completed), 0),
+               'failed', coalesce(sum(c.failed), 0),
+               'expired', coalesce(sum(c.expired), 0),
+               'cancelled', coalesce(sum(c.cancelled), 0),
+               'retried', coalesce(sum(c.retried), 0),
+               'deleted', coalesce(sum(c.deleted), 0),
+               'total_pushed', coalesce(sum(c.pushed), 0),
+               'total_popped', coalesce(sum(c.popped), 0),
+               'priority_breakdown', coalesce(
+                   (SELECT jsonb_object_agg(queue.priority_label(b.priority), b.waiting ORDER BY b.priority)
+                      FROM (SELECT c2.priority, sum(c2.pending + c2.scheduled + c2.retrying) AS waiting
+                              FROM c c2 GROUP BY c2.priority) b
+                     WHERE b.waiting > 0), '{}'),
+               'last_activity', max(c.last_activity)),
+           queue.oldest_pending(array_agg(c.queue) FILTER (WHERE c.pending > 0),
+                                array_agg(c.priority) FILTER (WHERE c.pending > 0))
+      INTO v_stats, v_oldest
+      FROM c;
+    RETURN v_stats || jsonb_build_object('oldest_pending_age',
+        round(extract(epoch FROM now() - v_oldest), 3));
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_stats(text) IS
+'Counts of one queue, or of all with NULL: total_size (= pending + scheduled + retrying), each status, cumulative completed/failed/expired/cancelled/retried/deleted, total_pushed, total_popped, priority_breakdown of waiting jobs, oldest_pending_age (seconds), last_activity. Constant time.';
+
+/*
+ * queue_size: jobs still waiting (pending + scheduled + retrying), from the
+ * counters: constant time at any depth, and it includes this transaction's
+ * own pushes.
+ */
+CREATE FUNCTION @extschema@.queue_size(queue text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_size.queue);
+    v_size  bigint;
+BEGIN
+    SELECT coalesce(sum(r.pending + r.scheduled + r.retrying), 0) INTO v_size
+      FROM queue.stats_rows() r
+     WHERE r.queue = v_queue;
+    RETURN v_size;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_size(text) IS
+'Jobs still waiting in a queue: pending + scheduled + retrying (from the counters, constant time).';
+
+/*
+ * queue_list: every queue that ever had a job, with its counts.
+ */
+CREATE FUNCTION @extschema@.queue_list()
+RETURNS TABLE (queue text, total_size bigint, pending bigint, scheduled bigint, processing bigint,
+               retrying bigint, completed bigint, failed bigint, expired bigint, cancelled bigint,
+               total_pushed bigint, total_popped bigint, last_activity timestamptz)
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.queue,
+           sum(r.pending + r.scheduled + r.retrying)::bigint, sum(r.pending)::bigint,
+           sum(r.scheduled)::bigint, sum(r.processing)::bigint, sum(r.retrying)::bigint,
+           sum(r.completed)::bigint, sum(r.failed)::bigint, sum(r.expired)::bigint,
+           sum(r.cancelled)::bigint, sum(r.pushed)::bigint, sum(r.popped)::bigint,
+           max(r.last_activity)
+      FROM queue.stats_rows() r
+     GROUP BY r.queue
+     ORDER BY r.queue;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_list() IS
+'Every queue that ever had a job, with total_size, each status count, cumulative totals and last_activity.';
+
+/*
+ * queue_metrics: how the jobs that finished in the window ran. The window
+ * starts at the minute boundary at or before now() - since. Run time is
+ * finished_at - started_at of the last attempt; wait time is started_at -
+ * run_at, i.e. from the push (or, for a delayed or retried job, from the
+ * moment it was due) to its last start. Percentiles are exact (nearest
+ * rank) over every job of the window, deleted ones included.
+ */
+CREATE FUNCTION @extschema@.queue_metrics(queue text DEFAULT NULL, since interval DEFAULT '1 hour')
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue  text := CASE WHEN queue_metrics.queue IS NULL THEN NULL ELSE queue.check_queue_name(queue_metrics.queue) END;
+    v_from   timestamptz;
+    v_counts record;
+    v_times  record;
+BEGIN
+    IF since IS NULL OR since <= interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('since must be a positive interval: %s', coalesce(since::text, 'NULL')),
+            HINT = 'Pass how far back to look, e.g. ''1 hour''.';
+    END IF;
+    v_from := date_bin('1 minute', now() - since, timestamptz '2000-01-01 00:00:00+00');
+
+    WITH live AS (
+        SELECT j.status, j.started_at, j.finished_at, j.run_at
+          FROM queue.jobs j
+         WHERE j.status IN ('completed', 'failed', 'expired') AND j.finished_at >= v_from
+           AND j.started_at IS NOT NULL AND (v_queue IS NULL OR j.queue = v_queue)
+    ), archived AS (
+        SELECT t.completed, t.failed, t.expired
+          FROM queue.job_times t
+         WHERE t.finished_minute >= v_from AND (v_queue IS NULL OR t.queue = v_queue)
+    )
+    SELECT (SELECT count(*) FILTER (WHERE status = 'completed') FROM live)
+               + (SELECT coalesce(sum(completed), 0) FROM archived) AS completed,
+           (SELECT count(*) FILTER (WHERE status = 'failed') FROM live)
+               + (SELECT coalesce(sum(failed), 0) FROM archived) AS failed,
+           (SELECT count(*) FILTER (WHERE status = 'expired') FROM live)
+               + (SELECT coalesce(sum(expired), 0) FROM archived) AS expired
+      INTO v_counts;
+
+    WITH times AS (
+        SELECT queue.ms(j.finished_at - j.started_at) AS run_ms, queue.ms(j.started_at - j.run_at) AS wait_ms
+          FROM queue.jobs j
+         WHERE j.status IN ('completed', 'failed', 'expired') AND j.finished_at >= v_from
+           AND j.started_at IS NOT NULL AND (v_queue IS NULL OR j.queue = v_queue)
+        UNION ALL
+        SELECT u.run_ms, u.wait_ms
+          FROM queue.job_times t, unnest(t.run_ms, t.wait_ms) AS u(run_ms, wait_ms)
+         WHERE t.finished_minute >= v_from AND (v_queue IS NULL OR t.queue = v_queue)
+    )
+    SELECT avg(run_ms) AS avg_run, percentile_disc(0.95) WITHIN GROUP (ORDER BY run_ms) AS p95_run,
+           percentile_disc(0.99) WITHIN GROUP (ORDER BY run_ms) AS p99_run,
+           avg(wait_ms) AS avg_wait, percentile_disc(0.95) WITHIN GROUP (ORDER BY wait_ms) AS p95_wait,
+           percentile_disc(0.99) WITHIN GROUP (ORDER BY wait_ms) AS p99_wait
+      INTO v_times FROM times;
+
+    RETURN jsonb_build_object(
+        'queue', v_queue,
+        'since', v_from,
+        'executions', v_counts.completed + v_counts.failed + v_counts.expired,
+        'completed', v_counts.completed,
+        'failed', v_counts.failed,
+        'expired', v_counts.expired,
+        'success_rate', round(v_counts.completed::numeric
+                              / nullif(v_counts.completed + v_counts.failed + v_counts.expired, 0), 4),
+        'avg_run_ms', round(v_times.avg_run::numeric, 3),
+        'p95_run_ms', round(v_times.p95_run::numeric, 3),
+        'p99_run_ms', round(v_times.p99_run::numeric, 3),
+        'avg_wait_ms', round(v_times.avg_wait::numeric, 3),
+        'p95_wait_ms', round(v_times.p95_wait::numeric, 3),
+        'p99_wait_ms', round(v_times.p99_wait::numeric, 3),
+        'throughput_per_minute', round((v_counts.completed + v_counts.failed + v_counts.expired)
+                                       / (extract(epoch FROM now() - v_from) / 60), 3));
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_metrics(text, interval) IS
+'How jobs that finished since now() - since (from the minute boundary) ran: executions, completed, failed, expired, success_rate, avg/p95/p99 run time and wait time (ms, exact), throughput_per_minute. Deleted jobs still count.';
+
+/*
+ * queue_health: is the queue being served? Workers running, the last
+ * maintenance pass, backlog, the oldest claimable job, leases overdue for
+ * recovery, stale workers. "healthy" is false with a reason per problem.
+ */
+CREATE FUNCTION @extschema@.queue_health()
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_shm      record;
+    v_workers  jsonb;
+    v_counts   record;
+    v_oldest   timestamptz;
+    v_overdue  bigint;
+    v_stale    text[];
+    -- A pass is late after ten ticks and five seconds.
+    v_late     interval := coalesce(nullif(current_setting('queue.tick', true), ''), '1s')::interval * 10
+                           + interval '5 seconds';
+    v_problems text[] := '{}';
+BEGIN
+    SELECT * INTO v_shm FROM queue.stats_health();
+    SELECT jsonb_object_agg(w.name, EXISTS (
+               SELECT 1 FROM pg_stat_activity a
+                WHERE a.backend_type = 'queue ' || w.name AND a.datname = current_database()))
+      INTO v_workers
+      FROM unnest(ARRAY['maintenance', 'scheduler', 'notifier']) AS w(name);
+    SELECT coalesce(sum(r.pending + r.scheduled + r.retrying), 0) AS backlog,
+           coalesce(sum(r.processing), 0) AS processing,
+           queue.oldest_pending(array_agg(r.queue) FILTER (WHERE r.pending > 0),
+                                array_agg(r.priority) FILTER (WHERE r.pending > 0)) AS oldest
+      INTO v_counts FROM queue.stats_rows() r;
+    -- Leases that ran out more than a minute ago: the maintenance pass
+    -- should have recovered them. jobs_lease holds only processing jobs.
+    SELECT count(*) INTO v_overdue FROM queue.jobs j
+     WHERE j.status = 'processing' AND j.lease_until < now() - interval '1 minute';
+    SELECT array_agg(w.worker::text ORDER BY w.worker) INTO v_stale
+      FROM queue.workers w WHERE w.stale_since IS NOT NULL;
+
+    IF NOT v_shm.preloaded THEN
+        v_problems := v_problems || 'the background workers are not running: add queue to shared_preload_libraries'::text;
+    ELSIF NOT v_shm.served THEN
+        v_problems := v_problems || format('the background workers serve database %s, not this one (queue.database)',
+                                           current_setting('queue.database', true));
+    ELSE
+        IF EXISTS (SELECT 1 FROM jsonb_each(v_workers) e WHERE e.value = 'false') THEN
+            v_problems := v_problems || format('a background worker is not running: %s', v_workers);
+        END IF;
+        IF v_shm.last_tick IS NULL OR v_shm.last_tick < now() - v_late THEN
+            v_problems := v_problems || format('no maintenance pass since %s', coalesce(v_shm.last_tick::text, 'start'));
+        END IF;
+    END IF;
+    IF v_overdue > 0 THEN
+        v_problems := v_problems || format('%s processing jobs are more than a minute past their lease', v_overdue);
+    END IF;
+    IF v_stale IS NOT NULL THEN
+        v_problems := v_problems || format('stale workers: %s', array_to_string(v_stale, ', '));
+    END IF;
+
+    RETURN jsonb_build_object(
+        'healthy', cardinality(v_problems) = 0,
+        'problems', to_jsonb(v_problems),
+        'workers_running', v_workers,
+        'last_tick', v_shm.last_tick,
+        'backlog', v_counts.backlog,
+        'processing', v_counts.processing,
+        'oldest_pending_age', round(extract(epoch FROM now() - v_counts.oldest), 3),
+        'overdue_leases', v_overdue,
+        'stale_workers', coalesce(to_jsonb(v_stale), '[]'),
+        'counters', jsonb_build_object('lost_tallies', v_shm.lost_tallies,
+                                       'recount_pending', v_shm.recount_pending));
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_health() IS
+'Whether the queue is served: healthy, problems, workers_running, last_tick, backlog, processing, oldest_pending_age (seconds), overdue_leases, stale_workers. Constant time.';
+
+/*
+ * queue_prometheus: the counters in Prometheus text exposition format, for a
+ * scrape endpoint (e.g. postgres_exporter or sql_exporter running it).
+ * Queue names need no escaping: they are [A-Za-z0-9_.:-] only.
+ */
+CREATE FUNCTION @extschema@.queue_prometheus()
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_healthy boolean := (@extschema@.queue_health() ->> 'healthy')::boolean;
+    v_gauges  text[] := '{}';
+    v_totals  text[] := '{}';
+    v_ages    text[] := '{}';
+    r         record;
+BEGIN
+    FOR r IN
+        SELECT s.queue, sum(s.pending) AS pending, sum(s.scheduled) AS scheduled,
+               sum(s.processing) AS processing, sum(s.retrying) AS retrying,
+               sum(s.pushed) AS pushed, sum(s.popped) AS popped, sum(s.completed) AS completed,
+               sum(s.failed) AS failed, sum(s.expired) AS expired, sum(s.cancelled) AS cancelled,
+               sum(s.retried) AS retried, sum(s.deleted) AS deleted,
+               queue.oldest_pending(array_agg(s.queue) FILTER (WHERE s.pending > 0),
+                                    array_agg(s.priority) FILTER (WHERE s.pending > 0)) AS oldest
+          FROM queue.stats_rows() s
+         GROUP BY s.queue
+         ORDER BY s.queue
+    LOOP
+        v_gauges := v_gauges || ARRAY[
+            format('queue_jobs{queue="%s",status="pending"} %s', r.queue, r.pending),
+            format('queue_jobs{queue="%s",status="scheduled"} %s', r.queue, r.scheduled),
+            format('queue_jobs{queue="%s",status="processing"} %s', r.queue, r.processing),
+            format('queue_jobs{queue="%s",status="retrying"} %s', r.queue, r.retrying)];
+        v_totals := v_totals || ARRAY[
+            format('queue_jobs_total{queue="%s",event="pushed"} %s', r.queue, r.pushed),
+            format('queue_jobs_total{queue="%s",event="popped"} %s', r.queue, r.popped),
+            format('queue_jobs_total{queue="%s",event="completed"} %s', r.queue, r.completed),
+            format('queue_jobs_total{queue="%s",event="failed"} %s', r.queue, r.failed),
+            format('queue_jobs_total{queue="%s",event="expired"} %s', r.queue, r.expired),
+            format('queue_jobs_total{queue="%s",event="cancelled"} %s', r.queue, r.cancelled),
+            format('queue_jobs_total{queue="%s",event="retried"} %s', r.queue, r.retried),
+            format('queue_jobs_total{queue="%s",event="deleted"} %s', r.queue, r.deleted)];
+        v_ages := v_ages || format('queue_oldest_pending_age_seconds{queue="%s"} %s', r.queue,
+                                   coalesce(round(extract(epoch FROM now() - r.oldest), 3), 0));
+    END LOOP;
+    RETURN array_to_string(
+        ARRAY['# HELP queue_up Whether the background workers serve this database and tick (1) or not (0).',
+              '# TYPE queue_up gauge',
+              format('queue_up %s', CASE WHEN v_healthy THEN 1 ELSE 0 END),
+              '# HELP queue_jobs Jobs waiting or running, by queue and status.',
+              '# TYPE queue_jobs gauge']
+        || v_gauges
+        || ARRAY['# HELP queue_jobs_total Jobs pushed, claimed, retried, finished and deleted, by queue and event.',
+                 '# TYPE queue_jobs_total counter']
+        || v_totals
+        || ARRAY['# HELP queue_oldest_pending_age_seconds Age of the oldest claimable job of the queue.',
+                 '# TYPE queue_oldest_pending_age_seconds gauge']
+        || v_ages,
+        E'\n') || E'\n';
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_prometheus() IS
+'The counters in Prometheus text exposition format: queue_up, queue_jobs{queue,status}, queue_jobs_total{queue,event}, queue_oldest_pending_age_seconds{queue}.';

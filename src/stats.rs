@@ -1,0 +1,690 @@
+//! Counters behind `queue_stats`, `queue_list`, `queue_size` and
+//! `queue_health`: exact, cheap to read at any depth, and never a hot row.
+//!
+//! Counting rows cannot answer `queue_stats` in milliseconds with a million
+//! waiting jobs and ten million finished ones, and a counter row updated by
+//! every push would make all pushes of a queue wait on each other. So every
+//! SQL function that moves a job between statuses calls `queue.tally` with
+//! the queue, the priority and the two statuses. The tally is kept in this
+//! backend until the transaction ends, per subtransaction level, so that a
+//! rolled-back savepoint takes its tallies with it:
+//!
+//! * **Served database** (the one the maintenance worker serves, library
+//!   preloaded): after the commit is visible, the transaction callback adds
+//!   its tallies to a small shared-memory table under one LWLock (a few
+//!   hundred nanoseconds). The maintenance worker flushes that table into
+//!   `queue.stats` every tick, in a short transaction of its own that also
+//!   records the flushed amounts as negative tallies, so that its commit
+//!   moves them from shared memory to the table at once.
+//! * **Any other database**, or no preloading: just before commit the
+//!   tallies are added to this backend's own rows of `queue.stats` (one row
+//!   per queue, priority and backend), inside the transaction. No two
+//!   backends share a row.
+//!
+//! A reader sums `queue.stats`, the shared-memory table and its own
+//! transaction's tallies. Shared memory does not survive a restart: the
+//! gauges (scheduled, pending, processing, retrying) are recounted from the
+//! jobs table once after every server start, while no transaction writes
+//! jobs (`LOCK ... IN SHARE MODE`), and the cumulative totals lose at most
+//! what committed after the last flush. Readers and the flush serialize on
+//! an advisory lock so that a reader never sees an amount twice.
+
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+/// The counters of one (queue, priority), in this order everywhere (the
+/// `counts` arrays in SQL are 1-based: scheduled is counts[1]).
+pub const SCHEDULED: usize = 0;
+pub const PENDING: usize = 1;
+pub const PROCESSING: usize = 2;
+pub const RETRYING: usize = 3;
+pub const PUSHED: usize = 4;
+pub const POPPED: usize = 5;
+pub const COMPLETED: usize = 6;
+pub const FAILED: usize = 7;
+pub const EXPIRED: usize = 8;
+pub const CANCELLED: usize = 9;
+/// Failed attempts that will run again (fail with attempts left, lost lease).
+pub const RETRIED: usize = 10;
+/// Waiting jobs deleted (queue_clear, queue_delete).
+pub const DELETED: usize = 11;
+pub const COUNTERS: usize = 12;
+
+type Counts = [i64; COUNTERS];
+
+/// Distinct (database, queue, priority) keys shared memory holds between
+/// two flushes. Beyond that, a commit's tallies are dropped and the gauges
+/// recounted (see `lost_tallies`).
+const CAPACITY: usize = 2048;
+/// Queue names are at most 57 bytes.
+const NAME_BYTES: usize = 64;
+
+// The flush and the recount take the advisory lock (1903519093, 1)
+// exclusively, readers take it shared (sql/stats.sql). 1903519093 is
+// 0x71756575, "queu"; the two-int form is a key space of its own, apart
+// from the serial-group locks.
+
+/// A job status as the counters see it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Status {
+    Scheduled,
+    Pending,
+    Processing,
+    Retrying,
+    Completed,
+    Failed,
+    Expired,
+    Cancelled,
+}
+
+impl Status {
+    fn parse(name: &str) -> Option<Status> {
+        Some(match name {
+            "scheduled" => Status::Scheduled,
+            "pending" => Status::Pending,
+            "processing" => Status::Processing,
+            "retrying" => Status::Retrying,
+            "completed" => Status::Completed,
+            "failed" => Status::Failed,
+            "expired" => Status::Expired,
+            "cancelled" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// The gauge of a waiting or running status; final statuses have none.
+    fn gauge(self) -> Option<usize> {
+        match self {
+            Status::Scheduled => Some(SCHEDULED),
+            Status::Pending => Some(PENDING),
+            Status::Processing => Some(PROCESSING),
+            Status::Retrying => Some(RETRYING),
+            _ => None,
+        }
+    }
+
+    /// The cumulative counter a job reaching this final status adds to.
+    fn total(self) -> Option<usize> {
+        match self {
+            Status::Completed => Some(COMPLETED),
+            Status::Failed => Some(FAILED),
+            Status::Expired => Some(EXPIRED),
+            Status::Cancelled => Some(CANCELLED),
+            _ => None,
+        }
+    }
+}
+
+/// What `n` jobs moving from `from` to `to` do to the counters. `None` as
+/// `from` is a push, `None` as `to` a deletion.
+fn transition(from: Option<Status>, to: Option<Status>, n: i64) -> Counts {
+    let mut c = [0; COUNTERS];
+    if let Some(g) = from.and_then(Status::gauge) {
+        c[g] -= n;
+    }
+    if let Some(g) = to.and_then(Status::gauge) {
+        c[g] += n;
+    }
+    match (from, to) {
+        (None, _) => c[PUSHED] += n,
+        (Some(Status::Processing), Some(Status::Pending | Status::Retrying)) => c[RETRIED] += n,
+        (Some(f), None) if f.gauge().is_some() => c[DELETED] += n,
+        _ => {}
+    }
+    if to == Some(Status::Processing) {
+        c[POPPED] += n;
+    }
+    if let Some(t) = to.and_then(Status::total) {
+        c[t] += n;
+    }
+    c
+}
+
+// ---------------------------------------------------------------------------
+// Shared memory
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct Slot {
+    database: u32,
+    priority: i32,
+    /// 0: the slot is free.
+    name_len: u8,
+    name: [u8; NAME_BYTES],
+    counts: Counts,
+    /// Last commit that moved a job of this key (TimestampTz), 0 if none.
+    last: i64,
+}
+
+const FREE: Slot = Slot { database: 0, priority: 0, name_len: 0, name: [0; NAME_BYTES], counts: [0; COUNTERS], last: 0 };
+
+impl Slot {
+    fn name(&self) -> &[u8] {
+        &self.name[..self.name_len as usize]
+    }
+}
+
+/// Unflushed counters by (database, queue, priority): open addressing with
+/// linear probing, rebuilt without its zero entries after every flush.
+#[derive(Clone, Copy)]
+pub struct Table {
+    used: usize,
+    slots: [Slot; CAPACITY],
+}
+unsafe impl PGRXSharedMemory for Table {}
+
+impl Table {
+    const fn new() -> Self {
+        Table { used: 0, slots: [FREE; CAPACITY] }
+    }
+
+    fn home(database: u32, name: &[u8], priority: i32) -> usize {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in database.to_le_bytes().iter().chain(name).chain(&priority.to_le_bytes()) {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (h % CAPACITY as u64) as usize
+    }
+
+    /// The slot of a key, claimed if new; None when the table is too full
+    /// (kept at most 3/4 full so that probes stay short).
+    fn slot(&mut self, database: u32, name: &[u8], priority: i32) -> Option<&mut Slot> {
+        if name.is_empty() || name.len() > NAME_BYTES {
+            return None;
+        }
+        let mut i = Self::home(database, name, priority);
+        loop {
+            let s = &self.slots[i];
+            if s.name_len == 0 {
+                break;
+            }
+            if s.database == database && s.priority == priority && s.name() == name {
+                return Some(&mut self.slots[i]);
+            }
+            i = (i + 1) % CAPACITY;
+        }
+        if self.used >= CAPACITY / 4 * 3 {
+            return None;
+        }
+        self.used += 1;
+        let s = &mut self.slots[i];
+        *s = Slot { database, priority, name_len: name.len() as u8, ..FREE };
+        s.name[..name.len()].copy_from_slice(name);
+        Some(s)
+    }
+
+    fn entries(&self, database: u32) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().filter(move |s| s.name_len > 0 && s.database == database)
+    }
+
+    /// Drop the entries that hold nothing any more (their last activity is
+    /// in `queue.stats` by then) and re-insert the rest.
+    fn compact(&mut self) {
+        let keep: Vec<Slot> =
+            self.slots.iter().filter(|s| s.name_len > 0 && s.counts.iter().any(|&c| c != 0)).copied().collect();
+        self.slots = [FREE; CAPACITY];
+        self.used = 0;
+        for k in keep {
+            if let Some(s) = self.slot(k.database, &k.name[..k.name_len as usize], k.priority) {
+                s.counts = k.counts;
+                s.last = k.last;
+            }
+        }
+    }
+}
+
+/// State shared by every backend besides the table.
+#[derive(Default)]
+pub struct Control {
+    /// The database the maintenance worker serves, published by it.
+    served_database: AtomicU32,
+    /// Recounts asked for (one at every start, one per lost tally) and done.
+    recount_asked: AtomicU64,
+    recount_done: AtomicU64,
+    /// Commits whose tallies did not fit into shared memory.
+    lost_tallies: AtomicU64,
+    /// End of the last maintenance pass (TimestampTz), 0 before the first.
+    last_tick: AtomicI64,
+}
+unsafe impl PGRXSharedMemory for Control {}
+
+static TABLE: PgLwLock<Table> = unsafe { PgLwLock::new(c"queue_stats") };
+static CONTROL: PgAtomic<Control> = unsafe { PgAtomic::new(c"queue_stats_control") };
+static SHMEM_READY: AtomicBool = AtomicBool::new(false);
+
+/// Reserve the shared memory. Only from `_PG_init` while preloading.
+pub fn init_shared_memory() {
+    pg_shmem_init!(TABLE = Table::new());
+    pg_shmem_init!(CONTROL = Control { recount_asked: AtomicU64::new(1), ..Default::default() });
+    SHMEM_READY.store(true, Ordering::SeqCst);
+}
+
+fn database() -> u32 {
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+/// Whether this backend's tallies go through shared memory: the library is
+/// preloaded and the maintenance worker serves (flushes) this database.
+fn served() -> bool {
+    SHMEM_READY.load(Ordering::SeqCst) && CONTROL.get().served_database.load(Ordering::SeqCst) == database()
+}
+
+/// Called by the maintenance worker once connected: it flushes this
+/// database's counters from now on.
+pub fn publish_served_database() {
+    if SHMEM_READY.load(Ordering::SeqCst) {
+        CONTROL.get().served_database.store(database(), Ordering::SeqCst);
+    }
+}
+
+/// Called by the maintenance worker after each pass.
+pub fn note_tick() {
+    if SHMEM_READY.load(Ordering::SeqCst) {
+        CONTROL.get().last_tick.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// This backend's tallies
+// ---------------------------------------------------------------------------
+
+struct Tally {
+    queue: String,
+    priority: i32,
+    /// The subtransaction that recorded it; moves to the parent when that
+    /// subtransaction commits, goes away when it aborts.
+    subxact: pg_sys::SubTransactionId,
+    counts: Counts,
+    /// False for the flush's own negative tallies: moving counts from
+    /// shared memory to the table is not activity.
+    activity: bool,
+}
+
+thread_local! {
+    static TALLIES: RefCell<Vec<Tally>> = const { RefCell::new(Vec::new()) };
+    static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// This transaction recounted the gauges: (subtransaction, the recount
+    /// request it answers), marked done at commit.
+    static RECOUNTED: Cell<Option<(pg_sys::SubTransactionId, u64)>> = const { Cell::new(None) };
+}
+
+fn register_callbacks() {
+    if !CALLBACKS_REGISTERED.get() {
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(at_subtransaction_end), std::ptr::null_mut());
+        }
+        CALLBACKS_REGISTERED.set(true);
+    }
+}
+
+fn record(queue: &str, priority: i32, counts: Counts, activity: bool) {
+    register_callbacks();
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    TALLIES.with(|t| {
+        let mut t = t.borrow_mut();
+        if let Some(e) = t
+            .iter_mut()
+            .find(|e| e.subxact == subxact && e.priority == priority && e.activity == activity && e.queue == queue)
+        {
+            for (a, b) in e.counts.iter_mut().zip(counts) {
+                *a += b;
+            }
+        } else {
+            t.push(Tally { queue: queue.to_owned(), priority, subxact, counts, activity });
+        }
+    });
+}
+
+/// SQL `queue.tally(queue, priority, from, to, n)`: `n` jobs of this queue
+/// and priority moved from status `from` (NULL: pushed) to `to` (NULL:
+/// deleted). Returns `n`, so that it can sit in a RETURNING list.
+#[pg_extern(volatile, parallel_unsafe, schema = "queue")]
+fn tally(queue: Option<&str>, priority: Option<i32>, from: Option<&str>, to: Option<&str>, n: default!(i64, 1)) -> i64 {
+    let (Some(queue), Some(priority)) = (queue, priority) else {
+        return 0;
+    };
+    let from = from.and_then(Status::parse);
+    let to = to.and_then(Status::parse);
+    if n != 0 {
+        record(queue, priority, transition(from, to, n), true);
+    }
+    n
+}
+
+/// Sum of the tallies by (queue, priority), in first-seen order.
+fn summed<'a>(rows: impl Iterator<Item = (&'a str, i32, Counts, i64)>) -> Vec<(String, i32, Counts, i64)> {
+    let mut out: Vec<(String, i32, Counts, i64)> = Vec::new();
+    for (queue, priority, counts, last) in rows {
+        match out.iter_mut().find(|(q, p, _, _)| q == queue && *p == priority) {
+            Some((_, _, c, l)) => {
+                for (a, b) in c.iter_mut().zip(counts) {
+                    *a += b;
+                }
+                *l = (*l).max(last);
+            }
+            None => out.push((queue.to_owned(), priority, counts, last)),
+        }
+    }
+    out
+}
+
+/// One row of `stats_unflushed` / `stats_take` (pgrx wants the column
+/// names spelled out in each signature).
+type CountRow = (String, i32, Vec<i64>, Option<TimestampWithTimeZone>);
+
+fn as_row((queue, priority, counts, last): (String, i32, Counts, i64)) -> CountRow {
+    let last = if last == 0 { None } else { TimestampWithTimeZone::try_from(last).ok() };
+    (queue, priority, counts.to_vec(), last)
+}
+
+/// SQL `queue.stats_unflushed()`: what `queue.stats` does not hold yet,
+/// i.e. this database's shared-memory counters plus this transaction's own
+/// tallies. Callers hold the stats advisory lock in share mode.
+#[pg_extern(volatile, parallel_unsafe, schema = "queue")]
+fn stats_unflushed() -> TableIterator<
+    'static,
+    (
+        name!(queue, String),
+        name!(priority, i32),
+        name!(counts, Vec<i64>),
+        name!(last_activity, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let mut rows: Vec<(String, i32, Counts, i64)> = Vec::new();
+    if SHMEM_READY.load(Ordering::SeqCst) {
+        let table = TABLE.share();
+        rows.extend(
+            table
+                .entries(database())
+                .map(|s| (String::from_utf8_lossy(s.name()).into_owned(), s.priority, s.counts, s.last)),
+        );
+    }
+    let local = TALLIES.with(|t| t.borrow().iter().map(|e| (e.queue.clone(), e.priority, e.counts, 0)).collect::<Vec<_>>());
+    rows.extend(local);
+    let rows = summed(rows.iter().map(|(q, p, c, l)| (q.as_str(), *p, *c, *l)));
+    TableIterator::new(rows.into_iter().map(as_row))
+}
+
+/// SQL `queue.stats_take()`: the flush. Returns this database's shared
+/// counters and records them as negative tallies, so that the commit of the
+/// flushing transaction (which adds the returned rows to `queue.stats`)
+/// removes them from shared memory. The caller holds the stats advisory
+/// lock exclusively: no other flush or recount runs at the same time.
+#[pg_extern(volatile, parallel_unsafe, schema = "queue")]
+fn stats_take() -> TableIterator<
+    'static,
+    (
+        name!(queue, String),
+        name!(priority, i32),
+        name!(counts, Vec<i64>),
+        name!(last_activity, Option<TimestampWithTimeZone>),
+    ),
+> {
+    if !served() {
+        return TableIterator::new(Vec::new().into_iter());
+    }
+    let rows: Vec<(String, i32, Counts, i64)> = TABLE
+        .share()
+        .entries(database())
+        .filter(|s| s.counts.iter().any(|&c| c != 0))
+        .map(|s| (String::from_utf8_lossy(s.name()).into_owned(), s.priority, s.counts, s.last))
+        .collect();
+    for (queue, priority, counts, _) in &rows {
+        record(queue, *priority, counts.map(|c| -c), false);
+    }
+    TableIterator::new(rows.into_iter().map(as_row))
+}
+
+/// SQL `queue.stats_recount_needed()`: the gauges in shared memory may be
+/// wrong (first pass after a server start, or tallies were lost).
+#[pg_extern(volatile, parallel_unsafe, schema = "queue")]
+fn stats_recount_needed() -> bool {
+    if !served() {
+        return false;
+    }
+    let c = CONTROL.get();
+    c.recount_asked.load(Ordering::SeqCst) > c.recount_done.load(Ordering::SeqCst)
+}
+
+/// SQL `queue.stats_forget_gauges()`: part of the recount, which holds a
+/// SHARE lock on queue.jobs (no job moves) and the stats advisory lock.
+/// Cancels the gauges shared memory holds for this database (the recount
+/// writes the true values into `queue.stats`), effective at commit.
+#[pg_extern(volatile, parallel_unsafe, schema = "queue")]
+fn stats_forget_gauges() {
+    if !served() {
+        return;
+    }
+    let gauges: Vec<(String, i32, Counts)> = TABLE
+        .share()
+        .entries(database())
+        .map(|s| {
+            let mut c = [0; COUNTERS];
+            for g in [SCHEDULED, PENDING, PROCESSING, RETRYING] {
+                c[g] = -s.counts[g];
+            }
+            (String::from_utf8_lossy(s.name()).into_owned(), s.priority, c)
+        })
+        .collect();
+    for (queue, priority, counts) in &gauges {
+        record(queue, *priority, *counts, false);
+    }
+    register_callbacks();
+    let asked = CONTROL.get().recount_asked.load(Ordering::SeqCst);
+    RECOUNTED.set(Some((unsafe { pg_sys::GetCurrentSubTransactionId() }, asked)));
+}
+
+/// SQL `queue.stats_health()`: the shared-memory side of queue_health.
+#[pg_extern(volatile, parallel_unsafe, schema = "queue")]
+fn stats_health() -> TableIterator<
+    'static,
+    (
+        name!(preloaded, bool),
+        name!(served, bool),
+        name!(last_tick, Option<TimestampWithTimeZone>),
+        name!(lost_tallies, i64),
+        name!(recount_pending, bool),
+    ),
+> {
+    let preloaded = SHMEM_READY.load(Ordering::SeqCst);
+    let (last_tick, lost) = if preloaded {
+        let c = CONTROL.get();
+        (c.last_tick.load(Ordering::SeqCst), c.lost_tallies.load(Ordering::SeqCst) as i64)
+    } else {
+        (0, 0)
+    };
+    let last_tick = if last_tick == 0 { None } else { TimestampWithTimeZone::try_from(last_tick).ok() };
+    TableIterator::once((preloaded, served(), last_tick, lost, stats_recount_needed()))
+}
+
+// ---------------------------------------------------------------------------
+// Transaction ends
+// ---------------------------------------------------------------------------
+
+/// Before commit, outside the served database: add the tallies to this
+/// backend's rows of queue.stats, inside the transaction. The statement is
+/// fixed; it runs as the bootstrap superuser because the committing user
+/// may hold no privilege on the internal table.
+fn write_tallies_to_table(tallies: Vec<Tally>) {
+    let slot = unsafe { pg_sys::MyBackendId };
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let rows = summed(tallies.iter().map(|t| (t.queue.as_str(), t.priority, t.counts, if t.activity { now } else { 0 })));
+    let (mut user, mut context) = (pg_sys::Oid::INVALID, 0);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    // The statements of the transaction are over: give SPI a snapshot.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    for (queue, priority, counts, last) in rows {
+        let last = if last == 0 { None } else { TimestampWithTimeZone::try_from(last).ok() };
+        // An error here aborts the commit, which then restores the user.
+        let _ = Spi::run_with_args(
+            "SELECT queue.stats_apply($1, $2, $3, $4, $5)",
+            &[slot.into(), queue.into(), priority.into(), counts.to_vec().into(), last.into()],
+        )
+        .map_err(|e| error!("queue: could not record job counters: {e}"));
+    }
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::SetUserIdAndSecContext(user, context);
+    }
+}
+
+/// After commit in the served database: add the tallies to shared memory.
+/// Must not raise an error (the commit record is written): one LWLock, no
+/// allocation that can fail in Postgres terms.
+fn add_tallies_to_shared_memory(tallies: Vec<Tally>) {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let db = database();
+    let mut lost = false;
+    let mut flushed = false;
+    {
+        let mut table = TABLE.exclusive();
+        for t in &tallies {
+            flushed |= !t.activity;
+            match table.slot(db, t.queue.as_bytes(), t.priority) {
+                Some(s) => {
+                    for (a, b) in s.counts.iter_mut().zip(t.counts) {
+                        *a += b;
+                    }
+                    if t.activity {
+                        s.last = s.last.max(now);
+                    }
+                }
+                None => lost = true,
+            }
+        }
+        if flushed {
+            table.compact();
+        }
+    }
+    if lost {
+        let c = CONTROL.get();
+        c.lost_tallies.fetch_add(1, Ordering::SeqCst);
+        c.recount_asked.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT => {
+            if !served() {
+                let tallies = TALLIES.with(|t| std::mem::take(&mut *t.borrow_mut()));
+                if !tallies.is_empty() {
+                    write_tallies_to_table(tallies);
+                }
+            }
+        }
+        XACT_EVENT_COMMIT => {
+            let tallies = TALLIES.with(|t| std::mem::take(&mut *t.borrow_mut()));
+            if !tallies.is_empty() {
+                add_tallies_to_shared_memory(tallies);
+            }
+            if let Some((_, asked)) = RECOUNTED.take() {
+                CONTROL.get().recount_done.fetch_max(asked, Ordering::SeqCst);
+            }
+        }
+        XACT_EVENT_PREPARE => {
+            // A prepared transaction may still roll back, and its tallies
+            // cannot wait for it here: drop them and recount the gauges.
+            let had = TALLIES.with(|t| !std::mem::take(&mut *t.borrow_mut()).is_empty());
+            RECOUNTED.set(None);
+            if had && served() {
+                CONTROL.get().recount_asked.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            TALLIES.with(|t| t.borrow_mut().clear());
+            RECOUNTED.set(None);
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn at_subtransaction_end(
+    event: pg_sys::SubXactEvent::Type,
+    subxact: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    match event {
+        SUBXACT_EVENT_COMMIT_SUB => {
+            TALLIES.with(|t| {
+                for e in t.borrow_mut().iter_mut().filter(|e| e.subxact >= subxact) {
+                    e.subxact = parent;
+                }
+            });
+            if let Some((s, asked)) = RECOUNTED.get() {
+                if s >= subxact {
+                    RECOUNTED.set(Some((parent, asked)));
+                }
+            }
+        }
+        SUBXACT_EVENT_ABORT_SUB => {
+            TALLIES.with(|t| t.borrow_mut().retain(|e| e.subxact < subxact));
+            if matches!(RECOUNTED.get(), Some((s, _)) if s >= subxact) {
+                RECOUNTED.set(None);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    #[pg_test]
+    fn a_job_life_moves_gauges_and_adds_totals() {
+        let s = |n| Status::parse(n);
+        let push = transition(None, s("pending"), 2);
+        assert_eq!((push[PENDING], push[PUSHED]), (2, 2));
+        let pop = transition(s("pending"), s("processing"), 1);
+        assert_eq!((pop[PENDING], pop[PROCESSING], pop[POPPED]), (-1, 1, 1));
+        let retry = transition(s("processing"), s("retrying"), 1);
+        assert_eq!((retry[PROCESSING], retry[RETRYING], retry[RETRIED]), (-1, 1, 1));
+        let done = transition(s("processing"), s("completed"), 1);
+        assert_eq!((done[PROCESSING], done[COMPLETED]), (-1, 1));
+        let gone = transition(s("pending"), None, 3);
+        assert_eq!((gone[PENDING], gone[DELETED]), (-3, 3));
+        assert_eq!(transition(s("completed"), None, 5), [0; COUNTERS], "pruning history changes no counter");
+        assert_eq!(transition(s("failed"), s("pending"), 1)[PENDING], 1, "a retried dead job waits again");
+    }
+
+    #[pg_test]
+    fn the_table_finds_keys_again_and_compacts() {
+        let mut t = Box::new(Table::new());
+        t.slot(1, b"emails", 0).unwrap().counts[PENDING] = 3;
+        t.slot(1, b"emails", 10).unwrap().counts[PENDING] = 1;
+        t.slot(2, b"emails", 0).unwrap();
+        assert_eq!(t.slot(1, b"emails", 0).unwrap().counts[PENDING], 3);
+        assert_eq!(t.used, 3);
+        t.compact();
+        assert_eq!(t.used, 2, "the empty entry is gone");
+        assert_eq!(t.slot(1, b"emails", 10).unwrap().counts[PENDING], 1);
+    }
+
+    #[pg_test]
+    fn a_full_table_refuses_new_keys_but_keeps_old_ones() {
+        let mut t = Box::new(Table::new());
+        let mut n = 0;
+        while t.slot(1, format!("q{n}").as_bytes(), 0).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, CAPACITY / 4 * 3);
+        assert!(t.slot(1, b"q0", 0).is_some(), "known keys still count");
+    }
+}

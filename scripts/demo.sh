@@ -38,4 +38,11 @@ echo "==> what happened (SELECT ... FROM queue.jobs)"
 psql_demo -c "SELECT id, status, priority, attempts, payload->>'to' AS recipient, last_error,
                      round(extract(epoch FROM finished_at - created_at)::numeric, 2) AS seconds_to_finish
                 FROM queue.jobs ORDER BY id"
+echo "==> the operator's view (queue_stats, queue_metrics, queue_health: counters, no row counting)"
+sleep 0.5
+psql_demo -x -c "SELECT s->'total_pushed' AS pushed, s->'total_popped' AS popped, s->'completed' AS completed,
+                        s->'retried' AS retried, s->'total_size' AS waiting,
+                        m->'executions' AS executions, m->'p95_run_ms' AS p95_run_ms, m->'p95_wait_ms' AS p95_wait_ms,
+                        h->'healthy' AS healthy, h->'workers_running' AS workers
+                   FROM queue_stats('emails') s, queue_metrics('emails') m, queue_health() h"
 echo "==> the cluster is still running: psql -h 127.0.0.1 -p $PORT -U postgres   (stop it: make demo-stop)"

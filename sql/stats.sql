@@ -152,10 +152,12 @@ DECLARE
     v_timeout text := current_setting('lock_timeout');
     v_rows    int;
 BEGIN
+    -- Both waits are bounded: a reader holding the stats lock in a
+    -- transaction that then writes jobs would otherwise deadlock with us.
     PERFORM set_config('lock_timeout', '200ms', true);
     LOCK TABLE queue.jobs IN SHARE MODE;
-    PERFORM set_config('lock_timeout', v_timeout, true);
     PERFORM pg_advisory_xact_lock(1903519093, 1);
+    PERFORM set_config('lock_timeout', v_timeout, true);
     PERFORM queue.stats_forget_gauges();
     UPDATE queue.stats
        SET scheduled = 0, pending = 0, processing = 0, retrying = 0
@@ -190,7 +192,12 @@ DECLARE
     v_rows int;
 BEGIN
     IF queue.stats_recount_needed() THEN
-        PERFORM queue.recount_stats();
+        BEGIN
+            PERFORM queue.recount_stats();
+        EXCEPTION WHEN OTHERS THEN
+            -- Typically lock_timeout behind a long transaction: next tick.
+            RAISE WARNING 'queue: recounting the job gauges failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+        END;
     END IF;
     IF NOT pg_try_advisory_xact_lock(1903519093, 1) THEN
         RETURN 0;

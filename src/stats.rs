@@ -381,6 +381,19 @@ fn as_row((queue, priority, counts, last): (String, i32, Counts, i64)) -> CountR
     (queue, priority, counts.to_vec(), last)
 }
 
+/// This database's entries of the shared table: (queue, priority, counts,
+/// last activity).
+fn shared_rows() -> Vec<(String, i32, Counts, i64)> {
+    if !SHMEM_READY.load(Ordering::SeqCst) {
+        return Vec::new();
+    }
+    TABLE
+        .share()
+        .entries(database())
+        .map(|s| (String::from_utf8_lossy(s.name()).into_owned(), s.priority, s.counts, s.last))
+        .collect()
+}
+
 /// SQL `queue.stats_unflushed()`: what `queue.stats` does not hold yet,
 /// i.e. this database's shared-memory counters plus this transaction's own
 /// tallies. Callers hold the stats advisory lock in share mode.
@@ -394,15 +407,7 @@ fn stats_unflushed() -> TableIterator<
         name!(last_activity, Option<TimestampWithTimeZone>),
     ),
 > {
-    let mut rows: Vec<(String, i32, Counts, i64)> = Vec::new();
-    if SHMEM_READY.load(Ordering::SeqCst) {
-        let table = TABLE.share();
-        rows.extend(
-            table
-                .entries(database())
-                .map(|s| (String::from_utf8_lossy(s.name()).into_owned(), s.priority, s.counts, s.last)),
-        );
-    }
+    let mut rows = shared_rows();
     let local = TALLIES.with(|t| t.borrow().iter().map(|e| (e.queue.clone(), e.priority, e.counts, 0)).collect::<Vec<_>>());
     rows.extend(local);
     let rows = summed(rows.iter().map(|(q, p, c, l)| (q.as_str(), *p, *c, *l)));
@@ -427,12 +432,7 @@ fn stats_take() -> TableIterator<
     if !served() {
         return TableIterator::new(Vec::new().into_iter());
     }
-    let rows: Vec<(String, i32, Counts, i64)> = TABLE
-        .share()
-        .entries(database())
-        .filter(|s| s.counts.iter().any(|&c| c != 0))
-        .map(|s| (String::from_utf8_lossy(s.name()).into_owned(), s.priority, s.counts, s.last))
-        .collect();
+    let rows: Vec<_> = shared_rows().into_iter().filter(|(_, _, c, _)| c.iter().any(|&c| c != 0)).collect();
     for (queue, priority, counts, _) in &rows {
         record(queue, *priority, counts.map(|c| -c), false);
     }
@@ -459,19 +459,12 @@ fn stats_forget_gauges() {
     if !served() {
         return;
     }
-    let gauges: Vec<(String, i32, Counts)> = TABLE
-        .share()
-        .entries(database())
-        .map(|s| {
-            let mut c = [0; COUNTERS];
-            for g in [SCHEDULED, PENDING, PROCESSING, RETRYING] {
-                c[g] = -s.counts[g];
-            }
-            (String::from_utf8_lossy(s.name()).into_owned(), s.priority, c)
-        })
-        .collect();
-    for (queue, priority, counts) in &gauges {
-        record(queue, *priority, *counts, false);
+    for (queue, priority, counts, _) in shared_rows() {
+        let mut cancel = [0; COUNTERS];
+        for g in [SCHEDULED, PENDING, PROCESSING, RETRYING] {
+            cancel[g] = -counts[g];
+        }
+        record(&queue, priority, cancel, false);
     }
     register_callbacks();
     let asked = CONTROL.get().recount_asked.load(Ordering::SeqCst);

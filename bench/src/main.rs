@@ -369,6 +369,19 @@ impl Bench {
     }
 
     /// W7: one pop + one ack, each its own transaction, at a given depth.
+    /// Median time of one statement over `calls` calls on a fresh connection.
+    async fn call_latency(&self, sql: &str, calls: usize) -> Result<f64> {
+        let client = connect(&self.url).await?;
+        let stmt = client.prepare(sql).await?;
+        let mut lat = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let t = Instant::now();
+            client.query(&stmt, &[]).await?;
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(percentile(&mut lat, 0.5))
+    }
+
     async fn pop_ack_latency(&self, ops: usize) -> Result<f64> {
         let client = connect(&self.url).await?;
         let pop = client.prepare(&format!("SELECT id FROM queue_pop('{QUEUE}', 'lat')")).await?;
@@ -560,6 +573,29 @@ async fn main() -> Result<()> {
             b.prefill(System::Queue, 300, None).await?;
         }
         b.record("W7 pop+ack p50, 1M waiting + 10M done", System::Queue, "ms", v);
+
+        // Issue 5: the operator's views at this depth. The jobs above were
+        // inserted directly (no tallies), which is what the start-up recount
+        // is for: time it, then the readers.
+        let mut v = Vec::new();
+        for _ in 0..b.reps {
+            let t = Instant::now();
+            b.admin.batch_execute("SELECT queue.recount_stats()").await?;
+            v.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        b.record("O gauge recount (once per start), 1M waiting + 10M done", System::Queue, "ms", v);
+        for (label, sql) in [
+            ("O queue_stats('bench') p50, 1M waiting + 10M done", "SELECT queue_stats('bench')"),
+            ("O queue_stats() p50, 1M waiting + 10M done", "SELECT queue_stats()"),
+            ("O queue_health() p50, 1M waiting + 10M done", "SELECT queue_health()"),
+            ("O queue_list() p50, 1M waiting + 10M done", "SELECT count(*) FROM queue_list()"),
+        ] {
+            let mut v = Vec::new();
+            for _ in 0..b.reps {
+                v.push(b.call_latency(sql, 50).await?);
+            }
+            b.record(label, System::Queue, "ms", v);
+        }
     }
 
     print_table(&b.results);

@@ -67,8 +67,14 @@ CREATE INDEX jobs_claim ON queue.jobs (queue, priority, id)
 CREATE INDEX jobs_due ON queue.jobs (run_at)
     WHERE status IN ('scheduled', 'retrying');
 
+-- "lease_until IS NOT NULL" is always true of a processing job; it is in the
+-- predicate so that the planner cannot use this index for a lookup by id
+-- with "status = 'processing'" (ack, fail, touch, progress). This small
+-- index looks cheaper than the primary key to it, yet it holds the dead
+-- entries of every recent claim: acks went through it at 0.4 ms each.
+-- The expiry scan (lease_until < now()) implies the condition.
 CREATE INDEX jobs_lease ON queue.jobs (lease_until)
-    WHERE status = 'processing';
+    WHERE status = 'processing' AND lease_until IS NOT NULL;
 
 -- By status first, so that the dead letters (failed, expired) are found
 -- without walking completed history, and retention reads each final status

@@ -246,7 +246,8 @@ RETURNS TABLE (worker text, last_heartbeat timestamptz, healthy boolean, running
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT w.worker::text, w.last_heartbeat, w.last_heartbeat >= now() - $1,
-           (SELECT count(*) FROM queue.jobs j WHERE j.status = 'processing' AND j.worker = w.worker),
+           (SELECT count(*) FROM queue.jobs j
+             WHERE j.status = 'processing' AND j.lease_until IS NOT NULL AND j.worker = w.worker),
            w.info, w.started_at, w.stale_since
       FROM queue.workers w
      ORDER BY w.worker;
@@ -278,7 +279,7 @@ BEGIN
     LOOP
         FOR v_job IN
             SELECT j.id, j.attempts FROM queue.jobs j
-             WHERE j.status = 'processing' AND j.worker = v_worker
+             WHERE j.status = 'processing' AND j.lease_until IS NOT NULL AND j.worker = v_worker
         LOOP
             IF @extschema@.queue_fail(v_job.id, format('worker lost: %s stopped sending heartbeats', v_worker),
                                       attempt => v_job.attempts) IS NOT NULL THEN

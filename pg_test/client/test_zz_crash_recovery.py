@@ -22,6 +22,13 @@ def test_committed_jobs_survive_an_immediate_stop(queue_name):
         ).fetchall()
         acked = conn.execute("SELECT queue_ack(%s::bigint[])", ([r[0] for r in claimed[:40]],)).fetchone()[0]
         assert acked == 40
+        # Every other live shape, in a queue of its own: jobs waiting behind
+        # their serial group, and a retrying job.
+        grouped = queue_name + "-g"
+        conn.execute("SELECT queue_push(%s, '{}', serial_group => 'crash-g') FROM generate_series(1, 3)", (grouped,))
+        conn.execute("SELECT queue_push(%s, '{}')", (grouped,))
+        retry = conn.execute("SELECT id FROM queue_pop(%s, 'doomed')", (grouped,)).fetchone()[0]
+        assert conn.execute("SELECT queue_fail(%s, 'later', retry_in => '1 hour')", (retry,)).fetchone()[0] == "retrying"
         before = dict(
             conn.execute(
                 "SELECT status::text, count(*) FROM queue.jobs WHERE queue = %s GROUP BY 1", (queue_name,)
@@ -59,6 +66,8 @@ def test_committed_jobs_survive_an_immediate_stop(queue_name):
         stats = conn.execute("SELECT queue_stats(%s)", (queue_name,)).fetchone()[0]
         assert (stats["pending"], stats["scheduled"], stats["processing"]) == (400, 50, 60)
         assert stats["total_pushed"] <= 550
+        stats = conn.execute("SELECT queue_stats(%s)", (grouped,)).fetchone()[0]
+        assert (stats["pending"], stats["retrying"], stats["processing"]) == (3, 1, 0)
         # The claims of the crashed worker are still leased to it; their old
         # attempt can still finish them, and everything else can be claimed.
         assert conn.execute("SELECT queue_ack(%s, attempt => %s)", claimed[50]).fetchone() == (True,)

@@ -233,3 +233,24 @@ def test_the_hot_path_never_writes_the_counter_table(queue_name):
         wait_for(lambda: conn.execute(
             "SELECT sum(pushed) = 50 FROM queue.stats WHERE queue = %s AND slot = 0", (queue_name,)
         ).fetchone()[0], what="the flush into queue.stats")
+
+
+def test_a_commit_too_big_for_shared_memory_is_recounted(queue_name):
+    """Shared memory holds 1,536 (queue, priority) keys between two flushes.
+    A commit that touches more loses its tallies there: queue_health says so
+    and the gauges are recounted from the jobs."""
+    with connect() as conn:
+        lost_before = conn.execute("SELECT queue_health() -> 'counters' -> 'lost_tallies'").fetchone()[0]
+        with conn.transaction():
+            conn.execute(
+                "SELECT queue_push(%s || '-' || i, '{}') FROM generate_series(1, 1600) i", (queue_name,)
+            )
+        health = conn.execute("SELECT queue_health() -> 'counters'").fetchone()[0]
+        assert health["lost_tallies"] > lost_before
+        wait_for(lambda: conn.execute("SELECT queue_health() -> 'counters' -> 'recount_pending'").fetchone()[0] is False,
+                 what="the recount after lost tallies")
+        sizes = conn.execute(
+            "SELECT count(*), sum(total_size) FROM queue_list() WHERE queue LIKE %s", (queue_name + "-%",)
+        ).fetchone()
+        assert sizes == (1600, 1600)
+        conn.execute("SELECT queue_clear(%s || '-' || i) FROM generate_series(1, 1600) i", (queue_name,))

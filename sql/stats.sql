@@ -577,3 +577,7 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_prometheus() IS
 'The counters in Prometheus text exposition format: queue_up, queue_jobs{queue,status}, queue_jobs_total{queue,event}, queue_oldest_pending_age_seconds{queue}.';
+
+-- A new installation starts from zero, whatever an earlier one in this
+-- database left in shared memory.
+SELECT queue.stats_forget_database();

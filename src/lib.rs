@@ -67,7 +67,8 @@ extension_sql_file!(
         stats::stats_take,
         stats::stats_recount_needed,
         stats::stats_forget_gauges,
-        stats::stats_health
+        stats::stats_health,
+        stats::stats_forget_database
     ]
 );
 extension_sql_file!("../sql/security.sql", name = "security", finalize);

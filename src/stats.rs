@@ -471,6 +471,23 @@ fn stats_forget_gauges() {
     RECOUNTED.set(Some((unsafe { pg_sys::GetCurrentSubTransactionId() }, asked)));
 }
 
+/// SQL `queue.stats_forget_database()`: called by CREATE EXTENSION. Shared
+/// memory may still hold counters of an earlier installation in this
+/// database (DROP EXTENSION does not reach it); they belong to jobs that no
+/// longer exist.
+#[pg_extern(volatile, parallel_unsafe, schema = "queue")]
+fn stats_forget_database() {
+    if !SHMEM_READY.load(Ordering::SeqCst) {
+        return;
+    }
+    let db = database();
+    let mut table = TABLE.exclusive();
+    for s in table.slots.iter_mut().filter(|s| s.name_len > 0 && s.database == db) {
+        s.counts = [0; COUNTERS];
+    }
+    table.compact();
+}
+
 /// SQL `queue.stats_health()`: the shared-memory side of queue_health.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn stats_health() -> TableIterator<

@@ -110,3 +110,15 @@ def test_pg_dump_and_restore_keep_jobs_and_schedules(queue_name, tmp_path):
     with connect() as admin:
         admin.execute(f'DROP DATABASE "{target}"')
         admin.execute("SELECT queue_unschedule(%s)", ("dump-" + queue_name,))
+
+
+def test_a_new_installation_starts_counting_from_zero():
+    """Counters of a dropped installation that were still in shared memory
+    (not yet flushed) do not leak into the next CREATE EXTENSION."""
+    with connect() as conn:
+        conn.execute("SELECT queue_push('reinstalled', '{}') FROM generate_series(1, 5)")
+        conn.execute("DROP EXTENSION queue")
+        conn.execute("CREATE EXTENSION queue")
+        time.sleep(0.5)  # several maintenance ticks, each of which flushes
+        assert conn.execute("SELECT queue_stats() ->> 'total_pushed'").fetchone()[0] == "0"
+        assert conn.execute("SELECT count(*) FROM queue.stats").fetchone()[0] == 0

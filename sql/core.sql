@@ -182,6 +182,7 @@ DECLARE
     v_run_at timestamptz;
     v_status queue.job_status;
     v_id     bigint;
+    v_tallied bigint;
 BEGIN
     IF queue_push.payload IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
@@ -201,7 +202,7 @@ BEGIN
                 v_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                 queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
                 queue_push.payload)
-        RETURNING j.id INTO v_id;
+        RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
         LOOP
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
@@ -214,7 +215,7 @@ BEGIN
             ON CONFLICT (queue, dedupe_key)
                 WHERE dedupe_key IS NOT NULL AND status IN ('scheduled', 'pending', 'processing', 'retrying')
                 DO NOTHING
-            RETURNING j.id INTO v_id;
+            RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
             EXIT WHEN v_id IS NOT NULL;
             -- A live duplicate exists. It may become final between the two
             -- statements; then the next round inserts.
@@ -227,7 +228,6 @@ BEGIN
         END LOOP;
     END IF;
 
-    PERFORM queue.tally(v_queue, queue_push.priority, NULL, v_status::text);
     IF v_status = 'pending' THEN
         IF v_group IS NULL THEN
             PERFORM queue.wake(v_queue);
@@ -431,21 +431,19 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    v_found    boolean;
-    v_group    text;
-    v_queue    text;
-    v_priority int;
+    v_group   text;
+    v_tallied bigint;
 BEGIN
     UPDATE queue.jobs j
        SET status = 'completed', result = queue_ack.result, finished_at = now(), lease_until = NULL
      WHERE j.id = queue_ack.id
        AND j.status = 'processing'
        AND (attempt IS NULL OR j.attempts = attempt)
-    RETURNING true, j.serial_group, j.queue, j.priority INTO v_found, v_group, v_queue, v_priority;
+    RETURNING j.serial_group, queue.tally(j.queue, j.priority, 'processing', 'completed')
+         INTO v_group, v_tallied;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    PERFORM queue.tally(v_queue, v_priority, 'processing', 'completed');
     IF v_group IS NOT NULL THEN
         PERFORM queue.release_groups(ARRAY[v_group]);
     END IF;

@@ -94,7 +94,7 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    v_queue text := CASE WHEN queue_dead.queue IS NULL THEN NULL ELSE queue.check_queue_name(queue_dead.queue) END;
+    v_queue text := queue.check_queue_filter(queue_dead.queue);
     v_max   int  := queue.check_count('max_rows', queue_dead.max_rows, 100000,
                                       'max_rows is how many dead jobs to list, newest first.');
 BEGIN
@@ -146,7 +146,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    v_queue text := CASE WHEN queue_purge_dead.queue IS NULL THEN NULL ELSE queue.check_queue_name(queue_purge_dead.queue) END;
+    v_queue text := queue.check_queue_filter(queue_purge_dead.queue);
     v_older interval := queue_purge_dead.older_than;
 BEGIN
     IF v_older < interval '0' THEN

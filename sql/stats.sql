@@ -273,7 +273,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    v_queue  text := CASE WHEN queue_stats.queue IS NULL THEN NULL ELSE queue.check_queue_name(queue_stats.queue) END;
+    v_queue  text := queue.check_queue_filter(queue_stats.queue);
     v_stats  jsonb;
     v_oldest timestamptz;
 BEGIN
@@ -370,10 +370,9 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    v_queue  text := CASE WHEN queue_metrics.queue IS NULL THEN NULL ELSE queue.check_queue_name(queue_metrics.queue) END;
+    v_queue  text := queue.check_queue_filter(queue_metrics.queue);
     v_from   timestamptz;
-    v_counts record;
-    v_times  record;
+    v_window record;
 BEGIN
     IF since IS NULL OR since <= interval '0' THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -382,56 +381,52 @@ BEGIN
     END IF;
     v_from := date_bin('1 minute', now() - since, timestamptz '2000-01-01 00:00:00+00');
 
+    -- One pass over the window: the finished jobs still in queue.jobs, and
+    -- the archived times of deleted ones.
     WITH live AS (
-        SELECT j.status, j.started_at, j.finished_at, j.run_at
+        SELECT j.status, queue.ms(j.finished_at - j.started_at) AS run_ms,
+               queue.ms(j.started_at - j.run_at) AS wait_ms
           FROM queue.jobs j
          WHERE j.status IN ('completed', 'failed', 'expired') AND j.finished_at >= v_from
            AND j.started_at IS NOT NULL AND (v_queue IS NULL OR j.queue = v_queue)
     ), archived AS (
-        SELECT t.completed, t.failed, t.expired
+        SELECT t.completed, t.failed, t.expired, t.run_ms, t.wait_ms
           FROM queue.job_times t
          WHERE t.finished_minute >= v_from AND (v_queue IS NULL OR t.queue = v_queue)
+    ), times AS (
+        SELECT l.run_ms, l.wait_ms FROM live l
+        UNION ALL
+        SELECT u.run_ms, u.wait_ms FROM archived a, unnest(a.run_ms, a.wait_ms) AS u(run_ms, wait_ms)
     )
     SELECT (SELECT count(*) FILTER (WHERE status = 'completed') FROM live)
                + (SELECT coalesce(sum(completed), 0) FROM archived) AS completed,
            (SELECT count(*) FILTER (WHERE status = 'failed') FROM live)
                + (SELECT coalesce(sum(failed), 0) FROM archived) AS failed,
            (SELECT count(*) FILTER (WHERE status = 'expired') FROM live)
-               + (SELECT coalesce(sum(expired), 0) FROM archived) AS expired
-      INTO v_counts;
-
-    WITH times AS (
-        SELECT queue.ms(j.finished_at - j.started_at) AS run_ms, queue.ms(j.started_at - j.run_at) AS wait_ms
-          FROM queue.jobs j
-         WHERE j.status IN ('completed', 'failed', 'expired') AND j.finished_at >= v_from
-           AND j.started_at IS NOT NULL AND (v_queue IS NULL OR j.queue = v_queue)
-        UNION ALL
-        SELECT u.run_ms, u.wait_ms
-          FROM queue.job_times t, unnest(t.run_ms, t.wait_ms) AS u(run_ms, wait_ms)
-         WHERE t.finished_minute >= v_from AND (v_queue IS NULL OR t.queue = v_queue)
-    )
-    SELECT avg(run_ms) AS avg_run, percentile_disc(0.95) WITHIN GROUP (ORDER BY run_ms) AS p95_run,
+               + (SELECT coalesce(sum(expired), 0) FROM archived) AS expired,
+           avg(run_ms) AS avg_run, percentile_disc(0.95) WITHIN GROUP (ORDER BY run_ms) AS p95_run,
            percentile_disc(0.99) WITHIN GROUP (ORDER BY run_ms) AS p99_run,
            avg(wait_ms) AS avg_wait, percentile_disc(0.95) WITHIN GROUP (ORDER BY wait_ms) AS p95_wait,
            percentile_disc(0.99) WITHIN GROUP (ORDER BY wait_ms) AS p99_wait
-      INTO v_times FROM times;
+      INTO v_window
+      FROM times;
 
     RETURN jsonb_build_object(
         'queue', v_queue,
         'since', v_from,
-        'executions', v_counts.completed + v_counts.failed + v_counts.expired,
-        'completed', v_counts.completed,
-        'failed', v_counts.failed,
-        'expired', v_counts.expired,
-        'success_rate', round(v_counts.completed::numeric
-                              / nullif(v_counts.completed + v_counts.failed + v_counts.expired, 0), 4),
-        'avg_run_ms', round(v_times.avg_run::numeric, 3),
-        'p95_run_ms', round(v_times.p95_run::numeric, 3),
-        'p99_run_ms', round(v_times.p99_run::numeric, 3),
-        'avg_wait_ms', round(v_times.avg_wait::numeric, 3),
-        'p95_wait_ms', round(v_times.p95_wait::numeric, 3),
-        'p99_wait_ms', round(v_times.p99_wait::numeric, 3),
-        'throughput_per_minute', round((v_counts.completed + v_counts.failed + v_counts.expired)
+        'executions', v_window.completed + v_window.failed + v_window.expired,
+        'completed', v_window.completed,
+        'failed', v_window.failed,
+        'expired', v_window.expired,
+        'success_rate', round(v_window.completed::numeric
+                              / nullif(v_window.completed + v_window.failed + v_window.expired, 0), 4),
+        'avg_run_ms', round(v_window.avg_run::numeric, 3),
+        'p95_run_ms', round(v_window.p95_run::numeric, 3),
+        'p99_run_ms', round(v_window.p99_run::numeric, 3),
+        'avg_wait_ms', round(v_window.avg_wait::numeric, 3),
+        'p95_wait_ms', round(v_window.p95_wait::numeric, 3),
+        'p99_wait_ms', round(v_window.p99_wait::numeric, 3),
+        'throughput_per_minute', round((v_window.completed + v_window.failed + v_window.expired)
                                        / (extract(epoch FROM now() - v_from) / 60), 3));
 END;
 $$;
@@ -451,7 +446,6 @@ DECLARE
     v_shm      record;
     v_workers  jsonb;
     v_counts   record;
-    v_oldest   timestamptz;
     v_overdue  bigint;
     v_stale    text[];
     -- A pass is late after ten ticks and five seconds.

@@ -39,6 +39,7 @@ extension_sql_file!(
         backoff::retry_delay,
         validate::check_push_options,
         validate::check_count,
+        validate::check_queue_filter,
         wakeup::wake,
         wakeup::note_sleeper,
         stats::tally

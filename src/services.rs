@@ -36,12 +36,14 @@ struct Service {
     batch: i32,
     /// The longest sleep between passes, if shorter than `queue.tick`.
     max_sleep: Option<Duration>,
-    /// Run in a transaction of its own after the passes of a tick, and once
-    /// more before exiting.
-    after_sql: Option<&'static str>,
-    /// This service flushes the counters of its database and reports ticks.
+    /// This service keeps the job counters of its database: it publishes the
+    /// database, reports its ticks, and after the passes of a tick (and once
+    /// more before exiting) runs STATS_PASS_SQL in a transaction of its own.
     keeps_counters: bool,
 }
+
+/// The counters' duty (sql/stats.sql): recount after a start, then flush.
+const STATS_PASS_SQL: &str = "SELECT queue.stats_pass()";
 
 const MAINTENANCE: Service = Service {
     name: "queue maintenance",
@@ -50,7 +52,6 @@ const MAINTENANCE: Service = Service {
     pass_sql: "SELECT queue.maintenance_pass($1)",
     batch: 1000,
     max_sleep: None,
-    after_sql: Some("SELECT queue.stats_pass()"),
     keeps_counters: true,
 };
 
@@ -61,7 +62,6 @@ const SCHEDULER: Service = Service {
     pass_sql: "SELECT queue.scheduler_pass($1)",
     batch: 100,
     max_sleep: Some(Duration::from_secs(1)),
-    after_sql: None,
     keeps_counters: false,
 };
 
@@ -169,15 +169,16 @@ fn run_passes(service: &Service) -> Duration {
     }
 }
 
-/// The service's `after_sql`, in a transaction of its own.
+/// The counters' pass, in a transaction of its own, for the service that
+/// keeps them.
 fn run_after(service: &Service) {
-    let Some(sql) = service.after_sql else {
+    if !service.keeps_counters {
         return;
-    };
+    }
     BackgroundWorker::transaction(|| {
         if extension_installed() {
-            if let Err(e) = Spi::run(sql) {
-                warning!("{}: {sql} failed: {e}", service.name);
+            if let Err(e) = Spi::run(STATS_PASS_SQL) {
+                warning!("{}: {STATS_PASS_SQL} failed: {e}", service.name);
             }
         }
     });

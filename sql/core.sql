@@ -282,7 +282,8 @@ BEGIN
             MESSAGE = 'payloads must not be NULL or contain NULL',
             HINT = 'Pass an array of JSON values, e.g. ARRAY[''{"n": 1}'', ''{"n": 2}'']::jsonb[].';
     END IF;
-    v_run_at := queue.check_push_options(delay, run_at, max_attempts, timeout,
+    -- The names were checked above, the payloads here.
+    v_run_at := queue.check_push(v_queue, v_group, false, delay, run_at, max_attempts, timeout,
         backoff_base, backoff_max, retry_delays, dedupe_key, priority);
 
     IF dedupe_key IS NOT NULL THEN

@@ -144,8 +144,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'payload must not be NULL',
             HINT = 'Pass a JSON value; ''{}'' for an empty payload.';
     END IF;
-    PERFORM queue.check_queue_name(p_queue), queue.check_group_name(p_serial_group),
-            queue.check_push_options(NULL, NULL, p_max_attempts, p_timeout, '0', '0', NULL, NULL, p_priority);
+    PERFORM queue.check_push(p_queue, p_serial_group, false, NULL, NULL, p_max_attempts, p_timeout,
+                             '0', '0', NULL, NULL, p_priority);
     v_kind := queue.schedule_kind(p_schedule);
     IF NOT queue.owner_may_push(p_owner) THEN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',

@@ -37,7 +37,7 @@ extension_sql_file!(
         validate::check_group_name,
         serial_group::group_lock_key,
         backoff::retry_delay,
-        validate::check_push_options,
+        validate::check_push,
         validate::check_count,
         validate::check_queue_filter,
         wakeup::wake,

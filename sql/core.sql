@@ -371,7 +371,6 @@ SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_queue  text := queue.check_queue_name(queue_pop.queue);
-    v_worker text := queue_pop.worker;
     v_batch  int  := queue.check_count('batch', queue_pop.batch, 10000,
                                        'batch is the most jobs one call may claim.');
 BEGIN
@@ -386,7 +385,7 @@ BEGIN
                    attempts    = j.attempts + 1,
                    started_at  = now(),
                    lease_until = now() + j.timeout,
-                   worker      = v_worker
+                   worker      = queue_pop.worker
              WHERE j.id = ANY (ARRAY(
                        SELECT c.id
                          FROM queue.jobs c

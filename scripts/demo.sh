@@ -34,10 +34,10 @@ SQL
 
 wait "$WORKER"
 
-echo "==> what happened (SELECT ... FROM queue.jobs)"
+echo "==> what happened (SELECT ... FROM queue.all_jobs)"
 psql_demo -c "SELECT id, status, priority, attempts, payload->>'to' AS recipient, last_error,
                      round(extract(epoch FROM finished_at - created_at)::numeric, 2) AS seconds_to_finish
-                FROM queue.jobs ORDER BY id"
+                FROM queue.all_jobs ORDER BY id"
 echo "==> the operator's view (queue_stats, queue_metrics, queue_health: counters, no row counting)"
 sleep 0.5
 psql_demo -x -c "SELECT s->'total_pushed' AS pushed, s->'total_popped' AS popped, s->'completed' AS completed,

@@ -1,16 +1,31 @@
--- The jobs table and the partial indexes that keep every hot query small.
+-- The job tables and the partial indexes that keep every hot query small.
 --
--- One table holds a job through its whole life. Each query of the hot path
--- reads a partial index that contains only the rows it can act on, so
--- finished history and future jobs never cost the claim anything:
+-- A job lives in queue.jobs while it can still run (scheduled, pending,
+-- processing, retrying) and moves to queue.finished_jobs, in the same
+-- transaction, when it becomes final (completed, failed, expired,
+-- cancelled). Moving is what makes finishing cheap: a final status in the
+-- live table would be an UPDATE that writes a whole new row version plus
+-- an entry in the primary key and in a finished-jobs index, while deleting
+-- the live row only marks it, and appending to a history table with one
+-- B-tree (on the ever-growing id) and a BRIN index is close to free. It
+-- also keeps the live table as small as the work in flight, whatever the
+-- retention: vacuum, the claim and the lease scan never meet history.
+--
+-- Each query of the hot path reads a partial index that contains only the
+-- rows it can act on:
 --
 --   jobs_claim         pending jobs that may run now, in claim order
 --   jobs_due           scheduled / retrying jobs, by the time they become due
 --   jobs_lease         processing jobs, by the time their lease runs out
---   jobs_finished      final jobs by status and age: retention, dead letters
 --   jobs_dedupe        one live job per (queue, dedupe_key)
 --   jobs_group_active  at most ONE active job per serial group (see below)
 --   jobs_group_next    waiting jobs of a group in (priority, id) order
+--
+-- and for history:
+--
+--   finished_jobs_pkey  a final job by id (queue_job, queue_retry, queue_delete)
+--   finished_jobs_age   BRIN by finished_at: retention and metrics windows
+--   finished_jobs_dead  dead letters (failed, expired), newest first
 
 CREATE TYPE queue.job_status AS ENUM (
     'scheduled',   -- waiting for run_at
@@ -76,15 +91,9 @@ CREATE INDEX jobs_due ON queue.jobs (run_at)
 CREATE INDEX jobs_lease ON queue.jobs (lease_until)
     WHERE status = 'processing' AND lease_until IS NOT NULL;
 
--- By status first, so that the dead letters (failed, expired) are found
--- without walking completed history, and retention reads each final status
--- up to its cut-off.
-CREATE INDEX jobs_finished ON queue.jobs (status, finished_at)
-    WHERE status IN ('completed', 'failed', 'expired', 'cancelled');
-
+-- Every job in queue.jobs is live, so a key is unique among live jobs.
 CREATE UNIQUE INDEX jobs_dedupe ON queue.jobs (queue, dedupe_key)
-    WHERE dedupe_key IS NOT NULL
-      AND status IN ('scheduled', 'pending', 'processing', 'retrying');
+    WHERE dedupe_key IS NOT NULL;
 
 -- The serial-group invariant, enforced by the database itself: a group has at
 -- most one ACTIVE job, i.e. one that is processing, retrying, or pending and
@@ -99,6 +108,29 @@ CREATE UNIQUE INDEX jobs_group_active ON queue.jobs (serial_group)
 -- Picks the next job of a group in O(log n) when its active job finishes.
 CREATE INDEX jobs_group_next ON queue.jobs (serial_group, priority, id)
     WHERE serial_group IS NOT NULL AND status = 'pending';
+
+-- Final jobs, kept for queue.retention. The same columns in the same order
+-- as queue.jobs, so that queue.all_jobs is a plain UNION ALL; lease_until is
+-- always NULL and group_waiting always false here.
+CREATE TABLE queue.finished_jobs (LIKE queue.jobs INCLUDING DEFAULTS);
+ALTER TABLE queue.finished_jobs ADD CONSTRAINT finished_jobs_pkey PRIMARY KEY (id);
+
+-- Rows arrive in the order jobs finish, so finished_at follows the physical
+-- order and a BRIN index finds any window (the oldest, for retention; the
+-- latest hour, for queue_metrics) for a few pages of index. autosummarize
+-- keeps the newest ranges summarized without waiting for a VACUUM.
+CREATE INDEX finished_jobs_age ON queue.finished_jobs USING brin (finished_at)
+    WITH (autosummarize = on);
+
+-- Dead letters are rare next to completed jobs: a B-tree of just them.
+CREATE INDEX finished_jobs_dead ON queue.finished_jobs (finished_at)
+    WHERE status IN ('failed', 'expired');
+
+-- Every job, live or final: what an operator (or a test) looks at.
+CREATE VIEW queue.all_jobs AS
+    SELECT * FROM queue.jobs
+    UNION ALL
+    SELECT * FROM queue.finished_jobs;
 
 -- Row shapes returned by queue_pop and queue_peek. They are types rather
 -- than RETURNS TABLE so that the result column `queue` can share its name

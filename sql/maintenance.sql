@@ -59,20 +59,22 @@ CREATE FUNCTION queue.expire_leases(p_batch int) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     v_retried int;
-    v_expired int;
-    v_groups  text[];
+    v_ending  bigint[];
+    v_expired record;
 BEGIN
-    WITH moved AS (
+    -- Every lapsed lease gets its error; those with attempts left go
+    -- retrying here, the others stay processing for the moment and are
+    -- moved to history as expired by queue.finish_jobs just below.
+    WITH lapsed AS (
         UPDATE queue.jobs j
-           SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'expired'
+           SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'processing'
                              ELSE 'retrying' END::queue.job_status,
                run_at = CASE WHEN j.attempts >= j.max_attempts THEN j.run_at
                              ELSE now() + queue.retry_delay(j.attempts, j.backoff_base,
                                                             j.backoff_max, j.retry_delays) END,
-               finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
                last_error = format('lease expired: attempt %s was claimed at %s and not finished by %s',
                                    j.attempts, j.started_at, j.lease_until),
-               lease_until = NULL
+               lease_until = CASE WHEN j.attempts >= j.max_attempts THEN j.lease_until END
          WHERE j.id = ANY (ARRAY(
                    SELECT id
                      FROM queue.jobs
@@ -80,18 +82,20 @@ BEGIN
                     ORDER BY lease_until
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))
-        RETURNING j.status, j.serial_group, queue.tally(j.queue, j.priority, 'processing', j.status::text)
+        RETURNING j.id, j.status,
+                  CASE WHEN j.status = 'retrying'
+                       THEN queue.tally(j.queue, j.priority, 'processing', 'retrying') END
     )
     SELECT count(*) FILTER (WHERE status = 'retrying'),
-           count(*) FILTER (WHERE status = 'expired'),
-           array_agg(DISTINCT serial_group) FILTER (WHERE status = 'expired' AND serial_group IS NOT NULL)
-      INTO v_retried, v_expired, v_groups
-      FROM moved;
+           coalesce(array_agg(id) FILTER (WHERE status = 'processing'), '{}')
+      INTO v_retried, v_ending
+      FROM lapsed;
 
-    IF v_groups IS NOT NULL THEN
-        PERFORM queue.release_groups(v_groups);
+    SELECT * INTO v_expired FROM queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL);
+    IF v_expired.groups IS NOT NULL THEN
+        PERFORM queue.release_groups(v_expired.groups);
     END IF;
-    RETURN jsonb_build_object('retried', v_retried, 'expired', v_expired);
+    RETURN jsonb_build_object('retried', v_retried, 'expired', v_expired.finished);
 END;
 $$;
 
@@ -104,18 +108,22 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 /*
- * queue.delete_jobs: delete these jobs, never processing ones (a processing
- * job belongs to its worker). Finished jobs that ran leave their run and
- * wait times in queue.job_times, so queue_metrics does not change when
- * history is deleted; deleted waiting jobs leave the counters. Returns how
- * many were deleted and the serial groups they belonged to.
+ * queue.delete_jobs: delete these jobs, live or final, never processing
+ * ones (a processing job belongs to its worker). Final jobs that ran leave
+ * their run and wait times in queue.job_times, so queue_metrics does not
+ * change when history is deleted; deleted waiting jobs leave the counters.
+ * Returns how many were deleted and the serial groups they belonged to.
  */
 CREATE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[])
 LANGUAGE plpgsql AS $$
 BEGIN
-    WITH gone AS (
+    WITH gone_live AS (
         DELETE FROM queue.jobs j
          WHERE j.id = ANY (p_ids) AND j.status <> 'processing'
+        RETURNING j.serial_group, queue.tally(j.queue, j.priority, j.status::text, NULL)
+    ), gone_final AS (
+        DELETE FROM queue.finished_jobs j
+         WHERE j.id = ANY (p_ids)
         RETURNING j.queue, j.status, j.serial_group, j.run_at, j.started_at, j.finished_at,
                   queue.tally(j.queue, j.priority, j.status::text, NULL)
     ), archived AS (
@@ -126,9 +134,13 @@ BEGIN
                count(*) FILTER (WHERE g.status = 'expired'),
                array_agg(queue.ms(g.finished_at - g.started_at)),
                array_agg(queue.ms(g.started_at - g.run_at))
-          FROM gone g
+          FROM gone_final g
          WHERE g.status IN ('completed', 'failed', 'expired') AND g.started_at IS NOT NULL
          GROUP BY 1, 2
+    ), gone AS (
+        SELECT l.serial_group FROM gone_live l
+        UNION ALL
+        SELECT f.serial_group FROM gone_final f
     )
     SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
       INTO deleted, groups
@@ -148,9 +160,8 @@ DECLARE
 BEGIN
     SELECT d.deleted INTO v_count
       FROM queue.delete_jobs(ARRAY(
-               SELECT id FROM queue.jobs
-                WHERE status IN ('completed', 'failed', 'expired', 'cancelled')
-                  AND finished_at < now() - queue.retention()
+               SELECT id FROM queue.finished_jobs
+                WHERE finished_at < now() - queue.retention()
                 LIMIT p_batch)) d;
     DELETE FROM queue.job_times
      WHERE finished_minute < now() - queue.metrics_retention();

@@ -61,12 +61,21 @@ DECLARE
     v_queues text[];
     v_groups text[];
 BEGIN
-    WITH revived AS (
-        UPDATE queue.jobs j
-           SET status = 'pending', attempts = 0, run_at = now(), finished_at = NULL,
-               started_at = NULL, lease_until = NULL, worker = NULL, result = NULL,
-               progress = NULL, group_waiting = (j.serial_group IS NOT NULL)
+    WITH dead AS (
+        DELETE FROM queue.finished_jobs j
          WHERE j.id = ANY (p_ids) AND j.status IN ('failed', 'expired')
+        RETURNING j.*
+    ), revived AS (
+        -- Back into the live table under its own id; attempts, times, worker,
+        -- result and progress start afresh, the last error stays for reference.
+        INSERT INTO queue.jobs AS j
+               (id, queue, status, priority, group_waiting, serial_group, run_at,
+                max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+                dedupe_key, payload, last_error, created_at)
+        SELECT d.id, d.queue, 'pending', d.priority, d.serial_group IS NOT NULL, d.serial_group, now(),
+               d.max_attempts, d.timeout, d.backoff_base, d.backoff_max, d.retry_delays,
+               d.dedupe_key, d.payload, d.last_error, d.created_at
+          FROM dead d
         -- (or 'expired': the counters treat every final status alike here)
         RETURNING j.queue, j.serial_group, queue.tally(j.queue, j.priority, 'failed', 'pending')
     )
@@ -101,7 +110,7 @@ BEGIN
     RETURN QUERY
     SELECT j.id, j.queue::text, j.status::text, j.attempts, j.max_attempts, j.last_error, j.payload,
            j.serial_group::text, j.created_at, j.finished_at
-      FROM queue.jobs j
+      FROM queue.finished_jobs j
      WHERE j.status IN ('failed', 'expired') AND (v_queue IS NULL OR j.queue = v_queue)
      ORDER BY j.finished_at DESC, j.id DESC
      LIMIT v_max;
@@ -125,7 +134,7 @@ DECLARE
     v_queue text := queue.check_queue_name(queue_retry_all.queue);
 BEGIN
     RETURN queue.revive_jobs(ARRAY(
-        SELECT j.id FROM queue.jobs j
+        SELECT j.id FROM queue.finished_jobs j
          WHERE j.queue = v_queue AND j.status IN ('failed', 'expired')));
 END;
 $$;
@@ -155,7 +164,7 @@ BEGIN
             HINT = 'Pass how old dead jobs must be to go, or NULL for all.';
     END IF;
     RETURN queue.forget_jobs(ARRAY(
-        SELECT j.id FROM queue.jobs j
+        SELECT j.id FROM queue.finished_jobs j
          WHERE j.status IN ('failed', 'expired')
            AND (v_queue IS NULL OR j.queue = v_queue)
            AND (v_older IS NULL OR j.finished_at < now() - v_older)));
@@ -174,9 +183,8 @@ BEGIN
             HINT = 'Final jobs (completed, failed, expired, cancelled) finished longer ago than this are deleted.';
     END IF;
     RETURN queue.forget_jobs(ARRAY(
-        SELECT j.id FROM queue.jobs j
-         WHERE j.status IN ('completed', 'failed', 'expired', 'cancelled')
-           AND j.finished_at < now() - older_than));
+        SELECT j.id FROM queue.finished_jobs j
+         WHERE j.finished_at < now() - older_than));
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_cleanup(interval) IS

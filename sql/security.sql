@@ -77,6 +77,7 @@ GRANT EXECUTE ON FUNCTION queue.upsert_schedule(name, text, text, text, jsonb, i
 -- job, schedule and worker row (and restart the id sequences).
 SELECT pg_catalog.pg_extension_config_dump('queue.jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.jobs_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.finished_jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.schedules', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.schedules_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.workers', '');

@@ -381,12 +381,12 @@ BEGIN
     END IF;
     v_from := date_bin('1 minute', now() - since, timestamptz '2000-01-01 00:00:00+00');
 
-    -- One pass over the window: the finished jobs still in queue.jobs, and
-    -- the archived times of deleted ones.
+    -- One pass over the window: the final jobs still kept, and the archived
+    -- times of deleted ones.
     WITH live AS (
         SELECT j.status, queue.ms(j.finished_at - j.started_at) AS run_ms,
                queue.ms(j.started_at - j.run_at) AS wait_ms
-          FROM queue.jobs j
+          FROM queue.finished_jobs j
          WHERE j.status IN ('completed', 'failed', 'expired') AND j.finished_at >= v_from
            AND j.started_at IS NOT NULL AND (v_queue IS NULL OR j.queue = v_queue)
     ), archived AS (

@@ -149,7 +149,7 @@ impl Bench {
     async fn reset(&self) -> Result<()> {
         self.admin
             .batch_execute(
-                "TRUNCATE queue.jobs RESTART IDENTITY; TRUNCATE bench_ref RESTART IDENTITY; CHECKPOINT;",
+                "TRUNCATE queue.jobs, queue.finished_jobs RESTART IDENTITY; TRUNCATE bench_ref RESTART IDENTITY; CHECKPOINT;",
             )
             .await?;
         Ok(())
@@ -559,14 +559,14 @@ async fn main() -> Result<()> {
         println!("  (adding 10,000,000 finished jobs of history)");
         b.admin
             .batch_execute(
-                "INSERT INTO queue.jobs (queue, status, run_at, max_attempts, timeout, backoff_base, backoff_max,
-                                         payload, attempts, started_at, finished_at)
-                 SELECT 'bench', 'completed', now(), 3, '5 minutes', '10 seconds', '1 hour',
+                "INSERT INTO queue.finished_jobs (id, queue, status, run_at, max_attempts, timeout, backoff_base,
+                                                  backoff_max, payload, attempts, started_at, finished_at)
+                 SELECT nextval('queue.jobs_id_seq'), 'bench', 'completed', now(), 3, '5 minutes', '10 seconds', '1 hour',
                         jsonb_build_object('n', i, 's', repeat('x', 64)), 1, now(), now()
                    FROM generate_series(1, 10000000) i",
             )
             .await?;
-        b.admin.batch_execute("VACUUM ANALYZE queue.jobs").await?;
+        b.admin.batch_execute("VACUUM ANALYZE queue.finished_jobs").await?;
         let mut v = Vec::new();
         for _ in 0..b.reps {
             v.push(b.pop_ack_latency(300).await?);

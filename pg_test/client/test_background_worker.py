@@ -43,7 +43,7 @@ def test_delayed_job_is_promoted_and_notified_within_a_tick(queue_name):
         job = producer.execute(
             "SELECT queue_push(%s, '{}', delay => '500 milliseconds')", (queue_name,)
         ).fetchone()[0]
-        run_at = producer.execute("SELECT run_at FROM queue.jobs WHERE id = %s", (job,)).fetchone()[0]
+        run_at = producer.execute("SELECT run_at FROM queue.all_jobs WHERE id = %s", (job,)).fetchone()[0]
         assert listener.execute("SELECT count(*) FROM queue_pop(%s)", (queue_name,)).fetchone()[0] == 0
         notes = list(listener.notifies(timeout=5, stop_after=1))
         assert notes and notes[0].channel == f"queue_{queue_name}"
@@ -88,8 +88,8 @@ def test_expired_lease_is_retried_then_expired(queue_name):
         assert conn.execute("SELECT count(*) FROM queue_pop(%s)", (queue_name,)).fetchone() == (0,)
         assert list(conn.notifies(timeout=5, stop_after=1)), "no NOTIFY after the lease expired"
         assert conn.execute("SELECT attempt FROM queue_pop(%s)", (queue_name,)).fetchone() == (2,)
-        wait_for(conn, "SELECT status::text FROM queue.jobs WHERE id = %s", (job,), "expired")
-        err = conn.execute("SELECT last_error FROM queue.jobs WHERE id = %s", (job,)).fetchone()[0]
+        wait_for(conn, "SELECT status::text FROM queue.all_jobs WHERE id = %s", (job,), "expired")
+        err = conn.execute("SELECT last_error FROM queue.all_jobs WHERE id = %s", (job,)).fetchone()[0]
         assert err.startswith("lease expired")
 
 
@@ -125,7 +125,7 @@ def test_worker_restarts_after_terminate(queue_name):
         job = conn.execute(
             "SELECT queue_push(%s, '{}', delay => '100 milliseconds')", (queue_name,)
         ).fetchone()[0]
-        wait_for(conn, "SELECT status::text FROM queue.jobs WHERE id = %s", (job,), "pending")
+        wait_for(conn, "SELECT status::text FROM queue.all_jobs WHERE id = %s", (job,), "pending")
 
 
 def test_many_due_jobs_are_promoted_in_bounded_batches(queue_name):
@@ -144,7 +144,7 @@ def test_many_due_jobs_are_promoted_in_bounded_batches(queue_name):
             claimed += conn.execute("SELECT count(*) FROM queue_pop(%s, batch => 10)", (queue_name,)).fetchone()[0]
             slowest_claim = max(slowest_claim, time.monotonic() - t)
             pending = conn.execute(
-                "SELECT count(*) FROM queue.jobs WHERE queue = %s AND status = 'scheduled'", (queue_name,)
+                "SELECT count(*) FROM queue.all_jobs WHERE queue = %s AND status = 'scheduled'", (queue_name,)
             ).fetchone()[0]
             if pending == 0:
                 break

@@ -50,7 +50,7 @@ def test_every_job_claimed_exactly_once(queue_name):
     assert len(set(claimed)) == JOBS, "a job was claimed twice"
     with connect() as conn:
         rows = conn.execute(
-            "SELECT status::text, attempts, count(*) FROM queue.jobs WHERE queue = %s GROUP BY 1, 2",
+            "SELECT status::text, attempts, count(*) FROM queue.all_jobs WHERE queue = %s GROUP BY 1, 2",
             (queue_name,),
         ).fetchall()
     assert rows == [("completed", 1, JOBS)]
@@ -83,5 +83,5 @@ def test_concurrent_dedupe_pushes_make_one_job(queue_name):
     for round_ in range(20):
         assert len({job for r, job in ids if r == round_}) == 1, f"round {round_} made two jobs"
     with connect() as conn:
-        count = conn.execute("SELECT count(*) FROM queue.jobs WHERE queue = %s", (queue_name,)).fetchone()[0]
+        count = conn.execute("SELECT count(*) FROM queue.all_jobs WHERE queue = %s", (queue_name,)).fetchone()[0]
     assert count == 20

@@ -64,7 +64,7 @@ def test_listening_worker_is_woken_and_completes_jobs(queue_name):
 
     with connect() as conn:
         statuses = conn.execute(
-            "SELECT status::text, result FROM queue.jobs WHERE queue = %s ORDER BY id", (queue_name,)
+            "SELECT status::text, result FROM queue.all_jobs WHERE queue = %s ORDER BY id", (queue_name,)
         ).fetchall()
     assert statuses == [("completed", {"done": True})] * 5
     print(f"push -> pop wake-up latency (ms): {[round(x * 1000, 2) for x in latencies]}")

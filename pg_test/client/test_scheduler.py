@@ -27,7 +27,7 @@ def test_every_second_schedule_pushes_jobs_that_workers_get(queue_name):
         assert len(popped) == 3, popped
         assert all(p[1] == {"from": "cron"} for p in popped)
         times = [r[0] for r in admin.execute(
-            "SELECT created_at FROM queue.jobs WHERE queue = %s ORDER BY id", (queue_name,)).fetchall()]
+            "SELECT created_at FROM queue.all_jobs WHERE queue = %s ORDER BY id", (queue_name,)).fetchall()]
         # Each push lands within a second of its slot: slots are 1 s apart.
         for k, t in enumerate(times[:3], start=1):
             lateness = (t - created).total_seconds() - k
@@ -64,7 +64,7 @@ def test_racing_scheduler_passes_never_push_a_slot_twice(queue_name):
             t.join(30)
     assert not errors, errors
     with connect() as admin:
-        pushed = admin.execute("SELECT count(*) FROM queue.jobs WHERE queue = %s", (queue_name,)).fetchone()[0]
+        pushed = admin.execute("SELECT count(*) FROM queue.all_jobs WHERE queue = %s", (queue_name,)).fetchone()[0]
         for n in names:
             admin.execute("SELECT queue_unschedule(%s)", (n,))
     # One job per schedule per round: the background scheduler may also have

@@ -100,7 +100,7 @@ def test_serial_groups_hold_under_concurrency():
     with connect() as conn:
         while time.monotonic() - started < 240 and not errors:
             left = conn.execute(
-                """SELECT count(*) FROM queue.jobs WHERE queue = %s
+                """SELECT count(*) FROM queue.all_jobs WHERE queue = %s
                     AND status IN ('scheduled', 'pending', 'processing', 'retrying')""",
                 (queue,),
             ).fetchone()[0]
@@ -117,7 +117,7 @@ def test_serial_groups_hold_under_concurrency():
         q = lambda sql, *a: conn.execute(sql, a).fetchall()
 
         # 3. Every job ended completed or dead.
-        statuses = dict(q("SELECT status::text, count(*) FROM queue.jobs WHERE queue = %s GROUP BY 1", queue))
+        statuses = dict(q("SELECT status::text, count(*) FROM queue.all_jobs WHERE queue = %s GROUP BY 1", queue))
         assert set(statuses) <= {"completed", "failed", "expired"}, statuses
         assert sum(statuses.values()) == JOBS
 

@@ -104,7 +104,7 @@ def stats_of(conn, queue):
 
 def gauges_counted(conn, queue):
     rows = conn.execute(
-        "SELECT status::text, count(*) FROM queue.jobs WHERE queue = %s GROUP BY 1", (queue,)
+        "SELECT status::text, count(*) FROM queue.all_jobs WHERE queue = %s GROUP BY 1", (queue,)
     ).fetchall()
     counted = dict(rows)
     return {s: counted.get(s, 0) for s in ("pending", "scheduled", "processing", "retrying")}
@@ -140,7 +140,7 @@ def test_stats_metrics_and_dead_letters_match_the_clients(queue_name):
         assert stats["scheduled"] == delayed and stats["total_size"] == delayed
         by_priority = dict(
             conn.execute(
-                "SELECT queue.priority_label(priority), count(*) FROM queue.jobs"
+                "SELECT queue.priority_label(priority), count(*) FROM queue.all_jobs"
                 " WHERE queue = %s AND status IN ('pending', 'scheduled', 'retrying') GROUP BY 1",
                 (queue_name,),
             ).fetchall()
@@ -163,7 +163,7 @@ def test_stats_metrics_and_dead_letters_match_the_clients(queue_name):
 
         # Metrics against the times of the finished jobs, computed here.
         rows = conn.execute(
-            "SELECT status::text, started_at, finished_at, run_at FROM queue.jobs"
+            "SELECT status::text, started_at, finished_at, run_at FROM queue.all_jobs"
             " WHERE queue = %s AND status IN ('completed', 'failed', 'expired')",
             (queue_name,),
         ).fetchall()
@@ -183,7 +183,7 @@ def test_stats_metrics_and_dead_letters_match_the_clients(queue_name):
         # Deleting the history changes neither the totals nor the metrics.
         deleted = conn.execute("SELECT queue_cleanup('0')").fetchone()[0]
         assert deleted >= len(rows)
-        assert conn.execute("SELECT count(*) FROM queue.jobs WHERE queue = %s AND finished_at IS NOT NULL",
+        assert conn.execute("SELECT count(*) FROM queue.all_jobs WHERE queue = %s AND finished_at IS NOT NULL",
                             (queue_name,)).fetchone()[0] == 0
         after = conn.execute("SELECT queue_metrics(%s)", (queue_name,)).fetchone()[0]
         drop = ("since", "throughput_per_minute")

@@ -31,7 +31,7 @@ def test_committed_jobs_survive_an_immediate_stop(queue_name):
         assert conn.execute("SELECT queue_fail(%s, 'later', retry_in => '1 hour')", (retry,)).fetchone()[0] == "retrying"
         before = dict(
             conn.execute(
-                "SELECT status::text, count(*) FROM queue.jobs WHERE queue = %s GROUP BY 1", (queue_name,)
+                "SELECT status::text, count(*) FROM queue.all_jobs WHERE queue = %s GROUP BY 1", (queue_name,)
             ).fetchall()
         )
     assert before == {"pending": 400, "scheduled": 50, "processing": 60, "completed": 40}
@@ -52,7 +52,7 @@ def test_committed_jobs_survive_an_immediate_stop(queue_name):
     with conn:
         after = dict(
             conn.execute(
-                "SELECT status::text, count(*) FROM queue.jobs WHERE queue = %s GROUP BY 1", (queue_name,)
+                "SELECT status::text, count(*) FROM queue.all_jobs WHERE queue = %s GROUP BY 1", (queue_name,)
             ).fetchall()
         )
         assert after == before
@@ -101,7 +101,7 @@ def test_pg_dump_and_restore_keep_jobs_and_schedules(queue_name, tmp_path):
     with psycopg.connect(__import__("conftest").DSN.replace(f"dbname={params['dbname']}", f"dbname={target}"),
                          autocommit=True) as restored:
         got = [r[0] for r in restored.execute(
-            "SELECT id FROM queue.jobs WHERE queue = %s ORDER BY id", (queue_name,)).fetchall()]
+            "SELECT id FROM queue.all_jobs WHERE queue = %s ORDER BY id", (queue_name,)).fetchall()]
         assert got == ids
         assert restored.execute(
             "SELECT count(*) FROM queue_schedules() WHERE name = %s", ("dump-" + queue_name,)).fetchone() == (1,)

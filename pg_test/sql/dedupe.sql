@@ -6,7 +6,7 @@ CREATE EXTENSION queue;
 SELECT queue_push('mail', '{"v": 1}', dedupe_key => 'welcome-42') AS first;
 SELECT queue_push('mail', '{"v": 2}', dedupe_key => 'welcome-42') AS same_id;
 SELECT queue_push('other', '{"v": 3}', dedupe_key => 'welcome-42') AS other_queue_other_job;
-SELECT count(*), min(payload::text) FROM queue.jobs WHERE queue = 'mail';
+SELECT count(*), min(payload::text) FROM queue.all_jobs WHERE queue = 'mail';
 
 -- Still deduplicated while scheduled, processing and retrying.
 SELECT queue_push('mail', '{"v": 4}', dedupe_key => 'later', delay => '1 hour') AS scheduled;
@@ -22,7 +22,7 @@ SELECT queue_tick() ->> 'promoted' AS promoted;
 SELECT id FROM queue_pop('mail');
 SELECT queue_ack(1);
 SELECT queue_push('mail', '{"v": 8}', dedupe_key => 'welcome-42') AS new_job;
-SELECT id, status, dedupe_key, payload FROM queue.jobs WHERE queue = 'mail' ORDER BY id;
+SELECT id, status, dedupe_key, payload FROM queue.all_jobs WHERE queue = 'mail' ORDER BY id;
 
 -- Batch pushes with a key behave like successive pushes.
 SELECT queue_push_batch('mail', ARRAY['{"b": 1}', '{"b": 2}']::jsonb[], dedupe_key => 'batch-key');

@@ -62,6 +62,6 @@ SELECT pg_temp.error_of($$SELECT queue_touch(1, '-1 second')$$);
 SELECT pg_temp.error_of($$SELECT queue_touch(1, '0')$$);
 
 -- Nothing was written by any of the calls above.
-SELECT count(*) AS jobs FROM queue.jobs;
+SELECT count(*) AS jobs FROM queue.all_jobs;
 
 DROP EXTENSION queue;

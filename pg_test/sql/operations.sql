@@ -26,35 +26,35 @@ SELECT id, status FROM queue_dead('mail', 1);
 
 -- Retry puts a dead job back once, attempts reset.
 SELECT queue_retry(1) AS first, queue_retry(1) AS second;
-SELECT status, attempts, finished_at IS NULL AS reopened FROM queue.jobs WHERE id = 1;
+SELECT status, attempts, finished_at IS NULL AS reopened FROM queue.all_jobs WHERE id = 1;
 SELECT id, attempt FROM queue_pop('mail');
 SELECT queue_ack(1);
 SELECT queue_retry(1) AS completed_is_not_dead;
 
 -- Retry all of a queue; delete; purge.
 SELECT queue_retry_all('mail') AS retried;
-SELECT id, status FROM queue.jobs WHERE queue = 'mail' ORDER BY id;
+SELECT id, status FROM queue.all_jobs WHERE queue = 'mail' ORDER BY id;
 SELECT queue_delete(2) AS deleted, queue_delete(2) AS again;
 SELECT queue_purge_dead('sms') AS purged;
-SELECT count(*) AS left_in_sms FROM queue.jobs WHERE queue = 'sms';
+SELECT count(*) AS left_in_sms FROM queue.all_jobs WHERE queue = 'sms';
 
 -- A processing job can be neither deleted nor cleared.
 SELECT queue_push('work', '{}'), queue_push('work', '{}'), queue_push('work', '{}', delay => '1 hour');
 SELECT id FROM queue_pop('work', 'w2');
 SELECT queue_delete(4) AS delete_processing;
 SELECT queue_clear('work') AS cleared;
-SELECT id, status FROM queue.jobs WHERE queue = 'work' ORDER BY id;
+SELECT id, status FROM queue.all_jobs WHERE queue = 'work' ORDER BY id;
 
 -- Clearing a serial group's active job hands the group on.
 SELECT queue_push('g', '{}', serial_group => 'G'), queue_push('other', '{}', serial_group => 'G');
 SELECT queue_clear('g') AS cleared;
-SELECT id, status, group_waiting FROM queue.jobs WHERE serial_group = 'G';
+SELECT id, status, group_waiting FROM queue.all_jobs WHERE serial_group = 'G';
 
 -- Cleanup deletes final jobs older than the interval.
 SELECT queue_ack(4);
-UPDATE queue.jobs SET finished_at = now() - interval '2 days' WHERE id = 4;
+UPDATE queue.finished_jobs SET finished_at = now() - interval '2 days' WHERE id = 4;
 SELECT queue_cleanup('1 day') AS cleaned;
-SELECT count(*) FROM queue.jobs WHERE id = 4;
+SELECT count(*) FROM queue.all_jobs WHERE id = 4;
 
 -- Progress of a running job.
 SELECT queue_push('long', '{}');
@@ -73,7 +73,7 @@ SELECT queue_tick() ->> 'stale_workers' AS marked_stale;
 SELECT worker, stale_since IS NOT NULL AS stale FROM queue_workers();
 SELECT queue_reap_workers('5 minutes') AS released_jobs;
 SELECT worker FROM queue_workers();
-SELECT status, attempts, last_error FROM queue.jobs WHERE id = 9;
+SELECT status, attempts, last_error FROM queue.all_jobs WHERE id = 9;
 
 -- Bad arguments.
 SELECT queue_dead('bad name');

@@ -19,7 +19,7 @@ SELECT queue_push('other', '{"n": 8}');
 
 SELECT queue_size('emails') AS size, queue_size('other') AS other, queue_size('nothing-here') AS unknown;
 SELECT id, queue, payload, priority, attempts FROM queue_peek('emails', 10);
-SELECT id, status FROM queue.jobs ORDER BY id;
+SELECT id, status FROM queue.all_jobs ORDER BY id;
 
 -- One job per pop, best first; the delayed ones are not claimable.
 SELECT id, queue, payload, priority, serial_group, attempt, max_attempts,
@@ -28,19 +28,19 @@ SELECT id, queue, payload, priority, serial_group, attempt, max_attempts,
 SELECT id, payload, attempt FROM queue_pop('emails', 'worker-1', 3);
 SELECT id, payload FROM queue_pop('emails', batch => 10);
 SELECT count(*) AS nothing_left FROM queue_pop('emails', batch => 10);
-SELECT id, status, worker FROM queue.jobs WHERE queue = 'emails' ORDER BY id;
+SELECT id, status, worker FROM queue.all_jobs WHERE queue = 'emails' ORDER BY id;
 
 -- A delayed job becomes pending on the maintenance pass once due.
 UPDATE queue.jobs SET run_at = now() - interval '1 second' WHERE id = 6;
 SELECT queue_tick();
-SELECT id, status FROM queue.jobs WHERE id IN (6, 7) ORDER BY id;
+SELECT id, status FROM queue.all_jobs WHERE id IN (6, 7) ORDER BY id;
 SELECT id, payload FROM queue_pop('emails');
 
 -- Batch push keeps payload order and shares the options.
 SELECT queue_push_batch('batch', ARRAY['{"n": 1}', '{"n": 2}', '{"n": 3}']::jsonb[], 'high');
 SELECT queue_push_batch('batch', ARRAY[]::jsonb[]);
 SELECT queue_push_batch('batch', ARRAY['{"late": true}']::jsonb[], delay => '1 minute');
-SELECT id, status, priority, payload FROM queue.jobs WHERE queue = 'batch' ORDER BY id;
+SELECT id, status, priority, payload FROM queue.all_jobs WHERE queue = 'batch' ORDER BY id;
 SELECT id, payload FROM queue_pop('batch', batch => 2);
 
 -- queue_job shows everything about one job; NULL for an unknown id.

@@ -29,14 +29,14 @@ SELECT kind, schedule FROM queue_schedules() WHERE name = 'hourly';
 
 -- Manual trigger pushes now; the regular next run does not move.
 SELECT queue_trigger('by-hand') AS job;
-SELECT queue, payload, status FROM queue.jobs;
+SELECT queue, payload, status FROM queue.all_jobs;
 SELECT last_job_id, next_run_at IS NULL AS manual_has_no_next FROM queue_schedules() WHERE name = 'by-hand';
 
 -- A due schedule fires on the scheduler pass, once, and moves on.
 UPDATE queue.schedules SET next_run_at = now() - interval '1 hour' WHERE name IN ('heartbeat', 'every-5', 'launch');
 SELECT queue_tick() ->> 'fired' AS fired;
 SELECT queue_tick() ->> 'fired' AS fired_again;
-SELECT queue, count(*) FROM queue.jobs GROUP BY queue ORDER BY queue;
+SELECT queue, count(*) FROM queue.all_jobs GROUP BY queue ORDER BY queue;
 SELECT name, enabled, last_job_id IS NOT NULL AS ran, next_run_at > now() AS next_in_future
   FROM queue_schedules() WHERE name IN ('heartbeat', 'every-5', 'launch') ORDER BY name;
 

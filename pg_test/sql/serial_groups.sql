@@ -24,7 +24,7 @@ SELECT id FROM queue_pop('q', batch => 10);
 -- A retrying job holds its group, even against better newcomers.
 SELECT queue_fail(3, 'boom');
 SELECT queue_push('q', '{"n": 6}', priority => -20, serial_group => 'customer-42');
-SELECT id, status, group_waiting FROM queue.jobs WHERE serial_group = 'customer-42' ORDER BY id;
+SELECT id, status, group_waiting FROM queue.all_jobs WHERE serial_group = 'customer-42' ORDER BY id;
 SELECT count(*) AS claimable FROM queue_pop('q', batch => 10);
 UPDATE queue.jobs SET run_at = now() WHERE id = 3;
 SELECT queue_tick() ->> 'promoted' AS promoted;
@@ -38,7 +38,7 @@ SELECT queue_ack(1);
 -- A not-yet-started active job is overtaken by a better newcomer.
 SELECT queue_push('q', '{"n": 7}', priority => 0, serial_group => 'g2');
 SELECT queue_push('q', '{"n": 8}', priority => -1, serial_group => 'g2');
-SELECT id, group_waiting FROM queue.jobs WHERE serial_group = 'g2' ORDER BY id;
+SELECT id, group_waiting FROM queue.all_jobs WHERE serial_group = 'g2' ORDER BY id;
 
 -- A job with a future run_at does not block its group before it is due.
 SELECT queue_push('q', '{"n": 9}', priority => -50, serial_group => 'g2', delay => '1 hour');
@@ -47,7 +47,7 @@ SELECT queue_ack(8);
 -- Once due it competes by priority with the waiting job 7.
 UPDATE queue.jobs SET run_at = now() WHERE id = 9;
 SELECT queue_tick() ->> 'promoted' AS promoted;
-SELECT id, status, group_waiting FROM queue.jobs WHERE serial_group = 'g2' ORDER BY id;
+SELECT id, status, group_waiting FROM queue.all_jobs WHERE serial_group = 'g2' ORDER BY id;
 SELECT id FROM queue_pop('q');
 
 -- Groups span queues: a job of the group in another queue waits too.
@@ -77,7 +77,7 @@ SELECT id, serial_group FROM queue_pop('b', batch => 10);
 -- The database itself refuses a second active job in a group, whatever
 -- the query: the unique index jobs_group_active.
 UPDATE queue.jobs SET group_waiting = false WHERE serial_group = 'ga';
-SELECT serial_group, count(*) FROM queue.jobs
+SELECT serial_group, count(*) FROM queue.all_jobs
  WHERE status = 'processing' AND serial_group IS NOT NULL GROUP BY 1 ORDER BY 1;
 
 -- The lock key is the CRC-32 of the group name in a fixed namespace.

@@ -31,7 +31,7 @@ LANGUAGE sql AS $f$
     SELECT 'jobs', count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'scheduled'),
            count(*) FILTER (WHERE status = 'processing'), count(*) FILTER (WHERE status = 'retrying'),
            count(*) FILTER (WHERE status IN ('pending', 'scheduled', 'retrying'))
-      FROM queue.jobs WHERE queue = q;
+      FROM queue.all_jobs WHERE queue = q;
 $f$;
 
 -- The cumulative totals of a queue.
@@ -137,7 +137,7 @@ SELECT (SELECT sum(total_pushed) FROM queue_list()) = (queue_stats() ->> 'total_
 SELECT queue_metrics('mail') - 'since' - 'avg_run_ms' - 'p95_run_ms' - 'p99_run_ms'
        - 'avg_wait_ms' - 'p95_wait_ms' - 'p99_wait_ms' - 'throughput_per_minute' AS mail_metrics;
 CREATE TEMP TABLE metrics_before AS SELECT queue_metrics() AS m, queue_metrics('mail') AS mail;
-SELECT (SELECT count(*) FROM queue.jobs WHERE status IN ('completed', 'failed', 'expired', 'cancelled')) AS final_jobs,
+SELECT (SELECT count(*) FROM queue.all_jobs WHERE status IN ('completed', 'failed', 'expired', 'cancelled')) AS final_jobs,
        queue_cleanup('0') AS deleted;
 -- (throughput_per_minute divides by the time since the window began, which
 -- moves on between two statements.)

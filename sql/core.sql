@@ -424,7 +424,9 @@ COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int) IS
  * queue.finish_jobs: jobs become final. Those of p_ids whose status is one
  * of p_from (and, given p_attempt, whose claim is that attempt) leave
  * queue.jobs and are appended to queue.finished_jobs with p_status, the
- * time, p_result and p_error (NULL keeps the job's last error). One
+ * time and p_result. A failure records p_error as the last error, as
+ * queue_fail does on every attempt (NULL when none was given); other final
+ * statuses keep the job's last error unless p_error is given. One
  * statement: the DELETE takes the row locks and re-checks the status under
  * them, so two concurrent finishers of one job cannot both move it. Returns
  * how many moved and their serial groups; the caller frees or re-elects
@@ -454,7 +456,9 @@ BEGIN
                 created_at, started_at, finished_at)
         SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
                m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
-               m.dedupe_key, m.payload, coalesce(p_error, m.last_error), p_result, m.progress, m.worker,
+               m.dedupe_key, m.payload,
+               CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
+               p_result, m.progress, m.worker,
                m.created_at, m.started_at, now()
           FROM moved m
         RETURNING serial_group

@@ -117,4 +117,15 @@ UPDATE queue.finished_jobs SET finished_at = now() - interval '8 days' WHERE id 
 SELECT queue_tick() ->> 'deleted' AS deleted;
 SELECT count(*) FROM queue.all_jobs WHERE id IN (1, 2);
 
+-- Every fail records its own error, the last one too (NULL when none is
+-- given), and a final job keeps everything it had in the live table.
+SELECT queue_push('last', '{"k": 1}', max_attempts => 2, retry_delays => '{0 seconds}') AS id \gset
+SELECT count(*) FROM queue_pop('last');
+SELECT queue_fail(:id, 'first try');
+SELECT count(*) FROM queue_pop('last');
+SELECT queue_fail(:id);
+SELECT status, attempts, last_error IS NULL AS no_error, payload, max_attempts, finished_at IS NOT NULL AS finished
+  FROM queue.finished_jobs WHERE id = :id;
+SELECT count(*) AS still_live FROM queue.jobs WHERE id = :id;
+
 DROP EXTENSION queue;

@@ -475,7 +475,7 @@ $$;
  *
  * The move of queue.finish_jobs written out for one job: a single ack is
  * the commonest statement a worker sends, and the nested function call
- * (with its generic-plan setting) cost ~8% of W3's throughput. With a
+ * (with its generic-plan setting) cost about 8% of W3 in sequential runs. With a
  * scalar id the plan cache keeps the generic plan by itself.
  */
 CREATE FUNCTION @extschema@.queue_ack(id bigint, result jsonb DEFAULT NULL, attempt int DEFAULT NULL)

@@ -63,13 +63,15 @@ END;
 $$;
 
 /*
- * queue.release_groups: the active jobs of these groups just became final
- * (ack, final fail, expiry); make each group's next job active. Cheaper
- * than queue.group_elect per group, and set-based for batch acks: with no
- * active job left, the next one is simply the first waiting job in
- * (priority, id) order. The group locks are taken in one global order (by
- * key) so that concurrent releasers cannot deadlock; the NOT EXISTS is a
- * safety net, the unique index jobs_group_active the guarantee.
+ * queue.release_groups: jobs of these groups just became final (ack, fail,
+ * expiry, cancel); make each group that has no active job left activate
+ * its next one. Cheaper than queue.group_elect per group, and set-based for
+ * batch acks: with no active job left, the next one is simply the first
+ * waiting job in (priority, id) order. A group whose active job is still
+ * there (a waiting job was cancelled) keeps it: it is already the best. The
+ * group locks are taken in one global order (by key) so that concurrent
+ * releasers cannot deadlock; the unique index jobs_group_active is the
+ * guarantee.
  */
 CREATE FUNCTION queue.release_groups(p_groups text[]) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -428,20 +430,25 @@ COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int) IS
  * queue_fail does on every attempt (NULL when none was given); other final
  * statuses keep the job's last error unless p_error is given. One
  * statement: the DELETE takes the row locks and re-checks the status under
- * them, so two concurrent finishers of one job cannot both move it. Returns
- * how many moved and their serial groups; the caller frees or re-elects
- * those groups. Every path to a final status goes through here, except the
- * single queue_ack, which writes the same move out for speed.
+ * them, so two concurrent finishers of one job cannot both move it. A job
+ * that became final no longer holds its serial group, so the groups of the
+ * moved jobs are released here (a group whose active job is another one
+ * keeps it). Returns how many moved. Every path to a final status goes
+ * through here, except the single queue_ack, which writes the same move out
+ * for speed.
  */
 CREATE FUNCTION queue.finish_jobs(p_ids bigint[], p_from queue.job_status[], p_status queue.job_status,
-                                  p_attempt int, p_result jsonb, p_error text,
-                                  OUT finished bigint, OUT groups text[])
+                                  p_attempt int, p_result jsonb, p_error text)
+RETURNS bigint
 LANGUAGE plpgsql
 -- With one id the custom plan looks cheaper than the generic one (which
 -- guesses ten), so the plan cache would plan this statement again on every
 -- single ack: 170 µs a call. The generic plan is the right one for any
 -- number of ids (a primary-key probe per id).
 SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_finished bigint;
+    v_groups   text[];
 BEGIN
     WITH moved AS (
         DELETE FROM queue.jobs j
@@ -464,8 +471,12 @@ BEGIN
         RETURNING serial_group
     )
     SELECT count(*), array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL)
-      INTO finished, groups
+      INTO v_finished, v_groups
       FROM kept k;
+    IF v_groups IS NOT NULL THEN
+        PERFORM queue.release_groups(v_groups);
+    END IF;
+    RETURN v_finished;
 END;
 $$;
 
@@ -522,14 +533,8 @@ CREATE FUNCTION @extschema@.queue_ack(ids bigint[])
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_done record;
 BEGIN
-    SELECT * INTO v_done FROM queue.finish_jobs(ids, '{processing}', 'completed', NULL, NULL, NULL);
-    IF v_done.groups IS NOT NULL THEN
-        PERFORM queue.release_groups(v_done.groups);
-    END IF;
-    RETURN v_done.finished;
+    RETURN queue.finish_jobs(ids, '{processing}', 'completed', NULL, NULL, NULL);
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_ack(bigint[]) IS
@@ -567,9 +572,6 @@ BEGIN
 
     IF coalesce(permanent, false) OR v_job.attempts >= v_job.max_attempts THEN
         PERFORM queue.finish_jobs(ARRAY[v_job.id], '{processing}', 'failed', NULL, NULL, error);
-        IF v_job.serial_group IS NOT NULL THEN
-            PERFORM queue.release_groups(ARRAY[v_job.serial_group]);
-        END IF;
         RETURN 'failed';
     END IF;
 
@@ -628,17 +630,9 @@ CREATE FUNCTION @extschema@.queue_cancel(id bigint)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_done  record;
-    v_group text;
 BEGIN
-    SELECT * INTO v_done
-      FROM queue.finish_jobs(ARRAY[queue_cancel.id], '{scheduled,pending,retrying}', 'cancelled',
-                             NULL, NULL, NULL);
-    FOREACH v_group IN ARRAY coalesce(v_done.groups, '{}') LOOP
-        PERFORM queue.group_elect(v_group);
-    END LOOP;
-    RETURN v_done.finished > 0;
+    RETURN queue.finish_jobs(ARRAY[queue_cancel.id], '{scheduled,pending,retrying}', 'cancelled',
+                             NULL, NULL, NULL) > 0;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_cancel(bigint) IS

@@ -119,9 +119,9 @@ ALTER TABLE queue.finished_jobs ADD CONSTRAINT finished_jobs_pkey PRIMARY KEY (i
 -- Not a BRIN index, although rows arrive in finishing order: the ranges
 -- being filled stay unsummarized until autovacuum gets to them (a minute or
 -- more), and a BRIN scan reads every unsummarized page. At tens of
--- thousands of acks a second the retention pass of every tick read hundreds
--- of megabytes of fresh history, holding its lock on queue.jobs meanwhile.
--- Entries only ever join the right edge of this B-tree.
+-- thousands of acks a second the retention pass of every tick would read
+-- hundreds of megabytes of fresh history. Entries only ever join the right
+-- edge of this B-tree.
 CREATE INDEX finished_jobs_age ON queue.finished_jobs (finished_at);
 
 -- Dead letters are rare next to completed jobs: a B-tree of just them.

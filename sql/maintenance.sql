@@ -60,7 +60,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_retried int;
     v_ending  bigint[];
-    v_expired record;
 BEGIN
     -- Every lapsed lease gets its error; those with attempts left go
     -- retrying here, the others stay processing for the moment and are
@@ -91,11 +90,8 @@ BEGIN
       INTO v_retried, v_ending
       FROM lapsed;
 
-    SELECT * INTO v_expired FROM queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL);
-    IF v_expired.groups IS NOT NULL THEN
-        PERFORM queue.release_groups(v_expired.groups);
-    END IF;
-    RETURN jsonb_build_object('retried', v_retried, 'expired', v_expired.finished);
+    RETURN jsonb_build_object('retried', v_retried,
+                              'expired', queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL));
 END;
 $$;
 

@@ -423,6 +423,19 @@ COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int) IS
 ------------------------------------------------------------------------------
 
 /*
+ * queue.keep_completed: whether a completed job stays in
+ * queue.finished_jobs (GUC queue.keep_completed, default on). Off, the ack
+ * deletes it and keeps only its run and wait times (queue.job_times), as
+ * the retention pass does later when it is on: pgmq's delete instead of
+ * archive, BullMQ's removeOnComplete. Failed, expired and cancelled jobs
+ * are always kept: they are the dead letters someone has to look at.
+ */
+CREATE FUNCTION queue.keep_completed() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('queue.keep_completed', true), ''), 'on')::boolean;
+$$;
+
+/*
  * queue.finish_jobs: jobs become final. Those of p_ids whose status is one
  * of p_from (and, given p_attempt, whose claim is that attempt) leave
  * queue.jobs and are appended to queue.finished_jobs with p_status, the
@@ -435,7 +448,8 @@ COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int) IS
  * moved jobs are released here (a group whose active job is another one
  * keeps it). Returns how many moved. Every path to a final status goes
  * through here, except the single queue_ack, which writes the same move out
- * for speed.
+ * for speed. With queue.keep_completed off, completed jobs are deleted
+ * instead of moved, leaving their times in queue.job_times.
  */
 CREATE FUNCTION queue.finish_jobs(p_ids bigint[], p_from queue.job_status[], p_status queue.job_status,
                                   p_attempt int, p_result jsonb, p_error text)
@@ -450,29 +464,51 @@ DECLARE
     v_finished bigint;
     v_groups   text[];
 BEGIN
-    WITH moved AS (
-        DELETE FROM queue.jobs j
-         WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
-           AND (p_attempt IS NULL OR j.attempts = p_attempt)
-        RETURNING j.*, queue.tally(j.queue, j.priority, j.status::text, p_status::text)
-    ), kept AS (
-        INSERT INTO queue.finished_jobs
-               (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
-                attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                dedupe_key, payload, last_error, result, progress, worker,
-                created_at, started_at, finished_at)
-        SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
-               m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
-               m.dedupe_key, m.payload,
-               CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
-               p_result, m.progress, m.worker,
-               m.created_at, m.started_at, now()
-          FROM moved m
-        RETURNING serial_group
-    )
-    SELECT count(*), array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL)
-      INTO v_finished, v_groups
-      FROM kept k;
+    IF p_status = 'completed' AND NOT queue.keep_completed() THEN
+        WITH gone AS (
+            DELETE FROM queue.jobs j
+             WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
+               AND (p_attempt IS NULL OR j.attempts = p_attempt)
+            RETURNING j.queue, j.serial_group, j.run_at, j.started_at,
+                      queue.tally(j.queue, j.priority, j.status::text, 'completed')
+        ), archived AS (
+            -- The same record queue.delete_jobs leaves for a deleted final
+            -- job, so that queue_metrics counts this job like any other.
+            INSERT INTO queue.job_times (queue, finished_minute, completed, failed, expired, run_ms, wait_ms)
+            SELECT g.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'), count(*), 0, 0,
+                   array_agg(queue.ms(now() - g.started_at)), array_agg(queue.ms(g.started_at - g.run_at))
+              FROM gone g
+             WHERE g.started_at IS NOT NULL
+             GROUP BY g.queue
+        )
+        SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
+          INTO v_finished, v_groups
+          FROM gone g;
+    ELSE
+        WITH moved AS (
+            DELETE FROM queue.jobs j
+             WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
+               AND (p_attempt IS NULL OR j.attempts = p_attempt)
+            RETURNING j.*, queue.tally(j.queue, j.priority, j.status::text, p_status::text)
+        ), kept AS (
+            INSERT INTO queue.finished_jobs
+                   (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
+                    attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+                    dedupe_key, payload, last_error, result, progress, worker,
+                    created_at, started_at, finished_at)
+            SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
+                   m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
+                   m.dedupe_key, m.payload,
+                   CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
+                   p_result, m.progress, m.worker,
+                   m.created_at, m.started_at, now()
+              FROM moved m
+            RETURNING serial_group
+        )
+        SELECT count(*), array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL)
+          INTO v_finished, v_groups
+          FROM kept k;
+    END IF;
     IF v_groups IS NOT NULL THEN
         PERFORM queue.release_groups(v_groups);
     END IF;
@@ -497,6 +533,9 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_group text;
 BEGIN
+    IF NOT queue.keep_completed() THEN
+        RETURN queue.finish_jobs(ARRAY[id], '{processing}', 'completed', attempt, NULL, NULL) = 1;
+    END IF;
     WITH moved AS (
         DELETE FROM queue.jobs j
          WHERE j.id = queue_ack.id AND j.status = 'processing'

@@ -55,11 +55,13 @@ CREATE INDEX job_times_minute ON queue.job_times (finished_minute);
 
 /*
  * queue.ms: an interval in milliseconds. The one conversion used for job
- * times, so that live rows and archived times agree to the last bit.
+ * times, so that live rows and archived times agree to the last bit. In
+ * float8: extract() computes in numeric, which cost 1.6 µs a job where an
+ * ack archives the times of the jobs it deletes.
  */
 CREATE FUNCTION queue.ms(interval) RETURNS float8
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT (extract(epoch FROM $1) * 1000)::float8;
+    SELECT date_part('epoch', $1) * 1000;
 $$;
 
 /*

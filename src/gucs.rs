@@ -20,6 +20,12 @@ pub static RETENTION: GucSetting<Option<CString>> =
 pub static METRICS_RETENTION: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"7 days"));
 
+/// Whether an acked job is kept in `queue.finished_jobs` like every other
+/// final job (`queue.keep_completed`, on), or deleted at once (off). SQL reads
+/// it with `current_setting`; it is registered here so that a bad value is
+/// refused when it is set.
+pub static KEEP_COMPLETED: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Register the settings. `queue.database` can only change at server start
 /// (the worker connects once); the others are re-read on SIGHUP.
 pub fn register() {
@@ -55,6 +61,15 @@ pub fn register() {
         c"An interval such as '7 days'. Times of jobs finished longer ago are dropped by the maintenance pass.",
         &METRICS_RETENTION,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"queue.keep_completed",
+        c"Whether completed jobs are kept as history until queue.retention.",
+        c"Off: an acked job is deleted in its ack; only its run and wait times stay, for queue_metrics. \
+          Failed, expired and cancelled jobs are always kept. Any session, role or database may set it.",
+        &KEEP_COMPLETED,
+        GucContext::Userset,
         GucFlags::default(),
     );
     register_scheduler();

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# bench/layers/ab.sh A B: the W4 shape (claim 100, ack those ids, one
+# transaction) with pgbench, layer A and layer B alone in turn, each round on
+# fresh data; prints both rates per round and the median of A/B.
+#
+#   layers: ref (the benchmark's reference), queue (the extension as
+#   installed; QUEUE_OPTIONS="-c queue.keep_completed=off" for the lean ack),
+#   b1, b3, nohist, a (bare SQL, see setup.sql)
+#
+#   PGHOST=... PGPORT=... PGDATABASE=... bench/layers/ab.sh queue ref
+#   environment: ROUNDS (8), JOBS (50000), CLIENTS (4); the database must
+#   have the extension and setup.sql loaded, and be queue.database so that
+#   the counters take their fast path.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+a=${1:?layer A}; b=${2:?layer B}
+rounds=${ROUNDS:-8}; jobs=${JOBS:-50000}; clients=${CLIENTS:-4}
+per_client=$((jobs / clients / 100))
+pgbench=$(pg_config --bindir)/pgbench
+sql() { psql -X -q -v ON_ERROR_STOP=1 "$@" >/dev/null; }
+payload="jsonb_build_object('n', i, 's', repeat('x', 64))"
+
+fill() {
+  case $1 in
+  ref) sql -c "TRUNCATE bench_ref; INSERT INTO bench_ref (payload) SELECT $payload FROM generate_series(1, $jobs) i" \
+           -c "VACUUM ANALYZE bench_ref" ;;
+  queue) sql -c "TRUNCATE queue.jobs, queue.finished_jobs" \
+             -c "INSERT INTO queue.jobs (queue, status, run_at, max_attempts, timeout, backoff_base, backoff_max, payload)
+                 SELECT 'bench', 'pending', now(), 3, '5 minutes', '10 seconds', '1 hour', $payload FROM generate_series(1, $jobs) i" \
+             -c "SELECT queue.recount_stats()" -c "VACUUM ANALYZE queue.jobs" ;;
+  *) sql -c "TRUNCATE proto.live_$1, proto.done_$1" \
+         -c "INSERT INTO proto.live_$1 (queue, status, run_at, max_attempts, timeout, backoff_base, backoff_max, payload)
+             SELECT 'bench', 'pending', now(), 3, '5 minutes', '10 seconds', '1 hour', $payload FROM generate_series(1, $jobs) i" \
+         -c "VACUUM ANALYZE proto.live_$1" ;;
+  esac
+  sql -c CHECKPOINT
+}
+
+run() {
+  local options=""
+  [ "$1" = queue ] && options=${QUEUE_OPTIONS:-}
+  PGOPTIONS="$options" "$pgbench" -n -c "$clients" -j 2 -t "$per_client" -f "$here/$1.sql" 2>&1 \
+    | awk '/^tps/ { printf "%d", $3 * 100 }'
+}
+
+ratios=()
+for round in $(seq 1 "$rounds"); do
+  fill "$a"; x=$(run "$a")
+  fill "$b"; y=$(run "$b")
+  r=$(awk -v x="$x" -v y="$y" 'BEGIN { printf "%.3f", x / y }')
+  ratios+=("$r")
+  echo "round $round: $a $x jobs/s, $b $y jobs/s, $a/$b $r"
+done
+printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "median %s: %.3f\n", "'"$a/$b"'", m }'

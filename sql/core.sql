@@ -28,15 +28,18 @@
 CREATE FUNCTION queue.group_elect(p_group text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_active_id      bigint;
-    v_active_status  queue.job_status;
-    v_active_started boolean;
-    v_next_id        bigint;
-    v_next_queue     text;
+    v_active_id       bigint;
+    v_active_status   queue.job_status;
+    v_active_started  boolean;
+    v_active_priority int;
+    v_next_id         bigint;
+    v_next_priority   int;
+    v_next_queue      text;
 BEGIN
     PERFORM pg_advisory_xact_lock(queue.group_lock_key(p_group));
 
-    SELECT id, status, attempts > 0 INTO v_active_id, v_active_status, v_active_started
+    SELECT id, status, attempts > 0, priority
+      INTO v_active_id, v_active_status, v_active_started, v_active_priority
       FROM queue.jobs
      WHERE serial_group = p_group
        AND (status IN ('processing', 'retrying') OR (status = 'pending' AND NOT group_waiting));
@@ -44,12 +47,13 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT id, queue INTO v_next_id, v_next_queue
+    SELECT id, priority, queue INTO v_next_id, v_next_priority, v_next_queue
       FROM queue.jobs
-     WHERE serial_group = p_group AND status = 'pending'
+     WHERE serial_group = p_group AND status = 'pending' AND group_waiting
      ORDER BY priority, id
      LIMIT 1;
-    IF v_next_id IS NULL OR v_next_id = v_active_id THEN
+    IF v_next_id IS NULL
+       OR (v_active_id IS NOT NULL AND (v_active_priority, v_active_id) < (v_next_priority, v_next_id)) THEN
         RETURN;
     END IF;
 
@@ -89,6 +93,7 @@ BEGIN
                      FROM unnest(p_groups) AS g(name),
                           LATERAL (SELECT w.id FROM queue.jobs w
                                     WHERE w.serial_group = g.name AND w.status = 'pending'
+                                      AND w.group_waiting
                                     ORDER BY w.priority, w.id
                                     LIMIT 1) n
                     WHERE NOT EXISTS (

@@ -106,8 +106,10 @@ CREATE UNIQUE INDEX jobs_group_active ON queue.jobs (serial_group)
            OR (status = 'pending' AND NOT group_waiting));
 
 -- Picks the next job of a group in O(log n) when its active job finishes.
+-- Waiting jobs only: the job an election activates leaves this index, so the
+-- election's update writes one index entry fewer.
 CREATE INDEX jobs_group_next ON queue.jobs (serial_group, priority, id)
-    WHERE serial_group IS NOT NULL AND status = 'pending';
+    WHERE serial_group IS NOT NULL AND status = 'pending' AND group_waiting;
 
 -- Final jobs, kept for queue.retention. The same columns in the same order
 -- as queue.jobs, so that queue.all_jobs is a plain UNION ALL; lease_until is

@@ -5,7 +5,9 @@
 #
 #   layers: ref (the benchmark's reference), queue (the extension as
 #   installed; QUEUE_OPTIONS="-c queue.keep_completed=off" for the lean ack),
-#   b1, b3, nohist, a (bare SQL, see setup.sql)
+#   queue_* (the extension's tables with one part of the product's SQL
+#   replaced by bare SQL, to weigh that part; see each file), b1, b3,
+#   nohist, a (bare SQL, see setup.sql)
 #
 #   PGHOST=... PGPORT=... PGDATABASE=... bench/layers/ab.sh queue ref
 #   environment: ROUNDS (8), JOBS (50000), CLIENTS (4); the database must
@@ -24,7 +26,7 @@ fill() {
   case $1 in
   ref) sql -c "TRUNCATE bench_ref; INSERT INTO bench_ref (payload) SELECT $payload FROM generate_series(1, $jobs) i" \
            -c "VACUUM ANALYZE bench_ref" ;;
-  queue) sql -c "TRUNCATE queue.jobs, queue.finished_jobs" \
+  queue | queue_*) sql -c "TRUNCATE queue.jobs, queue.finished_jobs, queue.job_times" \
              -c "INSERT INTO queue.jobs (queue, status, run_at, max_attempts, timeout, backoff_base, backoff_max, payload)
                  SELECT 'bench', 'pending', now(), 3, '5 minutes', '10 seconds', '1 hour', $payload FROM generate_series(1, $jobs) i" \
              -c "SELECT queue.recount_stats()" -c "VACUUM ANALYZE queue.jobs" ;;
@@ -38,7 +40,7 @@ fill() {
 
 run() {
   local options=""
-  [ "$1" = queue ] && options=${QUEUE_OPTIONS:-}
+  case $1 in queue | queue_*) options=${QUEUE_OPTIONS:-} ;; esac
   PGOPTIONS="$options" "$pgbench" -n -c "$clients" -j 2 -t "$per_client" -f "$here/$1.sql" 2>&1 \
     | awk '/^tps/ { printf "%d", $3 * 100 }'
 }

@@ -6,8 +6,9 @@
 #   layers: ref (the benchmark's reference), queue (the extension as
 #   installed; QUEUE_OPTIONS="-c queue.keep_completed=off" for the lean ack),
 #   queue_* (the extension's tables with one part of the product's SQL
-#   replaced by bare SQL, to weigh that part; see each file), b1, b3,
-#   nohist, a (bare SQL, see setup.sql)
+#   replaced by bare SQL, to weigh that part; see each file; those that skip
+#   a counter call leave the counters wrong until the next fill recounts
+#   them), b1, b3, nohist, a (bare SQL, see setup.sql)
 #
 #   PGHOST=... PGPORT=... PGDATABASE=... bench/layers/ab.sh queue ref
 #   environment: ROUNDS (8), JOBS (50000), CLIENTS (4); the database must

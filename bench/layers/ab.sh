@@ -14,6 +14,17 @@
 #   environment: ROUNDS (8), JOBS (50000), CLIENTS (4); the database must
 #   have the extension and setup.sql loaded, and be queue.database so that
 #   the counters take their fast path.
+#
+#   A_SETUP / B_SETUP: SQL run before each round of A / B, to weigh a schema
+#   change under the same SQL (A and B may then be the same layer), e.g.
+#     A_SETUP='CREATE INDEX IF NOT EXISTS x ON queue.jobs (lease_until)
+#              WHERE status = '"'processing'"'' B_SETUP='DROP INDEX IF EXISTS queue.x' \
+#     bench/layers/ab.sh queue queue
+#
+#   Each round also prints the machine's busy CPU time (all processes,
+#   /proc/stat, in ms) for A and B; the last line gives the medians of the
+#   rate ratio (above 1: A is faster) and of the CPU ratio (below 1: A needs
+#   less CPU for the same jobs). On this 2-core VM the drain is CPU-bound.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 a=${1:?layer A}; b=${2:?layer B}
@@ -39,6 +50,12 @@ fill() {
   sql -c CHECKPOINT
 }
 
+# Busy CPU time of the whole machine so far, in ms (user, nice, system, irq,
+# softirq; not idle or iowait).
+busy_ms() {
+  awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%d", ($2 + $3 + $4 + $7 + $8) * 1000 / hz }' /proc/stat
+}
+
 run() {
   local options=""
   case $1 in queue | queue_*) options=${QUEUE_OPTIONS:-} ;; esac
@@ -46,12 +63,24 @@ run() {
     | awk '/^tps/ { printf "%d", $3 * 100 }'
 }
 
-ratios=()
+# One round of a layer: its setup, fresh data, the run. Prints "rate cpu_ms".
+round_of() {
+  local layer=$1 setup=$2 before rate
+  [ -z "$setup" ] || sql -c "$setup"
+  fill "$layer"
+  before=$(busy_ms)
+  rate=$(run "$layer")
+  echo "$rate $(( $(busy_ms) - before ))"
+}
+
+ratios=(); cpus=()
 for round in $(seq 1 "$rounds"); do
-  fill "$a"; x=$(run "$a")
-  fill "$b"; y=$(run "$b")
+  read -r x xcpu < <(round_of "$a" "${A_SETUP:-}")
+  read -r y ycpu < <(round_of "$b" "${B_SETUP:-}")
   r=$(awk -v x="$x" -v y="$y" 'BEGIN { printf "%.3f", x / y }')
   ratios+=("$r")
-  echo "round $round: $a $x jobs/s, $b $y jobs/s, $a/$b $r"
+  cpus+=("$(awk -v x="$xcpu" -v y="$ycpu" 'BEGIN { printf "%.3f", x / y }')")
+  echo "round $round: A $a $x jobs/s (cpu $xcpu ms), B $b $y jobs/s (cpu $ycpu ms), A/B $r"
 done
-printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "median %s: %.3f\n", "'"$a/$b"'", m }'
+median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+echo "median A/B ($a/$b): rate $(printf '%s\n' "${ratios[@]}" | median), cpu $(printf '%s\n' "${cpus[@]}" | median)"

@@ -411,7 +411,7 @@ BEGIN
                           FOR UPDATE SKIP LOCKED))
             RETURNING j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts,
                       j.max_attempts, j.lease_until, j.created_at,
-                      queue.tally(j.queue, j.priority, 'pending', 'processing')
+                      queue.tally(j.queue, j.priority, 'pending', 'processing', 1, j.id, j.attempts, j.lease_until)
         )
         SELECT c.id, c.queue, c.payload, c.priority, c.serial_group, c.attempts,
                c.max_attempts, c.lease_until, c.created_at
@@ -475,7 +475,7 @@ BEGIN
              WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
                AND (p_attempt IS NULL OR j.attempts = p_attempt)
             RETURNING j.queue, j.serial_group, j.run_at, j.started_at,
-                      queue.tally(j.queue, j.priority, j.status::text, 'completed')
+                      queue.tally(j.queue, j.priority, j.status::text, 'completed', 1, j.id, j.attempts)
         ), archived AS (
             -- The same record queue.delete_jobs leaves for a deleted final
             -- job, so that queue_metrics counts this job like any other.
@@ -494,7 +494,7 @@ BEGIN
             DELETE FROM queue.jobs j
              WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
                AND (p_attempt IS NULL OR j.attempts = p_attempt)
-            RETURNING j.*, queue.tally(j.queue, j.priority, j.status::text, p_status::text)
+            RETURNING j.*, queue.tally(j.queue, j.priority, j.status::text, p_status::text, 1, j.id, j.attempts)
         ), kept AS (
             INSERT INTO queue.finished_jobs
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
@@ -545,7 +545,7 @@ BEGIN
         DELETE FROM queue.jobs j
          WHERE j.id = queue_ack.id AND j.status = 'processing'
            AND (attempt IS NULL OR j.attempts = attempt)
-        RETURNING j.*, queue.tally(j.queue, j.priority, 'processing', 'completed')
+        RETURNING j.*, queue.tally(j.queue, j.priority, 'processing', 'completed', 1, j.id, j.attempts)
     )
     INSERT INTO queue.finished_jobs
            (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
@@ -627,14 +627,14 @@ BEGIN
         UPDATE queue.jobs j
            SET status = 'pending', last_error = error, run_at = now(), lease_until = NULL
          WHERE j.id = v_job.id;
-        PERFORM queue.tally(v_job.queue, v_job.priority, 'processing', 'pending');
+        PERFORM queue.tally(v_job.queue, v_job.priority, 'processing', 'pending', 1, v_job.id, v_job.attempts);
         PERFORM queue.wake(v_job.queue);
         RETURN 'pending';
     END IF;
     UPDATE queue.jobs j
        SET status = 'retrying', last_error = error, run_at = now() + v_delay, lease_until = NULL
      WHERE j.id = v_job.id;
-    PERFORM queue.tally(v_job.queue, v_job.priority, 'processing', 'retrying');
+    PERFORM queue.tally(v_job.queue, v_job.priority, 'processing', 'retrying', 1, v_job.id, v_job.attempts);
     RETURN 'retrying';
 END;
 $$;
@@ -650,16 +650,21 @@ RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
+DECLARE
+    v_none bigint;
 BEGIN
     IF extend <= interval '0' THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = format('extend must be positive: %s', extend),
             HINT = 'Pass how long the lease should run from now, or NULL for the job''s timeout.';
     END IF;
+    -- The lease moved: tell the lease book (no counter changes).
     UPDATE queue.jobs j
        SET lease_until = now() + coalesce(extend, j.timeout)
      WHERE j.id = queue_touch.id AND j.status = 'processing'
-       AND (attempt IS NULL OR j.attempts = attempt);
+       AND (attempt IS NULL OR j.attempts = attempt)
+    RETURNING queue.tally(j.queue, j.priority, 'processing', 'processing', 0, j.id, j.attempts, j.lease_until)
+         INTO v_none;
     RETURN FOUND;
 END;
 $$;

@@ -16,10 +16,14 @@
 --
 --   jobs_claim         pending jobs that may run now, in claim order
 --   jobs_due           scheduled / retrying jobs, by the time they become due
---   jobs_lease         processing jobs, by the time their lease runs out
 --   jobs_dedupe        one live job per (queue, dedupe_key)
 --   jobs_group_active  at most ONE active job per serial group (see below)
 --   jobs_group_next    waiting jobs of a group in (priority, id) order
+--
+-- Processing jobs have no index of their own: a claim writes only the
+-- primary-key entry of the row's new version. The lease book in shared
+-- memory (src/leases.rs) finds them by id and lease end; where it cannot,
+-- a scan of this table does (queue.processing_jobs, queue.expire_leases).
 --
 -- and for history:
 --
@@ -81,15 +85,6 @@ CREATE INDEX jobs_claim ON queue.jobs (queue, priority, id)
 
 CREATE INDEX jobs_due ON queue.jobs (run_at)
     WHERE status IN ('scheduled', 'retrying');
-
--- "lease_until IS NOT NULL" is always true of a processing job; it is in the
--- predicate so that the planner cannot use this index for a lookup by id
--- with "status = 'processing'" (ack, fail, touch, progress). This small
--- index looks cheaper than the primary key to it, yet it holds the dead
--- entries of every recent claim: acks went through it at 0.4 ms each.
--- The expiry scan (lease_until < now()) implies the condition.
-CREATE INDEX jobs_lease ON queue.jobs (lease_until)
-    WHERE status = 'processing' AND lease_until IS NOT NULL;
 
 -- Every job in queue.jobs is live, so a key is unique among live jobs.
 CREATE UNIQUE INDEX jobs_dedupe ON queue.jobs (queue, dedupe_key)

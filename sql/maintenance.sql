@@ -50,17 +50,88 @@ END;
 $$;
 
 /*
+ * queue.processing_jobs: the processing jobs, optionally only those whose
+ * lease ends before p_lease_before. Through the lease book (src/leases.rs)
+ * when it is ready: a primary-key probe per job it names, the rest of the
+ * table unread. Otherwise (another database than queue.database, no
+ * preloading, the book being rebuilt or overflowed) by a scan of the jobs
+ * table. Planned per call (force_custom_plan) so that each path gets its
+ * own plan: the test on v_ids folds away.
+ */
+CREATE FUNCTION queue.processing_jobs(p_lease_before timestamptz DEFAULT NULL)
+RETURNS SETOF queue.jobs
+LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    v_ids bigint[];
+BEGIN
+    IF queue.leases_ready() THEN
+        IF p_lease_before IS NULL THEN
+            v_ids := queue.leased_ids();
+        ELSE
+            v_ids := ARRAY(SELECT d.id FROM queue.leases_due(p_lease_before, 2147483647) d);
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT * FROM queue.jobs j
+     WHERE (v_ids IS NULL OR j.id = ANY (v_ids))
+       AND j.status = 'processing'
+       AND (p_lease_before IS NULL OR j.lease_until < p_lease_before);
+END;
+$$;
+
+/*
+ * queue.rebuild_lease_book: fill the lease book of this database from the
+ * jobs table when it asks for it (after a start, a CREATE EXTENSION, an
+ * overflow, or every ten minutes as a safety net; src/leases.rs). The scan
+ * is a statement of its own so that its snapshot comes after the clear.
+ * Returns whether it rebuilt.
+ */
+CREATE FUNCTION queue.rebuild_lease_book() RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT queue.leases_rebuild_due() OR NOT queue.leases_begin_rebuild() THEN
+        RETURN false;
+    END IF;
+    PERFORM queue.lease_load(j.id, j.attempts, j.lease_until)
+       FROM queue.jobs j
+      WHERE j.status = 'processing';
+    RETURN queue.leases_end_rebuild();
+END;
+$$;
+
+/*
  * queue.expire_leases: processing jobs whose lease ran out. With attempts
  * left they go retrying after their backoff (the lost attempt counts);
  * otherwise they end expired, a dead letter, and free their serial group.
  * Returns {"retried": n, "expired": n}.
+ *
+ * The candidates come from the lease book when it is ready: its due
+ * entries, each checked against its row under the row lock. Entries whose
+ * job turned out not to be lapsed (acked meanwhile, lease extended, row
+ * locked by a finisher) are settled from the row at commit. Without the
+ * book, the jobs table is scanned. Planned per call: see processing_jobs.
  */
 CREATE FUNCTION queue.expire_leases(p_batch int) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
-    v_retried int;
-    v_ending  bigint[];
+    v_ids      bigint[];       -- due in the book; NULL: no book, scan
+    v_attempts int[];
+    v_leases   timestamptz[];
+    v_retried  int;
+    v_ending   bigint[];
+    v_expired  bigint;
 BEGIN
+    IF queue.leases_ready() THEN
+        SELECT coalesce(array_agg(d.id), '{}'), array_agg(d.attempt), array_agg(d.lease_until)
+          INTO v_ids, v_attempts, v_leases
+          FROM queue.leases_due(now(), p_batch) d;
+        IF cardinality(v_ids) = 0 THEN
+            RETURN jsonb_build_object('retried', 0, 'expired', 0);
+        END IF;
+    END IF;
+
     -- Every lapsed lease gets its error; those with attempts left go
     -- retrying here, the others stay processing for the moment and are
     -- moved to history as expired by queue.finish_jobs just below.
@@ -77,21 +148,27 @@ BEGIN
          WHERE j.id = ANY (ARRAY(
                    SELECT id
                      FROM queue.jobs
-                    WHERE status = 'processing' AND lease_until < now()
+                    WHERE (v_ids IS NULL OR id = ANY (v_ids))
+                      AND status = 'processing' AND lease_until < now()
                     ORDER BY lease_until
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))
         RETURNING j.id, j.status,
                   CASE WHEN j.status = 'retrying'
-                       THEN queue.tally(j.queue, j.priority, 'processing', 'retrying') END
+                       THEN queue.tally(j.queue, j.priority, 'processing', 'retrying', 1, j.id, j.attempts) END
     )
     SELECT count(*) FILTER (WHERE status = 'retrying'),
            coalesce(array_agg(id) FILTER (WHERE status = 'processing'), '{}')
       INTO v_retried, v_ending
       FROM lapsed;
+    v_expired := queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL);
 
-    RETURN jsonb_build_object('retried', v_retried,
-                              'expired', queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL));
+    IF v_ids IS NOT NULL THEN
+        PERFORM queue.lease_settle(d.id, d.attempt, d.lease_until, j.attempts, j.lease_until)
+           FROM unnest(v_ids, v_attempts, v_leases) AS d(id, attempt, lease_until)
+           LEFT JOIN queue.jobs j ON j.id = d.id AND j.status = 'processing';
+    END IF;
+    RETURN jsonb_build_object('retried', v_retried, 'expired', v_expired);
 END;
 $$;
 
@@ -188,6 +265,12 @@ BEGIN
         RAISE WARNING 'queue: promoting due jobs failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
     END;
     BEGIN
+        PERFORM queue.rebuild_lease_book();
+    EXCEPTION WHEN OTHERS THEN
+        v_errors := v_errors + 1;
+        RAISE WARNING 'queue: rebuilding the lease book failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+    END;
+    BEGIN
         v_leases := queue.expire_leases(p_batch);
     EXCEPTION WHEN OTHERS THEN
         v_errors := v_errors + 1;
@@ -251,3 +334,7 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_tick() IS
 'Run the background services'' passes by hand: promote due jobs, expire leases, delete old final jobs, fire due schedules. Returns counts: promoted, retried, expired, deleted, errors, fired.';
+
+-- A new installation starts a new book: job ids start again at 1, and the
+-- entries of a dropped installation must not stand for them.
+SELECT queue.leases_reset();

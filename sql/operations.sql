@@ -253,11 +253,13 @@ RETURNS TABLE (worker text, last_heartbeat timestamptz, healthy boolean, running
                info jsonb, started_at timestamptz, stale_since timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
+    WITH running AS (
+        SELECT j.worker, count(*) AS jobs FROM queue.processing_jobs() j GROUP BY j.worker
+    )
     SELECT w.worker::text, w.last_heartbeat, w.last_heartbeat >= now() - $1,
-           (SELECT count(*) FROM queue.jobs j
-             WHERE j.status = 'processing' AND j.lease_until IS NOT NULL AND j.worker = w.worker),
-           w.info, w.started_at, w.stale_since
+           coalesce(r.jobs, 0), w.info, w.started_at, w.stale_since
       FROM queue.workers w
+      LEFT JOIN running r ON r.worker = w.worker
      ORDER BY w.worker;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_workers(interval) IS
@@ -286,8 +288,7 @@ BEGIN
         DELETE FROM queue.workers w WHERE w.last_heartbeat < now() - stale_after RETURNING w.worker
     LOOP
         FOR v_job IN
-            SELECT j.id, j.attempts FROM queue.jobs j
-             WHERE j.status = 'processing' AND j.lease_until IS NOT NULL AND j.worker = v_worker
+            SELECT j.id, j.attempts FROM queue.processing_jobs() j WHERE j.worker = v_worker
         LOOP
             IF @extschema@.queue_fail(v_job.id, format('worker lost: %s stopped sending heartbeats', v_worker),
                                       attempt => v_job.attempts) IS NOT NULL THEN

@@ -450,9 +450,8 @@ BEGIN
                                 array_agg(r.priority) FILTER (WHERE r.pending > 0)) AS oldest
       INTO v_counts FROM queue.stats_rows() r;
     -- Leases that ran out more than a minute ago: the maintenance pass
-    -- should have recovered them. jobs_lease holds only processing jobs.
-    SELECT count(*) INTO v_overdue FROM queue.jobs j
-     WHERE j.status = 'processing' AND j.lease_until < now() - interval '1 minute';
+    -- should have recovered them. Found through the lease book.
+    SELECT count(*) INTO v_overdue FROM queue.processing_jobs(now() - interval '1 minute');
     SELECT array_agg(w.worker::text ORDER BY w.worker) INTO v_stale
       FROM queue.workers w WHERE w.stale_since IS NOT NULL;
 
@@ -487,11 +486,12 @@ BEGIN
         'overdue_leases', v_overdue,
         'stale_workers', coalesce(to_jsonb(v_stale), '[]'),
         'counters', jsonb_build_object('lost_tallies', v_shm.lost_tallies,
-                                       'recount_pending', v_shm.recount_pending));
+                                       'recount_pending', v_shm.recount_pending),
+        'lease_book', (SELECT to_jsonb(b) FROM queue.leases_health() b));
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_health() IS
-'Whether the queue is served: healthy, problems, workers_running, last_tick, backlog, processing, oldest_pending_age (seconds), overdue_leases, stale_workers. Constant time.';
+'Whether the queue is served: healthy, problems, workers_running, last_tick, backlog, processing, oldest_pending_age (seconds), overdue_leases, stale_workers, counters, lease_book. Constant time.';
 
 /*
  * queue_prometheus: the counters in Prometheus text exposition format, for a

@@ -26,6 +26,10 @@ pub static METRICS_RETENTION: GucSetting<Option<CString>> =
 /// refused when it is set.
 pub static KEEP_COMPLETED: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// Most leases the lease book holds (`queue.max_leases`); beyond, leases
+/// are found by scanning the jobs table until the book fits again.
+pub static MAX_LEASES: GucSetting<i32> = GucSetting::<i32>::new(crate::leases::MAX_ENTRIES as i32);
+
 /// Register the settings. `queue.database` can only change at server start
 /// (the worker connects once); the others are re-read on SIGHUP.
 pub fn register() {
@@ -70,6 +74,16 @@ pub fn register() {
           Failed, expired and cancelled jobs are always kept. Any session, role or database may set it.",
         &KEEP_COMPLETED,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"queue.max_leases",
+        c"Most processing jobs the lease book in shared memory holds.",
+        c"With more jobs processing at once, the maintenance pass finds lapsed leases by scanning the jobs table.",
+        &MAX_LEASES,
+        1,
+        crate::leases::MAX_ENTRIES as i32,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     register_scheduler();

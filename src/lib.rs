@@ -3,13 +3,14 @@
 //! This file holds only module lines and the entry points. The hot path
 //! (push, claim, ack, fail) is readable SQL in `sql/`; Rust earns its place in
 //! validation, hashing, backoff arithmetic, cron parsing, the shared-memory
-//! wake-up path and job counters, and the background workers.
+//! wake-up path, job counters and lease book, and the background workers.
 
 use pgrx::prelude::*;
 
 mod backoff;
 mod cron;
 mod gucs;
+mod leases;
 mod scheduler;
 mod serial_group;
 mod services;
@@ -42,11 +43,26 @@ extension_sql_file!(
         validate::check_queue_filter,
         wakeup::wake,
         wakeup::note_sleeper,
-        stats::tally
+        stats::tally,
+        leases::leases_ready,
+        leases::leases_due,
+        leases::leased_ids,
+        leases::lease_settle
     ]
 );
-extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["core"]);
-extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["core"]);
+extension_sql_file!(
+    "../sql/maintenance.sql",
+    name = "maintenance",
+    requires = [
+        "core",
+        leases::leases_rebuild_due,
+        leases::leases_begin_rebuild,
+        leases::lease_load,
+        leases::leases_end_rebuild,
+        leases::leases_reset
+    ]
+);
+extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["maintenance"]);
 extension_sql_file!(
     "../sql/scheduler.sql",
     name = "scheduler",
@@ -69,7 +85,8 @@ extension_sql_file!(
         stats::stats_recount_needed,
         stats::stats_forget_gauges,
         stats::stats_health,
-        stats::stats_forget_database
+        stats::stats_forget_database,
+        leases::leases_health
     ]
 );
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
@@ -83,6 +100,7 @@ pub extern "C-unwind" fn _PG_init() {
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         wakeup::init_shared_memory();
         stats::init_shared_memory();
+        leases::init_shared_memory();
         services::register_workers();
         wakeup::register_worker();
     }

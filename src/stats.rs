@@ -268,7 +268,7 @@ fn database() -> u32 {
 
 /// Whether this backend's tallies go through shared memory: the library is
 /// preloaded and the maintenance worker serves (flushes) this database.
-fn served() -> bool {
+pub(crate) fn served() -> bool {
     SHMEM_READY.load(Ordering::SeqCst) && CONTROL.get().served_database.load(Ordering::SeqCst) == database()
 }
 
@@ -339,11 +339,27 @@ fn record(queue: &str, priority: i32, counts: Counts, activity: bool) {
     });
 }
 
-/// SQL `queue.tally(queue, priority, from, to, n)`: `n` jobs of this queue
-/// and priority moved from status `from` (NULL: pushed) to `to` (NULL:
-/// deleted). Returns `n`, so that it can sit in a RETURNING list.
+/// SQL `queue.tally(queue, priority, from, to, n, job, attempt,
+/// lease_until)`: `n` jobs of this queue and priority moved from status
+/// `from` (NULL: pushed) to `to` (NULL: deleted). Returns `n`, so that it
+/// can sit in a RETURNING list. A single job entering or leaving
+/// `processing` also names itself (`job`, `attempt` and, entering, its
+/// `lease_until`) for the lease book (src/leases.rs): one call per row does
+/// both, because this call sits in the claim and the ack of every job. A
+/// lease moved without a status change is `processing` to `processing`
+/// with `n` 0.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
-fn tally(queue: Option<&str>, priority: Option<i32>, from: Option<&str>, to: Option<&str>, n: default!(i64, 1)) -> i64 {
+#[allow(clippy::too_many_arguments)]
+fn tally(
+    queue: Option<&str>,
+    priority: Option<i32>,
+    from: Option<&str>,
+    to: Option<&str>,
+    n: default!(i64, 1),
+    job: default!(Option<i64>, "NULL"),
+    attempt: default!(Option<i32>, "NULL"),
+    lease_until: default!(Option<TimestampWithTimeZone>, "NULL"),
+) -> i64 {
     let (Some(queue), Some(priority)) = (queue, priority) else {
         return 0;
     };
@@ -351,6 +367,12 @@ fn tally(queue: Option<&str>, priority: Option<i32>, from: Option<&str>, to: Opt
     let to = to.and_then(Status::parse);
     if n != 0 {
         record(queue, priority, transition(from, to, n), true);
+    }
+    if let (Some(job), Some(attempt)) = (job, attempt) {
+        let entering = to == Some(Status::Processing);
+        if entering || from == Some(Status::Processing) {
+            crate::leases::record(job, attempt, lease_until, entering);
+        }
     }
     n
 }

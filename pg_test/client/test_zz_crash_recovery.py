@@ -29,12 +29,20 @@ def test_committed_jobs_survive_an_immediate_stop(queue_name):
         conn.execute("SELECT queue_push(%s, '{}')", (grouped,))
         retry = conn.execute("SELECT id FROM queue_pop(%s, 'doomed')", (grouped,)).fetchone()[0]
         assert conn.execute("SELECT queue_fail(%s, 'later', retry_in => '1 hour')", (retry,)).fetchone()[0] == "retrying"
+        # A claim whose lease lapses while the server is down: only the lease
+        # book rebuilt after the start can find it.
+        lapsing = conn.execute(
+            "SELECT queue_push(%s, '{}', timeout => '3 seconds', backoff_base => '1 hour')", (queue_name + "-l",)
+        ).fetchone()[0]
+        assert conn.execute("SELECT id FROM queue_pop(%s, 'doomed')", (queue_name + "-l",)).fetchone() == (lapsing,)
         before = dict(
             conn.execute(
                 "SELECT status::text, count(*) FROM queue.all_jobs WHERE queue = %s GROUP BY 1", (queue_name,)
             ).fetchall()
         )
     assert before == {"pending": 400, "scheduled": 50, "processing": 60, "completed": 40}
+    with connect() as conn:
+        assert conn.execute("SELECT status::text FROM queue.jobs WHERE id = %s", (lapsing,)).fetchone() == ("processing",)
 
     pg_ctl("-m", "immediate", "-w", "stop")
     locker.close()
@@ -68,6 +76,21 @@ def test_committed_jobs_survive_an_immediate_stop(queue_name):
         assert stats["total_pushed"] <= 550
         stats = conn.execute("SELECT queue_stats(%s)", (grouped,)).fetchone()[0]
         assert (stats["pending"], stats["retrying"], stats["processing"]) == (3, 1, 0)
+        # The lease book went with shared memory and is rebuilt from the
+        # table: it holds every claim of the crashed worker again, and the
+        # lease that ran out meanwhile is found.
+        deadline = time.monotonic() + 30
+        while conn.execute("SELECT queue_health() -> 'lease_book' ->> 'ready'").fetchone()[0] != "true":
+            assert time.monotonic() < deadline, "the lease book was not rebuilt"
+            time.sleep(0.05)
+        held = conn.execute(
+            """SELECT count(*) FROM queue.jobs j JOIN queue.leases_due('infinity', 2147483647) d
+                   ON d.id = j.id AND d.attempt = j.attempts AND d.lease_until = j.lease_until
+                WHERE j.queue = %s AND j.status = 'processing'""", (queue_name,)).fetchone()[0]
+        assert held == 60
+        while conn.execute("SELECT status::text FROM queue.all_jobs WHERE id = %s", (lapsing,)).fetchone()[0] != "retrying":
+            assert time.monotonic() < deadline, "the lapsed lease was not found after the restart"
+            time.sleep(0.05)
         # The claims of the crashed worker are still leased to it; their old
         # attempt can still finish them, and everything else can be claimed.
         assert conn.execute("SELECT queue_ack(%s, attempt => %s)", claimed[50]).fetchone() == (True,)

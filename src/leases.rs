@@ -43,8 +43,8 @@
 
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
+use crate::stats::database;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Slots of the book: a power of two (the hash is the top bits).
 const SLOT_BITS: u32 = 18;
@@ -216,7 +216,6 @@ static mut BOOK: *mut Book = std::ptr::null_mut();
 static mut LOCK: *mut pg_sys::LWLock = std::ptr::null_mut();
 static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
 static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
-static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 /// Reserve the book. Only from `_PG_init` while preloading.
 pub fn init_shared_memory() {
@@ -226,7 +225,6 @@ pub fn init_shared_memory() {
         PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(shmem_startup);
     }
-    PRELOADED.store(true, Ordering::SeqCst);
 }
 
 #[pg_guard]
@@ -261,12 +259,9 @@ unsafe extern "C-unwind" fn shmem_startup() {
 }
 
 /// Run `f` on the book under its lock (exclusive or shared). None when the
-/// library was not preloaded. `f` must not raise an error: it runs in
-/// commit callbacks too.
+/// library was not preloaded (the startup hook never set the book up). `f`
+/// must not raise an error: it runs in commit callbacks too.
 fn with_book<R>(exclusive: bool, f: impl FnOnce(&mut Book) -> R) -> Option<R> {
-    if !PRELOADED.load(Ordering::SeqCst) {
-        return None;
-    }
     unsafe {
         let (book, lock) = (BOOK, LOCK);
         if book.is_null() || lock.is_null() {
@@ -278,10 +273,6 @@ fn with_book<R>(exclusive: bool, f: impl FnOnce(&mut Book) -> R) -> Option<R> {
         pg_sys::LWLockRelease(lock);
         Some(result)
     }
-}
-
-fn database() -> u32 {
-    unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
 fn now() -> i64 {

@@ -262,7 +262,7 @@ pub fn init_shared_memory() {
     SHMEM_READY.store(true, Ordering::SeqCst);
 }
 
-fn database() -> u32 {
+pub(crate) fn database() -> u32 {
     unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 

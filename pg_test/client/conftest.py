@@ -5,6 +5,7 @@ extension preloaded and `queue.tick = 100ms`) over real connections.
 """
 import os
 import subprocess
+import time
 import uuid
 
 import psycopg
@@ -12,6 +13,17 @@ import pytest
 
 DSN = os.environ.get("QUEUE_TEST_DSN", "host=127.0.0.1 port=55433 user=postgres dbname=postgres")
 CLUSTER_DIR = os.environ.get("QUEUE_TEST_CLUSTER")
+
+
+def wait_for(conn, sql, args, expected, timeout=5.0):
+    """Poll `sql` until its first column equals `expected`; its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = conn.execute(sql, args).fetchone()[0]
+        if value == expected:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"{sql} {args}: never became {expected!r}, last {value!r}")
 
 
 def connect(autocommit=True):

@@ -3,19 +3,9 @@ it promotes delayed jobs and retries (with the NOTIFY), expires leases, and
 comes back after being terminated. The test cluster runs queue.tick = 100ms."""
 import time
 
-from conftest import connect
+from conftest import connect, wait_for
 
 TICK = 0.1
-
-
-def wait_for(conn, sql, args, expected, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = conn.execute(sql, args).fetchone()[0]
-        if value == expected:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"{sql} {args}: never became {expected!r}, last {value!r}")
 
 
 def worker_pid(conn):

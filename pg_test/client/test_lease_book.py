@@ -9,18 +9,13 @@ import random
 import threading
 import time
 
-from conftest import connect
+from conftest import connect, wait_for
 
 BOOK = "SELECT d.attempt, d.lease_until FROM queue.leases_due('infinity', 2147483647) d WHERE d.id = %s"
 
 
 def wait_until(conn, sql, args=(), timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if conn.execute(sql, args).fetchone()[0]:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"never true: {sql} {args}")
+    wait_for(conn, sql, args, True, timeout)
 
 
 def book_ready(conn):

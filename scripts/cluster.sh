@@ -2,6 +2,7 @@
 # Throwaway PostgreSQL 15 clusters for the demo, the tests and the benchmark.
 #
 #   scripts/cluster.sh start DIR PORT [extra postgresql.conf lines...]
+#   scripts/cluster.sh restart DIR   (e.g. to load a newly installed build)
 #   scripts/cluster.sh stop  DIR
 #
 # The cluster runs as the `postgres` user (Postgres refuses root), listens on
@@ -40,13 +41,16 @@ start)
   } >>"$dir/data/postgresql.conf"
   as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
   ;;
+restart)
+  as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart >/dev/null
+  ;;
 stop)
   if [ -f "$dir/data/postmaster.pid" ]; then
     as_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
   fi
   ;;
 *)
-  echo "usage: cluster.sh start DIR PORT | stop DIR" >&2
+  echo "usage: cluster.sh start DIR PORT | restart DIR | stop DIR" >&2
   exit 2
   ;;
 esac

@@ -6,8 +6,11 @@
 #   3. pg_isolation_regress concurrency specs              (pg_test/specs)
 #   4. real-client tests: Python workers, LISTEN/NOTIFY, the background
 #      worker, serial-group hammer                          (pg_test/client)
+#   5. the upgrade from the oldest release, built from its own commit
+#                                       (scripts/upgrade-test.sh, pg_test/upgrade)
 #
-# Steps 2-4 run against a throwaway cluster with the extension preloaded.
+# Steps 2-4 run against a throwaway cluster with the extension preloaded;
+# step 5 has a cluster of its own, filled before this build is installed.
 # The last line is "tests: N passed, M failed", summed over what each runner
 # reported (scripts/count_tests.py).
 set -uo pipefail
@@ -102,7 +105,14 @@ start_cluster() {
 }
 
 step "unit tests (cargo pgrx test)" unit_tests
+upgrade_ready=false
+if step "upgrade: the oldest release, its own build, filled with work" scripts/upgrade-test.sh old; then
+  upgrade_ready=true
+fi
 step "install release build" install_release
+if $upgrade_ready; then
+  step "upgrade: this build over the old catalog, then ALTER EXTENSION UPDATE" scripts/upgrade-test.sh new
+fi
 if step "start test cluster" start_cluster; then
   step "pg_regress golden tests" regress_tests
   step "pg_isolation_regress specs" isolation_tests

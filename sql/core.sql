@@ -26,7 +26,8 @@
  * Both lookups read small partial indexes: O(log n) whatever the group size.
  */
 CREATE FUNCTION queue.group_elect(p_group text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_active_id       bigint;
     v_active_status   queue.job_status;
@@ -78,7 +79,8 @@ $$;
  * guarantee.
  */
 CREATE FUNCTION queue.release_groups(p_groups text[]) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_queues text[];
     v_queue  text;
@@ -116,7 +118,8 @@ $$;
  * wakes its own queue).
  */
 CREATE FUNCTION queue.announce(p_queues text[], p_groups text[]) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_name text;
 BEGIN
@@ -184,9 +187,9 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    -- Every argument is checked by this one call (see queue.check_push).
-    v_run_at timestamptz := queue.check_push(queue_push.queue, queue_push.serial_group,
-        queue_push.payload IS NULL, queue_push.delay, queue_push.run_at,
+    -- Every argument is checked by this one call (see queue.check_push_args).
+    v_run_at timestamptz := queue.check_push_args(queue_push.queue, queue_push.serial_group,
+        pg_column_size(queue_push.payload), queue_push.delay, queue_push.run_at,
         queue_push.max_attempts, queue_push.timeout, queue_push.backoff_base,
         queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
         queue_push.priority);
@@ -194,6 +197,10 @@ DECLARE
     v_id     bigint;
     v_tallied bigint;
 BEGIN
+    -- Per-queue access (sql/access.sql): one probe when no rule exists.
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
+    END IF;
     IF queue_push.dedupe_key IS NULL THEN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload)
@@ -288,9 +295,11 @@ BEGIN
             MESSAGE = 'payloads must not be NULL or contain NULL',
             HINT = 'Pass an array of JSON values, e.g. ARRAY[''{"n": 1}'', ''{"n": 2}'']::jsonb[].';
     END IF;
-    -- The names were checked above, the payloads here.
-    v_run_at := queue.check_push(v_queue, v_group, false, delay, run_at, max_attempts, timeout,
-        backoff_base, backoff_max, retry_delays, dedupe_key, priority);
+    -- The names were checked above, the payloads here (the largest one's size).
+    v_run_at := queue.check_push_args(v_queue, v_group,
+        coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
+        max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key, priority);
+    PERFORM queue.scope('produce', v_queue, v_group);
 
     IF dedupe_key IS NOT NULL THEN
         FOREACH v_payload IN ARRAY payloads LOOP
@@ -383,9 +392,11 @@ SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_queue  text := queue.check_queue_name(queue_pop.queue);
-    v_batch  int  := queue.check_count('batch', queue_pop.batch, 10000,
-                                       'batch is the most jobs one call may claim.');
+    v_batch  int  := queue.check_claim(queue_pop.worker, queue_pop.batch);
 BEGIN
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        PERFORM queue.scope('work', v_queue);
+    END IF;
     FOR round IN 1..2 LOOP
         IF round = 2 THEN
             PERFORM queue.note_sleeper(v_queue);
@@ -428,19 +439,6 @@ COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int) IS
 ------------------------------------------------------------------------------
 
 /*
- * queue.keep_completed: whether a completed job stays in
- * queue.finished_jobs (GUC queue.keep_completed, default on). Off, the ack
- * deletes it and keeps only its run and wait times (queue.job_times), as
- * the retention pass does later when it is on: pgmq's delete instead of
- * archive, BullMQ's removeOnComplete. Failed, expired and cancelled jobs
- * are always kept: they are the dead letters someone has to look at.
- */
-CREATE FUNCTION queue.keep_completed() RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(nullif(current_setting('queue.keep_completed', true), ''), 'on')::boolean;
-$$;
-
-/*
  * queue.finish_jobs: jobs become final. Those of p_ids whose status is one
  * of p_from (and, given p_attempt, whose claim is that attempt) leave
  * queue.jobs and are appended to queue.finished_jobs with p_status, the
@@ -464,7 +462,8 @@ LANGUAGE plpgsql
 -- guesses ten), so the plan cache would plan this statement again on every
 -- single ack: 170 µs a call. The generic plan is the right one for any
 -- number of ids (a primary-key probe per id).
-SET plan_cache_mode = force_generic_plan AS $$
+SET plan_cache_mode = force_generic_plan
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_finished bigint;
     v_groups   text[];
@@ -481,7 +480,7 @@ BEGIN
             -- job, so that queue_metrics counts this job like any other.
             INSERT INTO queue.job_times (queue, finished_minute, completed, failed, expired, run_ms, wait_ms)
             SELECT g.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'), count(*), 0, 0,
-                   array_agg(queue.ms(now() - g.started_at)), array_agg(queue.ms(g.started_at - g.run_at))
+                   array_agg(date_part('epoch', now() - g.started_at) * 1000), array_agg(date_part('epoch', g.started_at - g.run_at) * 1000)
               FROM gone g
              WHERE g.started_at IS NOT NULL
              GROUP BY g.queue
@@ -538,6 +537,12 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_group text;
 BEGIN
+    IF result IS NOT NULL THEN
+        PERFORM queue.check_size('result', pg_column_size(result), 'result');
+    END IF;
+    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+        RETURN false;
+    END IF;
     IF NOT queue.keep_completed() THEN
         RETURN queue.finish_jobs(ARRAY[id], '{processing}', 'completed', attempt, NULL, NULL) = 1;
     END IF;
@@ -578,6 +583,9 @@ RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        ids := queue.allowed_ids(queue.caller(), 'work', ids);
+    END IF;
     RETURN queue.finish_jobs(ids, '{processing}', 'completed', NULL, NULL, NULL);
 END;
 $$;
@@ -601,16 +609,15 @@ DECLARE
     v_job   queue.jobs;
     v_delay interval;
 BEGIN
-    IF retry_in < interval '0' THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('retry_in must not be negative: %s', retry_in),
-            HINT = 'Pass the delay before the next try, or NULL for the job''s backoff.';
-    END IF;
+    PERFORM queue.check_span('retry_in', retry_in, 'delay');
+    PERFORM queue.check_size('error', pg_column_size(error), 'error');
     SELECT * INTO v_job FROM queue.jobs j
      WHERE j.id = queue_fail.id AND j.status = 'processing'
        AND (attempt IS NULL OR j.attempts = attempt)
        FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT FOUND
+       OR (EXISTS (SELECT FROM queue.access_rules)
+           AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
         RETURN NULL;
     END IF;
 
@@ -653,10 +660,9 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_none bigint;
 BEGIN
-    IF extend <= interval '0' THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('extend must be positive: %s', extend),
-            HINT = 'Pass how long the lease should run from now, or NULL for the job''s timeout.';
+    PERFORM queue.check_span('extend', extend, 'lease');
+    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+        RETURN false;
     END IF;
     -- The lease moved: tell the lease book (no counter changes).
     UPDATE queue.jobs j
@@ -680,6 +686,10 @@ RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF EXISTS (SELECT FROM queue.access_rules)
+       AND NOT queue.job_allowed(queue.caller(), 'produce', queue_cancel.id) THEN
+        RETURN false;
+    END IF;
     RETURN queue.finish_jobs(ARRAY[queue_cancel.id], '{scheduled,pending,retrying}', 'cancelled',
                              NULL, NULL, NULL) > 0;
 END;
@@ -700,6 +710,7 @@ DECLARE
     v_queue text := queue.check_queue_name(queue_peek.queue);
     v_n     int  := queue.check_count('n', queue_peek.n, 10000, 'n is how many of the next jobs to show.');
 BEGIN
+    PERFORM queue.scope('read', v_queue);
     RETURN QUERY
     SELECT j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts, j.run_at, j.created_at
       FROM queue.jobs j
@@ -718,7 +729,8 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT to_jsonb(j) - 'group_waiting'
            || jsonb_build_object('waiting_for_group', j.group_waiting)
       FROM queue.all_jobs j
-     WHERE j.id = $1;
+     WHERE j.id = $1
+       AND queue.access_allows(queue.scope('read'), j.queue);
 $$;
 COMMENT ON FUNCTION @extschema@.queue_job(bigint) IS
 'Everything about one job as jsonb (status, attempts, payload, result, last_error, progress, times, worker); NULL for an unknown id.';

@@ -12,7 +12,8 @@
  * simply stays so.
  */
 CREATE FUNCTION queue.promote_due(p_batch int) RETURNS int
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_count  int;
     v_queues text[];
@@ -61,7 +62,8 @@ $$;
 CREATE FUNCTION queue.processing_jobs(p_lease_before timestamptz DEFAULT NULL)
 RETURNS SETOF queue.jobs
 LANGUAGE plpgsql
-SET plan_cache_mode = force_custom_plan AS $$
+SET plan_cache_mode = force_custom_plan
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_ids bigint[];
 BEGIN
@@ -88,7 +90,8 @@ $$;
  * Returns whether it rebuilt.
  */
 CREATE FUNCTION queue.rebuild_lease_book() RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT queue.leases_rebuild_due() OR NOT queue.leases_begin_rebuild() THEN
         RETURN false;
@@ -114,7 +117,8 @@ $$;
  */
 CREATE FUNCTION queue.expire_leases(p_batch int) RETURNS jsonb
 LANGUAGE plpgsql
-SET plan_cache_mode = force_custom_plan AS $$
+SET plan_cache_mode = force_custom_plan
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_ids      bigint[];       -- due in the book; NULL: no book, scan
     v_attempts int[];
@@ -176,7 +180,8 @@ $$;
  * queue.retention: how long final jobs are kept (GUC queue.retention).
  */
 CREATE FUNCTION queue.retention() RETURNS interval
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('queue.retention', true), ''), '7 days')::interval;
 $$;
 
@@ -188,7 +193,8 @@ $$;
  * Returns how many were deleted and the serial groups they belonged to.
  */
 CREATE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     WITH gone_live AS (
         DELETE FROM queue.jobs j
@@ -205,8 +211,8 @@ BEGIN
                count(*) FILTER (WHERE g.status = 'completed'),
                count(*) FILTER (WHERE g.status = 'failed'),
                count(*) FILTER (WHERE g.status = 'expired'),
-               array_agg(queue.ms(g.finished_at - g.started_at)),
-               array_agg(queue.ms(g.started_at - g.run_at))
+               array_agg(date_part('epoch', g.finished_at - g.started_at) * 1000),
+               array_agg(date_part('epoch', g.started_at - g.run_at) * 1000)
           FROM gone_final g
          WHERE g.status IN ('completed', 'failed', 'expired') AND g.started_at IS NOT NULL
          GROUP BY 1, 2
@@ -227,7 +233,8 @@ $$;
  * times older than queue.metrics_retention.
  */
 CREATE FUNCTION queue.prune_finished(p_batch int) RETURNS int
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_count bigint;
 BEGIN
@@ -250,7 +257,8 @@ $$;
  * queue. "more" is true when some duty filled its batch.
  */
 CREATE FUNCTION queue.maintenance_pass(p_batch int DEFAULT 1000) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_promoted int := 0;
     v_leases   jsonb := '{"retried": 0, "expired": 0}';

@@ -17,7 +17,8 @@ CREATE TABLE queue.workers (
  * releases their jobs). Returns how many were newly marked.
  */
 CREATE FUNCTION queue.mark_stale_workers() RETURNS int
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_count int;
 BEGIN
@@ -34,7 +35,8 @@ $$;
  * the serial groups whose active job went with them. Returns how many.
  */
 CREATE FUNCTION queue.forget_jobs(p_ids bigint[]) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_gone  record;
     v_group text;
@@ -55,7 +57,8 @@ $$;
  * the same dedupe_key makes the retry fail (23505) rather than duplicate it.
  */
 CREATE FUNCTION queue.revive_jobs(p_ids bigint[]) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_count  bigint;
     v_queues text[];
@@ -106,12 +109,14 @@ DECLARE
     v_queue text := queue.check_queue_filter(queue_dead.queue);
     v_max   int  := queue.check_count('max_rows', queue_dead.max_rows, 100000,
                                       'max_rows is how many dead jobs to list, newest first.');
+    v_scope text[] := queue.scope('read', v_queue);
 BEGIN
     RETURN QUERY
     SELECT j.id, j.queue::text, j.status::text, j.attempts, j.max_attempts, j.last_error, j.payload,
            j.serial_group::text, j.created_at, j.finished_at
       FROM queue.finished_jobs j
      WHERE j.status IN ('failed', 'expired') AND (v_queue IS NULL OR j.queue = v_queue)
+       AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
      ORDER BY j.finished_at DESC, j.id DESC
      LIMIT v_max;
 END;
@@ -122,7 +127,8 @@ COMMENT ON FUNCTION @extschema@.queue_dead(text, int) IS
 CREATE FUNCTION @extschema@.queue_retry(id bigint) RETURNS boolean
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT queue.revive_jobs(ARRAY[$1]) > 0;
+    SELECT coalesce((SELECT queue.revive_jobs(ARRAY[$1]) > 0
+                      WHERE queue.job_allowed(queue.caller(), 'produce', $1)), false);
 $$;
 COMMENT ON FUNCTION @extschema@.queue_retry(bigint) IS
 'Put a dead job (failed or expired) back to pending with its attempts reset. True once; false for any other job, also for the second of two concurrent retries.';
@@ -133,6 +139,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_queue text := queue.check_queue_name(queue_retry_all.queue);
 BEGIN
+    PERFORM queue.scope('produce', v_queue);
     RETURN queue.revive_jobs(ARRAY(
         SELECT j.id FROM queue.finished_jobs j
          WHERE j.queue = v_queue AND j.status IN ('failed', 'expired')));
@@ -144,7 +151,8 @@ COMMENT ON FUNCTION @extschema@.queue_retry_all(text) IS
 CREATE FUNCTION @extschema@.queue_delete(id bigint) RETURNS boolean
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT queue.forget_jobs(ARRAY[$1]) > 0;
+    SELECT coalesce((SELECT queue.forget_jobs(ARRAY[$1]) > 0
+                      WHERE queue.job_allowed(queue.caller(), 'produce', $1)), false);
 $$;
 COMMENT ON FUNCTION @extschema@.queue_delete(bigint) IS
 'Delete one job that is not processing (a processing job belongs to its worker). False for unknown or processing jobs.';
@@ -156,17 +164,14 @@ SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     v_queue text := queue.check_queue_filter(queue_purge_dead.queue);
-    v_older interval := queue_purge_dead.older_than;
+    v_older interval := queue.check_span('older_than', queue_purge_dead.older_than, 'window');
+    v_scope text[]   := queue.scope('produce', v_queue);
 BEGIN
-    IF v_older < interval '0' THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('older_than must not be negative: %s', v_older),
-            HINT = 'Pass how old dead jobs must be to go, or NULL for all.';
-    END IF;
     RETURN queue.forget_jobs(ARRAY(
         SELECT j.id FROM queue.finished_jobs j
          WHERE j.status IN ('failed', 'expired')
            AND (v_queue IS NULL OR j.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
            AND (v_older IS NULL OR j.finished_at < now() - v_older)));
 END;
 $$;
@@ -176,15 +181,19 @@ COMMENT ON FUNCTION @extschema@.queue_purge_dead(text, interval) IS
 CREATE FUNCTION @extschema@.queue_cleanup(older_than interval) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_scope text[] := queue.scope('produce');
 BEGIN
-    IF older_than IS NULL OR older_than < interval '0' THEN
+    IF older_than IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('older_than must be a non-negative interval: %s', coalesce(older_than::text, 'NULL')),
+            MESSAGE = 'older_than must not be NULL',
             HINT = 'Final jobs (completed, failed, expired, cancelled) finished longer ago than this are deleted.';
     END IF;
+    PERFORM queue.check_span('older_than', older_than, 'window');
     RETURN queue.forget_jobs(ARRAY(
         SELECT j.id FROM queue.finished_jobs j
-         WHERE j.finished_at < now() - older_than));
+         WHERE j.finished_at < now() - older_than
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))));
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_cleanup(interval) IS
@@ -196,6 +205,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_queue text := queue.check_queue_name(queue_clear.queue);
 BEGIN
+    PERFORM queue.scope('produce', v_queue);
     RETURN queue.forget_jobs(ARRAY(
         SELECT j.id FROM queue.jobs j
          WHERE j.queue = v_queue AND j.status IN ('pending', 'scheduled', 'retrying')));
@@ -205,10 +215,13 @@ COMMENT ON FUNCTION @extschema@.queue_clear(text) IS
 'Delete the waiting jobs of a queue (pending, scheduled, retrying), never processing ones; returns how many.';
 
 /*
- * queue_progress: a running job reports how far it is. Only its current
- * claim can (the job must be processing).
+ * queue_progress: a running job reports how far it is. The job must be
+ * processing; given the claim's attempt, only that claim can report (a
+ * worker whose lease ran out and whose job was claimed again changes
+ * nothing). Without it, whatever claim is current gets the report.
  */
-CREATE FUNCTION @extschema@.queue_progress(id bigint, current int, total int, message text DEFAULT NULL)
+CREATE FUNCTION @extschema@.queue_progress(id bigint, current int, total int, message text DEFAULT NULL,
+                                           attempt int DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -219,27 +232,34 @@ BEGIN
             MESSAGE = format('invalid progress %s of %s', coalesce(current::text, 'NULL'), coalesce(total::text, 'NULL')),
             HINT = 'total is at least 1 and current is between 0 and total.';
     END IF;
+    PERFORM queue.check_size('message', pg_column_size(message), 'info');
+    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+        RETURN false;
+    END IF;
     UPDATE queue.jobs j
        SET progress = jsonb_build_object('current', current, 'total', total,
                                          'percent', round(100.0 * current / total, 1),
                                          'message', message, 'updated_at', now())
-     WHERE j.id = queue_progress.id AND j.status = 'processing';
+     WHERE j.id = queue_progress.id AND j.status = 'processing'
+       AND (attempt IS NULL OR j.attempts = attempt);
     RETURN FOUND;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_progress(bigint, int, int, text) IS
-'Record the progress of a processing job (current of total, optional message); shown by queue_job. False when the job is not processing.';
+COMMENT ON FUNCTION @extschema@.queue_progress(bigint, int, int, text, int) IS
+'Record the progress of a processing job (current of total, optional message); shown by queue_job. Given attempt, only that claim may report. False when the job is not processing or attempt is stale.';
 
 CREATE FUNCTION @extschema@.queue_heartbeat(worker text, info jsonb DEFAULT '{}') RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 BEGIN
-    IF worker IS NULL OR worker = '' OR length(worker) > 200 THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('invalid worker name: %s', coalesce(quote_literal(worker), 'NULL')),
-            HINT = 'Name the worker with 1 to 200 characters, the name it passes to queue_pop.';
+    IF worker IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'worker must not be NULL',
+            HINT = 'Name the worker as it names itself to queue_pop.';
     END IF;
+    PERFORM queue.check_key('worker', worker);
+    PERFORM queue.check_size('info', pg_column_size(info), 'info');
     INSERT INTO queue.workers AS w (worker, info) VALUES (worker, coalesce(info, '{}'))
     ON CONFLICT ON CONSTRAINT workers_pkey
     DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info);
@@ -251,16 +271,22 @@ COMMENT ON FUNCTION @extschema@.queue_heartbeat(text, jsonb) IS
 CREATE FUNCTION @extschema@.queue_workers(stale_after interval DEFAULT '2 minutes')
 RETURNS TABLE (worker text, last_heartbeat timestamptz, healthy boolean, running_jobs bigint,
                info jsonb, started_at timestamptz, stale_since timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_stale interval := queue.check_span('stale_after', queue_workers.stale_after, 'window');
+BEGIN
+    RETURN QUERY
     WITH running AS (
         SELECT j.worker, count(*) AS jobs FROM queue.processing_jobs() j GROUP BY j.worker
     )
-    SELECT w.worker::text, w.last_heartbeat, w.last_heartbeat >= now() - $1,
+    SELECT w.worker::text, w.last_heartbeat, w.last_heartbeat >= now() - v_stale,
            coalesce(r.jobs, 0), w.info, w.started_at, w.stale_since
       FROM queue.workers w
       LEFT JOIN running r ON r.worker = w.worker
      ORDER BY w.worker;
+END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_workers(interval) IS
 'Every worker that sent a heartbeat: last heartbeat, healthy (heartbeat within stale_after), its processing jobs, info.';
@@ -278,17 +304,20 @@ DECLARE
     v_worker text;
     v_job    record;
     v_count  bigint := 0;
+    v_scope  text[] := queue.scope('work');
 BEGIN
-    IF stale_after IS NULL OR stale_after < interval '0' THEN
+    IF stale_after IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('stale_after must be a non-negative interval: %s', coalesce(stale_after::text, 'NULL')),
+            MESSAGE = 'stale_after must not be NULL',
             HINT = 'Workers silent for longer than this are dropped and their jobs released.';
     END IF;
+    PERFORM queue.check_span('stale_after', stale_after, 'window');
     FOR v_worker IN
         DELETE FROM queue.workers w WHERE w.last_heartbeat < now() - stale_after RETURNING w.worker
     LOOP
         FOR v_job IN
-            SELECT j.id, j.attempts FROM queue.processing_jobs() j WHERE j.worker = v_worker
+            SELECT j.id, j.attempts FROM queue.processing_jobs() j
+             WHERE j.worker = v_worker AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
         LOOP
             IF @extschema@.queue_fail(v_job.id, format('worker lost: %s stopped sending heartbeats', v_worker),
                                       attempt => v_job.attempts) IS NOT NULL THEN

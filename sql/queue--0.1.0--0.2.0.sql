@@ -1,7 +1,1474 @@
--- queue 0.1.0 -> 0.2.0
+-- queue 0.1.0 -> 0.2.0: security.
 --
--- Hand-written: every change to the SQL API between the two releases, in the
--- order a reader can follow. scripts/upgrade-test.sh proves that a catalog
--- upgraded by this script equals a fresh 0.2.0 install (pg_dump of both) and
--- keeps every job, schedule and counter.
+-- What changes, in the order of this file:
+--   1. every argument within a documented range and every size within a
+--      limit set by a superuser-only setting (queue.max_payload_size,
+--      queue.max_result_size, queue.max_error_size, queue.max_info_size,
+--      queue.max_key_length, queue.max_delay, queue.max_lease);
+--   2. per-queue access rules (queue_grant_access, queue_revoke_access,
+--      queue_access_rules);
+--   3. every SQL function pins its search_path, internal ones included;
+--   4. the functions that check the new limits and rules;
+--   5. queue_progress takes the claim's attempt;
+--   6. grants of the new functions; the extension's roles carry a marker;
+--      jobs stored by 0.1.0 beyond the new limits are brought within them.
+--
+-- scripts/upgrade-test.sh proves that a catalog upgraded by this script
+-- equals a fresh 0.2.0 install (pg_dump of both) and keeps every job,
+-- schedule and counter.
 \echo Use "ALTER EXTENSION queue UPDATE TO '0.2.0'" to load this file. \quit
+
+-- Resolve names through the catalog only (see sql/schema.sql).
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+
+-- 1. The checks behind the limits and the access rules (Rust). queue.check_push
+--    becomes queue.check_push_args: it takes the payload's size, not whether
+--    one was given. A new symbol, not a new signature for the old one, so
+--    that the 0.1.0 catalog never calls the new code with the old arguments.
+
+DROP FUNCTION queue.check_push(text, text, boolean, interval, timestamptz, integer, interval, interval, interval, interval[], text, integer);
+
+-- Limits depend on settings: no longer immutable.
+ALTER FUNCTION queue.check_group_name(text) STABLE;
+
+CREATE  FUNCTION queue."check_push_args"(
+	"queue" TEXT, /* Option < & str > */
+	"serial_group" TEXT, /* Option < & str > */
+	"payload_size" INT, /* Option < i32 > */
+	"delay" interval, /* Option < Interval > */
+	"run_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"max_attempts" INT, /* Option < i32 > */
+	"timeout" interval, /* Option < Interval > */
+	"backoff_base" interval, /* Option < Interval > */
+	"backoff_max" interval, /* Option < Interval > */
+	"retry_delays" interval[], /* :: std :: option :: Option < Vec < Option < Interval > > > */
+	"dedupe_key" TEXT, /* Option < & str > */
+	"priority" INT /* Option < i32 > */
+) RETURNS timestamp with time zone /* TimestampWithTimeZone */
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_push_args_wrapper';
+
+CREATE  FUNCTION queue."check_span"(
+	"what" TEXT, /* & str */
+	"value" interval, /* Option < Interval > */
+	"span" TEXT /* & str */
+) RETURNS interval /* Option < Interval > */
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_span_wrapper';
+
+CREATE  FUNCTION queue."check_size"(
+	"what" TEXT, /* & str */
+	"bytes" INT, /* Option < i32 > */
+	"kind" TEXT /* & str */
+) RETURNS void
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_size_wrapper';
+
+CREATE  FUNCTION queue."check_key"(
+	"what" TEXT, /* & str */
+	"value" TEXT /* Option < & '_ str > */
+) RETURNS TEXT /* Option < & '_ str > */
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_key_wrapper';
+
+CREATE  FUNCTION queue."check_claim"(
+	"worker" TEXT, /* Option < & str > */
+	"batch" INT /* Option < i32 > */
+) RETURNS INT /* i32 */
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_claim_wrapper';
+
+-- Was a SQL function; a C call is cheaper than a SQL function with a
+-- pinned search_path on every ack.
+CREATE OR REPLACE FUNCTION queue."keep_completed"() RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'keep_completed_wrapper';
+
+CREATE  FUNCTION queue."caller"() RETURNS oid /* pg_sys :: Oid */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'caller_wrapper';
+
+CREATE  FUNCTION queue."rule_binds"(
+	"role" oid, /* pg_sys :: Oid */
+	"rule_role" oid /* pg_sys :: Oid */
+) RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rule_binds_wrapper';
+
+CREATE  FUNCTION queue."access_allows"(
+	"patterns" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"queue" TEXT /* Option < & str > */
+) RETURNS bool /* bool */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'access_allows_wrapper';
+
+CREATE  FUNCTION queue."access_allows_group"(
+	"patterns" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"serial_group" TEXT /* Option < & str > */
+) RETURNS bool /* bool */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'access_allows_group_wrapper';
+
+CREATE  FUNCTION queue."check_access_pattern"(
+	"pattern" TEXT /* Option < & str > */
+) RETURNS TEXT /* & str */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_access_pattern_wrapper';
+
+
+-- 2. Per-queue access rules (sql/access.sql, all new).
+
+CREATE TABLE queue.access_rules (
+    role_oid   oid NOT NULL,
+    access     text NOT NULL CHECK (access IN ('produce', 'work', 'read')),
+    pattern    text COLLATE "C" NOT NULL,
+    granted_by name NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (role_oid, access, pattern)
+);
+
+/*
+ * queue.access_patterns: the queue patterns p_role may use for p_access, or
+ * NULL when p_role is bound by no rule at all (not confined). For 'read' it
+ * is every pattern of every kind: a role may read what it produces or works.
+ * An empty array means confined with nothing allowed for this kind.
+ */
+CREATE FUNCTION queue.access_patterns(p_role oid, p_access text) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN count(*) = 0 THEN NULL
+                ELSE coalesce(array_agg(r.pattern) FILTER (WHERE r.access = p_access OR p_access = 'read'),
+                              '{}') END
+      FROM queue.access_rules r
+     WHERE queue.rule_binds(p_role, r.role_oid);
+$$;
+
+/*
+ * queue.check_access: raise 42501 unless p_role may act on p_queue for
+ * p_access (and, for producing, use p_group). Returns nothing; the callers
+ * call it only when some rule exists (an EXISTS on the small rules table),
+ * so a database without rules pays one probe per call.
+ */
+CREATE FUNCTION queue.check_access(p_role oid, p_access text, p_queue text, p_group text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_patterns text[] := queue.access_patterns(p_role, p_access);
+BEGIN
+    IF p_queue IS NOT NULL AND NOT queue.access_allows(v_patterns, p_queue) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('role %s may not %s queue "%s"', pg_get_userbyid(p_role), p_access, p_queue),
+            HINT = format('Its %s rules allow: %s. An admin adds one with queue_grant_access.',
+                          p_access, coalesce(nullif(array_to_string(v_patterns, ', '), ''), 'no queue'));
+    END IF;
+    IF NOT queue.access_allows_group(v_patterns, p_group) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('role %s may not use serial group "%s"', pg_get_userbyid(p_role), p_group),
+            HINT = 'A confined producer''s serial groups are named like its queues: the queue name, or the queue name, '':'' and anything.';
+    END IF;
+END;
+$$;
+
+/*
+ * queue.scope: the patterns the caller may use for p_access, NULL when no
+ * rule binds it (or no rule exists at all: one probe of the rules table).
+ * Given a queue (and a serial group), raises 42501 when they are outside.
+ * Listing functions filter their rows with queue.access_allows(scope, queue).
+ */
+CREATE FUNCTION queue.scope(p_access text, p_queue text DEFAULT NULL, p_group text DEFAULT NULL)
+RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_patterns text[];
+BEGIN
+    IF NOT EXISTS (SELECT FROM queue.access_rules) THEN
+        RETURN NULL;
+    END IF;
+    v_patterns := queue.access_patterns(queue.caller(), p_access);
+    IF p_queue IS NOT NULL OR p_group IS NOT NULL THEN
+        PERFORM queue.check_access(queue.caller(), p_access, p_queue, p_group);
+    END IF;
+    RETURN v_patterns;
+END;
+$$;
+
+/*
+ * queue.job_allowed: whether p_role may act (p_access) on the job p_id, or
+ * true when the job does not exist (the caller then finds nothing itself).
+ * For the by-id functions of confined roles.
+ */
+CREATE FUNCTION queue.job_allowed(p_role oid, p_access text, p_id bigint) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(queue.access_allows(queue.access_patterns(p_role, p_access),
+                                        (SELECT j.queue FROM queue.all_jobs j WHERE j.id = p_id)),
+                    true);
+$$;
+
+/*
+ * queue.allowed_ids: those of p_ids that p_role may act on (p_access), for
+ * the batch functions of confined roles.
+ */
+CREATE FUNCTION queue.allowed_ids(p_role oid, p_access text, p_ids bigint[]) RETURNS bigint[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(j.id), '{}')
+      FROM queue.jobs j
+     WHERE j.id = ANY (p_ids)
+       AND queue.access_allows(queue.access_patterns(p_role, p_access), j.queue);
+$$;
+
+------------------------------------------------------------------------------
+-- Public functions (queue_admin)
+------------------------------------------------------------------------------
+
+/*
+ * queue.check_may_change_rules: raise 42501 when the caller is itself
+ * confined: a confined admin could otherwise lift its own confinement.
+ */
+CREATE FUNCTION queue.check_may_change_rules() RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF queue.access_patterns(queue.caller(), 'read') IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('role %s is confined by access rules and may not change them',
+                             pg_get_userbyid(queue.caller())),
+            HINT = 'Ask an unconfined queue_admin or a superuser.';
+    END IF;
+END;
+$$;
+
+/*
+ * queue_grant_access: allow a role (and its members) to produce, work or
+ * read the queues a pattern matches. The first rule of a role confines it.
+ * Returns false when the rule existed already.
+ */
+CREATE FUNCTION @extschema@.queue_grant_access(role regrole, access text, pattern text)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_pattern text := queue.check_access_pattern(pattern);
+BEGIN
+    PERFORM queue.check_may_change_rules();
+    IF role IS NULL OR access IS NULL OR access NOT IN ('produce', 'work', 'read') THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid access rule: role %s, access %s',
+                             coalesce(role::text, 'NULL'), coalesce(quote_literal(access), 'NULL')),
+            HINT = 'Name an existing role and one of produce, work, read.';
+    END IF;
+    INSERT INTO queue.access_rules (role_oid, access, pattern, granted_by)
+    VALUES (role, access, v_pattern, pg_get_userbyid(queue.caller()))
+    ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_grant_access(regrole, text, text) IS
+'Confine a role (and its members) to queues: it may produce, work or read only the queues its rules match. pattern is a queue name or a prefix followed by *. False when the rule existed.';
+
+/*
+ * queue_revoke_access: remove rules of a role: one (access and pattern
+ * given), those of one access, or all. A role left with no rule is no
+ * longer confined. Returns how many rules went.
+ */
+CREATE FUNCTION @extschema@.queue_revoke_access(role regrole, access text DEFAULT NULL, pattern text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_count bigint;
+BEGIN
+    PERFORM queue.check_may_change_rules();
+    DELETE FROM queue.access_rules r
+     WHERE r.role_oid = role
+       AND (access IS NULL OR r.access = access)
+       AND (pattern IS NULL OR r.pattern = pattern);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_revoke_access(regrole, text, text) IS
+'Remove access rules of a role (one, those of one access, or all); a role left with none is no longer confined. Returns how many went.';
+
+CREATE FUNCTION @extschema@.queue_access_rules()
+RETURNS TABLE (role text, access text, pattern text, granted_by name, granted_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(pg_get_userbyid(r.role_oid)::text, r.role_oid::text), r.access, r.pattern::text,
+           r.granted_by, r.granted_at
+      FROM queue.access_rules r
+     ORDER BY 1, 2, 3;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_access_rules() IS
+'Every access rule: role, access (produce, work, read), pattern, granted_by, granted_at.';
+
+
+-- 3. Every function pins its search_path. These keep their bodies.
+
+ALTER FUNCTION queue.announce(text[],text[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.expire_leases(integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.forget_jobs(bigint[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.group_elect(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.maintenance_pass(integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.mark_stale_workers() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.metrics_retention() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.oldest_pending(text[],integer[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.owner_may_push(name) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.priority_label(integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.processing_jobs(timestamp with time zone) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.promote_due(integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.prune_finished(integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.rebuild_lease_book() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.recount_stats() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.release_groups(text[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.retention() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.revive_jobs(bigint[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.scheduler_pass(integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.stats_pass() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION queue.stats_rows() SET search_path = pg_catalog, pg_temp;
+
+-- 4. Functions with new checks (limits, access rules, attempt) or an
+--    inlined queue.ms, in the order of the source files.
+
+CREATE OR REPLACE FUNCTION queue.finish_jobs(p_ids bigint[], p_from queue.job_status[], p_status queue.job_status,
+                                  p_attempt int, p_result jsonb, p_error text)
+RETURNS bigint
+LANGUAGE plpgsql
+-- With one id the custom plan looks cheaper than the generic one (which
+-- guesses ten), so the plan cache would plan this statement again on every
+-- single ack: 170 µs a call. The generic plan is the right one for any
+-- number of ids (a primary-key probe per id).
+SET plan_cache_mode = force_generic_plan
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_finished bigint;
+    v_groups   text[];
+BEGIN
+    IF p_status = 'completed' AND NOT queue.keep_completed() THEN
+        WITH gone AS (
+            DELETE FROM queue.jobs j
+             WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
+               AND (p_attempt IS NULL OR j.attempts = p_attempt)
+            RETURNING j.queue, j.serial_group, j.run_at, j.started_at,
+                      queue.tally(j.queue, j.priority, j.status::text, 'completed', 1, j.id, j.attempts)
+        ), archived AS (
+            -- The same record queue.delete_jobs leaves for a deleted final
+            -- job, so that queue_metrics counts this job like any other.
+            INSERT INTO queue.job_times (queue, finished_minute, completed, failed, expired, run_ms, wait_ms)
+            SELECT g.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'), count(*), 0, 0,
+                   array_agg(date_part('epoch', now() - g.started_at) * 1000), array_agg(date_part('epoch', g.started_at - g.run_at) * 1000)
+              FROM gone g
+             WHERE g.started_at IS NOT NULL
+             GROUP BY g.queue
+        )
+        SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
+          INTO v_finished, v_groups
+          FROM gone g;
+    ELSE
+        WITH moved AS (
+            DELETE FROM queue.jobs j
+             WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
+               AND (p_attempt IS NULL OR j.attempts = p_attempt)
+            RETURNING j.*, queue.tally(j.queue, j.priority, j.status::text, p_status::text, 1, j.id, j.attempts)
+        ), kept AS (
+            INSERT INTO queue.finished_jobs
+                   (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
+                    attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+                    dedupe_key, payload, last_error, result, progress, worker,
+                    created_at, started_at, finished_at)
+            SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
+                   m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
+                   m.dedupe_key, m.payload,
+                   CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
+                   p_result, m.progress, m.worker,
+                   m.created_at, m.started_at, now()
+              FROM moved m
+            RETURNING serial_group
+        )
+        SELECT count(*), array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL)
+          INTO v_finished, v_groups
+          FROM kept k;
+    END IF;
+    IF v_groups IS NOT NULL THEN
+        PERFORM queue.release_groups(v_groups);
+    END IF;
+    RETURN v_finished;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_push(
+    queue text, payload jsonb DEFAULT '{}', priority int DEFAULT 0,
+    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes',
+    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    -- Every argument is checked by this one call (see queue.check_push_args).
+    v_run_at timestamptz := queue.check_push_args(queue_push.queue, queue_push.serial_group,
+        pg_column_size(queue_push.payload), queue_push.delay, queue_push.run_at,
+        queue_push.max_attempts, queue_push.timeout, queue_push.backoff_base,
+        queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
+        queue_push.priority);
+    v_status queue.job_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
+    v_id     bigint;
+    v_tallied bigint;
+BEGIN
+    -- Per-queue access (sql/access.sql): one probe when no rule exists.
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
+    END IF;
+    IF queue_push.dedupe_key IS NULL THEN
+        INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
+                run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload)
+        VALUES (queue_push.queue, v_status, queue_push.priority,
+                queue_push.serial_group IS NOT NULL AND v_status = 'pending',
+                queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
+                queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
+                queue_push.payload)
+        RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
+    ELSE
+        LOOP
+            INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
+                    run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+                    dedupe_key, payload)
+            VALUES (queue_push.queue, v_status, queue_push.priority,
+                    queue_push.serial_group IS NOT NULL AND v_status = 'pending',
+                    queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
+                    queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
+                    queue_push.dedupe_key, queue_push.payload)
+            ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
+                DO NOTHING
+            RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
+            EXIT WHEN v_id IS NOT NULL;
+            -- A live duplicate exists (every job in queue.jobs is live). It
+            -- may become final between the two statements; then the next
+            -- round inserts.
+            SELECT j.id INTO v_id FROM queue.jobs j
+             WHERE j.queue = queue_push.queue AND j.dedupe_key = queue_push.dedupe_key;
+            IF v_id IS NOT NULL THEN
+                RETURN v_id;
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF v_status = 'pending' THEN
+        IF queue_push.serial_group IS NULL THEN
+            PERFORM queue.wake(queue_push.queue);
+        ELSE
+            PERFORM queue.group_elect(queue_push.serial_group);
+        END IF;
+    END IF;
+    RETURN v_id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_push_batch(
+    queue text, payloads jsonb[], priority int DEFAULT 0,
+    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes',
+    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_queue  text := queue.check_queue_name(queue);
+    v_group  text := queue.check_group_name(serial_group);
+    v_run_at timestamptz;
+    v_status queue.job_status;
+    v_payload jsonb;
+BEGIN
+    IF payloads IS NULL OR array_position(payloads, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'payloads must not be NULL or contain NULL',
+            HINT = 'Pass an array of JSON values, e.g. ARRAY[''{"n": 1}'', ''{"n": 2}'']::jsonb[].';
+    END IF;
+    -- The names were checked above, the payloads here (the largest one's size).
+    v_run_at := queue.check_push_args(v_queue, v_group,
+        coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
+        max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key, priority);
+    PERFORM queue.scope('produce', v_queue, v_group);
+
+    IF dedupe_key IS NOT NULL THEN
+        FOREACH v_payload IN ARRAY payloads LOOP
+            RETURN NEXT @extschema@.queue_push(v_queue, v_payload, priority, NULL, v_run_at,
+                v_group, max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key);
+        END LOOP;
+        RETURN;
+    END IF;
+
+    v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
+    RETURN QUERY
+    WITH inserted AS (
+        INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
+                run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload)
+        SELECT v_queue, v_status, priority, v_group IS NOT NULL AND v_status = 'pending', v_group,
+               v_run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, p.payload
+          FROM unnest(payloads) WITH ORDINALITY AS p(payload, n)
+         ORDER BY p.n
+        RETURNING j.id
+    )
+    SELECT inserted.id FROM inserted ORDER BY inserted.id;
+
+    PERFORM queue.tally(v_queue, priority, NULL, v_status::text, cardinality(payloads));
+    IF v_status = 'pending' AND cardinality(payloads) > 0 THEN
+        IF v_group IS NULL THEN
+            PERFORM queue.wake(v_queue);
+        ELSE
+            PERFORM queue.group_elect(v_group);
+        END IF;
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1)
+RETURNS SETOF queue.claimed_job
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- The generic plan of the claim is the right one (jobs_claim in order, then
+-- the primary key), but with `LIMIT batch` unknown its estimated cost is far
+-- above a custom plan's, so the plan cache would plan the claim afresh on
+-- every call: 18% of the backend's time in W3. Always use the generic plan.
+SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_queue  text := queue.check_queue_name(queue_pop.queue);
+    v_batch  int  := queue.check_claim(queue_pop.worker, queue_pop.batch);
+BEGIN
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        PERFORM queue.scope('work', v_queue);
+    END IF;
+    FOR round IN 1..2 LOOP
+        IF round = 2 THEN
+            PERFORM queue.note_sleeper(v_queue);
+        END IF;
+        RETURN QUERY
+        WITH claimed AS (
+            UPDATE queue.jobs j
+               SET status      = 'processing',
+                   attempts    = j.attempts + 1,
+                   started_at  = now(),
+                   lease_until = now() + j.timeout,
+                   worker      = queue_pop.worker
+             WHERE j.ctid = ANY (ARRAY(
+                       SELECT c.ctid
+                         FROM queue.jobs c
+                        WHERE c.queue = v_queue
+                          AND c.status = 'pending'
+                          AND NOT c.group_waiting
+                          AND (c.serial_group IS NULL
+                               OR pg_try_advisory_xact_lock(queue.group_lock_key(c.serial_group)))
+                        ORDER BY c.priority, c.id
+                        LIMIT v_batch
+                          FOR UPDATE SKIP LOCKED))
+            RETURNING j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts,
+                      j.max_attempts, j.lease_until, j.created_at,
+                      queue.tally(j.queue, j.priority, 'pending', 'processing', 1, j.id, j.attempts, j.lease_until)
+        )
+        SELECT c.id, c.queue, c.payload, c.priority, c.serial_group, c.attempts,
+               c.max_attempts, c.lease_until, c.created_at
+          FROM claimed c ORDER BY c.priority, c.id;
+        EXIT WHEN FOUND;
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_ack(id bigint, result jsonb DEFAULT NULL, attempt int DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_group text;
+BEGIN
+    IF result IS NOT NULL THEN
+        PERFORM queue.check_size('result', pg_column_size(result), 'result');
+    END IF;
+    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+        RETURN false;
+    END IF;
+    IF NOT queue.keep_completed() THEN
+        RETURN queue.finish_jobs(ARRAY[id], '{processing}', 'completed', attempt, NULL, NULL) = 1;
+    END IF;
+    WITH moved AS (
+        DELETE FROM queue.jobs j
+         WHERE j.id = queue_ack.id AND j.status = 'processing'
+           AND (attempt IS NULL OR j.attempts = attempt)
+        RETURNING j.*, queue.tally(j.queue, j.priority, 'processing', 'completed', 1, j.id, j.attempts)
+    )
+    INSERT INTO queue.finished_jobs
+           (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
+            attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+            dedupe_key, payload, last_error, result, progress, worker,
+            created_at, started_at, finished_at)
+    SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
+           m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
+           m.dedupe_key, m.payload, m.last_error, queue_ack.result, m.progress, m.worker,
+           m.created_at, m.started_at, now()
+      FROM moved m
+    RETURNING serial_group INTO v_group;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF v_group IS NOT NULL THEN
+        PERFORM queue.release_groups(ARRAY[v_group]);
+    END IF;
+    RETURN true;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_ack(ids bigint[])
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        ids := queue.allowed_ids(queue.caller(), 'work', ids);
+    END IF;
+    RETURN queue.finish_jobs(ids, '{processing}', 'completed', NULL, NULL, NULL);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_fail(id bigint, error text DEFAULT NULL, attempt int DEFAULT NULL,
+                                       retry_in interval DEFAULT NULL, permanent boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_job   queue.jobs;
+    v_delay interval;
+BEGIN
+    PERFORM queue.check_span('retry_in', retry_in, 'delay');
+    PERFORM queue.check_size('error', pg_column_size(error), 'error');
+    SELECT * INTO v_job FROM queue.jobs j
+     WHERE j.id = queue_fail.id AND j.status = 'processing'
+       AND (attempt IS NULL OR j.attempts = attempt)
+       FOR UPDATE;
+    IF NOT FOUND
+       OR (EXISTS (SELECT FROM queue.access_rules)
+           AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
+        RETURN NULL;
+    END IF;
+
+    IF coalesce(permanent, false) OR v_job.attempts >= v_job.max_attempts THEN
+        PERFORM queue.finish_jobs(ARRAY[v_job.id], '{processing}', 'failed', NULL, NULL, error);
+        RETURN 'failed';
+    END IF;
+
+    v_delay := coalesce(retry_in, queue.retry_delay(v_job.attempts, v_job.backoff_base,
+                                                    v_job.backoff_max, v_job.retry_delays));
+    IF v_delay <= interval '0' THEN
+        -- Due at once: back in line now. A grouped job stays its group's
+        -- active job (status pending, not waiting).
+        UPDATE queue.jobs j
+           SET status = 'pending', last_error = error, run_at = now(), lease_until = NULL
+         WHERE j.id = v_job.id;
+        PERFORM queue.tally(v_job.queue, v_job.priority, 'processing', 'pending', 1, v_job.id, v_job.attempts);
+        PERFORM queue.wake(v_job.queue);
+        RETURN 'pending';
+    END IF;
+    UPDATE queue.jobs j
+       SET status = 'retrying', last_error = error, run_at = now() + v_delay, lease_until = NULL
+     WHERE j.id = v_job.id;
+    PERFORM queue.tally(v_job.queue, v_job.priority, 'processing', 'retrying', 1, v_job.id, v_job.attempts);
+    RETURN 'retrying';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_touch(id bigint, extend interval DEFAULT NULL, attempt int DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_none bigint;
+BEGIN
+    PERFORM queue.check_span('extend', extend, 'lease');
+    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+        RETURN false;
+    END IF;
+    -- The lease moved: tell the lease book (no counter changes).
+    UPDATE queue.jobs j
+       SET lease_until = now() + coalesce(extend, j.timeout)
+     WHERE j.id = queue_touch.id AND j.status = 'processing'
+       AND (attempt IS NULL OR j.attempts = attempt)
+    RETURNING queue.tally(j.queue, j.priority, 'processing', 'processing', 0, j.id, j.attempts, j.lease_until)
+         INTO v_none;
+    RETURN FOUND;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_cancel(id bigint)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM queue.access_rules)
+       AND NOT queue.job_allowed(queue.caller(), 'produce', queue_cancel.id) THEN
+        RETURN false;
+    END IF;
+    RETURN queue.finish_jobs(ARRAY[queue_cancel.id], '{scheduled,pending,retrying}', 'cancelled',
+                             NULL, NULL, NULL) > 0;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_peek(queue text, n int DEFAULT 1)
+RETURNS SETOF queue.waiting_job
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue text := queue.check_queue_name(queue_peek.queue);
+    v_n     int  := queue.check_count('n', queue_peek.n, 10000, 'n is how many of the next jobs to show.');
+BEGIN
+    PERFORM queue.scope('read', v_queue);
+    RETURN QUERY
+    SELECT j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts, j.run_at, j.created_at
+      FROM queue.jobs j
+     WHERE j.queue = v_queue AND j.status = 'pending' AND NOT j.group_waiting
+     ORDER BY j.priority, j.id
+     LIMIT v_n;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_job(id bigint)
+RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(j) - 'group_waiting'
+           || jsonb_build_object('waiting_for_group', j.group_waiting)
+      FROM queue.all_jobs j
+     WHERE j.id = $1
+       AND queue.access_allows(queue.scope('read'), j.queue);
+$$;
+
+CREATE OR REPLACE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    WITH gone_live AS (
+        DELETE FROM queue.jobs j
+         WHERE j.id = ANY (p_ids) AND j.status <> 'processing'
+        RETURNING j.serial_group, queue.tally(j.queue, j.priority, j.status::text, NULL)
+    ), gone_final AS (
+        DELETE FROM queue.finished_jobs j
+         WHERE j.id = ANY (p_ids)
+        RETURNING j.queue, j.status, j.serial_group, j.run_at, j.started_at, j.finished_at,
+                  queue.tally(j.queue, j.priority, j.status::text, NULL)
+    ), archived AS (
+        INSERT INTO queue.job_times (queue, finished_minute, completed, failed, expired, run_ms, wait_ms)
+        SELECT g.queue, date_bin('1 minute', g.finished_at, timestamptz '2000-01-01 00:00:00+00'),
+               count(*) FILTER (WHERE g.status = 'completed'),
+               count(*) FILTER (WHERE g.status = 'failed'),
+               count(*) FILTER (WHERE g.status = 'expired'),
+               array_agg(date_part('epoch', g.finished_at - g.started_at) * 1000),
+               array_agg(date_part('epoch', g.started_at - g.run_at) * 1000)
+          FROM gone_final g
+         WHERE g.status IN ('completed', 'failed', 'expired') AND g.started_at IS NOT NULL
+         GROUP BY 1, 2
+    ), gone AS (
+        SELECT l.serial_group FROM gone_live l
+        UNION ALL
+        SELECT f.serial_group FROM gone_final f
+    )
+    SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
+      INTO deleted, groups
+      FROM gone g;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_dead(queue text DEFAULT NULL, max_rows int DEFAULT 100)
+RETURNS SETOF queue.dead_job
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue text := queue.check_queue_filter(queue_dead.queue);
+    v_max   int  := queue.check_count('max_rows', queue_dead.max_rows, 100000,
+                                      'max_rows is how many dead jobs to list, newest first.');
+    v_scope text[] := queue.scope('read', v_queue);
+BEGIN
+    RETURN QUERY
+    SELECT j.id, j.queue::text, j.status::text, j.attempts, j.max_attempts, j.last_error, j.payload,
+           j.serial_group::text, j.created_at, j.finished_at
+      FROM queue.finished_jobs j
+     WHERE j.status IN ('failed', 'expired') AND (v_queue IS NULL OR j.queue = v_queue)
+       AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
+     ORDER BY j.finished_at DESC, j.id DESC
+     LIMIT v_max;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_retry(id bigint) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT queue.revive_jobs(ARRAY[$1]) > 0
+                      WHERE queue.job_allowed(queue.caller(), 'produce', $1)), false);
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_retry_all(queue text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_retry_all.queue);
+BEGIN
+    PERFORM queue.scope('produce', v_queue);
+    RETURN queue.revive_jobs(ARRAY(
+        SELECT j.id FROM queue.finished_jobs j
+         WHERE j.queue = v_queue AND j.status IN ('failed', 'expired')));
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_delete(id bigint) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT queue.forget_jobs(ARRAY[$1]) > 0
+                      WHERE queue.job_allowed(queue.caller(), 'produce', $1)), false);
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_purge_dead(queue text DEFAULT NULL, older_than interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue text := queue.check_queue_filter(queue_purge_dead.queue);
+    v_older interval := queue.check_span('older_than', queue_purge_dead.older_than, 'window');
+    v_scope text[]   := queue.scope('produce', v_queue);
+BEGIN
+    RETURN queue.forget_jobs(ARRAY(
+        SELECT j.id FROM queue.finished_jobs j
+         WHERE j.status IN ('failed', 'expired')
+           AND (v_queue IS NULL OR j.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
+           AND (v_older IS NULL OR j.finished_at < now() - v_older)));
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_cleanup(older_than interval) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_scope text[] := queue.scope('produce');
+BEGIN
+    IF older_than IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'older_than must not be NULL',
+            HINT = 'Final jobs (completed, failed, expired, cancelled) finished longer ago than this are deleted.';
+    END IF;
+    PERFORM queue.check_span('older_than', older_than, 'window');
+    RETURN queue.forget_jobs(ARRAY(
+        SELECT j.id FROM queue.finished_jobs j
+         WHERE j.finished_at < now() - older_than
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))));
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_clear(queue text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_clear.queue);
+BEGIN
+    PERFORM queue.scope('produce', v_queue);
+    RETURN queue.forget_jobs(ARRAY(
+        SELECT j.id FROM queue.jobs j
+         WHERE j.queue = v_queue AND j.status IN ('pending', 'scheduled', 'retrying')));
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_heartbeat(worker text, info jsonb DEFAULT '{}') RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+    IF worker IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'worker must not be NULL',
+            HINT = 'Name the worker as it names itself to queue_pop.';
+    END IF;
+    PERFORM queue.check_key('worker', worker);
+    PERFORM queue.check_size('info', pg_column_size(info), 'info');
+    INSERT INTO queue.workers AS w (worker, info) VALUES (worker, coalesce(info, '{}'))
+    ON CONFLICT ON CONSTRAINT workers_pkey
+    DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_workers(stale_after interval DEFAULT '2 minutes')
+RETURNS TABLE (worker text, last_heartbeat timestamptz, healthy boolean, running_jobs bigint,
+               info jsonb, started_at timestamptz, stale_since timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_stale interval := queue.check_span('stale_after', queue_workers.stale_after, 'window');
+BEGIN
+    RETURN QUERY
+    WITH running AS (
+        SELECT j.worker, count(*) AS jobs FROM queue.processing_jobs() j GROUP BY j.worker
+    )
+    SELECT w.worker::text, w.last_heartbeat, w.last_heartbeat >= now() - v_stale,
+           coalesce(r.jobs, 0), w.info, w.started_at, w.stale_since
+      FROM queue.workers w
+      LEFT JOIN running r ON r.worker = w.worker
+     ORDER BY w.worker;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_reap_workers(stale_after interval DEFAULT '5 minutes') RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_worker text;
+    v_job    record;
+    v_count  bigint := 0;
+    v_scope  text[] := queue.scope('work');
+BEGIN
+    IF stale_after IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'stale_after must not be NULL',
+            HINT = 'Workers silent for longer than this are dropped and their jobs released.';
+    END IF;
+    PERFORM queue.check_span('stale_after', stale_after, 'window');
+    FOR v_worker IN
+        DELETE FROM queue.workers w WHERE w.last_heartbeat < now() - stale_after RETURNING w.worker
+    LOOP
+        FOR v_job IN
+            SELECT j.id, j.attempts FROM queue.processing_jobs() j
+             WHERE j.worker = v_worker AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
+        LOOP
+            IF @extschema@.queue_fail(v_job.id, format('worker lost: %s stopped sending heartbeats', v_worker),
+                                      attempt => v_job.attempts) IS NOT NULL THEN
+                v_count := v_count + 1;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+CREATE FUNCTION queue.check_schedule_owner(p_owner name, p_name text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_owner oid := (SELECT r.oid FROM pg_roles r WHERE r.rolname = p_owner);
+    v_caller oid := queue.caller();
+BEGIN
+    IF v_owner IS NOT NULL AND v_owner <> v_caller AND NOT queue.rule_binds(v_caller, v_owner)
+       AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = v_caller) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('schedule "%s" belongs to %s', p_name, p_owner),
+            HINT = format('Only %s, its members and superusers may change, delete or run it.', p_owner);
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.push_for_schedule(s queue.schedules) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT queue.owner_may_push(s.owner) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('schedule "%s": its owner %s may not push jobs', s.name, s.owner),
+            HINT = 'Grant queue_producer to the owner, or re-create the schedule as a role that has it.';
+    END IF;
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        PERFORM queue.check_access((SELECT r.oid FROM pg_roles r WHERE r.rolname = s.owner), 'produce',
+                                   s.queue, s.serial_group);
+    END IF;
+    RETURN @extschema@.queue_push(s.queue, s.payload, s.priority, serial_group => s.serial_group,
+                                  max_attempts => s.max_attempts, timeout => s.timeout);
+END;
+$$;
+
+-- queue.upsert_schedule took its owner as an argument, so an admin could
+-- name any role; queue.save_schedule takes it from the session.
+DROP FUNCTION queue.upsert_schedule(name, text, text, text, jsonb, integer, text, integer, interval, boolean);
+CREATE FUNCTION queue.save_schedule(
+    p_name text, p_schedule text, p_queue text, p_payload jsonb, p_priority int,
+    p_serial_group text, p_max_attempts int, p_timeout interval, p_enabled boolean)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_owner name := pg_get_userbyid(queue.caller());
+    v_kind  text;
+    v_id    bigint;
+    v_old   name;
+BEGIN
+    IF p_name IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'schedule name must not be NULL',
+            HINT = 'Name the schedule; queue_schedule with an existing name replaces it.';
+    END IF;
+    PERFORM queue.check_key('schedule name', p_name);
+    IF p_schedule IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'schedule must not be NULL',
+            HINT = 'Pass a cron expression, @daily, ''every 10 minutes'', ''at <timestamptz>'' or ''manual''.';
+    END IF;
+    PERFORM queue.check_push_args(p_queue, p_serial_group, pg_column_size(p_payload), NULL, NULL,
+                                  p_max_attempts, p_timeout, '0', '0', NULL, NULL, p_priority);
+    v_kind := queue.schedule_kind(p_schedule);
+    IF NOT queue.owner_may_push(v_owner) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('role %s may not push jobs, so it cannot own a schedule', v_owner),
+            HINT = 'Grant queue_producer or queue_admin to the role.';
+    END IF;
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        PERFORM queue.check_access(queue.caller(), 'produce', p_queue, p_serial_group);
+    END IF;
+    SELECT s.owner INTO v_old FROM queue.schedules s WHERE s.name = p_name FOR UPDATE;
+    IF FOUND THEN
+        PERFORM queue.check_schedule_owner(v_old, p_name);
+    END IF;
+
+    INSERT INTO queue.schedules AS s (name, schedule, kind, queue, payload, priority, serial_group,
+                                      max_attempts, timeout, enabled, owner, next_run_at)
+    VALUES (p_name, p_schedule, v_kind, p_queue, p_payload, p_priority, p_serial_group,
+            p_max_attempts, p_timeout, coalesce(p_enabled, true), v_owner,
+            queue.schedule_next(p_schedule, now()))
+    ON CONFLICT (name) DO UPDATE
+       SET schedule = excluded.schedule, kind = excluded.kind, queue = excluded.queue,
+           payload = excluded.payload, priority = excluded.priority,
+           serial_group = excluded.serial_group, max_attempts = excluded.max_attempts,
+           timeout = excluded.timeout, enabled = excluded.enabled, owner = excluded.owner,
+           next_run_at = excluded.next_run_at, last_error = NULL
+    RETURNING s.id INTO v_id;
+    RETURN v_id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_schedule(
+    name text, schedule text, queue text, payload jsonb DEFAULT '{}',
+    priority int DEFAULT 0, serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes', enabled boolean DEFAULT true)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT queue.save_schedule($1, $2, $3, $4, $5, $6, $7, $8, $9);
+$$;
+
+-- Was LANGUAGE sql; CREATE OR REPLACE keeps its grants.
+CREATE OR REPLACE FUNCTION @extschema@.queue_unschedule(name text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_owner name;
+BEGIN
+    SELECT s.owner INTO v_owner FROM queue.schedules s WHERE s.name = queue_unschedule.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM queue.check_schedule_owner(v_owner, queue_unschedule.name);
+    DELETE FROM queue.schedules s WHERE s.name = queue_unschedule.name;
+    RETURN true;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_trigger(name text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s     queue.schedules;
+    v_job bigint;
+BEGIN
+    SELECT * INTO s FROM queue.schedules WHERE schedules.name = queue_trigger.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('schedule "%s" does not exist', queue_trigger.name),
+            HINT = 'queue_schedules() lists the schedules.';
+    END IF;
+    PERFORM queue.check_schedule_owner(s.owner, s.name);
+    v_job := queue.push_for_schedule(s);
+    UPDATE queue.schedules SET last_run_at = now(), last_job_id = v_job, last_error = NULL WHERE id = s.id;
+    RETURN v_job;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_schedules()
+RETURNS TABLE (name text, kind text, schedule text, queue text, enabled boolean,
+               last_run_at timestamptz, last_job_id bigint, next_run_at timestamptz,
+               priority int, serial_group text, payload jsonb, owner name, last_error text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.name, s.kind, s.schedule, s.queue, s.enabled, s.last_run_at, s.last_job_id,
+           s.next_run_at, s.priority, s.serial_group, s.payload, s.owner, s.last_error
+      FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.schedules s
+     WHERE queue.access_allows(a.patterns, s.queue)
+     ORDER BY s.name;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_timeline(horizon interval DEFAULT '1 day', max_rows int DEFAULT 20)
+RETURNS TABLE (name text, queue text, kind text, run_at timestamptz, is_due boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_horizon interval := queue_timeline.horizon;
+    v_max     int := queue_timeline.max_rows;
+    v_cutoff  timestamptz;
+    v_scope   text[] := queue.scope('read');
+BEGIN
+    IF v_horizon IS NULL OR v_horizon < interval '0' OR v_max IS NULL OR v_max < 1 OR v_max > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid timeline arguments: horizon %s, max_rows %s',
+                             coalesce(v_horizon::text, 'NULL'), coalesce(v_max::text, 'NULL')),
+            HINT = 'horizon is a non-negative interval; max_rows is between 1 and 10000.';
+    END IF;
+    PERFORM queue.check_span('horizon', v_horizon, 'window');
+    SELECT s.next_run_at INTO v_cutoff
+      FROM queue.schedules s
+     WHERE s.enabled AND s.next_run_at IS NOT NULL
+       AND (v_scope IS NULL OR queue.access_allows(v_scope, s.queue))
+     ORDER BY s.next_run_at OFFSET v_max - 1 LIMIT 1;
+    RETURN QUERY
+    SELECT s.name::text, s.queue::text, s.kind, r.run_at, r.run_at <= now()
+      FROM queue.schedules s,
+           LATERAL queue.schedule_upcoming(s.schedule, s.next_run_at, now(), now() + v_horizon, v_max) AS r(run_at)
+     WHERE s.enabled AND s.next_run_at IS NOT NULL
+       AND (v_scope IS NULL OR queue.access_allows(v_scope, s.queue))
+       AND s.next_run_at <= coalesce(v_cutoff, 'infinity')
+       AND s.next_run_at <= now() + v_horizon
+     ORDER BY r.run_at, s.name
+     LIMIT v_max;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_stats(queue text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue  text := queue.check_queue_filter(queue_stats.queue);
+    v_scope  text[] := queue.scope('read', v_queue);
+    v_stats  jsonb;
+    v_oldest timestamptz;
+BEGIN
+    WITH c AS (
+        SELECT * FROM queue.stats_rows() r
+         WHERE (v_queue IS NULL OR r.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, r.queue))
+    )
+    SELECT jsonb_build_object(
+               'queue', v_queue,
+               'total_size', coalesce(sum(c.pending + c.scheduled + c.retrying), 0),
+               'pending', coalesce(sum(c.pending), 0),
+               'scheduled', coalesce(sum(c.scheduled), 0),
+               'processing', coalesce(sum(c.processing), 0),
+               'retrying', coalesce(sum(c.retrying), 0),
+               'completed', coalesce(sum(c.completed), 0),
+               'failed', coalesce(sum(c.failed), 0),
+               'expired', coalesce(sum(c.expired), 0),
+               'cancelled', coalesce(sum(c.cancelled), 0),
+               'retried', coalesce(sum(c.retried), 0),
+               'deleted', coalesce(sum(c.deleted), 0),
+               'total_pushed', coalesce(sum(c.pushed), 0),
+               'total_popped', coalesce(sum(c.popped), 0),
+               'priority_breakdown', coalesce(
+                   (SELECT jsonb_object_agg(queue.priority_label(b.priority), b.waiting ORDER BY b.priority)
+                      FROM (SELECT c2.priority, sum(c2.pending + c2.scheduled + c2.retrying) AS waiting
+                              FROM c c2 GROUP BY c2.priority) b
+                     WHERE b.waiting > 0), '{}'),
+               'last_activity', max(c.last_activity)),
+           queue.oldest_pending(array_agg(c.queue) FILTER (WHERE c.pending > 0),
+                                array_agg(c.priority) FILTER (WHERE c.pending > 0))
+      INTO v_stats, v_oldest
+      FROM c;
+    RETURN v_stats || jsonb_build_object('oldest_pending_age',
+        round(extract(epoch FROM now() - v_oldest), 3));
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_size(queue text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_size.queue);
+    v_size  bigint;
+BEGIN
+    PERFORM queue.scope('read', v_queue);
+    SELECT coalesce(sum(r.pending + r.scheduled + r.retrying), 0) INTO v_size
+      FROM queue.stats_rows() r
+     WHERE r.queue = v_queue;
+    RETURN v_size;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_list()
+RETURNS TABLE (queue text, total_size bigint, pending bigint, scheduled bigint, processing bigint,
+               retrying bigint, completed bigint, failed bigint, expired bigint, cancelled bigint,
+               total_pushed bigint, total_popped bigint, last_activity timestamptz)
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.queue,
+           sum(r.pending + r.scheduled + r.retrying)::bigint, sum(r.pending)::bigint,
+           sum(r.scheduled)::bigint, sum(r.processing)::bigint, sum(r.retrying)::bigint,
+           sum(r.completed)::bigint, sum(r.failed)::bigint, sum(r.expired)::bigint,
+           sum(r.cancelled)::bigint, sum(r.pushed)::bigint, sum(r.popped)::bigint,
+           max(r.last_activity)
+      FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.stats_rows() r
+     WHERE queue.access_allows(a.patterns, r.queue)
+     GROUP BY r.queue
+     ORDER BY r.queue;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_metrics(queue text DEFAULT NULL, since interval DEFAULT '1 hour')
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue  text := queue.check_queue_filter(queue_metrics.queue);
+    v_scope  text[] := queue.scope('read', v_queue);
+    v_from   timestamptz;
+    v_window record;
+BEGIN
+    IF since IS NULL OR since <= interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('since must be a positive interval: %s', coalesce(since::text, 'NULL')),
+            HINT = 'Pass how far back to look, e.g. ''1 hour''.';
+    END IF;
+    PERFORM queue.check_span('since', since, 'window');
+    v_from := date_bin('1 minute', now() - since, timestamptz '2000-01-01 00:00:00+00');
+
+    -- One pass over the window: the final jobs still kept, and the archived
+    -- times of deleted ones.
+    WITH live AS (
+        SELECT j.status, date_part('epoch', j.finished_at - j.started_at) * 1000 AS run_ms,
+               date_part('epoch', j.started_at - j.run_at) * 1000 AS wait_ms
+          FROM queue.finished_jobs j
+         WHERE j.status IN ('completed', 'failed', 'expired') AND j.finished_at >= v_from
+           AND j.started_at IS NOT NULL AND (v_queue IS NULL OR j.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
+    ), archived AS (
+        SELECT t.completed, t.failed, t.expired, t.run_ms, t.wait_ms
+          FROM queue.job_times t
+         WHERE t.finished_minute >= v_from AND (v_queue IS NULL OR t.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, t.queue))
+    ), times AS (
+        SELECT l.run_ms, l.wait_ms FROM live l
+        UNION ALL
+        SELECT u.run_ms, u.wait_ms FROM archived a, unnest(a.run_ms, a.wait_ms) AS u(run_ms, wait_ms)
+    )
+    SELECT (SELECT count(*) FILTER (WHERE status = 'completed') FROM live)
+               + (SELECT coalesce(sum(completed), 0) FROM archived) AS completed,
+           (SELECT count(*) FILTER (WHERE status = 'failed') FROM live)
+               + (SELECT coalesce(sum(failed), 0) FROM archived) AS failed,
+           (SELECT count(*) FILTER (WHERE status = 'expired') FROM live)
+               + (SELECT coalesce(sum(expired), 0) FROM archived) AS expired,
+           avg(run_ms) AS avg_run, percentile_disc(0.95) WITHIN GROUP (ORDER BY run_ms) AS p95_run,
+           percentile_disc(0.99) WITHIN GROUP (ORDER BY run_ms) AS p99_run,
+           avg(wait_ms) AS avg_wait, percentile_disc(0.95) WITHIN GROUP (ORDER BY wait_ms) AS p95_wait,
+           percentile_disc(0.99) WITHIN GROUP (ORDER BY wait_ms) AS p99_wait
+      INTO v_window
+      FROM times;
+
+    RETURN jsonb_build_object(
+        'queue', v_queue,
+        'since', v_from,
+        'executions', v_window.completed + v_window.failed + v_window.expired,
+        'completed', v_window.completed,
+        'failed', v_window.failed,
+        'expired', v_window.expired,
+        'success_rate', round(v_window.completed::numeric
+                              / nullif(v_window.completed + v_window.failed + v_window.expired, 0), 4),
+        'avg_run_ms', round(v_window.avg_run::numeric, 3),
+        'p95_run_ms', round(v_window.p95_run::numeric, 3),
+        'p99_run_ms', round(v_window.p99_run::numeric, 3),
+        'avg_wait_ms', round(v_window.avg_wait::numeric, 3),
+        'p95_wait_ms', round(v_window.p95_wait::numeric, 3),
+        'p99_wait_ms', round(v_window.p99_wait::numeric, 3),
+        'throughput_per_minute', round((v_window.completed + v_window.failed + v_window.expired)
+                                       / (extract(epoch FROM now() - v_from) / 60), 3));
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_prometheus()
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_healthy boolean := (@extschema@.queue_health() ->> 'healthy')::boolean;
+    v_gauges  text[] := '{}';
+    v_totals  text[] := '{}';
+    v_ages    text[] := '{}';
+    v_scope   text[] := queue.scope('read');
+    r         record;
+BEGIN
+    FOR r IN
+        SELECT s.queue, sum(s.pending) AS pending, sum(s.scheduled) AS scheduled,
+               sum(s.processing) AS processing, sum(s.retrying) AS retrying,
+               sum(s.pushed) AS pushed, sum(s.popped) AS popped, sum(s.completed) AS completed,
+               sum(s.failed) AS failed, sum(s.expired) AS expired, sum(s.cancelled) AS cancelled,
+               sum(s.retried) AS retried, sum(s.deleted) AS deleted,
+               queue.oldest_pending(array_agg(s.queue) FILTER (WHERE s.pending > 0),
+                                    array_agg(s.priority) FILTER (WHERE s.pending > 0)) AS oldest
+          FROM queue.stats_rows() s
+         WHERE v_scope IS NULL OR queue.access_allows(v_scope, s.queue)
+         GROUP BY s.queue
+         ORDER BY s.queue
+    LOOP
+        v_gauges := v_gauges || ARRAY[
+            format('queue_jobs{queue="%s",status="pending"} %s', r.queue, r.pending),
+            format('queue_jobs{queue="%s",status="scheduled"} %s', r.queue, r.scheduled),
+            format('queue_jobs{queue="%s",status="processing"} %s', r.queue, r.processing),
+            format('queue_jobs{queue="%s",status="retrying"} %s', r.queue, r.retrying)];
+        v_totals := v_totals || ARRAY[
+            format('queue_jobs_total{queue="%s",event="pushed"} %s', r.queue, r.pushed),
+            format('queue_jobs_total{queue="%s",event="popped"} %s', r.queue, r.popped),
+            format('queue_jobs_total{queue="%s",event="completed"} %s', r.queue, r.completed),
+            format('queue_jobs_total{queue="%s",event="failed"} %s', r.queue, r.failed),
+            format('queue_jobs_total{queue="%s",event="expired"} %s', r.queue, r.expired),
+            format('queue_jobs_total{queue="%s",event="cancelled"} %s', r.queue, r.cancelled),
+            format('queue_jobs_total{queue="%s",event="retried"} %s', r.queue, r.retried),
+            format('queue_jobs_total{queue="%s",event="deleted"} %s', r.queue, r.deleted)];
+        v_ages := v_ages || format('queue_oldest_pending_age_seconds{queue="%s"} %s', r.queue,
+                                   coalesce(round(extract(epoch FROM now() - r.oldest), 3), 0));
+    END LOOP;
+    RETURN array_to_string(
+        ARRAY['# HELP queue_up Whether the background workers serve this database and tick (1) or not (0).',
+              '# TYPE queue_up gauge',
+              format('queue_up %s', CASE WHEN v_healthy THEN 1 ELSE 0 END),
+              '# HELP queue_jobs Jobs waiting or running, by queue and status.',
+              '# TYPE queue_jobs gauge']
+        || v_gauges
+        || ARRAY['# HELP queue_jobs_total Jobs pushed, claimed, retried, finished and deleted, by queue and event.',
+                 '# TYPE queue_jobs_total counter']
+        || v_totals
+        || ARRAY['# HELP queue_oldest_pending_age_seconds Age of the oldest claimable job of the queue.',
+                 '# TYPE queue_oldest_pending_age_seconds gauge']
+        || v_ages,
+        E'\n') || E'\n';
+END;
+$$;
+
+DROP FUNCTION queue.ms(interval);
+
+
+-- 5. queue_progress takes the claim's attempt: a new signature.
+
+DROP FUNCTION @extschema@.queue_progress(bigint, integer, integer, text);
+CREATE FUNCTION @extschema@.queue_progress(id bigint, current int, total int, message text DEFAULT NULL,
+                                           attempt int DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+    IF current IS NULL OR total IS NULL OR total < 1 OR current < 0 OR current > total THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid progress %s of %s', coalesce(current::text, 'NULL'), coalesce(total::text, 'NULL')),
+            HINT = 'total is at least 1 and current is between 0 and total.';
+    END IF;
+    PERFORM queue.check_size('message', pg_column_size(message), 'info');
+    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+        RETURN false;
+    END IF;
+    UPDATE queue.jobs j
+       SET progress = jsonb_build_object('current', current, 'total', total,
+                                         'percent', round(100.0 * current / total, 1),
+                                         'message', message, 'updated_at', now())
+     WHERE j.id = queue_progress.id AND j.status = 'processing'
+       AND (attempt IS NULL OR j.attempts = attempt);
+    RETURN FOUND;
+END;
+$$;
+
+COMMENT ON FUNCTION @extschema@.queue_progress(bigint, int, int, text, int) IS
+'Record the progress of a processing job (current of total, optional message); shown by queue_job. Given attempt, only that claim may report. False when the job is not processing or attempt is stale.';
+
+
+-- 6. Grants, as sql/security.sql gives them on a fresh install.
+REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA queue FROM PUBLIC;
+REVOKE ALL ON FUNCTION
+    @extschema@.queue_grant_access(regrole, text, text),
+    @extschema@.queue_revoke_access(regrole, text, text),
+    @extschema@.queue_access_rules(),
+    @extschema@.queue_progress(bigint, int, int, text, int)
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.queue_grant_access(regrole, text, text),
+    @extschema@.queue_revoke_access(regrole, text, text),
+    @extschema@.queue_access_rules(),
+    @extschema@.queue_progress(bigint, int, int, text, int)
+TO queue_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.queue_progress(bigint, int, int, text, int) TO queue_worker;
+GRANT EXECUTE ON FUNCTION queue.save_schedule(text, text, text, jsonb, int, text, int, interval, boolean)
+    TO queue_admin;
+SELECT pg_catalog.pg_extension_config_dump('queue.access_rules', '');
+
+-- 0.2.0 uses an existing role of these names only when it carries this
+-- marker (sql/security.sql). 0.1.0 made its roles without one, or adopted
+-- whatever role had the name: mark those that look like what 0.1.0 made
+-- (no attribute beyond NOLOGIN), and say so for any that does not, which
+-- a fresh install would refuse.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT a.rolname, a.rolcanlogin OR a.rolsuper OR a.rolcreaterole OR a.rolcreatedb
+                          OR a.rolreplication OR a.rolbypassrls AS privileged
+          FROM pg_catalog.pg_roles a
+         WHERE a.rolname IN ('queue_producer', 'queue_worker', 'queue_admin')
+           AND pg_catalog.shobj_description(a.oid, 'pg_authid') IS DISTINCT FROM 'role of the queue extension'
+    LOOP
+        IF r.privileged THEN
+            RAISE WARNING 'role % has attributes beyond NOLOGIN; the queue extension no longer adopts such a role', r.rolname
+                USING HINT = 'Check who made it and who is a member of it before you mark it.';
+        ELSE
+            EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', r.rolname, 'role of the queue extension');
+        END IF;
+    END LOOP;
+END;
+$$;
+
+-- Jobs that 0.1.0 accepted beyond today's limits could make every later
+-- pop, lease expiry or metrics call fail (a '400000 years' timeout, an
+-- infinite run_at). Bring them within the limits in force: leases to
+-- queue.max_lease, delays to queue.max_delay, infinite times to the job's
+-- creation.
+UPDATE queue.jobs
+   SET timeout = pg_catalog.current_setting('queue.max_lease')::interval
+ WHERE timeout > pg_catalog.current_setting('queue.max_lease')::interval;
+UPDATE queue.jobs
+   SET backoff_base = least(backoff_base, pg_catalog.current_setting('queue.max_delay')::interval),
+       backoff_max = least(backoff_max, pg_catalog.current_setting('queue.max_delay')::interval)
+ WHERE backoff_max > pg_catalog.current_setting('queue.max_delay')::interval;
+UPDATE queue.jobs
+   SET retry_delays = ARRAY(SELECT least(d, pg_catalog.current_setting('queue.max_delay')::interval)
+                              FROM pg_catalog.unnest(retry_delays) AS d)
+ WHERE pg_catalog.current_setting('queue.max_delay')::interval < ANY (retry_delays);
+UPDATE queue.jobs
+   SET run_at = created_at
+ WHERE run_at IN ('infinity', '-infinity');
+UPDATE queue.finished_jobs
+   SET run_at = created_at
+ WHERE run_at IN ('infinity', '-infinity');

@@ -34,7 +34,8 @@ CREATE INDEX schedules_due ON queue.schedules (next_run_at)
  * queue_producer or queue_admin). Checked every time a schedule fires.
  */
 CREATE FUNCTION queue.owner_may_push(p_owner name) RETURNS boolean
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT EXISTS (
         SELECT 1 FROM pg_roles r
          WHERE r.rolname = p_owner
@@ -44,15 +45,45 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 /*
- * queue.push_for_schedule: push one job of a schedule, as its owner may.
+ * queue.check_schedule_owner: raise 42501 unless the caller may change or
+ * run the schedule p_name owned by p_owner: a superuser, the owner, or a
+ * member of the owner role. One admin cannot take over, delete or run
+ * another's schedule; a schedule whose owner no longer exists may be taken
+ * over (it cannot fire).
+ */
+CREATE FUNCTION queue.check_schedule_owner(p_owner name, p_name text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_owner oid := (SELECT r.oid FROM pg_roles r WHERE r.rolname = p_owner);
+    v_caller oid := queue.caller();
+BEGIN
+    IF v_owner IS NOT NULL AND v_owner <> v_caller AND NOT queue.rule_binds(v_caller, v_owner)
+       AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = v_caller) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('schedule "%s" belongs to %s', p_name, p_owner),
+            HINT = format('Only %s, its members and superusers may change, delete or run it.', p_owner);
+    END IF;
+END;
+$$;
+
+/*
+ * queue.push_for_schedule: push one job of a schedule, as its owner may:
+ * the owner must still hold queue_producer or queue_admin, and its access
+ * rules must allow the schedule's queue and serial group.
  */
 CREATE FUNCTION queue.push_for_schedule(s queue.schedules) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT queue.owner_may_push(s.owner) THEN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
             MESSAGE = format('schedule "%s": its owner %s may not push jobs', s.name, s.owner),
             HINT = 'Grant queue_producer to the owner, or re-create the schedule as a role that has it.';
+    END IF;
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        PERFORM queue.check_access((SELECT r.oid FROM pg_roles r WHERE r.rolname = s.owner), 'produce',
+                                   s.queue, s.serial_group);
     END IF;
     RETURN @extschema@.queue_push(s.queue, s.payload, s.priority, serial_group => s.serial_group,
                                   max_attempts => s.max_attempts, timeout => s.timeout);
@@ -73,7 +104,8 @@ $$;
  * sleep).
  */
 CREATE FUNCTION queue.scheduler_pass(p_batch int DEFAULT 100) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s        queue.schedules;
     v_job    bigint;
@@ -118,45 +150,53 @@ END;
 $$;
 
 /*
- * queue.upsert_schedule: create or replace a schedule (by name) owned by
- * p_owner. Internal: queue_schedule passes its caller.
+ * queue.save_schedule: create or replace a schedule (by name), owned by the
+ * caller (queue.caller(): the session's role, never an argument, so no one
+ * can record another role as the owner). Replacing a schedule of another
+ * owner needs the right to change it (queue.check_schedule_owner); the
+ * owner must be allowed to push into the schedule's queue.
  */
-CREATE FUNCTION queue.upsert_schedule(
-    p_owner name, p_name text, p_schedule text, p_queue text, p_payload jsonb, p_priority int,
+CREATE FUNCTION queue.save_schedule(
+    p_name text, p_schedule text, p_queue text, p_payload jsonb, p_priority int,
     p_serial_group text, p_max_attempts int, p_timeout interval, p_enabled boolean)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_kind text;
-    v_id   bigint;
+    v_owner name := pg_get_userbyid(queue.caller());
+    v_kind  text;
+    v_id    bigint;
+    v_old   name;
 BEGIN
-    IF p_name IS NULL OR p_name = '' OR length(p_name) > 200 THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('invalid schedule name: %s', coalesce(quote_literal(p_name), 'NULL')),
-            HINT = 'Name a schedule with 1 to 200 characters; queue_schedule with an existing name replaces it.';
+    IF p_name IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'schedule name must not be NULL',
+            HINT = 'Name the schedule; queue_schedule with an existing name replaces it.';
     END IF;
+    PERFORM queue.check_key('schedule name', p_name);
     IF p_schedule IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'schedule must not be NULL',
             HINT = 'Pass a cron expression, @daily, ''every 10 minutes'', ''at <timestamptz>'' or ''manual''.';
     END IF;
-    IF p_payload IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'payload must not be NULL',
-            HINT = 'Pass a JSON value; ''{}'' for an empty payload.';
-    END IF;
-    PERFORM queue.check_push(p_queue, p_serial_group, false, NULL, NULL, p_max_attempts, p_timeout,
-                             '0', '0', NULL, NULL, p_priority);
+    PERFORM queue.check_push_args(p_queue, p_serial_group, pg_column_size(p_payload), NULL, NULL,
+                                  p_max_attempts, p_timeout, '0', '0', NULL, NULL, p_priority);
     v_kind := queue.schedule_kind(p_schedule);
-    IF NOT queue.owner_may_push(p_owner) THEN
+    IF NOT queue.owner_may_push(v_owner) THEN
         RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
-            MESSAGE = format('role %s may not push jobs, so it cannot own a schedule', p_owner),
+            MESSAGE = format('role %s may not push jobs, so it cannot own a schedule', v_owner),
             HINT = 'Grant queue_producer or queue_admin to the role.';
+    END IF;
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        PERFORM queue.check_access(queue.caller(), 'produce', p_queue, p_serial_group);
+    END IF;
+    SELECT s.owner INTO v_old FROM queue.schedules s WHERE s.name = p_name FOR UPDATE;
+    IF FOUND THEN
+        PERFORM queue.check_schedule_owner(v_old, p_name);
     END IF;
 
     INSERT INTO queue.schedules AS s (name, schedule, kind, queue, payload, priority, serial_group,
                                       max_attempts, timeout, enabled, owner, next_run_at)
     VALUES (p_name, p_schedule, v_kind, p_queue, p_payload, p_priority, p_serial_group,
-            p_max_attempts, p_timeout, coalesce(p_enabled, true), p_owner,
+            p_max_attempts, p_timeout, coalesce(p_enabled, true), v_owner,
             queue.schedule_next(p_schedule, now()))
     ON CONFLICT (name) DO UPDATE
        SET schedule = excluded.schedule, kind = excluded.kind, queue = excluded.queue,
@@ -171,8 +211,8 @@ $$;
 
 /*
  * queue_schedule: create or replace (by name) a schedule that pushes a job.
- * SECURITY INVOKER on purpose: it records its caller as the owner, whose
- * right to push is checked again every time the schedule fires.
+ * Its owner is the caller, whose right to push (and access rules) are
+ * checked again every time the schedule fires.
  */
 CREATE FUNCTION @extschema@.queue_schedule(
     name text, schedule text, queue text, payload jsonb DEFAULT '{}',
@@ -181,16 +221,25 @@ CREATE FUNCTION @extschema@.queue_schedule(
 RETURNS bigint
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT queue.upsert_schedule(current_user, $1, $2, $3, $4, $5, $6, $7, $8, $9);
+    SELECT queue.save_schedule($1, $2, $3, $4, $5, $6, $7, $8, $9);
 $$;
 COMMENT ON FUNCTION @extschema@.queue_schedule(text, text, text, jsonb, int, text, int, interval, boolean) IS
 'Create or replace (by name) a schedule that pushes a job: 5-field cron, @hourly..@yearly, ''every N seconds|minutes|hours|days'', ''at <timestamptz>'' or ''manual''. Cron runs in queue.timezone. Returns the schedule id.';
 
 CREATE FUNCTION @extschema@.queue_unschedule(name text) RETURNS boolean
-LANGUAGE sql SECURITY DEFINER
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    WITH gone AS (DELETE FROM queue.schedules s WHERE s.name = $1 RETURNING 1)
-    SELECT EXISTS (SELECT 1 FROM gone);
+DECLARE
+    v_owner name;
+BEGIN
+    SELECT s.owner INTO v_owner FROM queue.schedules s WHERE s.name = queue_unschedule.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM queue.check_schedule_owner(v_owner, queue_unschedule.name);
+    DELETE FROM queue.schedules s WHERE s.name = queue_unschedule.name;
+    RETURN true;
+END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_unschedule(text) IS
 'Delete a schedule by name; false when there is none. Jobs it already pushed stay.';
@@ -212,6 +261,7 @@ BEGIN
             MESSAGE = format('schedule "%s" does not exist', queue_trigger.name),
             HINT = 'queue_schedules() lists the schedules.';
     END IF;
+    PERFORM queue.check_schedule_owner(s.owner, s.name);
     v_job := queue.push_for_schedule(s);
     UPDATE queue.schedules SET last_run_at = now(), last_job_id = v_job, last_error = NULL WHERE id = s.id;
     RETURN v_job;
@@ -228,7 +278,8 @@ LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.name, s.kind, s.schedule, s.queue, s.enabled, s.last_run_at, s.last_job_id,
            s.next_run_at, s.priority, s.serial_group, s.payload, s.owner, s.last_error
-      FROM queue.schedules s
+      FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.schedules s
+     WHERE queue.access_allows(a.patterns, s.queue)
      ORDER BY s.name;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_schedules() IS
@@ -250,6 +301,7 @@ DECLARE
     v_horizon interval := queue_timeline.horizon;
     v_max     int := queue_timeline.max_rows;
     v_cutoff  timestamptz;
+    v_scope   text[] := queue.scope('read');
 BEGIN
     IF v_horizon IS NULL OR v_horizon < interval '0' OR v_max IS NULL OR v_max < 1 OR v_max > 10000 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -257,15 +309,18 @@ BEGIN
                              coalesce(v_horizon::text, 'NULL'), coalesce(v_max::text, 'NULL')),
             HINT = 'horizon is a non-negative interval; max_rows is between 1 and 10000.';
     END IF;
+    PERFORM queue.check_span('horizon', v_horizon, 'window');
     SELECT s.next_run_at INTO v_cutoff
       FROM queue.schedules s
      WHERE s.enabled AND s.next_run_at IS NOT NULL
+       AND (v_scope IS NULL OR queue.access_allows(v_scope, s.queue))
      ORDER BY s.next_run_at OFFSET v_max - 1 LIMIT 1;
     RETURN QUERY
     SELECT s.name::text, s.queue::text, s.kind, r.run_at, r.run_at <= now()
       FROM queue.schedules s,
            LATERAL queue.schedule_upcoming(s.schedule, s.next_run_at, now(), now() + v_horizon, v_max) AS r(run_at)
      WHERE s.enabled AND s.next_run_at IS NOT NULL
+       AND (v_scope IS NULL OR queue.access_allows(v_scope, s.queue))
        AND s.next_run_at <= coalesce(v_cutoff, 'infinity')
        AND s.next_run_at <= now() + v_horizon
      ORDER BY r.run_at, s.name

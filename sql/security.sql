@@ -5,18 +5,36 @@
 --   queue_worker    claim and finish jobs
 --   queue_admin     everything, maintenance and schedules included
 -- Roles are cluster-wide, so they are created only when missing (the
--- extension may be installed in several databases).
+-- extension may be installed in several databases). An existing role of the
+-- same name is used only when this extension made it: it carries the
+-- comment written here at creation, and it has no attribute beyond NOLOGIN.
+-- Anything else is refused: a role someone made in advance, with themselves
+-- as a member, would otherwise be handed every right below. (Writing a
+-- role's comment takes CREATEROLE, which can grant itself these roles
+-- anyway.)
 DO $$
+DECLARE
+    v_role text;
+    v_marker constant text := 'role of the queue extension';
+    r record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'queue_producer') THEN
-        CREATE ROLE queue_producer NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'queue_worker') THEN
-        CREATE ROLE queue_worker NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'queue_admin') THEN
-        CREATE ROLE queue_admin NOLOGIN;
-    END IF;
+    FOREACH v_role IN ARRAY ARRAY['queue_producer', 'queue_worker', 'queue_admin'] LOOP
+        SELECT a.oid, a.rolcanlogin OR a.rolsuper OR a.rolcreaterole OR a.rolcreatedb
+                      OR a.rolreplication OR a.rolbypassrls AS privileged,
+               pg_catalog.shobj_description(a.oid, 'pg_authid') AS marker
+          INTO r
+          FROM pg_catalog.pg_roles a WHERE a.rolname = v_role;
+        IF NOT FOUND THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', v_role);
+            EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', v_role, v_marker);
+        ELSIF r.marker IS DISTINCT FROM v_marker OR r.privileged THEN
+            RAISE EXCEPTION USING ERRCODE = 'duplicate_object',
+                MESSAGE = pg_catalog.format('role %s exists and was not made by the queue extension', v_role),
+                HINT = pg_catalog.format('Drop or rename it. If it is the one an earlier installation made, '
+                              'make sure it is NOLOGIN with no other attribute and mark it: COMMENT ON ROLE %s IS %L.',
+                              v_role, v_marker);
+        END IF;
+    END LOOP;
 END;
 $$;
 
@@ -30,16 +48,16 @@ DECLARE
     f regprocedure;
 BEGIN
     FOR f IN
-        SELECT p.oid::regprocedure
-          FROM pg_proc p
-          JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
-                          AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
-          JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'queue'
+        SELECT p.oid::pg_catalog.regprocedure
+          FROM pg_catalog.pg_proc p
+          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+                          AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e'
+          JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'queue'
          WHERE p.proname LIKE 'queue\_%'
            AND p.pronamespace <> 'queue'::regnamespace
     LOOP
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO queue_admin', f);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO queue_admin', f);
     END LOOP;
 END;
 $$;
@@ -61,15 +79,16 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_ack(bigint[]),
     @extschema@.queue_fail(bigint, text, int, interval, boolean),
     @extschema@.queue_touch(bigint, interval, int),
-    @extschema@.queue_progress(bigint, int, int, text),
+    @extschema@.queue_progress(bigint, int, int, text, int),
     @extschema@.queue_heartbeat(text, jsonb),
     @extschema@.queue_priority(text)
 TO queue_worker;
 
--- queue_schedule runs as its caller (it records the caller as the owner)
--- and reaches the internal table through this one SECURITY DEFINER function.
+-- queue_schedule reaches the internal table through this one SECURITY
+-- DEFINER function, which takes the owner from the session, not from an
+-- argument.
 GRANT USAGE ON SCHEMA queue TO queue_admin;
-GRANT EXECUTE ON FUNCTION queue.upsert_schedule(name, text, text, text, jsonb, int, text, int, interval, boolean)
+GRANT EXECUTE ON FUNCTION queue.save_schedule(text, text, text, jsonb, int, text, int, interval, boolean)
     TO queue_admin;
 
 -- pg_dump skips the contents of an extension's tables unless they are
@@ -83,3 +102,4 @@ SELECT pg_catalog.pg_extension_config_dump('queue.schedules_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.workers', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.stats', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.job_times', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.access_rules', '');

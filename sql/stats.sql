@@ -54,22 +54,12 @@ CREATE INDEX job_times_minute ON queue.job_times (finished_minute);
 ------------------------------------------------------------------------------
 
 /*
- * queue.ms: an interval in milliseconds. The one conversion used for job
- * times, so that live rows and archived times agree to the last bit. In
- * float8: extract() computes in numeric, which cost 1.6 µs a job where an
- * ack archives the times of the jobs it deletes.
- */
-CREATE FUNCTION queue.ms(interval) RETURNS float8
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT date_part('epoch', $1) * 1000;
-$$;
-
-/*
  * queue.metrics_retention: how long archived job times are kept
  * (GUC queue.metrics_retention).
  */
 CREATE FUNCTION queue.metrics_retention() RETURNS interval
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('queue.metrics_retention', true), ''), '7 days')::interval;
 $$;
 
@@ -117,7 +107,8 @@ RETURNS TABLE (queue text, priority int, scheduled bigint, pending bigint, proce
                retrying bigint, pushed bigint, popped bigint, completed bigint, failed bigint,
                expired bigint, cancelled bigint, retried bigint, deleted bigint,
                last_activity timestamptz)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
     RETURN QUERY
@@ -157,7 +148,8 @@ $$;
  */
 CREATE FUNCTION queue.recount_stats() RETURNS int
 LANGUAGE plpgsql
-SET jit = off AS $$
+SET jit = off
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_timeout text := current_setting('lock_timeout');
     v_rows    int;
@@ -196,7 +188,8 @@ $$;
  * the counters simply wait for the next tick. Returns rows flushed.
  */
 CREATE FUNCTION queue.stats_pass() RETURNS int
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_rows int;
 BEGIN
@@ -222,7 +215,8 @@ $$;
  * queue.priority_label: the name of a named priority, else the number.
  */
 CREATE FUNCTION queue.priority_label(p int) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE p WHEN -20 THEN 'critical' WHEN -10 THEN 'high' WHEN 0 THEN 'normal'
                   WHEN 10 THEN 'low' ELSE p::text END;
 $$;
@@ -233,7 +227,8 @@ $$;
  * so its cost does not depend on how many jobs wait.
  */
 CREATE FUNCTION queue.oldest_pending(p_queues text[], p_priorities int[]) RETURNS timestamptz
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT min(o.created_at)
       FROM unnest(p_queues, p_priorities) AS k(queue, priority),
            LATERAL (SELECT j.created_at FROM queue.jobs j
@@ -259,11 +254,14 @@ SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     v_queue  text := queue.check_queue_filter(queue_stats.queue);
+    v_scope  text[] := queue.scope('read', v_queue);
     v_stats  jsonb;
     v_oldest timestamptz;
 BEGIN
     WITH c AS (
-        SELECT * FROM queue.stats_rows() r WHERE v_queue IS NULL OR r.queue = v_queue
+        SELECT * FROM queue.stats_rows() r
+         WHERE (v_queue IS NULL OR r.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, r.queue))
     )
     SELECT jsonb_build_object(
                'queue', v_queue,
@@ -310,6 +308,7 @@ DECLARE
     v_queue text := queue.check_queue_name(queue_size.queue);
     v_size  bigint;
 BEGIN
+    PERFORM queue.scope('read', v_queue);
     SELECT coalesce(sum(r.pending + r.scheduled + r.retrying), 0) INTO v_size
       FROM queue.stats_rows() r
      WHERE r.queue = v_queue;
@@ -334,7 +333,8 @@ SET search_path = pg_catalog, pg_temp AS $$
            sum(r.completed)::bigint, sum(r.failed)::bigint, sum(r.expired)::bigint,
            sum(r.cancelled)::bigint, sum(r.pushed)::bigint, sum(r.popped)::bigint,
            max(r.last_activity)
-      FROM queue.stats_rows() r
+      FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.stats_rows() r
+     WHERE queue.access_allows(a.patterns, r.queue)
      GROUP BY r.queue
      ORDER BY r.queue;
 $$;
@@ -356,6 +356,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     v_queue  text := queue.check_queue_filter(queue_metrics.queue);
+    v_scope  text[] := queue.scope('read', v_queue);
     v_from   timestamptz;
     v_window record;
 BEGIN
@@ -364,20 +365,23 @@ BEGIN
             MESSAGE = format('since must be a positive interval: %s', coalesce(since::text, 'NULL')),
             HINT = 'Pass how far back to look, e.g. ''1 hour''.';
     END IF;
+    PERFORM queue.check_span('since', since, 'window');
     v_from := date_bin('1 minute', now() - since, timestamptz '2000-01-01 00:00:00+00');
 
     -- One pass over the window: the final jobs still kept, and the archived
     -- times of deleted ones.
     WITH live AS (
-        SELECT j.status, queue.ms(j.finished_at - j.started_at) AS run_ms,
-               queue.ms(j.started_at - j.run_at) AS wait_ms
+        SELECT j.status, date_part('epoch', j.finished_at - j.started_at) * 1000 AS run_ms,
+               date_part('epoch', j.started_at - j.run_at) * 1000 AS wait_ms
           FROM queue.finished_jobs j
          WHERE j.status IN ('completed', 'failed', 'expired') AND j.finished_at >= v_from
            AND j.started_at IS NOT NULL AND (v_queue IS NULL OR j.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
     ), archived AS (
         SELECT t.completed, t.failed, t.expired, t.run_ms, t.wait_ms
           FROM queue.job_times t
          WHERE t.finished_minute >= v_from AND (v_queue IS NULL OR t.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, t.queue))
     ), times AS (
         SELECT l.run_ms, l.wait_ms FROM live l
         UNION ALL
@@ -507,6 +511,7 @@ DECLARE
     v_gauges  text[] := '{}';
     v_totals  text[] := '{}';
     v_ages    text[] := '{}';
+    v_scope   text[] := queue.scope('read');
     r         record;
 BEGIN
     FOR r IN
@@ -518,6 +523,7 @@ BEGIN
                queue.oldest_pending(array_agg(s.queue) FILTER (WHERE s.pending > 0),
                                     array_agg(s.priority) FILTER (WHERE s.pending > 0)) AS oldest
           FROM queue.stats_rows() s
+         WHERE v_scope IS NULL OR queue.access_allows(v_scope, s.queue)
          GROUP BY s.queue
          ORDER BY s.queue
     LOOP

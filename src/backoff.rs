@@ -65,13 +65,12 @@ fn retry_delay(
         }
     }
     let jitter: f64 = unsafe { pg_sys::pg_prng_double(&raw mut pg_sys::pg_global_prng_state) };
-    interval_of(delay_micros(
-        attempt,
-        backoff_base.as_micros(),
-        backoff_max.as_micros(),
-        &schedule,
-        jitter,
-    ))
+    // Never beyond queue.max_delay, whatever a job stored before the limits
+    // existed: the delay is added to now() by the caller.
+    let max = crate::gucs::MAX_DELAY_S.get() as i128 * 1_000_000;
+    interval_of(
+        delay_micros(attempt, backoff_base.as_micros(), backoff_max.as_micros(), &schedule, jitter).min(max),
+    )
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -30,6 +30,26 @@ pub static KEEP_COMPLETED: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// are found by scanning the jobs table until the book fits again.
 pub static MAX_LEASES: GucSetting<i32> = GucSetting::<i32>::new(crate::leases::MAX_ENTRIES as i32);
 
+/// Limits on what one call may store (kilobytes), so that no single job or
+/// worker can bloat the tables or make a reader fail. Superuser-only: a
+/// limit that any role could raise would limit nothing.
+pub static MAX_PAYLOAD_KB: GucSetting<i32> = GucSetting::<i32>::new(10 * 1024);
+pub static MAX_RESULT_KB: GucSetting<i32> = GucSetting::<i32>::new(10 * 1024);
+pub static MAX_ERROR_KB: GucSetting<i32> = GucSetting::<i32>::new(64);
+pub static MAX_INFO_KB: GucSetting<i32> = GucSetting::<i32>::new(64);
+
+/// Longest dedupe key, serial group, worker name and schedule name (bytes).
+/// They are index keys: a B-tree entry must stay well under a page.
+pub static MAX_KEY_LENGTH: GucSetting<i32> = GucSetting::<i32>::new(200);
+
+/// Longest delay anything may ask for (seconds): a push's delay or run_at
+/// distance, backoff, retry delays, retry_in, schedule intervals. Keeps every
+/// timestamp the queue computes far inside Postgres' range.
+pub static MAX_DELAY_S: GucSetting<i32> = GucSetting::<i32>::new(3650 * 86_400);
+
+/// Longest lease (seconds): a job's timeout and a touch's extend.
+pub static MAX_LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+
 /// Register the settings. `queue.database` can only change at server start
 /// (the worker connects once); the others are re-read on SIGHUP.
 pub fn register() {
@@ -87,6 +107,67 @@ pub fn register() {
         GucFlags::default(),
     );
     register_scheduler();
+    register_limits();
+}
+
+/// Register the limits (called from [`register`]).
+fn register_limits() {
+    let sizes: [(&std::ffi::CStr, &std::ffi::CStr, &'static GucSetting<i32>); 4] = [
+        (c"queue.max_payload_size", c"Largest job payload a push or schedule may store.", &MAX_PAYLOAD_KB),
+        (c"queue.max_result_size", c"Largest result an ack may store.", &MAX_RESULT_KB),
+        (c"queue.max_error_size", c"Largest error text a fail may store.", &MAX_ERROR_KB),
+        (c"queue.max_info_size", c"Largest worker info or progress message a worker may store.", &MAX_INFO_KB),
+    ];
+    for (name, short, setting) in sizes {
+        GucRegistry::define_int_guc(
+            name,
+            short,
+            c"A larger value is refused with SQLSTATE 22023 and changes nothing. Only superusers may change it.",
+            setting,
+            1,
+            1024 * 1024,
+            GucContext::Suset,
+            GucFlags::UNIT_KB,
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"queue.max_key_length",
+        c"Longest dedupe key, serial group, worker name or schedule name, in bytes.",
+        c"Longer ones are refused with SQLSTATE 22023. Only superusers may change it.",
+        &MAX_KEY_LENGTH,
+        1,
+        1000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"queue.max_delay",
+        c"Longest delay, backoff, retry delay or schedule interval a call may ask for.",
+        c"Bounds run_at too (at most this far from now). Only superusers may change it.",
+        &MAX_DELAY_S,
+        1,
+        20 * 365 * 86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"queue.max_lease",
+        c"Longest lease: a job's timeout, and how far a touch may extend it.",
+        c"Workers of longer jobs extend their lease with queue_touch. Only superusers may change it.",
+        &MAX_LEASE_S,
+        1,
+        20 * 365 * 86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+}
+
+/// SQL: whether completed jobs are kept as history (`queue.keep_completed`).
+/// Read from the registered setting: a C call costs less than a SQL function
+/// with a pinned search_path on every ack.
+#[pgrx::pg_extern(stable, parallel_safe, schema = "queue")]
+fn keep_completed() -> bool {
+    KEEP_COMPLETED.get()
 }
 
 /// The database the background workers serve.

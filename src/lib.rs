@@ -2,11 +2,12 @@
 //!
 //! This file holds only module lines and the entry points. The hot path
 //! (push, claim, ack, fail) is readable SQL in `sql/`; Rust earns its place in
-//! validation, hashing, backoff arithmetic, cron parsing, the shared-memory
+//! validation and limits, access patterns, hashing, backoff arithmetic, cron parsing, the shared-memory
 //! wake-up path, job counters and lease book, and the background workers.
 
 use pgrx::prelude::*;
 
+mod access;
 mod backoff;
 mod cron;
 mod gucs;
@@ -30,15 +31,31 @@ mod queue {}
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["schema"]);
 extension_sql_file!(
+    "../sql/access.sql",
+    name = "access",
+    requires = [
+        "jobs",
+        access::caller,
+        access::rule_binds,
+        access::access_allows,
+        access::access_allows_group,
+        access::check_access_pattern
+    ]
+);
+extension_sql_file!(
     "../sql/core.sql",
     name = "core",
     requires = [
-        "jobs",
+        "access",
         validate::check_queue_name,
         validate::check_group_name,
         serial_group::group_lock_key,
         backoff::retry_delay,
-        validate::check_push,
+        validate::check_push_args,
+        validate::check_span,
+        validate::check_size,
+        validate::check_key,
+        gucs::keep_completed,
         validate::check_count,
         validate::check_queue_filter,
         wakeup::wake,

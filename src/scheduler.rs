@@ -70,9 +70,24 @@ fn schedule_kind(schedule: &str) -> &'static str {
             }
         }
         Schedule::Once { at } => {
-            once_at(schedule, at);
+            // Finite and within queue.max_delay of now, like a push's run_at:
+            // an infinite time would break every reader of next_run_at.
+            crate::validate::check_time("the time of an at schedule", Some(once_at(schedule, at)));
         }
-        _ => {}
+        Schedule::Every { seconds } => {
+            let max = gucs::MAX_DELAY_S.get() as i64;
+            if *seconds > max {
+                raise_invalid(
+                    format!(
+                        "invalid schedule \"{schedule}\": the interval is longer than queue.max_delay ({})",
+                        crate::validate::seconds_text(max as i128)
+                    ),
+                    "An interval schedule repeats at most every queue.max_delay; use a cron expression for rarer runs.",
+                    "schedule_kind",
+                );
+            }
+        }
+        Schedule::Manual => {}
     }
     parsed.kind()
 }

@@ -98,11 +98,26 @@ pub extern "C-unwind" fn queue_scheduler_main(_arg: pg_sys::Datum) {
     run(&SCHEDULER);
 }
 
+/// Connect a worker to the database it serves, with a search_path that
+/// holds only the catalog. The workers run as the bootstrap superuser, and
+/// the database's own settings (`ALTER DATABASE ... SET search_path`, which
+/// its owner may change) would otherwise decide how every name in their SQL
+/// resolves. Every function of the extension pins its search_path as well;
+/// this covers the statements the workers send themselves.
+pub fn connect(database: &str) {
+    BackgroundWorker::connect_worker_to_spi(Some(database), None);
+    BackgroundWorker::transaction(|| {
+        if let Err(e) = Spi::run("SET search_path = pg_catalog, pg_temp") {
+            warning!("queue: could not pin the search_path of a background worker: {e}");
+        }
+    });
+}
+
 /// The loop every service shares.
 fn run(service: &Service) -> ! {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::database_name();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    connect(&database);
     unsafe {
         pg_sys::pgstat_report_appname(service.app_name.as_ptr());
     }

@@ -11,9 +11,12 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 /// are identifiers (at most 63 bytes).
 pub const MAX_QUEUE_NAME: usize = 57;
 
-/// Longest serial group name. Groups are hashed for locking, so the limit is
-/// only there to keep index entries small.
-pub const MAX_GROUP_NAME: usize = 200;
+/// Longest key (dedupe key, serial group, worker and schedule name): the
+/// `queue.max_key_length` setting. They are index keys; the limit keeps
+/// every entry well inside a B-tree page.
+pub fn max_key_length() -> usize {
+    crate::gucs::MAX_KEY_LENGTH.get().max(1) as usize
+}
 
 /// Why a queue name is not acceptable, or `None` when it is.
 pub fn queue_name_problem(name: &str) -> Option<String> {
@@ -40,10 +43,11 @@ pub fn group_name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("serial group name is empty".into());
     }
-    if name.len() > MAX_GROUP_NAME {
+    if name.len() > max_key_length() {
         return Some(format!(
-            "serial group name is {} characters long (at most {MAX_GROUP_NAME})",
-            name.len()
+            "serial group name is {} bytes long (at most {}, queue.max_key_length)",
+            name.len(),
+            max_key_length()
         ));
     }
     None
@@ -90,12 +94,12 @@ fn check_queue_filter(name: Option<&str>) -> Option<&str> {
 
 /// Return the serial group unchanged (NULL stays NULL: no group), or raise
 /// 22023 when it is empty or too long.
-#[pg_extern(immutable, parallel_safe, schema = "queue")]
+#[pg_extern(stable, parallel_safe, schema = "queue")]
 fn check_group_name(name: Option<&str>) -> Option<&str> {
     if let Some(problem) = name.and_then(group_name_problem) {
         raise_invalid(
             format!("invalid serial group: {problem}"),
-            "Pass NULL for no group, or a non-empty name of at most 200 characters.",
+            "Pass NULL for no group, or a non-empty name within queue.max_key_length bytes.",
             "check_group_name",
         );
     }
@@ -116,11 +120,22 @@ fn check_count(what: &str, value: Option<i32>, max: i32, hint: &str) -> i32 {
     }
 }
 
+/// SQL: the checks of a claim in one call: the worker name (NULL allowed,
+/// else within queue.max_key_length) and the batch size (1 to 10,000),
+/// which it returns.
+#[pg_extern(stable, parallel_safe, schema = "queue")]
+fn check_claim(worker: Option<&str>, batch: Option<i32>) -> i32 {
+    check_key("worker", worker);
+    check_count("batch", batch, 10_000, "batch is the most jobs one call may claim.")
+}
+
 /// Postgres' text for an interval array, as `array_out` writes it: elements
 /// quoted when they hold blanks or punctuation, NULL bare.
 fn array_text(values: &[Option<Interval>]) -> String {
+    const SHOWN: usize = 5;
     let items: Vec<String> = values
         .iter()
+        .take(SHOWN)
         .map(|v| match v {
             None => "NULL".to_string(),
             Some(i) => {
@@ -133,6 +148,9 @@ fn array_text(values: &[Option<Interval>]) -> String {
             }
         })
         .collect();
+    if values.len() > SHOWN {
+        return format!("{{{},...}} ({} entries)", items.join(","), values.len());
+    }
     format!("{{{}}}", items.join(","))
 }
 
@@ -140,21 +158,169 @@ fn text_or_null<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "NULL".into())
 }
 
+/// The microseconds of one interval component, counted as Postgres
+/// compares intervals (a month is 30 days).
+fn component_micros(i: &Interval) -> [i128; 3] {
+    [
+        i.months() as i128 * 30 * 86_400_000_000,
+        i.days() as i128 * 86_400_000_000,
+        i.micros() as i128,
+    ]
+}
+
+/// Which limit an interval argument is held to.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Span {
+    /// A delay: zero up to `queue.max_delay`.
+    Delay,
+    /// A lease: more than zero up to `queue.max_lease`.
+    Lease,
+    /// A look-back window (metrics, clean-up, stale workers): zero up to a
+    /// hundred years.
+    Window,
+}
+
+impl Span {
+    fn max_micros(self) -> i128 {
+        match self {
+            Span::Delay => crate::gucs::MAX_DELAY_S.get() as i128 * 1_000_000,
+            Span::Lease => crate::gucs::MAX_LEASE_S.get() as i128 * 1_000_000,
+            Span::Window => 100 * 365 * 86_400_000_000,
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Span::Delay => "Delays, backoff and retry delays run from zero to queue.max_delay (default 10 years); only superusers may raise it.",
+            Span::Lease => "Leases run from more than zero to queue.max_lease (default 1 day); a longer job extends its lease with queue_touch.",
+            Span::Window => "Pass an interval from zero to 100 years.",
+        }
+    }
+}
+
+/// A limit in seconds as a person reads it: whole days as days.
+pub fn seconds_text(seconds: i128) -> String {
+    match (seconds % 86_400, seconds / 86_400) {
+        (0, 1) => "1 day".to_string(),
+        (0, days) => format!("{days} days"),
+        _ => format!("{seconds} seconds"),
+    }
+}
+
+/// Why an interval is outside its range, or `None`. Every component is
+/// bounded on its own, not only the sum: '100000 years -36500000 days' sums
+/// to little, but adding it to a timestamp overflows on the way.
+pub fn span_problem(what: &str, value: &Interval, span: Span) -> Option<String> {
+    let max = span.max_micros();
+    let parts = component_micros(value);
+    let total = value.as_micros();
+    let too_small = if span == Span::Lease { total <= 0 } else { total < 0 };
+    if too_small || parts.iter().any(|p| *p < 0) {
+        let at_least = if span == Span::Lease { "positive" } else { "zero or more" };
+        return Some(format!("{what} must be {at_least}: {value}"));
+    }
+    if total > max || parts.iter().any(|p| *p > max) {
+        return Some(format!("{what} is longer than allowed ({} at most): {value}", seconds_text(max / 1_000_000)));
+    }
+    None
+}
+
+/// Raise 22023 when `value` is outside its range (see [`Span`]).
+fn check_span_of(what: &str, value: &Interval, span: Span, funcname: &'static str) {
+    if let Some(problem) = span_problem(what, value, span) {
+        raise_invalid(problem, span.hint(), funcname);
+    }
+}
+
+/// SQL: return `value` unchanged (NULL stays NULL: the caller's default
+/// applies), or raise 22023 naming `what` when it is outside its range:
+/// `span` is 'delay', 'lease' or 'window' (see [`Span`]).
+#[pg_extern(stable, parallel_safe, schema = "queue")]
+fn check_span(what: &str, value: Option<Interval>, span: &str) -> Option<Interval> {
+    let span = match span {
+        "delay" => Span::Delay,
+        "lease" => Span::Lease,
+        _ => Span::Window,
+    };
+    if let Some(v) = value.as_ref() {
+        check_span_of(what, v, span, "check_span");
+    }
+    value
+}
+
+/// Which size limit a value is held to.
+fn size_limit_kb(kind: &str) -> (i32, &'static str) {
+    use crate::gucs::*;
+    match kind {
+        "payload" => (MAX_PAYLOAD_KB.get(), "queue.max_payload_size"),
+        "result" => (MAX_RESULT_KB.get(), "queue.max_result_size"),
+        "error" => (MAX_ERROR_KB.get(), "queue.max_error_size"),
+        _ => (MAX_INFO_KB.get(), "queue.max_info_size"),
+    }
+}
+
+/// Why a value of `bytes` bytes is too large for `kind` ('payload', 'result',
+/// 'error', 'info'), or `None`.
+pub fn size_problem(what: &str, bytes: i64, kind: &str) -> Option<(String, String)> {
+    let (kb, guc) = size_limit_kb(kind);
+    (bytes > kb as i64 * 1024).then(|| {
+        (
+            format!("{what} is {bytes} bytes, more than {guc} ({kb} kB)"),
+            format!("Keep large data elsewhere and pass a reference; a superuser can raise {guc}."),
+        )
+    })
+}
+
+/// SQL: raise 22023 when a value of `bytes` bytes (pg_column_size of it;
+/// NULL passes) is larger than the limit of `kind`: 'payload', 'result',
+/// 'error' or 'info' (queue.max_payload_size, ...).
+#[pg_extern(stable, parallel_safe, schema = "queue")]
+fn check_size(what: &str, bytes: Option<i32>, kind: &str) {
+    if let Some((message, hint)) = bytes.and_then(|b| size_problem(what, b as i64, kind)) {
+        raise_invalid(message, &hint, "check_size");
+    }
+}
+
+/// SQL: return a key (worker name, schedule name, dedupe key) unchanged, or
+/// raise 22023 when it is empty or longer than queue.max_key_length bytes.
+/// NULL stays NULL (the caller decides what NULL means).
+#[pg_extern(stable, parallel_safe, schema = "queue")]
+fn check_key<'a>(what: &str, value: Option<&'a str>) -> Option<&'a str> {
+    if let Some(v) = value {
+        if v.is_empty() || v.len() > max_key_length() {
+            raise_invalid(
+                format!("{what} must be 1 to {} bytes long: {} bytes given", max_key_length(), v.len()),
+                "queue.max_key_length bounds names and keys; they are index keys.",
+                "check_key",
+            );
+        }
+    }
+    value
+}
+
+/// The start of the current transaction, as now() returns it.
+fn transaction_start() -> TimestampWithTimeZone {
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(now), false) }
+        .unwrap_or_else(|| raise_invalid("no transaction timestamp".into(), "", "check_push_args"))
+}
+
 /// Everything a push is checked for, in one call, before anything is
-/// written: the queue name, the serial group, that a payload was given (the
-/// caller says whether it is missing), and every option. Returns when the job
-/// is due: `run_at`, or now() + `delay`, or now(). Each problem raises 22023
-/// (22004 for a NULL where a value is needed) with the value named and a hint.
+/// written: the queue name, the serial group, the payload's size (NULL: no
+/// payload given), and every option, each within its documented range.
+/// Returns when the job is due: `run_at`, or now() + `delay`, or now().
+/// Each problem raises 22023 (22004 for a NULL where a value is needed) with
+/// the value named and a hint.
 ///
 /// One call rather than one per argument: a single push is often a
 /// transaction of its own, and plpgsql prepares each expression of a
 /// function again in every transaction (four checks cost ~4 us a push).
 #[pg_extern(stable, parallel_safe, schema = "queue")]
 #[allow(clippy::too_many_arguments)]
-fn check_push(
+fn check_push_args(
     queue: Option<&str>,
     serial_group: Option<&str>,
-    payload_missing: Option<bool>,
+    payload_size: Option<i32>,
     delay: Option<Interval>,
     run_at: Option<TimestampWithTimeZone>,
     max_attempts: Option<i32>,
@@ -165,16 +331,18 @@ fn check_push(
     dedupe_key: Option<&str>,
     priority: Option<i32>,
 ) -> TimestampWithTimeZone {
-    const F: &str = "check_push";
+    const F: &str = "check_push_args";
     check_queue_name(queue);
     check_group_name(serial_group);
-    if payload_missing != Some(false) {
+    let Some(size) = payload_size else {
         ErrorReport::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "payload must not be NULL", F)
             .set_hint("Pass a JSON value; '{}' for an empty payload.")
             .report(PgLogLevel::ERROR);
         unreachable!("an ERROR report does not return")
+    };
+    if let Some((message, hint)) = size_problem("payload", size as i64, "payload") {
+        raise_invalid(message, &hint, F);
     }
-    let negative = |i: &Interval| i.as_micros() < 0;
     if delay.is_some() && run_at.is_some() {
         raise_invalid(
             "delay and run_at cannot both be given".into(),
@@ -182,8 +350,8 @@ fn check_push(
             F,
         );
     }
-    if let Some(d) = delay.as_ref().filter(|d| negative(d)) {
-        raise_invalid(format!("delay must not be negative: {d}"), "Pass a delay of zero or more, or NULL to run now.", F);
+    if let Some(d) = delay.as_ref() {
+        check_span_of("delay", d, Span::Delay, F);
     }
     if priority.is_none() {
         raise_invalid(
@@ -192,55 +360,100 @@ fn check_push(
             F,
         );
     }
-    if max_attempts.is_none_or(|m| m < 1) {
+    if max_attempts.is_none_or(|m| !(1..=MAX_ATTEMPTS).contains(&m)) {
         raise_invalid(
-            format!("max_attempts must be at least 1: {}", text_or_null(&max_attempts)),
+            format!("max_attempts must be between 1 and {MAX_ATTEMPTS}: {}", text_or_null(&max_attempts)),
             "max_attempts counts the first try: 1 means no retry.",
             F,
         );
     }
-    if timeout.as_ref().is_none_or(|t| t.as_micros() <= 0) {
-        raise_invalid(
-            format!("timeout must be positive: {}", text_or_null(&timeout)),
+    match timeout.as_ref() {
+        Some(t) => check_span_of("timeout", t, Span::Lease, F),
+        None => raise_invalid(
+            "timeout must not be NULL".into(),
             "The timeout is the lease a worker gets on a claimed job, e.g. interval '5 minutes'.",
             F,
-        );
+        ),
     }
     let base = match backoff_base {
-        Some(b) if !negative(&b) => b,
-        other => raise_invalid(
-            format!("backoff_base must not be negative: {}", text_or_null(&other)),
+        Some(b) => {
+            check_span_of("backoff_base", &b, Span::Delay, F);
+            b
+        }
+        None => raise_invalid(
+            "backoff_base must not be NULL".into(),
             "The first retry waits backoff_base, each later one twice as long.",
             F,
         ),
     };
-    if backoff_max.as_ref().is_none_or(|m| m.as_micros() < base.as_micros()) {
-        raise_invalid(
-            format!("backoff_max ({}) must be at least backoff_base ({base})", text_or_null(&backoff_max)),
+    match backoff_max.as_ref() {
+        Some(m) if m.as_micros() >= base.as_micros() => check_span_of("backoff_max", m, Span::Delay, F),
+        other => raise_invalid(
+            format!("backoff_max ({}) must be at least backoff_base ({base})", text_or_null(&other.copied())),
             "backoff_max caps the exponential backoff.",
             F,
-        );
+        ),
     }
     if let Some(list) = retry_delays.as_ref() {
-        if list.is_empty() || list.iter().any(|d| d.as_ref().is_none_or(negative)) {
+        if list.is_empty() || list.len() > MAX_RETRY_DELAYS || list.iter().any(|d| d.is_none()) {
             raise_invalid(
                 format!("invalid retry_delays: {}", array_text(list)),
-                "Pass a non-empty list of non-negative intervals such as '{1 minute, 5 minutes, 30 minutes}'; the last entry repeats.",
+                "Pass a list of 1 to 100 intervals such as '{1 minute, 5 minutes, 30 minutes}'; the last entry repeats.",
                 F,
             );
         }
+        for d in list.iter().flatten() {
+            check_span_of("a retry_delays entry", d, Span::Delay, F);
+        }
     }
-    if dedupe_key == Some("") {
-        raise_invalid("dedupe_key must not be empty".into(), "Pass NULL for no deduplication.", F);
+    if let Some(key) = dedupe_key {
+        if key.is_empty() {
+            raise_invalid("dedupe_key must not be empty".into(), "Pass NULL for no deduplication.", F);
+        }
+        check_key("dedupe_key", Some(key));
     }
-    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let now = unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(now), false) }
-        .unwrap_or_else(|| raise_invalid("no transaction timestamp".into(), "", F));
+    let now = transaction_start();
     match (run_at, delay) {
-        (Some(at), _) => at,
+        (Some(at), _) => {
+            check_run_at("run_at", at, now, F);
+            at
+        }
         (None, Some(d)) => now + d,
         (None, None) => now,
     }
+}
+
+/// Most attempts a job may have.
+pub const MAX_ATTEMPTS: i32 = 10_000;
+
+/// Most entries of a retry_delays schedule.
+pub const MAX_RETRY_DELAYS: usize = 100;
+
+/// A run_at must be a finite time no further than queue.max_delay from now,
+/// in either direction: an infinite or far-away time would make every later
+/// wait-time computation fail.
+fn check_run_at(what: &str, at: TimestampWithTimeZone, now: TimestampWithTimeZone, funcname: &'static str) {
+    let max = Span::Delay.max_micros();
+    let raw_at: i64 = at.into_inner();
+    let raw_now: i64 = now.into_inner();
+    let finite = raw_at != i64::MIN && raw_at != i64::MAX;
+    if !finite || (raw_at as i128 - raw_now as i128).abs() > max {
+        raise_invalid(
+            format!("{what} must be a finite time within {} of now: {at}", seconds_text(max / 1_000_000)),
+            "Pass a time near now, or a delay; queue.max_delay bounds both.",
+            funcname,
+        );
+    }
+}
+
+/// Return a timestamp unchanged, or raise 22023 naming `what` when it is
+/// infinite or further than queue.max_delay from now (see `check_run_at`).
+/// NULL stays NULL.
+pub fn check_time(what: &str, value: Option<TimestampWithTimeZone>) -> Option<TimestampWithTimeZone> {
+    if let Some(v) = value {
+        check_run_at(what, v, transaction_start(), "check_time");
+    }
+    value
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -281,12 +494,12 @@ mod tests {
     #[pg_test]
     fn push_options_resolve_run_at() {
         let due_now = Spi::get_one::<bool>(
-            "SELECT queue.check_push('q', NULL, false, NULL, NULL, 3, '5 min', '10 s', '1 h', NULL, NULL, 0) = now()",
+            "SELECT queue.check_push_args('q', NULL, 2, NULL, NULL, 3, '5 min', '10 s', '1 h', NULL, NULL, 0) = now()",
         )
         .unwrap();
         assert_eq!(due_now, Some(true));
         let delayed = Spi::get_one::<bool>(
-            "SELECT queue.check_push('q', NULL, false, '1 day', NULL, 3, '5 min', '10 s', '1 h', NULL, NULL, 0) = now() + interval '1 day'",
+            "SELECT queue.check_push_args('q', NULL, 2, '1 day', NULL, 3, '5 min', '10 s', '1 h', NULL, NULL, 0) = now() + interval '1 day'",
         )
         .unwrap();
         assert_eq!(delayed, Some(true));
@@ -294,7 +507,7 @@ mod tests {
 
     #[pg_test(error = "invalid retry_delays: {00:01:00,NULL}")]
     fn push_options_name_the_bad_schedule() {
-        Spi::run("SELECT queue.check_push('q', NULL, false, NULL, NULL, 3, '5 min', '10 s', '1 h', '{1 minute, NULL}', NULL, 0)")
+        Spi::run("SELECT queue.check_push_args('q', NULL, 2, NULL, NULL, 3, '5 min', '10 s', '1 h', '{1 minute, NULL}', NULL, 0)")
             .unwrap();
     }
 

@@ -283,7 +283,7 @@ pub fn register_worker() {
 pub extern "C-unwind" fn queue_notifier_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::database_name();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    crate::services::connect(&database);
     unsafe {
         pg_sys::pgstat_report_appname(c"queue notifier".as_ptr());
     }

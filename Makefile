@@ -11,7 +11,10 @@ all: install
 deps:
 	@scripts/ensure-deps.sh
 
+# The old library is unlinked first: copying over a queue.so that running
+# servers have mapped makes them die of SIGBUS; unlinked, they keep theirs.
 install: deps
+	rm -f "$$(pg_config --pkglibdir)/queue.so"
 	cargo pgrx install --release --pg-config "$$(command -v pg_config)" >/dev/null
 
 test: deps

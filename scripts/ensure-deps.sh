@@ -28,8 +28,8 @@ if ! grep -qs '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
   cargo pgrx init --pg15 "$PG_CONFIG_BIN" >/dev/null
 fi
 
-if ! python3 -c 'import psycopg, pytest' >/dev/null 2>&1; then
-  echo "deps: installing psycopg and pytest"
-  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' 'pytest>=7' 2>&1 \
+if ! python3 -c 'import psycopg, pytest, hypothesis' >/dev/null 2>&1; then
+  echo "deps: installing psycopg, pytest and hypothesis"
+  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' 'pytest>=7' 'hypothesis>=6' 2>&1 \
     | grep -v 'Running pip as the' || true
 fi

@@ -49,6 +49,7 @@ old)
     git worktree prune
     git worktree add --detach "$OLD_TREE" "$OLD_COMMIT" >/dev/null
   fi
+  rm -f "$(pg_config --pkglibdir)/queue.so"   # unlink, never overwrite a mapped library
   (
     cd "$OLD_TREE"
     CARGO_TARGET_DIR="$RUN_DIR/target-release-$OLD_VERSION" \

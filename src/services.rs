@@ -13,17 +13,25 @@
 //! configuration on SIGHUP, and on SIGTERM finish their batch and exit. They
 //! exit with code 1 so that the postmaster starts them again after a crash
 //! or `pg_terminate_backend` (it does not while the server shuts down). A
-//! pass runs in its own transaction; one that fails is logged by the
-//! postmaster and the service is restarted, and inside a pass each duty is
-//! its own subtransaction, so one bad row never stops the others.
+//! pass runs in its own transaction under an error boundary ([`guarded`]):
+//! an ERROR (a bad `queue.timezone`, `statement_timeout`, `lock_timeout`,
+//! anything a duty raises) rolls that transaction back and is logged once
+//! with its SQLSTATE, the pass runs again next tick, and the worker never
+//! restarts because of it. Inside a pass each duty is its own
+//! subtransaction, so one bad row never stops the others. Between passes a
+//! worker shows `state = 'idle'` in pg_stat_activity, so monitoring does not
+//! count it as busy and scripts that end long-active sessions leave it be.
 //!
 //! (The notifier in `wakeup.rs` is a third worker, driven by its latch.)
 
 use crate::gucs;
 use pgrx::bgworkers::*;
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One service: its name, and the SQL of one pass, which takes the batch
 /// size and returns jsonb with "more" (run again at once) and optionally
@@ -127,6 +135,7 @@ fn run(service: &Service) -> ! {
     log!("{}: started for database \"{database}\"", service.name);
 
     let mut sleep = tick(service, None);
+    set_idle();
     while BackgroundWorker::wait_latch(Some(sleep)) {
         if BackgroundWorker::sighup_received() {
             unsafe {
@@ -161,19 +170,18 @@ fn tick(service: &Service, asked_ms: Option<u64>) -> Duration {
 fn run_passes(service: &Service) -> Duration {
     loop {
         set_activity(c"running a pass");
-        let result = BackgroundWorker::transaction(|| {
+        let result = guarded(service.name, "a pass", || {
             if !extension_installed() {
-                return None;
+                return Ok(None);
             }
             Spi::get_one_with_args::<pgrx::JsonB>(service.pass_sql, &[service.batch.into()])
-                .ok()
-                .flatten()
-                .map(|j| j.0)
-        });
+                .map(|j| j.map(|j| j.0))
+        })
+        .flatten();
         if service.keeps_counters && result.is_some() {
             crate::stats::note_tick();
         }
-        set_activity(c"idle");
+        set_idle();
         let more = result.as_ref().and_then(|r| r.get("more")).and_then(|m| m.as_bool()).unwrap_or(false);
         if !more || BackgroundWorker::sigterm_received() {
             let asked = result.as_ref().and_then(|r| r.get("next_in_ms")).and_then(|m| m.as_u64());
@@ -190,26 +198,128 @@ fn run_after(service: &Service) {
     if !service.keeps_counters {
         return;
     }
-    BackgroundWorker::transaction(|| {
+    guarded(service.name, "the counters' flush", || {
         if extension_installed() {
-            if let Err(e) = Spi::run(STATS_PASS_SQL) {
-                warning!("{}: {STATS_PASS_SQL} failed: {e}", service.name);
+            Spi::run(STATS_PASS_SQL)?;
+        }
+        Ok(())
+    });
+}
+
+/// How a duty failed lately: its last message, when it was last logged, and
+/// how often it failed since.
+struct Failing {
+    message: String,
+    logged: Instant,
+    since_logged: u32,
+    total: u64,
+}
+
+thread_local! {
+    /// Failing duties of this worker process, by duty.
+    static FAILING: RefCell<HashMap<&'static str, Failing>> = RefCell::new(HashMap::new());
+}
+
+/// Run `duty` in a transaction of its own under an error boundary, the way
+/// PostgresMain handles an ERROR: the transaction is rolled back and the
+/// worker goes on. Returns None when it failed (an SPI error or any ERROR).
+/// A failure is logged once with its SQLSTATE; the same failure again is
+/// logged at most once a minute, with how often it happened, and the first
+/// success after failures says so.
+pub fn guarded<T>(worker: &'static str, duty: &'static str, f: impl FnOnce() -> Result<T, pgrx::spi::Error>) -> Option<T> {
+    let caught = std::panic::AssertUnwindSafe(f);
+    let outcome = PgTryBuilder::new(move || {
+        BackgroundWorker::transaction(move || {
+            // The whole wrapper moves in (not only its field), so the closure stays UnwindSafe.
+            let duty = caught;
+            match (duty.0)() {
+                Ok(v) => Ok(v),
+                // An SPI error that did not raise: roll back like an ERROR.
+                Err(e) => Err((String::from("XX000"), e.to_string())),
+            }
+        })
+        .map_err(|e| {
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            e
+        })
+    })
+    .catch_others(|e| {
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        let report = match &e {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+            CaughtError::RustPanic { ereport, .. } => ereport,
+        };
+        Err((sqlstate(report.sql_error_code()), report.message().to_string()))
+    })
+    .execute();
+    note_outcome(worker, duty, outcome.as_ref().err());
+    outcome.ok()
+}
+
+/// Log a duty's failure or recovery (see [`guarded`]).
+fn note_outcome(worker: &str, duty: &'static str, error: Option<&(String, String)>) {
+    FAILING.with(|failing| {
+        let mut failing = failing.borrow_mut();
+        match error {
+            None => {
+                if let Some(f) = failing.remove(duty) {
+                    log!("{worker}: {duty} succeeds again after {} failures", f.total);
+                }
+            }
+            Some((state, message)) => {
+                let text = format!("{message} (SQLSTATE {state})");
+                match failing.get_mut(duty) {
+                    Some(f) if f.message == text && f.logged.elapsed() < Duration::from_secs(60) => {
+                        f.since_logged += 1;
+                        f.total += 1;
+                    }
+                    Some(f) if f.message == text => {
+                        warning!("{worker}: {duty} still fails ({} times in the last minute): {text}", f.since_logged + 1);
+                        f.logged = Instant::now();
+                        f.since_logged = 0;
+                        f.total += 1;
+                    }
+                    previous => {
+                        let total = previous.map(|f| f.total).unwrap_or(0) + 1;
+                        warning!("{worker}: {duty} failed: {text}; it runs again at the next tick");
+                        failing.insert(duty, Failing { message: text, logged: Instant::now(), since_logged: 0, total });
+                    }
+                }
             }
         }
     });
 }
 
+/// The five-character SQLSTATE of an error code.
+fn sqlstate(code: pgrx::PgSqlErrorCode) -> String {
+    let mut packed = code as i32;
+    (0..5)
+        .map(|_| {
+            let c = ((packed & 0x3F) as u8 + b'0') as char;
+            packed >>= 6;
+            c
+        })
+        .collect()
+}
+
 /// Whether `CREATE EXTENSION queue` has run in this database.
-fn extension_installed() -> bool {
-    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'queue')")
+pub fn extension_installed() -> bool {
+    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'queue')")
         .ok()
         .flatten()
         .unwrap_or(false)
 }
 
 /// Show what the service is doing in pg_stat_activity.query.
-fn set_activity(what: &'static CStr) {
+pub fn set_activity(what: &'static CStr) {
     unsafe {
         pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, what.as_ptr());
+    }
+}
+
+/// Show the worker as idle between passes (state 'idle', not 'active').
+pub fn set_idle() {
+    unsafe {
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for the next tick".as_ptr());
     }
 }

@@ -29,6 +29,14 @@
 //! mark first, that producer's NOTIFY reaches the sleeper, which was already
 //! listening, and it claims again.
 //!
+//! * **Passive listeners.** A session that only LISTENs (psql, a tool, a
+//!   worker of another library) never marks a slot, yet it must hear of
+//!   every push too. So the producer's callback puts every queue it made
+//!   claimable on a second list, and the notifier sends those NOTIFYs as
+//!   well, coalesced: at most one round every `PASSIVE_ROUND` per queue
+//!   (pgmq's throttled notify-on-insert). A marked sleeper does not wait for
+//!   that round; the latch is set at once for it.
+//!
 //! Where this path is not available (library not preloaded, a push in a
 //! database other than `queue.database`, notifier not running) `queue.wake`
 //! sends a plain NOTIFY in the caller's transaction: slower, never wrong.
@@ -53,6 +61,11 @@ const COLLIDED: u64 = u64::MAX;
 const LIST_LEN: usize = 256;
 /// Queue names are at most 57 bytes.
 const NAME_BYTES: usize = 64;
+
+/// Passive wake-ups are sent at most this often (each queue at most once a
+/// round), so that a stream of pushes costs the notifier a bounded number of
+/// small transactions however fast it comes.
+const PASSIVE_ROUND: Duration = Duration::from_millis(10);
 
 /// Name of the notifier in pg_stat_activity.
 const NOTIFIER_NAME: &str = "queue notifier";
@@ -109,6 +122,8 @@ impl WakeList {
 static SLEEPERS: PgAtomic<[AtomicU64; SLOTS]> = unsafe { PgAtomic::new(c"queue_sleepers") };
 static NOTIFIER: PgAtomic<Notifier> = unsafe { PgAtomic::new(c"queue_notifier") };
 static WAKE_LIST: PgLwLock<WakeList> = unsafe { PgLwLock::new(c"queue_wake_list") };
+/// Queues with new claimable jobs, for listeners that never popped.
+static PASSIVE_LIST: PgLwLock<WakeList> = unsafe { PgLwLock::new(c"queue_passive_list") };
 
 /// True in processes forked from a postmaster that preloaded the library,
 /// i.e. where the shared memory above exists.
@@ -119,6 +134,7 @@ pub fn init_shared_memory() {
     pg_shmem_init!(SLEEPERS = [const { AtomicU64::new(0) }; SLOTS]);
     pg_shmem_init!(NOTIFIER = Notifier::default());
     pg_shmem_init!(WAKE_LIST = WakeList::new());
+    pg_shmem_init!(PASSIVE_LIST = WakeList::new());
     SHMEM_READY.store(true, Ordering::SeqCst);
 }
 
@@ -240,9 +256,12 @@ fn defer_wake(queue: &str) -> bool {
     true
 }
 
-/// After commit: hand the queues with a marked sleeper to the notifier.
-/// After abort: forget them. Must not raise an error (it runs after the
-/// commit record): atomics, one LWLock, one SetLatch.
+/// After commit: hand the queues with a marked sleeper to the notifier at
+/// once, and every other queue to its next passive round. After abort:
+/// forget them. Must not raise an error (it runs after the commit record):
+/// atomics, two LWLocks, at most one SetLatch. The latch is set for a
+/// sleeper, or when this commit starts a passive round (the list was empty);
+/// later commits of the same round only join the list.
 #[pg_guard]
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     let commit = event == pg_sys::XactEvent::XACT_EVENT_COMMIT;
@@ -254,16 +273,25 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
         return;
     }
     let slots = SLEEPERS.get();
-    let to_wake: Vec<&String> =
-        pending.iter().filter(|(tag, _)| take_mark(slots, *tag)).map(|(_, name)| name).collect();
-    if to_wake.is_empty() {
-        return;
-    }
-    {
+    let (to_wake, passive): (Vec<&(u64, String)>, Vec<&(u64, String)>) =
+        pending.iter().partition(|(tag, _)| take_mark(slots, *tag));
+    let mut set_latch = false;
+    if !to_wake.is_empty() {
         let mut list = WAKE_LIST.exclusive();
-        for name in to_wake {
+        for (_, name) in to_wake {
             list.add(name.as_bytes());
         }
+        set_latch = true;
+    }
+    if !passive.is_empty() {
+        let mut list = PASSIVE_LIST.exclusive();
+        set_latch |= list.len == 0 && !list.overflow;
+        for (_, name) in passive {
+            list.add(name.as_bytes());
+        }
+    }
+    if !set_latch {
+        return;
     }
     let latch = NOTIFIER.get().latch.load(Ordering::SeqCst);
     if latch != 0 {
@@ -277,7 +305,8 @@ pub fn register_worker() {
 }
 
 /// The notifier's entry point. It publishes its latch, then sleeps until a
-/// producer sets it and sends the NOTIFYs asked for.
+/// producer sets it and sends the NOTIFYs asked for: those of sleepers at
+/// once, passive ones in rounds at most every `PASSIVE_ROUND`.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn queue_notifier_main(_arg: pg_sys::Datum) {
@@ -287,47 +316,86 @@ pub extern "C-unwind" fn queue_notifier_main(_arg: pg_sys::Datum) {
     unsafe {
         pg_sys::pgstat_report_appname(c"queue notifier".as_ptr());
     }
-    let shared = NOTIFIER.get();
-    shared.database.store(unsafe { pg_sys::MyDatabaseId }.to_u32(), Ordering::SeqCst);
-    shared
-        .latch
-        .store(unsafe { &raw mut (*pg_sys::MyProc).procLatch } as usize, Ordering::SeqCst);
     // A NOTIFY transaction gets a transaction id and so a commit record;
     // nothing is lost if that record is not flushed before the listeners
     // hear of it, so do not wait for the flush.
     BackgroundWorker::transaction(|| {
         let _ = Spi::run("SET synchronous_commit = off");
     });
+    let shared = NOTIFIER.get();
+    shared.database.store(unsafe { pg_sys::MyDatabaseId }.to_u32(), Ordering::SeqCst);
+    let latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch } as usize;
+    // However this process ends (SIGTERM, FATAL, proc_exit), the latch is
+    // withdrawn before its PGPROC can be handed to another backend.
+    unsafe { pg_sys::before_shmem_exit(Some(withdraw_latch), pg_sys::Datum::from(latch)) };
+    shared.latch.store(latch, Ordering::SeqCst);
     log!("{NOTIFIER_NAME}: started for database \"{database}\"");
 
     // Wake-ups asked for while no notifier ran are sent at once.
-    send_requested_notifications();
-    while BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
+    let mut last_passive = std::time::Instant::now() - PASSIVE_ROUND;
+    let mut sleep = Duration::ZERO;
+    crate::services::set_idle();
+    while BackgroundWorker::wait_latch(Some(sleep)) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        send_requested_notifications();
+        let passive_due = last_passive.elapsed() >= PASSIVE_ROUND;
+        if send_requested_notifications(passive_due) {
+            last_passive = std::time::Instant::now();
+        }
+        sleep = if passive_waiting() {
+            PASSIVE_ROUND.saturating_sub(last_passive.elapsed()).max(Duration::from_millis(1))
+        } else {
+            Duration::from_secs(1)
+        };
     }
-
-    shared.latch.store(0, Ordering::SeqCst);
     log!("{NOTIFIER_NAME}: shutting down");
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// One round: take the list and NOTIFY each queue on it in one transaction,
-/// calling `pg_notify` directly (no SQL to parse). If the list overflowed,
-/// every queue with pending jobs is woken.
-fn send_requested_notifications() {
-    let (names, overflow) = WAKE_LIST.exclusive().take();
-    if names.is_empty() && !overflow {
-        return;
+/// Exit callback of the notifier: withdraw its latch (if still the one
+/// published), so that no producer sets the latch of a PGPROC that is no
+/// longer the notifier's.
+#[pg_guard]
+unsafe extern "C-unwind" fn withdraw_latch(_code: i32, latch: pg_sys::Datum) {
+    let _ = NOTIFIER.get().latch.compare_exchange(latch.value(), 0, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// Whether passive wake-ups wait for their round.
+fn passive_waiting() -> bool {
+    let list = PASSIVE_LIST.share();
+    list.len > 0 || list.overflow
+}
+
+/// One round: take the lists (the passive one only when its round is due)
+/// and NOTIFY each queue on them in one transaction, calling `pg_notify`
+/// directly (no SQL to parse). If a list overflowed, every queue with
+/// pending jobs is woken. A round that fails puts its queues back on the
+/// list for the next one, so an error never drops a wake-up. Returns
+/// whether a passive round ran.
+fn send_requested_notifications(passive_due: bool) -> bool {
+    let (mut names, mut overflow) = WAKE_LIST.exclusive().take();
+    if passive_due {
+        let (passive, passive_overflow) = PASSIVE_LIST.exclusive().take();
+        for name in passive {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        overflow |= passive_overflow;
     }
-    BackgroundWorker::transaction(|| {
+    if names.is_empty() && !overflow {
+        return false;
+    }
+    let sent = crate::services::guarded(NOTIFIER_NAME, "a round of wake-ups", || {
+        if !crate::services::extension_installed() {
+            return Ok(());
+        }
         if overflow {
-            let _ = Spi::run(
-                "SELECT pg_notify('queue_' || queue, '')
+            Spi::run(
+                "SELECT pg_catalog.pg_notify('queue_' OPERATOR(pg_catalog.||) queue, '')
                    FROM (SELECT DISTINCT queue FROM queue.jobs WHERE status = 'pending') q",
-            );
+            )?;
         }
         for name in &names {
             let channel = format!("queue_{name}");
@@ -338,7 +406,16 @@ fn send_requested_notifications() {
                 );
             }
         }
+        Ok(())
     });
+    if sent.is_none() {
+        let mut list = WAKE_LIST.exclusive();
+        for name in &names {
+            list.add(name.as_bytes());
+        }
+        list.overflow |= overflow;
+    }
+    passive_due
 }
 
 #[cfg(any(test, feature = "pg_test"))]

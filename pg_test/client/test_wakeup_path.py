@@ -1,6 +1,7 @@
-"""The wake-up path (src/wakeup.rs): pushes send no NOTIFY while no worker
-sleeps, a sleeping worker is woken by the next push, and under racing
-pushes and sleeping workers no wake-up is ever lost."""
+"""The wake-up path (src/wakeup.rs): no push sends a NOTIFY in its own
+transaction; the notifier tells every listener, one that never popped too,
+in coalesced rounds; a sleeping worker is woken by the next push at once;
+and under racing pushes and sleeping workers no wake-up is ever lost."""
 import random
 import threading
 import time
@@ -12,21 +13,90 @@ def drain(conn, seconds=0.3):
     return len(list(conn.notifies(timeout=seconds)))
 
 
-def test_notify_only_when_a_worker_sleeps(queue_name):
+def notifier_pid(conn):
+    """The pid of the notifier background worker."""
+    return conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'queue notifier'").fetchone()[0]
+
+
+def first_notify_after(listener, action, timeout=2.0):
+    """Run `action` (its commit), then wait for one notification; (seconds
+    from the commit until it came, the notify)."""
+    action()
+    started = time.monotonic()
+    for n in listener.notifies(timeout=timeout, stop_after=1):
+        return time.monotonic() - started, n
+    raise AssertionError("no notification")
+
+
+def test_a_passive_listener_hears_every_push_from_the_notifier(queue_name):
+    """A session that only LISTENs, and never popped, is told of pushes
+    within 50 ms; the NOTIFY comes from the notifier, never from the pushing
+    transaction; a stream of pushes is coalesced into rounds."""
+    with connect() as listener, connect() as producer:
+        listener.execute(f'LISTEN "queue_{queue_name}"')
+        notifier = notifier_pid(producer)
+        latencies = []
+        for _ in range(20):
+            took, n = first_notify_after(
+                listener, lambda: producer.execute("SELECT queue_push(%s, '{}')", (queue_name,)))
+            assert n.channel == f"queue_{queue_name}"
+            assert n.pid == notifier, "the pushing transaction sent no NOTIFY itself"
+            latencies.append(took)
+            time.sleep(0.02)
+        latencies.sort()
+        print(f"passive listener: push -> notification p50 {latencies[10] * 1000:.1f} ms, "
+              f"max {latencies[-1] * 1000:.1f} ms")
+        assert latencies[-1] < 0.05, latencies
+
+        # 200 pushes as fast as one connection goes: coalesced into rounds
+        # (at most one per queue every 10 ms), at least one after the last.
+        drain(listener)
+        started = time.monotonic()
+        for _ in range(200):
+            producer.execute("SELECT queue_push(%s, '{}')", (queue_name,))
+        elapsed = time.monotonic() - started
+        heard = drain(listener, 0.2)
+        assert 1 <= heard <= elapsed / 0.01 + 2, (heard, elapsed)
+
+
+def test_passive_listeners_hear_promotions_and_group_releases(queue_name):
+    """Delayed jobs promoted by the maintenance worker, and the next job of
+    a serial group released by an ack, notify listeners that never popped."""
+    with connect() as listener, connect() as producer:
+        listener.execute(f'LISTEN "queue_{queue_name}"')
+        producer.execute("SELECT queue_push(%s, '{}', delay => '300 milliseconds')", (queue_name,))
+        assert drain(listener, 0.1) == 0, "a delayed job is not claimable yet"
+        heard = list(listener.notifies(timeout=3, stop_after=1))
+        assert heard and heard[0].pid == notifier_pid(producer), "the promotion is announced"
+        producer.execute("SELECT id FROM queue_pop(%s)", (queue_name,))
+
+        group = queue_name + "-g"
+        for _ in range(2):
+            producer.execute("SELECT queue_push(%s, '{}', serial_group => %s)", (queue_name, group))
+        first = producer.execute("SELECT id, attempt FROM queue_pop(%s)", (queue_name,)).fetchone()
+        assert producer.execute("SELECT count(*) FROM queue_pop(%s)", (queue_name,)).fetchone()[0] == 0
+        drain(listener)
+        took, _ = first_notify_after(
+            listener, lambda: producer.execute("SELECT queue_ack(%s, NULL, %s)", first))
+        assert took < 0.05, took
+
+
+def test_a_sleeping_worker_is_woken_at_once(queue_name):
+    """A worker that found the queue empty is woken by the next push without
+    waiting for a passive round."""
     with connect() as worker, connect() as producer:
         worker.execute(f'LISTEN "queue_{queue_name}"')
-        for _ in range(50):
-            producer.execute("SELECT queue_push(%s, '{}')", (queue_name,))
-        assert drain(worker) == 0, "nobody had found the queue empty: no NOTIFY"
-
-        # The worker drains the queue, finds it empty, and would sleep.
-        while worker.execute("SELECT count(*) FROM queue_pop(%s, batch => 20)", (queue_name,)).fetchone()[0]:
-            pass
-        producer.execute("SELECT queue_push(%s, '{}')", (queue_name,))
-        assert drain(worker, 2) == 1, "the sleeping worker is woken"
+        latencies = []
         for _ in range(20):
-            producer.execute("SELECT queue_push(%s, '{}')", (queue_name,))
-        assert drain(worker) == 0, "one wake-up until the worker sleeps again"
+            while worker.execute("SELECT count(*) FROM queue_pop(%s, batch => 20)", (queue_name,)).fetchone()[0]:
+                pass
+            drain(worker, 0.02)
+            took, _ = first_notify_after(
+                worker, lambda: producer.execute("SELECT queue_push(%s, '{}')", (queue_name,)))
+            latencies.append(took)
+        latencies.sort()
+        print(f"sleeping worker: push -> notification p50 {latencies[10] * 1000:.2f} ms")
+        assert latencies[10] < 0.01, latencies
 
 
 def test_no_wakeup_is_lost_under_racing_pushes(queue_name):

@@ -336,12 +336,10 @@ ALTER FUNCTION queue.processing_jobs(timestamp with time zone) SET search_path =
 ALTER FUNCTION queue.promote_due(integer) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.prune_finished(integer) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.rebuild_lease_book() SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION queue.recount_stats() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.release_groups(text[]) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.retention() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.revive_jobs(bigint[]) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.scheduler_pass(integer) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION queue.stats_pass() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.stats_rows() SET search_path = pg_catalog, pg_temp;
 
 -- 4. Functions with new checks (limits, access rules, attempt) or an
@@ -1158,6 +1156,77 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION queue.recount_stats() RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off AS $$
+DECLARE
+    v_timeout text := current_setting('lock_timeout');
+    v_rows    int;
+BEGIN
+    IF EXISTS (
+        SELECT 1
+          FROM pg_locks l
+          LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'relation' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND l.relation = 'queue.jobs'::regclass AND l.granted
+           AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareRowExclusiveLock',
+                          'ExclusiveLock', 'AccessExclusiveLock')
+           AND l.pid IS DISTINCT FROM pg_backend_pid()
+           -- a prepared transaction has no backend: always long
+           AND (l.pid IS NULL OR a.xact_start < clock_timestamp() - interval '20 milliseconds')) THEN
+        RETURN -1;
+    END IF;
+    -- Both waits are bounded: a reader holding the stats lock in a
+    -- transaction that then writes jobs would otherwise deadlock with us.
+    PERFORM set_config('lock_timeout', '10ms', true);
+    LOCK TABLE queue.jobs IN SHARE MODE;
+    PERFORM pg_advisory_xact_lock(1903519093, 1);
+    PERFORM set_config('lock_timeout', v_timeout, true);
+    PERFORM queue.stats_forget_gauges();
+    UPDATE queue.stats
+       SET scheduled = 0, pending = 0, processing = 0, retrying = 0
+     WHERE scheduled <> 0 OR pending <> 0 OR processing <> 0 OR retrying <> 0;
+    INSERT INTO queue.stats AS s (queue, priority, slot, scheduled, pending, processing, retrying)
+    SELECT j.queue, j.priority, 0,
+           count(*) FILTER (WHERE j.status = 'scheduled'),
+           count(*) FILTER (WHERE j.status = 'pending'),
+           count(*) FILTER (WHERE j.status = 'processing'),
+           count(*) FILTER (WHERE j.status = 'retrying')
+      FROM queue.jobs j
+     GROUP BY j.queue, j.priority
+    ON CONFLICT (queue, priority, slot) DO UPDATE
+       SET scheduled = excluded.scheduled, pending = excluded.pending,
+           processing = excluded.processing, retrying = excluded.retrying;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.stats_pass() RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_rows int;
+BEGIN
+    IF queue.stats_recount_needed() THEN
+        BEGIN
+            PERFORM queue.recount_stats();
+        EXCEPTION WHEN OTHERS THEN
+            -- lock_timeout behind a transaction that just began: next tick.
+            RAISE WARNING 'queue: recounting the job gauges failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+        END;
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(1903519093, 1) THEN
+        RETURN 0;
+    END IF;
+    PERFORM queue.stats_apply(0, t.queue, t.priority, t.counts, t.last_activity)
+       FROM queue.stats_take() t;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.queue_stats(queue text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1315,13 +1384,12 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_healthy boolean := (@extschema@.queue_health() ->> 'healthy')::boolean;
-    v_gauges  text[] := '{}';
-    v_totals  text[] := '{}';
-    v_ages    text[] := '{}';
     v_scope   text[] := queue.scope('read');
-    r         record;
+    v_text    text;
 BEGIN
-    FOR r IN
+    -- One statement, lines ordered by (family, queue, line): linear in the
+    -- number of queues (appending to arrays in a loop was quadratic).
+    WITH r AS (
         SELECT s.queue, sum(s.pending) AS pending, sum(s.scheduled) AS scheduled,
                sum(s.processing) AS processing, sum(s.retrying) AS retrying,
                sum(s.pushed) AS pushed, sum(s.popped) AS popped, sum(s.completed) AS completed,
@@ -1332,39 +1400,32 @@ BEGIN
           FROM queue.stats_rows() s
          WHERE v_scope IS NULL OR queue.access_allows(v_scope, s.queue)
          GROUP BY s.queue
-         ORDER BY s.queue
-    LOOP
-        v_gauges := v_gauges || ARRAY[
-            format('queue_jobs{queue="%s",status="pending"} %s', r.queue, r.pending),
-            format('queue_jobs{queue="%s",status="scheduled"} %s', r.queue, r.scheduled),
-            format('queue_jobs{queue="%s",status="processing"} %s', r.queue, r.processing),
-            format('queue_jobs{queue="%s",status="retrying"} %s', r.queue, r.retrying)];
-        v_totals := v_totals || ARRAY[
-            format('queue_jobs_total{queue="%s",event="pushed"} %s', r.queue, r.pushed),
-            format('queue_jobs_total{queue="%s",event="popped"} %s', r.queue, r.popped),
-            format('queue_jobs_total{queue="%s",event="completed"} %s', r.queue, r.completed),
-            format('queue_jobs_total{queue="%s",event="failed"} %s', r.queue, r.failed),
-            format('queue_jobs_total{queue="%s",event="expired"} %s', r.queue, r.expired),
-            format('queue_jobs_total{queue="%s",event="cancelled"} %s', r.queue, r.cancelled),
-            format('queue_jobs_total{queue="%s",event="retried"} %s', r.queue, r.retried),
-            format('queue_jobs_total{queue="%s",event="deleted"} %s', r.queue, r.deleted)];
-        v_ages := v_ages || format('queue_oldest_pending_age_seconds{queue="%s"} %s', r.queue,
-                                   coalesce(round(extract(epoch FROM now() - r.oldest), 3), 0));
-    END LOOP;
-    RETURN array_to_string(
-        ARRAY['# HELP queue_up Whether the background workers serve this database and tick (1) or not (0).',
-              '# TYPE queue_up gauge',
-              format('queue_up %s', CASE WHEN v_healthy THEN 1 ELSE 0 END),
-              '# HELP queue_jobs Jobs waiting or running, by queue and status.',
-              '# TYPE queue_jobs gauge']
-        || v_gauges
-        || ARRAY['# HELP queue_jobs_total Jobs pushed, claimed, retried, finished and deleted, by queue and event.',
-                 '# TYPE queue_jobs_total counter']
-        || v_totals
-        || ARRAY['# HELP queue_oldest_pending_age_seconds Age of the oldest claimable job of the queue.',
-                 '# TYPE queue_oldest_pending_age_seconds gauge']
-        || v_ages,
-        E'\n') || E'\n';
+    ), lines (family, queue, n, line) AS (
+        VALUES (0, '', 0, '# HELP queue_up Whether the background workers serve this database and tick (1) or not (0).'),
+               (0, '', 1, '# TYPE queue_up gauge'),
+               (0, '', 2, format('queue_up %s', CASE WHEN v_healthy THEN 1 ELSE 0 END)),
+               (1, '', 0, '# HELP queue_jobs Jobs waiting or running, by queue and status.'),
+               (1, '', 1, '# TYPE queue_jobs gauge'),
+               (2, '', 0, '# HELP queue_jobs_total Jobs pushed, claimed, retried, finished and deleted, by queue and event.'),
+               (2, '', 1, '# TYPE queue_jobs_total counter'),
+               (3, '', 0, '# HELP queue_oldest_pending_age_seconds Age of the oldest claimable job of the queue.'),
+               (3, '', 1, '# TYPE queue_oldest_pending_age_seconds gauge')
+        UNION ALL
+        SELECT 1, r.queue, 2 + g.n, format('queue_jobs{queue="%s",status="%s"} %s', r.queue, g.status, g.value)
+          FROM r, LATERAL (VALUES (0, 'pending', r.pending), (1, 'scheduled', r.scheduled),
+                                  (2, 'processing', r.processing), (3, 'retrying', r.retrying)) g(n, status, value)
+        UNION ALL
+        SELECT 2, r.queue, 2 + e.n, format('queue_jobs_total{queue="%s",event="%s"} %s', r.queue, e.event, e.value)
+          FROM r, LATERAL (VALUES (0, 'pushed', r.pushed), (1, 'popped', r.popped), (2, 'completed', r.completed),
+                                  (3, 'failed', r.failed), (4, 'expired', r.expired), (5, 'cancelled', r.cancelled),
+                                  (6, 'retried', r.retried), (7, 'deleted', r.deleted)) e(n, event, value)
+        UNION ALL
+        SELECT 3, r.queue, 2, format('queue_oldest_pending_age_seconds{queue="%s"} %s', r.queue,
+                                     coalesce(round(extract(epoch FROM now() - r.oldest), 3), 0))
+          FROM r
+    )
+    SELECT string_agg(l.line, E'\n' ORDER BY l.family, l.queue <> '', l.queue, l.n) INTO v_text FROM lines l;
+    RETURN v_text || E'\n';
 END;
 $$;
 

@@ -134,10 +134,17 @@ $$;
 /*
  * queue.recount_stats: set the gauges from the jobs themselves. Needed once
  * after a server start (shared memory, and any tallies not yet flushed,
- * are gone). The SHARE lock waits for the transactions writing jobs and
- * holds new ones back while it counts, so the count and the counters meet
- * at one instant; lock_timeout keeps a long transaction from stalling the
- * queue behind it (the duty then fails and runs again next tick).
+ * are gone) and after tallies were lost. The SHARE lock waits for the
+ * transactions writing jobs and holds new ones back while it counts, so the
+ * count and the counters meet at one instant.
+ *
+ * Waiting for that lock queues every later writer behind it, so it must
+ * never wait on a transaction that will not end soon: while any transaction
+ * that holds a write lock on queue.jobs has been open for more than 20 ms
+ * (a worker with its claim open, a prepared transaction, a long batch), the
+ * recount is put off to a later tick without waiting at all, and returns
+ * -1; queue_health says a recount is pending meanwhile. Otherwise it waits
+ * at most 10 ms (lock_timeout), which is all a writer can be held back.
  *
  * Every row of queue.jobs is a live job (final ones are in
  * queue.finished_jobs), so one pass over the table counts them: 0.14-0.32 s
@@ -148,15 +155,28 @@ $$;
  */
 CREATE FUNCTION queue.recount_stats() RETURNS int
 LANGUAGE plpgsql
-SET jit = off
-SET search_path = pg_catalog, pg_temp AS $$
+SET search_path = pg_catalog, pg_temp
+SET jit = off AS $$
 DECLARE
     v_timeout text := current_setting('lock_timeout');
     v_rows    int;
 BEGIN
+    IF EXISTS (
+        SELECT 1
+          FROM pg_locks l
+          LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'relation' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND l.relation = 'queue.jobs'::regclass AND l.granted
+           AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareRowExclusiveLock',
+                          'ExclusiveLock', 'AccessExclusiveLock')
+           AND l.pid IS DISTINCT FROM pg_backend_pid()
+           -- a prepared transaction has no backend: always long
+           AND (l.pid IS NULL OR a.xact_start < clock_timestamp() - interval '20 milliseconds')) THEN
+        RETURN -1;
+    END IF;
     -- Both waits are bounded: a reader holding the stats lock in a
     -- transaction that then writes jobs would otherwise deadlock with us.
-    PERFORM set_config('lock_timeout', '200ms', true);
+    PERFORM set_config('lock_timeout', '10ms', true);
     LOCK TABLE queue.jobs IN SHARE MODE;
     PERFORM pg_advisory_xact_lock(1903519093, 1);
     PERFORM set_config('lock_timeout', v_timeout, true);
@@ -197,7 +217,7 @@ BEGIN
         BEGIN
             PERFORM queue.recount_stats();
         EXCEPTION WHEN OTHERS THEN
-            -- Typically lock_timeout behind a long transaction: next tick.
+            -- lock_timeout behind a transaction that just began: next tick.
             RAISE WARNING 'queue: recounting the job gauges failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
         END;
     END IF;
@@ -508,13 +528,12 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_healthy boolean := (@extschema@.queue_health() ->> 'healthy')::boolean;
-    v_gauges  text[] := '{}';
-    v_totals  text[] := '{}';
-    v_ages    text[] := '{}';
     v_scope   text[] := queue.scope('read');
-    r         record;
+    v_text    text;
 BEGIN
-    FOR r IN
+    -- One statement, lines ordered by (family, queue, line): linear in the
+    -- number of queues (appending to arrays in a loop was quadratic).
+    WITH r AS (
         SELECT s.queue, sum(s.pending) AS pending, sum(s.scheduled) AS scheduled,
                sum(s.processing) AS processing, sum(s.retrying) AS retrying,
                sum(s.pushed) AS pushed, sum(s.popped) AS popped, sum(s.completed) AS completed,
@@ -525,39 +544,32 @@ BEGIN
           FROM queue.stats_rows() s
          WHERE v_scope IS NULL OR queue.access_allows(v_scope, s.queue)
          GROUP BY s.queue
-         ORDER BY s.queue
-    LOOP
-        v_gauges := v_gauges || ARRAY[
-            format('queue_jobs{queue="%s",status="pending"} %s', r.queue, r.pending),
-            format('queue_jobs{queue="%s",status="scheduled"} %s', r.queue, r.scheduled),
-            format('queue_jobs{queue="%s",status="processing"} %s', r.queue, r.processing),
-            format('queue_jobs{queue="%s",status="retrying"} %s', r.queue, r.retrying)];
-        v_totals := v_totals || ARRAY[
-            format('queue_jobs_total{queue="%s",event="pushed"} %s', r.queue, r.pushed),
-            format('queue_jobs_total{queue="%s",event="popped"} %s', r.queue, r.popped),
-            format('queue_jobs_total{queue="%s",event="completed"} %s', r.queue, r.completed),
-            format('queue_jobs_total{queue="%s",event="failed"} %s', r.queue, r.failed),
-            format('queue_jobs_total{queue="%s",event="expired"} %s', r.queue, r.expired),
-            format('queue_jobs_total{queue="%s",event="cancelled"} %s', r.queue, r.cancelled),
-            format('queue_jobs_total{queue="%s",event="retried"} %s', r.queue, r.retried),
-            format('queue_jobs_total{queue="%s",event="deleted"} %s', r.queue, r.deleted)];
-        v_ages := v_ages || format('queue_oldest_pending_age_seconds{queue="%s"} %s', r.queue,
-                                   coalesce(round(extract(epoch FROM now() - r.oldest), 3), 0));
-    END LOOP;
-    RETURN array_to_string(
-        ARRAY['# HELP queue_up Whether the background workers serve this database and tick (1) or not (0).',
-              '# TYPE queue_up gauge',
-              format('queue_up %s', CASE WHEN v_healthy THEN 1 ELSE 0 END),
-              '# HELP queue_jobs Jobs waiting or running, by queue and status.',
-              '# TYPE queue_jobs gauge']
-        || v_gauges
-        || ARRAY['# HELP queue_jobs_total Jobs pushed, claimed, retried, finished and deleted, by queue and event.',
-                 '# TYPE queue_jobs_total counter']
-        || v_totals
-        || ARRAY['# HELP queue_oldest_pending_age_seconds Age of the oldest claimable job of the queue.',
-                 '# TYPE queue_oldest_pending_age_seconds gauge']
-        || v_ages,
-        E'\n') || E'\n';
+    ), lines (family, queue, n, line) AS (
+        VALUES (0, '', 0, '# HELP queue_up Whether the background workers serve this database and tick (1) or not (0).'),
+               (0, '', 1, '# TYPE queue_up gauge'),
+               (0, '', 2, format('queue_up %s', CASE WHEN v_healthy THEN 1 ELSE 0 END)),
+               (1, '', 0, '# HELP queue_jobs Jobs waiting or running, by queue and status.'),
+               (1, '', 1, '# TYPE queue_jobs gauge'),
+               (2, '', 0, '# HELP queue_jobs_total Jobs pushed, claimed, retried, finished and deleted, by queue and event.'),
+               (2, '', 1, '# TYPE queue_jobs_total counter'),
+               (3, '', 0, '# HELP queue_oldest_pending_age_seconds Age of the oldest claimable job of the queue.'),
+               (3, '', 1, '# TYPE queue_oldest_pending_age_seconds gauge')
+        UNION ALL
+        SELECT 1, r.queue, 2 + g.n, format('queue_jobs{queue="%s",status="%s"} %s', r.queue, g.status, g.value)
+          FROM r, LATERAL (VALUES (0, 'pending', r.pending), (1, 'scheduled', r.scheduled),
+                                  (2, 'processing', r.processing), (3, 'retrying', r.retrying)) g(n, status, value)
+        UNION ALL
+        SELECT 2, r.queue, 2 + e.n, format('queue_jobs_total{queue="%s",event="%s"} %s', r.queue, e.event, e.value)
+          FROM r, LATERAL (VALUES (0, 'pushed', r.pushed), (1, 'popped', r.popped), (2, 'completed', r.completed),
+                                  (3, 'failed', r.failed), (4, 'expired', r.expired), (5, 'cancelled', r.cancelled),
+                                  (6, 'retried', r.retried), (7, 'deleted', r.deleted)) e(n, event, value)
+        UNION ALL
+        SELECT 3, r.queue, 2, format('queue_oldest_pending_age_seconds{queue="%s"} %s', r.queue,
+                                     coalesce(round(extract(epoch FROM now() - r.oldest), 3), 0))
+          FROM r
+    )
+    SELECT string_agg(l.line, E'\n' ORDER BY l.family, l.queue <> '', l.queue, l.n) INTO v_text FROM lines l;
+    RETURN v_text || E'\n';
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_prometheus() IS

@@ -143,6 +143,9 @@ def test_an_overflowing_book_falls_back_to_scanning_and_recovers(queue_name):
         finally:
             conn.execute("ALTER SYSTEM RESET queue.max_leases")
             conn.execute("SELECT pg_reload_conf()")
+            # Every process reloads at its next command or tick: let the
+            # background workers have theirs before the next test starts.
+            time.sleep(0.5)
         # An overflowed book is rebuilt at most every ten seconds.
         wait_until(conn, "SELECT (queue_health() -> 'lease_book' ->> 'ready')::boolean", timeout=20)
 

@@ -1378,6 +1378,100 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION @extschema@.queue_health()
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_shm      record;
+    v_workers  jsonb;
+    v_counts   record;
+    v_overdue  bigint;
+    v_stale    text[];
+    v_horizon  jsonb;
+    -- A pass is late after ten ticks and five seconds.
+    v_late     interval := coalesce(nullif(current_setting('queue.tick', true), ''), '1s')::interval * 10
+                           + interval '5 seconds';
+    v_problems text[] := '{}';
+BEGIN
+    SELECT * INTO v_shm FROM queue.stats_health();
+    SELECT jsonb_object_agg(w.name, EXISTS (
+               SELECT 1 FROM pg_stat_activity a
+                WHERE a.backend_type = 'queue ' || w.name AND a.datname = current_database()))
+      INTO v_workers
+      FROM unnest(ARRAY['maintenance', 'scheduler', 'notifier']) AS w(name);
+    SELECT coalesce(sum(r.pending + r.scheduled + r.retrying), 0) AS backlog,
+           coalesce(sum(r.processing), 0) AS processing,
+           queue.oldest_pending(array_agg(r.queue) FILTER (WHERE r.pending > 0),
+                                array_agg(r.priority) FILTER (WHERE r.pending > 0)) AS oldest
+      INTO v_counts FROM queue.stats_rows() r;
+    -- Leases that ran out more than a minute ago: the maintenance pass
+    -- should have recovered them. Found through the lease book.
+    SELECT count(*) INTO v_overdue FROM queue.processing_jobs(now() - interval '1 minute');
+    SELECT array_agg(w.worker::text ORDER BY w.worker) INTO v_stale
+      FROM queue.workers w WHERE w.stale_since IS NOT NULL;
+    -- The oldest snapshot that holds back cleanup of the queue's tables:
+    -- while it is open, vacuum keeps every dead row of every claim and ack
+    -- since, and the live table and its indexes grow (README, Operations).
+    SELECT jsonb_build_object('pid', h.pid, 'application', h.application, 'kind', h.kind,
+                              'age_seconds', round(extract(epoch FROM h.age), 3))
+      INTO v_horizon
+      FROM (SELECT a.pid, a.application_name AS application, 'transaction' AS kind,
+                   clock_timestamp() - coalesce(a.xact_start, a.backend_start) AS age
+              FROM pg_stat_activity a
+             WHERE a.backend_xmin IS NOT NULL AND a.pid <> pg_backend_pid()
+               AND (a.datname = current_database() OR a.backend_type = 'walsender')
+            UNION ALL
+            SELECT NULL, p.gid, 'prepared transaction', clock_timestamp() - p.prepared
+              FROM pg_prepared_xacts p WHERE p.database = current_database()
+            UNION ALL
+            SELECT NULL, r.slot_name, 'replication slot', NULL
+              FROM pg_replication_slots r WHERE r.xmin IS NOT NULL OR r.catalog_xmin IS NOT NULL
+             ORDER BY age DESC NULLS FIRST
+             LIMIT 1) h;
+
+    IF NOT v_shm.preloaded THEN
+        v_problems := v_problems || 'the background workers are not running: add queue to shared_preload_libraries'::text;
+    ELSIF NOT v_shm.served THEN
+        v_problems := v_problems || format('the background workers serve database %s, not this one (queue.database)',
+                                           current_setting('queue.database', true));
+    ELSE
+        IF EXISTS (SELECT 1 FROM jsonb_each(v_workers) e WHERE e.value = 'false') THEN
+            v_problems := v_problems || format('a background worker is not running: %s', v_workers);
+        END IF;
+        IF v_shm.last_tick IS NULL OR v_shm.last_tick < now() - v_late THEN
+            v_problems := v_problems || format('no maintenance pass since %s', coalesce(v_shm.last_tick::text, 'start'));
+        END IF;
+    END IF;
+    IF v_overdue > 0 THEN
+        v_problems := v_problems || format('%s processing jobs are more than a minute past their lease', v_overdue);
+    END IF;
+    IF v_stale IS NOT NULL THEN
+        v_problems := v_problems || format('stale workers: %s', array_to_string(v_stale, ', '));
+    END IF;
+    IF (v_horizon ->> 'age_seconds')::numeric > 300 THEN
+        v_problems := v_problems || format('a %s (%s) has held back cleanup of the queue''s tables for %s s',
+            v_horizon ->> 'kind', coalesce(v_horizon ->> 'application', v_horizon ->> 'pid'),
+            coalesce(v_horizon ->> 'age_seconds', 'unknown'));
+    END IF;
+
+    RETURN jsonb_build_object(
+        'healthy', cardinality(v_problems) = 0,
+        'problems', to_jsonb(v_problems),
+        'workers_running', v_workers,
+        'last_tick', v_shm.last_tick,
+        'backlog', v_counts.backlog,
+        'processing', v_counts.processing,
+        'oldest_pending_age', round(extract(epoch FROM now() - v_counts.oldest), 3),
+        'overdue_leases', v_overdue,
+        'stale_workers', coalesce(to_jsonb(v_stale), '[]'),
+        'oldest_snapshot', v_horizon,
+        'counters', jsonb_build_object('lost_tallies', v_shm.lost_tallies,
+                                       'recount_pending', v_shm.recount_pending),
+        'lease_book', (SELECT to_jsonb(b) FROM queue.leases_health() b));
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.queue_prometheus()
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1428,6 +1522,9 @@ BEGIN
     RETURN v_text || E'\n';
 END;
 $$;
+
+COMMENT ON FUNCTION @extschema@.queue_health() IS
+'Whether the queue is served: healthy, problems, workers_running, last_tick, backlog, processing, oldest_pending_age (seconds), overdue_leases, stale_workers, oldest_snapshot (what holds back cleanup: pid, application, kind, age_seconds; a problem past 5 minutes), counters, lease_book. Constant time.';
 
 DROP FUNCTION queue.ms(interval);
 

@@ -33,7 +33,7 @@
 //!   worker of another library) never marks a slot, yet it must hear of
 //!   every push too. So the producer's callback puts every queue it made
 //!   claimable on a second list, and the notifier sends those NOTIFYs as
-//!   well, coalesced: at most one round every `PASSIVE_ROUND` per queue
+//!   well, coalesced: at most one round every `PASSIVE_ROUND` (25 ms)
 //!   (pgmq's throttled notify-on-insert). A marked sleeper does not wait for
 //!   that round; the latch is set at once for it.
 //!
@@ -65,7 +65,7 @@ const NAME_BYTES: usize = 64;
 /// Passive wake-ups are sent at most this often (each queue at most once a
 /// round), so that a stream of pushes costs the notifier a bounded number of
 /// small transactions however fast it comes.
-const PASSIVE_ROUND: Duration = Duration::from_millis(10);
+const PASSIVE_ROUND: Duration = Duration::from_millis(25);
 
 /// Name of the notifier in pg_stat_activity.
 const NOTIFIER_NAME: &str = "queue notifier";
@@ -361,6 +361,11 @@ unsafe extern "C-unwind" fn withdraw_latch(_code: i32, latch: pg_sys::Datum) {
     let _ = NOTIFIER.get().latch.compare_exchange(latch.value(), 0, Ordering::SeqCst, Ordering::SeqCst);
 }
 
+thread_local! {
+    /// Whether the notifier has seen the extension installed in its database.
+    static EXTENSION_SEEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Whether passive wake-ups wait for their round.
 fn passive_waiting() -> bool {
     let list = PASSIVE_LIST.share();
@@ -388,8 +393,13 @@ fn send_requested_notifications(passive_due: bool) -> bool {
         return false;
     }
     let sent = crate::services::guarded(NOTIFIER_NAME, "a round of wake-ups", || {
-        if !crate::services::extension_installed() {
-            return Ok(());
+        // Checked until found, and again after a failed round (the extension
+        // may have been dropped): not a query in every round.
+        if !EXTENSION_SEEN.get() {
+            if !crate::services::extension_installed() {
+                return Ok(());
+            }
+            EXTENSION_SEEN.set(true);
         }
         if overflow {
             Spi::run(
@@ -409,6 +419,7 @@ fn send_requested_notifications(passive_due: bool) -> bool {
         Ok(())
     });
     if sent.is_none() {
+        EXTENSION_SEEN.set(false);
         let mut list = WAKE_LIST.exclusive();
         for name in &names {
             list.add(name.as_bytes());

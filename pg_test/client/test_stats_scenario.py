@@ -297,3 +297,21 @@ def test_a_due_recount_never_stalls_writers_behind_a_long_transaction(queue_name
         ).fetchone()
         assert sizes == (1600, 1600)
         conn.execute("SELECT queue_clear(%s || '-' || i) FROM generate_series(1, 1600) i", (queue_name,))
+
+
+def test_health_names_the_snapshot_that_holds_back_cleanup():
+    """A transaction that keeps an old snapshot open holds back vacuum of the
+    queue's tables: queue_health reports it (pid, application, age)."""
+    with connect() as conn, connect() as other:
+        other.execute("SET application_name = 'long-report'")
+        other.autocommit = False
+        other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        other.execute("SELECT count(*) FROM pg_class")  # takes the snapshot
+        pid = other.execute("SELECT pg_backend_pid()").fetchone()[0]
+        time.sleep(0.2)
+        snap = conn.execute("SELECT queue_health() -> 'oldest_snapshot'").fetchone()[0]
+        assert snap["pid"] == pid and snap["application"] == "long-report" and snap["kind"] == "transaction"
+        assert snap["age_seconds"] >= 0.2
+        other.rollback()
+        snap = conn.execute("SELECT queue_health() -> 'oldest_snapshot'").fetchone()[0]
+        assert snap is None or snap["pid"] != pid

@@ -49,14 +49,14 @@ def test_a_passive_listener_hears_every_push_from_the_notifier(queue_name):
         assert latencies[-1] < 0.05, latencies
 
         # 200 pushes as fast as one connection goes: coalesced into rounds
-        # (at most one per queue every 10 ms), at least one after the last.
+        # (at most one per queue every 25 ms), at least one after the last.
         drain(listener)
         started = time.monotonic()
         for _ in range(200):
             producer.execute("SELECT queue_push(%s, '{}')", (queue_name,))
         elapsed = time.monotonic() - started
         heard = drain(listener, 0.2)
-        assert 1 <= heard <= elapsed / 0.01 + 2, (heard, elapsed)
+        assert 1 <= heard <= elapsed / 0.025 + 2, (heard, elapsed)
 
 
 def test_passive_listeners_hear_promotions_and_group_releases(queue_name):

@@ -102,7 +102,7 @@ client_tests() {
 
 start_cluster() {
   # A short tick keeps the worker tests quick; the default is 1 s.
-  scripts/cluster.sh start "$CLUSTER" "$PORT" "queue.tick = 100ms" \
+  scripts/cluster.sh start "$CLUSTER" "$PORT" "queue.tick = 100ms" "max_prepared_transactions = 10" \
     && psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c 'CREATE EXTENSION queue'
 }
 

@@ -87,13 +87,29 @@ $$;
  * jobs table when it asks for it (after a start, a CREATE EXTENSION, an
  * overflow, or every ten minutes as a safety net; src/leases.rs). The scan
  * is a statement of its own so that its snapshot comes after the clear.
+ * Not while a prepared transaction holds changes to the jobs (see below).
  * Returns whether it rebuilt.
  */
 CREATE FUNCTION queue.rebuild_lease_book() RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT queue.leases_rebuild_due() OR NOT queue.leases_begin_rebuild() THEN
+    IF NOT queue.leases_rebuild_due() THEN
+        RETURN false;
+    END IF;
+    -- A prepared transaction that claimed or finished jobs makes its changes
+    -- at COMMIT PREPARED, after a scan now would have missed them (the
+    -- book is marked not ready at PREPARE). Until every prepared
+    -- transaction holding a write lock on the jobs has ended, the book
+    -- stays as it is and the readers go on scanning the table.
+    IF EXISTS (SELECT 1 FROM pg_locks l
+                WHERE l.locktype = 'relation' AND l.pid IS NULL
+                  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+                  AND l.relation = 'queue.jobs'::regclass
+                  AND l.mode = 'RowExclusiveLock') THEN
+        RETURN false;
+    END IF;
+    IF NOT queue.leases_begin_rebuild() THEN
         RETURN false;
     END IF;
     PERFORM queue.lease_load(j.id, j.attempts, j.lease_until)
@@ -322,6 +338,14 @@ DECLARE
     v_total jsonb := '{"promoted": 0, "retried": 0, "expired": 0, "deleted": 0, "stale_workers": 0, "errors": 0}';
     v_key   text;
 BEGIN
+    -- The duties rely on each statement seeing what committed before it (the
+    -- lease book's settling, the recount); a transaction snapshot would not.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_transaction_state',
+            MESSAGE = format('queue_tick() runs only in READ COMMITTED, not in %s',
+                             upper(current_setting('transaction_isolation'))),
+            HINT = 'Call it in a transaction of its own at the default isolation level.';
+    END IF;
     LOOP
         v_pass := queue.maintenance_pass();
         FOREACH v_key IN ARRAY ARRAY['promoted', 'retried', 'expired', 'deleted', 'stale_workers', 'errors'] LOOP

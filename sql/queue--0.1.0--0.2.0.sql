@@ -335,7 +335,6 @@ ALTER FUNCTION queue.priority_label(integer) SET search_path = pg_catalog, pg_te
 ALTER FUNCTION queue.processing_jobs(timestamp with time zone) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.promote_due(integer) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.prune_finished(integer) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION queue.rebuild_lease_book() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.release_groups(text[]) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.retention() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.revive_jobs(bigint[]) SET search_path = pg_catalog, pg_temp;
@@ -764,6 +763,35 @@ SET search_path = pg_catalog, pg_temp AS $$
        AND queue.access_allows(queue.scope('read'), j.queue);
 $$;
 
+CREATE OR REPLACE FUNCTION queue.rebuild_lease_book() RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT queue.leases_rebuild_due() THEN
+        RETURN false;
+    END IF;
+    -- A prepared transaction that claimed or finished jobs makes its changes
+    -- at COMMIT PREPARED, after a scan now would have missed them (the
+    -- book is marked not ready at PREPARE). Until every prepared
+    -- transaction holding a write lock on the jobs has ended, the book
+    -- stays as it is and the readers go on scanning the table.
+    IF EXISTS (SELECT 1 FROM pg_locks l
+                WHERE l.locktype = 'relation' AND l.pid IS NULL
+                  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+                  AND l.relation = 'queue.jobs'::regclass
+                  AND l.mode = 'RowExclusiveLock') THEN
+        RETURN false;
+    END IF;
+    IF NOT queue.leases_begin_rebuild() THEN
+        RETURN false;
+    END IF;
+    PERFORM queue.lease_load(j.id, j.attempts, j.lease_until)
+       FROM queue.jobs j
+      WHERE j.status = 'processing';
+    RETURN queue.leases_end_rebuild();
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -796,6 +824,41 @@ BEGIN
     SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
       INTO deleted, groups
       FROM gone g;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_tick() RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_pass  jsonb;
+    v_total jsonb := '{"promoted": 0, "retried": 0, "expired": 0, "deleted": 0, "stale_workers": 0, "errors": 0}';
+    v_key   text;
+BEGIN
+    -- The duties rely on each statement seeing what committed before it (the
+    -- lease book's settling, the recount); a transaction snapshot would not.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_transaction_state',
+            MESSAGE = format('queue_tick() runs only in READ COMMITTED, not in %s',
+                             upper(current_setting('transaction_isolation'))),
+            HINT = 'Call it in a transaction of its own at the default isolation level.';
+    END IF;
+    LOOP
+        v_pass := queue.maintenance_pass();
+        FOREACH v_key IN ARRAY ARRAY['promoted', 'retried', 'expired', 'deleted', 'stale_workers', 'errors'] LOOP
+            v_total := jsonb_set(v_total, ARRAY[v_key],
+                                 to_jsonb((v_total ->> v_key)::int + (v_pass ->> v_key)::int));
+        END LOOP;
+        EXIT WHEN NOT (v_pass ->> 'more')::boolean;
+    END LOOP;
+    PERFORM queue.stats_pass();
+    LOOP
+        v_pass := queue.scheduler_pass();
+        v_total := v_total || jsonb_build_object('fired',
+            coalesce((v_total ->> 'fired')::int, 0) + (v_pass ->> 'fired')::int);
+        EXIT WHEN NOT (v_pass ->> 'more')::boolean;
+    END LOOP;
+    RETURN v_total;
 END;
 $$;
 

@@ -75,6 +75,9 @@ const NOTIFIER_NAME: &str = "queue notifier";
 pub struct Notifier {
     latch: AtomicUsize,
     database: AtomicU32,
+    /// How many wake-ups `HELD` holds: read by every commit, so an atomic
+    /// rather than a lock.
+    held: AtomicUsize,
 }
 unsafe impl PGRXSharedMemory for Notifier {}
 
@@ -124,6 +127,72 @@ static NOTIFIER: PgAtomic<Notifier> = unsafe { PgAtomic::new(c"queue_notifier") 
 static WAKE_LIST: PgLwLock<WakeList> = unsafe { PgLwLock::new(c"queue_wake_list") };
 /// Queues with new claimable jobs, for listeners that never popped.
 static PASSIVE_LIST: PgLwLock<WakeList> = unsafe { PgLwLock::new(c"queue_passive_list") };
+/// Wake-ups of prepared transactions, sent when they commit.
+static HELD: PgLwLock<Held> = unsafe { PgLwLock::new(c"queue_held_wakeups") };
+
+/// Wake-ups held for prepared transactions: (transaction id, queue) pairs.
+/// PREPARE TRANSACTION hands them over; the notifier sends those whose
+/// transaction committed (COMMIT PREPARED, from any session) and drops
+/// those that rolled back. When full, the overflow flag makes the next
+/// commit of a held transaction wake every queue with pending jobs.
+#[derive(Clone, Copy)]
+pub struct Held {
+    len: usize,
+    overflow: bool,
+    xids: [u32; LIST_LEN],
+    names: WakeList,
+}
+unsafe impl PGRXSharedMemory for Held {}
+
+impl Held {
+    const fn new() -> Self {
+        Held { len: 0, overflow: false, xids: [0; LIST_LEN], names: WakeList::new() }
+    }
+
+    /// Hold the wake-up of `name` for transaction `xid` (duplicates kept:
+    /// two prepared transactions may wake one queue).
+    fn hold(&mut self, xid: u32, name: &[u8]) {
+        if self.len == LIST_LEN {
+            self.overflow = true;
+            return;
+        }
+        let n = name.len().min(NAME_BYTES);
+        self.names.names[self.len][..n].copy_from_slice(&name[..n]);
+        self.names.lens[self.len] = n as u8;
+        self.xids[self.len] = xid;
+        self.len += 1;
+    }
+
+    /// Take the wake-ups whose transaction `ended` says is over: the names
+    /// of the committed ones (and whether the overflow must be woken), the
+    /// rest stay held.
+    fn release(&mut self, ended: impl Fn(u32) -> Option<bool>) -> (Vec<String>, bool) {
+        let (mut kept, mut woken, mut any_commit) = (0, Vec::new(), false);
+        for i in 0..self.len {
+            let name = &self.names.names[i][..self.names.lens[i] as usize];
+            match ended(self.xids[i]) {
+                Some(true) => {
+                    any_commit = true;
+                    woken.push(String::from_utf8_lossy(name).into_owned());
+                }
+                Some(false) => {}
+                None => {
+                    let (xid, len, copy) = (self.xids[i], self.names.lens[i], self.names.names[i]);
+                    self.xids[kept] = xid;
+                    self.names.lens[kept] = len;
+                    self.names.names[kept] = copy;
+                    kept += 1;
+                }
+            }
+        }
+        self.len = kept;
+        let overflow = self.overflow && any_commit;
+        if overflow {
+            self.overflow = false;
+        }
+        (woken, overflow)
+    }
+}
 
 /// True in processes forked from a postmaster that preloaded the library,
 /// i.e. where the shared memory above exists.
@@ -135,6 +204,7 @@ pub fn init_shared_memory() {
     pg_shmem_init!(NOTIFIER = Notifier::default());
     pg_shmem_init!(WAKE_LIST = WakeList::new());
     pg_shmem_init!(PASSIVE_LIST = WakeList::new());
+    pg_shmem_init!(HELD = Held::new());
     SHMEM_READY.store(true, Ordering::SeqCst);
 }
 
@@ -265,10 +335,26 @@ fn defer_wake(queue: &str) -> bool {
 #[pg_guard]
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     let commit = event == pg_sys::XactEvent::XACT_EVENT_COMMIT;
-    if !commit && event != pg_sys::XactEvent::XACT_EVENT_ABORT && event != pg_sys::XactEvent::XACT_EVENT_PREPARE {
+    let prepare = event == pg_sys::XactEvent::XACT_EVENT_PREPARE;
+    if !commit && !prepare && event != pg_sys::XactEvent::XACT_EVENT_ABORT {
         return;
     }
     let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if prepare && !pending.is_empty() {
+        // Claimable only once COMMIT PREPARED runs, perhaps in another
+        // session: the notifier holds these until the transaction ends.
+        let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
+        let mut held = HELD.exclusive();
+        for (_, name) in &pending {
+            held.hold(xid, name.as_bytes());
+        }
+        NOTIFIER.get().held.store(held.len, Ordering::SeqCst);
+        return;
+    }
+    if commit && NOTIFIER.get().held.load(Ordering::SeqCst) > 0 {
+        // Perhaps a COMMIT PREPARED: let the notifier look at once.
+        set_notifier_latch();
+    }
     if !commit || pending.is_empty() {
         return;
     }
@@ -290,9 +376,13 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             list.add(name.as_bytes());
         }
     }
-    if !set_latch {
-        return;
+    if set_latch {
+        set_notifier_latch();
     }
+}
+
+/// Wake the notifier, if one runs.
+fn set_notifier_latch() {
     let latch = NOTIFIER.get().latch.load(Ordering::SeqCst);
     if latch != 0 {
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
@@ -389,6 +479,28 @@ fn send_requested_notifications(passive_due: bool) -> bool {
         }
         overflow |= passive_overflow;
     }
+    // Wake-ups of prepared transactions that have committed since.
+    if NOTIFIER.get().held.load(Ordering::SeqCst) > 0 {
+        let mut held = HELD.exclusive();
+        let (released, held_overflow) = held.release(|xid| {
+            let xid = pg_sys::TransactionId::from(xid);
+            if unsafe { pg_sys::TransactionIdDidCommit(xid) } {
+                Some(true)
+            } else if xid.into_inner() < pg_sys::FirstNormalTransactionId.into_inner() || unsafe { pg_sys::TransactionIdDidAbort(xid) } {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        NOTIFIER.get().held.store(held.len, Ordering::SeqCst);
+        drop(held);
+        for name in released {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        overflow |= held_overflow;
+    }
     if names.is_empty() && !overflow {
         return false;
     }
@@ -469,6 +581,33 @@ mod tests {
         assert!(take_mark(&slots, a));
         assert!(take_mark(&slots, b));
         assert!(take_mark(&slots, a), "collided slots never go quiet");
+    }
+
+    #[pg_test]
+    fn held_wakeups_go_with_their_transactions_end() {
+        let mut held = Box::new(Held::new());
+        held.hold(100, b"a");
+        held.hold(101, b"b");
+        held.hold(102, b"c");
+        held.hold(100, b"d");
+        // 100 committed, 101 rolled back, 102 still prepared
+        let ended = |xid| match xid {
+            100 => Some(true),
+            101 => Some(false),
+            _ => None,
+        };
+        let (woken, overflow) = held.release(ended);
+        assert_eq!(woken, vec!["a".to_string(), "d".to_string()]);
+        assert!(!overflow);
+        assert_eq!(held.len, 1);
+        assert_eq!(held.release(|_| Some(true)), (vec!["c".to_string()], false));
+        for i in 0..LIST_LEN + 3 {
+            held.hold(i as u32, b"q");
+        }
+        assert!(held.overflow);
+        let (woken, overflow) = held.release(|_| Some(true));
+        assert_eq!(woken.len(), LIST_LEN);
+        assert!(overflow, "a commit after an overflow wakes every queue");
     }
 
     #[pg_test]

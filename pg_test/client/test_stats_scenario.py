@@ -235,25 +235,38 @@ def test_the_hot_path_never_writes_the_counter_table(queue_name):
         ).fetchone()[0], what="the flush into queue.stats")
 
 
+def recount_pending(conn):
+    """Whether queue_health says the gauges wait for a recount."""
+    return conn.execute("SELECT queue_health() -> 'counters' -> 'recount_pending'").fetchone()[0]
+
+
+def push_into_1600_queues(conn, prefix):
+    """One commit touching more (queue, priority) keys than shared memory
+    holds between two flushes: its tallies are lost and a recount is due."""
+    with conn.transaction():
+        conn.execute("SELECT queue_push(%s || '-' || i, '{}') FROM generate_series(1, 1600) i", (prefix,))
+
+
+def recounted_sizes_then_clear(conn, prefix):
+    """After the recount: the 1,600 queues each hold their one job. Clears them."""
+    wait_for(lambda: recount_pending(conn) is False, what="the recount")
+    sizes = conn.execute(
+        "SELECT count(*), sum(total_size) FROM queue_list() WHERE queue LIKE %s", (prefix + "-%",)
+    ).fetchone()
+    assert sizes == (1600, 1600)
+    conn.execute("SELECT queue_clear(%s || '-' || i) FROM generate_series(1, 1600) i", (prefix,))
+
+
 def test_a_commit_too_big_for_shared_memory_is_recounted(queue_name):
     """Shared memory holds 1,536 (queue, priority) keys between two flushes.
     A commit that touches more loses its tallies there: queue_health says so
     and the gauges are recounted from the jobs."""
     with connect() as conn:
         lost_before = conn.execute("SELECT queue_health() -> 'counters' -> 'lost_tallies'").fetchone()[0]
-        with conn.transaction():
-            conn.execute(
-                "SELECT queue_push(%s || '-' || i, '{}') FROM generate_series(1, 1600) i", (queue_name,)
-            )
+        push_into_1600_queues(conn, queue_name)
         health = conn.execute("SELECT queue_health() -> 'counters'").fetchone()[0]
         assert health["lost_tallies"] > lost_before
-        wait_for(lambda: conn.execute("SELECT queue_health() -> 'counters' -> 'recount_pending'").fetchone()[0] is False,
-                 what="the recount after lost tallies")
-        sizes = conn.execute(
-            "SELECT count(*), sum(total_size) FROM queue_list() WHERE queue LIKE %s", (queue_name + "-%",)
-        ).fetchone()
-        assert sizes == (1600, 1600)
-        conn.execute("SELECT queue_clear(%s || '-' || i) FROM generate_series(1, 1600) i", (queue_name,))
+        recounted_sizes_then_clear(conn, queue_name)
 
 
 def test_a_due_recount_never_stalls_writers_behind_a_long_transaction(queue_name):
@@ -265,9 +278,8 @@ def test_a_due_recount_never_stalls_writers_behind_a_long_transaction(queue_name
     with connect() as conn, connect() as other:
         other.autocommit = False
         other.execute("SELECT queue_push(%s, '{}')", (queue_name + "-held",))  # open, holding its lock
-        with conn.transaction():
-            conn.execute("SELECT queue_push(%s || '-' || i, '{}') FROM generate_series(1, 1600) i", (queue_name,))
-        assert conn.execute("SELECT queue_health() -> 'counters' -> 'recount_pending'").fetchone()[0] is True
+        push_into_1600_queues(conn, queue_name)
+        assert recount_pending(conn) is True
         pushes, pops, acks = [], [], []
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
@@ -288,15 +300,9 @@ def test_a_due_recount_never_stalls_writers_behind_a_long_transaction(queue_name
               f"p99 {p99 * 1000:.1f} ms, slowest {max(every) * 1000:.1f} ms, held back {held * 1000:.0f} ms in all")
         assert p99 < 0.020, p99
         assert held < 0.1, f"writers were held back {held:.3f} s in all, more than one tick"
-        assert conn.execute("SELECT queue_health() -> 'counters' -> 'recount_pending'").fetchone()[0] is True
+        assert recount_pending(conn) is True, "the recount waits for the open transaction"
         other.rollback()
-        wait_for(lambda: conn.execute("SELECT queue_health() -> 'counters' -> 'recount_pending'").fetchone()[0] is False,
-                 what="the recount once the transaction ended")
-        sizes = conn.execute(
-            "SELECT count(*), sum(total_size) FROM queue_list() WHERE queue LIKE %s", (queue_name + "-%",)
-        ).fetchone()
-        assert sizes == (1600, 1600)
-        conn.execute("SELECT queue_clear(%s || '-' || i) FROM generate_series(1, 1600) i", (queue_name,))
+        recounted_sizes_then_clear(conn, queue_name)
 
 
 def test_health_names_the_snapshot_that_holds_back_cleanup():

@@ -537,12 +537,11 @@ fn stats_health() -> TableIterator<
 // Transaction ends
 // ---------------------------------------------------------------------------
 
-/// Before commit, outside the served database: add the tallies to this
-/// backend's rows of queue.stats, inside the transaction. The statement is
+/// Before commit (or PREPARE), outside the served database: add the
+/// tallies to the rows of `slot` in queue.stats, inside the transaction. The statement is
 /// fixed; it runs as the bootstrap superuser because the committing user
 /// may hold no privilege on the internal table.
-fn write_tallies_to_table(tallies: Vec<Tally>) {
-    let slot = unsafe { pg_sys::MyBackendId };
+fn write_tallies_to_table(tallies: Vec<Tally>, slot: i32) {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let rows = summed(tallies.iter().map(|t| (t.queue.as_str(), t.priority, t.counts, if t.activity { now } else { 0 })));
     let (mut user, mut context) = (pg_sys::Oid::INVALID, 0);
@@ -613,7 +612,22 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             if !served() {
                 let tallies = TALLIES.with(|t| std::mem::take(&mut *t.borrow_mut()));
                 if !tallies.is_empty() {
-                    write_tallies_to_table(tallies);
+                    write_tallies_to_table(tallies, unsafe { pg_sys::MyBackendId });
+                }
+            }
+        }
+        // Outside the served database a prepared transaction's tallies go
+        // into queue.stats inside it, so that they commit or roll back with
+        // it, exactly. In a slot of its own (from its transaction id, below
+        // zero): rows of the backend's slot would stay locked by the
+        // prepared transaction, and this backend's next commit would wait
+        // for them.
+        XACT_EVENT_PRE_PREPARE => {
+            if !served() {
+                let tallies = TALLIES.with(|t| std::mem::take(&mut *t.borrow_mut()));
+                if !tallies.is_empty() {
+                    let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
+                    write_tallies_to_table(tallies, -((xid & 0x3fff_ffff) as i32) - 1);
                 }
             }
         }

@@ -284,15 +284,33 @@ thread_local! {
     static PENDING: RefCell<Vec<(u64, String)>> = const { RefCell::new(Vec::new()) };
     /// Whether the transaction callback is registered in this backend.
     static CALLBACK_REGISTERED: RefCell<bool> = const { RefCell::new(false) };
+    /// Queues to NOTIFY just before this transaction commits (no notifier).
+    static NOTIFY_AT_COMMIT: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
 /// SQL `queue.wake(queue)`: jobs of the queue became claimable. Hands the
 /// wake-up to the notifier after commit when it serves this database, and
-/// otherwise sends `NOTIFY queue_<name>` in this transaction. Postgres folds
-/// identical notifications of one transaction into one.
+/// otherwise sends `NOTIFY queue_<name>` from this transaction, just before
+/// it commits: not at once, because a transaction that has notified cannot
+/// PREPARE. A prepared transaction of such a database wakes nobody (its
+/// workers' polling finds the jobs). Postgres folds identical notifications
+/// of one transaction into one.
 #[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
 fn wake(queue: &str) {
     if !defer_wake(queue) {
+        register_callback();
+        NOTIFY_AT_COMMIT.with(|n| {
+            let mut n = n.borrow_mut();
+            if !n.iter().any(|q| q == queue) {
+                n.push(queue.to_owned());
+            }
+        });
+    }
+}
+
+/// Send the NOTIFYs this transaction asked for where no notifier serves.
+fn notify_now(queues: Vec<String>) {
+    for queue in queues {
         let channel = format!("queue_{queue}");
         unsafe {
             pgrx::direct_function_call_as_datum(
@@ -303,12 +321,8 @@ fn wake(queue: &str) {
     }
 }
 
-/// Remember to wake the queue's sleepers after commit. False when the
-/// notifier cannot do it.
-fn defer_wake(queue: &str) -> bool {
-    if !notifier_serves_this_database() {
-        return false;
-    }
+/// Register this module's transaction callback in this backend, once.
+fn register_callback() {
     CALLBACK_REGISTERED.with(|registered| {
         let mut registered = registered.borrow_mut();
         if !*registered {
@@ -316,6 +330,15 @@ fn defer_wake(queue: &str) -> bool {
             *registered = true;
         }
     });
+}
+
+/// Remember to wake the queue's sleepers after commit. False when the
+/// notifier cannot do it.
+fn defer_wake(queue: &str) -> bool {
+    if !notifier_serves_this_database() {
+        return false;
+    }
+    register_callback();
     let tag = tag_of(unsafe { pg_sys::MyDatabaseId }.to_u32(), queue);
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
@@ -334,6 +357,18 @@ fn defer_wake(queue: &str) -> bool {
 /// later commits of the same round only join the list.
 #[pg_guard]
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+            // Still inside the transaction: its NOTIFYs go out with its commit.
+            let queues = NOTIFY_AT_COMMIT.with(|n| std::mem::take(&mut *n.borrow_mut()));
+            notify_now(queues);
+            return;
+        }
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE | pg_sys::XactEvent::XACT_EVENT_ABORT => {
+            NOTIFY_AT_COMMIT.with(|n| n.borrow_mut().clear());
+        }
+        _ => {}
+    }
     let commit = event == pg_sys::XactEvent::XACT_EVENT_COMMIT;
     let prepare = event == pg_sys::XactEvent::XACT_EVENT_PREPARE;
     if !commit && !prepare && event != pg_sys::XactEvent::XACT_EVENT_ABORT {

@@ -18,8 +18,12 @@ def no_prepared_transaction_left():
     """A test that fails half-way must not leave a prepared transaction
     behind: it would hold the jobs table for every later test."""
     yield
+    import re
+    from conftest import DSN
     with connect() as c:
-        for (name,) in c.execute("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'q2pc-%'").fetchall():
+        left = c.execute("SELECT gid, database FROM pg_prepared_xacts WHERE gid LIKE 'q2pc-%'").fetchall()
+    for name, database in left:
+        with psycopg.connect(re.sub(r"dbname=\S+", f"dbname={database}", DSN), autocommit=True) as c:
             c.execute(f"ROLLBACK PREPARED '{name}'")
 
 
@@ -115,3 +119,45 @@ def test_queue_tick_refuses_a_transaction_snapshot(level):
         assert e.value.diag.sqlstate == "25000"
         c.execute("ROLLBACK")
         assert c.execute("SELECT (queue_tick() ->> 'errors')::int").fetchone()[0] == 0
+
+
+def test_prepared_transactions_in_a_database_the_workers_do_not_serve(queue_name):
+    """Outside the served database there is no notifier: pushes NOTIFY from
+    their own transaction at commit, which must not stop PREPARE, and the
+    counters go into queue.stats inside the transaction, so a prepared one
+    counts exactly when it commits and not at all when it rolls back."""
+    import re
+    from conftest import DSN
+    db = "q2pc_other_" + uuid.uuid4().hex[:6]
+    with connect() as su:
+        su.execute(f"CREATE DATABASE {db}")
+    dsn = re.sub(r"dbname=\S+", f"dbname={db}", DSN)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c, psycopg.connect(dsn, autocommit=True) as other, \
+                psycopg.connect(dsn, autocommit=True) as listener:
+            c.execute("CREATE EXTENSION queue")
+            listener.execute(f'LISTEN "queue_{queue_name}"')
+            c.execute("SELECT queue_push(%s, '{}')", (queue_name,))
+            assert len(list(listener.notifies(timeout=2, stop_after=1))) == 1, "a plain push still notifies"
+            kept, dropped = gid(), gid()
+            prepare(c, "SELECT queue_push(%s, '{}')", (queue_name,), kept)
+            prepare(c, "SELECT queue_push(%s, '{}')", (queue_name,), dropped)
+            assert c.execute("SELECT queue_size(%s)", (queue_name,)).fetchone()[0] == 1
+            other.execute(f"COMMIT PREPARED '{kept}'")
+            other.execute(f"ROLLBACK PREPARED '{dropped}'")
+            assert c.execute("SELECT queue_size(%s)", (queue_name,)).fetchone()[0] == 2
+            claimed = c.execute("SELECT id, attempt FROM queue_pop(%s, 'w', 2)", (queue_name,)).fetchall()
+            name = gid()
+            prepare(c, "SELECT queue_ack(%s, NULL, %s)", claimed[0], name)
+            other.execute(f"ROLLBACK PREPARED '{name}'")
+            name = gid()
+            prepare(c, "SELECT queue_ack(%s, NULL, %s)", claimed[1], name)
+            other.execute(f"COMMIT PREPARED '{name}'")
+            stats = c.execute("SELECT queue_stats(%s)", (queue_name,)).fetchone()[0]
+            assert (stats["pending"], stats["processing"], stats["completed"], stats["total_pushed"]) == (0, 1, 1, 2)
+            counted = c.execute("SELECT status::text, count(*) FROM queue.all_jobs WHERE queue = %s GROUP BY 1 ORDER BY 1",
+                                (queue_name,)).fetchall()
+            assert counted == [("completed", 1), ("processing", 1)]
+    finally:
+        with connect() as su:
+            su.execute(f"DROP DATABASE IF EXISTS {db}")

@@ -1,0 +1,555 @@
+"""The asyncio worker: :class:`AsyncWorker` and the :class:`AsyncJob` its handlers get."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import _common as c
+from .errors import WorkerStopped, as_timedelta, is_permanent, retry_in_of
+from .hooks import JobEvent
+
+__all__ = ["AsyncWorker", "AsyncJob"]
+
+AsyncHandler = Callable[["AsyncJob"], Awaitable[Any]]
+
+
+class _AsyncPool:
+    """The asyncio twin of the threaded worker's pool."""
+
+    def __init__(self, dsn: str, size: int, connect_kwargs: Mapping[str, Any]) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._kwargs = dict(connect_kwargs)
+        self._idle: List[psycopg.AsyncConnection] = []
+        self._open = 0
+        self._cond = asyncio.Condition()
+        self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: bool(self._idle) or self._open < self._size or self._closed)
+            if self._closed:
+                raise psycopg.InterfaceError("the worker's connection pool is closed")
+            conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                self._open += 1
+        if conn is None:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True, **self._kwargs)
+            except BaseException:
+                async with self._cond:
+                    self._open -= 1
+                    self._cond.notify()
+                raise
+        try:
+            yield conn
+        finally:
+            broken = conn.closed or conn.broken or self._closed
+            if broken:
+                await _aclose_quietly(conn)
+            async with self._cond:
+                if broken:
+                    self._open -= 1
+                else:
+                    self._idle.append(conn)
+                self._cond.notify()
+
+    async def call(self, query: Any, params: Sequence[Any] = (), fetch: str = "one") -> Any:
+        """Run one statement; retry once on a fresh connection after a transient error."""
+        for tries in (1, 2):
+            try:
+                async with self.connection() as conn:
+                    cur = await conn.execute(query, params)
+                    if fetch == "all":
+                        return await cur.fetchall()
+                    row = await cur.fetchone()
+                    return None if row is None else row[0]
+            except Exception as exc:
+                if tries == 2 or not c.is_transient(exc) or self._closed:
+                    raise
+
+    async def close(self) -> None:
+        async with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            await _aclose_quietly(conn)
+
+
+async def _aclose_quietly(conn: psycopg.AsyncConnection) -> None:
+    try:
+        await conn.close()
+    except Exception:
+        pass
+
+
+class AsyncJob(c.JobBase):
+    """A claimed job, handed to an :class:`AsyncWorker` handler.
+
+    The same data as :class:`~pgqueue.Job`; :meth:`progress` and
+    :meth:`touch` are coroutines.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, row: c.ClaimedRow, owner: "AsyncWorker") -> None:
+        """Wrap a claimed row (built by the worker, not by users)."""
+        super().__init__(row, owner.name)
+        self._owner = owner
+
+    async def progress(self, current: int, total: int, message: Optional[str] = None) -> bool:
+        """Report progress with ``queue_progress`` for this claim's attempt.
+
+        Returns whether it was recorded; ``False`` (logged, not raised) when
+        the claim is no longer current or the database could not be reached.
+        """
+        if isinstance(current, bool) or isinstance(total, bool) or not isinstance(current, int) \
+                or not isinstance(total, int):
+            raise TypeError("current and total must be ints")
+        if total < 1 or not 0 <= current <= total:
+            raise ValueError(f"invalid progress {current} of {total}: need 0 <= current <= total, total >= 1")
+        if not self._may_report():
+            return False
+        try:
+            return bool(await self._owner._pool.call(c.PROGRESS_SQL, (self.id, current, total, message,
+                                                                     self.attempt)))
+        except Exception as exc:
+            if not c.is_transient(exc):
+                raise
+            self._owner._log.warning("job %s: progress not recorded: %s", self.id, exc)
+            return False
+
+    async def touch(self, extend: Optional[dt.timedelta] = None) -> bool:
+        """Extend the lease now (the worker already does it at half the lease)."""
+        if not self._may_report():
+            return False
+        span = None if extend is None else as_timedelta(extend, "extend")
+        try:
+            ok = bool(await self._owner._pool.call(c.TOUCH_SQL, (self.id, span, self.attempt)))
+        except Exception as exc:
+            if not c.is_transient(exc):
+                raise
+            return False
+        if ok:
+            self._next_touch = time.monotonic() + self.touch_every
+        else:
+            self._lost = True
+        return ok
+
+
+class AsyncWorker(c.WorkerBase):
+    """Runs ``async def`` handlers for jobs of one or more queues, on one event loop.
+
+    The asyncio twin of :class:`~pgqueue.Worker`, with the same arguments and
+    guarantees: claims in batches up to free capacity, at most
+    ``concurrency`` handlers at once, acks with the return value, fails with
+    the exception, extends leases at half the timeout, heartbeats, wakes on
+    LISTEN with polling as a fallback, reconnects with backoff, and on stop
+    waits ``grace`` seconds before cancelling the remaining handlers and
+    giving their jobs back with ``queue_release``.
+
+    Run it with ``await worker.run()`` (SIGTERM / SIGINT stop it), or
+    ``async with AsyncWorker(...) as w:`` to run it in the background.
+    Handlers must be coroutine functions; run blocking code in
+    :func:`asyncio.to_thread` or use :class:`~pgqueue.Worker`.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        handlers: Mapping[str, AsyncHandler],
+        *,
+        concurrency: int = 10,
+        name: Optional[str] = None,
+        grace: float = 30.0,
+        poll_interval: float = 1.0,
+        heartbeat_interval: float = 10.0,
+        pooler: bool = False,
+        listeners: Sequence[Any] = (),
+        max_connections: Optional[int] = None,
+        reconnect_max: float = 10.0,
+        tracing: bool = True,
+        logger: Optional[logging.Logger] = None,
+        connect_kwargs: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        """Configure the worker; nothing connects before :meth:`run`."""
+        self._configure(dsn, handlers, True, concurrency=concurrency, name=name, grace=grace,
+                        poll_interval=poll_interval, heartbeat_interval=heartbeat_interval, pooler=pooler,
+                        listeners=listeners, reconnect_max=reconnect_max, tracing=tracing, logger=logger,
+                        connect_kwargs=connect_kwargs)
+        size = max_connections if max_connections is not None else min(concurrency, 4) + 1
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError("max_connections must be an int >= 1")
+        self._pool_size = size
+        self._active: Dict[int, AsyncJob] = {}
+        self._tasks: Dict[int, "asyncio.Task[None]"] = {}
+        self._started = False
+        self._grace_deadline: Optional[float] = None
+        self._has_release: Optional[bool] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._run_task: Optional["asyncio.Task[None]"] = None
+        self._listening = False
+        # Created in run(), on the worker's loop.
+        self._pool: _AsyncPool
+        self._stopping: asyncio.Event
+        self._wake: asyncio.Event
+        self._closing: asyncio.Event
+        self._done: asyncio.Event
+        self._keeper_wake: asyncio.Event
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def running_jobs(self) -> int:
+        """How many claimed jobs this worker holds right now."""
+        return len(self._active)
+
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is up (always False with ``pooler``)."""
+        return self._listening
+
+    async def run(self, install_signal_handlers: bool = True) -> None:
+        """Run until stopped. With ``install_signal_handlers``, SIGTERM and
+        SIGINT stop the worker gracefully (a second one gives jobs back at
+        once); the handlers are removed on return."""
+        if self._started:
+            raise WorkerStopped("an AsyncWorker runs once; create a new one")
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        self._pool = _AsyncPool(self._dsn, self._pool_size, self._connect_kwargs)
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._done = asyncio.Event()
+        self._keeper_wake = asyncio.Event()
+        installed: List[int] = []
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    self._loop.add_signal_handler(sig, self._on_signal, sig)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass  # not the main thread, or no signals on this platform
+        self._log.info("async worker %s starting: queues %s, concurrency %d%s", self.name, self.queues,
+                       self.concurrency, ", pooler mode (polling)" if self.pooler else "")
+        helpers = [asyncio.create_task(self._keep_leases())]
+        if not self.pooler:
+            helpers.append(asyncio.create_task(self._listen()))
+        try:
+            await self._main()
+        finally:
+            try:
+                await self._shutdown()
+            finally:
+                for t in helpers:
+                    t.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+                for sig in installed:
+                    self._loop.remove_signal_handler(sig)
+                self._done.set()
+
+    def stop(self, grace: Optional[float] = None) -> None:
+        """Ask the worker to stop (claim nothing more, wait up to ``grace``
+        seconds, then give the rest back). Returns at once; callable from any
+        thread. A second call may shorten the grace."""
+        g = self.grace if grace is None else c.check_positive("grace", grace, allow_zero=True)
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the worker is not running")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._stop_in_loop(g)
+        else:
+            loop.call_soon_threadsafe(self._stop_in_loop, g)
+
+    async def wait(self) -> None:
+        """Wait until the worker has stopped."""
+        if self._run_task is not None:
+            await asyncio.shield(self._run_task)
+        elif self._started:
+            await self._done.wait()
+
+    async def __aenter__(self) -> "AsyncWorker":
+        """``async with AsyncWorker(...) as w:`` runs the worker in a task for the block."""
+        self._run_task = asyncio.create_task(self.run(install_signal_handlers=False))
+        while self._loop is None:
+            await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        """Stop gracefully and wait for the worker to finish."""
+        if self._run_task is not None and not self._run_task.done():
+            self.stop()
+        await self.wait()
+
+    # ------------------------------------------------------------ internals
+
+    def _on_signal(self, signum: int) -> None:
+        if self._stopping.is_set():
+            self._log.warning("signal %s again: giving running jobs back now", signum)
+            self._stop_in_loop(0.0)
+        else:
+            self._log.info("signal %s: stopping (grace %.1fs)", signum, self.grace)
+            self._stop_in_loop(self.grace)
+
+    def _stop_in_loop(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        if self._grace_deadline is None or deadline < self._grace_deadline:
+            self._grace_deadline = deadline
+        self._stopping.set()
+        self._wake.set()
+
+    async def _sleep_or(self, event: asyncio.Event, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout=max(0.0, timeout))
+        except asyncio.TimeoutError:
+            pass
+
+    async def _main(self) -> None:
+        backoff = c.Backoff(0.1, self._reconnect_max)
+        next_heartbeat = 0.0
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                next_heartbeat = now + (self.heartbeat_interval if await self._heartbeat("running") else 1.0)
+            self._wake.clear()
+            try:
+                claimed, free = await self._claim()
+                backoff.reset()
+            except Exception as exc:
+                delay = backoff.next()
+                if c.is_transient(exc):
+                    self._log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
+                else:
+                    self._log.exception("claim failed; retrying in %.1fs", delay)
+                await self._sleep_or(self._stopping, delay)
+                continue
+            if claimed and free > 0:
+                continue
+            await self._wait_for_work(min(self.poll_interval, next_heartbeat - time.monotonic()))
+
+    async def _wait_for_work(self, timeout: float) -> None:
+        """Sleep until woken (a NOTIFY, a freed slot, a stop) or ``timeout``.
+
+        The seam for wake-up strategies: with LISTEN, :meth:`_listen` sets
+        the event; in ``pooler`` mode nothing does and this is plain polling.
+        A server-side wait for poolers would run its blocking call here.
+        """
+        await self._sleep_or(self._wake, timeout)
+
+    async def _heartbeat(self, state: str) -> bool:
+        try:
+            await self._pool.call(c.HEARTBEAT_SQL, (self.name, Jsonb(self._info(state))))
+            return True
+        except Exception as exc:
+            self._log.warning("heartbeat failed: %s", exc)
+            return False
+
+    async def _claim(self) -> "tuple[int, int]":
+        free = self.concurrency - len(self._active)
+        claimed = 0
+        for queue in self._queue_order():
+            if free <= 0 or self._stopping.is_set():
+                break
+            rows = c.ClaimedRow.from_rows(await self._pool.call(c.POP_SQL, (queue, self.name, free), fetch="all"))
+            for row in rows:
+                job = AsyncJob(row, self)
+                self._active[job.id] = job
+                self._tasks[job.id] = asyncio.create_task(self._run_job(job))
+            if rows:
+                self._keeper_wake.set()
+            free -= len(rows)
+            claimed += len(rows)
+        return claimed, free
+
+    async def _listen(self) -> None:
+        """One LISTEN connection for every handled queue; reconnects with backoff."""
+        backoff = c.Backoff(0.1, self._reconnect_max)
+        while not self._stopping.is_set():
+            conn = None
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True, **self._connect_kwargs)
+                for queue in self.queues:
+                    await conn.execute(c.listen_statement(queue))
+                backoff.reset()
+                self._listening = True
+                self._wake.set()  # notifications may have been missed while away
+                while not self._stopping.is_set():
+                    async for _ in conn.notifies(timeout=1.0):
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._listening = False
+                if self._stopping.is_set():
+                    break
+                delay = backoff.next()
+                if c.is_transient(exc):
+                    self._log.warning("listen connection lost (%s); reconnecting in %.1fs", exc, delay)
+                else:
+                    self._log.exception("listen connection failed; retrying in %.1fs", delay)
+                await self._sleep_or(self._stopping, delay)
+            finally:
+                self._listening = False
+                if conn is not None:
+                    await _aclose_quietly(conn)
+
+    async def _run_job(self, job: AsyncJob) -> None:
+        try:
+            await self._execute(job)
+        except asyncio.CancelledError:
+            if job._state != c.RELEASED:
+                raise
+        except Exception:
+            self._log.exception("job %s: internal error", job.id)
+        finally:
+            self._active.pop(job.id, None)
+            self._tasks.pop(job.id, None)
+            self._wake.set()
+
+    async def _execute(self, job: AsyncJob) -> None:
+        handler = self._handlers[job.queue]
+        self._hooks.emit(JobEvent(job, "started"))
+        with self._hooks.span(job) as span:
+            start = time.monotonic()
+            try:
+                result = await handler(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                duration = time.monotonic() - start
+                status = await self._fail(job, exc)
+                self._hooks.span_outcome(span, status, exc)
+                if status != c.RELEASED:
+                    self._hooks.emit(JobEvent(job, "failed", duration=duration, error=exc, status=status))
+                return
+            duration = time.monotonic() - start
+            status = await self._ack(job, result)
+            self._hooks.span_outcome(span, status, None)
+            if status != c.RELEASED:
+                self._hooks.emit(JobEvent(job, "finished", duration=duration, result=result, status=status))
+
+    async def _ack(self, job: AsyncJob, result: Any) -> Optional[str]:
+        if not job._begin_finish():
+            return c.RELEASED
+        try:
+            try:
+                doc = None if result is None else Jsonb(result)
+                ok = await self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
+            except Exception as exc:
+                self._log.error("job %s: result could not be stored: %s", job.id, exc)
+                bad = TypeError(f"result could not be stored: {type(exc).__name__}: {exc}")
+                return await self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(bad, False), job.attempt,
+                                                             None, False))
+            if ok is None:
+                return None
+            if not ok:
+                self._log.warning("job %s: ack refused, the claim (attempt %s) is no longer current",
+                                  job.id, job.attempt)
+            return "completed" if ok else None
+        finally:
+            job._end_finish()
+
+    async def _fail(self, job: AsyncJob, exc: BaseException) -> Optional[str]:
+        if not job._begin_finish():
+            return c.RELEASED
+        try:
+            return await self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(exc), job.attempt,
+                                                         retry_in_of(exc), is_permanent(exc)))
+        finally:
+            job._end_finish()
+
+    async def _deliver(self, job: AsyncJob, query: str, params: Sequence[Any]) -> Any:
+        backoff = c.Backoff(0.05, min(2.0, self._reconnect_max))
+        give_up = time.monotonic() + max(30.0, job.lease.total_seconds())
+        while True:
+            try:
+                return await self._pool.call(query, params)
+            except Exception as exc:
+                if not c.is_transient(exc):
+                    raise
+                if self._closing.is_set() or time.monotonic() > give_up:
+                    self._log.error("job %s: outcome not delivered (%s); the job returns after its lease",
+                                    job.id, exc)
+                    return None
+                delay = backoff.next()
+                self._log.warning("job %s: outcome not delivered yet (%s); retrying in %.2fs", job.id, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _keep_leases(self) -> None:
+        while not self._closing.is_set():
+            now = time.monotonic()
+            for job in list(self._active.values()):
+                if job._state not in (c.RUNNING, c.FINISHING) or job._lost or job._next_touch > now:
+                    continue
+                try:
+                    ok = await self._pool.call(c.TOUCH_SQL, (job.id, None, job.attempt))
+                except Exception as exc:
+                    self._log.warning("job %s: lease not extended yet (%s)", job.id, exc)
+                    job._next_touch = time.monotonic() + min(1.0, job.touch_every / 2)
+                    continue
+                if ok:
+                    job._next_touch = time.monotonic() + job.touch_every
+                elif job._state == c.RUNNING:
+                    job._lost = True
+                    self._log.warning("job %s: lease lost (attempt %s is no longer current)", job.id, job.attempt)
+            pending = [j._next_touch for j in self._active.values() if not j._lost]
+            sleep = min(pending, default=now + 1.0) - time.monotonic()
+            self._keeper_wake.clear()
+            await self._sleep_or(self._keeper_wake, max(0.01, min(1.0, sleep)))
+
+    async def _shutdown(self) -> None:
+        if not self._stopping.is_set():
+            self._stop_in_loop(self.grace)
+        assert self._grace_deadline is not None
+        while self._tasks and time.monotonic() < self._grace_deadline:
+            await asyncio.wait(list(self._tasks.values()),
+                               timeout=min(0.1, max(0.0, self._grace_deadline - time.monotonic())))
+        left = [(self._active[i], t) for i, t in list(self._tasks.items()) if i in self._active]
+        if left:
+            self._log.warning("grace over: giving back %d running job(s)", len(left))
+        for job, task in left:
+            if job._begin_release():
+                task.cancel()
+                await self._release(job)
+        end = time.monotonic() + 5.0
+        while self._tasks and time.monotonic() < end:
+            await asyncio.wait(list(self._tasks.values()), timeout=0.1)
+        self._closing.set()
+        self._keeper_wake.set()
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await self._heartbeat("stopped")
+        await self._pool.close()
+        self._log.info("async worker %s stopped", self.name)
+
+    async def _release(self, job: AsyncJob) -> None:
+        """Give a job back without counting its attempt (see :meth:`Worker._release`)."""
+        status: Optional[str] = None
+        try:
+            if self._has_release is None:
+                self._has_release = bool(await self._pool.call(c.HAS_RELEASE_SQL))
+            if self._has_release:
+                status = "released" if await self._pool.call(c.RELEASE_SQL, (job.id, job.attempt)) else None
+            elif not job.is_last_attempt:
+                status = await self._pool.call(c.FAIL_SQL, (job.id, "worker stopped before the job finished",
+                                                            job.attempt, dt.timedelta(0), False))
+        except Exception as exc:
+            self._log.error("job %s: could not be given back (%s); it returns after its lease", job.id, exc)
+        self._hooks.emit(JobEvent(job, "released", duration=time.monotonic() - job._started, status=status))

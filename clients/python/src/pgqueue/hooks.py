@@ -1,0 +1,179 @@
+"""Hooks into a worker's job lifecycle: listeners, logging and tracing.
+
+A listener is any object with some of the methods of :class:`WorkerListener`
+(``on_started``, ``on_finished``, ``on_failed``, ``on_released``); each gets a
+:class:`JobEvent`. Listeners run in the thread (or, for
+:class:`~pgqueue.AsyncWorker`, the event loop) that runs the job, so keep them
+quick. An exception raised by a listener is logged and otherwise ignored: it
+never changes what happens to the job.
+
+Every worker also logs to the ``pgqueue`` logger, and when ``opentelemetry-api``
+is importable it wraps each job in a ``process <queue>`` span (kind CONSUMER).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+try:  # optional dependency
+    from opentelemetry import trace as _otel_trace
+    from opentelemetry.trace import SpanKind as _SpanKind
+    from opentelemetry.trace import Status as _Status
+    from opentelemetry.trace import StatusCode as _StatusCode
+except ImportError:  # pragma: no cover - exercised when the package is absent
+    _otel_trace = None
+
+__all__ = ["JobEvent", "WorkerListener", "CallbackListener", "tracing_available"]
+
+logger = logging.getLogger("pgqueue")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobEvent:
+    """What happened to a job.
+
+    Attributes:
+        job: the :class:`~pgqueue.Job` (or :class:`~pgqueue.AsyncJob`).
+        kind: ``"started"``, ``"finished"``, ``"failed"`` or ``"released"``.
+        duration: seconds the handler ran (``None`` for ``"started"``).
+        result: the handler's return value (``"finished"``).
+        error: the exception the handler raised (``"failed"``).
+        status: the job's new status as the server reported it:
+            ``"completed"``, ``"retrying"``, ``"pending"``, ``"failed"``,
+            ``"released"``; ``None`` when the server refused the update because
+            the claim was no longer current (the lease ran out and the job was
+            claimed again) or when it could not be delivered.
+    """
+
+    job: Any
+    kind: str
+    duration: Optional[float] = None
+    result: Any = None
+    error: Optional[BaseException] = None
+    status: Optional[str] = None
+
+
+class WorkerListener:
+    """Base class of listeners; override the methods you need (all no-ops here)."""
+
+    def on_started(self, event: JobEvent) -> None:
+        """A handler is about to run ``event.job``."""
+
+    def on_finished(self, event: JobEvent) -> None:
+        """The handler returned; ``event.status`` is ``"completed"`` when the ack landed."""
+
+    def on_failed(self, event: JobEvent) -> None:
+        """The handler raised ``event.error``; ``event.status`` is the job's new status."""
+
+    def on_released(self, event: JobEvent) -> None:
+        """The worker stopped before the handler ended and gave the job back."""
+
+
+class CallbackListener(WorkerListener):
+    """A listener made of plain callables, e.g. ``CallbackListener(on_failed=alert)``."""
+
+    def __init__(
+        self,
+        on_started: Optional[Callable[[JobEvent], Any]] = None,
+        on_finished: Optional[Callable[[JobEvent], Any]] = None,
+        on_failed: Optional[Callable[[JobEvent], Any]] = None,
+        on_released: Optional[Callable[[JobEvent], Any]] = None,
+    ) -> None:
+        """Call the given functions for the matching events; omitted ones are ignored."""
+        self._fns = {"started": on_started, "finished": on_finished, "failed": on_failed, "released": on_released}
+
+    def _call(self, kind: str, event: JobEvent) -> None:
+        fn = self._fns[kind]
+        if fn is not None:
+            fn(event)
+
+    def on_started(self, event: JobEvent) -> None:
+        """Forward to ``on_started``."""
+        self._call("started", event)
+
+    def on_finished(self, event: JobEvent) -> None:
+        """Forward to ``on_finished``."""
+        self._call("finished", event)
+
+    def on_failed(self, event: JobEvent) -> None:
+        """Forward to ``on_failed``."""
+        self._call("failed", event)
+
+    def on_released(self, event: JobEvent) -> None:
+        """Forward to ``on_released``."""
+        self._call("released", event)
+
+
+def tracing_available() -> bool:
+    """Whether ``opentelemetry-api`` is importable (then jobs run in spans)."""
+    return _otel_trace is not None
+
+
+class _Hooks:
+    """Fans events out to the listeners and the log, and opens job spans."""
+
+    def __init__(self, listeners: Sequence[Any], log: logging.Logger, tracing: bool, version: str) -> None:
+        for listener in listeners:
+            if not any(callable(getattr(listener, m, None)) for m in
+                       ("on_started", "on_finished", "on_failed", "on_released")):
+                raise TypeError(f"{listener!r} has none of on_started/on_finished/on_failed/on_released")
+        self._listeners = list(listeners)
+        self.log = log
+        self._tracer = None
+        if tracing and _otel_trace is not None:
+            self._tracer = _otel_trace.get_tracer("pgqueue", version)
+
+    def emit(self, event: JobEvent) -> None:
+        job = event.job
+        if event.kind == "started":
+            self.log.debug("job %s (%s) attempt %s started", job.id, job.queue, job.attempt)
+        elif event.kind == "finished":
+            self.log.info("job %s (%s) finished in %.3fs: %s", job.id, job.queue, event.duration or 0.0,
+                          event.status or "ack not applied")
+        elif event.kind == "failed":
+            self.log.warning("job %s (%s) attempt %s failed in %.3fs -> %s: %r", job.id, job.queue,
+                             job.attempt, event.duration or 0.0, event.status, event.error)
+        elif event.kind == "released":
+            self.log.warning("job %s (%s) given back at shutdown -> %s", job.id, job.queue, event.status)
+        method = "on_" + event.kind
+        for listener in self._listeners:
+            fn = getattr(listener, method, None)
+            if fn is None:
+                continue
+            try:
+                fn(event)
+            except Exception:  # a listener never breaks the worker
+                self.log.exception("listener %r failed in %s", listener, method)
+
+    @contextlib.contextmanager
+    def span(self, job: Any) -> Iterator[Optional[Any]]:
+        """A CONSUMER span around one job, or nothing without OpenTelemetry."""
+        if self._tracer is None:
+            yield None
+            return
+        attributes = {
+            "messaging.system": "pgqueue",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": job.queue,
+            "messaging.message.id": str(job.id),
+            "pgqueue.job.attempt": job.attempt,
+            "pgqueue.job.max_attempts": job.max_attempts,
+            "pgqueue.worker": job.worker,
+        }
+        with self._tracer.start_as_current_span(
+            f"process {job.queue}", kind=_SpanKind.CONSUMER, attributes=attributes,
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            yield span
+
+    @staticmethod
+    def span_outcome(span: Optional[Any], status: Optional[str], error: Optional[BaseException]) -> None:
+        if span is None:
+            return
+        span.set_attribute("pgqueue.job.status", status or "unknown")
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(_Status(_StatusCode.ERROR, f"{type(error).__name__}: {error}"))

@@ -1,0 +1,659 @@
+"""The threaded worker: :class:`Worker` and the :class:`Job` its handlers get."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import signal
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import _common as c
+from .errors import WorkerStopped, as_timedelta, is_permanent, retry_in_of
+from .hooks import JobEvent
+
+__all__ = ["Worker", "Job"]
+
+Handler = Callable[["Job"], Any]
+
+
+class _Pool:
+    """A small, lazily filled pool of autocommit connections shared by the
+    worker's threads. A connection that breaks is dropped, never reused."""
+
+    def __init__(self, dsn: str, size: int, connect_kwargs: Mapping[str, Any]) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._kwargs = dict(connect_kwargs)
+        self._idle: List[psycopg.Connection] = []
+        self._open = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        with self._cond:
+            while not self._idle and self._open >= self._size:
+                self._cond.wait()
+            if self._closed:
+                raise psycopg.InterfaceError("the worker's connection pool is closed")
+            conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                self._open += 1
+        if conn is None:
+            try:
+                conn = psycopg.connect(self._dsn, autocommit=True, **self._kwargs)
+            except BaseException:
+                with self._cond:
+                    self._open -= 1
+                    self._cond.notify()
+                raise
+        try:
+            yield conn
+        finally:
+            with self._cond:
+                if conn.closed or conn.broken or self._closed:
+                    self._open -= 1
+                    _close_quietly(conn)
+                else:
+                    self._idle.append(conn)
+                self._cond.notify()
+
+    def call(self, query: Any, params: Sequence[Any] = (), fetch: str = "one") -> Any:
+        """Run one statement; retry once on a fresh connection after a
+        transient error (a pooled connection may have died while idle)."""
+        for tries in (1, 2):
+            try:
+                with self.connection() as conn:
+                    cur = conn.execute(query, params)
+                    if fetch == "all":
+                        return cur.fetchall()
+                    row = cur.fetchone()
+                    return None if row is None else row[0]
+            except Exception as exc:
+                if tries == 2 or not c.is_transient(exc) or self._closed:
+                    raise
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            _close_quietly(conn)
+
+
+def _close_quietly(conn: psycopg.Connection) -> None:
+    try:
+        conn.close()
+    except Exception:
+        pass
+
+
+class Job(c.JobBase):
+    """A claimed job, handed to a :class:`Worker` handler.
+
+    Read ``id``, ``queue``, ``payload``, ``attempt``, ``max_attempts``,
+    ``priority``, ``serial_group``, ``created_at``, ``lease``; report with
+    :meth:`progress`. The worker extends the lease by itself while the handler
+    runs, and acks or fails the job from the handler's outcome.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, row: c.ClaimedRow, owner: "Worker") -> None:
+        """Wrap a claimed row (built by the worker, not by users)."""
+        super().__init__(row, owner.name)
+        self._owner = owner
+
+    def progress(self, current: int, total: int, message: Optional[str] = None) -> bool:
+        """Report progress with ``queue_progress`` for this claim's attempt.
+
+        ``0 <= current <= total``, ``total >= 1``. Returns whether it was
+        recorded: ``False`` when the claim is no longer current or the
+        database could not be reached (that is logged, never raised, so a
+        progress report cannot fail a job). Invalid numbers raise
+        :class:`ValueError`.
+        """
+        if isinstance(current, bool) or isinstance(total, bool) or not isinstance(current, int) \
+                or not isinstance(total, int):
+            raise TypeError("current and total must be ints")
+        if total < 1 or not 0 <= current <= total:
+            raise ValueError(f"invalid progress {current} of {total}: need 0 <= current <= total, total >= 1")
+        if not self._may_report():
+            return False
+        try:
+            return bool(self._owner._pool.call(c.PROGRESS_SQL, (self.id, current, total, message, self.attempt)))
+        except Exception as exc:
+            if not c.is_transient(exc):
+                raise
+            self._owner._log.warning("job %s: progress not recorded: %s", self.id, exc)
+            return False
+
+    def touch(self, extend: Optional[dt.timedelta] = None) -> bool:
+        """Extend the lease now to ``now() + extend`` (default: the job's timeout).
+
+        Rarely needed: the worker already does it at half the lease. Returns
+        ``False`` when the claim is no longer current or on a transient error.
+        """
+        if not self._may_report():
+            return False
+        span = None if extend is None else as_timedelta(extend, "extend")
+        try:
+            ok = bool(self._owner._pool.call(c.TOUCH_SQL, (self.id, span, self.attempt)))
+        except Exception as exc:
+            if not c.is_transient(exc):
+                raise
+            return False
+        if ok:
+            self._next_touch = time.monotonic() + self.touch_every
+        else:
+            self._lost = True
+        return ok
+
+
+class _Waker:
+    """How an idle worker learns that jobs may be waiting.
+
+    The seam for wake-up strategies: :meth:`wait` returns when the worker
+    should try to claim again, at the latest after ``timeout`` seconds (the
+    polling fallback). :class:`_ListenWaker` adds LISTEN on one dedicated
+    connection; a server-side wait for poolers (a blocking call on a pooled
+    connection that returns when a job arrives) would be one more subclass
+    whose :meth:`wait` runs that call.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def start(self) -> None:
+        """Begin watching (nothing to do for plain polling)."""
+
+    def wake(self) -> None:
+        """Make the next (or current) :meth:`wait` return at once."""
+        self.event.set()
+
+    def clear(self) -> None:
+        """Forget earlier wake-ups; called just before each claim."""
+        self.event.clear()
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until woken or ``timeout`` seconds have passed."""
+        self.event.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop watching."""
+        self.event.set()
+
+
+class _ListenWaker(_Waker):
+    """LISTEN on every handled queue's channel, on one connection per worker,
+    in a thread of its own. Reconnects with backoff; after every (re)connect
+    it wakes the worker once, since notifications may have been missed."""
+
+    def __init__(self, worker: "Worker") -> None:
+        super().__init__()
+        self._worker = worker
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"pgqueue-listen-{worker.name}", daemon=True)
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        super().stop()
+        self._thread.join(timeout=3)
+
+    def _run(self) -> None:
+        w = self._worker
+        backoff = c.Backoff(0.1, w._reconnect_max)
+        while not self._stopped.is_set():
+            conn = None
+            try:
+                conn = psycopg.connect(w._dsn, autocommit=True, **w._connect_kwargs)
+                for queue in w.queues:
+                    conn.execute(c.listen_statement(queue))
+                backoff.reset()
+                self.connected.set()
+                self.wake()
+                while not self._stopped.is_set():
+                    for _ in conn.notifies(timeout=1.0):
+                        self.wake()
+            except Exception as exc:
+                self.connected.clear()
+                if self._stopped.is_set():
+                    break
+                delay = backoff.next()
+                if c.is_transient(exc):
+                    w._log.warning("listen connection lost (%s); reconnecting in %.1fs", exc, delay)
+                else:
+                    w._log.exception("listen connection failed; retrying in %.1fs", delay)
+                self._stopped.wait(delay)
+            finally:
+                if conn is not None:
+                    _close_quietly(conn)
+
+
+class Worker(c.WorkerBase):
+    """Runs handlers for jobs of one or more queues, in threads.
+
+    ``handlers`` maps queue names to functions ``fn(job: Job) -> result``.
+    The worker claims jobs with ``queue_pop`` in batches up to its free
+    capacity, runs at most ``concurrency`` handlers at once, acks each job with
+    the handler's return value (stored as JSON) or fails it with the exception
+    it raised (:class:`~pgqueue.PermanentError` skips retries,
+    :class:`~pgqueue.RetryIn` or a ``retry_in`` attribute sets the delay).
+
+    It extends each running job's lease at half its timeout, heartbeats with
+    ``queue_heartbeat``, wakes on ``LISTEN "queue_<name>"`` (one connection)
+    and polls every ``poll_interval`` seconds as a fallback, and reconnects
+    with exponential backoff after a lost connection or a server restart. A
+    result that could not be delivered is retried; if it never arrives, the
+    job is claimed again after its lease (the stale ack is refused).
+
+    Stop it with :meth:`stop`, SIGTERM or SIGINT (see :meth:`run`): it claims
+    nothing more, lets running handlers finish within ``grace`` seconds, then
+    gives the rest back with ``queue_release`` without using up an attempt.
+
+    Args:
+        dsn: libpq connection string or URI.
+        handlers: queue name -> handler.
+        concurrency: most handlers running at once (threads).
+        name: the worker name passed to ``queue_pop`` and ``queue_heartbeat``
+            (default ``host-pid-random``).
+        grace: seconds running handlers get to finish on stop.
+        poll_interval: seconds between claims when nothing wakes the worker.
+        heartbeat_interval: seconds between ``queue_heartbeat`` calls.
+        pooler: set behind PgBouncer in transaction mode: no LISTEN (it does
+            not work there), poll instead, and no prepared statements.
+        listeners: :class:`~pgqueue.WorkerListener`-like objects.
+        max_connections: size of the connection pool for claims, acks and
+            lease extensions (default ``min(concurrency, 8) + 1``), besides
+            the one LISTEN connection.
+        reconnect_max: cap in seconds of the reconnect backoff.
+        tracing: open an OpenTelemetry span per job when the API is installed.
+        logger: where to log (default the ``pgqueue`` logger).
+        connect_kwargs: extra keyword arguments for :func:`psycopg.connect`.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        handlers: Mapping[str, Handler],
+        *,
+        concurrency: int = 10,
+        name: Optional[str] = None,
+        grace: float = 30.0,
+        poll_interval: float = 1.0,
+        heartbeat_interval: float = 10.0,
+        pooler: bool = False,
+        listeners: Sequence[Any] = (),
+        max_connections: Optional[int] = None,
+        reconnect_max: float = 10.0,
+        tracing: bool = True,
+        logger: Optional[logging.Logger] = None,
+        connect_kwargs: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        """Configure the worker; nothing connects before :meth:`run` or :meth:`start`."""
+        self._configure(dsn, handlers, False, concurrency=concurrency, name=name, grace=grace,
+                        poll_interval=poll_interval, heartbeat_interval=heartbeat_interval, pooler=pooler,
+                        listeners=listeners, reconnect_max=reconnect_max, tracing=tracing, logger=logger,
+                        connect_kwargs=connect_kwargs)
+        size = max_connections if max_connections is not None else min(concurrency, 8) + 1
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError("max_connections must be an int >= 1")
+        self._pool = _Pool(dsn, size, self._connect_kwargs)
+        self._waker: _Waker = _Waker() if self.pooler else _ListenWaker(self)
+
+        self._lock = threading.Lock()
+        self._active: Dict[int, Job] = {}
+        self._idle_cond = threading.Condition(self._lock)
+        self._dispatch: "list[Job]" = []
+        self._dispatch_cond = threading.Condition()
+        self._slots: List[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._closing = threading.Event()  # past the grace: give up deliveries
+        self._grace_deadline: Optional[float] = None
+        self._done = threading.Event()
+        self._started = False
+        self._thread: Optional[threading.Thread] = None
+        self._keeper_wake = threading.Event()
+        self._has_release: Optional[bool] = None
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def running_jobs(self) -> int:
+        """How many claimed jobs this worker holds right now."""
+        with self._lock:
+            return len(self._active)
+
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is up (always False with ``pooler``)."""
+        return isinstance(self._waker, _ListenWaker) and self._waker.connected.is_set()
+
+    def run(self, install_signal_handlers: bool = True) -> None:
+        """Run until stopped, in the calling thread.
+
+        With ``install_signal_handlers`` (and when called from the main
+        thread) SIGTERM and SIGINT stop the worker gracefully; a second one
+        gives running jobs back at once. The previous handlers are restored
+        on return.
+        """
+        restore: Callable[[], None] = lambda: None  # noqa: E731
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            restore = self.install_signal_handlers()
+        try:
+            self._mark_started()
+            self._run()
+        finally:
+            restore()
+
+    def start(self) -> "Worker":
+        """Run in a background thread and return at once (see :meth:`stop`, :meth:`wait`)."""
+        self._mark_started()
+        self._thread = threading.Thread(target=self._run, name=f"pgqueue-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, grace: Optional[float] = None) -> None:
+        """Ask the worker to stop: claim nothing more, wait up to ``grace``
+        seconds (default: the worker's) for running handlers, then give the
+        rest back. Returns at once; see :meth:`wait`. Safe from any thread
+        and from signal handlers; a second call may shorten the grace."""
+        g = self.grace if grace is None else c.check_positive("grace", grace, allow_zero=True)
+        deadline = time.monotonic() + g
+        if self._grace_deadline is None or deadline < self._grace_deadline:
+            self._grace_deadline = deadline
+        self._stopping.set()
+        self._waker.wake()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until the worker has stopped; False if ``timeout`` passed first."""
+        return self._done.wait(timeout)
+
+    def install_signal_handlers(self) -> Callable[[], None]:
+        """Make SIGTERM and SIGINT stop this worker; returns a function that
+        restores the previous handlers. Main thread only."""
+        previous = {}
+
+        def handle(signum: int, frame: Any) -> None:
+            # A signal handler must take no lock the interrupted code may hold
+            # (Event.set does): the stop runs in a thread of its own.
+            grace = 0.0 if self._stopping.is_set() else None
+            threading.Thread(target=self._stop_on_signal, args=(signum, grace), daemon=True).start()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handle)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+    def _stop_on_signal(self, signum: int, grace: Optional[float]) -> None:
+        if grace == 0:
+            self._log.warning("signal %s again: giving running jobs back now", signum)
+        else:
+            self._log.info("signal %s: stopping (grace %.1fs)", signum, self.grace)
+        self.stop(grace)
+
+    def __enter__(self) -> "Worker":
+        """``with Worker(...) as w:`` runs the worker in the background for the block."""
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        """Stop gracefully and wait for the worker to finish."""
+        self.stop()
+        self.wait()
+
+    # ------------------------------------------------------------ internals
+
+    def _mark_started(self) -> None:
+        with self._lock:
+            if self._started:
+                raise WorkerStopped("a Worker runs once; create a new one")
+            self._started = True
+
+    def _run(self) -> None:
+        self._log.info("worker %s starting: queues %s, concurrency %d%s", self.name, self.queues,
+                       self.concurrency, ", pooler mode (polling)" if self.pooler else "")
+        for i in range(self.concurrency):
+            t = threading.Thread(target=self._slot, name=f"pgqueue-slot-{i}", daemon=True)
+            t.start()
+            self._slots.append(t)
+        keeper = threading.Thread(target=self._keep_leases, name="pgqueue-leases", daemon=True)
+        keeper.start()
+        try:
+            self._waker.start()
+            self._loop()
+        finally:
+            try:
+                self._shutdown()
+            finally:
+                self._done.set()
+
+    def _loop(self) -> None:
+        backoff = c.Backoff(0.1, self._reconnect_max)
+        next_heartbeat = 0.0
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                next_heartbeat = now + (self.heartbeat_interval if self._heartbeat("running") else 1.0)
+            self._waker.clear()
+            try:
+                claimed, free = self._claim()
+                backoff.reset()
+            except Exception as exc:
+                delay = backoff.next()
+                if c.is_transient(exc):
+                    self._log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
+                else:
+                    self._log.exception("claim failed; retrying in %.1fs", delay)
+                self._stopping.wait(delay)
+                continue
+            if claimed and free > 0:
+                continue  # the queue may hold more: claim again before sleeping
+            self._waker.wait(max(0.0, min(self.poll_interval, next_heartbeat - time.monotonic())))
+
+    def _heartbeat(self, state: str) -> bool:
+        info = self._info(state)
+        try:
+            self._pool.call(c.HEARTBEAT_SQL, (self.name, Jsonb(info)))
+            return True
+        except Exception as exc:
+            self._log.warning("heartbeat failed: %s", exc)
+            return False
+
+    def _claim(self) -> "tuple[int, int]":
+        with self._lock:
+            free = self.concurrency - len(self._active)
+        claimed = 0
+        for queue in self._queue_order():
+            if free <= 0 or self._stopping.is_set():
+                break
+            rows = c.ClaimedRow.from_rows(self._pool.call(c.POP_SQL, (queue, self.name, free), fetch="all"))
+            jobs = [Job(r, self) for r in rows]
+            with self._lock:
+                for job in jobs:
+                    self._active[job.id] = job
+            with self._dispatch_cond:
+                self._dispatch.extend(jobs)
+                self._dispatch_cond.notify(len(jobs))
+            if jobs:
+                self._keeper_wake.set()
+            free -= len(jobs)
+            claimed += len(jobs)
+        return claimed, free
+
+    def _slot(self) -> None:
+        while True:
+            with self._dispatch_cond:
+                while not self._dispatch:
+                    self._dispatch_cond.wait()
+                job = self._dispatch.pop(0)
+            if job is None:  # type: ignore[comparison-overlap]
+                return
+            try:
+                self._execute(job)
+            except Exception:  # never let a slot die
+                self._log.exception("job %s: internal error", job.id)
+            finally:
+                with self._lock:
+                    self._active.pop(job.id, None)
+                    self._idle_cond.notify_all()
+                self._waker.wake()  # capacity is free again
+
+    def _execute(self, job: Job) -> None:
+        handler = self._handlers[job.queue]
+        self._hooks.emit(JobEvent(job, "started"))
+        with self._hooks.span(job) as span:
+            start = time.monotonic()
+            try:
+                result = handler(job)
+            except Exception as exc:
+                duration = time.monotonic() - start
+                status = self._fail(job, exc)
+                self._hooks.span_outcome(span, status, exc)
+                if status != c.RELEASED:
+                    self._hooks.emit(JobEvent(job, "failed", duration=duration, error=exc, status=status))
+                return
+            duration = time.monotonic() - start
+            status = self._ack(job, result)
+            self._hooks.span_outcome(span, status, None)
+            if status != c.RELEASED:
+                self._hooks.emit(JobEvent(job, "finished", duration=duration, result=result, status=status))
+
+    def _ack(self, job: Job, result: Any) -> Optional[str]:
+        if not job._begin_finish():
+            return c.RELEASED
+        try:
+            try:
+                doc = None if result is None else Jsonb(result)
+                ok = self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
+            except Exception as exc:  # e.g. not JSON-serialisable, or too large
+                self._log.error("job %s: result could not be stored: %s", job.id, exc)
+                bad = TypeError(f"result could not be stored: {type(exc).__name__}: {exc}")
+                return self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(bad, False), job.attempt,
+                                                       None, False))
+            if ok is None:
+                return None
+            if not ok:
+                self._log.warning("job %s: ack refused, the claim (attempt %s) is no longer current",
+                                  job.id, job.attempt)
+            return "completed" if ok else None
+        finally:
+            job._end_finish()
+
+    def _fail(self, job: Job, exc: BaseException) -> Optional[str]:
+        if not job._begin_finish():
+            return c.RELEASED
+        try:
+            return self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(exc), job.attempt,
+                                                   retry_in_of(exc), is_permanent(exc)))
+        finally:
+            job._end_finish()
+
+    def _deliver(self, job: Job, query: str, params: Sequence[Any]) -> Any:
+        """Run an ack / fail until it lands. Transient errors are retried with
+        backoff (the attempt makes a repeat harmless) until the worker is past
+        its grace or ``max(30 s, the lease)`` has gone by; then None: the job
+        comes back after its lease and the stale attempt is refused."""
+        backoff = c.Backoff(0.05, min(2.0, self._reconnect_max))
+        give_up = time.monotonic() + max(30.0, job.lease.total_seconds())
+        while True:
+            try:
+                return self._pool.call(query, params)
+            except Exception as exc:
+                if not c.is_transient(exc):
+                    raise
+                if self._closing.is_set() or time.monotonic() > give_up:
+                    self._log.error("job %s: outcome not delivered (%s); the job returns after its lease",
+                                    job.id, exc)
+                    return None
+                delay = backoff.next()
+                self._log.warning("job %s: outcome not delivered yet (%s); retrying in %.2fs", job.id, exc, delay)
+                time.sleep(delay)
+
+    def _keep_leases(self) -> None:
+        """Extend the lease of every running job at half its timeout."""
+        while not self._done.is_set() and not self._closing.is_set():
+            now = time.monotonic()
+            with self._lock:
+                jobs = list(self._active.values())
+            for job in jobs:
+                if job._state not in (c.RUNNING, c.FINISHING) or job._lost or job._next_touch > now:
+                    continue
+                try:
+                    ok = self._pool.call(c.TOUCH_SQL, (job.id, None, job.attempt))
+                except Exception as exc:
+                    self._log.warning("job %s: lease not extended yet (%s)", job.id, exc)
+                    job._next_touch = time.monotonic() + min(1.0, job.touch_every / 2)
+                    continue
+                if ok:
+                    job._next_touch = time.monotonic() + job.touch_every
+                elif job._state == c.RUNNING:
+                    job._lost = True
+                    self._log.warning("job %s: lease lost (attempt %s is no longer current)", job.id, job.attempt)
+            with self._lock:
+                pending = [j._next_touch for j in self._active.values() if not j._lost]
+            sleep = min(pending, default=now + 1.0) - time.monotonic()
+            self._keeper_wake.wait(max(0.01, min(1.0, sleep)))
+            self._keeper_wake.clear()
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        if self._grace_deadline is None:
+            self._grace_deadline = time.monotonic() + self.grace
+        self._waker.stop()
+        with self._lock:
+            while self._active and time.monotonic() < (self._grace_deadline or 0):
+                self._idle_cond.wait(timeout=min(0.1, max(0.0, self._grace_deadline - time.monotonic())))
+            left = list(self._active.values())
+        if left:
+            self._log.warning("grace over: giving back %d running job(s)", len(left))
+        for job in left:
+            if job._begin_release():
+                self._release(job)
+        # Outcomes still in flight get a moment, then deliveries give up.
+        with self._lock:
+            end = time.monotonic() + 5.0
+            while any(j._state == c.FINISHING for j in self._active.values()) and time.monotonic() < end:
+                self._idle_cond.wait(timeout=0.1)
+        self._closing.set()
+        self._keeper_wake.set()
+        with self._dispatch_cond:
+            self._dispatch.extend([None] * len(self._slots))  # type: ignore[list-item]
+            self._dispatch_cond.notify_all()
+        self._heartbeat("stopped")
+        self._pool.close()
+        self._log.info("worker %s stopped", self.name)
+
+    def _release(self, job: Job) -> None:
+        """Give a job back without counting its attempt (``queue_release``).
+
+        Until the extension has ``queue_release``: a job with attempts left is
+        failed with ``retry_in => 0`` (back to pending at once, one attempt
+        used); a job on its last attempt is left to its lease."""
+        status: Optional[str] = None
+        try:
+            if self._has_release is None:
+                self._has_release = bool(self._pool.call(c.HAS_RELEASE_SQL))
+            if self._has_release:
+                status = "released" if self._pool.call(c.RELEASE_SQL, (job.id, job.attempt)) else None
+            elif not job.is_last_attempt:
+                status = self._pool.call(c.FAIL_SQL, (job.id, "worker stopped before the job finished",
+                                                      job.attempt, dt.timedelta(0), False))
+        except Exception as exc:
+            self._log.error("job %s: could not be given back (%s); it returns after its lease", job.id, exc)
+        self._hooks.emit(JobEvent(job, "released", duration=time.monotonic() - job._started, status=status))

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Tests of the Python client against a real, throwaway cluster.
+#
+#   clients/python/run-tests.sh [pytest args...]
+#
+# Starts PostgreSQL 15 with the extension preloaded (scripts/cluster.sh) on
+# port 55471 with queue.tick = 100ms, creates the extension in database
+# postgres, runs pytest with the DSN in PGQUEUE_TEST_DSN, stops the cluster,
+# and exits with pytest's status. Waits (up to 25 minutes) for the extension
+# to be installed if the first build is still running.
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+port=${PGQUEUE_TEST_PORT:-55471}
+dir="$root/.run/python-client-cluster"
+libdir=$(pg_config --pkglibdir)
+python=${PYTHON:-python3}
+
+waited=0
+until [ -f "$libdir/queue.so" ]; do
+  if [ "$waited" -ge 1500 ]; then
+    echo "run-tests: $libdir/queue.so is not installed (waited ${waited}s)" >&2
+    exit 2
+  fi
+  [ "$waited" -eq 0 ] && echo "run-tests: waiting for $libdir/queue.so (the extension build)..."
+  sleep 10
+  waited=$((waited + 10))
+done
+
+if ! "$python" -c 'import psycopg, pytest' >/dev/null 2>&1; then
+  echo "run-tests: installing $here/requirements-test.txt"
+  "$python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements-test.txt" 2>&1 \
+    | grep -v 'Running pip as the' || true
+fi
+
+mkdir -p "$root/.run"
+stop_cluster() { "$root/scripts/cluster.sh" stop "$dir" >/dev/null 2>&1 || true; }
+trap stop_cluster EXIT
+
+if ! "$root/scripts/cluster.sh" start "$dir" "$port" "queue.tick = 100ms"; then
+  echo "run-tests: the cluster did not start; see $dir/server.log" >&2
+  exit 2
+fi
+bindir=$(pg_config --bindir)
+if ! "$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+     -c 'CREATE EXTENSION queue'; then
+  echo "run-tests: CREATE EXTENSION queue failed" >&2
+  exit 2
+fi
+
+export PGQUEUE_TEST_DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres"
+export PGQUEUE_TEST_CLUSTER="$dir"
+export PGQUEUE_CLUSTER_SCRIPT="$root/scripts/cluster.sh"
+cd "$here"
+"$python" -m pytest -p no:cacheprovider -q -rs tests "$@"
+status=$?
+exit $status

@@ -1,0 +1,122 @@
+"""Listeners, logging, OpenTelemetry spans, and pooler mode."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+import pgqueue
+from conftest import job_status, wait_until
+
+
+def test_listener_sees_started_finished_failed_with_durations(conn, queue_name, start_worker):
+    events = []
+    lock = threading.Lock()
+
+    class Recorder(pgqueue.WorkerListener):
+        def on_started(self, event):
+            with lock:
+                events.append(event)
+
+        def on_finished(self, event):
+            with lock:
+                events.append(event)
+
+        def on_failed(self, event):
+            with lock:
+                events.append(event)
+
+    def handler(job):
+        time.sleep(0.2)
+        if job.payload["fail"]:
+            raise ValueError("nope")
+        return {"fine": True}
+
+    ok = pgqueue.push(conn, queue_name, {"fail": False})
+    bad = pgqueue.push(conn, queue_name, {"fail": True}, max_attempts=1)
+    start_worker({queue_name: handler}, listeners=[Recorder(), BrokenListener()])
+    wait_until(lambda: len(events) == 4, what="four events")
+    kinds = {(e.job.id, e.kind) for e in events}
+    assert kinds == {(ok, "started"), (ok, "finished"), (bad, "started"), (bad, "failed")}
+    finished = next(e for e in events if e.kind == "finished")
+    failed = next(e for e in events if e.kind == "failed")
+    assert finished.status == "completed" and finished.result == {"fine": True}
+    assert failed.status == "failed" and isinstance(failed.error, ValueError)
+    for e in (finished, failed):
+        assert 0.2 <= e.duration < 2
+    assert job_status(conn, ok) == "completed"
+
+
+class BrokenListener(pgqueue.WorkerListener):
+    """A listener that raises: the worker must carry on."""
+
+    def on_started(self, event):
+        raise RuntimeError("listener bug")
+
+
+def test_failures_are_logged(conn, queue_name, start_worker, caplog):
+    caplog.set_level(logging.INFO, logger="pgqueue")
+    job_id = pgqueue.push(conn, queue_name, {}, max_attempts=1)
+    start_worker({queue_name: lambda job: 1 / 0})
+    wait_until(lambda: job_status(conn, job_id) == "failed", what="failed")
+    wait_until(lambda: any("ZeroDivisionError" in r.getMessage() for r in caplog.records), what="log record")
+    record = next(r for r in caplog.records if "ZeroDivisionError" in r.getMessage())
+    assert record.levelno == logging.WARNING and str(job_id) in record.getMessage()
+
+
+def test_opentelemetry_span_per_job(conn, queue_name, start_worker):
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    if trace.get_tracer_provider() is not provider:
+        pytest.skip("another tracer provider was installed first")
+    assert pgqueue.tracing_available()
+
+    ok = pgqueue.push(conn, queue_name, {"fail": False})
+    bad = pgqueue.push(conn, queue_name, {"fail": True}, max_attempts=1)
+
+    def handler(job):
+        if job.payload["fail"]:
+            raise pgqueue.PermanentError("bad")
+        return None
+
+    start_worker({queue_name: handler})
+    wait_until(lambda: job_status(conn, ok) == "completed" and job_status(conn, bad) == "failed", what="done")
+    spans = wait_until(lambda: [s for s in exporter.get_finished_spans()
+                                if s.attributes.get("messaging.destination.name") == queue_name] or None,
+                       what="spans")
+    wait_until(lambda: len([s for s in exporter.get_finished_spans()
+                            if s.attributes.get("messaging.destination.name") == queue_name]) == 2, what="2 spans")
+    spans = {int(s.attributes["messaging.message.id"]): s for s in exporter.get_finished_spans()
+             if s.attributes.get("messaging.destination.name") == queue_name}
+    assert set(spans) == {ok, bad}
+    assert spans[ok].name == f"process {queue_name}"
+    assert spans[ok].kind == trace.SpanKind.CONSUMER
+    assert spans[ok].attributes["pgqueue.job.status"] == "completed"
+    assert spans[ok].status.status_code == trace.StatusCode.UNSET
+    assert spans[bad].attributes["pgqueue.job.status"] == "failed"
+    assert spans[bad].status.status_code == trace.StatusCode.ERROR
+    assert any(e.name == "exception" for e in spans[bad].events)
+
+
+def test_pooler_mode_polls_without_listen(conn, queue_name, start_worker):
+    w = start_worker({queue_name: lambda job: job.attempt}, pooler=True, poll_interval=0.3)
+    job_id = pgqueue.push(conn, queue_name, {})
+    wait_until(lambda: job_status(conn, job_id) == "completed", timeout=5, what="completed by polling")
+    assert not w.listening
+    queries = conn.execute(
+        "SELECT query FROM pg_stat_activity WHERE application_name = %s", (f"pgqueue {w.name}"[:63],)).fetchall()
+    assert queries, "the worker has connections"
+    assert not [q for (q,) in queries if q.upper().startswith("LISTEN")]
+    # No LISTEN connection at all: the pool is all there is.
+    assert len(queries) <= w._pool._size

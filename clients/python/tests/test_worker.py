@@ -1,0 +1,298 @@
+"""The threaded Worker against a real cluster."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import statistics
+import threading
+import time
+
+import psycopg
+import pytest
+
+import pgqueue
+from conftest import DSN, Concurrency, job_info, job_status, wait_until
+
+
+def test_wakes_on_notify_quickly(conn, queue_name, start_worker, capsys):
+    started = {}
+    got = threading.Event()
+
+    def handler(job):
+        started[job.id] = time.monotonic()
+        got.set()
+        return None
+
+    # Polling every 30 s: only the NOTIFY can wake the worker in time.
+    w = start_worker({queue_name: handler}, poll_interval=30, heartbeat_interval=60)
+    wait_until(lambda: w.listening, what="LISTEN connection up")
+    latencies = []
+    for _ in range(7):
+        time.sleep(0.3)  # the worker has found nothing and sleeps
+        got.clear()
+        job_id = pgqueue.push(conn, queue_name, {})  # autocommit: committed on return
+        pushed = time.monotonic()
+        assert got.wait(5), "the idle worker was not woken"
+        latencies.append((started[job_id] - pushed) * 1000)
+        wait_until(lambda: job_status(conn, job_id) == "completed", what="ack")
+    with capsys.disabled():
+        print(f"\n[wake-up latency, threaded Worker] push commit -> handler start over {len(latencies)} jobs: "
+              f"min {min(latencies):.1f} ms, median {statistics.median(latencies):.1f} ms, "
+              f"max {max(latencies):.1f} ms")
+    assert statistics.median(latencies) < 500
+    assert max(latencies) < 2000
+
+
+def test_ack_stores_the_result(conn, queue_name, start_worker):
+    start_worker({queue_name: lambda job: {"double": job.payload["n"] * 2, "attempt": job.attempt}})
+    ids = pgqueue.push_batch(conn, queue_name, [{"n": i} for i in range(5)])
+    for i, job_id in enumerate(ids):
+        wait_until(lambda: job_status(conn, job_id) == "completed", what=f"job {job_id}")
+        info = job_info(conn, job_id)
+        assert info["result"] == {"double": i * 2, "attempt": 1}
+        assert info["attempts"] == 1
+
+
+def test_error_is_retried_and_recorded(conn, queue_name, start_worker):
+    seen = []
+    second_attempt_seen = threading.Event()
+
+    def handler(job):
+        seen.append(job.attempt)
+        if job.attempt == 1:
+            raise ValueError(f"boom on attempt {job.attempt}")
+        second_attempt_seen.set()
+        return {"ok": True}
+
+    # The retry waits 1.5 s: long enough to see it recorded in between.
+    job_id = pgqueue.push(conn, queue_name, {}, retry_delays=[1.5])
+    start_worker({queue_name: handler})
+    wait_until(lambda: job_status(conn, job_id) == "retrying", what="retrying after the error")
+    info = job_info(conn, job_id)
+    assert info["attempts"] == 1
+    assert info["last_error"].startswith("ValueError: boom on attempt 1")
+    assert "Traceback" in info["last_error"]
+    assert second_attempt_seen.wait(10)
+    wait_until(lambda: job_status(conn, job_id) == "completed", what="completed on retry")
+    assert seen == [1, 2]
+    assert job_info(conn, job_id)["attempts"] == 2
+
+
+def test_exhausted_attempts_go_to_dead_letters(conn, queue_name, start_worker):
+    def handler(job):
+        raise RuntimeError(f"always fails ({job.attempt})")
+
+    job_id = pgqueue.push(conn, queue_name, {}, max_attempts=3, retry_delays=[0])
+    start_worker({queue_name: handler})
+    wait_until(lambda: job_status(conn, job_id) == "failed", what="dead")
+    dead = conn.execute("SELECT id, attempts, last_error FROM queue_dead(%s)", (queue_name,)).fetchall()
+    assert [(d[0], d[1]) for d in dead] == [(job_id, 3)]
+    assert dead[0][2].startswith("RuntimeError: always fails (3)")
+
+
+def test_permanent_error_skips_retries(conn, queue_name, start_worker):
+    calls = []
+
+    def handler(job):
+        calls.append(job.attempt)
+        raise pgqueue.PermanentError("no such customer")
+
+    job_id = pgqueue.push(conn, queue_name, {}, max_attempts=5, retry_delays=[0])
+    start_worker({queue_name: handler})
+    wait_until(lambda: job_status(conn, job_id) == "failed", what="dead letter")
+    dead = conn.execute("SELECT id, status, attempts, last_error FROM queue_dead(%s)", (queue_name,)).fetchall()
+    assert dead == [(job_id, "failed", 1, "PermanentError: no such customer")]
+    time.sleep(0.5)
+    assert calls == [1]
+
+
+def test_retry_in_sets_the_delay(conn, queue_name, start_worker):
+    times = []
+
+    class RateLimited(Exception):
+        retry_in = dt.timedelta(seconds=1.2)
+
+    def handler(job):
+        times.append(time.monotonic())
+        if job.attempt == 1:
+            raise pgqueue.RetryIn(2.0, "busy, later")
+        if job.attempt == 2:
+            raise RateLimited("429")
+        return "done"
+
+    # The job's own backoff would be an hour: only retry_in explains the timing.
+    job_id = pgqueue.push(conn, queue_name, {}, backoff_base=3600, backoff_max=3600, max_attempts=3)
+    start_worker({queue_name: handler})
+    wait_until(lambda: job_status(conn, job_id) == "retrying", what="retrying")
+    assert job_info(conn, job_id)["last_error"] == "RetryIn: busy, later"
+    wait_until(lambda: job_status(conn, job_id) == "completed", timeout=15, what="completed")
+    assert len(times) == 3
+    assert 1.9 <= times[1] - times[0] < 4
+    assert 1.1 <= times[2] - times[1] < 3.5
+    assert job_info(conn, job_id)["result"] == "done"
+
+
+def test_long_job_keeps_its_lease(conn, queue_name, start_worker):
+    attempts = []
+
+    def handler(job):
+        attempts.append(job.attempt)
+        time.sleep(5)  # 2.5 times the timeout
+        return {"slept": 5}
+
+    job_id = pgqueue.push(conn, queue_name, {}, timeout=dt.timedelta(seconds=2), retry_delays=[0])
+    w = start_worker({queue_name: handler})
+    wait_until(lambda: job_status(conn, job_id) == "completed", timeout=15, what="completed")
+    info = job_info(conn, job_id)
+    assert info["attempts"] == 1
+    assert info["result"] == {"slept": 5}
+    assert attempts == [1]
+    assert w.running_jobs == 0
+
+
+def test_progress_is_recorded(conn, queue_name, start_worker):
+    release = threading.Event()
+    reported = []
+
+    def handler(job):
+        reported.append(job.progress(3, 10, "three of ten"))
+        release.wait(10)
+        return None
+
+    job_id = pgqueue.push(conn, queue_name, {})
+    start_worker({queue_name: handler})
+    wait_until(lambda: reported, what="progress reported")
+    assert reported == [True]
+    progress = job_info(conn, job_id)["progress"]
+    assert (progress["current"], progress["total"], progress["message"]) == (3, 10, "three of ten")
+    assert float(progress["percent"]) == 30.0
+    release.set()
+    wait_until(lambda: job_status(conn, job_id) == "completed", what="completed")
+
+
+def test_heartbeat_registers_the_worker(conn, queue_name, start_worker):
+    w = start_worker({queue_name: lambda job: None, queue_name + "-b": lambda job: None},
+                     concurrency=3, name="hb-" + queue_name)
+    row = wait_until(lambda: conn.execute(
+        "SELECT healthy, info FROM queue_workers() WHERE worker = %s", (w.name,)).fetchone(), what="heartbeat")
+    healthy, info = row
+    assert healthy
+    assert info["pid"] > 0 and info["host"]
+    assert info["version"] == pgqueue.__version__
+    assert sorted(info["queues"]) == sorted([queue_name, queue_name + "-b"])
+    assert info["concurrency"] == 3
+
+
+def test_concurrency_limit_never_exceeded(conn, queue_name, start_worker):
+    gauge = Concurrency()
+
+    def handler(job):
+        with gauge:
+            time.sleep(0.25)
+        return None
+
+    ids = pgqueue.push_batch(conn, queue_name, [{"n": i} for i in range(16)])
+    start_worker({queue_name: handler}, concurrency=4)
+    for job_id in ids:
+        wait_until(lambda: job_status(conn, job_id) == "completed", timeout=20, what=f"job {job_id}")
+    assert gauge.peak == 4  # reached, never exceeded
+
+
+def test_serial_groups_keep_order_across_workers(conn, queue_name, start_worker):
+    lock = threading.Lock()
+    running = collections.Counter()
+    order = collections.defaultdict(list)
+    overlaps = []
+
+    def handler(job):
+        group = job.serial_group
+        with lock:
+            running[group] += 1
+            if running[group] > 1:
+                overlaps.append(group)
+        time.sleep(0.02)
+        with lock:
+            order[group].append(job.payload["seq"])
+            running[group] -= 1
+        return None
+
+    groups = [f"g{i}" for i in range(3)]
+    pushed = collections.defaultdict(list)
+    ids = []
+    for seq in range(10):
+        for g in groups:
+            ids.append(pgqueue.push(conn, queue_name, {"seq": seq}, serial_group=f"{queue_name}-{g}"))
+            pushed[f"{queue_name}-{g}"].append(seq)
+    for _ in range(3):
+        start_worker({queue_name: handler}, concurrency=4)
+    for job_id in ids:
+        wait_until(lambda: job_status(conn, job_id) == "completed", timeout=30, what=f"job {job_id}")
+    assert overlaps == []
+    assert dict(order) == dict(pushed)
+
+
+def test_stale_ack_is_refused_not_raised(conn, queue_name, start_worker):
+    """The lease of attempt 1 is taken away while its handler runs: its ack
+    returns false (no exception), and attempt 2 completes the job."""
+    events = []
+    first_running = threading.Event()
+    go_on = threading.Event()
+
+    def handler(job):
+        if job.attempt == 1:
+            first_running.set()
+            go_on.wait(10)
+            return {"attempt": 1}
+        return {"attempt": job.attempt}
+
+    listener = pgqueue.CallbackListener(on_finished=events.append)
+    job_id = pgqueue.push(conn, queue_name, {}, retry_delays=[0])
+    w = start_worker({queue_name: handler}, concurrency=2, listeners=[listener], heartbeat_interval=60)
+    assert first_running.wait(10)
+    time.sleep(0.2)
+    # Reaping the worker fails its running attempt; it is claimed again.
+    assert conn.execute("SELECT queue_reap_workers('0 seconds')").fetchone()[0] >= 1
+    wait_until(lambda: any(e.job.attempt == 2 for e in events), what="attempt 2 finished")
+    go_on.set()
+    wait_until(lambda: len(events) == 2, what="attempt 1 finished")
+    by_attempt = {e.job.attempt: e.status for e in events}
+    assert by_attempt == {1: None, 2: "completed"}
+    info = job_info(conn, job_id)
+    assert (info["status"], info["attempts"], info["result"]) == ("completed", 2, {"attempt": 2})
+    assert w.running_jobs == 0
+
+
+def test_unserialisable_result_fails_the_attempt(conn, queue_name, start_worker):
+    job_id = pgqueue.push(conn, queue_name, {}, max_attempts=1)
+    start_worker({queue_name: lambda job: {"when": object()}})
+    wait_until(lambda: job_status(conn, job_id) == "failed", what="failed")
+    assert "result could not be stored" in job_info(conn, job_id)["last_error"]
+
+
+def test_worker_settings_are_checked():
+    with pytest.raises(ValueError):
+        pgqueue.Worker(DSN, {})
+    with pytest.raises(ValueError):
+        pgqueue.Worker(DSN, {"bad name": lambda j: None})
+    with pytest.raises(ValueError):
+        pgqueue.Worker(DSN, {"q": lambda j: None}, concurrency=0)
+    with pytest.raises(TypeError):
+        pgqueue.Worker(DSN, {"q": "not callable"})
+
+    async def coro(job):
+        return None
+
+    with pytest.raises(TypeError, match="AsyncWorker"):
+        pgqueue.Worker(DSN, {"q": coro})
+    with pytest.raises(TypeError, match="async"):
+        pgqueue.AsyncWorker(DSN, {"q": lambda j: None})
+
+
+def test_a_worker_runs_once(queue_name):
+    w = pgqueue.Worker(DSN, {queue_name: lambda j: None}, grace=0)
+    w.start()
+    with pytest.raises(pgqueue.WorkerStopped):
+        w.start()
+    w.stop()
+    assert w.wait(10)

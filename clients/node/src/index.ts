@@ -1,0 +1,19 @@
+/**
+ * `@queue/client`: the Node.js library of the `queue` PostgreSQL extension.
+ *
+ * - {@link push} / {@link pushBatch} add jobs on your own client, inside your transaction.
+ * - {@link Worker} claims jobs, runs your handlers, acks, retries, keeps leases and stops gracefully.
+ *
+ * @packageDocumentation
+ */
+export { push, pushBatch, PRIORITY } from './push';
+export type { Queryable, JobId, Priority, PushOptions } from './push';
+export { Worker } from './worker';
+export type {
+  Job, Handler, WorkerOptions, StopOptions, WorkerState, WorkerEventMap, Logger,
+  JobStartEvent, JobCompleteEvent, JobFailEvent, JobReleaseEvent, JobLostEvent, ListenEvent,
+} from './worker';
+export { PermanentError, RetryIn, LeaseLostError, WorkerStoppedError } from './errors';
+export type { Interval } from './interval';
+export type { BackoffOptions } from './backoff';
+export { VERSION, LIBRARY_NAME } from './version';

@@ -1,0 +1,905 @@
+import { EventEmitter } from 'node:events';
+import { hostname } from 'node:os';
+import { performance } from 'node:perf_hooks';
+import { randomBytes } from 'node:crypto';
+import { Pool, type ClientConfig, type PoolConfig } from 'pg';
+import { type BackoffOptions, backoffDelay } from './backoff';
+import { LeaseLostError, RetryIn, WorkerStoppedError } from './errors';
+import { type Interval, intervalToSql } from './interval';
+import { Listener, type WakeSource } from './listener';
+import type { JobId } from './push';
+import { withJobSpan } from './telemetry';
+import { LIBRARY_NAME, VERSION } from './version';
+
+/**
+ * A claimed job, as a handler sees it.
+ *
+ * @typeParam P - the payload's type
+ */
+export interface Job<P = any> {
+  /** The job's id. */
+  readonly id: JobId;
+  /** The queue it was claimed from. */
+  readonly queue: string;
+  /** Its JSON payload. */
+  readonly payload: P;
+  /** Its priority (lower runs first). */
+  readonly priority: number;
+  /** Its serial group, or null. */
+  readonly serialGroup: string | null;
+  /** This claim's number (1 for the first try): what ack, fail, touch and progress are given. */
+  readonly attempt: number;
+  /** Attempts allowed in total. */
+  readonly maxAttempts: number;
+  /** When the job was pushed. */
+  readonly createdAt: Date;
+  /** Until when this worker holds the job (approximate after a touch: server time of the claim plus client-measured extensions). */
+  readonly leaseUntil: Date;
+  /** The name of the worker running it. */
+  readonly worker: string;
+  /**
+   * Fires when the worker stops hard (the grace of {@link Worker.stop} ran
+   * out; reason {@link WorkerStoppedError}) or the lease was lost (reason
+   * {@link LeaseLostError}). The job's outcome is then ignored: stop working.
+   */
+  readonly signal: AbortSignal;
+  /**
+   * Reports progress (`queue_progress`, with this claim's attempt); shown by `queue_job(id) -> 'progress'`.
+   *
+   * @param current - 0 ≤ current ≤ total
+   * @param total - at least 1
+   * @param message - optional text
+   * @returns false when this claim no longer holds the job
+   */
+  progress(current: number, total: number, message?: string): Promise<boolean>;
+  /**
+   * Extends the lease now (`queue_touch`). The worker already does this on its
+   * own at half the job's timeout; call it only for a longer extension.
+   *
+   * @param extend - the new lease from now; default the job's timeout
+   * @returns false when this claim no longer holds the job
+   */
+  touch(extend?: Interval): Promise<boolean>;
+}
+
+/**
+ * A job handler: resolves to the job's result (stored as JSON by `queue_ack`;
+ * `undefined` stores none) or throws to fail the attempt. Throw
+ * {@link PermanentError} to skip retries, {@link RetryIn} to choose the delay.
+ *
+ * @typeParam P - the payload's type
+ */
+export type Handler<P = any> = (job: Job<P>) => unknown;
+
+/** Emitted when a handler starts. */
+export interface JobStartEvent {
+  /** The job. */
+  job: Job;
+}
+
+/** Emitted after a handler resolved and the worker acked (or tried to ack) the job. */
+export interface JobCompleteEvent {
+  /** The job. */
+  job: Job;
+  /** What the handler resolved to. */
+  result: unknown;
+  /** How long the handler ran, in milliseconds. */
+  durationMs: number;
+  /** True when `queue_ack` completed the job; false when the claim was stale (the lease had run out and the job was claimed again). */
+  acked: boolean;
+}
+
+/** Emitted after a handler threw and the worker recorded the failure. */
+export interface JobFailEvent {
+  /** The job. */
+  job: Job;
+  /** What the handler threw. */
+  error: unknown;
+  /** How long the handler ran, in milliseconds. */
+  durationMs: number;
+  /** The job's new status from `queue_fail` (`retrying`, `pending`, `failed`), or null when the claim was stale or the call could not be made. */
+  status: string | null;
+  /** Whether retries were skipped on purpose ({@link PermanentError}). */
+  permanent: boolean;
+  /** The retry delay asked for ({@link RetryIn} / `retryInMs`), if any. */
+  retryIn: string | null;
+}
+
+/** Emitted when a job is given back at a hard stop. */
+export interface JobReleaseEvent {
+  /** The job. */
+  job: Job;
+  /** `queue_release` (attempt not counted); `queue_fail` with a zero delay where `queue_release` is not installed (costs an attempt); `none` when nothing could be done (the lease will bring the job back). */
+  via: 'queue_release' | 'queue_fail' | 'none';
+  /** Whether the job went back to the queue. */
+  released: boolean;
+}
+
+/** Emitted when a touch found that this worker no longer holds the job. */
+export interface JobLostEvent {
+  /** The job. */
+  job: Job;
+}
+
+/** Emitted each time the LISTEN connection is in place. */
+export interface ListenEvent {
+  /** False the first time, true after a reconnect. */
+  reconnect: boolean;
+}
+
+/** The worker's events and their arguments. */
+export interface WorkerEventMap {
+  /** A handler started. */
+  'job:start': [JobStartEvent];
+  /** A handler resolved; the job was acked. */
+  'job:complete': [JobCompleteEvent];
+  /** A handler threw; the failure was recorded. */
+  'job:fail': [JobFailEvent];
+  /** A job was given back at a hard stop. */
+  'job:release': [JobReleaseEvent];
+  /** The lease of a running job was lost. */
+  'job:lost': [JobLostEvent];
+  /** LISTEN is in place (again). */
+  listen: [ListenEvent];
+  /** Something failed and will be retried (connection lost, a call refused). Without a listener, errors go to `logger.error`. */
+  error: [Error];
+  /** The worker has stopped. */
+  stop: [];
+}
+
+/** Where the worker writes errors nobody listens for. */
+export interface Logger {
+  /** Writes one error. */
+  error(message: string, err?: unknown): void;
+}
+
+/** Options of {@link Worker}. */
+export interface WorkerOptions {
+  /** A libpq connection string (`postgres://user@host:5432/db`). Without it (and without `pool.connectionString`) the PG* environment variables apply. */
+  connectionString?: string;
+  /** Further `pg.Pool` settings (host, user, ssl, max, ...). The worker owns the pool it makes from them. */
+  pool?: PoolConfig;
+  /** One handler per queue name: `{ emails: async (job) => ... }`. */
+  handlers: Record<string, Handler>;
+  /** How many handlers run at once, at most. Default 10. */
+  concurrency?: number;
+  /** The worker's name in `queue_pop`, `queue_heartbeat` and `application_name`. Default `<host>:<pid>:<random>`. */
+  name?: string;
+  /** The most jobs one `queue_pop` claims. Default: the free capacity (up to `concurrency`). */
+  maxBatch?: number;
+  /** How often every queue is polled anyway, in case a notification was missed. Default 5 000 ms with LISTEN, 1 000 ms with `pooler`. */
+  pollIntervalMs?: number;
+  /** How often the worker calls `queue_heartbeat`. Default 30 000 ms (a worker is stale after 2 minutes). */
+  heartbeatIntervalMs?: number;
+  /** Default grace of {@link Worker.stop} and of signal-triggered stops. Default 10 000 ms. */
+  graceMs?: number;
+  /** Install SIGTERM and SIGINT handlers that stop gracefully (a second signal stops at once). Default false. */
+  handleSignals?: boolean;
+  /** Behind PgBouncer in transaction mode: no LISTEN connection; poll every `pollIntervalMs` instead. Default false. */
+  pooler?: boolean;
+  /** Reconnect and retry backoff. Default 100 ms doubling up to 30 s. */
+  backoff?: BackoffOptions;
+  /** Where errors go when nothing listens for `error`. Default `console`. */
+  logger?: Logger;
+}
+
+/** Options of {@link Worker.stop}. */
+export interface StopOptions {
+  /** How long running handlers may take to finish before their jobs are given back. Default: the worker's `graceMs`. */
+  graceMs?: number;
+}
+
+/** The worker's state. */
+export type WorkerState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
+
+interface ClaimRow {
+  id: string;
+  queue: string;
+  payload: unknown;
+  priority: number;
+  serial_group: string | null;
+  attempt: number;
+  max_attempts: number;
+  lease_until: Date;
+  created_at: Date;
+  lease_ms: number;
+}
+
+interface Entry {
+  key: string;
+  job: JobImpl;
+  controller: AbortController;
+  leaseMs: number;
+  phase: 'running' | 'settling';
+  /** Given back at a hard stop: never ack or fail it afterwards (the claim may be someone else's). */
+  released: boolean;
+  /** Settled or released: stop touching. */
+  finished: boolean;
+  touchTimer: NodeJS.Timeout | null;
+  done: Promise<void>;
+}
+
+type CallResult<T> = { kind: 'ok'; value: T } | { kind: 'rejected'; error: Error } | { kind: 'gave-up'; error: Error };
+
+const QUEUE_NAME = /^[A-Za-z0-9_.:-]{1,57}$/;
+const MAX_ERROR_CHARS = 16_000;
+
+const CLAIM_SQL = `SELECT id::text AS id, queue, payload, priority, serial_group, attempt, max_attempts,
+       lease_until, created_at, (extract(epoch FROM lease_until - now()) * 1000)::float8 AS lease_ms
+  FROM queue_pop($1::text, $2::text, $3::int)`;
+const ACK_SQL = 'SELECT queue_ack($1::bigint, $2::jsonb, $3::int) AS ok';
+const FAIL_SQL = 'SELECT queue_fail($1::bigint, $2::text, $3::int, $4::interval, $5::boolean) AS status';
+const TOUCH_SQL = 'SELECT queue_touch($1::bigint, $2::interval, $3::int) AS ok';
+const PROGRESS_SQL = 'SELECT queue_progress($1::bigint, $2::int, $3::int, $4::text, $5::int) AS ok';
+const RELEASE_SQL = 'SELECT queue_release($1::bigint, $2::int) AS ok';
+const HEARTBEAT_SQL = 'SELECT queue_heartbeat($1::text, $2::jsonb)';
+
+/** Connection failures and server-side conditions that go away: retry. Anything with another SQLSTATE is a refusal. */
+function isTransient(err: unknown): boolean {
+  const code = (err as { code?: unknown })?.code;
+  if (typeof code !== 'string' || !/^[0-9A-Z]{5}$/.test(code)) return true; // network errors, "Connection terminated", timeouts
+  return code.startsWith('08') || code.startsWith('53') || code.startsWith('57P')
+    || code === '40001' || code === '40P01' || code === '55P03' || code === '57014';
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+function errorText(err: unknown): string {
+  let text: string;
+  if (err instanceof Error) {
+    text = err.stack && err.stack.includes(err.message) ? err.stack : `${err.name}: ${err.message}`;
+  } else if (typeof err === 'string') {
+    text = err;
+  } else {
+    try {
+      text = JSON.stringify(err) ?? String(err);
+    } catch {
+      text = String(err);
+    }
+  }
+  return text.length > MAX_ERROR_CHARS ? text.slice(0, MAX_ERROR_CHARS) + '…' : text;
+}
+
+function isPermanent(err: unknown): boolean {
+  return (err as { permanent?: unknown })?.permanent === true;
+}
+
+function retryDelayOf(err: unknown): string | null {
+  if (err instanceof RetryIn) return intervalToSql(err.retryIn, 'RetryIn delay');
+  const ms = (err as { retryInMs?: unknown })?.retryInMs;
+  if (typeof ms === 'number' && Number.isFinite(ms)) return `${ms} milliseconds`;
+  return null;
+}
+
+class JobImpl implements Job {
+  readonly id: JobId;
+  readonly queue: string;
+  readonly payload: unknown;
+  readonly priority: number;
+  readonly serialGroup: string | null;
+  readonly attempt: number;
+  readonly maxAttempts: number;
+  readonly createdAt: Date;
+  leaseUntil: Date;
+  readonly worker: string;
+  readonly signal: AbortSignal;
+
+  constructor(row: ClaimRow, signal: AbortSignal, worker: string, private readonly pool: Pool) {
+    this.id = row.id;
+    this.queue = row.queue;
+    this.payload = row.payload;
+    this.priority = row.priority;
+    this.serialGroup = row.serial_group;
+    this.attempt = row.attempt;
+    this.maxAttempts = row.max_attempts;
+    this.createdAt = row.created_at;
+    this.leaseUntil = row.lease_until;
+    this.worker = worker;
+    this.signal = signal;
+  }
+
+  async progress(current: number, total: number, message?: string): Promise<boolean> {
+    if (!Number.isInteger(current) || !Number.isInteger(total)) throw new TypeError('progress: current and total must be integers');
+    const res = await this.pool.query<{ ok: boolean }>(PROGRESS_SQL, [this.id, current, total, message ?? null, this.attempt]);
+    return res.rows[0]!.ok === true;
+  }
+
+  async touch(extend?: Interval): Promise<boolean> {
+    const ext = extend === undefined ? null : intervalToSql(extend, 'extend');
+    const started = Date.now();
+    const res = await this.pool.query<{ ok: boolean }>(TOUCH_SQL, [this.id, ext, this.attempt]);
+    const ok = res.rows[0]!.ok === true;
+    if (ok && typeof extend === 'number') this.leaseUntil = new Date(started + extend);
+    return ok;
+  }
+}
+
+/**
+ * Runs handlers for jobs of one or more queues.
+ *
+ * - Claims with `queue_pop(queue, name, n)`, n up to the free capacity; never
+ *   more than `concurrency` handlers at once.
+ * - Acks with `queue_ack(id, result, attempt)`; on a throw fails with
+ *   `queue_fail(id, error, attempt, retry_in, permanent)`. A stale claim
+ *   (lease lost, job claimed again) changes nothing and does not throw.
+ * - Keeps leases alive with `queue_touch` at half the job's timeout, and
+ *   heartbeats with `queue_heartbeat`.
+ * - Wakes on `LISTEN "queue_<name>"` (one connection), polls as a fallback,
+ *   reconnects with backoff.
+ * - {@link Worker.stop} claims nothing more, lets handlers finish within the
+ *   grace, then gives their jobs back (`queue_release`).
+ *
+ * @example
+ * ```ts
+ * const worker = new Worker({
+ *   connectionString: process.env.DATABASE_URL,
+ *   handlers: { emails: async (job) => sendMail(job.payload) },
+ *   concurrency: 20,
+ *   handleSignals: true,
+ * });
+ * await worker.start();
+ * ```
+ */
+export class Worker extends EventEmitter<WorkerEventMap> {
+  /** The worker's name (in `queue_pop`, `queue_heartbeat`, `application_name`). */
+  readonly name: string;
+  /** The most handlers that run at once. */
+  readonly concurrency: number;
+  /** The queues served. */
+  readonly queues: readonly string[];
+
+  private readonly handlers: Map<string, Handler>;
+  private readonly pool: Pool;
+  private readonly listenConfig: ClientConfig;
+  private readonly maxBatch: number;
+  private readonly pollIntervalMs: number;
+  private readonly heartbeatIntervalMs: number;
+  private readonly graceMs: number;
+  private readonly handleSignals: boolean;
+  private readonly pooler: boolean;
+  private readonly backoff: Required<BackoffOptions>;
+  private readonly logger: Logger;
+
+  private currentState: WorkerState = 'new';
+  private readonly running = new Map<string, Entry>();
+  private readonly dirty = new Set<string>();
+  private rotation = 0;
+  private wakePending = false;
+  private wakeWaiter: (() => void) | null = null;
+  private wakeSource: WakeSource | null = null;
+  private pollTimer: NodeJS.Timeout | null = null;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private loopDone: Promise<void> = Promise.resolve();
+  private readonly stopController = new AbortController();
+  private stopping: Promise<void> | null = null;
+  private hard = false;
+  private graceTimer: NodeJS.Timeout | null = null;
+  private graceDeadline = Infinity;
+  private endGrace: (() => void) | null = null;
+  private releaseMissing = false;
+  private startedAt = new Date();
+  private signalHandler: ((signal: NodeJS.Signals) => void) | null = null;
+
+  /**
+   * Makes a worker; nothing connects before {@link Worker.start}.
+   *
+   * @param options - connection, handlers, concurrency and the rest of {@link WorkerOptions}
+   * @throws TypeError for a bad queue name, a missing handler or a bad number
+   */
+  constructor(options: WorkerOptions) {
+    super();
+    if (!options || typeof options !== 'object') throw new TypeError('Worker options are required');
+    const handlers = options.handlers;
+    if (!handlers || typeof handlers !== 'object' || Object.keys(handlers).length === 0) {
+      throw new TypeError('Worker needs at least one handler: { handlers: { queueName: async (job) => ... } }');
+    }
+    for (const [queue, fn] of Object.entries(handlers)) {
+      if (!QUEUE_NAME.test(queue)) throw new TypeError(`bad queue name "${queue}": 1-57 characters of [A-Za-z0-9_.:-]`);
+      if (typeof fn !== 'function') throw new TypeError(`the handler of queue "${queue}" is not a function`);
+    }
+    const positiveInt = (v: number | undefined, dflt: number, what: string, max = 1_000_000_000): number => {
+      if (v === undefined) return dflt;
+      if (!Number.isInteger(v) || v < 1 || v > max) throw new TypeError(`${what} must be an integer from 1 to ${max}, got ${v}`);
+      return v;
+    };
+    this.handlers = new Map(Object.entries(handlers));
+    this.queues = Object.freeze([...this.handlers.keys()]);
+    this.concurrency = positiveInt(options.concurrency, 10, 'concurrency', 10_000);
+    this.maxBatch = Math.min(this.concurrency, positiveInt(options.maxBatch, this.concurrency, 'maxBatch', 10_000));
+    this.pooler = options.pooler === true;
+    this.pollIntervalMs = positiveInt(options.pollIntervalMs, this.pooler ? 1000 : 5000, 'pollIntervalMs');
+    this.heartbeatIntervalMs = positiveInt(options.heartbeatIntervalMs, 30_000, 'heartbeatIntervalMs');
+    this.graceMs = options.graceMs === undefined ? 10_000 : Math.max(0, Number(options.graceMs));
+    this.handleSignals = options.handleSignals === true;
+    this.backoff = {
+      initialMs: positiveInt(options.backoff?.initialMs, 100, 'backoff.initialMs'),
+      maxMs: positiveInt(options.backoff?.maxMs, 30_000, 'backoff.maxMs'),
+    };
+    this.logger = options.logger ?? console;
+    this.name = options.name ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+    if (typeof this.name !== 'string' || this.name.length === 0 || Buffer.byteLength(this.name) > 200) {
+      throw new TypeError('name must be a non-empty string of at most 200 bytes');
+    }
+
+    const base: PoolConfig = { ...(options.pool ?? {}) };
+    if (options.connectionString !== undefined) base.connectionString = options.connectionString;
+    const appName = base.application_name ?? this.name;
+    this.pool = new Pool({
+      connectionTimeoutMillis: 10_000,
+      max: Math.min(Math.max(2, this.concurrency + 1), 10),
+      ...base,
+      application_name: appName,
+    });
+    // An idle pooled connection that dies (terminated backend, restart) must not crash the process.
+    this.pool.on('error', (err) => this.emitError(err, 'an idle pooled connection failed'));
+    const { max: _max, min: _min, idleTimeoutMillis: _idle, allowExitOnIdle: _exit, maxUses: _uses, ...clientConfig } = base as PoolConfig & Record<string, unknown>;
+    this.listenConfig = { ...(clientConfig as ClientConfig), application_name: `${appName} listen`.slice(0, 63), keepAlive: true };
+  }
+
+  /** The worker's state: new, starting, running, stopping, stopped. */
+  get state(): WorkerState {
+    return this.currentState;
+  }
+
+  /** How many jobs are running (including those being acked). */
+  get runningCount(): number {
+    return this.running.size;
+  }
+
+  /**
+   * Connects, registers the worker (`queue_heartbeat`), sets up LISTEN (unless
+   * `pooler`) and starts claiming. Resolves once claiming has begun.
+   *
+   * @throws when the first heartbeat fails (wrong connection settings, no
+   *   `queue` extension, no `queue_worker` role); the worker is then stopped.
+   */
+  async start(): Promise<void> {
+    if (this.currentState !== 'new') throw new Error(`a worker starts once (it is ${this.currentState})`);
+    this.currentState = 'starting';
+    this.startedAt = new Date();
+    try {
+      await this.heartbeat();
+    } catch (err) {
+      this.currentState = 'stopped';
+      await this.pool.end().catch(() => undefined);
+      throw err;
+    }
+    if (this.currentState !== 'starting') return; // stop() was called meanwhile
+    this.heartbeatTimer = setInterval(() => {
+      this.heartbeat().catch((err) => this.emitError(err, 'queue_heartbeat failed'));
+    }, this.heartbeatIntervalMs);
+    if (!this.pooler) {
+      this.wakeSource = new Listener(this.listenConfig, this.queues, {
+        notify: (queue) => {
+          this.dirty.add(queue);
+          this.wake();
+        },
+        connected: (reconnect) => {
+          // Wake-ups may have been missed while not listening: look at every queue.
+          this.markAllDirty();
+          this.safeEmit('listen', { reconnect });
+        },
+        error: (err) => this.emitError(err, 'the LISTEN connection failed; reconnecting'),
+      }, this.backoff, Math.max(this.pollIntervalMs, 10_000));
+      await this.wakeSource.start();
+    }
+    if (this.currentState !== 'starting') return; // stop() was called meanwhile
+    this.pollTimer = setInterval(() => this.markAllDirty(), this.pollIntervalMs);
+    if (this.handleSignals) this.installSignalHandlers();
+    this.currentState = 'running';
+    this.markAllDirty();
+    this.loopDone = this.loop().catch((err) => this.emitError(err, 'the claim loop failed'));
+  }
+
+  /**
+   * Stops: claims nothing more, lets running handlers finish within `graceMs`,
+   * then aborts their signals and gives their jobs back at once with
+   * `queue_release(id, attempt)` (the attempt is not counted). Resolves when
+   * every connection is closed. Calling it again returns the same promise (a
+   * shorter grace takes effect).
+   *
+   * @param options - `graceMs`, default the worker's `graceMs`
+   */
+  stop(options: StopOptions = {}): Promise<void> {
+    const graceMs = Math.max(0, options.graceMs ?? this.graceMs);
+    if (this.stopping) {
+      this.shortenGrace(graceMs);
+      return this.stopping;
+    }
+    this.stopping = this.doStop(graceMs);
+    return this.stopping;
+  }
+
+  // ---------------------------------------------------------------- claiming
+
+  private async loop(): Promise<void> {
+    let failures = 0;
+    while (this.currentState === 'running') {
+      const free = this.concurrency - this.running.size;
+      const queue = free > 0 ? this.nextDirtyQueue() : undefined;
+      if (queue === undefined) {
+        await this.waitForWake();
+        continue;
+      }
+      const want = Math.min(free, this.maxBatch);
+      let rows: ClaimRow[];
+      try {
+        rows = await this.claim(queue, want);
+        failures = 0;
+      } catch (err) {
+        this.dirty.add(queue);
+        failures++;
+        this.emitError(err, `queue_pop('${queue}') failed; retrying`);
+        await this.sleepUnlessStopped(backoffDelay(failures, this.backoff));
+        continue;
+      }
+      // Idle only after an empty claim: that claim marks the queue's sleeper slot,
+      // so the next push wakes this worker at once (not in the notifier's next round).
+      if (rows.length > 0) this.dirty.add(queue);
+      if (this.currentState !== 'running') {
+        // Claimed while stop() began: give them back untouched.
+        await Promise.all(rows.map((row) => this.giveBack(this.newEntry(row))));
+        break;
+      }
+      for (const row of rows) this.startJob(row);
+    }
+  }
+
+  /**
+   * One claim. The seam for a server-side wait: in pooler mode a claim that
+   * waits in the server for a due job will replace polling here.
+   */
+  private async claim(queue: string, n: number): Promise<ClaimRow[]> {
+    const res = await this.pool.query<ClaimRow>(CLAIM_SQL, [queue, this.name, n]);
+    return res.rows;
+  }
+
+  private nextDirtyQueue(): string | undefined {
+    const n = this.queues.length;
+    for (let i = 0; i < n; i++) {
+      const idx = (this.rotation + i) % n;
+      const q = this.queues[idx]!;
+      if (this.dirty.has(q)) {
+        this.dirty.delete(q);
+        this.rotation = (idx + 1) % n;
+        return q;
+      }
+    }
+    return undefined;
+  }
+
+  private markAllDirty(): void {
+    for (const q of this.queues) this.dirty.add(q);
+    this.wake();
+  }
+
+  private wake(): void {
+    if (this.wakeWaiter) this.wakeWaiter();
+    else this.wakePending = true;
+  }
+
+  private waitForWake(): Promise<void> {
+    if (this.wakePending) {
+      this.wakePending = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      this.wakeWaiter = () => {
+        this.wakeWaiter = null;
+        resolve();
+      };
+    });
+  }
+
+  private sleepUnlessStopped(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const signal = this.stopController.signal;
+      if (signal.aborted) return resolve();
+      const done = (): void => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener('abort', done);
+    });
+  }
+
+  // ---------------------------------------------------------------- running
+
+  private newEntry(row: ClaimRow): Entry {
+    const controller = new AbortController();
+    return {
+      key: `${row.id}:${row.attempt}`,
+      job: new JobImpl(row, controller.signal, this.name, this.pool),
+      controller,
+      leaseMs: Number.isFinite(row.lease_ms) && row.lease_ms > 0 ? row.lease_ms : 60_000,
+      phase: 'running',
+      released: false,
+      finished: false,
+      touchTimer: null,
+      done: Promise.resolve(),
+    };
+  }
+
+  private startJob(row: ClaimRow): void {
+    const entry = this.newEntry(row);
+    this.running.set(entry.key, entry);
+    entry.done = this.execute(entry)
+      .catch((err) => this.emitError(err, `job ${entry.job.id} failed inside the worker`))
+      .finally(() => {
+        entry.finished = true;
+        if (entry.touchTimer) clearTimeout(entry.touchTimer);
+        if (this.running.get(entry.key) === entry) this.running.delete(entry.key);
+        this.wake();
+      });
+  }
+
+  private async execute(entry: Entry): Promise<void> {
+    const { job } = entry;
+    const handler = this.handlers.get(job.queue)!;
+    this.safeEmit('job:start', { job });
+    this.scheduleTouch(entry);
+    const t0 = performance.now();
+    type Outcome = { ok: true; result: unknown } | { ok: false; error: unknown };
+    const outcome = await withJobSpan<Outcome>({ id: job.id, queue: job.queue, attempt: job.attempt, worker: this.name }, async () => {
+      try {
+        const result = await handler(job);
+        return { ok: true, value: { ok: true, result } };
+      } catch (error) {
+        return { ok: false, error, value: { ok: false, error } };
+      }
+    });
+    const durationMs = performance.now() - t0;
+    entry.phase = 'settling';
+    if (entry.released) return; // given back at a hard stop: its outcome no longer counts
+    if (outcome.ok) {
+      let json: string | null = null;
+      let serializeError: Error | null = null;
+      try {
+        json = outcome.result === undefined ? null : (JSON.stringify(outcome.result) ?? null);
+      } catch (err) {
+        serializeError = new TypeError(`the handler's result is not JSON-serializable: ${asError(err).message}`);
+      }
+      if (!serializeError) {
+        const r = await this.call<{ ok: boolean }>(ACK_SQL, [job.id, json, job.attempt], `queue_ack(${job.id})`);
+        if (r.kind === 'ok') {
+          this.safeEmit('job:complete', { job, result: outcome.result, durationMs, acked: r.value.ok === true });
+          return;
+        }
+        if (r.kind === 'gave-up') return; // the lease brings the job back
+        serializeError = new Error(`queue_ack refused the result: ${r.error.message}`);
+      }
+      await this.fail(entry, serializeError, durationMs);
+      return;
+    }
+    await this.fail(entry, outcome.error, durationMs);
+  }
+
+  private async fail(entry: Entry, error: unknown, durationMs: number): Promise<void> {
+    const { job } = entry;
+    const permanent = isPermanent(error);
+    let retryIn: string | null = null;
+    let text = errorText(error);
+    try {
+      retryIn = retryDelayOf(error);
+    } catch (err) {
+      text += `\n(retry delay ignored: ${asError(err).message})`;
+    }
+    const what = `queue_fail(${job.id})`;
+    let r = await this.call<{ status: string | null }>(FAIL_SQL, [job.id, text, job.attempt, retryIn, permanent], what);
+    if (r.kind === 'rejected' && retryIn !== null) {
+      // e.g. a RetryIn delay the server refuses: record the failure with the job's own backoff.
+      text += `\n(retry delay ${retryIn} refused: ${r.error.message})`;
+      retryIn = null;
+      r = await this.call<{ status: string | null }>(FAIL_SQL, [job.id, text, job.attempt, null, permanent], what);
+    }
+    if (r.kind === 'rejected') {
+      r = await this.call<{ status: string | null }>(FAIL_SQL,
+        [job.id, `error not recorded (${r.error.message})`, job.attempt, null, permanent], what);
+    }
+    const status = r.kind === 'ok' ? r.value.status : null;
+    this.safeEmit('job:fail', { job, error, durationMs, status, permanent, retryIn });
+  }
+
+  /** A call that must get through: retried with backoff on connection trouble until the worker stops hard. */
+  private async call<T>(sql: string, values: unknown[], what: string): Promise<CallResult<T>> {
+    for (let failures = 1; ; failures++) {
+      try {
+        const res = await this.pool.query(sql, values);
+        return { kind: 'ok', value: res.rows[0] as T };
+      } catch (err) {
+        if (!isTransient(err)) return { kind: 'rejected', error: asError(err) };
+        this.emitError(err, `${what} failed; retrying`);
+        if (this.hard) return { kind: 'gave-up', error: asError(err) };
+        await new Promise((r) => setTimeout(r, backoffDelay(failures, { initialMs: this.backoff.initialMs, maxMs: Math.min(this.backoff.maxMs, 5000) })));
+        if (this.hard) return { kind: 'gave-up', error: asError(err) };
+      }
+    }
+  }
+
+  /** Extends the lease at half the job's timeout, while the job is running or being acked. */
+  private scheduleTouch(entry: Entry, delayMs = Math.max(50, entry.leaseMs / 2)): void {
+    if (entry.finished) return;
+    entry.touchTimer = setTimeout(() => {
+      entry.touchTimer = null;
+      if (entry.finished) return;
+      const started = Date.now();
+      this.pool.query<{ ok: boolean }>(TOUCH_SQL, [entry.job.id, null, entry.job.attempt]).then(
+        (res) => {
+          if (entry.finished) return;
+          if (res.rows[0]!.ok !== true) {
+            this.safeEmit('job:lost', { job: entry.job });
+            entry.controller.abort(new LeaseLostError());
+            return; // whatever the handler returns, the ack with this attempt changes nothing
+          }
+          entry.job.leaseUntil = new Date(started + entry.leaseMs);
+          this.scheduleTouch(entry);
+        },
+        (err) => {
+          if (entry.finished) return;
+          this.emitError(err, `queue_touch(${entry.job.id}) failed; retrying`);
+          this.scheduleTouch(entry, Math.max(50, Math.min(1000, entry.leaseMs / 8)));
+        },
+      );
+    }, delayMs);
+  }
+
+  // ---------------------------------------------------------------- stopping
+
+  private async doStop(graceMs: number): Promise<void> {
+    const wasRunning = this.currentState === 'running' || this.currentState === 'starting';
+    this.currentState = 'stopping';
+    this.stopController.abort();
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    this.pollTimer = null;
+    this.wake();
+    await this.wakeSource?.stop();
+    await this.loopDone;
+
+    if (wasRunning && this.running.size > 0) {
+      const graceOver = new Promise<void>((resolve) => {
+        this.endGrace = resolve;
+      });
+      this.graceDeadline = Date.now() + graceMs;
+      this.graceTimer = setTimeout(() => this.endGrace?.(), graceMs);
+      const allDone = Promise.all([...this.running.values()].map((e) => e.done));
+      await Promise.race([allDone, graceOver]);
+      if (this.graceTimer) clearTimeout(this.graceTimer);
+      this.graceTimer = null;
+
+      // The grace is over: give back what still runs; stop retrying acks.
+      this.hard = true;
+      const unfinished = [...this.running.values()].filter((e) => e.phase === 'running');
+      await Promise.all(unfinished.map((e) => this.giveBack(e)));
+      const settling = [...this.running.values()].filter((e) => !e.released);
+      if (settling.length) {
+        await Promise.race([Promise.all(settling.map((e) => e.done)), new Promise((r) => setTimeout(r, 5000))]);
+      }
+    }
+    this.hard = true;
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+    await this.pool.end().catch(() => undefined);
+    this.removeSignalHandlers();
+    this.currentState = 'stopped';
+    this.safeEmit('stop');
+  }
+
+  private shortenGrace(graceMs: number): void {
+    const deadline = Date.now() + graceMs;
+    if (deadline >= this.graceDeadline || !this.endGrace) {
+      this.graceDeadline = Math.min(this.graceDeadline, deadline);
+      return;
+    }
+    this.graceDeadline = deadline;
+    if (this.graceTimer) clearTimeout(this.graceTimer);
+    this.graceTimer = setTimeout(() => this.endGrace?.(), graceMs);
+  }
+
+  /** Hands a job back without counting the attempt (`queue_release`); never acks or fails it afterwards. */
+  private async giveBack(entry: Entry): Promise<void> {
+    entry.released = true;
+    entry.finished = true;
+    if (entry.touchTimer) clearTimeout(entry.touchTimer);
+    entry.touchTimer = null;
+    this.running.delete(entry.key);
+    if (!entry.controller.signal.aborted) entry.controller.abort(new WorkerStoppedError());
+    const { job } = entry;
+    for (let tries = 1; tries <= 3; tries++) {
+      try {
+        if (!this.releaseMissing) {
+          try {
+            const res = await this.pool.query<{ ok: boolean }>(RELEASE_SQL, [job.id, job.attempt]);
+            this.safeEmit('job:release', { job, via: 'queue_release', released: res.rows[0]!.ok === true });
+            return;
+          } catch (err) {
+            if ((err as { code?: string }).code !== '42883') throw err;
+            this.releaseMissing = true; // an older extension: fall back below
+          }
+        }
+        if (job.attempt < job.maxAttempts) {
+          // Back in line at once; this costs the attempt.
+          const res = await this.pool.query<{ status: string | null }>(FAIL_SQL,
+            [job.id, 'the worker stopped before the job finished (queue_release is not installed)', job.attempt, '0 seconds', false]);
+          this.safeEmit('job:release', { job, via: 'queue_fail', released: res.rows[0]!.status !== null });
+        } else {
+          // Its last attempt: leave it to its lease rather than fail it for good.
+          this.safeEmit('job:release', { job, via: 'none', released: false });
+        }
+        return;
+      } catch (err) {
+        this.emitError(err, `giving back job ${job.id} failed`);
+        if (!isTransient(err) || tries === 3) break;
+        await new Promise((r) => setTimeout(r, 200 * tries));
+      }
+    }
+    this.safeEmit('job:release', { job, via: 'none', released: false });
+  }
+
+  private installSignalHandlers(): void {
+    const handler = (signal: NodeJS.Signals): void => {
+      if (this.stopping) {
+        this.shortenGrace(0); // a second signal: give back now
+        return;
+      }
+      void this.stop().then(() => {
+        this.removeSignalHandlers();
+        // Nobody else handles the signal: let it take its default course (exit).
+        if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+      });
+    };
+    this.signalHandler = handler;
+    process.on('SIGTERM', handler);
+    process.on('SIGINT', handler);
+  }
+
+  private removeSignalHandlers(): void {
+    if (!this.signalHandler) return;
+    process.off('SIGTERM', this.signalHandler);
+    process.off('SIGINT', this.signalHandler);
+    this.signalHandler = null;
+  }
+
+  // ---------------------------------------------------------------- misc
+
+  private async heartbeat(): Promise<void> {
+    const info = {
+      host: hostname(),
+      pid: process.pid,
+      library: LIBRARY_NAME,
+      version: VERSION,
+      runtime: `node ${process.version}`,
+      queues: this.queues,
+      concurrency: this.concurrency,
+      pooler: this.pooler,
+      running: this.running.size,
+      started_at: this.startedAt.toISOString(),
+    };
+    await this.pool.query(HEARTBEAT_SQL, [this.name, JSON.stringify(info)]);
+  }
+
+  private safeEmit<K extends keyof WorkerEventMap>(event: K, ...args: WorkerEventMap[K]): void {
+    try {
+      (this.emit as (e: K, ...a: WorkerEventMap[K]) => boolean)(event, ...args);
+    } catch (err) {
+      this.emitError(err, `a listener of "${String(event)}" threw`);
+    }
+  }
+
+  private emitError(err: unknown, context: string): void {
+    const cause = asError(err);
+    const error = new Error(`${context}: ${cause.message}`, { cause });
+    if (this.listenerCount('error') > 0) {
+      try {
+        this.emit('error', error);
+        return;
+      } catch {
+        /* fall through to the logger */
+      }
+    }
+    this.logger.error(`[${LIBRARY_NAME} ${this.name}] ${error.message}`);
+  }
+}

@@ -1,0 +1,50 @@
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { trace, SpanKind, SpanStatusCode, type Tracer, type TracerProvider } from '@opentelemetry/api';
+import { push, Worker } from '../dist';
+import { adminPool, uniqueQueue, waitForStatus, collectErrors, DATABASE_URL } from './helpers';
+
+const pool = adminPool();
+after(() => pool.end());
+
+interface Recorded { name: string; kind?: SpanKind; attributes: Record<string, unknown>; status?: number; ended: boolean; exceptions: unknown[] }
+
+test('with @opentelemetry/api installed, pushes and jobs make PRODUCER and CONSUMER spans', async (t) => {
+  const spans: Recorded[] = [];
+  const tracer = {
+    startActiveSpan(name: string, opts: { kind?: SpanKind; attributes?: Record<string, unknown> }, fn: (span: unknown) => unknown) {
+      const rec: Recorded = { name, kind: opts.kind, attributes: { ...opts.attributes }, ended: false, exceptions: [] };
+      spans.push(rec);
+      return fn({
+        setAttribute: (k: string, v: unknown) => { rec.attributes[k] = v; },
+        setStatus: (s: { code: number }) => { rec.status = s.code; },
+        recordException: (e: unknown) => { rec.exceptions.push(e); },
+        end: () => { rec.ended = true; },
+      });
+    },
+    startSpan() { throw new Error('not used'); },
+  } as unknown as Tracer;
+  const provider: TracerProvider = { getTracer: () => tracer };
+  assert.ok(trace.setGlobalTracerProvider(provider));
+  t.after(() => trace.disable());
+
+  const q = uniqueQueue('otel');
+  const worker = new Worker({ connectionString: DATABASE_URL, handlers: { [q]: (job) => { if ((job.payload as { bad?: boolean }).bad) throw new Error('nope'); return 1; } } });
+  collectErrors(worker);
+  await worker.start();
+  t.after(() => worker.stop({ graceMs: 0 }));
+  const ok = await push(pool, q, {});
+  const bad = await push(pool, q, { bad: true }, { maxAttempts: 1 });
+  await waitForStatus(pool, ok, ['completed']);
+  await waitForStatus(pool, bad, ['failed']);
+  const consumer = (id: string) => spans.find((s) => s.kind === SpanKind.CONSUMER && s.attributes['messaging.message.id'] === id);
+  const publish = spans.filter((s) => s.kind === SpanKind.PRODUCER && s.name === `publish ${q}`);
+  assert.equal(publish.length, 2);
+  assert.ok(publish.every((s) => s.ended && s.status === SpanStatusCode.OK));
+  assert.equal(consumer(ok)?.name, `process ${q}`);
+  assert.equal(consumer(ok)?.status, SpanStatusCode.OK);
+  assert.equal(consumer(ok)?.attributes['queue.attempt'], 1);
+  assert.equal(consumer(bad)?.status, SpanStatusCode.ERROR);
+  assert.equal((consumer(bad)?.exceptions[0] as Error).message, 'nope');
+  assert.ok(spans.every((s) => s.ended));
+});

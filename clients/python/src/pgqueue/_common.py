@@ -71,6 +71,11 @@ class Backoff:
 MAX_ERROR_CHARS = 16000  # well inside queue.max_error_size (64 kB by default)
 
 
+def as_status(value: Any) -> Optional[str]:
+    """A status returned by ``queue_fail`` (``None`` when nothing changed)."""
+    return None if value is None else str(value)
+
+
 def describe_error(exc: BaseException, with_traceback: bool = True) -> str:
     """The text stored as a job's last error: ``Type: message``, then the traceback."""
     head = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -290,8 +295,12 @@ class WorkerBase:
         self._reconnect_max = check_positive("reconnect_max", reconnect_max)
         self._log = logger or default_logger
         kwargs: Dict[str, Any] = {"application_name": f"pgqueue {self.name}"[:63]}
-        if "connect_timeout" not in conninfo_to_dict(dsn):
-            kwargs["connect_timeout"] = 10
+        given = conninfo_to_dict(dsn)
+        # Fail fast on an unreachable server, and notice a dead peer on TCP.
+        for key, value in (("connect_timeout", 10), ("keepalives", 1), ("keepalives_idle", 30),
+                           ("keepalives_interval", 10), ("keepalives_count", 3)):
+            if key not in given:
+                kwargs[key] = value
         if self.pooler:
             kwargs["prepare_threshold"] = None  # transaction pooling breaks prepared statements
         kwargs.update(connect_kwargs or {})

@@ -201,6 +201,7 @@ class AsyncWorker(c.WorkerBase):
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._run_task: Optional["asyncio.Task[None]"] = None
         self._listening = False
+        self._reachable = False
         # Created in run(), on the worker's loop.
         self._pool: _AsyncPool
         self._stopping: asyncio.Event
@@ -235,7 +236,7 @@ class AsyncWorker(c.WorkerBase):
         self._closing = asyncio.Event()
         self._done = asyncio.Event()
         self._keeper_wake = asyncio.Event()
-        installed: List[int] = []
+        installed: List[signal.Signals] = []
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
@@ -332,7 +333,9 @@ class AsyncWorker(c.WorkerBase):
             try:
                 claimed, free = await self._claim()
                 backoff.reset()
+                self._reachable = True
             except Exception as exc:
+                self._reachable = False
                 delay = backoff.next()
                 if c.is_transient(exc):
                     self._log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
@@ -455,8 +458,8 @@ class AsyncWorker(c.WorkerBase):
             except Exception as exc:
                 self._log.error("job %s: result could not be stored: %s", job.id, exc)
                 bad = TypeError(f"result could not be stored: {type(exc).__name__}: {exc}")
-                return await self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(bad, False), job.attempt,
-                                                             None, False))
+                return c.as_status(await self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(bad, False),
+                                                                         job.attempt, None, False)))
             if ok is None:
                 return None
             if not ok:
@@ -470,8 +473,9 @@ class AsyncWorker(c.WorkerBase):
         if not job._begin_finish():
             return c.RELEASED
         try:
-            return await self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(exc), job.attempt,
-                                                         retry_in_of(exc), is_permanent(exc)))
+            return c.as_status(await self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(exc),
+                                                                     job.attempt, retry_in_of(exc),
+                                                                     is_permanent(exc))))
         finally:
             job._end_finish()
 
@@ -535,7 +539,8 @@ class AsyncWorker(c.WorkerBase):
         self._keeper_wake.set()
         for task in list(self._tasks.values()):
             task.cancel()
-        await self._heartbeat("stopped")
+        if self._reachable:  # a last word, unless the database is away
+            await self._heartbeat("stopped")
         await self._pool.close()
         self._log.info("async worker %s stopped", self.name)
 

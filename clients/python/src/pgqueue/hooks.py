@@ -24,7 +24,7 @@ try:  # optional dependency
     from opentelemetry.trace import Status as _Status
     from opentelemetry.trace import StatusCode as _StatusCode
 except ImportError:  # pragma: no cover - exercised when the package is absent
-    _otel_trace = None
+    _otel_trace = None  # type: ignore[assignment]
 
 __all__ = ["JobEvent", "WorkerListener", "CallbackListener", "tracing_available"]
 

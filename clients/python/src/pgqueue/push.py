@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import enum
 import re
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import psycopg
 from psycopg import sql
@@ -107,7 +107,9 @@ class PushOptions:
 
     def __post_init__(self) -> None:
         """Check every field's type and normalise numbers of seconds to timedeltas."""
-        put = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731
+        def put(field: str, value: Any) -> None:
+            object.__setattr__(self, field, value)
+
         if self.priority is not None:
             if isinstance(self.priority, str):
                 _check_text("priority", self.priority)
@@ -157,7 +159,7 @@ _FRAGMENTS = {
 }
 
 
-def _merge(options: Optional[PushOptions], given: dict) -> PushOptions:
+def _merge(options: Optional[PushOptions], given: Dict[str, Any]) -> PushOptions:
     changes = {k: v for k, v in given.items() if v is not None}
     base = options if options is not None else PushOptions()
     if not isinstance(base, PushOptions):

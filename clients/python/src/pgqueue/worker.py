@@ -316,7 +316,7 @@ class Worker(c.WorkerBase):
         self._lock = threading.Lock()
         self._active: Dict[int, Job] = {}
         self._idle_cond = threading.Condition(self._lock)
-        self._dispatch: "list[Job]" = []
+        self._dispatch: List[Optional[Job]] = []
         self._dispatch_cond = threading.Condition()
         self._slots: List[threading.Thread] = []
         self._stopping = threading.Event()
@@ -327,6 +327,7 @@ class Worker(c.WorkerBase):
         self._thread: Optional[threading.Thread] = None
         self._keeper_wake = threading.Event()
         self._has_release: Optional[bool] = None
+        self._reachable = False
 
     # ------------------------------------------------------------------ API
 
@@ -454,7 +455,9 @@ class Worker(c.WorkerBase):
             try:
                 claimed, free = self._claim()
                 backoff.reset()
+                self._reachable = True
             except Exception as exc:
+                self._reachable = False
                 delay = backoff.next()
                 if c.is_transient(exc):
                     self._log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
@@ -502,10 +505,11 @@ class Worker(c.WorkerBase):
                 while not self._dispatch:
                     self._dispatch_cond.wait()
                 job = self._dispatch.pop(0)
-            if job is None:  # type: ignore[comparison-overlap]
+            if job is None:
                 return
             try:
-                self._execute(job)
+                if job._state == c.RUNNING:  # not given back while it waited for this slot
+                    self._execute(job)
             except Exception:  # never let a slot die
                 self._log.exception("job %s: internal error", job.id)
             finally:
@@ -544,8 +548,8 @@ class Worker(c.WorkerBase):
             except Exception as exc:  # e.g. not JSON-serialisable, or too large
                 self._log.error("job %s: result could not be stored: %s", job.id, exc)
                 bad = TypeError(f"result could not be stored: {type(exc).__name__}: {exc}")
-                return self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(bad, False), job.attempt,
-                                                       None, False))
+                return c.as_status(self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(bad, False),
+                                                                   job.attempt, None, False)))
             if ok is None:
                 return None
             if not ok:
@@ -559,8 +563,8 @@ class Worker(c.WorkerBase):
         if not job._begin_finish():
             return c.RELEASED
         try:
-            return self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(exc), job.attempt,
-                                                   retry_in_of(exc), is_permanent(exc)))
+            return c.as_status(self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(exc), job.attempt,
+                                                               retry_in_of(exc), is_permanent(exc))))
         finally:
             job._end_finish()
 
@@ -633,9 +637,10 @@ class Worker(c.WorkerBase):
         self._closing.set()
         self._keeper_wake.set()
         with self._dispatch_cond:
-            self._dispatch.extend([None] * len(self._slots))  # type: ignore[list-item]
+            self._dispatch.extend([None] * len(self._slots))
             self._dispatch_cond.notify_all()
-        self._heartbeat("stopped")
+        if self._reachable:  # a last word, unless the database is away
+            self._heartbeat("stopped")
         self._pool.close()
         self._log.info("worker %s stopped", self.name)
 

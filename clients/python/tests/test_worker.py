@@ -182,6 +182,11 @@ def test_heartbeat_registers_the_worker(conn, queue_name, start_worker):
     assert info["version"] == pgqueue.__version__
     assert sorted(info["queues"]) == sorted([queue_name, queue_name + "-b"])
     assert info["concurrency"] == 3
+    # One LISTEN connection for the whole worker, whatever its concurrency.
+    wait_until(lambda: w.listening, what="listening")
+    last = conn.execute("SELECT query FROM pg_stat_activity WHERE application_name = %s",
+                        (f"pgqueue {w.name}"[:63],)).fetchall()
+    assert len([q for (q,) in last if q.startswith("LISTEN")]) == 1
 
 
 def test_concurrency_limit_never_exceeded(conn, queue_name, start_worker):

@@ -56,13 +56,16 @@ class Backoff:
     """Exponential backoff with jitter: ``first``, doubling, capped at ``cap``."""
 
     def __init__(self, first: float = 0.1, cap: float = 10.0) -> None:
+        """Start at ``first`` seconds; never wait longer than ``cap``."""
         self.first, self.cap = first, cap
         self._next = first
 
     def reset(self) -> None:
+        """Back to the first delay (after a success)."""
         self._next = self.first
 
     def next(self) -> float:
+        """The next delay in seconds, +-20% jitter."""
         delay = self._next
         self._next = min(self.cap, self._next * 2)
         return delay * random.uniform(0.8, 1.2)
@@ -126,6 +129,7 @@ def check_handlers(handlers: Mapping[str, Callable[..., Any]], want_async: bool)
 
 
 def check_positive(what: str, value: Any, allow_zero: bool = False) -> float:
+    """``value`` as seconds, or TypeError / ValueError when not a positive number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds")
     if value < 0 or (value == 0 and not allow_zero):
@@ -154,6 +158,7 @@ class ClaimedRow:
 
     @classmethod
     def from_rows(cls, rows: List[Sequence[Any]]) -> List["ClaimedRow"]:
+        """Rows of :data:`POP_SQL` as claims."""
         return [cls(*r) for r in rows]
 
 
@@ -163,6 +168,7 @@ class JobBase:
     __slots__ = ("_row", "_worker", "_lock", "_state", "_lost", "_next_touch", "_started")
 
     def __init__(self, row: ClaimedRow, worker: str) -> None:
+        """A running claim of ``row`` by ``worker``; first lease extension at half the lease."""
         self._row = row
         self._worker = worker
         self._lock = threading.Lock()

@@ -369,6 +369,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   private wakePending = false;
   private wakeWaiter: (() => void) | null = null;
   private wakeSource: WakeSource | null = null;
+  private endBackoff: (() => void) | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private loopDone: Promise<void> = Promise.resolve();
@@ -477,7 +478,9 @@ export class Worker extends EventEmitter<WorkerEventMap> {
           this.wake();
         },
         connected: (reconnect) => {
-          // Wake-ups may have been missed while not listening: look at every queue.
+          // Wake-ups may have been missed while not listening: look at every queue,
+          // now (the server is back: cut a claim backoff short).
+          this.endBackoff?.();
           this.markAllDirty();
           this.safeEmit('listen', { reconnect });
         },
@@ -593,6 +596,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     });
   }
 
+  /** The claim loop's backoff: ends early on stop() or when the LISTEN connection is back. */
   private sleepUnlessStopped(ms: number): Promise<void> {
     return new Promise((resolve) => {
       const signal = this.stopController.signal;
@@ -600,8 +604,10 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       const done = (): void => {
         clearTimeout(timer);
         signal.removeEventListener('abort', done);
+        this.endBackoff = null;
         resolve();
       };
+      this.endBackoff = done;
       const timer = setTimeout(done, ms);
       signal.addEventListener('abort', done);
     });

@@ -163,7 +163,9 @@ class AsyncWorker(c.WorkerBase):
     Run it with ``await worker.run()`` (SIGTERM / SIGINT stop it), or
     ``async with AsyncWorker(...) as w:`` to run it in the background.
     Handlers must be coroutine functions; run blocking code in
-    :func:`asyncio.to_thread` or use :class:`~pgqueue.Worker`.
+    :func:`asyncio.to_thread` or use :class:`~pgqueue.Worker`. The pool
+    for claims, acks and lease extensions defaults to
+    ``min(concurrency, 4) + 1`` connections.
     """
 
     def __init__(

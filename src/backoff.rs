@@ -1,7 +1,7 @@
 //! Retry delays: exponential backoff with jitter, or a custom schedule.
 
-use pgrx::prelude::*;
 use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 const USECS_PER_DAY: i128 = 86_400_000_000;
@@ -13,13 +13,7 @@ const USECS_PER_DAY: i128 = 86_400_000_000;
 /// * Otherwise `base * 2^(attempt - 1)`, capped at `max`, then shortened by a
 ///   random jitter of up to 10% (`jitter` in 0.0..=1.0 picks how much), so the
 ///   cap is never exceeded and retries of jobs that failed together spread out.
-pub fn delay_micros(
-    attempt: i32,
-    base: i128,
-    max: i128,
-    schedule: &[i128],
-    jitter: f64,
-) -> i128 {
+pub fn delay_micros(attempt: i32, base: i128, max: i128, schedule: &[i128], jitter: f64) -> i128 {
     if let Some(last) = schedule.last() {
         let idx = (attempt.max(1) as usize - 1).min(schedule.len() - 1);
         return schedule.get(idx).copied().unwrap_or(*last);
@@ -68,9 +62,7 @@ fn retry_delay(
     // Never beyond queue.max_delay, whatever a job stored before the limits
     // existed: the delay is added to now() by the caller.
     let max = crate::gucs::MAX_DELAY_S.get() as i128 * 1_000_000;
-    interval_of(
-        delay_micros(attempt, backoff_base.as_micros(), backoff_max.as_micros(), &schedule, jitter).min(max),
-    )
+    interval_of(delay_micros(attempt, backoff_base.as_micros(), backoff_max.as_micros(), &schedule, jitter).min(max))
 }
 
 #[cfg(any(test, feature = "pg_test"))]

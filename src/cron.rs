@@ -19,7 +19,9 @@
 //! time that happens twice (the clock goes back) runs once, at the earliest
 //! instant after the previous run.
 
-use chrono::{DateTime, Datelike, Duration as ChronoDuration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono::{
+    DateTime, Datelike, Duration as ChronoDuration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc,
+};
 use chrono_tz::Tz;
 
 /// A parsed schedule.
@@ -75,7 +77,14 @@ fn value_of(token: &str, names: Option<&[&str]>, offset: u32) -> Result<u32, Str
 }
 
 /// Parse one cron field into a bit set over [min, max].
-fn parse_field(field: &str, what: &str, min: u32, max: u32, names: Option<&[&str]>, name_offset: u32) -> Result<u64, String> {
+fn parse_field(
+    field: &str,
+    what: &str,
+    min: u32,
+    max: u32,
+    names: Option<&[&str]>,
+    name_offset: u32,
+) -> Result<u64, String> {
     let mut bits = 0u64;
     for part in field.split(',') {
         let (range, step) = match part.split_once('/') {
@@ -91,7 +100,10 @@ fn parse_field(field: &str, what: &str, min: u32, max: u32, names: Option<&[&str
         let (lo, hi) = if range == "*" {
             (min, max)
         } else if let Some((a, b)) = range.split_once('-') {
-            (value_of(a, names, name_offset).map_err(|e| format!("{what}: {e}"))?, value_of(b, names, name_offset).map_err(|e| format!("{what}: {e}"))?)
+            (
+                value_of(a, names, name_offset).map_err(|e| format!("{what}: {e}"))?,
+                value_of(b, names, name_offset).map_err(|e| format!("{what}: {e}"))?,
+            )
         } else {
             let v = value_of(range, names, name_offset).map_err(|e| format!("{what}: {e}"))?;
             // "5/15" means 5, 20, 35, 50 as in Vixie cron.

@@ -173,7 +173,8 @@ mod tests {
         assert_eq!(next("0 9 * * mon-fri", "2026-11-20T09:00:00Z"), "2026-11-23T09:00:00+00:00"); // Fri -> Mon
         assert_eq!(next("15,45 8-10/2 * * *", "2026-01-01T08:50:00Z"), "2026-01-01T10:15:00+00:00");
         assert_eq!(next("0 0 1 jan,jul *", "2026-02-01T00:00:00Z"), "2026-07-01T00:00:00+00:00");
-        assert_eq!(next("0 12 * * 7", "2026-11-23T00:00:00Z"), "2026-11-29T12:00:00+00:00"); // 7 = Sunday
+        assert_eq!(next("0 12 * * 7", "2026-11-23T00:00:00Z"), "2026-11-29T12:00:00+00:00");
+        // 7 = Sunday
     }
 
     #[pg_test]
@@ -204,8 +205,14 @@ mod tests {
         // ...and not again at 01:30 EST: the next run is the next day.
         assert_eq!(next_utc("30 1 * * *", "2026-11-01T05:30:00Z", tz).unwrap(), "2026-11-02T06:30:00+00:00");
         // Europe/Prague: 09:00 local is 08:00 UTC in winter, 07:00 in summer.
-        assert_eq!(next_utc("0 9 * * *", "2026-01-10T00:00:00Z", "Europe/Prague").unwrap(), "2026-01-10T08:00:00+00:00");
-        assert_eq!(next_utc("0 9 * * *", "2026-07-10T00:00:00Z", "Europe/Prague").unwrap(), "2026-07-10T07:00:00+00:00");
+        assert_eq!(
+            next_utc("0 9 * * *", "2026-01-10T00:00:00Z", "Europe/Prague").unwrap(),
+            "2026-01-10T08:00:00+00:00"
+        );
+        assert_eq!(
+            next_utc("0 9 * * *", "2026-07-10T00:00:00Z", "Europe/Prague").unwrap(),
+            "2026-07-10T07:00:00+00:00"
+        );
     }
 
     #[pg_test]
@@ -216,7 +223,18 @@ mod tests {
         assert_eq!(parse("every 2 days"), Ok(Schedule::Every { seconds: 172_800 }));
         assert_eq!(parse("manual"), Ok(Schedule::Manual));
         assert_eq!(parse("at 2026-12-01 02:00+00"), Ok(Schedule::Once { at: "2026-12-01 02:00+00".into() }));
-        for bad in ["", "* * * *", "61 * * * *", "* * * * 8", "*/0 * * * *", "@often", "every 0 seconds", "every 5 weeks", "5-1 * * * *", "x * * * *"] {
+        for bad in [
+            "",
+            "* * * *",
+            "61 * * * *",
+            "* * * * 8",
+            "*/0 * * * *",
+            "@often",
+            "every 0 seconds",
+            "every 5 weeks",
+            "5-1 * * * *",
+            "x * * * *",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -80,10 +80,7 @@ mod tests {
         assert_eq!(a >> 32, LOCK_NAMESPACE);
         assert_eq!(a & 0xFFFF_FFFF, crc32(b"customer-42") as i64);
         // A CRC above 2^31 must not turn the key negative or overflow.
-        let high = (0..10_000)
-            .map(|i| format!("g{i}"))
-            .find(|g| crc32(g.as_bytes()) > 0x8000_0000)
-            .unwrap();
+        let high = (0..10_000).map(|i| format!("g{i}")).find(|g| crc32(g.as_bytes()) > 0x8000_0000).unwrap();
         assert!(lock_key(&high) > 0);
     }
 

@@ -3,8 +3,8 @@
 //! Each check raises a Postgres error with a SQLSTATE, a message that names the
 //! bad value and a hint, before any row is touched.
 
-use pgrx::prelude::*;
 use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 /// Longest queue name: the NOTIFY channel is `queue_<name>` and channel names
@@ -24,15 +24,9 @@ pub fn queue_name_problem(name: &str) -> Option<String> {
         return Some("queue name is empty".into());
     }
     if name.len() > MAX_QUEUE_NAME {
-        return Some(format!(
-            "queue name \"{name}\" is {} characters long (at most {MAX_QUEUE_NAME})",
-            name.len()
-        ));
+        return Some(format!("queue name \"{name}\" is {} characters long (at most {MAX_QUEUE_NAME})", name.len()));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
-    {
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
         return Some(format!("queue name \"{name}\" contains the character {bad:?}"));
     }
     None
@@ -112,11 +106,9 @@ fn check_group_name(name: Option<&str>) -> Option<&str> {
 fn check_count(what: &str, value: Option<i32>, max: i32, hint: &str) -> i32 {
     match value {
         Some(v) if (1..=max).contains(&v) => v,
-        other => raise_invalid(
-            format!("{what} must be between 1 and {max}: {}", text_or_null(&other)),
-            hint,
-            "check_count",
-        ),
+        other => {
+            raise_invalid(format!("{what} must be between 1 and {max}: {}", text_or_null(&other)), hint, "check_count")
+        }
     }
 }
 
@@ -161,11 +153,7 @@ fn text_or_null<T: ToString>(v: &Option<T>) -> String {
 /// The microseconds of one interval component, counted as Postgres
 /// compares intervals (a month is 30 days).
 fn component_micros(i: &Interval) -> [i128; 3] {
-    [
-        i.months() as i128 * 30 * 86_400_000_000,
-        i.days() as i128 * 86_400_000_000,
-        i.micros() as i128,
-    ]
+    [i.months() as i128 * 30 * 86_400_000_000, i.days() as i128 * 86_400_000_000, i.micros() as i128]
 }
 
 /// Which limit an interval argument is held to.

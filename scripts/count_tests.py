@@ -3,7 +3,7 @@
 Reads the step's output and sums what each runner prints at its end:
 cargo test ("test result: ok. N passed; M failed"), pg_regress and
 pg_isolation_regress ("All N tests passed." / "M of N tests failed."),
-pytest ("N passed, M failed in 1.2s").
+pytest ("N passed, M failed in 1.2s"), node --test ("# pass N" / "# fail M").
 """
 import re
 import sys
@@ -24,4 +24,8 @@ for line in re.findall(r"^=*\s*(\d+ (?:passed|failed).*) in [\d.]+s\b", text, re
             passed += int(n)
         else:
             failed += int(n)
+for m in re.finditer(r"^# pass (\d+)$", text, re.M):
+    passed += int(m.group(1))
+for m in re.finditer(r"^# fail (\d+)$", text, re.M):
+    failed += int(m.group(1))
 print(passed, failed)

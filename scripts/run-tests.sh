@@ -8,6 +8,8 @@
 #      worker, serial-group hammer                          (pg_test/client)
 #   5. the upgrade from the oldest release, built from its own commit
 #                                       (scripts/upgrade-test.sh, pg_test/upgrade)
+#   6. the client libraries, each against a cluster of its own
+#                                       (clients/*/run-tests.sh)
 #
 # Steps 2-4 run against a throwaway cluster with the extension preloaded;
 # step 5 has a cluster of its own, filled before this build is installed.
@@ -121,6 +123,11 @@ if step "start test cluster" start_cluster; then
   step "client tests (python, real connections)" client_tests
   scripts/cluster.sh stop "$CLUSTER" || true
 fi
+for client in python node rust; do
+  if [ -x "clients/$client/run-tests.sh" ]; then
+    step "client library: $client (clients/$client)" "clients/$client/run-tests.sh"
+  fi
+done
 
 if [ ${#steps_failed[@]} -gt 0 ]; then
   printf 'failed step: %s\n' "${steps_failed[@]}"

@@ -381,7 +381,8 @@ COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, 
  * that plpgsql plans it once per session, and it keeps that generic plan
  * (see plan_cache_mode below).
  */
-CREATE FUNCTION @extschema@.queue_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1)
+CREATE FUNCTION @extschema@.queue_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1,
+                                      wait interval DEFAULT NULL)
 RETURNS SETOF queue.claimed_job
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -391,48 +392,82 @@ SET search_path = pg_catalog, pg_temp
 -- every call: 18% of the backend's time in W3. Always use the generic plan.
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    v_queue  text := queue.check_queue_name(queue_pop.queue);
-    v_batch  int  := queue.check_claim(queue_pop.worker, queue_pop.batch);
+    v_queue   text := queue.check_queue_name(queue_pop.queue);
+    v_batch   int  := queue.check_claim(queue_pop.worker, queue_pop.batch);
+    v_now     timestamptz := now();
+    v_until   timestamptz;
+    v_round   int := 0;
+    v_claimed bigint;
 BEGIN
     IF EXISTS (SELECT FROM queue.access_rules) THEN
         PERFORM queue.scope('work', v_queue);
     END IF;
-    FOR round IN 1..2 LOOP
-        IF round = 2 THEN
+    IF wait IS NOT NULL THEN
+        v_until := clock_timestamp() + queue.check_span('wait', wait, 'delay');
+    END IF;
+    -- Round 0 claims. Round 1 marks a sleeper (src/wakeup.rs) and, for a
+    -- wait, registers this backend as a waiter, both before the snapshot of
+    -- its claim. Later rounds sleep until a commit wakes this backend or
+    -- the wait is over, then register and claim again.
+    LOOP
+        IF v_round = 1 THEN
             PERFORM queue.note_sleeper(v_queue);
+            IF v_until IS NOT NULL THEN
+                PERFORM queue.wait_register(v_queue);
+            END IF;
+        ELSIF v_round > 1 THEN
+            EXIT WHEN NOT queue.wait_sleep(v_until);
+            PERFORM queue.wait_register(v_queue);
+            -- The claim starts now, not when the transaction began.
+            v_now := clock_timestamp();
         END IF;
-        RETURN QUERY
-        WITH claimed AS (
-            UPDATE queue.jobs j
-               SET status      = 'processing',
-                   attempts    = j.attempts + 1,
-                   started_at  = now(),
-                   lease_until = now() + j.timeout,
-                   worker      = queue_pop.worker
-             WHERE j.ctid = ANY (ARRAY(
-                       SELECT c.ctid
-                         FROM queue.jobs c
-                        WHERE c.queue = v_queue
-                          AND c.status = 'pending'
-                          AND NOT c.group_waiting
-                          AND (c.serial_group IS NULL
-                               OR pg_try_advisory_xact_lock(queue.group_lock_key(c.serial_group)))
-                        ORDER BY c.priority, c.id
-                        LIMIT v_batch
-                          FOR UPDATE SKIP LOCKED))
-            RETURNING j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts,
-                      j.max_attempts, j.lease_until, j.created_at,
-                      queue.tally(j.queue, j.priority, 'pending', 'processing', 1, j.id, j.attempts, j.lease_until)
-        )
-        SELECT c.id, c.queue, c.payload, c.priority, c.serial_group, c.attempts,
-               c.max_attempts, c.lease_until, c.created_at
-          FROM claimed c ORDER BY c.priority, c.id;
-        EXIT WHEN FOUND;
+        -- A waiting call claims only when something may be claimable, so
+        -- that while it sleeps it holds no lock that writers or the recount
+        -- of the counters would notice (an ACCESS SHARE lock, no more).
+        IF v_until IS NULL OR EXISTS (SELECT FROM queue.jobs c
+                                       WHERE c.queue = v_queue AND c.status = 'pending'
+                                         AND NOT c.group_waiting) THEN
+            RETURN QUERY
+            WITH claimed AS (
+                UPDATE queue.jobs j
+                   SET status      = 'processing',
+                       attempts    = j.attempts + 1,
+                       started_at  = v_now,
+                       lease_until = v_now + j.timeout,
+                       worker      = queue_pop.worker
+                 WHERE j.ctid = ANY (ARRAY(
+                           SELECT c.ctid
+                             FROM queue.jobs c
+                            WHERE c.queue = v_queue
+                              AND c.status = 'pending'
+                              AND NOT c.group_waiting
+                              AND (c.serial_group IS NULL
+                                   OR pg_try_advisory_xact_lock(queue.group_lock_key(c.serial_group)))
+                            ORDER BY c.priority, c.id
+                            LIMIT v_batch
+                              FOR UPDATE SKIP LOCKED))
+                RETURNING j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts,
+                          j.max_attempts, j.lease_until, j.created_at,
+                          queue.tally(j.queue, j.priority, 'pending', 'processing', 1, j.id, j.attempts, j.lease_until)
+            )
+            SELECT c.id, c.queue, c.payload, c.priority, c.serial_group, c.attempts,
+                   c.max_attempts, c.lease_until, c.created_at
+              FROM claimed c ORDER BY c.priority, c.id;
+            GET DIAGNOSTICS v_claimed = ROW_COUNT;
+        ELSE
+            v_claimed := 0;
+        END IF;
+        EXIT WHEN v_claimed > 0 OR (v_round = 1 AND v_until IS NULL);
+        v_round := v_round + 1;
     END LOOP;
+    IF v_until IS NOT NULL THEN
+        -- A full batch: there may be more, pass the wake-up on.
+        PERFORM queue.wait_done(v_queue, coalesce(v_claimed, 0) = v_batch);
+    END IF;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int) IS
-'Claim up to batch jobs of a queue in (priority, id) order (FOR UPDATE SKIP LOCKED). Each returned job is processing with a lease of its timeout; attempt is the claim counter to pass to ack / fail / touch.';
+COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int, interval) IS
+'Claim up to batch jobs of a queue in (priority, id) order (FOR UPDATE SKIP LOCKED). Each returned job is processing with a lease of its timeout; attempt is the claim counter to pass to ack / fail / touch. With wait, when nothing is claimable the call sleeps until a job of the queue becomes claimable or the wait ends (no LISTEN needed: works through a transaction-mode pooler).';
 
 ------------------------------------------------------------------------------
 -- Finish
@@ -647,6 +682,42 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_fail(bigint, text, int, interval, boolean) IS
 'Fail a claimed job: retrying with backoff while attempts remain (retry_in overrides the delay once), failed when none remain or permanent. Returns the new status, NULL when nothing changed.';
+
+/*
+ * queue_release: give a claimed job back without burning an attempt, e.g.
+ * when a worker stops before its handler finished. The job is pending again
+ * at once (a grouped job stays its group's active job, as after a fail due
+ * at once) and its queue is woken. Attempt numbers stay unique per claim, so
+ * that a stale worker can never act on a later claim: instead the job's
+ * max_attempts grows by one, and the give-back costs it no attempt.
+ */
+CREATE FUNCTION @extschema@.queue_release(id bigint, attempt int DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_job queue.jobs;
+BEGIN
+    SELECT * INTO v_job FROM queue.jobs j
+     WHERE j.id = queue_release.id AND j.status = 'processing'
+       AND (attempt IS NULL OR j.attempts = attempt)
+       FOR UPDATE;
+    IF NOT FOUND
+       OR (EXISTS (SELECT FROM queue.access_rules)
+           AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
+        RETURN false;
+    END IF;
+    UPDATE queue.jobs j
+       SET status = 'pending', run_at = now(), lease_until = NULL, max_attempts = j.max_attempts + 1
+     WHERE j.id = v_job.id;
+    PERFORM queue.tally(v_job.queue, v_job.priority, 'processing', 'pending', 1, v_job.id, v_job.attempts);
+    PERFORM queue.wake(v_job.queue);
+    RETURN true;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_release(bigint, int) IS
+'Give a claimed job back (a worker stopping): pending again at once, its queue woken, without burning an attempt (max_attempts grows by one; attempt numbers stay unique per claim). With attempt, only that claim. Returns false when nothing changed.';
 
 /*
  * queue_touch: heartbeat of a claimed job. Its lease now runs to

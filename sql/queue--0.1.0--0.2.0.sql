@@ -1,6 +1,7 @@
 -- queue 0.1.0 -> 0.2.0: security.
 --
--- What changes, in the order of this file:
+-- What changes, in the order of this file (besides the launcher that serves
+-- every database, which needs two new internal functions):
 --   1. every argument within a documented range and every size within a
 --      limit set by a superuser-only setting (queue.max_payload_size,
 --      queue.max_result_size, queue.max_error_size, queue.max_info_size,
@@ -127,6 +128,42 @@ IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'check_access_pattern_wrapper';
 
+
+-- The launcher serves every database that has the extension (src/launcher.rs):
+-- CREATE EXTENSION and this upgrade tell it, and queue_health asks it why a
+-- database is not served.
+CREATE  FUNCTION queue."announce_database"() RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'announce_database_wrapper';
+
+CREATE  FUNCTION queue."service_problem"() RETURNS TEXT /* Option < String > */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'service_problem_wrapper';
+
+-- queue_pop can wait inside the server (src/wakeup.rs, waiting).
+CREATE  FUNCTION queue."wait_register"(
+	"queue" TEXT /* & str */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'wait_register_wrapper';
+
+CREATE  FUNCTION queue."wait_sleep"(
+	"until" timestamp with time zone /* TimestampWithTimeZone */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'wait_sleep_wrapper';
+
+CREATE  FUNCTION queue."wait_done"(
+	"queue" TEXT, /* & str */
+	"pass_on" bool /* bool */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'wait_done_wrapper';
 
 -- 2. Per-queue access rules (sql/access.sql, all new).
 
@@ -542,7 +579,10 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION @extschema@.queue_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1)
+-- queue_pop takes a wait (pooler-safe waiting, no LISTEN): a new signature.
+DROP FUNCTION @extschema@.queue_pop(text, text, int);
+CREATE FUNCTION @extschema@.queue_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1,
+                                      wait interval DEFAULT NULL)
 RETURNS SETOF queue.claimed_job
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -552,46 +592,82 @@ SET search_path = pg_catalog, pg_temp
 -- every call: 18% of the backend's time in W3. Always use the generic plan.
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    v_queue  text := queue.check_queue_name(queue_pop.queue);
-    v_batch  int  := queue.check_claim(queue_pop.worker, queue_pop.batch);
+    v_queue   text := queue.check_queue_name(queue_pop.queue);
+    v_batch   int  := queue.check_claim(queue_pop.worker, queue_pop.batch);
+    v_now     timestamptz := now();
+    v_until   timestamptz;
+    v_round   int := 0;
+    v_claimed bigint;
 BEGIN
     IF EXISTS (SELECT FROM queue.access_rules) THEN
         PERFORM queue.scope('work', v_queue);
     END IF;
-    FOR round IN 1..2 LOOP
-        IF round = 2 THEN
+    IF wait IS NOT NULL THEN
+        v_until := clock_timestamp() + queue.check_span('wait', wait, 'delay');
+    END IF;
+    -- Round 0 claims. Round 1 marks a sleeper (src/wakeup.rs) and, for a
+    -- wait, registers this backend as a waiter, both before the snapshot of
+    -- its claim. Later rounds sleep until a commit wakes this backend or
+    -- the wait is over, then register and claim again.
+    LOOP
+        IF v_round = 1 THEN
             PERFORM queue.note_sleeper(v_queue);
+            IF v_until IS NOT NULL THEN
+                PERFORM queue.wait_register(v_queue);
+            END IF;
+        ELSIF v_round > 1 THEN
+            EXIT WHEN NOT queue.wait_sleep(v_until);
+            PERFORM queue.wait_register(v_queue);
+            -- The claim starts now, not when the transaction began.
+            v_now := clock_timestamp();
         END IF;
-        RETURN QUERY
-        WITH claimed AS (
-            UPDATE queue.jobs j
-               SET status      = 'processing',
-                   attempts    = j.attempts + 1,
-                   started_at  = now(),
-                   lease_until = now() + j.timeout,
-                   worker      = queue_pop.worker
-             WHERE j.ctid = ANY (ARRAY(
-                       SELECT c.ctid
-                         FROM queue.jobs c
-                        WHERE c.queue = v_queue
-                          AND c.status = 'pending'
-                          AND NOT c.group_waiting
-                          AND (c.serial_group IS NULL
-                               OR pg_try_advisory_xact_lock(queue.group_lock_key(c.serial_group)))
-                        ORDER BY c.priority, c.id
-                        LIMIT v_batch
-                          FOR UPDATE SKIP LOCKED))
-            RETURNING j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts,
-                      j.max_attempts, j.lease_until, j.created_at,
-                      queue.tally(j.queue, j.priority, 'pending', 'processing', 1, j.id, j.attempts, j.lease_until)
-        )
-        SELECT c.id, c.queue, c.payload, c.priority, c.serial_group, c.attempts,
-               c.max_attempts, c.lease_until, c.created_at
-          FROM claimed c ORDER BY c.priority, c.id;
-        EXIT WHEN FOUND;
+        -- A waiting call claims only when something may be claimable, so
+        -- that while it sleeps it holds no lock that writers or the recount
+        -- of the counters would notice (an ACCESS SHARE lock, no more).
+        IF v_until IS NULL OR EXISTS (SELECT FROM queue.jobs c
+                                       WHERE c.queue = v_queue AND c.status = 'pending'
+                                         AND NOT c.group_waiting) THEN
+            RETURN QUERY
+            WITH claimed AS (
+                UPDATE queue.jobs j
+                   SET status      = 'processing',
+                       attempts    = j.attempts + 1,
+                       started_at  = v_now,
+                       lease_until = v_now + j.timeout,
+                       worker      = queue_pop.worker
+                 WHERE j.ctid = ANY (ARRAY(
+                           SELECT c.ctid
+                             FROM queue.jobs c
+                            WHERE c.queue = v_queue
+                              AND c.status = 'pending'
+                              AND NOT c.group_waiting
+                              AND (c.serial_group IS NULL
+                                   OR pg_try_advisory_xact_lock(queue.group_lock_key(c.serial_group)))
+                            ORDER BY c.priority, c.id
+                            LIMIT v_batch
+                              FOR UPDATE SKIP LOCKED))
+                RETURNING j.id, j.queue, j.payload, j.priority, j.serial_group, j.attempts,
+                          j.max_attempts, j.lease_until, j.created_at,
+                          queue.tally(j.queue, j.priority, 'pending', 'processing', 1, j.id, j.attempts, j.lease_until)
+            )
+            SELECT c.id, c.queue, c.payload, c.priority, c.serial_group, c.attempts,
+                   c.max_attempts, c.lease_until, c.created_at
+              FROM claimed c ORDER BY c.priority, c.id;
+            GET DIAGNOSTICS v_claimed = ROW_COUNT;
+        ELSE
+            v_claimed := 0;
+        END IF;
+        EXIT WHEN v_claimed > 0 OR (v_round = 1 AND v_until IS NULL);
+        v_round := v_round + 1;
     END LOOP;
+    IF v_until IS NOT NULL THEN
+        -- A full batch: there may be more, pass the wake-up on.
+        PERFORM queue.wait_done(v_queue, coalesce(v_claimed, 0) = v_batch);
+    END IF;
 END;
 $$;
+COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int, interval) IS
+'Claim up to batch jobs of a queue in (priority, id) order (FOR UPDATE SKIP LOCKED). Each returned job is processing with a lease of its timeout; attempt is the claim counter to pass to ack / fail / touch. With wait, when nothing is claimable the call sleeps until a job of the queue becomes claimable or the wait ends (no LISTEN needed: works through a transaction-mode pooler).';
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_ack(id bigint, result jsonb DEFAULT NULL, attempt int DEFAULT NULL)
 RETURNS boolean
@@ -1496,8 +1572,7 @@ BEGIN
     IF NOT v_shm.preloaded THEN
         v_problems := v_problems || 'the background workers are not running: add queue to shared_preload_libraries'::text;
     ELSIF NOT v_shm.served THEN
-        v_problems := v_problems || format('the background workers serve database %s, not this one (queue.database)',
-                                           current_setting('queue.database', true));
+        v_problems := v_problems || coalesce(queue.service_problem(), 'the background workers are starting');
     ELSE
         IF EXISTS (SELECT 1 FROM jsonb_each(v_workers) e WHERE e.value = 'false') THEN
             v_problems := v_problems || format('a background worker is not running: %s', v_workers);
@@ -1625,22 +1700,65 @@ COMMENT ON FUNCTION @extschema@.queue_progress(bigint, int, int, text, int) IS
 'Record the progress of a processing job (current of total, optional message); shown by queue_job. Given attempt, only that claim may report. False when the job is not processing or attempt is stale.';
 
 
+-- New in 0.2.0: a worker that stops gives its claims back (clients/).
+/*
+ * queue_release: give a claimed job back without burning an attempt, e.g.
+ * when a worker stops before its handler finished. The job is pending again
+ * at once (a grouped job stays its group's active job, as after a fail due
+ * at once) and its queue is woken. Attempt numbers stay unique per claim, so
+ * that a stale worker can never act on a later claim: instead the job's
+ * max_attempts grows by one, and the give-back costs it no attempt.
+ */
+CREATE FUNCTION @extschema@.queue_release(id bigint, attempt int DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_job queue.jobs;
+BEGIN
+    SELECT * INTO v_job FROM queue.jobs j
+     WHERE j.id = queue_release.id AND j.status = 'processing'
+       AND (attempt IS NULL OR j.attempts = attempt)
+       FOR UPDATE;
+    IF NOT FOUND
+       OR (EXISTS (SELECT FROM queue.access_rules)
+           AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
+        RETURN false;
+    END IF;
+    UPDATE queue.jobs j
+       SET status = 'pending', run_at = now(), lease_until = NULL, max_attempts = j.max_attempts + 1
+     WHERE j.id = v_job.id;
+    PERFORM queue.tally(v_job.queue, v_job.priority, 'processing', 'pending', 1, v_job.id, v_job.attempts);
+    PERFORM queue.wake(v_job.queue);
+    RETURN true;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_release(bigint, int) IS
+'Give a claimed job back (a worker stopping): pending again at once, its queue woken, without burning an attempt (max_attempts grows by one; attempt numbers stay unique per claim). With attempt, only that claim. Returns false when nothing changed.';
+
 -- 6. Grants, as sql/security.sql gives them on a fresh install.
 REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON FUNCTION
+    @extschema@.queue_pop(text, text, int, interval),
+    @extschema@.queue_release(bigint, int),
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
     @extschema@.queue_progress(bigint, int, int, text, int)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
+    @extschema@.queue_pop(text, text, int, interval),
+    @extschema@.queue_release(bigint, int),
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
     @extschema@.queue_progress(bigint, int, int, text, int)
 TO queue_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_progress(bigint, int, int, text, int) TO queue_worker;
+GRANT EXECUTE ON FUNCTION @extschema@.queue_release(bigint, int) TO queue_worker;
+GRANT EXECUTE ON FUNCTION @extschema@.queue_pop(text, text, int, interval) TO queue_worker;
 GRANT EXECUTE ON FUNCTION queue.save_schedule(text, text, text, jsonb, int, text, int, interval, boolean)
     TO queue_admin;
 SELECT pg_catalog.pg_extension_config_dump('queue.access_rules', '');
@@ -1693,3 +1811,7 @@ UPDATE queue.jobs
 UPDATE queue.finished_jobs
    SET run_at = created_at
  WHERE run_at IN ('infinity', '-infinity');
+
+-- This database has 0.2.0 now: the launcher serves it (at once when the
+-- server runs the new library already).
+SELECT queue.announce_database();

@@ -74,10 +74,11 @@ GRANT EXECUTE ON FUNCTION
 TO queue_producer;
 
 GRANT EXECUTE ON FUNCTION
-    @extschema@.queue_pop(text, text, int),
+    @extschema@.queue_pop(text, text, int, interval),
     @extschema@.queue_ack(bigint, jsonb, int),
     @extschema@.queue_ack(bigint[]),
     @extschema@.queue_fail(bigint, text, int, interval, boolean),
+    @extschema@.queue_release(bigint, int),
     @extschema@.queue_touch(bigint, interval, int),
     @extschema@.queue_progress(bigint, int, int, text, int),
     @extschema@.queue_heartbeat(text, jsonb),

@@ -502,8 +502,7 @@ BEGIN
     IF NOT v_shm.preloaded THEN
         v_problems := v_problems || 'the background workers are not running: add queue to shared_preload_libraries'::text;
     ELSIF NOT v_shm.served THEN
-        v_problems := v_problems || format('the background workers serve database %s, not this one (queue.database)',
-                                           current_setting('queue.database', true));
+        v_problems := v_problems || coalesce(queue.service_problem(), 'the background workers are starting');
     ELSE
         IF EXISTS (SELECT 1 FROM jsonb_each(v_workers) e WHERE e.value = 'false') THEN
             v_problems := v_problems || format('a background worker is not running: %s', v_workers);
@@ -604,3 +603,7 @@ COMMENT ON FUNCTION @extschema@.queue_prometheus() IS
 -- A new installation starts from zero, whatever an earlier one in this
 -- database left in shared memory.
 SELECT queue.stats_forget_database();
+
+-- Tell the launcher, when this transaction commits, that this database has
+-- the extension now: its services start within a second or so.
+SELECT queue.announce_database();

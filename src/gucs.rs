@@ -4,21 +4,18 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 /// The database the background worker serves (`queue.database`).
-pub static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
 /// Milliseconds between two maintenance passes (`queue.tick`).
 pub static TICK_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 /// How long final jobs are kept before the maintenance pass deletes them
 /// (`queue.retention`, an interval such as '7 days').
-pub static RETENTION: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"7 days"));
+pub static RETENTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"7 days"));
 
 /// How long the run and wait times of deleted final jobs are kept
 /// (`queue.metrics_retention`).
-pub static METRICS_RETENTION: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"7 days"));
+pub static METRICS_RETENTION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"7 days"));
 
 /// Whether an acked job is kept in `queue.finished_jobs` like every other
 /// final job (`queue.keep_completed`, on), or deleted at once (off). SQL reads
@@ -28,7 +25,13 @@ pub static KEEP_COMPLETED: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// Most leases the lease book holds (`queue.max_leases`); beyond, leases
 /// are found by scanning the jobs table until the book fits again.
-pub static MAX_LEASES: GucSetting<i32> = GucSetting::<i32>::new(crate::leases::MAX_ENTRIES as i32);
+pub static MAX_LEASES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+
+/// Databases served at once (`queue.max_databases`).
+pub static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(8);
+
+/// Counter keys per database in shared memory (`queue.max_counter_keys`).
+pub static MAX_COUNTER_KEYS: GucSetting<i32> = GucSetting::<i32>::new(1536);
 
 /// Limits on what one call may store (kilobytes), so that no single job or
 /// worker can bloat the tables or make a reader fail. Superuser-only: a
@@ -55,9 +58,29 @@ pub static MAX_LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 pub fn register() {
     GucRegistry::define_string_guc(
         c"queue.database",
-        c"Database served by the queue background worker.",
-        c"The maintenance worker connects to this database and waits there until CREATE EXTENSION queue has run.",
+        c"Databases the background workers serve: empty or '*' for every database that has the extension.",
+        c"A comma-separated list of database names restricts the service to those. Reloads on SIGHUP.",
         &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"queue.max_databases",
+        c"Most databases the background workers serve at once.",
+        c"Each takes three background workers (max_worker_processes) and its own shared memory.",
+        &MAX_DATABASES,
+        1,
+        1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"queue.max_counter_keys",
+        c"Most (queue, priority) pairs of one database whose counters shared memory holds between two flushes.",
+        c"Beyond that a commit's counts are dropped and the gauges recounted.",
+        &MAX_COUNTER_KEYS,
+        16,
+        1_000_000,
         GucContext::Postmaster,
         GucFlags::default(),
     );
@@ -98,11 +121,12 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"queue.max_leases",
-        c"Most processing jobs the lease book in shared memory holds.",
-        c"With more jobs processing at once, the maintenance pass finds lapsed leases by scanning the jobs table.",
+        c"Most processing jobs of one database the lease book in shared memory holds.",
+        c"With more jobs processing at once, the maintenance pass finds lapsed leases by scanning the jobs table. \
+          The book is sized at server start; lowering the value on reload takes effect, raising it beyond the start value needs a restart.",
         &MAX_LEASES,
         1,
-        crate::leases::MAX_ENTRIES as i32,
+        10_000_000,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -170,12 +194,45 @@ fn keep_completed() -> bool {
     KEEP_COMPLETED.get()
 }
 
-/// The database the background workers serve.
-pub fn database_name() -> String {
-    DATABASE
-        .get()
-        .and_then(|c| c.into_string().ok())
-        .unwrap_or_else(|| "postgres".to_string())
+/// Which databases the background workers serve (`queue.database`).
+pub struct DatabaseFilter {
+    /// None: every database.
+    names: Option<Vec<String>>,
+}
+
+impl DatabaseFilter {
+    /// Parse the setting: empty or `*` for every database, otherwise
+    /// comma-separated names, each optionally in double quotes.
+    pub fn parse(setting: &str) -> DatabaseFilter {
+        let names: Vec<String> = setting
+            .split(',')
+            .map(|n| n.trim())
+            .map(|n| n.strip_prefix('"').and_then(|n| n.strip_suffix('"')).unwrap_or(n).to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() || names.iter().any(|n| n == "*") {
+            DatabaseFilter { names: None }
+        } else {
+            DatabaseFilter { names: Some(names) }
+        }
+    }
+
+    pub fn allows(&self, database: &str) -> bool {
+        self.names.as_ref().is_none_or(|names| names.iter().any(|n| n == database))
+    }
+
+    /// For the log and for queue_health.
+    pub fn describe(&self) -> String {
+        match &self.names {
+            None => "every database with the extension".to_string(),
+            Some(names) => names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", "),
+        }
+    }
+}
+
+/// The databases the background workers serve.
+pub fn database_filter() -> DatabaseFilter {
+    DatabaseFilter::parse(&DATABASE.get().and_then(|c| c.into_string().ok()).unwrap_or_default())
 }
 
 /// Time zone in which cron schedules are evaluated (`queue.timezone`).

@@ -38,31 +38,23 @@
 //!
 //!   Whenever it is not ready, the callers scan the jobs table for
 //!   processing jobs instead: slower at depth, never wrong.
-//! * Only the served database (`queue.database`, library preloaded) has a
-//!   book. Elsewhere `record` does nothing and the callers always scan.
+//! * Each served database has a book of its own in its slot of shared
+//!   memory (src/shared.rs), sized by `queue.max_leases` at server start.
+//!   Elsewhere `record` does nothing and the callers always scan.
 
+use crate::shared::{self, Db, TxList};
 use pgrx::prelude::*;
-use std::cell::{Cell, RefCell};
-use crate::stats::database;
-use std::ffi::CStr;
 
-/// Slots of the book: a power of two (the hash is the top bits).
-const SLOT_BITS: u32 = 18;
-const SLOTS: usize = 1 << SLOT_BITS;
-/// At most this many entries, so that linear probes stay short.
-pub const MAX_ENTRIES: usize = SLOTS / 4 * 3;
 /// The safety-net rebuild, in microseconds (ten minutes).
 const REBUILD_EVERY_US: i64 = 600 * 1_000_000;
 /// An overflowed book is rebuilt at most this often (ten seconds): each
 /// try scans the jobs table.
 const RETRY_OVERFLOWED_US: i64 = 10 * 1_000_000;
-const SHMEM_NAME: &CStr = c"queue_leases";
 
-/// The book in shared memory. All zeroes is an empty, unusable book.
+/// The header of a database's book in shared memory; its entries follow
+/// it, a power of two of them. All zeroes is an empty, unusable book.
 #[repr(C)]
-pub struct Book {
-    /// The database whose leases this holds; 0 before the first rebuild.
-    database: u32,
+pub struct BookHeader {
     /// Complete since the last rebuild (see the module comment).
     ready: bool,
     /// A note found no room since the last rebuild.
@@ -71,11 +63,24 @@ pub struct Book {
     used: usize,
     /// When the last rebuild started (TimestampTz), 0 if never.
     built_at: i64,
-    /// Job ids; 0 marks a free slot (job ids start at 1).
-    ids: [i64; SLOTS],
-    attempts: [i32; SLOTS],
-    /// Lease ends (TimestampTz).
-    leases: [i64; SLOTS],
+}
+
+/// One processing job. An id of 0 marks a free entry (job ids start at 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct Entry {
+    id: i64,
+    attempt: i32,
+    /// The lease end (TimestampTz).
+    lease: i64,
+}
+
+const FREE: Entry = Entry { id: 0, attempt: 0, lease: 0 };
+
+/// The book, under its lock.
+pub struct Book<'a> {
+    header: &'a mut BookHeader,
+    entries: &'a mut [Entry],
 }
 
 /// One change of the book, applied at commit in the order recorded.
@@ -90,42 +95,43 @@ enum Change {
     Settle { id: i64, attempt: i32, lease: i64, now: Option<(i32, i64)> },
 }
 
-impl Book {
-    fn home(id: i64) -> usize {
-        ((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOT_BITS)) as usize
+impl Book<'_> {
+    /// Entries the book takes at most: 3/4 of its slots, so that linear
+    /// probes stay short.
+    fn capacity(&self) -> usize {
+        self.entries.len() / 4 * 3
+    }
+
+    fn home(&self, id: i64) -> usize {
+        home(self.entries.len(), id)
+    }
+
+    fn next(&self, i: usize) -> usize {
+        (i + 1) % self.entries.len()
     }
 
     fn find(&self, id: i64) -> Option<usize> {
-        let mut i = Self::home(id);
-        loop {
-            match self.ids[i] {
-                0 => return None,
-                x if x == id => return Some(i),
-                _ => i = (i + 1) % SLOTS,
-            }
-        }
+        find(self.entries, id)
     }
 
     /// Free slot `i` and move later entries of its probe run back, so that
     /// every entry stays reachable from its home slot (deletion without
     /// tombstones for linear probing).
     fn remove_at(&mut self, mut i: usize) {
-        self.ids[i] = 0;
-        self.used -= 1;
+        self.entries[i] = FREE;
+        self.header.used -= 1;
         let mut j = i;
         loop {
-            j = (j + 1) % SLOTS;
-            if self.ids[j] == 0 {
+            j = self.next(j);
+            if self.entries[j].id == 0 {
                 return;
             }
-            let home = Self::home(self.ids[j]);
+            let home = self.home(self.entries[j].id);
             // Entry j may move to i unless its home lies cyclically in (i, j].
             let stays = if i <= j { i < home && home <= j } else { i < home || home <= j };
             if !stays {
-                self.ids[i] = self.ids[j];
-                self.attempts[i] = self.attempts[j];
-                self.leases[i] = self.leases[j];
-                self.ids[j] = 0;
+                self.entries[i] = self.entries[j];
+                self.entries[j] = FREE;
                 i = j;
             }
         }
@@ -139,30 +145,29 @@ impl Book {
                     return true;
                 }
                 if let Some(i) = self.find(id) {
-                    if self.attempts[i] < attempt {
-                        self.attempts[i] = attempt;
-                        self.leases[i] = lease;
-                    } else if self.attempts[i] == attempt {
-                        self.leases[i] = self.leases[i].min(lease);
+                    let e = &mut self.entries[i];
+                    if e.attempt < attempt {
+                        e.attempt = attempt;
+                        e.lease = lease;
+                    } else if e.attempt == attempt {
+                        e.lease = e.lease.min(lease);
                     }
                     return true;
                 }
-                if self.used >= limit.min(MAX_ENTRIES) {
+                if self.header.used >= limit.min(self.capacity()) {
                     return false;
                 }
-                let mut i = Self::home(id);
-                while self.ids[i] != 0 {
-                    i = (i + 1) % SLOTS;
+                let mut i = self.home(id);
+                while self.entries[i].id != 0 {
+                    i = self.next(i);
                 }
-                self.ids[i] = id;
-                self.attempts[i] = attempt;
-                self.leases[i] = lease;
-                self.used += 1;
+                self.entries[i] = Entry { id, attempt, lease };
+                self.header.used += 1;
                 true
             }
             Change::Forget { id, attempt } => {
                 if let Some(i) = self.find(id) {
-                    if self.attempts[i] <= attempt {
+                    if self.entries[i].attempt <= attempt {
                         self.remove_at(i);
                     }
                 }
@@ -170,12 +175,12 @@ impl Book {
             }
             Change::Settle { id, attempt, lease, now } => {
                 if let Some(i) = self.find(id) {
-                    if self.attempts[i] == attempt && self.leases[i] == lease {
+                    if self.entries[i].attempt == attempt && self.entries[i].lease == lease {
                         match now {
                             None => self.remove_at(i),
                             Some((a, l)) => {
-                                self.attempts[i] = a;
-                                self.leases[i] = l;
+                                self.entries[i].attempt = a;
+                                self.entries[i].lease = l;
                             }
                         }
                     }
@@ -186,93 +191,61 @@ impl Book {
     }
 
     fn clear(&mut self) {
-        self.ids.fill(0);
-        self.used = 0;
-    }
-
-    /// Entries whose lease ends before `before`, earliest first, at most `max`.
-    fn due(&self, before: i64, max: usize) -> Vec<(i64, i32, i64)> {
-        let mut due: Vec<(i64, i32, i64)> = (0..SLOTS)
-            .filter(|&i| self.ids[i] != 0 && self.leases[i] < before)
-            .map(|i| (self.ids[i], self.attempts[i], self.leases[i]))
-            .collect();
-        due.sort_unstable_by_key(|&(id, _, lease)| (lease, id));
-        due.truncate(max);
-        due
-    }
-
-    fn ids(&self) -> Vec<i64> {
-        self.ids.iter().copied().filter(|&id| id != 0).collect()
+        self.entries.fill(FREE);
+        self.header.used = 0;
     }
 }
 
-// ---------------------------------------------------------------------------
-// Shared memory: the book and its LWLock, set up by hooks of our own rather
-// than pgrx's PgLwLock, whose initial value is built on the stack (the book
-// is 5 MB).
-// ---------------------------------------------------------------------------
+/// The home slot of an id in a book of `len` (a power of two) entries: the
+/// top bits of a multiplicative hash.
+fn home(len: usize, id: i64) -> usize {
+    let bits = len.trailing_zeros();
+    if bits == 0 {
+        return 0;
+    }
+    ((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
+}
 
-static mut BOOK: *mut Book = std::ptr::null_mut();
-static mut LOCK: *mut pg_sys::LWLock = std::ptr::null_mut();
-static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
-static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
-
-/// Reserve the book. Only from `_PG_init` while preloading.
-pub fn init_shared_memory() {
-    unsafe {
-        PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(shmem_request);
-        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(shmem_startup);
+/// The entry of a job, if the book has one.
+fn find(entries: &[Entry], id: i64) -> Option<usize> {
+    if entries.is_empty() {
+        return None;
+    }
+    let mut i = home(entries.len(), id);
+    loop {
+        match entries[i].id {
+            0 => return None,
+            x if x == id => return Some(i),
+            _ => i = (i + 1) % entries.len(),
+        }
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_request() {
-    unsafe {
-        if let Some(previous) = PREV_SHMEM_REQUEST {
-            previous();
-        }
-        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Book>());
-        pg_sys::RequestNamedLWLockTranche(SHMEM_NAME.as_ptr(), 1);
-    }
+/// Entries whose lease ends before `before`, earliest first, at most `max`.
+fn due(entries: &[Entry], before: i64, max: usize) -> Vec<(i64, i32, i64)> {
+    let mut due: Vec<(i64, i32, i64)> =
+        entries.iter().filter(|e| e.id != 0 && e.lease < before).map(|e| (e.id, e.attempt, e.lease)).collect();
+    due.sort_unstable_by_key(|&(id, _, lease)| (lease, id));
+    due.truncate(max);
+    due
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_startup() {
-    unsafe {
-        if let Some(previous) = PREV_SHMEM_STARTUP {
-            previous();
-        }
-        // AddinShmemInitLock: the 22nd of the main LWLocks (lwlocknames.h).
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let book = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), std::mem::size_of::<Book>(), &mut found).cast::<Book>();
-        if !found {
-            std::ptr::write_bytes(book, 0, 1);
-        }
-        BOOK = book;
-        LOCK = &raw mut (*pg_sys::GetNamedLWLockTranche(SHMEM_NAME.as_ptr())).lock;
-        pg_sys::LWLockRelease(init_lock);
-    }
+fn ids(entries: &[Entry]) -> Vec<i64> {
+    entries.iter().map(|e| e.id).filter(|&id| id != 0).collect()
 }
 
-/// Run `f` on the book under its lock (exclusive or shared). None when the
-/// library was not preloaded (the startup hook never set the book up). `f`
-/// must not raise an error: it runs in commit callbacks too.
-fn with_book<R>(exclusive: bool, f: impl FnOnce(&mut Book) -> R) -> Option<R> {
-    unsafe {
-        let (book, lock) = (BOOK, LOCK);
-        if book.is_null() || lock.is_null() {
-            return None;
-        }
-        let mode = if exclusive { pg_sys::LWLockMode::LW_EXCLUSIVE } else { pg_sys::LWLockMode::LW_SHARED };
-        pg_sys::LWLockAcquire(lock, mode);
-        let result = f(&mut *book);
-        pg_sys::LWLockRelease(lock);
-        Some(result)
-    }
+/// Run `f` on this database's book under its lock (exclusive or shared).
+/// None when the database has no slot (not served, or the library was not
+/// preloaded). `f` must not raise an error: it runs in commit callbacks too.
+fn with_book<R>(f: impl FnOnce(&mut Book) -> R) -> Option<R> {
+    let db: Db = shared::this_db()?;
+    db.leases().exclusive(|header, entries| db.is_mine().then(|| f(&mut Book { header, entries })))
+}
+
+/// Read this database's book under its lock in share mode.
+fn read_book<R>(f: impl FnOnce(&BookHeader, &[Entry]) -> R) -> Option<R> {
+    let db: Db = shared::this_db()?;
+    db.leases().share(|header, entries| db.is_mine().then(|| f(header, entries)))
 }
 
 fn now() -> i64 {
@@ -283,28 +256,23 @@ fn limit() -> usize {
     crate::gucs::MAX_LEASES.get().max(1) as usize
 }
 
+/// The most entries this server's books hold (sized at server start).
+fn max_entries() -> usize {
+    shared::this_db().map(|db| db.leases().share(|_, e| e.len() / 4 * 3)).unwrap_or(0)
+}
+
 // ---------------------------------------------------------------------------
 // This backend's changes, applied at commit
 // ---------------------------------------------------------------------------
 
 thread_local! {
-    static CHANGES: RefCell<Vec<(pg_sys::SubTransactionId, Change)>> = const { RefCell::new(Vec::new()) };
-    static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    static CHANGES: TxList<Change> = const { TxList::new() };
 }
 
 fn push(change: Change) {
-    if !crate::stats::served() {
-        return;
+    if crate::stats::served() {
+        CHANGES.with(|c| c.push(change));
     }
-    if !CALLBACKS_REGISTERED.get() {
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(at_subtransaction_end), std::ptr::null_mut());
-        }
-        CALLBACKS_REGISTERED.set(true);
-    }
-    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    CHANGES.with(|c| c.borrow_mut().push((subxact, change)));
 }
 
 /// Called by `queue.tally` for a job that enters processing or moves its
@@ -321,27 +289,22 @@ pub fn record(id: i64, attempt: i32, lease: Option<TimestampWithTimeZone>, to_pr
 
 /// After commit: write this transaction's changes into the book, if it
 /// holds this database. Must not raise an error (the commit is done).
-fn apply_changes(changes: Vec<(pg_sys::SubTransactionId, Change)>) {
-    let db = database();
+fn apply_changes(changes: Vec<Change>) {
     let limit = limit();
-    with_book(true, |book| {
-        if book.database != db {
-            return;
-        }
-        for (_, change) in changes {
+    with_book(|book| {
+        for change in changes {
             if !book.apply(change, limit) {
-                book.overflowed = true;
+                book.header.overflowed = true;
             }
         }
     });
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+pub(crate) fn at_transaction_end(event: pg_sys::XactEvent::Type) {
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_COMMIT => {
-            let changes = CHANGES.with(|c| std::mem::take(&mut *c.borrow_mut()));
+            let changes = CHANGES.with(|c| c.take());
             if !changes.is_empty() {
                 apply_changes(changes);
             }
@@ -349,38 +312,22 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
         XACT_EVENT_PREPARE => {
             // The changes would take effect at COMMIT PREPARED, in some
             // other backend: the book cannot follow, so rebuild it.
-            let had = CHANGES.with(|c| !std::mem::take(&mut *c.borrow_mut()).is_empty());
+            let had = !CHANGES.with(|c| c.take()).is_empty();
             if had {
-                let db = database();
-                with_book(true, |book| {
-                    if book.database == db {
-                        book.ready = false;
-                    }
-                });
+                with_book(|book| book.header.ready = false);
             }
         }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => CHANGES.with(|c| c.borrow_mut().clear()),
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => CHANGES.with(|c| c.clear()),
         _ => {}
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn at_subtransaction_end(
+pub(crate) fn at_subtransaction_end(
     event: pg_sys::SubXactEvent::Type,
     subxact: pg_sys::SubTransactionId,
     parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
 ) {
-    use pg_sys::SubXactEvent::*;
-    match event {
-        SUBXACT_EVENT_COMMIT_SUB => CHANGES.with(|c| {
-            for (s, _) in c.borrow_mut().iter_mut().filter(|(s, _)| *s >= subxact) {
-                *s = parent;
-            }
-        }),
-        SUBXACT_EVENT_ABORT_SUB => CHANGES.with(|c| c.borrow_mut().retain(|(s, _)| *s < subxact)),
-        _ => {}
-    }
+    CHANGES.with(|c| c.subtransaction_end(event, subxact, parent));
 }
 
 // ---------------------------------------------------------------------------
@@ -391,8 +338,7 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
 /// of this database, so that callers may read it instead of the table.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn leases_ready() -> bool {
-    let db = database();
-    crate::stats::served() && with_book(false, |b| b.database == db && b.ready && !b.overflowed).unwrap_or(false)
+    crate::stats::served() && read_book(|h, _| h.ready && !h.overflowed).unwrap_or(false)
 }
 
 /// SQL `queue.leases_due(before, max)`: the entries whose lease ends before
@@ -402,9 +348,7 @@ fn leases_due(
     before: TimestampWithTimeZone,
     max: i32,
 ) -> TableIterator<'static, (name!(id, i64), name!(attempt, i32), name!(lease_until, TimestampWithTimeZone))> {
-    let db = database();
-    let due = with_book(false, |b| if b.database == db { b.due(before.into_inner(), max.max(0) as usize) } else { Vec::new() })
-        .unwrap_or_default();
+    let due = read_book(|_, e| due(e, before.into_inner(), max.max(0) as usize)).unwrap_or_default();
     TableIterator::new(
         due.into_iter()
             .filter_map(|(id, attempt, lease)| TimestampWithTimeZone::try_from(lease).ok().map(|l| (id, attempt, l))),
@@ -414,8 +358,7 @@ fn leases_due(
 /// SQL `queue.leased_ids()`: every job id the book holds.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn leased_ids() -> Vec<i64> {
-    let db = database();
-    with_book(false, |b| if b.database == db { b.ids() } else { Vec::new() }).unwrap_or_default()
+    read_book(|_, e| ids(e)).unwrap_or_default()
 }
 
 /// SQL `queue.lease_settle(id, attempt, lease_until, row_attempt,
@@ -442,12 +385,9 @@ fn leases_rebuild_due() -> bool {
     if !crate::stats::served() {
         return false;
     }
-    let (db, now) = (database(), now());
-    with_book(false, |b| {
-        b.database != db
-            || !b.ready
-            || (b.overflowed && now - b.built_at >= RETRY_OVERFLOWED_US)
-            || now - b.built_at >= REBUILD_EVERY_US
+    let now = now();
+    read_book(|h, _| {
+        !h.ready || (h.overflowed && now - h.built_at >= RETRY_OVERFLOWED_US) || now - h.built_at >= REBUILD_EVERY_US
     })
     .unwrap_or(false)
 }
@@ -463,13 +403,12 @@ fn leases_begin_rebuild() -> bool {
     if !crate::stats::served() || unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
         return false;
     }
-    let (db, now) = (database(), now());
-    with_book(true, |b| {
+    let now = now();
+    with_book(|b| {
         b.clear();
-        b.database = db;
-        b.ready = false;
-        b.overflowed = false;
-        b.built_at = now;
+        b.header.ready = false;
+        b.header.overflowed = false;
+        b.header.built_at = now;
     })
     .is_some()
 }
@@ -478,10 +417,10 @@ fn leases_begin_rebuild() -> bool {
 /// found by the rebuild's scan, written at once.
 #[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
 fn lease_load(id: i64, attempt: i32, lease_until: TimestampWithTimeZone) {
-    let (db, limit) = (database(), limit());
-    with_book(true, |b| {
-        if b.database == db && !b.apply(Change::Note { id, attempt, lease: lease_until.into_inner() }, limit) {
-            b.overflowed = true;
+    let limit = limit();
+    with_book(|b| {
+        if !b.apply(Change::Note { id, attempt, lease: lease_until.into_inner() }, limit) {
+            b.header.overflowed = true;
         }
     });
 }
@@ -490,12 +429,9 @@ fn lease_load(id: i64, attempt: i32, lease_until: TimestampWithTimeZone) {
 /// unless it overflowed. Returns whether it is ready.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn leases_end_rebuild() -> bool {
-    let db = database();
-    with_book(true, |b| {
-        if b.database == db {
-            b.ready = !b.overflowed;
-        }
-        b.database == db && b.ready
+    with_book(|b| {
+        b.header.ready = !b.header.overflowed;
+        b.header.ready
     })
     .unwrap_or(false)
 }
@@ -504,13 +440,10 @@ fn leases_end_rebuild() -> bool {
 /// EXTENSION: job ids start again); the next pass rebuilds it.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn leases_reset() {
-    let db = database();
-    with_book(true, |b| {
-        if b.database == db {
-            b.clear();
-            b.database = 0;
-            b.ready = false;
-        }
+    with_book(|b| {
+        b.clear();
+        b.header.ready = false;
+        b.header.built_at = 0;
     });
 }
 
@@ -526,17 +459,17 @@ fn leases_health() -> TableIterator<
         name!(built_at, Option<TimestampWithTimeZone>),
     ),
 > {
-    let db = database();
-    let (ready, overflowed, entries, built_at) = with_book(false, |b| {
-        if b.database == db {
-            (b.ready && !b.overflowed, b.overflowed, b.used as i64, b.built_at)
-        } else {
-            (false, false, 0, 0)
-        }
-    })
-    .unwrap_or((false, false, 0, 0));
+    let (ready, overflowed, entries, built_at) =
+        read_book(|h, _| (h.ready && !h.overflowed, h.overflowed, h.used as i64, h.built_at))
+            .unwrap_or((false, false, 0, 0));
     let built_at = if built_at == 0 { None } else { TimestampWithTimeZone::try_from(built_at).ok() };
-    TableIterator::once((ready && crate::stats::served(), overflowed, entries, limit().min(MAX_ENTRIES) as i64, built_at))
+    TableIterator::once((
+        ready && crate::stats::served(),
+        overflowed,
+        entries,
+        limit().min(max_entries()) as i64,
+        built_at,
+    ))
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -544,84 +477,93 @@ fn leases_health() -> TableIterator<
 mod tests {
     use super::*;
 
-    fn book() -> Box<Book> {
-        // Zeroed on the heap: the book is too big for the stack.
-        unsafe { Box::<Book>::new_zeroed().assume_init() }
+    const SLOTS: usize = 1 << 14;
+    const MAX_ENTRIES: usize = SLOTS / 4 * 3;
+
+    /// Run `f` on an empty book of SLOTS entries on the heap.
+    fn with_new_book(f: impl FnOnce(&mut Book)) {
+        let mut header = BookHeader { ready: false, overflowed: false, used: 0, built_at: 0 };
+        let mut entries = vec![FREE; SLOTS];
+        f(&mut Book { header: &mut header, entries: &mut entries })
     }
 
     fn entry(b: &Book, id: i64) -> Option<(i32, i64)> {
-        b.find(id).map(|i| (b.attempts[i], b.leases[i]))
+        b.find(id).map(|i| (b.entries[i].attempt, b.entries[i].lease))
     }
 
     #[pg_test]
     fn attempts_order_the_changes_of_one_job() {
-        let mut b = book();
-        assert!(b.apply(Change::Note { id: 7, attempt: 1, lease: 100 }, MAX_ENTRIES));
-        // A longer lease of the same attempt keeps the earlier end.
-        b.apply(Change::Note { id: 7, attempt: 1, lease: 500 }, MAX_ENTRIES);
-        assert_eq!(entry(&b, 7), Some((1, 100)));
-        b.apply(Change::Note { id: 7, attempt: 1, lease: 50 }, MAX_ENTRIES);
-        assert_eq!(entry(&b, 7), Some((1, 50)));
-        // The next claim replaces it; a late note of the old one does not.
-        b.apply(Change::Note { id: 7, attempt: 2, lease: 900 }, MAX_ENTRIES);
-        b.apply(Change::Note { id: 7, attempt: 1, lease: 10 }, MAX_ENTRIES);
-        assert_eq!(entry(&b, 7), Some((2, 900)));
-        // The late end of the old claim does not remove the new one.
-        b.apply(Change::Forget { id: 7, attempt: 1 }, MAX_ENTRIES);
-        assert_eq!(entry(&b, 7), Some((2, 900)));
-        b.apply(Change::Forget { id: 7, attempt: 2 }, MAX_ENTRIES);
-        assert_eq!(entry(&b, 7), None);
-        assert_eq!(b.used, 0);
+        with_new_book(|b| {
+            assert!(b.apply(Change::Note { id: 7, attempt: 1, lease: 100 }, MAX_ENTRIES));
+            // A longer lease of the same attempt keeps the earlier end.
+            b.apply(Change::Note { id: 7, attempt: 1, lease: 500 }, MAX_ENTRIES);
+            assert_eq!(entry(&b, 7), Some((1, 100)));
+            b.apply(Change::Note { id: 7, attempt: 1, lease: 50 }, MAX_ENTRIES);
+            assert_eq!(entry(&b, 7), Some((1, 50)));
+            // The next claim replaces it; a late note of the old one does not.
+            b.apply(Change::Note { id: 7, attempt: 2, lease: 900 }, MAX_ENTRIES);
+            b.apply(Change::Note { id: 7, attempt: 1, lease: 10 }, MAX_ENTRIES);
+            assert_eq!(entry(&b, 7), Some((2, 900)));
+            // The late end of the old claim does not remove the new one.
+            b.apply(Change::Forget { id: 7, attempt: 1 }, MAX_ENTRIES);
+            assert_eq!(entry(&b, 7), Some((2, 900)));
+            b.apply(Change::Forget { id: 7, attempt: 2 }, MAX_ENTRIES);
+            assert_eq!(entry(&b, 7), None);
+            assert_eq!(b.header.used, 0);
+        });
     }
 
     #[pg_test]
     fn settling_applies_only_to_the_entry_that_was_read() {
-        let mut b = book();
-        b.apply(Change::Note { id: 3, attempt: 1, lease: 100 }, MAX_ENTRIES);
-        // The row shows an extended lease: the entry takes it.
-        b.apply(Change::Settle { id: 3, attempt: 1, lease: 100, now: Some((1, 400)) }, MAX_ENTRIES);
-        assert_eq!(entry(&b, 3), Some((1, 400)));
-        // Settling what was read before a newer claim changes nothing.
-        b.apply(Change::Note { id: 3, attempt: 2, lease: 700 }, MAX_ENTRIES);
-        b.apply(Change::Settle { id: 3, attempt: 1, lease: 400, now: None }, MAX_ENTRIES);
-        assert_eq!(entry(&b, 3), Some((2, 700)));
-        b.apply(Change::Settle { id: 3, attempt: 2, lease: 700, now: None }, MAX_ENTRIES);
-        assert_eq!(entry(&b, 3), None);
+        with_new_book(|b| {
+            b.apply(Change::Note { id: 3, attempt: 1, lease: 100 }, MAX_ENTRIES);
+            // The row shows an extended lease: the entry takes it.
+            b.apply(Change::Settle { id: 3, attempt: 1, lease: 100, now: Some((1, 400)) }, MAX_ENTRIES);
+            assert_eq!(entry(&b, 3), Some((1, 400)));
+            // Settling what was read before a newer claim changes nothing.
+            b.apply(Change::Note { id: 3, attempt: 2, lease: 700 }, MAX_ENTRIES);
+            b.apply(Change::Settle { id: 3, attempt: 1, lease: 400, now: None }, MAX_ENTRIES);
+            assert_eq!(entry(&b, 3), Some((2, 700)));
+            b.apply(Change::Settle { id: 3, attempt: 2, lease: 700, now: None }, MAX_ENTRIES);
+            assert_eq!(entry(&b, 3), None);
+        });
     }
 
     #[pg_test]
     fn removal_keeps_every_colliding_entry_reachable() {
-        let mut b = book();
-        // Ids with the same home slot, and neighbours, in one probe run.
-        let home = Book::home(1);
-        let mut same: Vec<i64> = (2..2_000_000).filter(|&id| Book::home(id) == home).take(5).collect();
-        same.insert(0, 1);
-        let next: Vec<i64> = (2..2_000_000).filter(|&id| Book::home(id) == (home + 1) % SLOTS).take(3).collect();
-        for (k, &id) in same.iter().chain(&next).enumerate() {
-            assert!(b.apply(Change::Note { id, attempt: 1, lease: k as i64 }, MAX_ENTRIES));
-        }
-        for &gone in &[same[0], same[3], next[0]] {
-            b.apply(Change::Forget { id: gone, attempt: 1 }, MAX_ENTRIES);
-            assert_eq!(b.find(gone), None);
-        }
-        for &id in same.iter().chain(&next).filter(|id| ![same[0], same[3], next[0]].contains(id)) {
-            assert!(b.find(id).is_some(), "{id} is still found");
-        }
-        assert_eq!(b.used, same.len() + next.len() - 3);
+        with_new_book(|b| {
+            // Ids with the same home slot, and neighbours, in one probe run.
+            let home = b.home(1);
+            let mut same: Vec<i64> = (2..2_000_000).filter(|&id| b.home(id) == home).take(5).collect();
+            same.insert(0, 1);
+            let next: Vec<i64> = (2..2_000_000).filter(|&id| b.home(id) == (home + 1) % SLOTS).take(3).collect();
+            for (k, &id) in same.iter().chain(&next).enumerate() {
+                assert!(b.apply(Change::Note { id, attempt: 1, lease: k as i64 }, MAX_ENTRIES));
+            }
+            for &gone in &[same[0], same[3], next[0]] {
+                b.apply(Change::Forget { id: gone, attempt: 1 }, MAX_ENTRIES);
+                assert_eq!(b.find(gone), None);
+            }
+            for &id in same.iter().chain(&next).filter(|id| ![same[0], same[3], next[0]].contains(id)) {
+                assert!(b.find(id).is_some(), "{id} is still found");
+            }
+            assert_eq!(b.header.used, same.len() + next.len() - 3);
+        });
     }
 
     #[pg_test]
     fn a_full_book_refuses_new_jobs_and_due_lists_the_earliest() {
-        let mut b = book();
-        for id in 1..=4 {
-            assert!(b.apply(Change::Note { id, attempt: 1, lease: 100 - id }, 4));
-        }
-        assert!(!b.apply(Change::Note { id: 5, attempt: 1, lease: 1 }, 4), "no room for a fifth");
-        assert!(b.apply(Change::Note { id: 4, attempt: 2, lease: 1 }, 4), "a known job still moves");
-        assert_eq!(b.due(97, 10), vec![(4, 2, 1)]);
-        assert_eq!(b.due(99, 2), vec![(4, 2, 1), (3, 1, 97)]);
-        let mut ids = b.ids();
-        ids.sort();
-        assert_eq!(ids, vec![1, 2, 3, 4]);
+        with_new_book(|b| {
+            for id in 1..=4 {
+                assert!(b.apply(Change::Note { id, attempt: 1, lease: 100 - id }, 4));
+            }
+            assert!(!b.apply(Change::Note { id: 5, attempt: 1, lease: 1 }, 4), "no room for a fifth");
+            assert!(b.apply(Change::Note { id: 4, attempt: 2, lease: 1 }, 4), "a known job still moves");
+            assert_eq!(due(b.entries, 97, 10), vec![(4, 2, 1)]);
+            assert_eq!(due(b.entries, 99, 2), vec![(4, 2, 1), (3, 1, 97)]);
+            let mut ids = ids(b.entries);
+            ids.sort();
+            assert_eq!(ids, vec![1, 2, 3, 4]);
+        });
     }
 }

@@ -11,10 +11,12 @@ mod access;
 mod backoff;
 mod cron;
 mod gucs;
+mod launcher;
 mod leases;
 mod scheduler;
 mod serial_group;
 mod services;
+mod shared;
 mod stats;
 mod validate;
 mod wakeup;
@@ -60,6 +62,9 @@ extension_sql_file!(
         validate::check_queue_filter,
         wakeup::wake,
         wakeup::note_sleeper,
+        wakeup::wait_register,
+        wakeup::wait_sleep,
+        wakeup::wait_done,
         stats::tally,
         leases::leases_ready,
         leases::leases_due,
@@ -103,23 +108,25 @@ extension_sql_file!(
         stats::stats_forget_gauges,
         stats::stats_health,
         stats::stats_forget_database,
-        leases::leases_health
+        leases::leases_health,
+        launcher::announce_database,
+        launcher::service_problem
     ]
 );
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 /// Called once per process that loads the library. When loaded through
-/// `shared_preload_libraries` it also reserves the shared memory of the
-/// wake-up path and registers the background workers.
+/// `shared_preload_libraries` it also reserves the shared memory (wake-up
+/// path, counters, lease book: src/shared.rs), installs the utility hook
+/// that makes way for DROP DATABASE, and registers the launcher, which
+/// starts the services of every database that has the extension.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        wakeup::init_shared_memory();
-        stats::init_shared_memory();
-        leases::init_shared_memory();
-        services::register_workers();
-        wakeup::register_worker();
+        shared::init_shared_memory();
+        launcher::install_utility_hook();
+        launcher::register_worker();
     }
 }
 

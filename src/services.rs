@@ -7,13 +7,11 @@
 //! * `queue scheduler` runs `queue.scheduler_pass()`: push the jobs of due
 //!   schedules. It sleeps until the next schedule is due, at most a second.
 //!
-//! Both are registered from `_PG_init` when the library is preloaded, connect
-//! to the database named by `queue.database`, idle quietly until the
-//! extension exists there, show themselves in pg_stat_activity, re-read the
-//! configuration on SIGHUP, and on SIGTERM finish their batch and exit. They
-//! exit with code 1 so that the postmaster starts them again after a crash
-//! or `pg_terminate_backend` (it does not while the server shuts down). A
-//! pass runs in its own transaction under an error boundary ([`guarded`]):
+//! The launcher (src/launcher.rs) starts both for every database that has
+//! the extension, and restarts them after a crash or `pg_terminate_backend`.
+//! They show themselves in pg_stat_activity, re-read the configuration on
+//! SIGHUP, and on SIGTERM (or when the launcher retires their database)
+//! finish their batch and exit. A pass runs in its own transaction under an error boundary ([`guarded`]):
 //! an ERROR (a bad `queue.timezone`, `statement_timeout`, `lock_timeout`,
 //! anything a duty raises) rolls that transaction back and is logged once
 //! with its SQLSTATE, the pass runs again next tick, and the worker never
@@ -25,6 +23,8 @@
 //! (The notifier in `wakeup.rs` is a third worker, driven by its latch.)
 
 use crate::gucs;
+use crate::launcher::{self, Role};
+use crate::shared::Db;
 use pgrx::bgworkers::*;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 /// size and returns jsonb with "more" (run again at once) and optionally
 /// "next_in_ms" (sleep at most that long).
 struct Service {
+    role: Role,
     name: &'static str,
     app_name: &'static CStr,
-    function: &'static str,
     pass_sql: &'static str,
     batch: i32,
     /// The longest sleep between passes, if shorter than `queue.tick`.
@@ -54,9 +54,9 @@ struct Service {
 const STATS_PASS_SQL: &str = "SELECT queue.stats_pass()";
 
 const MAINTENANCE: Service = Service {
+    role: Role::Maintenance,
     name: "queue maintenance",
     app_name: c"queue maintenance",
-    function: "queue_maintenance_main",
     pass_sql: "SELECT queue.maintenance_pass($1)",
     batch: 1000,
     max_sleep: None,
@@ -64,91 +64,67 @@ const MAINTENANCE: Service = Service {
 };
 
 const SCHEDULER: Service = Service {
+    role: Role::Scheduler,
     name: "queue scheduler",
     app_name: c"queue scheduler",
-    function: "queue_scheduler_main",
     pass_sql: "SELECT queue.scheduler_pass($1)",
     batch: 100,
     max_sleep: Some(Duration::from_secs(1)),
     keeps_counters: false,
 };
 
-/// Register the services with the postmaster. Only possible while
-/// `shared_preload_libraries` is being processed.
-pub fn register_workers() {
-    for service in [&MAINTENANCE, &SCHEDULER] {
-        register_worker(service.name, service.function);
-    }
-}
-
-/// Register one worker of this library: started once recovery is over,
-/// restarted a second after it exits with code 1.
-pub fn register_worker(name: &str, function: &str) {
-    BackgroundWorkerBuilder::new(name)
-        .set_type(name)
-        .set_function(function)
-        .set_library("queue")
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(Duration::from_secs(1)))
-        .load();
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn queue_maintenance_main(arg: pg_sys::Datum) {
+    run(&MAINTENANCE, arg);
 }
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn queue_maintenance_main(_arg: pg_sys::Datum) {
-    run(&MAINTENANCE);
+pub extern "C-unwind" fn queue_scheduler_main(arg: pg_sys::Datum) {
+    run(&SCHEDULER, arg);
 }
 
-#[pg_guard]
-#[unsafe(no_mangle)]
-pub extern "C-unwind" fn queue_scheduler_main(_arg: pg_sys::Datum) {
-    run(&SCHEDULER);
-}
-
-/// Connect a worker to the database it serves, with a search_path that
-/// holds only the catalog. The workers run as the bootstrap superuser, and
-/// the database's own settings (`ALTER DATABASE ... SET search_path`, which
-/// its owner may change) would otherwise decide how every name in their SQL
-/// resolves. Every function of the extension pins its search_path as well;
-/// this covers the statements the workers send themselves.
-pub fn connect(database: &str) {
-    BackgroundWorker::connect_worker_to_spi(Some(database), None);
-    BackgroundWorker::transaction(|| {
-        if let Err(e) = Spi::run("SET search_path = pg_catalog, pg_temp") {
-            warning!("queue: could not pin the search_path of a background worker: {e}");
-        }
-    });
-}
-
-/// The loop every service shares.
-fn run(service: &Service) -> ! {
+/// The loop every service shares. `arg` is the database the launcher
+/// started it for.
+fn run(service: &Service, arg: pg_sys::Datum) -> ! {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = gucs::database_name();
-    connect(&database);
+    launcher::connect(arg);
     unsafe {
         pg_sys::pgstat_report_appname(service.app_name.as_ptr());
     }
+    let Some(db) = launcher::enter(service.role) else {
+        // No extension here, no slot, or the role is taken: nothing to do.
+        unsafe { pg_sys::proc_exit(0) };
+    };
     if service.keeps_counters {
-        crate::stats::publish_served_database();
+        crate::stats::publish_served_database(db);
     }
+    let database = BackgroundWorker::transaction(launcher::database_name);
     log!("{}: started for database \"{database}\"", service.name);
 
     let mut sleep = tick(service, None);
     set_idle();
-    while BackgroundWorker::wait_latch(Some(sleep)) {
+    while BackgroundWorker::wait_latch(Some(sleep)) && !launcher::should_stop(db) {
         if BackgroundWorker::sighup_received() {
             unsafe {
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
         }
-        sleep = run_passes(service);
+        match run_passes(service, db) {
+            Some(next) => sleep = next,
+            None => {
+                // The extension is gone from this database.
+                launcher::retire(db);
+                break;
+            }
+        }
     }
 
     run_after(service);
-    log!("{}: shutting down", service.name);
+    log!("{}: shutting down for database \"{database}\"", service.name);
     unsafe {
-        pg_sys::proc_exit(1);
+        pg_sys::proc_exit(0);
     }
 }
 
@@ -166,27 +142,33 @@ fn tick(service: &Service, asked_ms: Option<u64>) -> Duration {
 }
 
 /// Passes, one transaction each, until the service has no more to do or a
-/// shutdown is asked for. Returns how long to sleep.
-fn run_passes(service: &Service) -> Duration {
+/// shutdown is asked for. Returns how long to sleep; None when the
+/// maintenance service finds the extension gone.
+fn run_passes(service: &Service, db: Db) -> Option<Duration> {
     loop {
         set_activity(c"running a pass");
+        let mut gone = false;
         let result = guarded(service.name, "a pass", || {
             if !extension_installed() {
+                gone = true;
                 return Ok(None);
             }
-            Spi::get_one_with_args::<pgrx::JsonB>(service.pass_sql, &[service.batch.into()])
-                .map(|j| j.map(|j| j.0))
+            Spi::get_one_with_args::<pgrx::JsonB>(service.pass_sql, &[service.batch.into()]).map(|j| j.map(|j| j.0))
         })
         .flatten();
+        if gone && service.role == Role::Maintenance {
+            set_idle();
+            return None;
+        }
         if service.keeps_counters && result.is_some() {
-            crate::stats::note_tick();
+            crate::stats::note_tick(db);
         }
         set_idle();
         let more = result.as_ref().and_then(|r| r.get("more")).and_then(|m| m.as_bool()).unwrap_or(false);
         if !more || BackgroundWorker::sigterm_received() {
             let asked = result.as_ref().and_then(|r| r.get("next_in_ms")).and_then(|m| m.as_u64());
             run_after(service);
-            return tick(service, asked);
+            return Some(tick(service, asked));
         }
         pg_sys::check_for_interrupts!();
     }
@@ -226,7 +208,11 @@ thread_local! {
 /// A failure is logged once with its SQLSTATE; the same failure again is
 /// logged at most once a minute, with how often it happened, and the first
 /// success after failures says so.
-pub fn guarded<T>(worker: &'static str, duty: &'static str, f: impl FnOnce() -> Result<T, pgrx::spi::Error>) -> Option<T> {
+pub fn guarded<T>(
+    worker: &'static str,
+    duty: &'static str,
+    f: impl FnOnce() -> Result<T, pgrx::spi::Error>,
+) -> Option<T> {
     let caught = std::panic::AssertUnwindSafe(f);
     let outcome = PgTryBuilder::new(move || {
         BackgroundWorker::transaction(move || {
@@ -274,7 +260,10 @@ fn note_outcome(worker: &str, duty: &'static str, error: Option<&(String, String
                         f.total += 1;
                     }
                     Some(f) if f.message == text => {
-                        warning!("{worker}: {duty} still fails ({} times in the last minute): {text}", f.since_logged + 1);
+                        warning!(
+                            "{worker}: {duty} still fails ({} times in the last minute): {text}",
+                            f.since_logged + 1
+                        );
                         f.logged = Instant::now();
                         f.since_logged = 0;
                         f.total += 1;

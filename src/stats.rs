@@ -9,10 +9,10 @@
 //! backend until the transaction ends, per subtransaction level, so that a
 //! rolled-back savepoint takes its tallies with it:
 //!
-//! * **Served database** (the one the maintenance worker serves, library
+//! * **Served database** (one whose maintenance service runs, library
 //!   preloaded): after the commit is visible, the transaction callback adds
-//!   its tallies to a small shared-memory table under one LWLock (a few
-//!   hundred nanoseconds). The maintenance worker flushes that table into
+//!   its tallies to the database's small shared-memory table under one
+//!   LWLock (a few hundred nanoseconds). The maintenance worker flushes that table into
 //!   `queue.stats` every tick, in a short transaction of its own that also
 //!   records the flushed amounts as negative tallies, so that its commit
 //!   moves them from shared memory to the table at once.
@@ -29,10 +29,9 @@
 //! what committed after the last flush. Readers and the flush serialize on
 //! an advisory lock so that a reader never sees an amount twice.
 
+use crate::shared::{self, Db, TxList};
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
-use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 /// The counters of one (queue, priority), in this order everywhere (the
 /// `counts` arrays in SQL are 1-based: scheduled is counts[1]).
@@ -54,10 +53,6 @@ pub const COUNTERS: usize = 12;
 
 type Counts = [i64; COUNTERS];
 
-/// Distinct (database, queue, priority) keys shared memory holds between
-/// two flushes. Beyond that, a commit's tallies are dropped and the gauges
-/// recounted (see `lost_tallies`).
-const CAPACITY: usize = 2048;
 /// Queue names are at most 57 bytes.
 const NAME_BYTES: usize = 64;
 
@@ -146,9 +141,10 @@ fn transition(from: Option<Status>, to: Option<Status>, n: i64) -> Counts {
 // Shared memory
 // ---------------------------------------------------------------------------
 
+/// One (queue, priority) of a database's table. All zero: free.
 #[derive(Clone, Copy)]
-struct Slot {
-    database: u32,
+#[repr(C)]
+pub struct Slot {
     priority: i32,
     /// 0: the slot is free.
     name_len: u8,
@@ -158,7 +154,7 @@ struct Slot {
     last: i64,
 }
 
-const FREE: Slot = Slot { database: 0, priority: 0, name_len: 0, name: [0; NAME_BYTES], counts: [0; COUNTERS], last: 0 };
+const FREE: Slot = Slot { priority: 0, name_len: 0, name: [0; NAME_BYTES], counts: [0; COUNTERS], last: 0 };
 
 impl Slot {
     fn name(&self) -> &[u8] {
@@ -166,58 +162,61 @@ impl Slot {
     }
 }
 
-/// Unflushed counters by (database, queue, priority): open addressing with
-/// linear probing, rebuilt without its zero entries after every flush.
-#[derive(Clone, Copy)]
-pub struct Table {
+/// The header of a database's table of unflushed counters by (queue,
+/// priority): open addressing with linear probing over the entries that
+/// follow it (src/shared.rs), rebuilt without its zero entries after every
+/// flush. All zero: empty.
+#[repr(C)]
+pub struct TableHeader {
     used: usize,
-    slots: [Slot; CAPACITY],
 }
-unsafe impl PGRXSharedMemory for Table {}
 
-impl Table {
-    const fn new() -> Self {
-        Table { used: 0, slots: [FREE; CAPACITY] }
-    }
+/// The table, under its lock.
+struct Table<'a> {
+    header: &'a mut TableHeader,
+    slots: &'a mut [Slot],
+}
 
-    fn home(database: u32, name: &[u8], priority: i32) -> usize {
+impl Table<'_> {
+    fn home(&self, name: &[u8], priority: i32) -> usize {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in database.to_le_bytes().iter().chain(name).chain(&priority.to_le_bytes()) {
+        for b in name.iter().chain(&priority.to_le_bytes()) {
             h ^= *b as u64;
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
-        (h % CAPACITY as u64) as usize
+        (h % self.slots.len() as u64) as usize
     }
 
-    /// The slot of a key, claimed if new; None when the table is too full
-    /// (kept at most 3/4 full so that probes stay short).
-    fn slot(&mut self, database: u32, name: &[u8], priority: i32) -> Option<&mut Slot> {
-        if name.is_empty() || name.len() > NAME_BYTES {
+    /// Keys the table takes at most: 3/4 of its slots, so that probes stay
+    /// short.
+    fn limit(&self) -> usize {
+        self.slots.len() / 4 * 3
+    }
+
+    /// The slot of a key, claimed if new; None when the table is too full.
+    fn slot(&mut self, name: &[u8], priority: i32) -> Option<&mut Slot> {
+        if name.is_empty() || name.len() > NAME_BYTES || self.slots.is_empty() {
             return None;
         }
-        let mut i = Self::home(database, name, priority);
+        let mut i = self.home(name, priority);
         loop {
             let s = &self.slots[i];
             if s.name_len == 0 {
                 break;
             }
-            if s.database == database && s.priority == priority && s.name() == name {
+            if s.priority == priority && s.name() == name {
                 return Some(&mut self.slots[i]);
             }
-            i = (i + 1) % CAPACITY;
+            i = (i + 1) % self.slots.len();
         }
-        if self.used >= CAPACITY / 4 * 3 {
+        if self.header.used >= self.limit() {
             return None;
         }
-        self.used += 1;
+        self.header.used += 1;
         let s = &mut self.slots[i];
-        *s = Slot { database, priority, name_len: name.len() as u8, ..FREE };
+        *s = Slot { priority, name_len: name.len() as u8, ..FREE };
         s.name[..name.len()].copy_from_slice(name);
         Some(s)
-    }
-
-    fn entries(&self, database: u32) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(move |s| s.name_len > 0 && s.database == database)
     }
 
     /// Drop the entries that hold nothing any more (their last activity is
@@ -225,10 +224,10 @@ impl Table {
     fn compact(&mut self) {
         let keep: Vec<Slot> =
             self.slots.iter().filter(|s| s.name_len > 0 && s.counts.iter().any(|&c| c != 0)).copied().collect();
-        self.slots = [FREE; CAPACITY];
-        self.used = 0;
+        self.slots.fill(FREE);
+        self.header.used = 0;
         for k in keep {
-            if let Some(s) = self.slot(k.database, &k.name[..k.name_len as usize], k.priority) {
+            if let Some(s) = self.slot(&k.name[..k.name_len as usize], k.priority) {
                 s.counts = k.counts;
                 s.last = k.last;
             }
@@ -236,12 +235,21 @@ impl Table {
     }
 }
 
-/// State shared by every backend besides the table.
-#[derive(Default)]
+/// Run `f` on this database's table, exclusively, if the database is
+/// served. `f` must not raise an error (it runs in commit callbacks).
+fn with_table<R>(db: Db, f: impl FnOnce(&mut Table) -> R) -> Option<R> {
+    db.counters().exclusive(|header, slots| db.is_mine().then(|| f(&mut Table { header, slots })))
+}
+
+/// The counters' state of a database besides its table, in its slot. All
+/// zero is a fresh slot: not yet served, and a recount due.
+#[repr(C)]
 pub struct Control {
-    /// The database the maintenance worker serves, published by it.
-    served_database: AtomicU32,
-    /// Recounts asked for (one at every start, one per lost tally) and done.
+    /// The maintenance service runs and flushes this database's counters.
+    served: AtomicU32,
+    /// Recounts asked for beyond the one every fresh slot needs, and the
+    /// requests answered: a recount is due while `recount_done` is not
+    /// above `recount_asked`.
     recount_asked: AtomicU64,
     recount_done: AtomicU64,
     /// Commits whose tallies did not fit into shared memory.
@@ -249,42 +257,27 @@ pub struct Control {
     /// End of the last maintenance pass (TimestampTz), 0 before the first.
     last_tick: AtomicI64,
 }
-unsafe impl PGRXSharedMemory for Control {}
 
-static TABLE: PgLwLock<Table> = unsafe { PgLwLock::new(c"queue_stats") };
-static CONTROL: PgAtomic<Control> = unsafe { PgAtomic::new(c"queue_stats_control") };
-static SHMEM_READY: AtomicBool = AtomicBool::new(false);
-
-/// Reserve the shared memory. Only from `_PG_init` while preloading.
-pub fn init_shared_memory() {
-    pg_shmem_init!(TABLE = Table::new());
-    pg_shmem_init!(CONTROL = Control { recount_asked: AtomicU64::new(1), ..Default::default() });
-    SHMEM_READY.store(true, Ordering::SeqCst);
+/// This database's slot, if its tallies go through shared memory: the
+/// library is preloaded and the maintenance service serves (flushes) it.
+fn served_db() -> Option<Db> {
+    shared::this_db().filter(|db| db.slot().counters.served.load(Ordering::SeqCst) != 0)
 }
 
-pub(crate) fn database() -> u32 {
-    unsafe { pg_sys::MyDatabaseId }.to_u32()
-}
-
-/// Whether this backend's tallies go through shared memory: the library is
-/// preloaded and the maintenance worker serves (flushes) this database.
+/// Whether this backend's tallies go through shared memory.
 pub(crate) fn served() -> bool {
-    SHMEM_READY.load(Ordering::SeqCst) && CONTROL.get().served_database.load(Ordering::SeqCst) == database()
+    served_db().is_some()
 }
 
-/// Called by the maintenance worker once connected: it flushes this
-/// database's counters from now on.
-pub fn publish_served_database() {
-    if SHMEM_READY.load(Ordering::SeqCst) {
-        CONTROL.get().served_database.store(database(), Ordering::SeqCst);
-    }
+/// Called by the maintenance service once it holds its slot: it flushes
+/// this database's counters from now on.
+pub fn publish_served_database(db: Db) {
+    db.slot().counters.served.store(1, Ordering::SeqCst);
 }
 
-/// Called by the maintenance worker after each pass.
-pub fn note_tick() {
-    if SHMEM_READY.load(Ordering::SeqCst) {
-        CONTROL.get().last_tick.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::SeqCst);
-    }
+/// Called by the maintenance service after each pass.
+pub fn note_tick(db: Db) {
+    db.slot().counters.last_tick.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::SeqCst);
 }
 
 // ---------------------------------------------------------------------------
@@ -294,9 +287,6 @@ pub fn note_tick() {
 struct Tally {
     queue: String,
     priority: i32,
-    /// The subtransaction that recorded it; moves to the parent when that
-    /// subtransaction commits, goes away when it aborts.
-    subxact: pg_sys::SubTransactionId,
     counts: Counts,
     /// False for the flush's own negative tallies: moving counts from
     /// shared memory to the table is not activity.
@@ -304,38 +294,23 @@ struct Tally {
 }
 
 thread_local! {
-    static TALLIES: RefCell<Vec<Tally>> = const { RefCell::new(Vec::new()) };
-    static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
-    /// This transaction recounted the gauges: (subtransaction, the recount
-    /// request it answers), marked done at commit.
-    static RECOUNTED: Cell<Option<(pg_sys::SubTransactionId, u64)>> = const { Cell::new(None) };
-}
-
-fn register_callbacks() {
-    if !CALLBACKS_REGISTERED.get() {
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(at_subtransaction_end), std::ptr::null_mut());
-        }
-        CALLBACKS_REGISTERED.set(true);
-    }
+    static TALLIES: TxList<Tally> = const { TxList::new() };
+    /// This transaction recounted the gauges: the recount request it
+    /// answers, marked done at commit.
+    static RECOUNTED: TxList<u64> = const { TxList::new() };
 }
 
 fn record(queue: &str, priority: i32, counts: Counts, activity: bool) {
-    register_callbacks();
-    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     TALLIES.with(|t| {
-        let mut t = t.borrow_mut();
-        if let Some(e) = t
-            .iter_mut()
-            .find(|e| e.subxact == subxact && e.priority == priority && e.activity == activity && e.queue == queue)
-        {
-            for (a, b) in e.counts.iter_mut().zip(counts) {
-                *a += b;
-            }
-        } else {
-            t.push(Tally { queue: queue.to_owned(), priority, subxact, counts, activity });
-        }
+        t.fold(
+            Tally { queue: queue.to_owned(), priority, counts, activity },
+            |e| e.priority == priority && e.activity == activity && e.queue == queue,
+            |e, new| {
+                for (a, b) in e.counts.iter_mut().zip(new.counts) {
+                    *a += b;
+                }
+            },
+        )
     });
 }
 
@@ -406,14 +381,19 @@ fn as_row((queue, priority, counts, last): (String, i32, Counts, i64)) -> CountR
 /// This database's entries of the shared table: (queue, priority, counts,
 /// last activity).
 fn shared_rows() -> Vec<(String, i32, Counts, i64)> {
-    if !SHMEM_READY.load(Ordering::SeqCst) {
+    let Some(db) = shared::this_db() else {
         return Vec::new();
-    }
-    TABLE
-        .share()
-        .entries(database())
-        .map(|s| (String::from_utf8_lossy(s.name()).into_owned(), s.priority, s.counts, s.last))
-        .collect()
+    };
+    db.counters().share(|_, slots| {
+        if !db.is_mine() {
+            return Vec::new();
+        }
+        slots
+            .iter()
+            .filter(|s| s.name_len > 0)
+            .map(|s| (String::from_utf8_lossy(s.name()).into_owned(), s.priority, s.counts, s.last))
+            .collect()
+    })
 }
 
 /// SQL `queue.stats_unflushed()`: what `queue.stats` does not hold yet,
@@ -430,7 +410,8 @@ fn stats_unflushed() -> TableIterator<
     ),
 > {
     let mut rows = shared_rows();
-    let local = TALLIES.with(|t| t.borrow().iter().map(|e| (e.queue.clone(), e.priority, e.counts, 0)).collect::<Vec<_>>());
+    let local = TALLIES
+        .with(|t| t.with(|tallies| tallies.map(|e| (e.queue.clone(), e.priority, e.counts, 0)).collect::<Vec<_>>()));
     rows.extend(local);
     let rows = summed(rows.iter().map(|(q, p, c, l)| (q.as_str(), *p, *c, *l)));
     TableIterator::new(rows.into_iter().map(as_row))
@@ -465,11 +446,9 @@ fn stats_take() -> TableIterator<
 /// wrong (first pass after a server start, or tallies were lost).
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn stats_recount_needed() -> bool {
-    if !served() {
-        return false;
-    }
-    let c = CONTROL.get();
-    c.recount_asked.load(Ordering::SeqCst) > c.recount_done.load(Ordering::SeqCst)
+    let Some(db) = served_db() else { return false };
+    let c = &db.slot().counters;
+    c.recount_done.load(Ordering::SeqCst) <= c.recount_asked.load(Ordering::SeqCst)
 }
 
 /// SQL `queue.stats_forget_gauges()`: part of the recount, which holds a
@@ -478,9 +457,7 @@ fn stats_recount_needed() -> bool {
 /// writes the true values into `queue.stats`), effective at commit.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn stats_forget_gauges() {
-    if !served() {
-        return;
-    }
+    let Some(db) = served_db() else { return };
     for (queue, priority, counts, _) in shared_rows() {
         let mut cancel = [0; COUNTERS];
         for g in [SCHEDULED, PENDING, PROCESSING, RETRYING] {
@@ -488,9 +465,11 @@ fn stats_forget_gauges() {
         }
         record(&queue, priority, cancel, false);
     }
-    register_callbacks();
-    let asked = CONTROL.get().recount_asked.load(Ordering::SeqCst);
-    RECOUNTED.set(Some((unsafe { pg_sys::GetCurrentSubTransactionId() }, asked)));
+    let asked = db.slot().counters.recount_asked.load(Ordering::SeqCst);
+    RECOUNTED.with(|r| {
+        r.clear();
+        r.push(asked);
+    });
 }
 
 /// SQL `queue.stats_forget_database()`: called by CREATE EXTENSION. Shared
@@ -499,15 +478,13 @@ fn stats_forget_gauges() {
 /// longer exist.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn stats_forget_database() {
-    if !SHMEM_READY.load(Ordering::SeqCst) {
-        return;
-    }
-    let db = database();
-    let mut table = TABLE.exclusive();
-    for s in table.slots.iter_mut().filter(|s| s.name_len > 0 && s.database == db) {
-        s.counts = [0; COUNTERS];
-    }
-    table.compact();
+    let Some(db) = shared::this_db() else { return };
+    with_table(db, |table| {
+        for s in table.slots.iter_mut() {
+            s.counts = [0; COUNTERS];
+        }
+        table.compact();
+    });
 }
 
 /// SQL `queue.stats_health()`: the shared-memory side of queue_health.
@@ -522,12 +499,13 @@ fn stats_health() -> TableIterator<
         name!(recount_pending, bool),
     ),
 > {
-    let preloaded = SHMEM_READY.load(Ordering::SeqCst);
-    let (last_tick, lost) = if preloaded {
-        let c = CONTROL.get();
-        (c.last_tick.load(Ordering::SeqCst), c.lost_tallies.load(Ordering::SeqCst) as i64)
-    } else {
-        (0, 0)
+    let preloaded = shared::preloaded();
+    let (last_tick, lost) = match shared::this_db() {
+        Some(db) => {
+            let c = &db.slot().counters;
+            (c.last_tick.load(Ordering::SeqCst), c.lost_tallies.load(Ordering::SeqCst) as i64)
+        }
+        None => (0, 0),
     };
     let last_tick = if last_tick == 0 { None } else { TimestampWithTimeZone::try_from(last_tick).ok() };
     TableIterator::once((preloaded, served(), last_tick, lost, stats_recount_needed()))
@@ -543,7 +521,8 @@ fn stats_health() -> TableIterator<
 /// may hold no privilege on the internal table.
 fn write_tallies_to_table(tallies: Vec<Tally>, slot: i32) {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let rows = summed(tallies.iter().map(|t| (t.queue.as_str(), t.priority, t.counts, if t.activity { now } else { 0 })));
+    let rows =
+        summed(tallies.iter().map(|t| (t.queue.as_str(), t.priority, t.counts, if t.activity { now } else { 0 })));
     let (mut user, mut context) = (pg_sys::Oid::INVALID, 0);
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
@@ -572,16 +551,14 @@ fn write_tallies_to_table(tallies: Vec<Tally>, slot: i32) {
 /// After commit in the served database: add the tallies to shared memory.
 /// Must not raise an error (the commit record is written): one LWLock, no
 /// allocation that can fail in Postgres terms.
-fn add_tallies_to_shared_memory(tallies: Vec<Tally>) {
+fn add_tallies_to_shared_memory(db: Db, tallies: Vec<Tally>) {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let db = database();
-    let mut lost = false;
-    let mut flushed = false;
-    {
-        let mut table = TABLE.exclusive();
+    let lost = with_table(db, |table| {
+        let mut lost = false;
+        let mut flushed = false;
         for t in &tallies {
             flushed |= !t.activity;
-            match table.slot(db, t.queue.as_bytes(), t.priority) {
+            match table.slot(t.queue.as_bytes(), t.priority) {
                 Some(s) => {
                     for (a, b) in s.counts.iter_mut().zip(t.counts) {
                         *a += b;
@@ -596,27 +573,27 @@ fn add_tallies_to_shared_memory(tallies: Vec<Tally>) {
         if flushed {
             table.compact();
         }
-    }
-    if lost {
-        let c = CONTROL.get();
+        lost
+    });
+    if lost == Some(true) {
+        let c = &db.slot().counters;
         c.lost_tallies.fetch_add(1, Ordering::SeqCst);
         c.recount_asked.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+pub(crate) fn at_transaction_end(event: pg_sys::XactEvent::Type) {
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT => {
             if !served() {
-                let tallies = TALLIES.with(|t| std::mem::take(&mut *t.borrow_mut()));
+                let tallies = TALLIES.with(|t| t.take());
                 if !tallies.is_empty() {
                     write_tallies_to_table(tallies, unsafe { pg_sys::MyBackendId });
                 }
             }
         }
-        // Outside the served database a prepared transaction's tallies go
+        // Outside a served database a prepared transaction's tallies go
         // into queue.stats inside it, so that they commit or roll back with
         // it, exactly. In a slot of its own (from its transaction id, below
         // zero): rows of the backend's slot would stay locked by the
@@ -624,7 +601,7 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
         // for them.
         XACT_EVENT_PRE_PREPARE => {
             if !served() {
-                let tallies = TALLIES.with(|t| std::mem::take(&mut *t.borrow_mut()));
+                let tallies = TALLIES.with(|t| t.take());
                 if !tallies.is_empty() {
                     let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
                     write_tallies_to_table(tallies, -((xid & 0x3fff_ffff) as i32) - 1);
@@ -632,60 +609,40 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             }
         }
         XACT_EVENT_COMMIT => {
-            let tallies = TALLIES.with(|t| std::mem::take(&mut *t.borrow_mut()));
+            let tallies = TALLIES.with(|t| t.take());
+            let recounted = RECOUNTED.with(|r| r.take());
+            let Some(db) = shared::this_db() else { return };
             if !tallies.is_empty() {
-                add_tallies_to_shared_memory(tallies);
+                add_tallies_to_shared_memory(db, tallies);
             }
-            if let Some((_, asked)) = RECOUNTED.take() {
-                CONTROL.get().recount_done.fetch_max(asked, Ordering::SeqCst);
+            if let Some(asked) = recounted.last() {
+                db.slot().counters.recount_done.fetch_max(asked + 1, Ordering::SeqCst);
             }
         }
         XACT_EVENT_PREPARE => {
             // A prepared transaction may still roll back, and its tallies
             // cannot wait for it here: drop them and recount the gauges.
-            let had = TALLIES.with(|t| !std::mem::take(&mut *t.borrow_mut()).is_empty());
-            RECOUNTED.set(None);
-            if had && served() {
-                CONTROL.get().recount_asked.fetch_add(1, Ordering::SeqCst);
+            let had = !TALLIES.with(|t| t.take()).is_empty();
+            RECOUNTED.with(|r| r.clear());
+            if let (true, Some(db)) = (had, served_db()) {
+                db.slot().counters.recount_asked.fetch_add(1, Ordering::SeqCst);
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
-            TALLIES.with(|t| t.borrow_mut().clear());
-            RECOUNTED.set(None);
+            TALLIES.with(|t| t.clear());
+            RECOUNTED.with(|r| r.clear());
         }
         _ => {}
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn at_subtransaction_end(
+pub(crate) fn at_subtransaction_end(
     event: pg_sys::SubXactEvent::Type,
     subxact: pg_sys::SubTransactionId,
     parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
 ) {
-    use pg_sys::SubXactEvent::*;
-    match event {
-        SUBXACT_EVENT_COMMIT_SUB => {
-            TALLIES.with(|t| {
-                for e in t.borrow_mut().iter_mut().filter(|e| e.subxact >= subxact) {
-                    e.subxact = parent;
-                }
-            });
-            if let Some((s, asked)) = RECOUNTED.get() {
-                if s >= subxact {
-                    RECOUNTED.set(Some((parent, asked)));
-                }
-            }
-        }
-        SUBXACT_EVENT_ABORT_SUB => {
-            TALLIES.with(|t| t.borrow_mut().retain(|e| e.subxact < subxact));
-            if matches!(RECOUNTED.get(), Some((s, _)) if s >= subxact) {
-                RECOUNTED.set(None);
-            }
-        }
-        _ => {}
-    }
+    TALLIES.with(|t| t.subtransaction_end(event, subxact, parent));
+    RECOUNTED.with(|r| r.subtransaction_end(event, subxact, parent));
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -710,27 +667,35 @@ mod tests {
         assert_eq!(transition(s("failed"), s("pending"), 1)[PENDING], 1, "a retried dead job waits again");
     }
 
+    fn table_of(slots: &mut Vec<Slot>, header: &mut TableHeader, f: impl FnOnce(&mut Table)) {
+        f(&mut Table { header, slots: slots.as_mut_slice() })
+    }
+
     #[pg_test]
     fn the_table_finds_keys_again_and_compacts() {
-        let mut t = Box::new(Table::new());
-        t.slot(1, b"emails", 0).unwrap().counts[PENDING] = 3;
-        t.slot(1, b"emails", 10).unwrap().counts[PENDING] = 1;
-        t.slot(2, b"emails", 0).unwrap();
-        assert_eq!(t.slot(1, b"emails", 0).unwrap().counts[PENDING], 3);
-        assert_eq!(t.used, 3);
-        t.compact();
-        assert_eq!(t.used, 2, "the empty entry is gone");
-        assert_eq!(t.slot(1, b"emails", 10).unwrap().counts[PENDING], 1);
+        let (mut slots, mut header) = (vec![FREE; 64], TableHeader { used: 0 });
+        table_of(&mut slots, &mut header, |t| {
+            t.slot(b"emails", 0).unwrap().counts[PENDING] = 3;
+            t.slot(b"emails", 10).unwrap().counts[PENDING] = 1;
+            t.slot(b"other", 0).unwrap();
+            assert_eq!(t.slot(b"emails", 0).unwrap().counts[PENDING], 3);
+            assert_eq!(t.header.used, 3);
+            t.compact();
+            assert_eq!(t.header.used, 2, "the empty entry is gone");
+            assert_eq!(t.slot(b"emails", 10).unwrap().counts[PENDING], 1);
+        });
     }
 
     #[pg_test]
     fn a_full_table_refuses_new_keys_but_keeps_old_ones() {
-        let mut t = Box::new(Table::new());
-        let mut n = 0;
-        while t.slot(1, format!("q{n}").as_bytes(), 0).is_some() {
-            n += 1;
-        }
-        assert_eq!(n, CAPACITY / 4 * 3);
-        assert!(t.slot(1, b"q0", 0).is_some(), "known keys still count");
+        let (mut slots, mut header) = (vec![FREE; 2048], TableHeader { used: 0 });
+        table_of(&mut slots, &mut header, |t| {
+            let mut n = 0;
+            while t.slot(format!("q{n}").as_bytes(), 0).is_some() {
+                n += 1;
+            }
+            assert_eq!(n, 1536);
+            assert!(t.slot(b"q0", 0).is_some(), "known keys still count");
+        });
     }
 }

@@ -37,24 +37,26 @@
 //!   (pgmq's throttled notify-on-insert). A marked sleeper does not wait for
 //!   that round; the latch is set at once for it.
 //!
-//! Where this path is not available (library not preloaded, a push in a
-//! database other than `queue.database`, notifier not running) `queue.wake`
-//! sends a plain NOTIFY in the caller's transaction: slower, never wrong.
+//! Each served database has its own sleeper slots, lists and notifier
+//! (src/shared.rs, src/launcher.rs). Where this path is not available
+//! (library not preloaded, a database not served, its notifier not
+//! running) `queue.wake` sends a plain NOTIFY in the caller's transaction:
+//! slower, never wrong.
 //!
 //! Queues are hashed to slots. A slot that two queues share is marked
 //! COLLIDED for good and then wakes its queues on every push: more
 //! notifications, never fewer.
 
-use crate::gucs;
+use crate::launcher::{self, Role};
+use crate::shared::{self, Db, TxList};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Sleeper slots. Queues hash into them; more slots, fewer collisions.
-const SLOTS: usize = 4096;
+/// Sleeper slots of a database. Queues hash into them; more slots, fewer
+/// collisions.
+pub const SLEEPER_SLOTS: usize = 4096;
 /// Mark of a slot shared by two queues.
 const COLLIDED: u64 = u64::MAX;
 /// Queues the notifier can be asked to wake in one round.
@@ -70,28 +72,28 @@ const PASSIVE_ROUND: Duration = Duration::from_millis(25);
 /// Name of the notifier in pg_stat_activity.
 const NOTIFIER_NAME: &str = "queue notifier";
 
-/// The notifier's latch and database, published by the notifier itself.
-#[derive(Default)]
+/// The notifier of a database: its latch, published by the notifier
+/// itself (0: none runs), in the database's slot.
+#[repr(C)]
 pub struct Notifier {
     latch: AtomicUsize,
-    database: AtomicU32,
-    /// How many wake-ups `HELD` holds: read by every commit, so an atomic
-    /// rather than a lock.
+    /// How many wake-ups the held list holds: read by every commit, so an
+    /// atomic rather than a lock.
     held: AtomicUsize,
 }
-unsafe impl PGRXSharedMemory for Notifier {}
 
 /// Queues to wake, filled by committing producers, emptied by the notifier.
+/// All zero: empty.
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub struct WakeList {
     len: usize,
     overflow: bool,
     lens: [u8; LIST_LEN],
     names: [[u8; NAME_BYTES]; LIST_LEN],
 }
-unsafe impl PGRXSharedMemory for WakeList {}
-
 impl WakeList {
+    #[cfg(any(test, feature = "pg_test"))]
     const fn new() -> Self {
         WakeList { len: 0, overflow: false, lens: [0; LIST_LEN], names: [[0; NAME_BYTES]; LIST_LEN] }
     }
@@ -122,29 +124,23 @@ impl WakeList {
     }
 }
 
-static SLEEPERS: PgAtomic<[AtomicU64; SLOTS]> = unsafe { PgAtomic::new(c"queue_sleepers") };
-static NOTIFIER: PgAtomic<Notifier> = unsafe { PgAtomic::new(c"queue_notifier") };
-static WAKE_LIST: PgLwLock<WakeList> = unsafe { PgLwLock::new(c"queue_wake_list") };
-/// Queues with new claimable jobs, for listeners that never popped.
-static PASSIVE_LIST: PgLwLock<WakeList> = unsafe { PgLwLock::new(c"queue_passive_list") };
-/// Wake-ups of prepared transactions, sent when they commit.
-static HELD: PgLwLock<Held> = unsafe { PgLwLock::new(c"queue_held_wakeups") };
-
 /// Wake-ups held for prepared transactions: (transaction id, queue) pairs.
 /// PREPARE TRANSACTION hands them over; the notifier sends those whose
 /// transaction committed (COMMIT PREPARED, from any session) and drops
 /// those that rolled back. When full, the overflow flag makes the next
 /// commit of a held transaction wake every queue with pending jobs.
+/// All zero: empty.
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub struct Held {
     len: usize,
     overflow: bool,
     xids: [u32; LIST_LEN],
     names: WakeList,
 }
-unsafe impl PGRXSharedMemory for Held {}
 
 impl Held {
+    #[cfg(any(test, feature = "pg_test"))]
     const fn new() -> Self {
         Held { len: 0, overflow: false, xids: [0; LIST_LEN], names: WakeList::new() }
     }
@@ -194,20 +190,6 @@ impl Held {
     }
 }
 
-/// True in processes forked from a postmaster that preloaded the library,
-/// i.e. where the shared memory above exists.
-static SHMEM_READY: AtomicBool = AtomicBool::new(false);
-
-/// Reserve the shared memory. Only from `_PG_init` while preloading.
-pub fn init_shared_memory() {
-    pg_shmem_init!(SLEEPERS = [const { AtomicU64::new(0) }; SLOTS]);
-    pg_shmem_init!(NOTIFIER = Notifier::default());
-    pg_shmem_init!(WAKE_LIST = WakeList::new());
-    pg_shmem_init!(PASSIVE_LIST = WakeList::new());
-    pg_shmem_init!(HELD = Held::new());
-    SHMEM_READY.store(true, Ordering::SeqCst);
-}
-
 /// The slot tag of a queue in this database: FNV-1a over the database oid
 /// and the name, never 0 (empty slot) nor COLLIDED.
 fn tag_of(database: u32, queue: &str) -> u64 {
@@ -224,13 +206,13 @@ fn tag_of(database: u32, queue: &str) -> u64 {
 }
 
 fn slot_of(tag: u64) -> usize {
-    (tag % SLOTS as u64) as usize
+    (tag % SLEEPER_SLOTS as u64) as usize
 }
 
 /// Mark a tag in its slot; a slot already holding another tag becomes
 /// COLLIDED. Writes only when something changes, so idle polling does not
 /// bounce the cache line.
-fn mark(slots: &[AtomicU64; SLOTS], tag: u64) {
+fn mark(slots: &[AtomicU64], tag: u64) {
     let slot = &slots[slot_of(tag)];
     loop {
         let current = slot.load(Ordering::SeqCst);
@@ -247,7 +229,7 @@ fn mark(slots: &[AtomicU64; SLOTS], tag: u64) {
 /// Whether a committed producer of `tag` must wake its queue; clears an
 /// exact mark so that the next producers stay quiet until a worker sleeps
 /// again.
-fn take_mark(slots: &[AtomicU64; SLOTS], tag: u64) -> bool {
+fn take_mark(slots: &[AtomicU64], tag: u64) -> bool {
     let slot = &slots[slot_of(tag)];
     match slot.load(Ordering::SeqCst) {
         COLLIDED => true,
@@ -261,31 +243,31 @@ fn take_mark(slots: &[AtomicU64; SLOTS], tag: u64) -> bool {
     }
 }
 
-/// Whether this backend can hand its wake-ups to the notifier.
-fn notifier_serves_this_database() -> bool {
-    if !SHMEM_READY.load(Ordering::SeqCst) {
-        return false;
-    }
-    let n = NOTIFIER.get();
-    n.latch.load(Ordering::SeqCst) != 0 && n.database.load(Ordering::SeqCst) == unsafe { pg_sys::MyDatabaseId }.to_u32()
+/// This database's slot, when its notifier can take this backend's
+/// wake-ups.
+fn notifier_of_this_database() -> Option<Db> {
+    shared::this_db().filter(|db| db.slot().notifier.latch.load(Ordering::SeqCst) != 0)
 }
 
 /// SQL `queue.note_sleeper(queue)`: called by queue_pop when a claim came
 /// back empty, before it claims once more.
 #[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
 fn note_sleeper(queue: &str) {
-    if SHMEM_READY.load(Ordering::SeqCst) {
-        mark(SLEEPERS.get(), tag_of(unsafe { pg_sys::MyDatabaseId }.to_u32(), queue));
+    if let Some(db) = shared::this_db() {
+        mark(db.sleepers(), tag_of(shared::my_database(), queue));
     }
 }
 
 thread_local! {
     /// Queues this transaction made claimable: (tag, name).
-    static PENDING: RefCell<Vec<(u64, String)>> = const { RefCell::new(Vec::new()) };
-    /// Whether the transaction callback is registered in this backend.
-    static CALLBACK_REGISTERED: RefCell<bool> = const { RefCell::new(false) };
+    static PENDING: TxList<(u64, String, u32)> = const { TxList::new() };
     /// Queues to NOTIFY just before this transaction commits (no notifier).
-    static NOTIFY_AT_COMMIT: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    static NOTIFY_AT_COMMIT: TxList<String> = const { TxList::new() };
+    /// Queues this transaction made claimable, for backends waiting in
+    /// queue_pop: (tag, how many times).
+    static FOR_WAITERS: TxList<(u64, u32)> = const { TxList::new() };
+    /// This backend is registered as a waiter.
+    static REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// SQL `queue.wake(queue)`: jobs of the queue became claimable. Hands the
@@ -297,14 +279,12 @@ thread_local! {
 /// of one transaction into one.
 #[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
 fn wake(queue: &str) {
+    if shared::preloaded() {
+        let tag = tag_of(shared::my_database(), queue);
+        FOR_WAITERS.with(|w| w.fold((tag, 1), |(t, _)| *t == tag, |e, _| e.1 += 1));
+    }
     if !defer_wake(queue) {
-        register_callback();
-        NOTIFY_AT_COMMIT.with(|n| {
-            let mut n = n.borrow_mut();
-            if !n.iter().any(|q| q == queue) {
-                n.push(queue.to_owned());
-            }
-        });
+        NOTIFY_AT_COMMIT.with(|n| n.fold(queue.to_owned(), |q| q == queue, |_, _| {}));
     }
 }
 
@@ -313,39 +293,19 @@ fn notify_now(queues: Vec<String>) {
     for queue in queues {
         let channel = format!("queue_{queue}");
         unsafe {
-            pgrx::direct_function_call_as_datum(
-                pg_sys::pg_notify,
-                &[channel.as_str().into_datum(), "".into_datum()],
-            );
+            pgrx::direct_function_call_as_datum(pg_sys::pg_notify, &[channel.as_str().into_datum(), "".into_datum()]);
         }
     }
-}
-
-/// Register this module's transaction callback in this backend, once.
-fn register_callback() {
-    CALLBACK_REGISTERED.with(|registered| {
-        let mut registered = registered.borrow_mut();
-        if !*registered {
-            unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
-            *registered = true;
-        }
-    });
 }
 
 /// Remember to wake the queue's sleepers after commit. False when the
 /// notifier cannot do it.
 fn defer_wake(queue: &str) -> bool {
-    if !notifier_serves_this_database() {
+    if notifier_of_this_database().is_none() {
         return false;
     }
-    register_callback();
-    let tag = tag_of(unsafe { pg_sys::MyDatabaseId }.to_u32(), queue);
-    PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        if !p.iter().any(|(t, _)| *t == tag) {
-            p.push((tag, queue.to_owned()));
-        }
-    });
+    let tag = tag_of(shared::my_database(), queue);
+    PENDING.with(|p| p.fold((tag, queue.to_owned(), 1), |(t, _, _)| *t == tag, |e, _| e.2 += 1));
     true
 }
 
@@ -355,78 +315,215 @@ fn defer_wake(queue: &str) -> bool {
 /// atomics, two LWLocks, at most one SetLatch. The latch is set for a
 /// sleeper, or when this commit starts a passive round (the list was empty);
 /// later commits of the same round only join the list.
-#[pg_guard]
-unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+pub(crate) fn at_transaction_end(event: pg_sys::XactEvent::Type) {
+    use pg_sys::XactEvent::*;
     match event {
-        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+        XACT_EVENT_PRE_COMMIT => {
             // Still inside the transaction: its NOTIFYs go out with its commit.
-            let queues = NOTIFY_AT_COMMIT.with(|n| std::mem::take(&mut *n.borrow_mut()));
-            notify_now(queues);
+            notify_now(NOTIFY_AT_COMMIT.with(|n| n.take()));
             return;
         }
-        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE | pg_sys::XactEvent::XACT_EVENT_ABORT => {
-            NOTIFY_AT_COMMIT.with(|n| n.borrow_mut().clear());
+        XACT_EVENT_PRE_PREPARE | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            NOTIFY_AT_COMMIT.with(|n| n.clear());
         }
         _ => {}
     }
-    let commit = event == pg_sys::XactEvent::XACT_EVENT_COMMIT;
-    let prepare = event == pg_sys::XactEvent::XACT_EVENT_PREPARE;
-    if !commit && !prepare && event != pg_sys::XactEvent::XACT_EVENT_ABORT {
+    let commit = event == XACT_EVENT_COMMIT;
+    let prepare = event == XACT_EVENT_PREPARE;
+    if !commit && !prepare && event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_ABORT {
         return;
     }
-    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let pending = PENDING.with(|p| p.take());
+    let for_waiters = FOR_WAITERS.with(|w| w.take());
+    if REGISTERED.get() {
+        stop_waiting();
+    }
+    if commit {
+        for (tag, n) in for_waiters {
+            wake_waiters(tag, n);
+        }
+    }
+    let Some(db) = shared::this_db() else { return };
+    let notifier = &db.slot().notifier;
     if prepare && !pending.is_empty() {
         // Claimable only once COMMIT PREPARED runs, perhaps in another
         // session: the notifier holds these until the transaction ends.
         let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
-        let mut held = HELD.exclusive();
-        for (_, name) in &pending {
-            held.hold(xid, name.as_bytes());
-        }
-        NOTIFIER.get().held.store(held.len, Ordering::SeqCst);
+        db.held_wakeups().exclusive(|held, _| {
+            for (_, name, _) in &pending {
+                held.hold(xid, name.as_bytes());
+            }
+            notifier.held.store(held.len, Ordering::SeqCst);
+        });
         return;
     }
-    if commit && NOTIFIER.get().held.load(Ordering::SeqCst) > 0 {
+    if commit && notifier.held.load(Ordering::SeqCst) > 0 {
         // Perhaps a COMMIT PREPARED: let the notifier look at once.
-        set_notifier_latch();
+        set_notifier_latch(db);
     }
     if !commit || pending.is_empty() {
         return;
     }
-    let slots = SLEEPERS.get();
-    let (to_wake, passive): (Vec<&(u64, String)>, Vec<&(u64, String)>) =
-        pending.iter().partition(|(tag, _)| take_mark(slots, *tag));
+    type Pending = (u64, String, u32);
+    let (to_wake, passive): (Vec<&Pending>, Vec<&Pending>) =
+        pending.iter().partition(|(tag, _, _)| take_mark(db.sleepers(), *tag));
     let mut set_latch = false;
     if !to_wake.is_empty() {
-        let mut list = WAKE_LIST.exclusive();
-        for (_, name) in to_wake {
-            list.add(name.as_bytes());
-        }
+        db.wake_list().exclusive(|list, _| {
+            for (_, name, _) in to_wake {
+                list.add(name.as_bytes());
+            }
+        });
         set_latch = true;
     }
     if !passive.is_empty() {
-        let mut list = PASSIVE_LIST.exclusive();
-        set_latch |= list.len == 0 && !list.overflow;
-        for (_, name) in passive {
-            list.add(name.as_bytes());
-        }
+        db.passive_list().exclusive(|list, _| {
+            set_latch |= list.len == 0 && !list.overflow;
+            for (_, name, _) in passive {
+                list.add(name.as_bytes());
+            }
+        });
     }
     if set_latch {
-        set_notifier_latch();
+        set_notifier_latch(db);
     }
 }
 
-/// Wake the notifier, if one runs.
-fn set_notifier_latch() {
-    let latch = NOTIFIER.get().latch.load(Ordering::SeqCst);
+pub(crate) fn at_subtransaction_end(
+    event: pg_sys::SubXactEvent::Type,
+    subxact: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+) {
+    PENDING.with(|p| p.subtransaction_end(event, subxact, parent));
+    FOR_WAITERS.with(|w| w.subtransaction_end(event, subxact, parent));
+    NOTIFY_AT_COMMIT.with(|n| n.subtransaction_end(event, subxact, parent));
+}
+
+/// Wake the notifier of the database, if one runs.
+fn set_notifier_latch(db: Db) {
+    let latch = db.slot().notifier.latch.load(Ordering::SeqCst);
     if latch != 0 {
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
     }
 }
 
-/// Register the notifier with the postmaster (from `_PG_init`).
-pub fn register_worker() {
-    crate::services::register_worker(NOTIFIER_NAME, "queue_notifier_main");
+// ---------------------------------------------------------------------------
+// Waiting inside queue_pop (pooler-safe: no LISTEN, no session state)
+// ---------------------------------------------------------------------------
+//
+// `queue_pop(..., wait => '5 seconds')` claims; when it finds nothing it
+// registers this backend as a waiter for the queue's tag (in the region's
+// header, one entry per backend: src/shared.rs), claims once more with a
+// fresh snapshot, and sleeps on its own latch until the deadline. The
+// commit of a transaction that made jobs of the queue claimable sets the
+// latches of as many waiters of that tag as it called `queue.wake` (one per
+// push), and clears their entries. The same store-then-load argument as for
+// sleepers (module comment) means no wake-up is lost between the waiter's
+// second claim and its sleep: the waiter registers before that claim's
+// snapshot, the producer looks after its commit is visible, and the latch is
+// reset before registering, so a wake-up that comes early is still seen.
+// A waiter that claims a full batch wakes the next waiter itself (there may
+// be more jobs than one batch): batches of pushes wake as many waiters as
+// they need, one after another, and never a herd.
+
+/// One backend's wait. Tag 0: not waiting.
+#[repr(C)]
+pub struct Waiter {
+    tag: AtomicU64,
+}
+
+/// Set the latches of up to `n` backends waiting for `tag`, clearing their
+/// entries. Must not raise an error (it runs after commit).
+fn wake_waiters(tag: u64, n: u32) {
+    let Some((waiting, waiters)) = shared::waiters() else { return };
+    if waiting.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let mut left = n;
+    for (procno, w) in waiters.iter().enumerate() {
+        if left == 0 {
+            break;
+        }
+        if w.tag.load(Ordering::SeqCst) == tag
+            && w.tag.compare_exchange(tag, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        {
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            unsafe { pg_sys::SetLatch(&raw mut (*(*pg_sys::ProcGlobal).allProcs.add(procno)).procLatch) };
+            left -= 1;
+        }
+    }
+}
+
+/// This backend's waiter entry.
+fn my_waiter() -> Option<(&'static std::sync::atomic::AtomicU32, &'static Waiter)> {
+    let (waiting, waiters) = shared::waiters()?;
+    let procno = unsafe { (*pg_sys::MyProc).pgprocno } as usize;
+    waiters.get(procno).map(|w| (waiting, w))
+}
+
+/// Withdraw this backend's wait, if any.
+fn stop_waiting() {
+    REGISTERED.set(false);
+    if let Some((waiting, w)) = my_waiter() {
+        if w.tag.swap(0, Ordering::SeqCst) != 0 {
+            waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// SQL `queue.wait_register(queue)`: from now on, a commit that makes jobs
+/// of the queue claimable sets this backend's latch. False where waiting is
+/// not possible (library not preloaded): the caller naps instead.
+#[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
+fn wait_register(queue: &str) -> bool {
+    let Some((waiting, w)) = my_waiter() else { return false };
+    unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+    let tag = tag_of(shared::my_database(), queue);
+    if w.tag.swap(tag, Ordering::SeqCst) == 0 {
+        waiting.fetch_add(1, Ordering::SeqCst);
+    }
+    REGISTERED.set(true);
+    // The end of this transaction withdraws the wait, however it ends.
+    shared::register_callbacks();
+    true
+}
+
+/// SQL `queue.wait_sleep(until)`: sleep until a producer wakes this
+/// backend, `until`, or an interrupt (a cancel, statement_timeout: raised
+/// here). Without a registration (or shared memory) it naps 50 ms at most.
+/// False once `until` has passed.
+#[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
+fn wait_sleep(until: TimestampWithTimeZone) -> bool {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let until = until.into_inner();
+    if now >= until {
+        return false;
+    }
+    let mut ms = ((until - now) / 1000).clamp(1, i32::MAX as i64);
+    if !REGISTERED.get() {
+        ms = ms.min(50);
+    }
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+    }
+    pg_sys::check_for_interrupts!();
+    true
+}
+
+/// SQL `queue.wait_done(queue, claimed_full_batch)`: the wait is over. A
+/// waiter that claimed a full batch passes the wake-up on to one more
+/// waiter of the queue.
+#[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
+fn wait_done(queue: &str, pass_on: bool) {
+    stop_waiting();
+    if pass_on {
+        wake_waiters(tag_of(shared::my_database(), queue), 1);
+    }
 }
 
 /// The notifier's entry point. It publishes its latch, then sleeps until a
@@ -434,56 +531,60 @@ pub fn register_worker() {
 /// once, passive ones in rounds at most every `PASSIVE_ROUND`.
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn queue_notifier_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn queue_notifier_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = gucs::database_name();
-    crate::services::connect(&database);
+    launcher::connect(arg);
     unsafe {
         pg_sys::pgstat_report_appname(c"queue notifier".as_ptr());
     }
+    let Some(db) = launcher::enter(Role::Notifier) else {
+        unsafe { pg_sys::proc_exit(0) };
+    };
+    let database = BackgroundWorker::transaction(launcher::database_name);
     // A NOTIFY transaction gets a transaction id and so a commit record;
     // nothing is lost if that record is not flushed before the listeners
     // hear of it, so do not wait for the flush.
     BackgroundWorker::transaction(|| {
         let _ = Spi::run("SET synchronous_commit = off");
     });
-    let shared = NOTIFIER.get();
-    shared.database.store(unsafe { pg_sys::MyDatabaseId }.to_u32(), Ordering::SeqCst);
     let latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch } as usize;
     // However this process ends (SIGTERM, FATAL, proc_exit), the latch is
     // withdrawn before its PGPROC can be handed to another backend.
-    unsafe { pg_sys::before_shmem_exit(Some(withdraw_latch), pg_sys::Datum::from(latch)) };
-    shared.latch.store(latch, Ordering::SeqCst);
+    unsafe { pg_sys::before_shmem_exit(Some(withdraw_latch), pg_sys::Datum::from(db.index())) };
+    db.slot().notifier.latch.store(latch, Ordering::SeqCst);
     log!("{NOTIFIER_NAME}: started for database \"{database}\"");
 
     // Wake-ups asked for while no notifier ran are sent at once.
     let mut last_passive = std::time::Instant::now() - PASSIVE_ROUND;
     let mut sleep = Duration::ZERO;
     crate::services::set_idle();
-    while BackgroundWorker::wait_latch(Some(sleep)) {
+    while BackgroundWorker::wait_latch(Some(sleep)) && !launcher::should_stop(db) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let passive_due = last_passive.elapsed() >= PASSIVE_ROUND;
-        if send_requested_notifications(passive_due) {
+        if send_requested_notifications(db, passive_due) {
             last_passive = std::time::Instant::now();
         }
-        sleep = if passive_waiting() {
+        sleep = if passive_waiting(db) {
             PASSIVE_ROUND.saturating_sub(last_passive.elapsed()).max(Duration::from_millis(1))
         } else {
             Duration::from_secs(1)
         };
     }
-    log!("{NOTIFIER_NAME}: shutting down");
-    unsafe { pg_sys::proc_exit(1) };
+    log!("{NOTIFIER_NAME}: shutting down for database \"{database}\"");
+    unsafe { pg_sys::proc_exit(0) };
 }
 
 /// Exit callback of the notifier: withdraw its latch (if still the one
 /// published), so that no producer sets the latch of a PGPROC that is no
 /// longer the notifier's.
 #[pg_guard]
-unsafe extern "C-unwind" fn withdraw_latch(_code: i32, latch: pg_sys::Datum) {
-    let _ = NOTIFIER.get().latch.compare_exchange(latch.value(), 0, Ordering::SeqCst, Ordering::SeqCst);
+unsafe extern "C-unwind" fn withdraw_latch(_code: i32, index: pg_sys::Datum) {
+    if let Some(db) = shared::slots().nth(index.value()) {
+        let latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch } as usize;
+        let _ = db.slot().notifier.latch.compare_exchange(latch, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
 }
 
 thread_local! {
@@ -492,9 +593,8 @@ thread_local! {
 }
 
 /// Whether passive wake-ups wait for their round.
-fn passive_waiting() -> bool {
-    let list = PASSIVE_LIST.share();
-    list.len > 0 || list.overflow
+fn passive_waiting(db: Db) -> bool {
+    db.passive_list().share(|list, _| list.len > 0 || list.overflow)
 }
 
 /// One round: take the lists (the passive one only when its round is due)
@@ -503,10 +603,10 @@ fn passive_waiting() -> bool {
 /// pending jobs is woken. A round that fails puts its queues back on the
 /// list for the next one, so an error never drops a wake-up. Returns
 /// whether a passive round ran.
-fn send_requested_notifications(passive_due: bool) -> bool {
-    let (mut names, mut overflow) = WAKE_LIST.exclusive().take();
+fn send_requested_notifications(db: Db, passive_due: bool) -> bool {
+    let (mut names, mut overflow) = db.wake_list().exclusive(|list, _| list.take());
     if passive_due {
-        let (passive, passive_overflow) = PASSIVE_LIST.exclusive().take();
+        let (passive, passive_overflow) = db.passive_list().exclusive(|list, _| list.take());
         for name in passive {
             if !names.contains(&name) {
                 names.push(name);
@@ -515,20 +615,27 @@ fn send_requested_notifications(passive_due: bool) -> bool {
         overflow |= passive_overflow;
     }
     // Wake-ups of prepared transactions that have committed since.
-    if NOTIFIER.get().held.load(Ordering::SeqCst) > 0 {
-        let mut held = HELD.exclusive();
-        let (released, held_overflow) = held.release(|xid| {
-            let xid = pg_sys::TransactionId::from(xid);
-            if unsafe { pg_sys::TransactionIdDidCommit(xid) } {
-                Some(true)
-            } else if xid.into_inner() < pg_sys::FirstNormalTransactionId.into_inner() || unsafe { pg_sys::TransactionIdDidAbort(xid) } {
-                Some(false)
-            } else {
-                None
-            }
+    let notifier = &db.slot().notifier;
+    if notifier.held.load(Ordering::SeqCst) > 0 {
+        let (released, held_overflow) = db.held_wakeups().exclusive(|held, _| {
+            let released = held.release(|xid| {
+                let xid = pg_sys::TransactionId::from(xid);
+                if unsafe { pg_sys::TransactionIdDidCommit(xid) } {
+                    Some(true)
+                } else if xid.into_inner() < pg_sys::FirstNormalTransactionId.into_inner()
+                    || unsafe { pg_sys::TransactionIdDidAbort(xid) }
+                {
+                    Some(false)
+                } else {
+                    None
+                }
+            });
+            notifier.held.store(held.len, Ordering::SeqCst);
+            released
         });
-        NOTIFIER.get().held.store(held.len, Ordering::SeqCst);
-        drop(held);
+        for name in &released {
+            wake_waiters(tag_of(shared::my_database(), name), u32::MAX);
+        }
         for name in released {
             if !names.contains(&name) {
                 names.push(name);
@@ -567,11 +674,12 @@ fn send_requested_notifications(passive_due: bool) -> bool {
     });
     if sent.is_none() {
         EXTENSION_SEEN.set(false);
-        let mut list = WAKE_LIST.exclusive();
-        for name in &names {
-            list.add(name.as_bytes());
-        }
-        list.overflow |= overflow;
+        db.wake_list().exclusive(|list, _| {
+            for name in &names {
+                list.add(name.as_bytes());
+            }
+            list.overflow |= overflow;
+        });
     }
     passive_due
 }
@@ -581,8 +689,8 @@ fn send_requested_notifications(passive_due: bool) -> bool {
 mod tests {
     use super::*;
 
-    fn empty_slots() -> Box<[AtomicU64; SLOTS]> {
-        Box::new([const { AtomicU64::new(0) }; SLOTS])
+    fn empty_slots() -> Vec<AtomicU64> {
+        (0..SLEEPER_SLOTS).map(|_| AtomicU64::new(0)).collect()
     }
 
     #[pg_test]
@@ -607,10 +715,8 @@ mod tests {
         let slots = empty_slots();
         let a = tag_of(5, "a");
         // Find a different tag that lands in the same slot.
-        let b = (0..1_000_000)
-            .map(|i| tag_of(5, &format!("q{i}")))
-            .find(|&t| t != a && slot_of(t) == slot_of(a))
-            .unwrap();
+        let b =
+            (0..1_000_000).map(|i| tag_of(5, &format!("q{i}"))).find(|&t| t != a && slot_of(t) == slot_of(a)).unwrap();
         mark(&slots, a);
         mark(&slots, b);
         assert!(take_mark(&slots, a));

@@ -279,7 +279,14 @@ impl Bench {
     /// W3 / W4 / W6: drain prefilled jobs with `workers` connections, each
     /// acking its previous claims in the transaction of its next claim.
     /// `session` is run on each worker connection first (a SET).
-    async fn drain(&self, system: System, total: usize, workers: usize, batch: usize, session: &'static str) -> Result<f64> {
+    async fn drain(
+        &self,
+        system: System,
+        total: usize,
+        workers: usize,
+        batch: usize,
+        session: &'static str,
+    ) -> Result<f64> {
         let completed = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -399,6 +406,44 @@ impl Bench {
     }
 }
 
+/// The extension and the reference table, in a database of the benchmark.
+const SETUP_SQL: &str = "CREATE EXTENSION IF NOT EXISTS queue;
+     DROP TABLE IF EXISTS bench_ref;
+     CREATE TABLE bench_ref (id bigserial PRIMARY KEY, priority int NOT NULL DEFAULT 0,
+                             payload jsonb NOT NULL, claimed boolean NOT NULL DEFAULT false);
+     CREATE INDEX bench_ref_claim ON bench_ref (priority, id) WHERE NOT claimed;";
+
+/// A second database with the extension, on the same cluster, once the
+/// launcher serves it (its three services run): a Bench for it.
+async fn second_database(first: &Bench) -> Result<Bench> {
+    const NAME: &str = "bench_second";
+    first.admin.batch_execute(&format!("DROP DATABASE IF EXISTS {NAME}")).await?;
+    first.admin.batch_execute(&format!("CREATE DATABASE {NAME}")).await?;
+    let url = format!("{} dbname={NAME}", first.url);
+    let admin = connect(&url).await?;
+    admin.batch_execute(SETUP_SQL).await?;
+    let started = Instant::now();
+    loop {
+        let services: i64 = first
+            .admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type LIKE 'queue %'",
+                &[&NAME],
+            )
+            .await?
+            .get(0);
+        if services == 3 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err("the second database was not served within 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("W7: {NAME} served {} ms after CREATE EXTENSION", started.elapsed().as_millis());
+    Ok(Bench { url, admin, results: Vec::new(), reps: first.reps })
+}
+
 fn want(only: &[String], w: &str) -> bool {
     only.is_empty() || only.iter().any(|o| o.eq_ignore_ascii_case(w))
 }
@@ -415,6 +460,9 @@ fn start_cluster() -> Result<String> {
             "fsync = on",
             "synchronous_commit = on",
             "max_wal_size = 8GB",
+            // Every database with the extension is served (W7 uses two).
+            "queue.database = ''",
+            "max_worker_processes = 16",
         ])
         .status()?;
     if !status.success() {
@@ -442,17 +490,12 @@ async fn main() -> Result<()> {
         None => start_cluster()?,
     };
     let admin = connect(&url).await?;
-    admin
-        .batch_execute(
-            "CREATE EXTENSION IF NOT EXISTS queue;
-             DROP TABLE IF EXISTS bench_ref;
-             CREATE TABLE bench_ref (id bigserial PRIMARY KEY, priority int NOT NULL DEFAULT 0,
-                                     payload jsonb NOT NULL, claimed boolean NOT NULL DEFAULT false);
-             CREATE INDEX bench_ref_claim ON bench_ref (priority, id) WHERE NOT claimed;",
-        )
-        .await?;
+    admin.batch_execute(SETUP_SQL).await?;
     let version: String = admin.query_one("SELECT version()", &[]).await?.get(0);
-    println!("queue-bench: {version}; {reps} repetitions; {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "queue-bench: {version}; {reps} repetitions; {} cores",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
     let mut b = Bench { url, admin, results: Vec::new(), reps };
     let systems = [System::Queue, System::Reference];
 
@@ -485,7 +528,9 @@ async fn main() -> Result<()> {
     // the ack, as the reference and pgmq's delete do). The second row
     // repeats the same repetition's reference, for its ratio.
     const NOT_KEPT: &str = "SET queue.keep_completed = off; ";
-    for (w, name, batch) in [("W3", "W3 drain 50k, 4 workers, batch 1", 1), ("W4", "W4 drain 50k, 4 workers, batch 100", 100)] {
+    for (w, name, batch) in
+        [("W3", "W3 drain 50k, 4 workers, batch 1", 1), ("W4", "W4 drain 50k, 4 workers, batch 100", 100)]
+    {
         if want(&only, w) {
             let runs = [(System::Queue, ""), (System::Queue, NOT_KEPT), (System::Reference, "")];
             let mut v = [Vec::new(), Vec::new(), Vec::new()];
@@ -516,6 +561,26 @@ async fn main() -> Result<()> {
         b.record("W5 wake-up latency p50", System::Queue, "ms", p50);
         b.record("W5 wake-up latency p95", System::Queue, "ms", p95);
         b.record("W5 wake-up latency p99", System::Queue, "ms", p99);
+    }
+    // W7: W1 and W5 in a second served database of the same cluster. The
+    // "reference" column of these rows is the first database, run in the
+    // same repetitions, alternating.
+    if want(&only, "W7") {
+        let second = second_database(&b).await?;
+        let (mut w1, mut w5) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+        for _ in 0..b.reps {
+            for (k, bench) in [&second, &b].into_iter().enumerate() {
+                w1[k].push(bench.single_pushes(System::Queue, 50_000, 4).await?);
+                let mut lat = bench.wakeup_latency(20).await?;
+                w5[k].push(percentile(&mut lat, 0.99));
+            }
+        }
+        let w1_name = "W7 W1 in a second served database (reference: the first)";
+        let w5_name = "W7 W5 p99 in a second served database (reference: the first)";
+        b.record(w1_name, System::Queue, "jobs/s", w1[0].clone());
+        b.record(w1_name, System::Reference, "jobs/s", w1[1].clone());
+        b.record(w5_name, System::Queue, "ms", w5[0].clone());
+        b.record(w5_name, System::Reference, "ms", w5[1].clone());
     }
     if want(&only, "W6") {
         for (name, batch) in [("W6 W3 over 1000 serial groups", 1), ("W6 W4 over 1000 serial groups", 100)] {
@@ -647,13 +712,25 @@ fn print_table(results: &[Entry]) {
         let max = e.values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let reference = find(results, &e.workload, "reference");
         let (ref_text, ratio) = match reference {
-            Some(r) => (format!("{:.0} {}", median(&r.values), r.unit), format!("{:.2}", median(&e.values) / median(&r.values))),
+            Some(r) => (
+                format!("{:.0} {}", median(&r.values), r.unit),
+                format!("{:.2}", median(&e.values) / median(&r.values)),
+            ),
             None => ("".to_string(), "".to_string()),
         };
         let digits = if e.unit == "ms" { 2 } else { 0 };
         println!(
             "| {} | {:.*} {} [{:.*}-{:.*}] | {} | {} |",
-            e.workload, digits, median(&e.values), e.unit, digits, min, digits, max, ref_text, ratio
+            e.workload,
+            digits,
+            median(&e.values),
+            e.unit,
+            digits,
+            min,
+            digits,
+            max,
+            ref_text,
+            ratio
         );
     }
 }

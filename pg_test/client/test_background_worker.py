@@ -20,7 +20,10 @@ def test_workers_are_visible_in_pg_stat_activity(conn):
         """SELECT backend_type, application_name, datname FROM pg_stat_activity
             WHERE backend_type LIKE 'queue %' ORDER BY backend_type"""
     ).fetchall()
+    # The launcher serves the cluster from no database; the test cluster
+    # restricts service to postgres (queue.database), which has three.
     assert rows == [
+        ("queue launcher", "queue launcher", None),
         ("queue maintenance", "queue maintenance", "postgres"),
         ("queue notifier", "queue notifier", "postgres"),
         ("queue scheduler", "queue scheduler", "postgres"),

@@ -535,7 +535,9 @@ push_batch_calls = st.one_of(
          ("$payloads", "jsonb[]", PAYLOADS), ("priority", "text", PRIORITY_TEXT), *PUSH_OPTIONS),
 )
 pop_calls = call("queue_pop", "SELECT id, attempt FROM {call}", ("$queue", "text", QUEUE),
-                 ("worker", "text", WORKER), ("batch", "int", V(optional(st.sampled_from([2, 3, 10])), int_edges)))
+                 ("worker", "text", WORKER), ("batch", "int", V(optional(st.sampled_from([2, 3, 10])), int_edges)),
+                 # Short waits only: a legal wait of a year would stall the test (limits.sql has the edges).
+                 ("wait", "interval", V(optional(st.sampled_from(["0", "1 millisecond", "20 milliseconds"])), st.none())))
 finish_calls = st.one_of(
     call("queue_ack", SCALAR, ("$id", "bigint", CLAIM_ID), ("result", "jsonb", OPT_JSON),
          ("attempt", "int", ATTEMPT)),
@@ -547,6 +549,7 @@ finish_calls = st.one_of(
     call("queue_touch", SCALAR, ("$id", "bigint", CLAIM_ID),
          ("extend", "interval", V(optional(st.sampled_from(["1 second", "10 minutes"])), hostile_interval, 3)),
          ("attempt", "int", ATTEMPT)),
+    call("queue_release", SCALAR, ("$id", "bigint", CLAIM_ID), ("attempt", "int", ATTEMPT)),
     call("queue_cancel", SCALAR, ("$id", "bigint", JOB_ID)),
     call("queue_progress", SCALAR, ("$id", "bigint", CLAIM_ID),
          ("$current", "int", V(st.integers(0, 10), int_edges)),

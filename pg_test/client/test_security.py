@@ -102,8 +102,9 @@ def plant_shadows(conn, schema):
 
 
 def restart_workers(conn):
-    """Terminate the background workers; the postmaster starts them again
-    (a second later), in sessions that read the database's settings afresh."""
+    """Terminate the background workers, the launcher included; the postmaster
+    starts the launcher again (a second later), which starts the services, in
+    sessions that read the database's settings afresh."""
     old = set(r[0] for r in conn.execute(
         "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'queue %'").fetchall())
     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type LIKE 'queue %'")
@@ -111,7 +112,8 @@ def restart_workers(conn):
     def restarted():
         now = set(r[0] for r in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'queue %'").fetchall())
-        return len(now) == 3 and not (now & old)
+        # The launcher, restarted too, and the three services it starts again.
+        return len(now) == 4 and not (now & old)
     deadline = time.monotonic() + 20
     while not restarted():
         assert time.monotonic() < deadline, "the workers did not come back"

@@ -19,9 +19,11 @@ pub(crate) struct Connected {
 }
 
 /// Opens a connection with the worker's TLS setting and drives it in a task of its own.
-pub(crate) type ConnectFn = Arc<dyn Fn(Config) -> BoxFuture<'static, Result<Connected, tokio_postgres::Error>> + Send + Sync>;
+pub(crate) type ConnectFn =
+    Arc<dyn Fn(Config) -> BoxFuture<'static, Result<Connected, tokio_postgres::Error>> + Send + Sync>;
 /// Sends a cancel request for the statement running on a connection.
-pub(crate) type CancelFn = Arc<dyn Fn(CancelToken) -> BoxFuture<'static, Result<(), tokio_postgres::Error>> + Send + Sync>;
+pub(crate) type CancelFn =
+    Arc<dyn Fn(CancelToken) -> BoxFuture<'static, Result<(), tokio_postgres::Error>> + Send + Sync>;
 
 /// The connect and cancel functions of one TLS connector, type-erased.
 pub(crate) fn connector<T>(tls: T) -> (ConnectFn, CancelFn)

@@ -27,8 +27,9 @@ impl PgInterval {
     /// The duration in whole microseconds, or an error when it does not fit
     /// an `interval` (more than about 292 000 years).
     pub fn micros(&self) -> Result<i64, crate::Error> {
-        i64::try_from(self.0.as_micros())
-            .map_err(|_| crate::Error::InvalidArgument(format!("duration {:?} does not fit a Postgres interval", self.0)))
+        i64::try_from(self.0.as_micros()).map_err(|_| {
+            crate::Error::InvalidArgument(format!("duration {:?} does not fit a Postgres interval", self.0))
+        })
     }
 }
 

@@ -311,10 +311,8 @@ where
     async {
         let typed: Vec<(&(dyn ToSql + Sync), Type)> = params.iter().map(Param::as_sql).collect();
         let rows = client.query_typed(&sql, &typed).await?;
-        let id: i64 = rows
-            .first()
-            .ok_or_else(|| Error::InvalidArgument("queue_push returned no row".into()))?
-            .try_get(0)?;
+        let id: i64 =
+            rows.first().ok_or_else(|| Error::InvalidArgument("queue_push returned no row".into()))?.try_get(0)?;
         tracing::Span::current().record("job.id", id);
         tracing::debug!(queue, id, "pushed a job");
         Ok(id)

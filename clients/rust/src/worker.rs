@@ -56,9 +56,11 @@ where
     }
 }
 
-const CLAIM_SQL: &str = "SELECT id, queue, payload, priority, serial_group, attempt, max_attempts, lease_until, created_at, \
+const CLAIM_SQL: &str =
+    "SELECT id, queue, payload, priority, serial_group, attempt, max_attempts, lease_until, created_at, \
      greatest(lease_until - clock_timestamp(), interval '0') AS lease FROM queue_pop($1, $2, $3)";
-const CLAIM_WAIT_SQL: &str = "SELECT id, queue, payload, priority, serial_group, attempt, max_attempts, lease_until, created_at, \
+const CLAIM_WAIT_SQL: &str =
+    "SELECT id, queue, payload, priority, serial_group, attempt, max_attempts, lease_until, created_at, \
      greatest(lease_until - clock_timestamp(), interval '0') AS lease FROM queue_pop($1, $2, $3, $4)";
 const ACK_SQL: &str = "SELECT queue_ack($1, $2, $3)";
 const FAIL_SQL: &str = "SELECT queue_fail($1, $2, $3, $4, $5)";
@@ -218,34 +220,29 @@ impl WorkerBuilder {
         if max_batch == 0 {
             return bad("max_batch must be at least 1".into());
         }
-        let name = self
-            .name
-            .unwrap_or_else(|| format!("{}:{}:{}", hostname(), std::process::id(), random_hex(6)));
+        let name = self.name.unwrap_or_else(|| format!("{}:{}:{}", hostname(), std::process::id(), random_hex(6)));
         if name.is_empty() || name.len() > 200 {
             return bad("the worker name must be 1 to 200 bytes".into());
         }
         if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
             return bad("backoff: initial must be > 0 and max >= initial".into());
         }
-        let poll_interval = self.poll_interval.unwrap_or(if self.pooler {
-            Duration::from_secs(1)
-        } else {
-            Duration::from_secs(5)
-        });
+        let poll_interval =
+            self.poll_interval.unwrap_or(if self.pooler { Duration::from_secs(1) } else { Duration::from_secs(5) });
         if poll_interval.is_zero() || self.heartbeat_interval.is_zero() {
             return bad("poll_interval and heartbeat_interval must be > 0".into());
         }
 
         let mut config = self.config;
         let app = config.get_application_name().map(str::to_owned).unwrap_or_else(|| name.clone());
-        config.application_name(&truncate(&app, 63));
+        config.application_name(truncate(&app, 63));
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
         let mut listen_config = config.clone();
-        listen_config.application_name(&truncate(&format!("{app} listen"), 63));
+        listen_config.application_name(truncate(&format!("{app} listen"), 63));
 
         let (deadline, _) = watch::channel(None);
         let (stopped, _) = watch::channel(false);
@@ -891,9 +888,7 @@ impl Shared {
         let n = n as i32;
         match wait {
             None => {
-                self.claimer
-                    .query(CLAIM_SQL, &[Type::TEXT, Type::TEXT, Type::INT4], &[&queue, &&*self.name, &n])
-                    .await
+                self.claimer.query(CLAIM_SQL, &[Type::TEXT, Type::TEXT, Type::INT4], &[&queue, &&*self.name, &n]).await
             }
             Some(w) => {
                 let w = PgInterval(w);
@@ -1010,7 +1005,12 @@ impl Shared {
         let stored: Option<&Value> = if result.is_null() { None } else { Some(&result) };
         let (id, attempt) = (job.id(), job.attempt());
         let r = self
-            .call(&format!("queue_ack({id})"), ACK_SQL, &[Type::INT8, Type::JSONB, Type::INT4], &[&id, &stored, &attempt])
+            .call(
+                &format!("queue_ack({id})"),
+                ACK_SQL,
+                &[Type::INT8, Type::JSONB, Type::INT4],
+                &[&id, &stored, &attempt],
+            )
             .await;
         match r {
             Ok(rows) => {
@@ -1110,8 +1110,11 @@ impl Shared {
                         *job.inner.lease_until.lock().unwrap() = started + lease;
                         delay = (lease / 2).max(Duration::from_millis(50));
                     } else {
-                        tracing::warn!(job.id = job.id(), attempt = job.attempt(),
-                            "the lease was lost (the job was claimed again); its outcome will change nothing");
+                        tracing::warn!(
+                            job.id = job.id(),
+                            attempt = job.attempt(),
+                            "the lease was lost (the job was claimed again); its outcome will change nothing"
+                        );
                         job.inner.cancel.cancel();
                         return;
                     }

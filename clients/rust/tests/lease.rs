@@ -30,9 +30,14 @@ async fn a_handler_longer_than_its_timeout_keeps_its_lease_and_completes_in_atte
             .unwrap()
     };
     let a = make(format!("lease-a-{q}")).start().await.unwrap();
-    let id = push(&db, &q, &json!({}), &PushOpts::new().timeout(Duration::from_secs(2)).backoff_base(Duration::ZERO).max_attempts(3))
-        .await
-        .unwrap();
+    let id = push(
+        &db,
+        &q,
+        &json!({}),
+        &PushOpts::new().timeout(Duration::from_secs(2)).backoff_base(Duration::ZERO).max_attempts(3),
+    )
+    .await
+    .unwrap();
     // A second, idle worker that would take the job over the moment its lease lapsed
     // (queue.tick = 100 ms expires leases promptly, backoff 0 retries at once).
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -52,7 +57,11 @@ async fn a_handler_longer_than_its_timeout_keeps_its_lease_and_completes_in_atte
     assert_eq!(j["attempts"], json!(1));
     assert_eq!(j["result"], json!("slow but done"));
     assert_eq!(*runs.lock().unwrap(), vec![(a.name().to_owned(), 1)], "the job ran once, in attempt 1");
-    assert!(lease_ends.len() >= 3, "the lease was extended while running (saw {} distinct lease ends)", lease_ends.len());
+    assert!(
+        lease_ends.len() >= 3,
+        "the lease was extended while running (saw {} distinct lease ends)",
+        lease_ends.len()
+    );
     println!("a 5 s handler on a 2 s lease: {} distinct lease ends seen, completed in attempt 1", lease_ends.len());
     a.shutdown().await;
     b.shutdown().await;

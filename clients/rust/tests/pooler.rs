@@ -65,10 +65,8 @@ async fn pooler_mode_opens_no_listen_connection_and_prepares_no_statement() {
     let log_path = std::path::Path::new(&std::env::var("QUEUE_TEST_CLUSTER_DIR").expect("run-tests.sh sets it"))
         .join("server.log");
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let mine: Vec<&str> = log
-        .lines()
-        .filter(|l| pids.iter().any(|p| l.contains(&format!("[{p}]"))) && l.contains("execute "))
-        .collect();
+    let mine: Vec<&str> =
+        log.lines().filter(|l| pids.iter().any(|p| l.contains(&format!("[{p}]"))) && l.contains("execute ")).collect();
     assert!(mine.iter().any(|l| l.contains("queue_pop")), "no logged claim of the worker in {}", log_path.display());
     let named: Vec<&&str> = mine.iter().filter(|l| !l.contains("execute <unnamed>")).collect();
     assert!(named.is_empty(), "prepared statements in pooler mode: {named:?}");
@@ -109,7 +107,10 @@ async fn pooler_mode_waits_in_the_server_when_the_extension_can() {
     wait_for_status(&db, id, &["completed"], Duration::from_secs(4)).await;
     let at = started.lock().unwrap().expect("the handler ran");
     let latency = at.saturating_duration_since(t0);
-    println!("pooler mode, server-side wait: push committed -> handler started in {:.2} ms", latency.as_secs_f64() * 1000.0);
+    println!(
+        "pooler mode, server-side wait: push committed -> handler started in {:.2} ms",
+        latency.as_secs_f64() * 1000.0
+    );
     assert!(latency < Duration::from_secs(2), "the waiting claim did not wake ({latency:?})");
     // A stop cancels the waiting claim at once instead of sitting out its 5 s.
     let t1 = Instant::now();

@@ -61,7 +61,8 @@ async fn priorities_integers_delays_and_typed_payloads() {
     let a = push(&db, &q, &json!({"n": 1}), &PushOpts::new().priority(Priority::Low)).await.unwrap();
     let b = push(&db, &q, &json!({"n": 2}), &PushOpts::new().priority(Priority::Critical)).await.unwrap();
     let c = push(&db, &q, &json!({"n": 3}), &PushOpts::new().priority(-3)).await.unwrap();
-    let d = push(&db, &q, &Email { to: "x@y" }, &PushOpts::new().priority("7".parse::<Priority>().unwrap())).await.unwrap();
+    let d =
+        push(&db, &q, &Email { to: "x@y" }, &PushOpts::new().priority("7".parse::<Priority>().unwrap())).await.unwrap();
     let e = push(&db, &q, &json!(null), &PushOpts::new().delay(Duration::from_millis(60_000))).await.unwrap();
     let mut prios = Vec::new();
     for id in [a, b, c, d] {
@@ -90,8 +91,14 @@ async fn priorities_integers_delays_and_typed_payloads() {
 async fn push_batch_returns_ids_in_payload_order_with_options() {
     let db = admin().await;
     let q = unique_queue("batch");
-    let payloads =
-        vec![json!({"n": 0}), json!([1, 2, "three"]), json!("a \"quoted\" \\ string"), json!(42), json!(null), json!({"{": "}"})];
+    let payloads = vec![
+        json!({"n": 0}),
+        json!([1, 2, "three"]),
+        json!("a \"quoted\" \\ string"),
+        json!(42),
+        json!(null),
+        json!({"{": "}"}),
+    ];
     let ids = push_batch(&db, &q, &payloads, &PushOpts::new().priority(Priority::Low).max_attempts(2)).await.unwrap();
     assert_eq!(ids.len(), payloads.len());
     let mut sorted = ids.clone();

@@ -46,10 +46,8 @@ async fn pg_terminate_backend_on_the_worker_it_reconnects_acks_and_wakes_on_noti
         .get(0);
     println!("terminated {killed} backends of the worker");
     assert!(killed >= 2, "at least its LISTEN connection and one other ({killed})");
-    wait_for("LISTEN to be back", Duration::from_secs(15), || async {
-        (worker.listen_connects() >= 2).then_some(())
-    })
-    .await;
+    wait_for("LISTEN to be back", Duration::from_secs(15), || async { (worker.listen_connects() >= 2).then_some(()) })
+        .await;
     assert!(rec.count(|e| matches!(e, Event::Listening { reconnect: true })) >= 1);
     // The handler finishes after its connections died: the ack goes through a new one.
     gate.notify_one();

@@ -102,7 +102,22 @@ fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap(); // target/debug/deps -> target/debug
     let bin = dir.join("examples").join(format!("worker{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} was not built (cargo test builds the examples)", bin.display());
+    assert!(bin.exists(), "{} was not built (cargo test builds the examples; not with --test alone)", bin.display());
+    // A stale build would test old code: the example must be newer than every source file.
+    let built = std::fs::metadata(&bin).unwrap().modified().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in ["src", "examples"] {
+        for entry in std::fs::read_dir(src.join(dir)).unwrap() {
+            let f = entry.unwrap().path();
+            let changed = std::fs::metadata(&f).unwrap().modified().unwrap();
+            assert!(
+                changed <= built,
+                "{} is older than {}: build it (cargo test -p queue-client builds it)",
+                bin.display(),
+                f.display()
+            );
+        }
+    }
     bin
 }
 
@@ -188,11 +203,8 @@ async fn the_example_pushes_in_a_transaction_processes_and_stops_on_sigint() {
         .spawn()
         .expect("run the example");
     wait_for("the example to complete 3 jobs", Duration::from_secs(15), || async {
-        let n: i64 = db
-            .query_one("SELECT coalesce((queue_stats($1) ->> 'completed')::bigint, 0)", &[&q])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 =
+            db.query_one("SELECT coalesce((queue_stats($1) ->> 'completed')::bigint, 0)", &[&q]).await.unwrap().get(0);
         (n == 3).then_some(())
     })
     .await;

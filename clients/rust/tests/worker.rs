@@ -107,7 +107,7 @@ async fn a_handler_error_is_recorded_and_the_retry_succeeds() {
             async move {
                 if job.attempt() == 1 {
                     // Any std error works with `?`.
-                    let io = std::io::Error::new(std::io::ErrorKind::Other, format!("boom on {}", job.id()));
+                    let io = std::io::Error::other(format!("boom on {}", job.id()));
                     Err(io)?;
                 }
                 Ok::<Value, JobError>(json!({"recovered": true}))
@@ -159,8 +159,10 @@ async fn retry_in_chooses_the_delay() {
         .start()
         .await
         .unwrap();
-    let later = push(&db, &q, &json!({"kind": "later"}), &PushOpts::new().backoff_base(Duration::from_secs(1))).await.unwrap();
-    let now = push(&db, &q, &json!({"kind": "now"}), &PushOpts::new().backoff_base(Duration::from_secs(3600))).await.unwrap();
+    let later =
+        push(&db, &q, &json!({"kind": "later"}), &PushOpts::new().backoff_base(Duration::from_secs(1))).await.unwrap();
+    let now =
+        push(&db, &q, &json!({"kind": "now"}), &PushOpts::new().backoff_base(Duration::from_secs(3600))).await.unwrap();
     let j1 = wait_for_status(&db, later, &["retrying"], Duration::from_secs(5)).await;
     assert!(j1["last_error"].as_str().unwrap().contains("rate limited"));
     let wait: f64 = db
@@ -194,9 +196,10 @@ async fn a_permanent_error_makes_a_dead_letter_at_once() {
         .start()
         .await
         .unwrap();
-    let id = push(&db, &q, &json!({"to": "nobody@nowhere"}), &PushOpts::new().max_attempts(5).backoff_base(Duration::ZERO))
-        .await
-        .unwrap();
+    let id =
+        push(&db, &q, &json!({"to": "nobody@nowhere"}), &PushOpts::new().max_attempts(5).backoff_base(Duration::ZERO))
+            .await
+            .unwrap();
     wait_for_status(&db, id, &["failed"], Duration::from_secs(5)).await;
     let dead = db.query("SELECT id, status, attempts, last_error FROM queue_dead($1)", &[&q]).await.unwrap();
     assert_eq!(dead.len(), 1);
@@ -314,7 +317,8 @@ async fn a_serial_group_runs_one_at_a_time_in_order_across_workers() {
     let db = admin().await;
     let q = unique_queue("serial");
     let group = format!("{q}:customer-42");
-    let log: Arc<Mutex<Vec<(i64, String, Instant, Instant)>>> = Arc::default();
+    type Run = (i64, String, Instant, Instant); // id, worker, start, end
+    let log: Arc<Mutex<Vec<Run>>> = Arc::default();
     let mut workers = Vec::new();
     for w in 0..3 {
         let log = log.clone();
@@ -431,9 +435,14 @@ async fn a_stale_claim_loses_its_lease_and_the_late_ack_changes_nothing() {
         .start()
         .await
         .unwrap();
-    let id = push(&db, &q, &json!({"hold": true}), &PushOpts::new().timeout(Duration::from_secs(1)).backoff_base(Duration::ZERO))
-        .await
-        .unwrap();
+    let id = push(
+        &db,
+        &q,
+        &json!({"hold": true}),
+        &PushOpts::new().timeout(Duration::from_secs(1)).backoff_base(Duration::ZERO),
+    )
+    .await
+    .unwrap();
     wait_for_status(&db, id, &["processing"], Duration::from_secs(5)).await;
     // Someone else takes the job over: this claim (attempt 1) becomes stale.
     let s: Option<String> =

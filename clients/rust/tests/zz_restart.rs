@@ -58,10 +58,8 @@ async fn a_server_restart_the_worker_reconnects_and_the_job_across_it_completes_
     let t0 = std::time::Instant::now();
     let st = tokio::process::Command::new(&script).args(["restart", &dir]).status().await.unwrap();
     assert!(st.success(), "cluster.sh restart failed");
-    wait_for("LISTEN to be back", Duration::from_secs(60), || async {
-        (worker.listen_connects() >= 2).then_some(())
-    })
-    .await;
+    wait_for("LISTEN to be back", Duration::from_secs(60), || async { (worker.listen_connects() >= 2).then_some(()) })
+        .await;
     println!("restart: LISTEN back {} ms after the restart began", t0.elapsed().as_millis());
     gate.notify_one();
     let db = admin().await;

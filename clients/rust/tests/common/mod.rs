@@ -13,8 +13,9 @@ use tokio_postgres::{Client, Config, NoTls};
 
 /// The throwaway cluster's connection string (set by run-tests.sh).
 pub fn dsn() -> String {
-    std::env::var("QUEUE_TEST_DATABASE_URL")
-        .expect("QUEUE_TEST_DATABASE_URL is not set: run the tests with clients/rust/run-tests.sh (it starts a cluster)")
+    std::env::var("QUEUE_TEST_DATABASE_URL").expect(
+        "QUEUE_TEST_DATABASE_URL is not set: run the tests with clients/rust/run-tests.sh (it starts a cluster)",
+    )
 }
 
 /// The worker's connection settings for the cluster.
@@ -89,11 +90,7 @@ pub async fn wait_for_status(client: &Client, id: i64, statuses: &[&str], timeou
 
 /// Whether the extension already has queue_release(bigint, integer).
 pub async fn has_queue_release(client: &Client) -> bool {
-    client
-        .query_one("SELECT to_regprocedure('queue_release(bigint,integer)') IS NOT NULL", &[])
-        .await
-        .unwrap()
-        .get(0)
+    client.query_one("SELECT to_regprocedure('queue_release(bigint,integer)') IS NOT NULL", &[]).await.unwrap().get(0)
 }
 
 /// Whether queue_pop has the `wait` parameter.

@@ -1,0 +1,848 @@
+//! The subcommands that read and change the queue (everything but `work` and `serve`).
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use queue_client::{Priority, PushOpts};
+use serde_json::{json, Value};
+
+use crate::api::Api;
+use crate::error::{CliError, Exit, Result};
+use crate::output::{self, ago, cell, field, int, ms, percent, preview, secs, when, Table};
+use crate::{Cli, Command, PushArgs, ScheduleArgs};
+
+/// How the output is made.
+#[derive(Clone, Copy)]
+pub struct Out {
+    /// JSON instead of tables.
+    pub json: bool,
+    /// No progress bars.
+    pub quiet: bool,
+}
+
+impl Out {
+    fn print_json(&self, v: &Value) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    }
+
+    fn bar(&self, len: u64, what: &str) -> ProgressBar {
+        if self.quiet || self.json {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(what.to_owned());
+        bar
+    }
+}
+
+/// Runs one command; the exit code it asks for (errors come back as `Err`).
+pub async fn run(cli: Cli) -> Result<Exit> {
+    let out = Out { json: cli.json, quiet: cli.quiet };
+    let config = crate::config::resolve(cli.database_url.as_deref())?;
+    match cli.command {
+        Command::Work(args) => return crate::work::run(config, args).await,
+        Command::Serve { listen, read_only } => return crate::serve::run(config, listen, read_only).await,
+        Command::Clear { force: false, queue } => {
+            return Err(CliError::usage(format!(
+                "refusing to delete the waiting jobs of {queue:?} without --force (queuectl clear {queue} --force)"
+            )))
+        }
+        _ => {}
+    }
+    let api = Api::connect(&config).await?;
+    api.check_extension().await?;
+    match cli.command {
+        Command::Status { queue, since } => status(&api, out, queue.as_deref(), since).await,
+        Command::List => list(&api, out).await,
+        Command::Describe { queue } => describe(&api, out, &queue).await,
+        Command::Jobs { queue, status, limit } => jobs(&api, out, &queue, &status, limit).await,
+        Command::Job { id } => job(&api, out, id).await,
+        Command::Push(args) => push(&api, out, args).await,
+        Command::Failed { queue, limit } => failed(&api, out, queue.as_deref(), limit).await,
+        Command::Retry { id: Some(id), .. } => retry(&api, out, id).await,
+        Command::Retry { all: Some(queue), .. } => retry_all(&api, out, &queue).await,
+        Command::Retry { .. } => Err(CliError::usage("retry needs a job id or --all QUEUE")),
+        Command::Delete { id } => delete(&api, out, id).await,
+        Command::Cancel { id } => cancel(&api, out, id).await,
+        Command::PurgeDead { queue, older_than } => purge_dead(&api, out, queue.as_deref(), older_than).await,
+        Command::Clear { queue, .. } => clear(&api, out, &queue).await,
+        Command::Cleanup { older_than } => cleanup(&api, out, older_than).await,
+        Command::Schedules => schedules(&api, out).await,
+        Command::Schedule(args) => schedule(&api, out, args).await,
+        Command::Unschedule { name } => unschedule(&api, out, &name).await,
+        Command::Trigger { name } => trigger(&api, out, &name).await,
+        Command::Timeline { horizon, limit } => timeline(&api, out, horizon, limit).await,
+        Command::Workers => workers(&api, out).await,
+        Command::Health => health(&api, out).await,
+        Command::Work(_) | Command::Serve { .. } => unreachable!(),
+    }
+}
+
+/// "2 waiting (1 pending, 1 scheduled, 0 retrying), 1 processing".
+fn depth_line(s: &Value) -> String {
+    format!(
+        "{} waiting ({} pending, {} scheduled, {} retrying), {} processing",
+        int(s, "total_size"),
+        int(s, "pending"),
+        int(s, "scheduled"),
+        int(s, "retrying"),
+        int(s, "processing")
+    )
+}
+
+/// "high 3, normal 10, 7: 1" from `priority_breakdown`, best priority first.
+pub fn priority_line(s: &Value) -> String {
+    let Some(map) = s.get("priority_breakdown").and_then(Value::as_object) else {
+        return "-".into();
+    };
+    if map.is_empty() {
+        return "-".into();
+    }
+    let rank = |k: &str| match k {
+        "critical" => -20,
+        "high" => -10,
+        "normal" => 0,
+        "low" => 10,
+        n => n.parse().unwrap_or(0),
+    };
+    let mut items: Vec<(&String, &Value)> = map.iter().collect();
+    items.sort_by_key(|(k, _)| rank(k));
+    items.iter().map(|(k, v)| format!("{k} {}", cell(v))).collect::<Vec<_>>().join(", ")
+}
+
+fn metrics_line(m: &Value, since: Duration) -> String {
+    format!(
+        "{} finished in the last {}: {} completed, {} failed, {} expired; success {}; {}/min; run avg {}, p95 {}; wait p95 {}",
+        int(m, "executions"),
+        output::format_duration(since),
+        int(m, "completed"),
+        int(m, "failed"),
+        int(m, "expired"),
+        percent(m.get("success_rate").unwrap_or(&Value::Null)),
+        m.get("throughput_per_minute").and_then(Value::as_f64).map(|x| format!("{x:.2}")).unwrap_or("-".into()),
+        ms(m.get("avg_run_ms").unwrap_or(&Value::Null)),
+        ms(m.get("p95_run_ms").unwrap_or(&Value::Null)),
+        ms(m.get("p95_wait_ms").unwrap_or(&Value::Null)),
+    )
+}
+
+fn workers_line(workers: &[Value]) -> String {
+    let healthy = workers.iter().filter(|w| w["healthy"] == json!(true)).count();
+    let running: i64 = workers.iter().map(|w| int(w, "running_jobs")).sum();
+    format!(
+        "{} healthy, {} stale, {} running job{}",
+        healthy,
+        workers.len() - healthy,
+        running,
+        if running == 1 { "" } else { "s" }
+    )
+}
+
+fn health_line(h: &Value) -> String {
+    let ok = h["healthy"] == json!(true);
+    let problems: Vec<String> = h["problems"].as_array().map(|a| a.iter().map(cell).collect()).unwrap_or_default();
+    let mut s = if ok { "healthy".to_owned() } else { "NOT HEALTHY".to_owned() };
+    s.push_str(&format!("; last tick {}", ago(h, "last_tick")));
+    if !problems.is_empty() {
+        s.push_str(&format!("; problems: {}", problems.join("; ")));
+    }
+    s
+}
+
+async fn status(api: &Api, out: Out, queue: Option<&str>, since: Duration) -> Result<Exit> {
+    let (workers, health) = (api.workers().await?, api.health().await?);
+    if let Some(q) = queue {
+        let known = api.list().await?.iter().any(|l| l["queue"] == json!(q));
+        if !known {
+            return Err(CliError::not_found(format!("no queue {q:?} (a queue exists once it had a job)")));
+        }
+        let (stats, metrics) = (api.stats(Some(q)).await?, api.metrics(Some(q), since).await?);
+        if out.json {
+            out.print_json(&json!({"queue": q, "stats": stats, "metrics": metrics, "workers": workers, "health": health}));
+            return Ok(Exit::Ok);
+        }
+        println!("queue {q}");
+        println!("  depth      {}", depth_line(&stats));
+        println!("  priority   {}", priority_line(&stats));
+        println!("  metrics    {}", metrics_line(&metrics, since));
+        println!("  oldest     {} waiting", secs(&stats["oldest_pending_age"]));
+        println!(
+            "  totals     {} pushed, {} claimed, {} completed, {} failed, {} expired, {} cancelled",
+            int(&stats, "total_pushed"),
+            int(&stats, "total_popped"),
+            int(&stats, "completed"),
+            int(&stats, "failed"),
+            int(&stats, "expired"),
+            int(&stats, "cancelled")
+        );
+        println!("  activity   {}", when(&stats, "last_activity"));
+    } else {
+        let queues = api.overview(since).await?;
+        let (stats, metrics) = (api.stats(None).await?, api.metrics(None, since).await?);
+        if out.json {
+            out.print_json(&json!({"queues": queues, "total": {"stats": stats, "metrics": metrics},
+                                    "workers": workers, "health": health}));
+            return Ok(Exit::Ok);
+        }
+        let mut t = Table::new(&[
+            "QUEUE", ">WAITING", ">PENDING", ">SCHED", ">RETRY", ">RUNNING", "PRIORITIES", ">DONE/MIN", ">SUCCESS",
+            ">P95 RUN", ">OLDEST",
+        ]);
+        for q in &queues {
+            let (s, m) = (&q["stats"], &q["metrics"]);
+            t.row(vec![
+                field(q, "queue"),
+                int(s, "total_size").to_string(),
+                int(s, "pending").to_string(),
+                int(s, "scheduled").to_string(),
+                int(s, "retrying").to_string(),
+                int(s, "processing").to_string(),
+                priority_line(s),
+                m.get("throughput_per_minute").and_then(Value::as_f64).map(|x| format!("{x:.2}")).unwrap_or("-".into()),
+                percent(&m["success_rate"]),
+                ms(&m["p95_run_ms"]),
+                secs(&s["oldest_pending_age"]),
+            ]);
+        }
+        if t.is_empty() {
+            println!("no queues yet (a queue exists once it had a job)");
+        } else {
+            print!("{}", t.render());
+        }
+        println!();
+        println!("all queues {}", depth_line(&stats));
+        println!("metrics    {}", metrics_line(&metrics, since));
+        println!("oldest     {} waiting", secs(&stats["oldest_pending_age"]));
+    }
+    println!("workers    {}", workers_line(&workers));
+    println!("health     {}", health_line(&health));
+    Ok(Exit::Ok)
+}
+
+async fn list(api: &Api, out: Out) -> Result<Exit> {
+    let rows = api.list().await?;
+    if out.json {
+        out.print_json(&Value::Array(rows));
+        return Ok(Exit::Ok);
+    }
+    let mut t = Table::new(&[
+        "QUEUE", ">WAITING", ">PENDING", ">SCHEDULED", ">RETRYING", ">PROCESSING", ">COMPLETED", ">FAILED", ">EXPIRED",
+        ">PUSHED", "LAST ACTIVITY",
+    ]);
+    for r in &rows {
+        t.row(vec![
+            field(r, "queue"),
+            field(r, "total_size"),
+            field(r, "pending"),
+            field(r, "scheduled"),
+            field(r, "retrying"),
+            field(r, "processing"),
+            field(r, "completed"),
+            field(r, "failed"),
+            field(r, "expired"),
+            field(r, "total_pushed"),
+            ago(r, "last_activity"),
+        ]);
+    }
+    if t.is_empty() {
+        println!("no queues yet");
+    } else {
+        print!("{}", t.render());
+    }
+    Ok(Exit::Ok)
+}
+
+async fn describe(api: &Api, out: Out, queue: &str) -> Result<Exit> {
+    let listed = api.list().await?;
+    let Some(row) = listed.iter().find(|l| l["queue"] == json!(queue)).cloned() else {
+        return Err(CliError::not_found(format!("no queue {queue:?} (a queue exists once it had a job)")));
+    };
+    let hour = Duration::from_secs(3600);
+    let stats = api.stats(Some(queue)).await?;
+    let metrics = api.metrics(Some(queue), hour).await?;
+    let next = api.peek(queue, 5).await?;
+    let dead = api.dead(Some(queue), 5).await?;
+    let schedules: Vec<Value> = api.schedules().await?.into_iter().filter(|s| s["queue"] == json!(queue)).collect();
+    let workers: Vec<Value> = api
+        .workers()
+        .await?
+        .into_iter()
+        .filter(|w| w["info"]["queues"].as_array().map(|a| a.contains(&json!(queue))).unwrap_or(false))
+        .collect();
+    if out.json {
+        out.print_json(&json!({"queue": queue, "counts": row, "stats": stats, "metrics": metrics, "next": next,
+                                "dead": dead, "schedules": schedules, "workers": workers}));
+        return Ok(Exit::Ok);
+    }
+    println!("queue {queue}");
+    println!("  depth       {}", depth_line(&stats));
+    println!("  priorities  {}", priority_line(&stats));
+    println!("  metrics     {}", metrics_line(&metrics, hour));
+    println!("  oldest      {} waiting", secs(&stats["oldest_pending_age"]));
+    println!(
+        "  totals      {} pushed, {} claimed, {} completed, {} failed, {} expired, {} cancelled, {} retried, {} deleted",
+        int(&stats, "total_pushed"),
+        int(&stats, "total_popped"),
+        int(&stats, "completed"),
+        int(&stats, "failed"),
+        int(&stats, "expired"),
+        int(&stats, "cancelled"),
+        int(&stats, "retried"),
+        int(&stats, "deleted")
+    );
+    println!("  activity    {}", when(&stats, "last_activity"));
+    println!("\nnext jobs (claim order)");
+    print_waiting(&next);
+    println!("\nrecent dead letters");
+    print_dead(&dead);
+    println!("\nschedules");
+    print_schedules(&schedules);
+    println!("\nworkers serving it");
+    print_workers(&workers);
+    Ok(Exit::Ok)
+}
+
+fn print_waiting(rows: &[Value]) {
+    let mut t = Table::new(&[">ID", ">PRIORITY", "GROUP", ">ATTEMPTS", "CREATED", "PAYLOAD"]);
+    for r in rows {
+        t.row(vec![
+            field(r, "id"),
+            field(r, "priority"),
+            field(r, "serial_group"),
+            field(r, "attempts"),
+            ago(r, "created_at"),
+            preview(&r["payload"].to_string(), 60),
+        ]);
+    }
+    if t.is_empty() {
+        println!("  none");
+    } else {
+        print!("{}", t.render());
+    }
+}
+
+fn print_dead(rows: &[Value]) {
+    let mut t = Table::new(&[">ID", "QUEUE", "STATUS", ">ATTEMPTS", "FINISHED", "ERROR", "PAYLOAD"]);
+    for r in rows {
+        t.row(vec![
+            field(r, "id"),
+            field(r, "queue"),
+            field(r, "status"),
+            format!("{}/{}", field(r, "attempts"), field(r, "max_attempts")),
+            ago(r, "finished_at"),
+            preview(&field(r, "last_error"), 50),
+            preview(&r["payload"].to_string(), 40),
+        ]);
+    }
+    if t.is_empty() {
+        println!("  none");
+    } else {
+        print!("{}", t.render());
+    }
+}
+
+fn print_schedules(rows: &[Value]) {
+    let mut t = Table::new(&["NAME", "KIND", "SCHEDULE", "QUEUE", "ENABLED", "NEXT RUN", "LAST RUN", ">LAST JOB", "LAST ERROR"]);
+    for r in rows {
+        t.row(vec![
+            field(r, "name"),
+            field(r, "kind"),
+            field(r, "schedule"),
+            field(r, "queue"),
+            field(r, "enabled"),
+            ago(r, "next_run_at"),
+            ago(r, "last_run_at"),
+            field(r, "last_job_id"),
+            preview(&field(r, "last_error"), 40),
+        ]);
+    }
+    if t.is_empty() {
+        println!("  none");
+    } else {
+        print!("{}", t.render());
+    }
+}
+
+fn print_workers(rows: &[Value]) {
+    let mut t = Table::new(&["WORKER", "STATE", ">RUNNING", "LAST HEARTBEAT", "HOST", ">PID", "QUEUES", "STARTED"]);
+    for r in rows {
+        let info = &r["info"];
+        t.row(vec![
+            field(r, "worker"),
+            if r["healthy"] == json!(true) { "healthy".into() } else { "stale".into() },
+            field(r, "running_jobs"),
+            ago(r, "last_heartbeat"),
+            field(info, "host"),
+            field(info, "pid"),
+            info["queues"].as_array().map(|a| a.iter().map(cell).collect::<Vec<_>>().join(",")).unwrap_or("-".into()),
+            ago(r, "started_at"),
+        ]);
+    }
+    if t.is_empty() {
+        println!("  none");
+    } else {
+        print!("{}", t.render());
+    }
+}
+
+async fn jobs(api: &Api, out: Out, queue: &str, status: &str, limit: i32) -> Result<Exit> {
+    if !queue_client::is_valid_queue_name(queue) {
+        return Err(CliError::usage(format!("bad queue name {queue:?}: 1-57 characters of [A-Za-z0-9_.:-]")));
+    }
+    if !api.list().await?.iter().any(|l| l["queue"] == json!(queue)) {
+        return Err(CliError::not_found(format!("no queue {queue:?} (a queue exists once it had a job)")));
+    }
+    let rows = match status {
+        "pending" => api.peek(queue, limit).await?,
+        "failed" | "expired" | "dead" => {
+            // queue_dead has no status filter: read enough to fill the limit.
+            let want = if status == "dead" { limit } else { (limit.saturating_mul(10)).clamp(limit, 100_000) };
+            let mut rows = api.dead(Some(queue), want).await?;
+            if status != "dead" {
+                rows.retain(|r| r["status"] == json!(status));
+            }
+            rows.truncate(limit.max(0) as usize);
+            rows
+        }
+        "scheduled" | "processing" | "retrying" | "completed" | "cancelled" => {
+            return Err(CliError::usage(format!(
+                "the extension has no function that lists {status} jobs (queue_peek lists pending ones, \
+                 queue_dead failed and expired ones); see `queuectl describe {queue}` for the counts, \
+                 or `queuectl job ID` for one job"
+            )))
+        }
+        other => {
+            return Err(CliError::usage(format!(
+                "unknown status {other:?}: pending, failed, expired or dead (also scheduled, processing, retrying, \
+                 completed, cancelled, which the extension cannot list)"
+            )))
+        }
+    };
+    if out.json {
+        out.print_json(&Value::Array(rows));
+        return Ok(Exit::Ok);
+    }
+    if status == "pending" {
+        print_waiting(&rows);
+    } else {
+        print_dead(&rows);
+    }
+    Ok(Exit::Ok)
+}
+
+async fn job(api: &Api, out: Out, id: i64) -> Result<Exit> {
+    let Some(j) = api.job(id).await? else {
+        return Err(CliError::not_found(format!("no job {id}")));
+    };
+    if out.json {
+        out.print_json(&j);
+        return Ok(Exit::Ok);
+    }
+    let mut t = Table::new(&["FIELD", "VALUE"]);
+    for key in ["id", "queue", "status", "priority", "serial_group", "dedupe_key", "worker"] {
+        t.row(vec![key.into(), field(&j, key)]);
+    }
+    t.row(vec!["attempts".into(), format!("{} of {}", field(&j, "attempts"), field(&j, "max_attempts"))]);
+    t.row(vec!["timeout".into(), field(&j, "timeout")]);
+    if j["waiting_for_group"] == json!(true) {
+        t.row(vec!["waiting".into(), "for its serial group".into()]);
+    }
+    for key in ["created_at", "run_at", "started_at", "lease_until", "finished_at"] {
+        t.row(vec![key.into(), when(&j, key)]);
+    }
+    if let (Some(s), Some(f)) = (
+        j["started_at"].as_str().and_then(output::parse_time),
+        j["finished_at"].as_str().and_then(output::parse_time),
+    ) {
+        let d = (f - s).to_std().unwrap_or_default();
+        t.row(vec!["ran for".into(), output::human_span(d)]);
+    }
+    if let Some(p) = j.get("progress").filter(|p| !p.is_null()) {
+        t.row(vec![
+            "progress".into(),
+            format!("{}/{} ({}%) {}", field(p, "current"), field(p, "total"), field(p, "percent"), field(p, "message")),
+        ]);
+    }
+    print!("{}", t.render());
+    println!("\npayload\n{}", serde_json::to_string_pretty(&j["payload"]).unwrap_or_default());
+    if !j["result"].is_null() {
+        println!("\nresult\n{}", serde_json::to_string_pretty(&j["result"]).unwrap_or_default());
+    }
+    if !j["last_error"].is_null() {
+        println!("\nlast error\n{}", field(&j, "last_error"));
+    }
+    Ok(Exit::Ok)
+}
+
+/// Reads a payload argument: JSON text, `-` for stdin, `@file`.
+pub fn read_payload(arg: &str) -> Result<Value> {
+    let text = if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else if let Some(path) = arg.strip_prefix('@') {
+        std::fs::read_to_string(path).map_err(|e| CliError::usage(format!("cannot read {path}: {e}")))?
+    } else {
+        arg.to_owned()
+    };
+    serde_json::from_str(&text).map_err(|e| CliError::usage(format!("the payload is not JSON: {e}")))
+}
+
+fn parse_priority(p: &str) -> Result<i32> {
+    p.parse::<Priority>()
+        .map(Priority::value)
+        .map_err(|_| CliError::usage(format!("bad priority {p:?}: critical, high, normal, low or a number")))
+}
+
+fn parse_run_at(s: &str) -> Result<std::time::SystemTime> {
+    let t = output::parse_time(s)
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S"))
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M"))
+                .ok()
+                .map(|n| n.and_utc())
+        })
+        .ok_or_else(|| CliError::usage(format!("bad --run-at {s:?}: RFC 3339, e.g. 2026-12-01T02:00:00Z (UTC when no offset)")))?;
+    Ok(t.into())
+}
+
+async fn push(api: &Api, out: Out, a: PushArgs) -> Result<Exit> {
+    let payload = read_payload(&a.payload)?;
+    let mut opts = PushOpts::new();
+    if let Some(p) = &a.priority {
+        opts = opts.priority(parse_priority(p)?);
+    }
+    if let Some(d) = a.delay {
+        opts = opts.delay(d);
+    }
+    if let Some(t) = &a.run_at {
+        opts = opts.run_at(parse_run_at(t)?);
+    }
+    if let Some(g) = &a.serial_group {
+        opts = opts.serial_group(g.clone());
+    }
+    if let Some(n) = a.max_attempts {
+        opts = opts.max_attempts(n);
+    }
+    if let Some(t) = a.timeout {
+        opts = opts.timeout(t);
+    }
+    if let Some(b) = a.backoff_base {
+        opts = opts.backoff_base(b);
+    }
+    if let Some(b) = a.backoff_max {
+        opts = opts.backoff_max(b);
+    }
+    if let Some(r) = &a.retry_delays {
+        opts = opts.retry_delays(r.iter().copied());
+    }
+    if let Some(k) = &a.dedupe_key {
+        opts = opts.dedupe_key(k.clone());
+    }
+    let id = api.push(&a.queue, &payload, &opts).await?;
+    if out.json {
+        out.print_json(&json!({"id": id, "queue": a.queue}));
+    } else {
+        println!("{id}");
+    }
+    Ok(Exit::Ok)
+}
+
+async fn failed(api: &Api, out: Out, queue: Option<&str>, limit: i32) -> Result<Exit> {
+    let rows = api.dead(queue, limit).await?;
+    if out.json {
+        out.print_json(&Value::Array(rows));
+        return Ok(Exit::Ok);
+    }
+    if rows.is_empty() {
+        println!("no failed jobs");
+    } else {
+        print_dead(&rows);
+    }
+    Ok(Exit::Ok)
+}
+
+/// Why a by-id operation did nothing: unknown (exit 3) or in the wrong status (exit 1).
+async fn explain(api: &Api, id: i64, verb: &str, wanted: &str) -> CliError {
+    match api.job(id).await {
+        Ok(None) => CliError::not_found(format!("no job {id}")),
+        Ok(Some(j)) => CliError::error(format!("job {id} is {}: only {wanted} jobs can be {verb}", field(&j, "status"))),
+        Err(e) => e,
+    }
+}
+
+async fn done(out: Out, v: Value, text: String) -> Result<Exit> {
+    if out.json {
+        out.print_json(&v);
+    } else {
+        println!("{text}");
+    }
+    Ok(Exit::Ok)
+}
+
+async fn retry(api: &Api, out: Out, id: i64) -> Result<Exit> {
+    if api.retry(id).await? {
+        done(out, json!({"id": id, "retried": true}), format!("job {id} is pending again")).await
+    } else {
+        Err(explain(api, id, "retried", "failed or expired").await)
+    }
+}
+
+async fn retry_all(api: &Api, out: Out, queue: &str) -> Result<Exit> {
+    const CHUNK: usize = 500;
+    let mut skipped: HashSet<i64> = HashSet::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut retried = 0i64;
+    let bar = out.bar(0, &format!("retrying {queue}"));
+    loop {
+        let ids: Vec<i64> = api
+            .dead(Some(queue), 100_000)
+            .await?
+            .iter()
+            .filter_map(|r| r["id"].as_i64())
+            .filter(|id| !skipped.contains(id))
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        bar.inc_length(ids.len() as u64);
+        let full = ids.len() >= 100_000;
+        for chunk in ids.chunks(CHUNK) {
+            match api.retry_many(chunk).await {
+                Ok(n) => retried += n,
+                Err(_) => {
+                    // One job of the chunk is refused (a live job holds its dedupe key): go one by one.
+                    for &id in chunk {
+                        match api.retry(id).await {
+                            Ok(true) => retried += 1,
+                            Ok(false) => {}
+                            Err(e) => {
+                                skipped.insert(id);
+                                errors.push(format!("job {id}: {}", e.message.lines().next().unwrap_or("")));
+                            }
+                        }
+                    }
+                }
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        if !full {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if out.json {
+        out.print_json(&json!({"queue": queue, "retried": retried, "skipped": skipped.len(), "errors": errors}));
+    } else {
+        println!("{retried} dead job{} of {queue} pending again", if retried == 1 { "" } else { "s" });
+        for e in &errors {
+            eprintln!("queuectl: skipped {e}");
+        }
+    }
+    Ok(if errors.is_empty() { Exit::Ok } else { Exit::Error })
+}
+
+async fn delete(api: &Api, out: Out, id: i64) -> Result<Exit> {
+    if api.delete(id).await? {
+        done(out, json!({"id": id, "deleted": true}), format!("job {id} deleted")).await
+    } else {
+        Err(explain(api, id, "deleted", "non-processing").await)
+    }
+}
+
+async fn cancel(api: &Api, out: Out, id: i64) -> Result<Exit> {
+    if api.cancel(id).await? {
+        done(out, json!({"id": id, "cancelled": true}), format!("job {id} cancelled")).await
+    } else {
+        Err(explain(api, id, "cancelled", "scheduled, pending or retrying").await)
+    }
+}
+
+async fn purge_dead(api: &Api, out: Out, queue: Option<&str>, older_than: Option<Duration>) -> Result<Exit> {
+    const CHUNK: usize = 1000;
+    // Oldest first; each step deletes what finished before the next chunk's first job.
+    let mut rows = api.dead(queue, 100_000).await?;
+    rows.reverse();
+    let stamps: Vec<String> = rows.iter().filter_map(|r| r["finished_at"].as_str().map(str::to_owned)).collect();
+    let cutoff = older_than.map(|d| chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
+    let expected = match cutoff {
+        Some(c) => stamps.iter().filter(|s| output::parse_time(s).map(|t| t < c).unwrap_or(false)).count(),
+        None => stamps.len(),
+    };
+    let bar = out.bar(expected as u64, "purging dead jobs");
+    let mut purged = 0i64;
+    let mut i = CHUNK;
+    while i < stamps.len() {
+        if let (Some(c), Some(t)) = (cutoff, output::parse_time(&stamps[i - CHUNK])) {
+            if t >= c {
+                break;
+            }
+        }
+        let n = api.purge_dead_before(queue, &stamps[i], older_than).await?;
+        purged += n;
+        bar.inc(n as u64);
+        i += CHUNK;
+    }
+    let n = api.purge_dead(queue, older_than).await?;
+    purged += n;
+    bar.inc(n as u64);
+    bar.finish_and_clear();
+    done(
+        out,
+        json!({"queue": queue, "purged": purged}),
+        format!("{purged} dead job{} deleted", if purged == 1 { "" } else { "s" }),
+    )
+    .await
+}
+
+async fn clear(api: &Api, out: Out, queue: &str) -> Result<Exit> {
+    let n = api.clear(queue).await?;
+    done(
+        out,
+        json!({"queue": queue, "deleted": n}),
+        format!("{n} waiting job{} of {queue} deleted", if n == 1 { "" } else { "s" }),
+    )
+    .await
+}
+
+async fn cleanup(api: &Api, out: Out, older_than: Duration) -> Result<Exit> {
+    let n = api.cleanup(older_than).await?;
+    done(
+        out,
+        json!({"deleted": n, "older_than": output::format_duration(older_than)}),
+        format!("{n} final job{} deleted", if n == 1 { "" } else { "s" }),
+    )
+    .await
+}
+
+async fn schedules(api: &Api, out: Out) -> Result<Exit> {
+    let rows = api.schedules().await?;
+    if out.json {
+        out.print_json(&Value::Array(rows));
+        return Ok(Exit::Ok);
+    }
+    if rows.is_empty() {
+        println!("no schedules");
+    } else {
+        print_schedules(&rows);
+    }
+    Ok(Exit::Ok)
+}
+
+async fn schedule(api: &Api, out: Out, a: ScheduleArgs) -> Result<Exit> {
+    let payload = read_payload(&a.payload)?;
+    let id = api
+        .schedule(
+            &a.name,
+            &a.spec,
+            &a.queue,
+            &payload,
+            parse_priority(&a.priority)?,
+            a.serial_group.as_deref(),
+            a.max_attempts,
+            a.timeout,
+            !a.disabled,
+        )
+        .await?;
+    let next = api.schedules().await?.into_iter().find(|s| s["name"] == json!(a.name));
+    let next_run = next.as_ref().map(|s| when(s, "next_run_at")).unwrap_or("-".into());
+    done(
+        out,
+        json!({"id": id, "name": a.name, "schedule": next}),
+        format!("schedule {} saved (id {id}); next run {next_run}", a.name),
+    )
+    .await
+}
+
+async fn unschedule(api: &Api, out: Out, name: &str) -> Result<Exit> {
+    if api.unschedule(name).await? {
+        done(out, json!({"name": name, "deleted": true}), format!("schedule {name} deleted")).await
+    } else {
+        Err(CliError::not_found(format!("no schedule {name:?}")))
+    }
+}
+
+async fn trigger(api: &Api, out: Out, name: &str) -> Result<Exit> {
+    let id = api.trigger(name).await?;
+    if out.json {
+        out.print_json(&json!({"name": name, "job_id": id}));
+    } else {
+        println!("{id}");
+    }
+    Ok(Exit::Ok)
+}
+
+async fn timeline(api: &Api, out: Out, horizon: Duration, limit: i32) -> Result<Exit> {
+    let rows = api.timeline(horizon, limit).await?;
+    if out.json {
+        out.print_json(&Value::Array(rows));
+        return Ok(Exit::Ok);
+    }
+    let mut t = Table::new(&["RUN AT", "WHEN", "NAME", "KIND", "QUEUE", "DUE"]);
+    for r in &rows {
+        t.row(vec![
+            r["run_at"]
+                .as_str()
+                .and_then(output::parse_time)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or("-".into()),
+            ago(r, "run_at"),
+            field(r, "name"),
+            field(r, "kind"),
+            field(r, "queue"),
+            if r["is_due"] == json!(true) { "DUE".into() } else { String::new() },
+        ]);
+    }
+    if t.is_empty() {
+        println!("no runs within {}", output::format_duration(horizon));
+    } else {
+        print!("{}", t.render());
+    }
+    Ok(Exit::Ok)
+}
+
+async fn workers(api: &Api, out: Out) -> Result<Exit> {
+    let rows = api.workers().await?;
+    if out.json {
+        out.print_json(&Value::Array(rows));
+        return Ok(Exit::Ok);
+    }
+    if rows.is_empty() {
+        println!("no workers");
+    } else {
+        print_workers(&rows);
+    }
+    Ok(Exit::Ok)
+}
+
+async fn health(api: &Api, out: Out) -> Result<Exit> {
+    let h = api.health().await?;
+    let ok = h["healthy"] == json!(true);
+    if out.json {
+        out.print_json(&h);
+    } else {
+        println!("{}", health_line(&h));
+        let running = &h["workers_running"];
+        if let Some(map) = running.as_object() {
+            let parts: Vec<String> =
+                map.iter().map(|(k, v)| format!("{k} {}", if v == &json!(true) { "running" } else { "NOT running" })).collect();
+            println!("services {}", parts.join(", "));
+        }
+        println!(
+            "backlog {}, processing {}, overdue leases {}, oldest waiting {}",
+            field(&h, "backlog"),
+            field(&h, "processing"),
+            field(&h, "overdue_leases"),
+            secs(&h["oldest_pending_age"])
+        );
+    }
+    Ok(if ok { Exit::Ok } else { Exit::Error })
+}

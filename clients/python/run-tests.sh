@@ -6,7 +6,9 @@
 # Starts PostgreSQL 15 with the extension preloaded (scripts/cluster.sh) on
 # port 55471 with queue.tick = 100ms, creates the extension in database
 # postgres, runs pytest with the DSN in PGQUEUE_TEST_DSN, stops the cluster,
-# and exits with pytest's status. Waits (up to 25 minutes) for the extension
+# and exits with pytest's status. The pooler tests start their own pgbouncer
+# (port 55481; installed here with apt-get if missing), the cross-language test
+# a Node worker (the Node client is built here if clients/node/dist is missing). Waits (up to 25 minutes) for the extension
 # to be installed if the first build is still running.
 set -uo pipefail
 
@@ -32,6 +34,26 @@ if ! "$python" -c 'import psycopg, pytest' >/dev/null 2>&1; then
   echo "run-tests: installing $here/requirements-test.txt"
   "$python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements-test.txt" 2>&1 \
     | grep -v 'Running pip as the' || true
+fi
+
+# The pooler tests run a real PgBouncer (Debian's, as the postgres user).
+if [ ! -x /usr/sbin/pgbouncer ] && ! command -v pgbouncer >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "run-tests: installing pgbouncer (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null \
+      || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; } \
+      || echo "run-tests: could not install pgbouncer; the pooler tests will fail" >&2
+  else
+    echo "run-tests: pgbouncer is not installed (apt-get install pgbouncer); the pooler tests will fail" >&2
+  fi
+fi
+
+# The cross-language test runs a Node worker on the built Node client (it skips without node).
+node_dir="$root/clients/node"
+if command -v npm >/dev/null 2>&1 && [ ! -f "$node_dir/dist/index.js" ]; then
+  echo "run-tests: building the Node client for the cross-language test"
+  ( cd "$node_dir" && { [ -d node_modules ] || npm ci --no-audit --no-fund --silent; } && npm run --silent build ) \
+    || echo "run-tests: the Node client did not build; the cross-language test will be skipped" >&2
 fi
 
 mkdir -p "$root/.run"

@@ -4,8 +4,8 @@
 
 ``--demo`` first pushes a few jobs (one that fails once, one permanent
 failure, one long report with progress). Stop with Ctrl-C or SIGTERM: running
-jobs get ``--grace`` seconds, then are given back. ``--pooler`` polls instead
-of LISTEN (behind PgBouncer in transaction mode).
+jobs get ``--grace`` seconds, then are given back. ``--pooler`` waits inside
+``queue_pop`` instead of LISTEN (behind PgBouncer in transaction mode).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL", "dbname=postgres"))
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--grace", type=float, default=10.0)
-    parser.add_argument("--pooler", action="store_true", help="no LISTEN: poll (PgBouncer transaction mode)")
+    parser.add_argument("--pooler", action="store_true", help="no LISTEN: wait inside queue_pop (PgBouncer transaction mode)")
     parser.add_argument("--demo", action="store_true", help="push some jobs first")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -109,14 +109,18 @@ def test_opentelemetry_span_per_job(conn, queue_name, start_worker):
     assert any(e.name == "exception" for e in spans[bad].events)
 
 
-def test_pooler_mode_polls_without_listen(conn, queue_name, start_worker):
-    w = start_worker({queue_name: lambda job: job.attempt}, pooler=True, poll_interval=0.3)
+def test_pooler_mode_waits_in_the_server_without_listen(conn, queue_name, start_worker):
+    # Polling every 30 s: only the wait inside queue_pop can start the job in time.
+    w = start_worker({queue_name: lambda job: job.attempt}, pooler=True, poll_interval=30, pooler_wait=5)
+    app = f"pgqueue {w.name}"[:63]
+    wait_until(lambda: conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'"
+        " AND query LIKE '%%queue_pop%%wait =>%%'", (app,)).fetchone()[0] == 1, what="the worker waits in queue_pop")
     job_id = pgqueue.push(conn, queue_name, {})
-    wait_until(lambda: job_status(conn, job_id) == "completed", timeout=5, what="completed by polling")
+    wait_until(lambda: job_status(conn, job_id) == "completed", timeout=3, what="completed by the waiting claim")
     assert not w.listening
-    queries = conn.execute(
-        "SELECT query FROM pg_stat_activity WHERE application_name = %s", (f"pgqueue {w.name}"[:63],)).fetchall()
+    queries = conn.execute("SELECT query FROM pg_stat_activity WHERE application_name = %s", (app,)).fetchall()
     assert queries, "the worker has connections"
     assert not [q for (q,) in queries if q.upper().startswith("LISTEN")]
-    # No LISTEN connection at all: the pool is all there is.
-    assert len(queries) <= w._pool._size
+    # No LISTEN connection at all: the pool and the claim connection are all there is.
+    assert len(queries) <= w._pool._size + 1

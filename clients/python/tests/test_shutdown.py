@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue as stdlib_queue
 import signal
@@ -14,7 +15,7 @@ import time
 import pytest
 
 import pgqueue
-from conftest import DSN, has_release, job_info, job_status, wait_until
+from conftest import DSN, job_info, job_status, queue_release_hidden, wait_until
 
 WORKER_PROC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_proc.py")
 
@@ -47,6 +48,17 @@ class Proc:
             self.seen.append(e)
             if e["event"] == event:
                 return e
+
+    def drain(self, timeout: float = 0.5) -> list:
+        """Every event printed so far (after the process exited: all of them)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                self.seen.append(self.events.get(timeout=0.05))
+            except stdlib_queue.Empty:
+                if self.p.poll() is not None:
+                    break
+        return self.seen
 
     def kill(self) -> None:
         if self.p.poll() is None:
@@ -90,27 +102,38 @@ def test_sigterm_lets_the_running_job_finish_within_grace(conn, queue_name, proc
 
 def test_sigterm_past_grace_gives_the_job_back(conn, queue_name, proc_factory, start_worker):
     proc = proc_factory(queue_name, grace=1)
-    job_id = pgqueue.push(conn, queue_name, {"sleep": 60})
-    proc.expect("started")
+    job_id = pgqueue.push(conn, queue_name, {"sleep": 60}, max_attempts=3)
+    assert proc.expect("started")["attempt"] == 1
     t0 = time.monotonic()
     proc.p.send_signal(signal.SIGTERM)
     released = proc.expect("released", timeout=10)
     proc.expect("exit", timeout=10)
     assert proc.p.wait(10) == 0
     assert time.monotonic() - t0 < 6  # the grace (1 s) and the give-back, not the 60 s job
-    assert released["id"] == job_id
+    assert (released["id"], released["status"]) == (job_id, "released")
     info = job_info(conn, job_id)
-    # Never lost: the job is claimable again at once, not stuck in processing.
-    assert info["status"] == "pending"
-    if not has_release(conn):
-        # Until queue_release exists the worker fails the attempt with retry_in 0.
-        assert info["attempts"] == 1 and "worker stopped" in info["last_error"]
-        pytest.skip("queue_release not installed yet")
-    assert released["status"] == "released"
-    assert info["attempts"] == 0  # the interrupted attempt does not count
-    start_worker({queue_name: lambda job: {"attempt": job.attempt}})
+    # Pending again at once (due now, no lease), not stuck in processing, no error recorded.
+    assert (info["status"], info["lease_until"], info["last_error"]) == ("pending", None, None)
+    assert conn.execute("SELECT (queue_job(%s) ->> 'run_at')::timestamptz <= now()", (job_id,)).fetchone()[0]
+    # The attempt is not burned: the claim counter moved on, max_attempts grew by one,
+    # so the budget left is what it was before the interrupted claim.
+    assert (info["attempts"], info["max_attempts"]) == (1, 4)
+    seen = []
+
+    def handler(job):
+        seen.append((job.attempt, job.max_attempts))
+        return {"attempt": job.attempt}
+
+    t1 = time.monotonic()
+    start_worker({queue_name: handler})
     wait_until(lambda: job_status(conn, job_id) == "completed", what="completed by another worker")
-    assert job_info(conn, job_id)["result"] == {"attempt": 1}
+    assert time.monotonic() - t1 < 3, "claimable at once, not after a backoff or its lease"
+    assert seen == [(2, 4)]  # attempt previous + 1, of one more: 2 attempts still left after it, as before
+    info = job_info(conn, job_id)
+    assert (info["result"], info["attempts"]) == ({"attempt": 2}, 2)
+    # Never run twice to completion: the given-back run reported nothing.
+    events = [e for e in proc.drain() if e.get("id") == job_id]
+    assert [e["event"] for e in events] == ["started", "released"], events
 
 
 def test_second_signal_gives_back_at_once(conn, queue_name, proc_factory):
@@ -125,7 +148,36 @@ def test_second_signal_gives_back_at_once(conn, queue_name, proc_factory):
     assert proc.expect("released", timeout=10)["id"] == job_id
     assert proc.p.wait(10) == 0
     assert time.monotonic() - t0 < 6
-    assert job_status(conn, job_id) == "pending"
+    info = job_info(conn, job_id)
+    assert info["status"] == "pending"
+    assert info["max_attempts"] - info["attempts"] == 3  # the default budget of 3, untouched
+
+
+def test_give_back_on_an_extension_without_queue_release_says_so(conn, queue_name, caplog):
+    """An older extension (no queue_release): a clear error, no fallback that
+    burns an attempt; the job is not lost, it comes back after its lease."""
+    started = threading.Event()
+    released = []
+
+    def handler(job):
+        started.set()
+        time.sleep(5)
+
+    w = pgqueue.Worker(DSN, {queue_name: handler}, grace=0.2, poll_interval=0.2,
+                       listeners=[pgqueue.CallbackListener(on_released=lambda e: released.append(e.status))])
+    job_id = pgqueue.push(conn, queue_name, {}, timeout=1, max_attempts=3)
+    w.start()
+    assert started.wait(10)
+    with caplog.at_level(logging.ERROR, logger="pgqueue"), queue_release_hidden(conn):
+        w.stop()
+        assert w.wait(10)
+    assert released == [None]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("queue_release" in m and "older than 0.2.0" in m for m in errors), errors
+    info = job_info(conn, job_id)
+    assert info["last_error"] is None  # nothing was failed on its behalf
+    # Its lease (1 s) runs out and it is claimable again: never lost.
+    wait_until(lambda: job_status(conn, job_id) in ("pending", "retrying"), timeout=15, what="back after its lease")
 
 
 def test_stop_in_process_claims_nothing_more(conn, queue_name):

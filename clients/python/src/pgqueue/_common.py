@@ -26,18 +26,34 @@ from .push import check_queue_name
 VERSION = "0.1.0"
 
 # Statements of the worker. Every value is a parameter.
-POP_SQL = (
+_POP_COLUMNS = (
     "SELECT id, queue, payload, priority, serial_group, attempt, max_attempts, lease_until, created_at,"
     " lease_until - now() AS lease"  # now() is the claim's own time: this is the lease granted
-    " FROM queue_pop(%s::text, %s::text, %s::int)"
 )
+POP_SQL = _POP_COLUMNS + " FROM queue_pop(%s::text, %s::text, %s::int)"
+# Pooler mode: sleep in the server (up to the interval) when nothing is claimable.
+POP_WAIT_SQL = _POP_COLUMNS + " FROM queue_pop(%s::text, %s::text, %s::int, wait => %s::interval)"
 ACK_SQL = "SELECT queue_ack(%s::bigint, %s::jsonb, %s::int)"
 FAIL_SQL = "SELECT queue_fail(%s::bigint, %s::text, %s::int, %s::interval, %s::boolean)"
 TOUCH_SQL = "SELECT queue_touch(%s::bigint, %s::interval, %s::int)"
 PROGRESS_SQL = "SELECT queue_progress(%s::bigint, %s::int, %s::int, %s::text, %s::int)"
 HEARTBEAT_SQL = "SELECT queue_heartbeat(%s::text, %s::jsonb)"
-HAS_RELEASE_SQL = "SELECT to_regprocedure('queue_release(bigint,integer)') IS NOT NULL"
 RELEASE_SQL = "SELECT queue_release(%s::bigint, %s::int)"
+
+# What an extension older than 0.2.0 lacks, said plainly (SQLSTATE 42883).
+NO_RELEASE_MESSAGE = (
+    "job %s: could not be given back: the server has no queue_release(bigint, integer) (the queue"
+    " extension is older than 0.2.0; run ALTER EXTENSION queue UPDATE); it returns after its lease"
+)
+NO_WAIT_MESSAGE = (
+    "claim failed: the server has no queue_pop(text, text, integer, interval), which pooler mode"
+    " needs (the queue extension is older than 0.2.0; run ALTER EXTENSION queue UPDATE); retrying in %.1fs"
+)
+
+
+def is_missing_function(exc: BaseException) -> bool:
+    """An extension too old for a call: ``undefined_function`` (42883)."""
+    return isinstance(exc, psycopg.errors.UndefinedFunction)
 
 
 def listen_statement(queue: str) -> sql.Composed:
@@ -281,7 +297,7 @@ class WorkerBase:
 
     def _configure(self, dsn: str, handlers: Mapping[str, Callable[..., Any]], want_async: bool, *,
                    concurrency: int, name: Optional[str], grace: float, poll_interval: float,
-                   heartbeat_interval: float, pooler: bool, listeners: Sequence[Any], reconnect_max: float,
+                   heartbeat_interval: float, pooler: bool, pooler_wait: float, listeners: Sequence[Any], reconnect_max: float,
                    tracing: bool, logger: Any, connect_kwargs: Optional[Mapping[str, Any]]) -> None:
         if not isinstance(dsn, str):
             raise TypeError("dsn must be a connection string")
@@ -298,6 +314,9 @@ class WorkerBase:
         self.poll_interval = check_positive("poll_interval", poll_interval)
         self.heartbeat_interval = check_positive("heartbeat_interval", heartbeat_interval)
         self.pooler = bool(pooler)
+        # The longest a pooler-mode claim sleeps in the server; keep it short (it holds a
+        # pooled server connection and the xmin horizon for that long).
+        self.pooler_wait = check_positive("pooler_wait", pooler_wait)
         self._reconnect_max = check_positive("reconnect_max", reconnect_max)
         self._log = logger or default_logger
         kwargs: Dict[str, Any] = {"application_name": f"pgqueue {self.name}"[:63]}
@@ -319,6 +338,14 @@ class WorkerBase:
         n = len(self.queues)
         self._rotation = (self._rotation + 1) % n
         return [self.queues[(self._rotation + i) % n] for i in range(n)]
+
+    def _server_wait(self, until_heartbeat: float) -> dt.timedelta:
+        """How long the next pooler-mode claim may sleep in the server: ``pooler_wait``,
+        at most ``poll_interval`` when several queues share the worker (the wait watches
+        one queue: the others are claimed from between waits), and never past the
+        next heartbeat."""
+        wait = self.pooler_wait if len(self.queues) == 1 else min(self.pooler_wait, self.poll_interval)
+        return dt.timedelta(seconds=max(0.05, min(wait, until_heartbeat)))
 
     def _info(self, state: str) -> Dict[str, Any]:
         return worker_info(self.name, self.queues, self.concurrency, self.pooler, state)

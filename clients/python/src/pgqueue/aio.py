@@ -156,7 +156,8 @@ class AsyncWorker(c.WorkerBase):
     guarantees: claims in batches up to free capacity, at most
     ``concurrency`` handlers at once, acks with the return value, fails with
     the exception, extends leases at half the timeout, heartbeats, wakes on
-    LISTEN with polling as a fallback, reconnects with backoff, and on stop
+    LISTEN with polling as a fallback (or, with ``pooler``, waits inside
+    ``queue_pop(..., wait => pooler_wait)``), reconnects with backoff, and on stop
     waits ``grace`` seconds before cancelling the remaining handlers and
     giving their jobs back with ``queue_release``.
 
@@ -179,6 +180,7 @@ class AsyncWorker(c.WorkerBase):
         poll_interval: float = 1.0,
         heartbeat_interval: float = 10.0,
         pooler: bool = False,
+        pooler_wait: float = 5.0,
         listeners: Sequence[Any] = (),
         max_connections: Optional[int] = None,
         reconnect_max: float = 10.0,
@@ -189,7 +191,7 @@ class AsyncWorker(c.WorkerBase):
         """Configure the worker; nothing connects before :meth:`run`."""
         self._configure(dsn, handlers, True, concurrency=concurrency, name=name, grace=grace,
                         poll_interval=poll_interval, heartbeat_interval=heartbeat_interval, pooler=pooler,
-                        listeners=listeners, reconnect_max=reconnect_max, tracing=tracing, logger=logger,
+                        pooler_wait=pooler_wait, listeners=listeners, reconnect_max=reconnect_max, tracing=tracing, logger=logger,
                         connect_kwargs=connect_kwargs)
         size = max_connections if max_connections is not None else min(concurrency, 4) + 1
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -199,7 +201,10 @@ class AsyncWorker(c.WorkerBase):
         self._tasks: Dict[int, "asyncio.Task[None]"] = {}
         self._started = False
         self._grace_deadline: Optional[float] = None
-        self._has_release: Optional[bool] = None
+        # Pooler mode: the claim loop's own connection (see Worker._claim_conn).
+        self._claim_conn: Optional[psycopg.AsyncConnection] = None
+        self._in_wait = False
+        self._canceller: Optional["asyncio.Task[None]"] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._run_task: Optional["asyncio.Task[None]"] = None
         self._listening = False
@@ -247,7 +252,7 @@ class AsyncWorker(c.WorkerBase):
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass  # not the main thread, or no signals on this platform
         self._log.info("async worker %s starting: queues %s, concurrency %d%s", self.name, self.queues,
-                       self.concurrency, ", pooler mode (polling)" if self.pooler else "")
+                       self.concurrency, ", pooler mode (waits in the server)" if self.pooler else "")
         helpers = [asyncio.create_task(self._keep_leases())]
         if not self.pooler:
             helpers.append(asyncio.create_task(self._listen()))
@@ -317,6 +322,20 @@ class AsyncWorker(c.WorkerBase):
             self._grace_deadline = deadline
         self._stopping.set()
         self._wake.set()
+        if self._in_wait and (self._canceller is None or self._canceller.done()):
+            self._canceller = asyncio.ensure_future(self._cancel_server_wait())
+
+    async def _cancel_server_wait(self) -> None:
+        """End a server-side wait in flight (pooler mode). Repeated while the
+        wait lasts, since a cancel that arrives before the statement is lost.
+        The claim rolls back: nothing is claimed, nothing is lost. (Cancelling
+        the task instead would make psycopg drop a result that may hold jobs.)"""
+        while self._in_wait and self._claim_conn is not None:
+            try:
+                await self._claim_conn.cancel_safe(timeout=2.0)
+            except Exception as exc:
+                self._log.debug("cancelling the server-side wait: %s", exc)
+            await asyncio.sleep(0.2)
 
     async def _sleep_or(self, event: asyncio.Event, timeout: float) -> None:
         try:
@@ -333,13 +352,17 @@ class AsyncWorker(c.WorkerBase):
                 next_heartbeat = now + (self.heartbeat_interval if await self._heartbeat("running") else 1.0)
             self._wake.clear()
             try:
-                claimed, free = await self._claim()
+                claimed, free, waited = await self._claim(next_heartbeat)
                 backoff.reset()
                 self._reachable = True
             except Exception as exc:
+                if self._stopping.is_set():
+                    break  # e.g. a server-side wait cancelled by stop()
                 self._reachable = False
                 delay = backoff.next()
-                if c.is_transient(exc):
+                if self.pooler and c.is_missing_function(exc):
+                    self._log.error(c.NO_WAIT_MESSAGE, delay)
+                elif c.is_transient(exc):
                     self._log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
                 else:
                     self._log.exception("claim failed; retrying in %.1fs", delay)
@@ -347,14 +370,16 @@ class AsyncWorker(c.WorkerBase):
                 continue
             if claimed and free > 0:
                 continue
+            if waited:
+                continue  # the claim already slept in the server
             await self._wait_for_work(min(self.poll_interval, next_heartbeat - time.monotonic()))
 
     async def _wait_for_work(self, timeout: float) -> None:
         """Sleep until woken (a NOTIFY, a freed slot, a stop) or ``timeout``.
 
-        The seam for wake-up strategies: with LISTEN, :meth:`_listen` sets
-        the event; in ``pooler`` mode nothing does and this is plain polling.
-        A server-side wait for poolers would run its blocking call here.
+        With LISTEN, :meth:`_listen` sets the event. In ``pooler`` mode this
+        is only reached with no free capacity (a freed slot wakes it): a
+        worker with room waits inside its claim, in the server.
         """
         await self._sleep_or(self._wake, timeout)
 
@@ -366,13 +391,31 @@ class AsyncWorker(c.WorkerBase):
             self._log.warning("heartbeat failed: %s", exc)
             return False
 
-    async def _claim(self) -> "tuple[int, int]":
+    async def _claim(self, next_heartbeat: float) -> "tuple[int, int, bool]":
+        """One pass over the queues (see :meth:`Worker._claim`)."""
         free = self.concurrency - len(self._active)
         claimed = 0
-        for queue in self._queue_order():
+        waited = False
+        order = self._queue_order()
+        for i, queue in enumerate(order):
             if free <= 0 or self._stopping.is_set():
                 break
-            rows = c.ClaimedRow.from_rows(await self._pool.call(c.POP_SQL, (queue, self.name, free), fetch="all"))
+            if self.pooler:
+                wait = None
+                if i == len(order) - 1 and claimed == 0:
+                    wait = self._server_wait(next_heartbeat - time.monotonic())
+                rows = c.ClaimedRow.from_rows(await self._pop_pooled(queue, free, wait))
+                waited = wait is not None
+            else:
+                rows = c.ClaimedRow.from_rows(await self._pool.call(c.POP_SQL, (queue, self.name, free),
+                                                                    fetch="all"))
+            if self._stopping.is_set():
+                # Claimed as the stop began: give them back untouched.
+                for row in rows:
+                    job = AsyncJob(row, self)
+                    job._begin_release()
+                    await self._release(job)
+                continue
             for row in rows:
                 job = AsyncJob(row, self)
                 self._active[job.id] = job
@@ -381,7 +424,29 @@ class AsyncWorker(c.WorkerBase):
                 self._keeper_wake.set()
             free -= len(rows)
             claimed += len(rows)
-        return claimed, free
+        return claimed, free, waited
+
+    async def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> List[Any]:
+        """A claim on the loop's own connection (pooler mode), waiting in the
+        server up to ``wait`` when given."""
+        conn = self._claim_conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                await _aclose_quietly(conn)
+            self._claim_conn = None
+            conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True, **self._connect_kwargs)
+            self._claim_conn = conn
+        if wait is None:
+            cur = await conn.execute(c.POP_SQL, (queue, self.name, n))
+            return await cur.fetchall()
+        if self._stopping.is_set():
+            return []
+        self._in_wait = True
+        try:
+            cur = await conn.execute(c.POP_WAIT_SQL, (queue, self.name, n, wait))
+            return await cur.fetchall()
+        finally:
+            self._in_wait = False
 
     async def _listen(self) -> None:
         """One LISTEN connection for every handled queue; reconnects with backoff."""
@@ -524,6 +589,11 @@ class AsyncWorker(c.WorkerBase):
         if not self._stopping.is_set():
             self._stop_in_loop(self.grace)
         assert self._grace_deadline is not None
+        if self._canceller is not None:
+            await asyncio.gather(self._canceller, return_exceptions=True)
+        if self._claim_conn is not None:
+            await _aclose_quietly(self._claim_conn)
+            self._claim_conn = None
         while self._tasks and time.monotonic() < self._grace_deadline:
             await asyncio.wait(list(self._tasks.values()),
                                timeout=min(0.1, max(0.0, self._grace_deadline - time.monotonic())))
@@ -550,13 +620,9 @@ class AsyncWorker(c.WorkerBase):
         """Give a job back without counting its attempt (see :meth:`Worker._release`)."""
         status: Optional[str] = None
         try:
-            if self._has_release is None:
-                self._has_release = bool(await self._pool.call(c.HAS_RELEASE_SQL))
-            if self._has_release:
-                status = "released" if await self._pool.call(c.RELEASE_SQL, (job.id, job.attempt)) else None
-            elif not job.is_last_attempt:
-                status = await self._pool.call(c.FAIL_SQL, (job.id, "worker stopped before the job finished",
-                                                            job.attempt, dt.timedelta(0), False))
+            status = "released" if await self._pool.call(c.RELEASE_SQL, (job.id, job.attempt)) else None
+        except psycopg.errors.UndefinedFunction:
+            self._log.error(c.NO_RELEASE_MESSAGE, job.id)
         except Exception as exc:
             self._log.error("job %s: could not be given back (%s); it returns after its lease", job.id, exc)
         self._hooks.emit(JobEvent(job, "released", duration=time.monotonic() - job._started, status=status))

@@ -159,14 +159,13 @@ class Job(c.JobBase):
 
 
 class _Waker:
-    """How an idle worker learns that jobs may be waiting.
+    """How an idle worker learns that it should claim again.
 
-    The seam for wake-up strategies: :meth:`wait` returns when the worker
-    should try to claim again, at the latest after ``timeout`` seconds (the
-    polling fallback). :class:`_ListenWaker` adds LISTEN on one dedicated
-    connection; a server-side wait for poolers (a blocking call on a pooled
-    connection that returns when a job arrives) would be one more subclass
-    whose :meth:`wait` runs that call.
+    :meth:`wait` returns when the worker should try to claim again, at the
+    latest after ``timeout`` seconds (the polling fallback): a slot freed, a
+    stop, or (:class:`_ListenWaker`) a notification on the LISTEN
+    connection. In ``pooler`` mode the plain waker only covers a worker with
+    no free capacity; otherwise the claim itself waits, in the server.
     """
 
     def __init__(self) -> None:
@@ -273,11 +272,17 @@ class Worker(c.WorkerBase):
         poll_interval: seconds between claims when nothing wakes the worker.
         heartbeat_interval: seconds between ``queue_heartbeat`` calls.
         pooler: set behind PgBouncer in transaction mode: no LISTEN (it does
-            not work there), poll instead, and no prepared statements.
+            not work there) and no prepared statements; an idle worker
+            claims with ``queue_pop(..., wait => pooler_wait)``, which
+            sleeps in the server until a job of the queue is claimable.
+        pooler_wait: seconds one such claim may wait in the server (default
+            5; with several queues at most ``poll_interval``). A stop
+            cancels a wait in flight.
         listeners: :class:`~pgqueue.WorkerListener`-like objects.
         max_connections: size of the connection pool for claims, acks and
             lease extensions (default ``min(concurrency, 8) + 1``), besides
-            the one LISTEN connection.
+            the one LISTEN connection (or, with ``pooler``, the one claim
+            connection).
         reconnect_max: cap in seconds of the reconnect backoff.
         tracing: open an OpenTelemetry span per job when the API is installed.
         logger: where to log (default the ``pgqueue`` logger).
@@ -295,6 +300,7 @@ class Worker(c.WorkerBase):
         poll_interval: float = 1.0,
         heartbeat_interval: float = 10.0,
         pooler: bool = False,
+        pooler_wait: float = 5.0,
         listeners: Sequence[Any] = (),
         max_connections: Optional[int] = None,
         reconnect_max: float = 10.0,
@@ -305,7 +311,7 @@ class Worker(c.WorkerBase):
         """Configure the worker; nothing connects before :meth:`run` or :meth:`start`."""
         self._configure(dsn, handlers, False, concurrency=concurrency, name=name, grace=grace,
                         poll_interval=poll_interval, heartbeat_interval=heartbeat_interval, pooler=pooler,
-                        listeners=listeners, reconnect_max=reconnect_max, tracing=tracing, logger=logger,
+                        pooler_wait=pooler_wait, listeners=listeners, reconnect_max=reconnect_max, tracing=tracing, logger=logger,
                         connect_kwargs=connect_kwargs)
         size = max_connections if max_connections is not None else min(concurrency, 8) + 1
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -326,8 +332,13 @@ class Worker(c.WorkerBase):
         self._started = False
         self._thread: Optional[threading.Thread] = None
         self._keeper_wake = threading.Event()
-        self._has_release: Optional[bool] = None
         self._reachable = False
+        # Pooler mode: the claim loop's own connection, so that a cancel sent to
+        # end a server-side wait can only ever hit a claim (which rolls back).
+        self._claim_conn: Optional[psycopg.Connection] = None
+        self._wait_lock = threading.Lock()
+        self._in_wait = False
+        self._canceller: Optional[threading.Thread] = None
 
     # ------------------------------------------------------------------ API
 
@@ -377,6 +388,7 @@ class Worker(c.WorkerBase):
             self._grace_deadline = deadline
         self._stopping.set()
         self._waker.wake()
+        self._cancel_server_wait()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the worker has stopped; False if ``timeout`` passed first."""
@@ -428,7 +440,7 @@ class Worker(c.WorkerBase):
 
     def _run(self) -> None:
         self._log.info("worker %s starting: queues %s, concurrency %d%s", self.name, self.queues,
-                       self.concurrency, ", pooler mode (polling)" if self.pooler else "")
+                       self.concurrency, ", pooler mode (waits in the server)" if self.pooler else "")
         for i in range(self.concurrency):
             t = threading.Thread(target=self._slot, name=f"pgqueue-slot-{i}", daemon=True)
             t.start()
@@ -453,13 +465,17 @@ class Worker(c.WorkerBase):
                 next_heartbeat = now + (self.heartbeat_interval if self._heartbeat("running") else 1.0)
             self._waker.clear()
             try:
-                claimed, free = self._claim()
+                claimed, free, waited = self._claim(next_heartbeat)
                 backoff.reset()
                 self._reachable = True
             except Exception as exc:
+                if self._stopping.is_set():
+                    break  # e.g. a server-side wait cancelled by stop()
                 self._reachable = False
                 delay = backoff.next()
-                if c.is_transient(exc):
+                if self.pooler and c.is_missing_function(exc):
+                    self._log.error(c.NO_WAIT_MESSAGE, delay)
+                elif c.is_transient(exc):
                     self._log.warning("claim failed (%s); retrying in %.1fs", exc, delay)
                 else:
                     self._log.exception("claim failed; retrying in %.1fs", delay)
@@ -467,6 +483,8 @@ class Worker(c.WorkerBase):
                 continue
             if claimed and free > 0:
                 continue  # the queue may hold more: claim again before sleeping
+            if waited:
+                continue  # the claim already slept in the server
             self._waker.wait(max(0.0, min(self.poll_interval, next_heartbeat - time.monotonic())))
 
     def _heartbeat(self, state: str) -> bool:
@@ -478,15 +496,34 @@ class Worker(c.WorkerBase):
             self._log.warning("heartbeat failed: %s", exc)
             return False
 
-    def _claim(self) -> "tuple[int, int]":
+    def _claim(self, next_heartbeat: float) -> "tuple[int, int, bool]":
+        """One pass over the queues: (jobs claimed, capacity left, whether a
+        claim waited in the server). In pooler mode the last queue's claim
+        waits when nothing was claimed before it (never with no free capacity)."""
         with self._lock:
             free = self.concurrency - len(self._active)
         claimed = 0
-        for queue in self._queue_order():
+        waited = False
+        order = self._queue_order()
+        for i, queue in enumerate(order):
             if free <= 0 or self._stopping.is_set():
                 break
-            rows = c.ClaimedRow.from_rows(self._pool.call(c.POP_SQL, (queue, self.name, free), fetch="all"))
+            if self.pooler:
+                wait = None
+                if i == len(order) - 1 and claimed == 0:
+                    wait = self._server_wait(next_heartbeat - time.monotonic())
+                rows = c.ClaimedRow.from_rows(self._pop_pooled(queue, free, wait))
+                waited = wait is not None
+            else:
+                rows = c.ClaimedRow.from_rows(self._pool.call(c.POP_SQL, (queue, self.name, free), fetch="all"))
             jobs = [Job(r, self) for r in rows]
+            if self._stopping.is_set():
+                # Claimed as the stop began (a wait that returned as it was
+                # cancelled): give them back untouched.
+                for job in jobs:
+                    job._begin_release()
+                    self._release(job)
+                continue
             with self._lock:
                 for job in jobs:
                     self._active[job.id] = job
@@ -497,7 +534,53 @@ class Worker(c.WorkerBase):
                 self._keeper_wake.set()
             free -= len(jobs)
             claimed += len(jobs)
-        return claimed, free
+        return claimed, free, waited
+
+    def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> List[Any]:
+        """A claim on the loop's own connection (pooler mode), waiting in the
+        server up to ``wait`` when given. A connection that breaks is dropped
+        and the error raised (the loop retries with backoff)."""
+        conn = self._claim_conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                _close_quietly(conn)
+            conn = self._claim_conn = psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs)
+        if wait is None:
+            return conn.execute(c.POP_SQL, (queue, self.name, n)).fetchall()
+        with self._wait_lock:
+            if self._stopping.is_set():
+                return []
+            self._in_wait = True
+        try:
+            return conn.execute(c.POP_WAIT_SQL, (queue, self.name, n, wait)).fetchall()
+        finally:
+            with self._wait_lock:
+                self._in_wait = False
+
+    def _cancel_server_wait(self) -> None:
+        """End a server-side wait in flight (pooler mode), from a thread of
+        its own so that :meth:`stop` returns at once. A cancelled claim
+        rolls back: nothing is claimed, nothing is lost."""
+        with self._wait_lock:
+            if not self._in_wait or (self._canceller is not None and self._canceller.is_alive()):
+                return
+            self._canceller = threading.Thread(target=self._cancel_loop, name=f"pgqueue-cancel-{self.name}",
+                                               daemon=True)
+            self._canceller.start()
+
+    def _cancel_loop(self) -> None:
+        # Repeated while the wait lasts: a cancel that reaches the server (or
+        # the pooler) before the statement does is lost.
+        while not self._done.is_set():
+            with self._wait_lock:
+                conn = self._claim_conn if self._in_wait else None
+            if conn is None:
+                return
+            try:
+                conn.cancel_safe(timeout=2.0)
+            except Exception as exc:
+                self._log.debug("cancelling the server-side wait: %s", exc)
+            self._done.wait(0.2)
 
     def _slot(self) -> None:
         while True:
@@ -620,6 +703,9 @@ class Worker(c.WorkerBase):
         if self._grace_deadline is None:
             self._grace_deadline = time.monotonic() + self.grace
         self._waker.stop()
+        if self._claim_conn is not None:
+            _close_quietly(self._claim_conn)
+            self._claim_conn = None
         with self._lock:
             while self._active and time.monotonic() < (self._grace_deadline or 0):
                 self._idle_cond.wait(timeout=min(0.1, max(0.0, self._grace_deadline - time.monotonic())))
@@ -645,20 +731,15 @@ class Worker(c.WorkerBase):
         self._log.info("worker %s stopped", self.name)
 
     def _release(self, job: Job) -> None:
-        """Give a job back without counting its attempt (``queue_release``).
-
-        Until the extension has ``queue_release``: a job with attempts left is
-        failed with ``retry_in => 0`` (back to pending at once, one attempt
-        used); a job on its last attempt is left to its lease."""
+        """Give a job back with ``queue_release(id, attempt)``: pending again at
+        once, the attempt not counted (its ``max_attempts`` grows by one). On
+        an extension without ``queue_release`` (older than 0.2.0) that is
+        logged as an error and the job returns after its lease."""
         status: Optional[str] = None
         try:
-            if self._has_release is None:
-                self._has_release = bool(self._pool.call(c.HAS_RELEASE_SQL))
-            if self._has_release:
-                status = "released" if self._pool.call(c.RELEASE_SQL, (job.id, job.attempt)) else None
-            elif not job.is_last_attempt:
-                status = self._pool.call(c.FAIL_SQL, (job.id, "worker stopped before the job finished",
-                                                      job.attempt, dt.timedelta(0), False))
+            status = "released" if self._pool.call(c.RELEASE_SQL, (job.id, job.attempt)) else None
+        except psycopg.errors.UndefinedFunction:
+            self._log.error(c.NO_RELEASE_MESSAGE, job.id)
         except Exception as exc:
             self._log.error("job %s: could not be given back (%s); it returns after its lease", job.id, exc)
         self._hooks.emit(JobEvent(job, "released", duration=time.monotonic() - job._started, status=status))

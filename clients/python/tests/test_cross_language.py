@@ -1,0 +1,145 @@
+"""Python and Node workers drain one queue together.
+
+Python pushes 300 jobs (every third in one of 3 serial groups); a Python
+worker process (``cross_worker_proc.py``) and a Node worker process
+(``clients/node/test/fixtures/cross-language-worker.js``, on the built Node
+client) serve the queue at once. Every job must complete exactly once, both
+languages must have run some, and within each serial group no two jobs may
+have overlapped in time (each handler stores its start and end in the result).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue as stdlib_queue
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List
+
+import psycopg
+import pytest
+
+import pgqueue
+from conftest import DSN, REPO, dsn_params, wait_until
+
+NODE = shutil.which("node")
+NODE_DIR = os.path.join(REPO, "clients", "node")
+NODE_WORKER = os.path.join(NODE_DIR, "test", "fixtures", "cross-language-worker.js")
+PY_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cross_worker_proc.py")
+
+if NODE is None:
+    pytest.skip("node is not installed: the cross-language test needs a Node worker", allow_module_level=True)
+if not os.path.exists(os.path.join(NODE_DIR, "dist", "index.js")) \
+        or not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "pg")):
+    pytest.skip("the Node client is not built (cd clients/node && npm ci && npm run build)", allow_module_level=True)
+
+JOBS = 300
+GROUPS = ["g0", "g1", "g2"]
+# Two processes' clocks (time.time() and performance.timeOrigin + now()) agree
+# to about a millisecond; a real overlap of two handlers lasts at least 5 ms.
+CLOCK_SLACK_MS = 1.0
+
+
+class Proc:
+    """A worker subprocess and the JSON lines it prints."""
+
+    def __init__(self, lang: str, argv: List[str], env: Dict[str, str]) -> None:
+        self.lang = lang
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
+        self.lines: List[dict] = []
+        self.ready = threading.Event()
+        self._q: "stdlib_queue.Queue[dict]" = stdlib_queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                e = {"event": "text", "text": line.rstrip()}
+            self.lines.append(e)
+            if e.get("event") == "ready":
+                self.ready.set()
+
+    def started(self) -> List[int]:
+        return [int(e["id"]) for e in self.lines if e.get("event") == "start"]
+
+    def stop(self) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            code = self.p.wait(15)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            code = self.p.wait()
+        self._reader.join(5)
+        return code
+
+
+def node_url() -> str:
+    p = dsn_params()
+    return f"postgres://{p.get('user', 'postgres')}@{p.get('host', '127.0.0.1')}:{p.get('port', '5432')}/{p.get('dbname', 'postgres')}"
+
+
+def test_python_and_node_workers_share_a_queue(conn, queue_name, capsys):
+    procs = [
+        Proc("python", [sys.executable, PY_WORKER, DSN, queue_name], {}),
+        Proc("node", [NODE, NODE_WORKER], {"DATABASE_URL": node_url(), "QUEUE": queue_name, "CONCURRENCY": "4"}),
+    ]
+    try:
+        for p in procs:
+            assert p.ready.wait(20), f"the {p.lang} worker did not start: {p.lines}"
+        rng = random.Random(7)
+        group_of: Dict[int, str] = {}
+        with psycopg.connect(DSN) as tx:  # one transaction: all 300 become claimable at once
+            for i in range(JOBS):
+                group = GROUPS[(i // 3) % 3] if i % 3 == 0 else None
+                job_id = pgqueue.push(tx, queue_name, {"i": i, "ms": rng.randint(5, 15)}, serial_group=group)
+                if group:
+                    group_of[job_id] = group
+        assert len(group_of) == JOBS // 3
+        wait_until(lambda: conn.execute("SELECT count(*) FROM queue.all_jobs WHERE queue = %s AND status = 'completed'",
+                                        (queue_name,)).fetchone()[0] == JOBS, timeout=90, interval=0.1,
+                   what=f"{JOBS} jobs completed")
+    finally:
+        codes = {p.lang: p.stop() for p in procs}
+    assert codes["python"] == 0, procs[0].lines[-5:]
+    assert codes["node"] in (0, -signal.SIGTERM), procs[1].lines[-5:]
+    assert not [e for p in procs for e in p.lines if e.get("event") == "error"]
+
+    rows = conn.execute("SELECT id, status::text, attempts, serial_group, result FROM queue.all_jobs WHERE queue = %s",
+                        (queue_name,)).fetchall()
+    assert len(rows) == JOBS
+    # Completed exactly once: one attempt each, and one handler start across both processes.
+    assert {(r[1], r[2]) for r in rows} == {("completed", 1)}
+    starts = procs[0].started() + procs[1].started()
+    assert sorted(starts) == sorted(r[0] for r in rows), "a job was started twice, or not at all"
+    ran_by = {**{i: "python" for i in procs[0].started()}, **{i: "node" for i in procs[1].started()}}
+    for job_id, _, _, group, result in rows:
+        assert result["lang"] == ran_by[job_id]
+        assert group == group_of.get(job_id)
+    counts = {lang: sum(1 for v in ran_by.values() if v == lang) for lang in ("python", "node")}
+    assert counts["python"] > 0 and counts["node"] > 0, counts
+
+    # One job of a group at a time, in push order, whichever language ran it.
+    handovers = 0
+    for group in GROUPS:
+        jobs = sorted((r for r in rows if r[3] == group), key=lambda r: r[4]["start"])
+        assert [r[0] for r in jobs] == sorted(r[0] for r in jobs), f"group {group} ran out of order"
+        for a, b in zip(jobs, jobs[1:]):
+            slack = 0.0 if a[4]["lang"] == b[4]["lang"] else CLOCK_SLACK_MS
+            assert b[4]["start"] >= a[4]["end"] - slack, (
+                f"group {group}: job {b[0]} ({b[4]['lang']}) started {a[4]['end'] - b[4]['start']:.2f} ms before "
+                f"job {a[0]} ({a[4]['lang']}) ended")
+            handovers += a[4]["lang"] != b[4]["lang"]
+    with capsys.disabled():
+        print(f"\n[cross-language] {JOBS} jobs: python ran {counts['python']}, node ran {counts['node']}; "
+              f"serial groups handed between languages {handovers} times")

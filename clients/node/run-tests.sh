@@ -4,7 +4,8 @@
 #
 #   clients/node/run-tests.sh            # install, build, start the cluster, test, stop
 #
-# Exits non-zero when anything fails. Needs node >= 18, npm, and the extension
+# The pooler tests start a pgbouncer of their own (port 55482; installed here
+# with apt-get if missing). Exits non-zero when anything fails. Needs node >= 18, npm, and the extension
 # installed system-wide (make install); waits up to 30 minutes for a first
 # build still in progress to install queue.so.
 set -euo pipefail
@@ -20,6 +21,18 @@ if [ ! -d node_modules ]; then
 fi
 npm run --silent build
 npm run --silent build:test
+
+# test/pooler.test.ts runs a real PgBouncer (Debian's, as the postgres user, port 55482).
+if [ ! -x /usr/sbin/pgbouncer ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "run-tests.sh: installing pgbouncer (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null \
+      || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; } \
+      || echo "run-tests.sh: could not install pgbouncer; the pooler tests will fail" >&2
+  else
+    echo "run-tests.sh: /usr/sbin/pgbouncer is missing (apt-get install pgbouncer); the pooler tests will fail" >&2
+  fi
+fi
 
 lib="$(pg_config --pkglibdir)/queue.so"
 waited=0

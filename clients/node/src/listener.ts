@@ -2,13 +2,10 @@ import { Client, type ClientConfig } from 'pg';
 import { type BackoffOptions, backoffDelay } from './backoff';
 
 /**
- * Where wake-ups come from, besides the worker's poll timer. Today: LISTEN on
- * one dedicated connection ({@link Listener}); with `pooler: true`, nothing
- * (the poll timer alone).
- *
- * Seam for later: a server-side wait (a claim that blocks in the server until
- * a job is due) will replace polling in pooler mode; it plugs in as the
- * worker's claim call (`Worker.claim`), not as a WakeSource.
+ * Where wake-ups come from, besides the worker's poll timer: LISTEN on one
+ * dedicated connection ({@link Listener}). With `pooler: true` there is none:
+ * the worker's claim itself waits in the server (`queue_pop(..., wait)`, in
+ * `Worker.claim`).
  *
  * @internal
  */

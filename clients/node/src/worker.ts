@@ -2,7 +2,8 @@ import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
-import { Pool, type ClientConfig, type PoolConfig } from 'pg';
+import { connect as netConnect } from 'node:net';
+import { Client, Pool, type ClientConfig, type PoolConfig } from 'pg';
 import { type BackoffOptions, backoffDelay } from './backoff';
 import { LeaseLostError, RetryIn, WorkerStoppedError } from './errors';
 import { type Interval, intervalToSql } from './interval';
@@ -109,8 +110,8 @@ export interface JobFailEvent {
 export interface JobReleaseEvent {
   /** The job. */
   job: Job;
-  /** `queue_release` (attempt not counted); `queue_fail` with a zero delay where `queue_release` is not installed (costs an attempt); `none` when nothing could be done (the lease will bring the job back). */
-  via: 'queue_release' | 'queue_fail' | 'none';
+  /** `queue_release` (attempt not counted); `none` when it could not be called (the database was away, or the extension is older than 0.2.0 and has no `queue_release`): the lease brings the job back. */
+  via: 'queue_release' | 'none';
   /** Whether the job went back to the queue. */
   released: boolean;
 }
@@ -167,7 +168,7 @@ export interface WorkerOptions {
   name?: string;
   /** The most jobs one `queue_pop` claims. Default: the free capacity (up to `concurrency`). */
   maxBatch?: number;
-  /** How often every queue is polled anyway, in case a notification was missed. Default 5 000 ms with LISTEN, 1 000 ms with `pooler`. */
+  /** How often every queue is polled anyway, in case a notification was missed. Default 5 000 ms with LISTEN, 1 000 ms with `pooler` (where it bounds each server-side wait of a worker serving several queues). */
   pollIntervalMs?: number;
   /** How often the worker calls `queue_heartbeat`. Default 30 000 ms (a worker is stale after 2 minutes). */
   heartbeatIntervalMs?: number;
@@ -175,8 +176,15 @@ export interface WorkerOptions {
   graceMs?: number;
   /** Install SIGTERM and SIGINT handlers that stop gracefully (a second signal stops at once). Default false. */
   handleSignals?: boolean;
-  /** Behind PgBouncer in transaction mode: no LISTEN connection; poll every `pollIntervalMs` instead. Default false. */
+  /**
+   * Behind PgBouncer in transaction mode: no LISTEN connection, no named
+   * prepared statements; an idle worker claims with
+   * `queue_pop(queue, name, n, wait => poolerWaitMs)`, which sleeps in the
+   * server until a job of the queue is claimable. Default false.
+   */
   pooler?: boolean;
+  /** With `pooler`: the longest one claim waits in the server, in ms (with several queues, at most `pollIntervalMs`). Default 5 000. A stop cancels a wait in flight. */
+  poolerWaitMs?: number;
   /** Reconnect and retry backoff. Default 100 ms doubling up to 30 s. */
   backoff?: BackoffOptions;
   /** Where errors go when nothing listens for `error`. Default `console`. */
@@ -227,12 +235,47 @@ const MAX_ERROR_CHARS = 16_000;
 const CLAIM_SQL = `SELECT id::text AS id, queue, payload, priority, serial_group, attempt, max_attempts,
        lease_until, created_at, (extract(epoch FROM lease_until - now()) * 1000)::float8 AS lease_ms
   FROM queue_pop($1::text, $2::text, $3::int)`;
+const CLAIM_WAIT_SQL = CLAIM_SQL.replace('$3::int)', '$3::int, wait => $4::interval)');
 const ACK_SQL = 'SELECT queue_ack($1::bigint, $2::jsonb, $3::int) AS ok';
 const FAIL_SQL = 'SELECT queue_fail($1::bigint, $2::text, $3::int, $4::interval, $5::boolean) AS status';
 const TOUCH_SQL = 'SELECT queue_touch($1::bigint, $2::interval, $3::int) AS ok';
 const PROGRESS_SQL = 'SELECT queue_progress($1::bigint, $2::int, $3::int, $4::text, $5::int) AS ok';
 const RELEASE_SQL = 'SELECT queue_release($1::bigint, $2::int) AS ok';
 const HEARTBEAT_SQL = 'SELECT queue_heartbeat($1::text, $2::jsonb)';
+
+/** SQLSTATE of a call the server does not have: the extension is older than this library. */
+const UNDEFINED_FUNCTION = '42883';
+
+/**
+ * Sends a protocol CancelRequest for whatever `client` is running, on a
+ * connection of its own (what libpq's PQcancel does; through PgBouncer the
+ * pooler forwards it to the server connection the client is linked to).
+ */
+function sendCancel(client: Client): Promise<void> {
+  const c = client as unknown as { processID?: number | null; secretKey?: number | null; host?: string; port?: number };
+  if (c.processID == null || c.secretKey == null) return Promise.resolve();
+  const packet = Buffer.alloc(16);
+  packet.writeInt32BE(16, 0);
+  packet.writeInt32BE(80877102, 4); // the cancel request code
+  packet.writeInt32BE(c.processID, 8);
+  packet.writeInt32BE(c.secretKey, 12);
+  return new Promise((resolve) => {
+    const host = c.host || 'localhost';
+    const port = c.port || 5432;
+    const socket = host.startsWith('/') ? netConnect(`${host}/.s.PGSQL.${port}`) : netConnect(port, host);
+    const done = (): void => {
+      socket.destroy();
+      resolve();
+    };
+    socket.setTimeout(2000, done);
+    socket.on('error', done);
+    socket.on('close', done);
+    socket.on('end', done);
+    // Like libpq: send, then wait for the other side to close. (Closing first
+    // makes PgBouncer 1.18 abort while it forwards the cancel.)
+    socket.on('connect', () => socket.write(packet));
+  });
+}
 
 /** Connection failures and server-side conditions that go away: retry. Anything with another SQLSTATE is a refusal. */
 function isTransient(err: unknown): boolean {
@@ -327,7 +370,8 @@ class JobImpl implements Job {
  * - Keeps leases alive with `queue_touch` at half the job's timeout, and
  *   heartbeats with `queue_heartbeat`.
  * - Wakes on `LISTEN "queue_<name>"` (one connection), polls as a fallback,
- *   reconnects with backoff.
+ *   reconnects with backoff. With `pooler` (PgBouncer in transaction mode):
+ *   no LISTEN; an idle worker waits inside `queue_pop(..., wait)` instead.
  * - {@link Worker.stop} claims nothing more, lets handlers finish within the
  *   grace, then gives their jobs back (`queue_release`).
  *
@@ -359,6 +403,12 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   private readonly graceMs: number;
   private readonly handleSignals: boolean;
   private readonly pooler: boolean;
+  private readonly poolerWaitMs: number;
+  private readonly claimConfig: ClientConfig;
+  /** Pooler mode: the claim loop's own connection, so that a cancel can only ever hit a claim (which rolls back). */
+  private claimClient: Client | null = null;
+  /** The claim connection while a claim waits on it in the server. */
+  private waitingOn: Client | null = null;
   private readonly backoff: Required<BackoffOptions>;
   private readonly logger: Logger;
 
@@ -379,7 +429,6 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   private graceTimer: NodeJS.Timeout | null = null;
   private graceDeadline = Infinity;
   private endGrace: (() => void) | null = null;
-  private releaseMissing = false;
   private startedAt = new Date();
   private signalHandler: ((signal: NodeJS.Signals) => void) | null = null;
 
@@ -411,6 +460,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     this.maxBatch = Math.min(this.concurrency, positiveInt(options.maxBatch, this.concurrency, 'maxBatch', 10_000));
     this.pooler = options.pooler === true;
     this.pollIntervalMs = positiveInt(options.pollIntervalMs, this.pooler ? 1000 : 5000, 'pollIntervalMs');
+    this.poolerWaitMs = positiveInt(options.poolerWaitMs, 5000, 'poolerWaitMs', 3_600_000);
     this.heartbeatIntervalMs = positiveInt(options.heartbeatIntervalMs, 30_000, 'heartbeatIntervalMs');
     this.graceMs = options.graceMs === undefined ? 10_000 : Math.max(0, Number(options.graceMs));
     this.handleSignals = options.handleSignals === true;
@@ -437,6 +487,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     this.pool.on('error', (err) => this.emitError(err, 'an idle pooled connection failed'));
     const { max: _max, min: _min, idleTimeoutMillis: _idle, allowExitOnIdle: _exit, maxUses: _uses, ...clientConfig } = base as PoolConfig & Record<string, unknown>;
     this.listenConfig = { ...(clientConfig as ClientConfig), application_name: `${appName} listen`.slice(0, 63), keepAlive: true };
+    this.claimConfig = { connectionTimeoutMillis: 10_000, ...(clientConfig as ClientConfig), application_name: appName, keepAlive: true };
   }
 
   /** The worker's state: new, starting, running, stopping, stopped. */
@@ -521,20 +572,33 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     let failures = 0;
     while (this.currentState === 'running') {
       const free = this.concurrency - this.running.size;
-      const queue = free > 0 ? this.nextDirtyQueue() : undefined;
+      let queue = free > 0 ? this.nextDirtyQueue() : undefined;
+      if (queue === undefined && free > 0 && this.pooler) {
+        // Pooler mode, nothing known to be claimable: wait in the server, on the next queue in turn.
+        queue = this.queues[this.rotation]!;
+        this.rotation = (this.rotation + 1) % this.queues.length;
+      }
       if (queue === undefined) {
-        await this.waitForWake();
+        await this.waitForWake(); // no free capacity (or LISTEN mode): a freed slot, a NOTIFY or the poll wakes us
         continue;
       }
       const want = Math.min(free, this.maxBatch);
+      // In pooler mode the last claim of a pass waits in the server when it finds nothing.
+      const waitMs = this.pooler && this.dirty.size === 0
+        ? (this.queues.length === 1 ? this.poolerWaitMs : Math.min(this.poolerWaitMs, this.pollIntervalMs))
+        : null;
       let rows: ClaimRow[];
       try {
-        rows = await this.claim(queue, want);
+        rows = await this.claim(queue, want, waitMs);
         failures = 0;
       } catch (err) {
+        if (this.currentState !== 'running') break; // e.g. the server-side wait, cancelled by stop()
         this.dirty.add(queue);
         failures++;
-        this.emitError(err, `queue_pop('${queue}') failed; retrying`);
+        const code = (err as { code?: unknown })?.code;
+        this.emitError(err, code === UNDEFINED_FUNCTION && waitMs !== null
+          ? 'queue_pop(text, text, integer, interval) is missing: pooler mode needs the queue extension 0.2.0 or later (ALTER EXTENSION queue UPDATE); retrying'
+          : `queue_pop('${queue}') failed; retrying`);
         await this.sleepUnlessStopped(backoffDelay(failures, this.backoff));
         continue;
       }
@@ -551,12 +615,52 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   }
 
   /**
-   * One claim. The seam for a server-side wait: in pooler mode a claim that
-   * waits in the server for a due job will replace polling here.
+   * One claim: on the pool, or in pooler mode on the claim connection, where
+   * with `waitMs` it sleeps in the server until a job of the queue is
+   * claimable (or the wait ends).
    */
-  private async claim(queue: string, n: number): Promise<ClaimRow[]> {
-    const res = await this.pool.query<ClaimRow>(CLAIM_SQL, [queue, this.name, n]);
-    return res.rows;
+  private async claim(queue: string, n: number, waitMs: number | null = null): Promise<ClaimRow[]> {
+    if (!this.pooler) {
+      const res = await this.pool.query<ClaimRow>(CLAIM_SQL, [queue, this.name, n]);
+      return res.rows;
+    }
+    const client = await this.claimConnection();
+    if (waitMs === null) return (await client.query<ClaimRow>(CLAIM_SQL, [queue, this.name, n])).rows;
+    if (this.currentState !== 'running') return [];
+    this.waitingOn = client;
+    try {
+      return (await client.query<ClaimRow>(CLAIM_WAIT_SQL, [queue, this.name, n, `${waitMs} milliseconds`])).rows;
+    } finally {
+      this.waitingOn = null;
+    }
+  }
+
+  /** The claim connection (pooler mode), connected on first use and again after it broke. */
+  private async claimConnection(): Promise<Client> {
+    if (this.claimClient) return this.claimClient;
+    const client = new Client(this.claimConfig);
+    const drop = (): void => {
+      if (this.claimClient === client) this.claimClient = null;
+      client.end().catch(() => undefined);
+    };
+    client.on('error', drop); // the failing claim rejects too; the loop retries with a new connection
+    client.on('end', drop);
+    try {
+      await client.connect();
+    } catch (err) {
+      drop();
+      throw err;
+    }
+    this.claimClient = client;
+    return client;
+  }
+
+  /** Ends a server-side wait in flight: a cancel, repeated while it lasts (one that reaches the server before the statement is lost). The cancelled claim rolls back. */
+  private async cancelServerWait(): Promise<void> {
+    while (this.waitingOn) {
+      await sendCancel(this.waitingOn).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 200).unref());
+    }
   }
 
   private nextDirtyQueue(): string | undefined {
@@ -762,8 +866,17 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     if (this.pollTimer) clearInterval(this.pollTimer);
     this.pollTimer = null;
     this.wake();
+    void this.cancelServerWait();
     await this.wakeSource?.stop();
     await this.loopDone;
+    const claimClient = this.claimClient;
+    this.claimClient = null;
+    if (claimClient) {
+      // A cancelled claim's error arrives before the server is ready again: closing
+      // right then makes PgBouncer throw its server connection away. Let it settle.
+      await Promise.race([claimClient.query('SELECT 1').catch(() => undefined), new Promise((r) => setTimeout(r, 1000).unref())]);
+      await claimClient.end().catch(() => undefined);
+    }
 
     if (wasRunning && this.running.size > 0) {
       const graceOver = new Promise<void>((resolve) => {
@@ -816,28 +929,13 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     const { job } = entry;
     for (let tries = 1; tries <= 3; tries++) {
       try {
-        if (!this.releaseMissing) {
-          try {
-            const res = await this.pool.query<{ ok: boolean }>(RELEASE_SQL, [job.id, job.attempt]);
-            this.safeEmit('job:release', { job, via: 'queue_release', released: res.rows[0]!.ok === true });
-            return;
-          } catch (err) {
-            if ((err as { code?: string }).code !== '42883') throw err;
-            this.releaseMissing = true; // an older extension: fall back below
-          }
-        }
-        if (job.attempt < job.maxAttempts) {
-          // Back in line at once; this costs the attempt.
-          const res = await this.pool.query<{ status: string | null }>(FAIL_SQL,
-            [job.id, 'the worker stopped before the job finished (queue_release is not installed)', job.attempt, '0 seconds', false]);
-          this.safeEmit('job:release', { job, via: 'queue_fail', released: res.rows[0]!.status !== null });
-        } else {
-          // Its last attempt: leave it to its lease rather than fail it for good.
-          this.safeEmit('job:release', { job, via: 'none', released: false });
-        }
+        const res = await this.pool.query<{ ok: boolean }>(RELEASE_SQL, [job.id, job.attempt]);
+        this.safeEmit('job:release', { job, via: 'queue_release', released: res.rows[0]!.ok === true });
         return;
       } catch (err) {
-        this.emitError(err, `giving back job ${job.id} failed`);
+        this.emitError(err, (err as { code?: unknown })?.code === UNDEFINED_FUNCTION
+          ? `giving back job ${job.id} failed: the server has no queue_release(bigint, integer) (the queue extension is older than 0.2.0; ALTER EXTENSION queue UPDATE); it returns after its lease`
+          : `giving back job ${job.id} failed`);
         if (!isTransient(err) || tries === 3) break;
         await new Promise((r) => setTimeout(r, 200 * tries));
       }

@@ -79,12 +79,6 @@ export function deferred<T = void>(): { promise: Promise<T>; resolve: (v: T) => 
   return { promise, resolve };
 }
 
-/** Whether the extension already has queue_release(bigint, integer). */
-export async function hasQueueRelease(pool: Pool): Promise<boolean> {
-  const res = await pool.query<{ p: string | null }>(`SELECT to_regprocedure('queue_release(bigint,integer)')::text AS p`);
-  return res.rows[0]!.p !== null;
-}
-
 /** Collects a worker's error events (so that expected connection errors are not logged as noise). */
 export function collectErrors(worker: Worker): Error[] {
   const errors: Error[] = [];

@@ -5,13 +5,17 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { push, Worker, WorkerStoppedError } from '../dist';
 import {
-  adminPool, jobOf, uniqueQueue, sleep, waitFor, waitForStatus, hasQueueRelease, collectErrors, DATABASE_URL,
+  adminPool, jobOf, uniqueQueue, sleep, waitFor, waitForStatus, collectErrors, DATABASE_URL,
 } from './helpers';
 
 const pool = adminPool();
 after(() => pool.end());
 
-const NO_RELEASE = 'queue_release(bigint, integer) is not installed yet (another change adds it): the give-back assertion is skipped';
+/** Due now: `run_at` is not in the future (a given-back job is claimable at once). */
+async function dueNow(id: string): Promise<boolean> {
+  const res = await pool.query<{ due: boolean }>(`SELECT (queue_job($1::bigint) ->> 'run_at')::timestamptz <= now() AS due`, [id]);
+  return res.rows[0]!.due;
+}
 
 interface Child {
   proc: ChildProcess;
@@ -35,9 +39,18 @@ function spawnNode(script: string, env: Record<string, string>): Child {
   return { proc, lines, exited };
 }
 
-/** Another worker finishes whatever was given back: nothing is lost. */
-async function drain(q: string, ids: string[]): Promise<void> {
-  const w = new Worker({ connectionString: DATABASE_URL, handlers: { [q]: () => 'finished by the next worker' }, pollIntervalMs: 200 });
+/** Another worker finishes whatever was given back: nothing is lost. Returns each job's claims by that worker (attempt/maxAttempts). */
+async function drain(q: string, ids: string[]): Promise<Map<string, string[]>> {
+  const claims = new Map<string, string[]>();
+  const w = new Worker({
+    connectionString: DATABASE_URL, pollIntervalMs: 200,
+    handlers: {
+      [q]: (job) => {
+        claims.set(job.id, [...(claims.get(job.id) ?? []), `${job.attempt}/${job.maxAttempts}`]);
+        return 'finished by the next worker';
+      },
+    },
+  });
   collectErrors(w);
   await w.start();
   try {
@@ -45,11 +58,11 @@ async function drain(q: string, ids: string[]): Promise<void> {
   } finally {
     await w.stop({ graceMs: 1000 });
   }
+  return claims;
 }
 
 test('SIGTERM mid-job: a job that finishes within the grace completes, a longer one is given back, none is lost', async (t) => {
   const q = uniqueQueue('sigterm');
-  const release = await hasQueueRelease(pool);
   const graceMs = 1500;
   const child = spawnNode(join(__dirname, 'fixtures', 'worker-child.js'), {
     QUEUE_TEST_DATABASE_URL: DATABASE_URL, QUEUE: q, GRACE_MS: String(graceMs), WORKER_NAME: `sigterm-${q}`,
@@ -78,28 +91,30 @@ test('SIGTERM mid-job: a job that finishes within the grace completes, a longer 
   const js = await jobOf(pool, slow);
   assert.ok(js, 'the slow job still exists');
   assert.equal(js.status, 'pending', `the slow job is ${js.status}, not back in line`);
+  assert.equal(js.lease_until, null);
+  assert.equal(js.last_error, null, 'a give-back records no failure');
+  assert.ok(await dueNow(slow), 'claimable at once, not after a delay');
   const rel = child.lines.find((l) => l.event === 'release' && l.id === slow);
   assert.ok(rel, 'the worker reported giving the slow job back');
+  assert.equal(rel.via, 'queue_release');
+  assert.equal(rel.released, true);
+  // Not burned: the claim counter moved on (1) and max_attempts grew by one (4), so 3 attempts are left, as before the claim.
+  assert.equal(js.attempts, 1);
+  assert.equal(js.max_attempts, 4);
 
-  await t.test('the slow job was given back with queue_release, without burning an attempt', (st) => {
-    if (!release) {
-      st.skip(NO_RELEASE);
-      return;
-    }
-    assert.equal(rel.via, 'queue_release');
-    assert.equal(rel.released, true);
-    assert.equal(js.max_attempts - js.attempts, 3, `attempts ${js.attempts} of ${js.max_attempts} after the give-back`);
-  });
-  if (!release) {
-    assert.equal(rel.via, 'queue_fail', 'without queue_release the job goes back through queue_fail with a zero delay');
-    assert.match(js.last_error, /worker stopped/);
-  }
-  await drain(q, [slow]);
+  const t1 = Date.now();
+  const claims = await drain(q, [slow]);
+  assert.ok(Date.now() - t1 < 3000, 'picked up at once by the next worker');
+  assert.deepEqual(claims.get(slow), ['2/4'], 'the next claim is attempt 2 of 4, run once');
+  // Never double-run: the stopped worker never reported an outcome for it.
+  assert.deepEqual(child.lines.filter((l) => l.id === slow).map((l) => l.event), ['start', 'release']);
+  const done = await jobOf(pool, slow);
+  assert.equal(done!.attempts, 2);
+  assert.equal(done!.result, 'finished by the next worker');
 });
 
 test('stop({ graceMs }): claims nothing more, waits for running handlers, gives back the rest at once', async (t) => {
   const q = uniqueQueue('stop');
-  const release = await hasQueueRelease(pool);
   let reason: unknown = null;
   const worker = new Worker({
     connectionString: DATABASE_URL,
@@ -139,17 +154,41 @@ test('stop({ graceMs }): claims nothing more, waits for running handlers, gives 
   assert.ok(!started.has(late));
   const js = await jobOf(pool, slow);
   assert.equal(js!.status, 'pending');
-  assert.equal(releases.length, 1);
-  assert.equal(releases[0]!.id, slow);
-  await t.test('given back through queue_release, the attempt not counted', (st) => {
-    if (!release) {
-      st.skip(NO_RELEASE);
-      return;
-    }
-    assert.deepEqual(releases[0], { id: slow, via: 'queue_release', released: true });
-    assert.equal(js!.max_attempts - js!.attempts, js!.max_attempts);
+  assert.ok(await dueNow(slow));
+  assert.deepEqual(releases, [{ id: slow, via: 'queue_release', released: true }]);
+  // The attempt is not counted: 1 claim so far, and 3 + 1 allowed: the default budget of 3 is intact.
+  assert.deepEqual([js!.attempts, js!.max_attempts], [1, 4]);
+  const claims = await drain(q, [slow, late]);
+  assert.deepEqual(claims.get(slow), ['2/4']);
+  assert.deepEqual(claims.get(late), ['1/3']);
+});
+
+test('an extension without queue_release: a clear error, no attempt burned, the lease brings the job back', async (t) => {
+  const q = uniqueQueue('norelease');
+  const worker = new Worker({
+    connectionString: DATABASE_URL,
+    handlers: { [q]: (job) => new Promise((resolve) => job.signal.addEventListener('abort', () => resolve(null))) },
   });
-  await drain(q, [slow, late]);
+  const errors = collectErrors(worker);
+  const releases: Array<{ via: string; released: boolean }> = [];
+  worker.on('job:release', (e) => releases.push({ via: e.via, released: e.released }));
+  await worker.start();
+  t.after(() => worker.stop({ graceMs: 0 }));
+  const id = await push(pool, q, {}, { timeout: 1000 });
+  await waitForStatus(pool, id, ['processing']);
+  await sleep(100);
+  await pool.query('ALTER FUNCTION queue_release(bigint, integer) RENAME TO queue_release_hidden_by_test');
+  try {
+    await worker.stop({ graceMs: 0 });
+  } finally {
+    await pool.query('ALTER FUNCTION queue_release_hidden_by_test(bigint, integer) RENAME TO queue_release');
+  }
+  assert.deepEqual(releases, [{ via: 'none', released: false }]);
+  assert.ok(errors.some((e) => /no queue_release\(bigint, integer\).*older than 0\.2\.0/.test(e.message)),
+    errors.map((e) => e.message).join('\n'));
+  const j = await jobOf(pool, id);
+  assert.equal(j!.last_error, null, 'nothing was failed in its place');
+  await waitForStatus(pool, id, ['pending', 'retrying'], 15_000); // its 1 s lease ran out: not lost
 });
 
 test('examples/worker.js runs: pushes, processes and stops on SIGINT', async (t) => {

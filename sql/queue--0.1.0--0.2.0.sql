@@ -1359,9 +1359,31 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(1903519093, 1) THEN
         RETURN 0;
     END IF;
-    PERFORM queue.stats_apply(0, t.queue, t.priority, t.counts, t.last_activity)
-       FROM queue.stats_take() t;
-    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    -- The amounts moved are also this minute's throughput (counts[5] is
+    -- pushed, then popped, completed, failed, expired, cancelled, retried).
+    WITH taken AS MATERIALIZED (
+        SELECT t.* FROM queue.stats_take() t
+    ), applied AS (
+        SELECT count(*) AS n
+          FROM (SELECT queue.stats_apply(0, t.queue, t.priority, t.counts, t.last_activity) FROM taken t) a
+    ), minutes AS (
+        INSERT INTO queue.stats_minutes AS m
+               (queue, minute, pushed, popped, completed, failed, expired, cancelled, retried)
+        SELECT t.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'),
+               sum(t.counts[5]), sum(t.counts[6]), sum(t.counts[7]), sum(t.counts[8]),
+               sum(t.counts[9]), sum(t.counts[10]), sum(t.counts[11])
+          FROM taken t
+         GROUP BY t.queue
+        HAVING sum(t.counts[5]) + sum(t.counts[6]) + sum(t.counts[7]) + sum(t.counts[8])
+               + sum(t.counts[9]) + sum(t.counts[10]) + sum(t.counts[11]) > 0
+        ON CONFLICT (queue, minute) DO UPDATE
+           SET pushed = m.pushed + excluded.pushed, popped = m.popped + excluded.popped,
+               completed = m.completed + excluded.completed, failed = m.failed + excluded.failed,
+               expired = m.expired + excluded.expired, cancelled = m.cancelled + excluded.cancelled,
+               retried = m.retried + excluded.retried
+    )
+    SELECT a.n INTO v_rows FROM applied a;
+    DELETE FROM queue.stats_minutes WHERE minute < now() - queue.metrics_retention();
     RETURN v_rows;
 END;
 $$;
@@ -1737,10 +1759,64 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_release(bigint, int) IS
 'Give a claimed job back (a worker stopping): pending again at once, its queue woken, without burning an attempt (max_attempts grows by one; attempt numbers stay unique per claim). With attempt, only that claim. Returns false when nothing changed.';
 
+-- New in 0.2.0: throughput per queue and minute, for dashboards.
+-- Throughput by queue and minute, from the counters the flush moves out of
+-- shared memory (not from job rows): written only by the maintenance flush,
+-- one upsert per active queue and tick, so pushers never share a row. Kept
+-- for queue.metrics_retention. Databases the workers do not serve have none.
+CREATE TABLE queue.stats_minutes (
+    queue     text COLLATE "C" NOT NULL,
+    minute    timestamptz NOT NULL,
+    pushed    bigint NOT NULL DEFAULT 0,
+    popped    bigint NOT NULL DEFAULT 0,
+    completed bigint NOT NULL DEFAULT 0,
+    failed    bigint NOT NULL DEFAULT 0,
+    expired   bigint NOT NULL DEFAULT 0,
+    cancelled bigint NOT NULL DEFAULT 0,
+    retried   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, minute)
+);
+CREATE INDEX stats_minutes_minute ON queue.stats_minutes (minute);
+
+/*
+ * queue_throughput: jobs pushed, completed and failed per queue and minute
+ * over the window (starting at the minute boundary at or before now() -
+ * since), from queue.stats_minutes: constant time per minute and queue,
+ * whatever the depth. Minutes without activity have no row. The current
+ * tick's counts appear after the next flush.
+ */
+CREATE FUNCTION @extschema@.queue_throughput(queue text DEFAULT NULL, since interval DEFAULT '1 hour')
+RETURNS TABLE (queue_name text, minute timestamptz, pushed bigint, completed bigint, failed bigint, retried bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue text := queue.check_queue_filter(queue_throughput.queue);
+    v_scope text[] := queue.scope('read', v_queue);
+BEGIN
+    IF since IS NULL OR since <= interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('since must be a positive interval: %s', coalesce(since::text, 'NULL')),
+            HINT = 'Pass how far back to look, e.g. ''1 hour''.';
+    END IF;
+    PERFORM queue.check_span('since', since, 'window');
+    RETURN QUERY
+    SELECT m.queue, m.minute, m.pushed, m.completed, m.failed, m.retried
+      FROM queue.stats_minutes m
+     WHERE m.minute >= date_bin('1 minute', now() - since, timestamptz '2000-01-01 00:00:00+00')
+       AND (v_queue IS NULL OR m.queue = v_queue)
+       AND (v_scope IS NULL OR queue.access_allows(v_scope, m.queue))
+     ORDER BY m.queue, m.minute;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_throughput(text, interval) IS
+'Jobs pushed, completed, failed and retried per queue (queue_name) and minute over the window (default the last hour), from the counters, not by counting rows; minutes without activity have no row.';
+
 -- 6. Grants, as sql/security.sql gives them on a fresh install.
 REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON FUNCTION
+    @extschema@.queue_throughput(text, interval),
     @extschema@.queue_pop(text, text, int, interval),
     @extschema@.queue_release(bigint, int),
     @extschema@.queue_grant_access(regrole, text, text),
@@ -1749,6 +1825,7 @@ REVOKE ALL ON FUNCTION
     @extschema@.queue_progress(bigint, int, int, text, int)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
+    @extschema@.queue_throughput(text, interval),
     @extschema@.queue_pop(text, text, int, interval),
     @extschema@.queue_release(bigint, int),
     @extschema@.queue_grant_access(regrole, text, text),
@@ -1762,6 +1839,7 @@ GRANT EXECUTE ON FUNCTION @extschema@.queue_pop(text, text, int, interval) TO qu
 GRANT EXECUTE ON FUNCTION queue.save_schedule(text, text, text, jsonb, int, text, int, interval, boolean)
     TO queue_admin;
 SELECT pg_catalog.pg_extension_config_dump('queue.access_rules', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.stats_minutes', '');
 
 -- 0.2.0 uses an existing role of these names only when it carries this
 -- marker (sql/security.sql). 0.1.0 made its roles without one, or adopted

@@ -49,6 +49,24 @@ CREATE TABLE queue.job_times (
 );
 CREATE INDEX job_times_minute ON queue.job_times (finished_minute);
 
+-- Throughput by queue and minute, from the counters the flush moves out of
+-- shared memory (not from job rows): written only by the maintenance flush,
+-- one upsert per active queue and tick, so pushers never share a row. Kept
+-- for queue.metrics_retention. Databases the workers do not serve have none.
+CREATE TABLE queue.stats_minutes (
+    queue     text COLLATE "C" NOT NULL,
+    minute    timestamptz NOT NULL,
+    pushed    bigint NOT NULL DEFAULT 0,
+    popped    bigint NOT NULL DEFAULT 0,
+    completed bigint NOT NULL DEFAULT 0,
+    failed    bigint NOT NULL DEFAULT 0,
+    expired   bigint NOT NULL DEFAULT 0,
+    cancelled bigint NOT NULL DEFAULT 0,
+    retried   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, minute)
+);
+CREATE INDEX stats_minutes_minute ON queue.stats_minutes (minute);
+
 ------------------------------------------------------------------------------
 -- Internal helpers
 ------------------------------------------------------------------------------
@@ -224,9 +242,31 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(1903519093, 1) THEN
         RETURN 0;
     END IF;
-    PERFORM queue.stats_apply(0, t.queue, t.priority, t.counts, t.last_activity)
-       FROM queue.stats_take() t;
-    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    -- The amounts moved are also this minute's throughput (counts[5] is
+    -- pushed, then popped, completed, failed, expired, cancelled, retried).
+    WITH taken AS MATERIALIZED (
+        SELECT t.* FROM queue.stats_take() t
+    ), applied AS (
+        SELECT count(*) AS n
+          FROM (SELECT queue.stats_apply(0, t.queue, t.priority, t.counts, t.last_activity) FROM taken t) a
+    ), minutes AS (
+        INSERT INTO queue.stats_minutes AS m
+               (queue, minute, pushed, popped, completed, failed, expired, cancelled, retried)
+        SELECT t.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'),
+               sum(t.counts[5]), sum(t.counts[6]), sum(t.counts[7]), sum(t.counts[8]),
+               sum(t.counts[9]), sum(t.counts[10]), sum(t.counts[11])
+          FROM taken t
+         GROUP BY t.queue
+        HAVING sum(t.counts[5]) + sum(t.counts[6]) + sum(t.counts[7]) + sum(t.counts[8])
+               + sum(t.counts[9]) + sum(t.counts[10]) + sum(t.counts[11]) > 0
+        ON CONFLICT (queue, minute) DO UPDATE
+           SET pushed = m.pushed + excluded.pushed, popped = m.popped + excluded.popped,
+               completed = m.completed + excluded.completed, failed = m.failed + excluded.failed,
+               expired = m.expired + excluded.expired, cancelled = m.cancelled + excluded.cancelled,
+               retried = m.retried + excluded.retried
+    )
+    SELECT a.n INTO v_rows FROM applied a;
+    DELETE FROM queue.stats_minutes WHERE minute < now() - queue.metrics_retention();
     RETURN v_rows;
 END;
 $$;
@@ -441,6 +481,40 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_metrics(text, interval) IS
 'How jobs that finished since now() - since (from the minute boundary) ran: executions, completed, failed, expired, success_rate, avg/p95/p99 run time and wait time (ms, exact), throughput_per_minute. Deleted jobs still count.';
+
+/*
+ * queue_throughput: jobs pushed, completed and failed per queue and minute
+ * over the window (starting at the minute boundary at or before now() -
+ * since), from queue.stats_minutes: constant time per minute and queue,
+ * whatever the depth. Minutes without activity have no row. The current
+ * tick's counts appear after the next flush.
+ */
+CREATE FUNCTION @extschema@.queue_throughput(queue text DEFAULT NULL, since interval DEFAULT '1 hour')
+RETURNS TABLE (queue_name text, minute timestamptz, pushed bigint, completed bigint, failed bigint, retried bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue text := queue.check_queue_filter(queue_throughput.queue);
+    v_scope text[] := queue.scope('read', v_queue);
+BEGIN
+    IF since IS NULL OR since <= interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('since must be a positive interval: %s', coalesce(since::text, 'NULL')),
+            HINT = 'Pass how far back to look, e.g. ''1 hour''.';
+    END IF;
+    PERFORM queue.check_span('since', since, 'window');
+    RETURN QUERY
+    SELECT m.queue, m.minute, m.pushed, m.completed, m.failed, m.retried
+      FROM queue.stats_minutes m
+     WHERE m.minute >= date_bin('1 minute', now() - since, timestamptz '2000-01-01 00:00:00+00')
+       AND (v_queue IS NULL OR m.queue = v_queue)
+       AND (v_scope IS NULL OR queue.access_allows(v_scope, m.queue))
+     ORDER BY m.queue, m.minute;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_throughput(text, interval) IS
+'Jobs pushed, completed, failed and retried per queue (queue_name) and minute over the window (default the last hour), from the counters, not by counting rows; minutes without activity have no row.';
 
 /*
  * queue_health: is the queue being served? Workers running, the last

@@ -441,7 +441,12 @@ unsafe fn make_way(node: *mut pg_sys::Node) -> Option<u32> {
     }
 }
 
-#[pg_guard]
+/// The hook itself. Not `#[pg_guard]`: an ERROR raised by the statement
+/// (or a later hook) must reach Postgres as it was raised, not caught and
+/// re-raised by pgrx on the way (which rewrites its DETAIL). So the Rust
+/// work runs in guarded helpers, the next hook is called through its raw
+/// pointer, and this frame holds nothing that needs dropping when an ERROR
+/// passes through it.
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -454,24 +459,40 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     unsafe {
-        let paused = if pstmt.is_null() { None } else { make_way((*pstmt).utilityStmt) };
-        match PREV_UTILITY.get().copied().flatten() {
-            Some(previous) => previous(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }
-        if let Some(oid) = paused {
-            unpause(oid);
+        let paused = make_way_for(pstmt);
+        let next = PREV_UTILITY.get().copied().flatten().unwrap_or(raw_standard_process_utility);
+        next(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc);
+        if paused != 0 {
+            unpause_after(paused);
         }
     }
+}
+
+unsafe extern "C-unwind" {
+    /// `standard_ProcessUtility`, called directly (see [`process_utility`]).
+    #[link_name = "standard_ProcessUtility"]
+    fn raw_standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
+/// [`make_way`] under pgrx's guard: the database paused, 0 for none.
+#[pg_guard]
+unsafe extern "C-unwind" fn make_way_for(pstmt: *mut pg_sys::PlannedStmt) -> u32 {
+    unsafe { if pstmt.is_null() { 0 } else { make_way((*pstmt).utilityStmt).unwrap_or(0) } }
+}
+
+/// [`unpause`] under pgrx's guard.
+#[pg_guard]
+unsafe extern "C-unwind" fn unpause_after(oid: u32) {
+    unpause(oid);
 }
 
 // ---------------------------------------------------------------------------

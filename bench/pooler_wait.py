@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Pickup latency of workers that wait inside queue_pop, through PgBouncer.
+
+    python3 bench/pooler_wait.py [--jobs 300] [--workers 1,8,32,64]
+
+Starts a throwaway cluster (scripts/cluster.sh, port 55463, the extension
+preloaded) and Debian's pgbouncer in transaction mode in front of it (port
+55464). For each worker count, that many connections through pgbouncer loop
+`queue_pop(q, w, 1, wait => '5 seconds')` and ack what they get, while one
+producer (a direct connection) pushes jobs one by one, 5 ms apart. Prints the
+latency from the push's commit to the return of the pop that claimed it,
+p50 / p95 / p99 / max, and the same with the workers connected directly (no
+pooler). Every job must be claimed exactly once.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / ".run" / "pooler-bench-cluster"
+BOUNCER = ROOT / ".run" / "pooler-bench-bouncer"
+PG_PORT, BOUNCER_PORT = 55463, 55464
+DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname=postgres"
+POOLED = f"host=127.0.0.1 port={BOUNCER_PORT} user=postgres dbname=postgres"
+
+
+def start():
+    subprocess.run([str(ROOT / "scripts/cluster.sh"), "start", str(CLUSTER), str(PG_PORT),
+                    "max_connections = 200", "queue.tick = 100ms"], check=True)
+    with psycopg.connect(DIRECT, autocommit=True) as c:
+        c.execute("CREATE EXTENSION queue")
+    shutil.rmtree(BOUNCER, ignore_errors=True)
+    BOUNCER.mkdir(parents=True)
+    (BOUNCER / "users.txt").write_text('"postgres" ""\n')
+    (BOUNCER / "pgbouncer.ini").write_text(f"""
+[databases]
+postgres = host=127.0.0.1 port={PG_PORT} dbname=postgres user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {BOUNCER_PORT}
+unix_socket_dir =
+auth_type = trust
+auth_file = {BOUNCER}/users.txt
+pool_mode = transaction
+max_client_conn = 300
+default_pool_size = 100
+logfile = {BOUNCER}/pgbouncer.log
+pidfile = {BOUNCER}/pgbouncer.pid
+""")
+    for p in [BOUNCER, *BOUNCER.iterdir()]:
+        shutil.chown(p, "postgres", "postgres")
+    cmd = [shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", "-d", str(BOUNCER / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    subprocess.run(cmd, check=True)
+    time.sleep(0.5)
+
+
+def stop():
+    try:
+        os.kill(int((BOUNCER / "pgbouncer.pid").read_text()), 15)
+    except (OSError, ValueError):
+        pass
+    subprocess.run([str(ROOT / "scripts/cluster.sh"), "stop", str(CLUSTER)], check=False)
+
+
+def run(dsn, workers, jobs, queue):
+    claimed, lock, stop_flag, errors = {}, threading.Lock(), threading.Event(), []
+
+    def worker(n):
+        try:
+            with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as c:
+                while not stop_flag.is_set():
+                    rows = c.execute("SELECT id FROM queue_pop(%s, %s, 1, wait => '5 seconds')",
+                                     (queue, f"w{n}")).fetchall()
+                    now = time.monotonic()
+                    for (job,) in rows:
+                        with lock:
+                            if job in claimed:
+                                errors.append(f"job {job} claimed twice")
+                            claimed[job] = now
+                        c.execute("SELECT queue_ack(%s)", (job,))
+        except Exception as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    committed = {}
+    with psycopg.connect(DIRECT, autocommit=True) as p:
+        for _ in range(jobs):
+            committed[p.execute("SELECT queue_push(%s, '{}')", (queue,)).fetchone()[0]] = time.monotonic()
+            time.sleep(0.005)
+    deadline = time.monotonic() + 15
+    while len(claimed) < jobs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop_flag.set()
+    with psycopg.connect(DIRECT, autocommit=True) as p:
+        p.execute("SELECT queue_push_batch(%s, array_fill('{}'::jsonb, ARRAY[%s]))", (queue, workers))
+    for t in threads:
+        t.join(timeout=10)
+    missing = set(committed) - set(claimed)
+    if errors or missing:
+        sys.exit(f"errors: {errors[:3]}, unclaimed: {len(missing)}")
+    lat = sorted((claimed[j] - committed[j]) * 1000 for j in committed)
+    pick = lambda q: lat[min(len(lat) - 1, int(len(lat) * q))]
+    return pick(0.5), pick(0.95), pick(0.99), lat[-1]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=300)
+    ap.add_argument("--workers", default="1,8,32,64")
+    args = ap.parse_args()
+    start()
+    try:
+        print("| workers | path | p50 ms | p95 ms | p99 ms | max ms |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for n in [int(w) for w in args.workers.split(",")]:
+            for label, dsn in (("pgbouncer", POOLED), ("direct", DIRECT)):
+                r = run(dsn, n, args.jobs, f"pw-{label}-{n}")
+                print(f"| {n} | {label} | {r[0]:.2f} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:.2f} |", flush=True)
+    finally:
+        stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -46,9 +46,9 @@ impl Table {
         let mut out = String::new();
         let mut line = |cells: &[String]| {
             let mut s = String::new();
-            for i in 0..n {
+            for (i, w) in width.iter().enumerate() {
                 let c = cells.get(i).map(String::as_str).unwrap_or("");
-                let pad = width[i] - c.chars().count();
+                let pad = w - c.chars().count();
                 if i > 0 {
                     s.push_str("  ");
                 }
@@ -246,7 +246,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// A duration as the command line writes it back (`1h30m`, `45s`, `250ms`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut s = d.as_secs();

@@ -17,8 +17,6 @@ pooler), each also with claims that commit without waiting for the WAL flush
 disk's flush time. Every job must be claimed exactly once.
 """
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -44,38 +42,12 @@ def start():
         # pickup itself, apart from this disk's flush time.
         c.execute("CREATE ROLE lazy LOGIN SUPERUSER")
         c.execute("ALTER ROLE lazy SET synchronous_commit = off")
-    shutil.rmtree(BOUNCER, ignore_errors=True)
-    BOUNCER.mkdir(parents=True)
-    (BOUNCER / "users.txt").write_text('"postgres" ""\n"lazy" ""\n')
-    (BOUNCER / "pgbouncer.ini").write_text(f"""
-[databases]
-postgres = host=127.0.0.1 port={PG_PORT} dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {BOUNCER_PORT}
-unix_socket_dir =
-auth_type = trust
-auth_file = {BOUNCER}/users.txt
-pool_mode = transaction
-max_client_conn = 300
-default_pool_size = 100
-logfile = {BOUNCER}/pgbouncer.log
-pidfile = {BOUNCER}/pgbouncer.pid
-""")
-    for p in [BOUNCER, *BOUNCER.iterdir()]:
-        shutil.chown(p, "postgres", "postgres")
-    cmd = [shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", "-d", str(BOUNCER / "pgbouncer.ini")]
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    subprocess.run(cmd, check=True)
-    time.sleep(0.5)
+    subprocess.run([str(ROOT / "scripts/pgbouncer.sh"), "start", str(BOUNCER), str(BOUNCER_PORT), str(PG_PORT),
+                    "postgres", "lazy"], check=True)
 
 
 def stop():
-    try:
-        os.kill(int((BOUNCER / "pgbouncer.pid").read_text()), 15)
-    except (OSError, ValueError):
-        pass
+    subprocess.run([str(ROOT / "scripts/pgbouncer.sh"), "stop", str(BOUNCER)], check=False)
     subprocess.run([str(ROOT / "scripts/cluster.sh"), "stop", str(CLUSTER)], check=False)
 
 

@@ -9,7 +9,6 @@ holds no row, no lock that writers notice, and no snapshot older than its
 wait.
 """
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -24,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = Path(os.environ.get("RUN_DIR", ROOT / ".run"))
 BOUNCER_DIR = RUN_DIR / "pgbouncer"
 BOUNCER_PORT = 55437
-PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
 def backend_port():
@@ -33,49 +31,14 @@ def backend_port():
 
 @pytest.fixture(scope="module")
 def bouncer():
-    """A pgbouncer in transaction mode in front of the test cluster; its DSN."""
-    if not os.path.exists(PGBOUNCER):
-        pytest.fail("pgbouncer is not installed (scripts/ensure-deps.sh installs it)")
-    shutil.rmtree(BOUNCER_DIR, ignore_errors=True)
-    BOUNCER_DIR.mkdir(parents=True)
-    (BOUNCER_DIR / "users.txt").write_text('"postgres" ""\n')
-    (BOUNCER_DIR / "pgbouncer.ini").write_text(f"""
-[databases]
-postgres = host=127.0.0.1 port={backend_port()} dbname=postgres user=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {BOUNCER_PORT}
-unix_socket_dir =
-auth_type = trust
-auth_file = {BOUNCER_DIR}/users.txt
-pool_mode = transaction
-max_client_conn = 200
-default_pool_size = 40
-logfile = {BOUNCER_DIR}/pgbouncer.log
-pidfile = {BOUNCER_DIR}/pgbouncer.pid
-ignore_startup_parameters = extra_float_digits
-""")
-    shutil.chown(BOUNCER_DIR, "postgres", "postgres")
-    for f in BOUNCER_DIR.iterdir():
-        shutil.chown(f, "postgres", "postgres")
-    cmd = [PGBOUNCER, "-d", str(BOUNCER_DIR / "pgbouncer.ini")]
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    subprocess.run(cmd, check=True)
-    dsn = f"host=127.0.0.1 port={BOUNCER_PORT} user=postgres dbname=postgres"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as c:
-                c.execute("SELECT 1")
-            break
-        except psycopg.OperationalError:
-            assert time.monotonic() < deadline, "pgbouncer did not start"
-            time.sleep(0.1)
-    yield dsn
-    pid = int((BOUNCER_DIR / "pgbouncer.pid").read_text())
-    os.kill(pid, 15)
+    """A pgbouncer in transaction mode in front of the test cluster
+    (scripts/pgbouncer.sh); its DSN."""
+    script = str(ROOT / "scripts/pgbouncer.sh")
+    subprocess.run([script, "start", str(BOUNCER_DIR), str(BOUNCER_PORT), backend_port()], check=True)
+    try:
+        yield f"host=127.0.0.1 port={BOUNCER_PORT} user=postgres dbname=postgres"
+    finally:
+        subprocess.run([script, "stop", str(BOUNCER_DIR)], check=False)
 
 
 def pooled(dsn):

@@ -10,6 +10,8 @@
 #                                       (scripts/upgrade-test.sh, pg_test/upgrade)
 #   6. the client libraries, each against a cluster of its own
 #                                       (clients/*/run-tests.sh)
+#   7. queuectl: its commands and its dashboard in headless Chromium
+#                                       (queuectl/run-tests.sh)
 #
 # Steps 2-4 run against a throwaway cluster with the extension preloaded;
 # step 5 has a cluster of its own, filled before this build is installed.
@@ -128,6 +130,7 @@ for client in python node rust; do
     step "client library: $client (clients/$client)" "clients/$client/run-tests.sh"
   fi
 done
+step "queuectl: the command line and the dashboard (a real browser)" queuectl/run-tests.sh
 
 if [ ${#steps_failed[@]} -gt 0 ]; then
   printf 'failed step: %s\n' "${steps_failed[@]}"

@@ -256,7 +256,7 @@
       stat('success rate', fmtPct(m.success_rate), m.success_rate !== null && m.success_rate < 0.9 ? 'red' : 'green'),
       stat('avg / p95 run', `${fmtMs(m.avg_run_ms)} / ${fmtMs(m.p95_run_ms)}`));
     const byQueue = {};
-    for (const r of tp || []) (byQueue[r.queue] = byQueue[r.queue] || []).push(r);
+    for (const r of tp || []) (byQueue[r.queue_name] = byQueue[r.queue_name] || []).push(r);
     const names = ov.queues.map((q) => q.queue);
     names.forEach((n) => knownQueues.add(n));
     syncQueueSelect($('failed-queue'), names);

@@ -101,7 +101,6 @@ try {
   });
   const page = context.pages()[0] || await context.newPage();
   const problems = [];
-  const throughputErrors = [];
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => {
     // A failed fetch is reported below with its URL; anything else is a problem (CSP violations included).
@@ -109,8 +108,6 @@ try {
   });
   page.on('response', (r) => {
     if (r.status() < 400) return;
-    // queue_throughput is optional and being added: while an installed version fails, the chart says so.
-    if (r.url().includes('/api/throughput')) { throughputErrors.push(r.status()); return; }
     problems.push(`HTTP ${r.status()} from ${r.url()}`);
   });
 
@@ -125,8 +122,11 @@ try {
     assert.equal(await card.locator('[data-field=waiting]').textContent(), '3');
     const chips = await card.locator('.chip').allTextContents();
     assert.deepEqual(chips, ['high 1', 'normal 1', 'low 1']);
+    // The jobs were pushed before the page loaded: the chart draws them
+    // from queue_throughput (a flush every 100 ms; the panel every 5 s).
+    await card.locator('.chart svg polyline').waitFor({ timeout: 12000 });
     const chartText = await card.locator('.chart').textContent();
-    assert.ok(chartText.includes('no data') || chartText.includes('pushed'), chartText);
+    assert.ok(chartText.includes('pushed'), chartText);
   });
 
   await check('the failed-jobs panel lists the dead jobs with error and payload, escaped', async () => {
@@ -212,7 +212,6 @@ try {
 
   await check('the page raised no script error, no CSP violation and no failed API call', async () => {
     assert.deepEqual(problems, []);
-    if (throughputErrors.length) console.log(`  note: /api/throughput failed ${throughputErrors.length} times (the installed queue_throughput errs)`);
   });
 
   mkdirSync(SHOTS, { recursive: true });

@@ -1,6 +1,6 @@
 """A Python worker for test_cross_language.py: ``python cross_worker_proc.py DSN QUEUE``.
 
-Serves the queue next to a Node worker. Each handler sleeps ``payload["ms"]``
+Serves the queue next to a Node and a Rust worker. Each handler sleeps ``payload["ms"]``
 milliseconds and returns ``{lang, pid, start, end}`` (epoch milliseconds) as
 the job's result. Prints JSON lines: ``ready``, one ``start`` per job, ``exit``.
 SIGTERM stops it gracefully.

@@ -1,11 +1,15 @@
-"""Python and Node workers drain one queue together.
+"""Python, Node and Rust workers drain one queue together.
 
 Python pushes 300 jobs (every third in one of 3 serial groups); a Python
-worker process (``cross_worker_proc.py``) and a Node worker process
+worker process (``cross_worker_proc.py``), a Node worker process
 (``clients/node/test/fixtures/cross-language-worker.js``, on the built Node
-client) serve the queue at once. Every job must complete exactly once, both
-languages must have run some, and within each serial group no two jobs may
-have overlapped in time (each handler stores its start and end in the result).
+client) and a Rust worker process (``clients/rust/examples/cross_language_worker.rs``,
+built here with ``cargo build -p queue-client --example cross_language_worker``
+when its binary is missing or older than its sources) serve the queue at once.
+Every job must complete exactly once, each of the three languages must have
+run some, and within each serial group no two jobs may have overlapped in time
+(each handler stores its start and end in the result). Skipped, with the
+reason, without node, the built Node client, or cargo.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ NODE = shutil.which("node")
 NODE_DIR = os.path.join(REPO, "clients", "node")
 NODE_WORKER = os.path.join(NODE_DIR, "test", "fixtures", "cross-language-worker.js")
 PY_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cross_worker_proc.py")
+CARGO = shutil.which("cargo")
+RUST_DIR = os.path.join(REPO, "clients", "rust")
+RUST_EXAMPLE = "cross_language_worker"
+# The debug profile, so that `cargo test -p queue-client` reuses what this builds.
+RUST_TARGET_DIR = os.path.join(REPO, os.environ.get("CARGO_TARGET_DIR") or "target")
+RUST_WORKER = os.path.join(RUST_TARGET_DIR, "debug", "examples", RUST_EXAMPLE)
 
 if NODE is None:
     pytest.skip("node is not installed: the cross-language test needs a Node worker", allow_module_level=True)
@@ -41,8 +51,10 @@ if not os.path.exists(os.path.join(NODE_DIR, "dist", "index.js")) \
 
 JOBS = 300
 GROUPS = ["g0", "g1", "g2"]
-# Two processes' clocks (time.time() and performance.timeOrigin + now()) agree
-# to about a millisecond; a real overlap of two handlers lasts at least 5 ms.
+LANGS = ("python", "node", "rust")
+# Two processes' clocks (time.time(), performance.timeOrigin + now() and Rust's
+# SystemTime::now()) agree to about a millisecond; a real overlap of two
+# handlers lasts at least 5 ms.
 CLOCK_SLACK_MS = 1.0
 
 
@@ -84,16 +96,37 @@ class Proc:
         return code
 
 
+def rust_worker_binary() -> str:
+    """The Rust worker's binary, built first if it is missing or older than its sources."""
+    sources = [os.path.join(REPO, "Cargo.lock"), os.path.join(RUST_DIR, "Cargo.toml"),
+               os.path.join(RUST_DIR, "examples", RUST_EXAMPLE + ".rs")]
+    for d, _, files in os.walk(os.path.join(RUST_DIR, "src")):
+        sources += [os.path.join(d, f) for f in files if f.endswith(".rs")]
+    newest = max(os.path.getmtime(f) for f in sources if os.path.exists(f))
+    if os.path.exists(RUST_WORKER) and os.path.getmtime(RUST_WORKER) >= newest:
+        return RUST_WORKER
+    if CARGO is None:
+        pytest.skip("cargo is not installed: the cross-language test needs a Rust worker")
+    build = subprocess.run([CARGO, "build", "-q", "-p", "queue-client", "--example", RUST_EXAMPLE], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200)
+    assert build.returncode == 0, f"cargo build of the Rust worker failed:\n{build.stdout[-4000:]}"
+    assert os.path.exists(RUST_WORKER), f"cargo built no {RUST_WORKER}"
+    return RUST_WORKER
+
+
 def node_url() -> str:
     p = dsn_params()
     return f"postgres://{p.get('user', 'postgres')}@{p.get('host', '127.0.0.1')}:{p.get('port', '5432')}/{p.get('dbname', 'postgres')}"
 
 
-def test_python_and_node_workers_share_a_queue(conn, queue_name, capsys):
+def test_python_node_and_rust_workers_share_a_queue(conn, queue_name, capsys):
+    rust_worker = rust_worker_binary()
     procs = [
         Proc("python", [sys.executable, PY_WORKER, DSN, queue_name], {}),
         Proc("node", [NODE, NODE_WORKER], {"DATABASE_URL": node_url(), "QUEUE": queue_name, "CONCURRENCY": "4"}),
+        Proc("rust", [rust_worker], {"DATABASE_URL": node_url(), "QUEUE": queue_name, "CONCURRENCY": "4"}),
     ]
+    by_lang = {p.lang: p for p in procs}
     try:
         for p in procs:
             assert p.ready.wait(20), f"the {p.lang} worker did not start: {p.lines}"
@@ -111,23 +144,24 @@ def test_python_and_node_workers_share_a_queue(conn, queue_name, capsys):
                    what=f"{JOBS} jobs completed")
     finally:
         codes = {p.lang: p.stop() for p in procs}
-    assert codes["python"] == 0, procs[0].lines[-5:]
-    assert codes["node"] in (0, -signal.SIGTERM), procs[1].lines[-5:]
+    assert codes["python"] == 0, by_lang["python"].lines[-5:]
+    assert codes["node"] in (0, -signal.SIGTERM), by_lang["node"].lines[-5:]
+    assert codes["rust"] == 0, by_lang["rust"].lines[-5:]
     assert not [e for p in procs for e in p.lines if e.get("event") == "error"]
 
     rows = conn.execute("SELECT id, status::text, attempts, serial_group, result FROM queue.all_jobs WHERE queue = %s",
                         (queue_name,)).fetchall()
     assert len(rows) == JOBS
-    # Completed exactly once: one attempt each, and one handler start across both processes.
+    # Completed exactly once: one attempt each, and one handler start across the three processes.
     assert {(r[1], r[2]) for r in rows} == {("completed", 1)}
-    starts = procs[0].started() + procs[1].started()
+    starts = [i for p in procs for i in p.started()]
     assert sorted(starts) == sorted(r[0] for r in rows), "a job was started twice, or not at all"
-    ran_by = {**{i: "python" for i in procs[0].started()}, **{i: "node" for i in procs[1].started()}}
+    ran_by = {i: p.lang for p in procs for i in p.started()}
     for job_id, _, _, group, result in rows:
         assert result["lang"] == ran_by[job_id]
         assert group == group_of.get(job_id)
-    counts = {lang: sum(1 for v in ran_by.values() if v == lang) for lang in ("python", "node")}
-    assert counts["python"] > 0 and counts["node"] > 0, counts
+    counts = {lang: sum(1 for v in ran_by.values() if v == lang) for lang in LANGS}
+    assert all(counts[lang] > 0 for lang in LANGS), counts
 
     # One job of a group at a time, in push order, whichever language ran it.
     handovers = 0
@@ -141,5 +175,5 @@ def test_python_and_node_workers_share_a_queue(conn, queue_name, capsys):
                 f"job {a[0]} ({a[4]['lang']}) ended")
             handovers += a[4]["lang"] != b[4]["lang"]
     with capsys.disabled():
-        print(f"\n[cross-language] {JOBS} jobs: python ran {counts['python']}, node ran {counts['node']}; "
-              f"serial groups handed between languages {handovers} times")
+        print(f"\n[cross-language] {JOBS} jobs: python ran {counts['python']}, node ran {counts['node']}, "
+              f"rust ran {counts['rust']}; serial groups handed between languages {handovers} times")

@@ -124,6 +124,55 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_dead(text, int) IS
 'Dead letters (failed and expired jobs), newest first, with their last error; of one queue or all.';
 
+-- The row queue_jobs returns.
+CREATE TYPE queue.listed_job AS (
+    id bigint, queue text, status text, priority int, serial_group text, attempt int, max_attempts int,
+    run_at timestamptz, created_at timestamptz, started_at timestamptz, finished_at timestamptz,
+    worker text, last_error text, payload jsonb);
+
+/*
+ * queue_jobs: browse jobs of any status, newest first, for tools and
+ * dashboards (queuectl jobs, the job browser). Keyset paging: pass the
+ * smallest id of a page as before_id for the next. A merge of the two
+ * tables' primary keys read backwards: cheap for the first pages, a scan
+ * of the skipped rows for a rare status deep in history. Not for workers.
+ */
+CREATE FUNCTION @extschema@.queue_jobs(queue text DEFAULT NULL, status text DEFAULT NULL,
+                                       max_rows int DEFAULT 50, before_id bigint DEFAULT NULL)
+RETURNS SETOF queue.listed_job
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue  text := queue.check_queue_filter(queue_jobs.queue);
+    v_max    int  := queue.check_count('max_rows', queue_jobs.max_rows, 10000,
+                                       'max_rows is how many jobs to list, newest first.');
+    v_scope  text[] := queue.scope('read', v_queue);
+    v_status queue.job_status;
+BEGIN
+    IF status IS NOT NULL THEN
+        IF NOT status = ANY (enum_range(NULL::queue.job_status)::text[]) THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('unknown job status: %s', status),
+                HINT = 'A status is one of ' || array_to_string(enum_range(NULL::queue.job_status)::text[], ', ') || '.';
+        END IF;
+        v_status := status::queue.job_status;
+    END IF;
+    RETURN QUERY
+    SELECT j.id, j.queue::text, j.status::text, j.priority, j.serial_group::text, j.attempts, j.max_attempts,
+           j.run_at, j.created_at, j.started_at, j.finished_at, j.worker, j.last_error, j.payload
+      FROM queue.all_jobs j
+     WHERE (v_queue IS NULL OR j.queue = v_queue)
+       AND (v_status IS NULL OR j.status = v_status)
+       AND (before_id IS NULL OR j.id < before_id)
+       AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
+     ORDER BY j.id DESC
+     LIMIT v_max;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_jobs(text, text, int, bigint) IS
+'Jobs of one queue or all, of one status or all, newest first (keyset paging with before_id): id, queue, status, priority, serial_group, attempt, max_attempts, run_at, created_at, started_at, finished_at, worker, last_error, payload. For tools, not for workers.';
+
 CREATE FUNCTION @extschema@.queue_retry(id bigint) RETURNS boolean
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$

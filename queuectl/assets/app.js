@@ -418,7 +418,9 @@
         h('tbody', {}, rows.map((r) => h('tr', { 'data-job-id': r.id },
           h('td', {}, jobLink(r.id)), h('td', {}, r.queue),
           pending ? [h('td', {}, r.priority), h('td', {}, r.serial_group || '–'), h('td', {}, r.attempts), h('td', {}, timeEl(r.created_at))]
-            : [h('td', {}, h('span', { class: 'badge bad' }, r.status)), h('td', { class: 'err' }, preview(r.last_error || '', 120)), h('td', {}, `${r.attempts}/${r.max_attempts}`), h('td', {}, timeEl(r.finished_at))],
+            : [h('td', {}, h('span', { class: `badge ${STATUS_CLASS[r.status] ?? ''}` }, r.status)), h('td', { class: 'err' }, preview(r.last_error || '', 120)),
+               // queue_dead names the claim count attempts, queue_jobs attempt.
+               h('td', {}, `${r.attempts ?? r.attempt}/${r.max_attempts}`), h('td', {}, r.finished_at ? timeEl(r.finished_at) : '–')],
           h('td', { class: 'payload mono' }, preview(r.payload, 100)))))));
     } catch (e) {
       fill(body, h('p', { class: 'error' }, e.message));

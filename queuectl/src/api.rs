@@ -117,6 +117,18 @@ impl Api {
         self.rows("queue_dead($1::text, $2::int)", &[&queue, &max_rows]).await
     }
 
+    /// `queue_jobs(queue, status, max_rows, before_id)`: jobs of any status,
+    /// newest first.
+    pub async fn list_jobs(
+        &self,
+        queue: Option<&str>,
+        status: Option<&str>,
+        max_rows: i32,
+        before_id: Option<i64>,
+    ) -> Result<Vec<Value>> {
+        self.rows("queue_jobs($1::text, $2::text, $3::int, $4::bigint)", &[&queue, &status, &max_rows, &before_id]).await
+    }
+
     /// `queue_peek(queue, n)`: the next jobs in claim order.
     pub async fn peek(&self, queue: &str, n: i32) -> Result<Vec<Value>> {
         self.rows("queue_peek($1::text, $2::int)", &[&queue, &n]).await

@@ -348,6 +348,29 @@ fn print_dead(rows: &[Value]) {
     }
 }
 
+/// Rows of `queue_jobs`: any status, newest first.
+fn print_listed(rows: &[Value]) {
+    let mut t = Table::new(&[">ID", "QUEUE", "STATUS", ">ATTEMPT", "CREATED", "STARTED", "FINISHED", "ERROR", "PAYLOAD"]);
+    for r in rows {
+        t.row(vec![
+            field(r, "id"),
+            field(r, "queue"),
+            field(r, "status"),
+            format!("{}/{}", field(r, "attempt"), field(r, "max_attempts")),
+            ago(r, "created_at"),
+            ago(r, "started_at"),
+            ago(r, "finished_at"),
+            preview(&field(r, "last_error"), 40),
+            preview(&r["payload"].to_string(), 30),
+        ]);
+    }
+    if t.is_empty() {
+        println!("  none");
+    } else {
+        print!("{}", t.render());
+    }
+}
+
 fn print_schedules(rows: &[Value]) {
     let mut t = Table::new(&["NAME", "KIND", "SCHEDULE", "QUEUE", "ENABLED", "NEXT RUN", "LAST RUN", ">LAST JOB", "LAST ERROR"]);
     for r in rows {
@@ -399,29 +422,18 @@ async fn jobs(api: &Api, out: Out, queue: &str, status: &str, limit: i32) -> Res
     if !api.list().await?.iter().any(|l| l["queue"] == json!(queue)) {
         return Err(CliError::not_found(format!("no queue {queue:?} (a queue exists once it had a job)")));
     }
+    const STATUSES: [&str; 8] =
+        ["scheduled", "pending", "processing", "retrying", "completed", "failed", "expired", "cancelled"];
     let rows = match status {
+        // Pending jobs in the order they will be claimed; dead letters as
+        // queue_dead gives them; any other status newest first.
         "pending" => api.peek(queue, limit).await?,
-        "failed" | "expired" | "dead" => {
-            // queue_dead has no status filter: read enough to fill the limit.
-            let want = if status == "dead" { limit } else { (limit.saturating_mul(10)).clamp(limit, 100_000) };
-            let mut rows = api.dead(Some(queue), want).await?;
-            if status != "dead" {
-                rows.retain(|r| r["status"] == json!(status));
-            }
-            rows.truncate(limit.max(0) as usize);
-            rows
-        }
-        "scheduled" | "processing" | "retrying" | "completed" | "cancelled" => {
-            return Err(CliError::usage(format!(
-                "the extension has no function that lists {status} jobs (queue_peek lists pending ones, \
-                 queue_dead failed and expired ones); see `queuectl describe {queue}` for the counts, \
-                 or `queuectl job ID` for one job"
-            )))
-        }
+        "dead" => api.dead(Some(queue), limit).await?,
+        s if STATUSES.contains(&s) => api.list_jobs(Some(queue), Some(s), limit, None).await?,
         other => {
             return Err(CliError::usage(format!(
-                "unknown status {other:?}: pending, failed, expired or dead (also scheduled, processing, retrying, \
-                 completed, cancelled, which the extension cannot list)"
+                "unknown status {other:?}: one of {}, or dead (failed and expired)",
+                STATUSES.join(", ")
             )))
         }
     };
@@ -431,8 +443,10 @@ async fn jobs(api: &Api, out: Out, queue: &str, status: &str, limit: i32) -> Res
     }
     if status == "pending" {
         print_waiting(&rows);
-    } else {
+    } else if status == "dead" {
         print_dead(&rows);
+    } else {
+        print_listed(&rows);
     }
     Ok(Exit::Ok)
 }

@@ -72,11 +72,11 @@ pub enum Command {
         /// The queue
         queue: String,
     },
-    /// Jobs of a queue in one status (pending: next in claim order; failed / expired / dead: newest first)
+    /// Jobs of a queue in one status (pending: next in claim order; any other status, or dead: newest first)
     Jobs {
         /// The queue
         queue: String,
-        /// pending, failed, expired or dead (failed + expired)
+        /// pending, scheduled, processing, retrying, completed, failed, expired, cancelled, or dead (failed + expired)
         #[arg(long, short, default_value = "pending")]
         status: String,
         /// How many at most

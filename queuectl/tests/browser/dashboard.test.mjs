@@ -84,6 +84,9 @@ try {
   await stop(failer); // so that a retried job stays pending
   // An idle worker on a queue of its own, for the worker panel.
   const worker = start(['work', `browser.${tag}.idle`, '--name', `browser-worker-${tag}`, '--', 'true']);
+  // One job it completes, for the job browser's completed list.
+  qc('push', `browser.${tag}.idle`, '{"done": true}');
+  await until('a completed job', () => qcJson('jobs', `browser.${tag}.idle`, '--status', 'completed').length === 1, 20000);
   qc('push', Q_REPORTS, '{"report": 1}', '--priority', 'high');
   qc('push', Q_REPORTS, '{"report": 2}');
   qc('push', Q_REPORTS, '{"report": 3}', '--priority', 'low');
@@ -192,6 +195,17 @@ try {
     assert.ok(await page.locator('#browse-body tr[data-job-id]').count() >= 4);
     const first = await page.locator('#browse-body tr[data-job-id] td:nth-child(3)').first().textContent();
     assert.equal(first, '-10', 'the high-priority job first');
+  });
+
+  await check('the job browser lists completed jobs of any queue, newest first (queue_jobs)', async () => {
+    await page.selectOption('#browse-queue', '');
+    await page.selectOption('#browse-status', 'completed');
+    await page.click('#browse-jobs button[type=submit]');
+    await page.locator('#browse-body tr[data-job-id]').first().waitFor({ timeout: 10000 });
+    const statuses = await page.locator('#browse-body tr[data-job-id] td:nth-child(3)').allTextContents();
+    assert.ok(statuses.length >= 1 && statuses.every((t) => t === 'completed'), statuses.join(','));
+    const ids = (await page.locator('#browse-body tr[data-job-id]').evaluateAll((rows) => rows.map((r) => Number(r.dataset.jobId))));
+    assert.deepEqual(ids, [...ids].sort((a, b) => b - a), 'newest first');
   });
 
   await check('polling pauses while the tab is hidden and resumes when visible', async () => {

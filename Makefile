@@ -11,11 +11,10 @@ all: install
 deps:
 	@scripts/ensure-deps.sh
 
-# The old library is unlinked first: copying over a queue.so that running
-# servers have mapped makes them die of SIGBUS; unlinked, they keep theirs.
+# Built first, then renamed over the installed library (scripts/install.sh):
+# running servers keep the file they mapped, new backends never miss one.
 install: deps
-	rm -f "$$(pg_config --pkglibdir)/queue.so"
-	cargo pgrx install --release --pg-config "$$(command -v pg_config)" >/dev/null
+	scripts/install.sh
 
 test: deps
 	scripts/run-tests.sh

@@ -62,10 +62,8 @@ unit_tests() {
 }
 
 install_release() {
-  # Unlink first: servers that mapped the old library keep it (see Makefile).
-  rm -f "$PKGLIB/queue.so"
-  cargo pgrx install --release --pg-config "$(command -v pg_config)" >"$RUN_DIR/install.log" 2>&1 \
-    || { tail -40 "$RUN_DIR/install.log"; return 1; }
+  # Built first, then renamed over the installed one (scripts/install.sh).
+  scripts/install.sh >"$RUN_DIR/install.log" 2>&1 || { tail -40 "$RUN_DIR/install.log"; return 1; }
 }
 
 # pg_regress --use-existing does not create its database.

@@ -22,6 +22,8 @@
 #
 # The library installed before the run is put back at the end.
 set -euo pipefail
+# Servers must not inherit RUST_BACKTRACE (see scripts/cluster.sh).
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 old_so=$(realpath "${1:?old queue.so}"); new_so=$(realpath "${2:?new queue.so}")
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)

@@ -11,6 +11,8 @@
 #
 #   RUNS (30), JOBS (20000), PORT (55461)
 set -euo pipefail
+# Servers must not inherit RUST_BACKTRACE (see scripts/cluster.sh).
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 runs=${RUNS:-30}; jobs=${JOBS:-20000}; port=${PORT:-55461}; clients=4

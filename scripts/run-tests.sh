@@ -18,6 +18,8 @@
 # The last line is "tests: N passed, M failed", summed over what each runner
 # reported (scripts/count_tests.py).
 set -uo pipefail
+# Servers must not inherit RUST_BACKTRACE (see scripts/cluster.sh).
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 cd "$(dirname "$0")/.."
 
 RUN_DIR=${RUN_DIR:-$PWD/.run}

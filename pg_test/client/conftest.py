@@ -49,4 +49,6 @@ def pg_ctl(*args):
     cmd = [f"{bindir}/pg_ctl", "-D", f"{CLUSTER_DIR}/data", *args]
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    # Not RUST_BACKTRACE: see scripts/cluster.sh.
+    env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)

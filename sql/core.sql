@@ -656,6 +656,9 @@ BEGIN
         RETURN NULL;
     END IF;
 
+    -- The attempt's error joins the job's history (queue_job's "errors").
+    INSERT INTO queue.job_errors AS e (job_id, attempt, error) VALUES (v_job.id, v_job.attempts, error)
+    ON CONFLICT ON CONSTRAINT job_errors_pkey DO UPDATE SET at = now(), error = excluded.error;
     IF coalesce(permanent, false) OR v_job.attempts >= v_job.max_attempts THEN
         PERFORM queue.finish_jobs(ARRAY[v_job.id], '{processing}', 'failed', NULL, NULL, error);
         RETURN 'failed';
@@ -798,10 +801,14 @@ RETURNS jsonb
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT to_jsonb(j) - 'group_waiting'
-           || jsonb_build_object('waiting_for_group', j.group_waiting)
+           || jsonb_build_object('waiting_for_group', j.group_waiting,
+                                 'errors', coalesce((SELECT jsonb_agg(jsonb_build_object('attempt', e.attempt, 'at', e.at,
+                                                                                         'error', e.error)
+                                                                      ORDER BY e.attempt)
+                                                       FROM queue.job_errors e WHERE e.job_id = j.id), '[]'))
       FROM queue.all_jobs j
      WHERE j.id = $1
        AND queue.access_allows(queue.scope('read'), j.queue);
 $$;
 COMMENT ON FUNCTION @extschema@.queue_job(bigint) IS
-'Everything about one job as jsonb (status, attempts, payload, result, last_error, progress, times, worker); NULL for an unknown id.';
+'Everything about one job as jsonb (status, attempts, payload, result, last_error, errors: the error of every failed attempt, progress, times, worker); NULL for an unknown id.';

@@ -126,6 +126,18 @@ CREATE INDEX finished_jobs_dead ON queue.finished_jobs (finished_at)
     WHERE status IN ('failed', 'expired');
 
 -- Every job, live or final: what an operator (or a test) looks at.
+-- Every failed attempt's error, for the job page (queue_job's "errors"): one
+-- row per failure, written by queue_fail and the lease expiry only, so that
+-- pushes, claims and acks never touch it; kept for queue.retention.
+CREATE TABLE queue.job_errors (
+    job_id  bigint NOT NULL,
+    attempt int NOT NULL,
+    at      timestamptz NOT NULL DEFAULT now(),
+    error   text,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX job_errors_at ON queue.job_errors (at);
+
 CREATE VIEW queue.all_jobs AS
     SELECT * FROM queue.jobs
     UNION ALL

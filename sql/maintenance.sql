@@ -173,9 +173,13 @@ BEGIN
                     ORDER BY lease_until
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))
-        RETURNING j.id, j.status,
+        RETURNING j.id, j.status, j.attempts, j.last_error,
                   CASE WHEN j.status = 'retrying'
                        THEN queue.tally(j.queue, j.priority, 'processing', 'retrying', 1, j.id, j.attempts) END
+    ), noted AS (
+        INSERT INTO queue.job_errors AS e (job_id, attempt, error)
+        SELECT l.id, l.attempts, l.last_error FROM lapsed l
+        ON CONFLICT ON CONSTRAINT job_errors_pkey DO UPDATE SET at = now(), error = excluded.error
     )
     SELECT count(*) FILTER (WHERE status = 'retrying'),
            coalesce(array_agg(id) FILTER (WHERE status = 'processing'), '{}')

@@ -747,6 +747,9 @@ BEGIN
         RETURN NULL;
     END IF;
 
+    -- The attempt's error joins the job's history (queue_job's "errors").
+    INSERT INTO queue.job_errors AS e (job_id, attempt, error) VALUES (v_job.id, v_job.attempts, error)
+    ON CONFLICT ON CONSTRAINT job_errors_pkey DO UPDATE SET at = now(), error = excluded.error;
     IF coalesce(permanent, false) OR v_job.attempts >= v_job.max_attempts THEN
         PERFORM queue.finish_jobs(ARRAY[v_job.id], '{processing}', 'failed', NULL, NULL, error);
         RETURN 'failed';
@@ -833,7 +836,11 @@ RETURNS jsonb
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT to_jsonb(j) - 'group_waiting'
-           || jsonb_build_object('waiting_for_group', j.group_waiting)
+           || jsonb_build_object('waiting_for_group', j.group_waiting,
+                                 'errors', coalesce((SELECT jsonb_agg(jsonb_build_object('attempt', e.attempt, 'at', e.at,
+                                                                                         'error', e.error)
+                                                                      ORDER BY e.attempt)
+                                                       FROM queue.job_errors e WHERE e.job_id = j.id), '[]'))
       FROM queue.all_jobs j
      WHERE j.id = $1
        AND queue.access_allows(queue.scope('read'), j.queue);
@@ -1384,6 +1391,7 @@ BEGIN
     )
     SELECT a.n INTO v_rows FROM applied a;
     DELETE FROM queue.stats_minutes WHERE minute < now() - queue.metrics_retention();
+    DELETE FROM queue.job_errors WHERE at < now() - queue.retention();
     RETURN v_rows;
 END;
 $$;
@@ -1862,6 +1870,88 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_jobs(text, text, int, bigint) IS
 'Jobs of one queue or all, of one status or all, newest first (keyset paging with before_id): id, queue, status, priority, serial_group, attempt, max_attempts, run_at, created_at, started_at, finished_at, worker, last_error, payload. For tools, not for workers.';
 
+-- New in 0.2.0: the error of every failed attempt, for the job page.
+-- Every failed attempt's error, for the job page (queue_job's "errors"): one
+-- row per failure, written by queue_fail and the lease expiry only, so that
+-- pushes, claims and acks never touch it; kept for queue.retention.
+CREATE TABLE queue.job_errors (
+    job_id  bigint NOT NULL,
+    attempt int NOT NULL,
+    at      timestamptz NOT NULL DEFAULT now(),
+    error   text,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX job_errors_at ON queue.job_errors (at);
+
+COMMENT ON FUNCTION @extschema@.queue_job(bigint) IS
+'Everything about one job as jsonb (status, attempts, payload, result, last_error, errors: the error of every failed attempt, progress, times, worker); NULL for an unknown id.';
+
+-- The lease expiry records its errors there.
+CREATE OR REPLACE FUNCTION queue.expire_leases(p_batch int) RETURNS jsonb
+LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_ids      bigint[];       -- due in the book; NULL: no book, scan
+    v_attempts int[];
+    v_leases   timestamptz[];
+    v_retried  int;
+    v_ending   bigint[];
+    v_expired  bigint;
+BEGIN
+    IF queue.leases_ready() THEN
+        SELECT coalesce(array_agg(d.id), '{}'), array_agg(d.attempt), array_agg(d.lease_until)
+          INTO v_ids, v_attempts, v_leases
+          FROM queue.leases_due(now(), p_batch) d;
+        IF cardinality(v_ids) = 0 THEN
+            RETURN jsonb_build_object('retried', 0, 'expired', 0);
+        END IF;
+    END IF;
+
+    -- Every lapsed lease gets its error; those with attempts left go
+    -- retrying here, the others stay processing for the moment and are
+    -- moved to history as expired by queue.finish_jobs just below.
+    WITH lapsed AS (
+        UPDATE queue.jobs j
+           SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'processing'
+                             ELSE 'retrying' END::queue.job_status,
+               run_at = CASE WHEN j.attempts >= j.max_attempts THEN j.run_at
+                             ELSE now() + queue.retry_delay(j.attempts, j.backoff_base,
+                                                            j.backoff_max, j.retry_delays) END,
+               last_error = format('lease expired: attempt %s was claimed at %s and not finished by %s',
+                                   j.attempts, j.started_at, j.lease_until),
+               lease_until = CASE WHEN j.attempts >= j.max_attempts THEN j.lease_until END
+         WHERE j.id = ANY (ARRAY(
+                   SELECT id
+                     FROM queue.jobs
+                    WHERE (v_ids IS NULL OR id = ANY (v_ids))
+                      AND status = 'processing' AND lease_until < now()
+                    ORDER BY lease_until
+                    LIMIT p_batch
+                      FOR UPDATE SKIP LOCKED))
+        RETURNING j.id, j.status, j.attempts, j.last_error,
+                  CASE WHEN j.status = 'retrying'
+                       THEN queue.tally(j.queue, j.priority, 'processing', 'retrying', 1, j.id, j.attempts) END
+    ), noted AS (
+        INSERT INTO queue.job_errors AS e (job_id, attempt, error)
+        SELECT l.id, l.attempts, l.last_error FROM lapsed l
+        ON CONFLICT ON CONSTRAINT job_errors_pkey DO UPDATE SET at = now(), error = excluded.error
+    )
+    SELECT count(*) FILTER (WHERE status = 'retrying'),
+           coalesce(array_agg(id) FILTER (WHERE status = 'processing'), '{}')
+      INTO v_retried, v_ending
+      FROM lapsed;
+    v_expired := queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL);
+
+    IF v_ids IS NOT NULL THEN
+        PERFORM queue.lease_settle(d.id, d.attempt, d.lease_until, j.attempts, j.lease_until)
+           FROM unnest(v_ids, v_attempts, v_leases) AS d(id, attempt, lease_until)
+           LEFT JOIN queue.jobs j ON j.id = d.id AND j.status = 'processing';
+    END IF;
+    RETURN jsonb_build_object('retried', v_retried, 'expired', v_expired);
+END;
+$$;
+
 -- 6. Grants, as sql/security.sql gives them on a fresh install.
 REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA queue FROM PUBLIC;
@@ -1892,6 +1982,7 @@ GRANT EXECUTE ON FUNCTION queue.save_schedule(text, text, text, jsonb, int, text
     TO queue_admin;
 SELECT pg_catalog.pg_extension_config_dump('queue.access_rules', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.stats_minutes', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.job_errors', '');
 
 -- 0.2.0 uses an existing role of these names only when it carries this
 -- marker (sql/security.sql). 0.1.0 made its roles without one, or adopted

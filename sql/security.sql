@@ -104,4 +104,5 @@ SELECT pg_catalog.pg_extension_config_dump('queue.workers', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.stats', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.job_times', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.stats_minutes', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.job_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.access_rules', '');

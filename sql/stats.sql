@@ -267,6 +267,7 @@ BEGIN
     )
     SELECT a.n INTO v_rows FROM applied a;
     DELETE FROM queue.stats_minutes WHERE minute < now() - queue.metrics_retention();
+    DELETE FROM queue.job_errors WHERE at < now() - queue.retention();
     RETURN v_rows;
 END;
 $$;

@@ -475,8 +475,12 @@
       h('h3', {}, 'Payload'), pretty(j.payload),
       h('h3', {}, 'Result'), j.result === null || j.result === undefined ? h('p', { class: 'muted small' }, 'none') : pretty(j.result),
       h('h3', {}, 'Error history'),
-      j.last_error ? h('pre', { class: 'mono error' }, j.last_error) : h('p', { class: 'muted small' }, 'no error'),
-      h('p', { class: 'muted small' }, 'The extension keeps the last error of a job (queue_job → last_error), not one per attempt.'));
+      // queue_job's errors: one entry per failed attempt, oldest first.
+      (j.errors || []).length
+        ? h('table', { class: 'errors' }, h('thead', {}, h('tr', {}, ['attempt', 'when', 'error'].map((c) => h('th', {}, c)))),
+          h('tbody', {}, j.errors.map((e) => h('tr', { 'data-attempt': e.attempt },
+            h('td', {}, e.attempt), h('td', {}, timeEl(e.at)), h('td', {}, h('pre', { class: 'mono error' }, e.error || '(no message)'))))))
+        : j.last_error ? h('pre', { class: 'mono error' }, j.last_error) : h('p', { class: 'muted small' }, 'no error'));
     if (!FINAL.includes(j.status) && document.visibilityState !== 'hidden') {
       jobTimer = setTimeout(() => { if (location.hash === `#/job/${id}`) showJob(id); }, 5000);
     }

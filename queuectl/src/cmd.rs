@@ -489,7 +489,15 @@ async fn job(api: &Api, out: Out, id: i64) -> Result<Exit> {
     if !j["result"].is_null() {
         println!("\nresult\n{}", serde_json::to_string_pretty(&j["result"]).unwrap_or_default());
     }
-    if !j["last_error"].is_null() {
+    // Every failed attempt's error (queue_job's errors), oldest first.
+    let errors = j["errors"].as_array().cloned().unwrap_or_default();
+    if !errors.is_empty() {
+        let mut t = Table::new(&[">ATTEMPT", "WHEN", "ERROR"]);
+        for e in &errors {
+            t.row(vec![field(e, "attempt"), when(e, "at"), preview(&field(e, "error"), 100)]);
+        }
+        println!("\nerrors\n{}", t.render());
+    } else if !j["last_error"].is_null() {
         println!("\nlast error\n{}", field(&j, "last_error"));
     }
     Ok(Exit::Ok)

@@ -235,6 +235,18 @@ fn job_shows_everything_and_unknown_ids_exit_3() {
     let o = qc(&url, &["job", "987654321"]);
     assert_eq!(code(&o), 3);
     assert!(stderr(&o).contains("no job 987654321"));
+    // Two failed attempts: the job shows both errors, oldest first.
+    let failing = format!("{q}.errors");
+    let id = push(&url, &failing, "{}", &["--max-attempts", "3"]);
+    for (attempt, error) in [(1, "first boom"), (2, "second boom")] {
+        sql(&url, &format!("SELECT id FROM queue_pop('{failing}', 'cli-test')"));
+        sql(&url, &format!("SELECT queue_fail({id}, '{error}', {attempt}, retry_in => '0 s')"));
+    }
+    let errors = qc_json(&url, &["job", &id.to_string()])["errors"].clone();
+    let messages: Vec<&str> = errors.as_array().unwrap().iter().map(|e| e["error"].as_str().unwrap()).collect();
+    assert_eq!(messages, vec!["first boom", "second boom"]);
+    let text = stdout(&qc(&url, &["job", &id.to_string()]));
+    assert!(text.contains("first boom") && text.contains("second boom"), "{text}");
 }
 
 #[test]

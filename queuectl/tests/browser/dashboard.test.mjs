@@ -179,12 +179,15 @@ try {
     await until('the triggered job', () => qcJson('status', Q_REPORTS).stats.total_pushed === before + 1, 10000);
   });
 
-  await check('the job page shows payload, status and timings', async () => {
+  await check('the job page shows payload, status, timings and the error history', async () => {
     await page.goto(`${BASE}/#/job/${dead[1]}`);
     await page.locator('#job [data-status]').waitFor({ timeout: 10000 });
     assert.equal(await page.locator('#job [data-status]').textContent(), 'failed');
     const text = await page.locator('#job').textContent();
     assert.ok(text.includes('b@example.com') && text.includes('Timings') && text.includes('no such recipient'), text);
+    // The error history: one row per failed attempt (this job had one).
+    const attempts = await page.locator('#job table.errors tr[data-attempt]').evaluateAll((rows) => rows.map((r) => r.dataset.attempt));
+    assert.deepEqual(attempts, ['1']);
   });
 
   await check('the job browser lists pending jobs of a queue in claim order', async () => {

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The client libraries' benchmark: wake-up latency and drain throughput of the
+# Python (threaded Worker), Node and Rust workers, next to raw SQL on the same
+# cluster in the same run.
+#
+#   bench/clients/run.sh
+#
+# Environment (defaults in brackets): JOBS [20000] jobs per drain,
+# LAT_JOBS [200] lone pushes for the wake-up latency, after WARMUP [20] more
+# that are not counted (the first pushes after a worker starts are slower:
+# see README.md), INTERVAL_MS [20] between them, CONCURRENCY ["1 10 50"], CLIENTS ["python node rust"], RAW_CONNS [4],
+# QUEUE_BENCH [1] (0: skip `queue-bench --only W3,W4 --reps 1`).
+#
+# Starts a throwaway cluster (scripts/cluster.sh, .run/clients-bench-cluster,
+# port 55475, shared_buffers 512MB, fsync and synchronous_commit on, the
+# extension preloaded), CREATE EXTENSION queue, then, one at a time:
+#   1. the disk's commit flush time (raw/flush_probe.py: 200 one-row commits);
+#   2. per client: an idle worker (concurrency 1, LISTEN) and 20 + 200 pushes
+#      20 ms apart from a producer connection of the same process; latency =
+#      handler start - the push's return, on one monotonic clock, of the
+#      last 200;
+#   3. per concurrency c: the raw drain (raw/raw_drain.py: RAW_CONNS
+#      connections, BEGIN; queue_ack(previous ids[]); queue_pop(q, w, c);
+#      COMMIT per round trip), then each client's worker with a no-op
+#      handler draining JOBS jobs prefilled by one push_batch, timed from
+#      start() to the JOBS-th "finished" event (after the ack), checked
+#      against queue_stats. Each drain also gets commits / job
+#      (pg_stat_database), WAL flushes / job (pg_stat_wal) and the driver
+#      process's CPU (user + sys) / job;
+#   4. queue-bench --only W3,W4 --reps 1 on the same cluster (last: it
+#      truncates the job tables).
+# Prints the load average before and after and the markdown tables; raw
+# results stay in .run/clients-bench-cluster/results.jsonl. The cluster is
+# stopped on exit. The drivers use the clients' public API only:
+# bench/clients/python/bench.py, bench/clients/node/bench.js,
+# clients/rust/examples/bench.rs.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+port=55475
+dir="$root/.run/clients-bench-cluster"
+DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres"
+URL="postgres://postgres@127.0.0.1:$port/postgres"
+JOBS=${JOBS:-20000}
+LAT_JOBS=${LAT_JOBS:-200}
+WARMUP=${WARMUP:-20}
+INTERVAL_MS=${INTERVAL_MS:-20}
+CONCURRENCY=${CONCURRENCY:-"1 10 50"}
+CLIENTS=${CLIENTS:-"python node rust"}
+RAW_CONNS=${RAW_CONNS:-4}
+QUEUE_BENCH=${QUEUE_BENCH:-1}
+python=${PYTHON:-python3}
+export PYTHONPATH="$root/clients/python/src${PYTHONPATH:+:$PYTHONPATH}"
+
+# Build what is missing first (nothing of the tree is changed).
+if [ ! -f "$root/clients/node/dist/index.js" ]; then
+  echo "clients/node/dist is missing: build it first (cd clients/node && npm ci && npm run build)" >&2
+  exit 2
+fi
+if [ -n "$(find "$root/clients/node/src" -newer "$root/clients/node/dist/index.js" -name '*.ts' | head -1)" ]; then
+  echo "note: clients/node/src has files newer than dist/; the Node figures are of the built dist/" >&2
+fi
+(cd "$root" && cargo build --release --quiet -p queue-client --example bench)
+[ "$QUEUE_BENCH" = 1 ] && (cd "$root" && cargo build --release --quiet -p queue-bench)
+rust_bench="$root/target/release/examples/bench"
+
+# Others may be reinstalling the extension (an install unlinks queue.so
+# first): wait for it, and check below that 0.2.0 or later was loaded.
+libdir=$(pg_config --pkglibdir)
+for _ in $(seq 60); do [ -f "$libdir/queue.so" ] && break; sleep 5; done
+echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$root" rev-parse --short HEAD)"
+echo "extension: $libdir/queue.so $(stat -c '%s bytes, %y' "$libdir/queue.so" | cut -d. -f1)"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+trap '"$root/scripts/cluster.sh" stop "$dir" || true' EXIT
+"$root/scripts/cluster.sh" start "$dir" "$port" "shared_buffers = 512MB" "fsync = on" "synchronous_commit = on"
+psql "$DSN" -qAtc "CREATE EXTENSION queue"
+version=$(psql "$DSN" -qAtc "SELECT extversion FROM pg_extension WHERE extname = 'queue'")
+echo "extension version: $version"
+case "$version" in 0.0.* | 0.1.*) echo "queue $version is too old (queue_release and queue_pop(..., wait) are 0.2.0)" >&2; exit 2 ;; esac
+results="$dir/results.jsonl"
+echo "{\"kind\": \"meta\", \"warmup\": $WARMUP, \"jobs\": $JOBS, \"lat_jobs\": $LAT_JOBS}" >"$results"
+
+snap() {
+  psql "$DSN" -qAtc "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres')
+                            || '|' || wal_sync || '|' || wal_write FROM pg_stat_wal"
+}
+
+driver() { # client mode queue jobs n: the driver's command in CMD
+  case "$1" in
+    python) CMD=("$python" "$here/python/bench.py" "$2" "$DSN" "$3" "$4" "$5") ;;
+    node) CMD=(node "$here/node/bench.js" "$2" "$URL" "$3" "$4" "$5") ;;
+    rust) CMD=("$rust_bench" "$2" "$DSN" "$3" "$4" "$5") ;;
+  esac
+}
+
+# One measured command, annotated with the cluster's commits and WAL flushes
+# and the command's CPU over its jobs.
+measured() {
+  local before after out cpu
+  cpu=$(mktemp)
+  sleep 1
+  before=$(snap)
+  out=$(/usr/bin/time -f '%U %S' -o "$cpu" "$@")
+  sleep 1.5 # the backends of the driver have exited and flushed their stats
+  after=$(snap)
+  echo "$out" | "$python" "$here/table.py" annotate "$before" "$after" "$cpu" | tee -a "$results"
+  rm -f "$cpu"
+}
+
+echo "== commit flush time"
+"$python" "$here/raw/flush_probe.py" "$DSN" 200 | tee -a "$results" | cut -c1-120
+
+echo "== wake-up latency: concurrency 1, LISTEN, $WARMUP + $LAT_JOBS pushes ${INTERVAL_MS} ms apart"
+for client in $CLIENTS; do
+  driver "$client" latency "lat_$client" "$((WARMUP + LAT_JOBS))" "$INTERVAL_MS"
+  "${CMD[@]}" | tee -a "$results" | cut -c1-120
+done
+
+for c in $CONCURRENCY; do
+  echo "== drain $JOBS jobs, concurrency / batch $c"
+  measured "$python" "$here/raw/raw_drain.py" "$DSN" "raw_b$c" "$JOBS" "$c" "$RAW_CONNS"
+  for client in $CLIENTS; do
+    driver "$client" drain "drain_${client}_c$c" "$JOBS" "$c"
+    measured "${CMD[@]}"
+  done
+done
+
+qb=""
+if [ "$QUEUE_BENCH" = 1 ]; then
+  echo "== queue-bench --only W3,W4 --reps 1"
+  qb="$dir/queue-bench.json"
+  "$root/target/release/queue-bench" --url "$DSN" --only W3,W4 --reps 1 --json "$qb"
+fi
+
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+"$python" "$here/table.py" table "$results" $qb

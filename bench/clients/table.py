@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Helpers of bench/clients/run.sh.
+
+    table.py annotate BEFORE AFTER CPU_FILE < one JSON line   -> the line with per-job counts added
+    table.py table RESULTS.jsonl [QUEUE_BENCH.json]          -> the markdown tables
+
+BEFORE / AFTER are "xact_commit|wal_sync|wal_write" snapshots of the cluster
+(pg_stat_database for database postgres, pg_stat_wal); CPU_FILE is what
+/usr/bin/time -f '%U %S' wrote for the driver process.
+"""
+import json
+import sys
+
+CLIENTS = ("python", "node", "rust")
+
+
+def pct(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(len(v) * q))]
+
+
+def annotate(before, after, cpu_file):
+    line = json.loads(sys.stdin.read().strip().splitlines()[-1])
+    b = [int(x) for x in before.split("|")]
+    a = [int(x) for x in after.split("|")]
+    with open(cpu_file) as f:
+        user, system = (float(x) for x in f.read().split()[-2:])
+    jobs = line["jobs"]
+    line["commits_per_job"] = (a[0] - b[0]) / jobs
+    line["wal_syncs_per_job"] = (a[1] - b[1]) / jobs
+    line["client_cpu_us_per_job"] = (user + system) * 1e6 / jobs
+    print(json.dumps(line))
+
+
+def fmt_rate(r):
+    return f"{r:,.0f}"
+
+
+def table(results_file, queue_bench_file=None):
+    rows = [json.loads(l) for l in open(results_file) if l.strip()]
+    meta = next((r for r in rows if r["kind"] == "meta"), {"warmup": 0})
+    lat = {r["client"]: r for r in rows if r["kind"] == "latency"}
+    drains = {(r["client"], r.get("concurrency", r.get("batch"))): r for r in rows if r["kind"] == "drain"}
+    flush = next((r for r in rows if r["kind"] == "flush"), None)
+    concs = sorted({r["concurrency"] for r in rows if r["kind"] == "drain" and "concurrency" in r})
+    head = f"| client | wake-up p50 / p99 / max (ms, {len(next(iter(lat.values()))['ms']) - meta['warmup'] if lat else 0} jobs) | " + " | ".join(
+        f"drain c={c}, jobs/s (× raw batch {c})" for c in concs) + " |"
+    print(head)
+    print("| --- " * (2 + len(concs)) + "|")
+    for client in CLIENTS:
+        if client not in lat and not any(k[0] == client for k in drains):
+            continue
+        cells = []
+        if client in lat:
+            ms = lat[client]["ms"][meta["warmup"]:]  # in push order: the warm-up pushes first
+            cells.append(f"{pct(ms, 0.5):.2f} / {pct(ms, 0.99):.2f} / {max(ms):.2f}")
+        else:
+            cells.append("")
+        for c in concs:
+            r, raw = drains.get((client, c)), drains.get(("raw", c))
+            if r is None:
+                cells.append("")
+            elif raw is None:
+                cells.append(fmt_rate(r["rate"]))
+            else:
+                cells.append(f"{fmt_rate(r['rate'])} ({r['rate'] / raw['rate']:.2f}×)")
+        print(f"| {client} | " + " | ".join(cells) + " |")
+    raw_cells = [fmt_rate(drains[("raw", c)]["rate"]) if ("raw", c) in drains else "" for c in concs]
+    conns = next((r["connections"] for r in rows if r.get("client") == "raw" and r["kind"] == "drain"), "?")
+    fl = ""
+    if flush:
+        fl = f"commit flush {pct(flush['ms'], 0.5):.2f} / {pct(flush['ms'], 0.99):.2f} / {max(flush['ms']):.2f}"
+    print(f"| raw SQL (Python loop, {conns} conns, pop batch = c + ack ids[] per transaction) | {fl} | "
+          + " | ".join(raw_cells) + " |")
+    if queue_bench_file:
+        qb = json.load(open(queue_bench_file))["results"]
+        got = {(r["workload"], r["system"]): r for r in qb}
+        cells = []
+        for w in ("W3 drain 50k, 4 workers, batch 1", "W4 drain 50k, 4 workers, batch 100"):
+            q = got.get((w, "queue"))
+            if q:
+                cells.append(f"{w.split()[0]} {fmt_rate(q['median'] if 'median' in q else q['values'][0])}")
+        print("| queue-bench `--only W3,W4 --reps 1` (4 conns; W3 batch 1, W4 batch 100) | | "
+              + " | ".join(cells + [""] * (len(concs) - len(cells))) + " |")
+    if meta["warmup"] and lat:
+        print()
+        print(f"Warm-up (the first {meta['warmup']} pushes after the worker started, not counted above), max ms: "
+              + ", ".join(f"{c} {max(r['ms'][:meta['warmup']]):.2f}" for c, r in lat.items()) + ".")
+
+    print()
+    print("| drain | jobs/s | commits / job | WAL flushes / job | driver CPU µs / job |")
+    print("| --- | --- | --- | --- | --- |")
+    for c in concs:
+        for client in ("raw",) + CLIENTS:
+            r = drains.get((client, c))
+            if r is None or "commits_per_job" not in r:
+                continue
+            label = f"raw batch {c}" if client == "raw" else f"{client} c={c}"
+            print(f"| {label} | {fmt_rate(r['rate'])} | {r['commits_per_job']:.2f} | {r['wal_syncs_per_job']:.2f} | "
+                  f"{r['client_cpu_us_per_job']:.0f} |")
+
+
+def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "annotate":
+        annotate(*sys.argv[2:])
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "table":
+        table(*sys.argv[2:])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1790,8 +1790,8 @@ CREATE INDEX stats_minutes_minute ON queue.stats_minutes (minute);
  * queue_throughput: jobs pushed, completed and failed per queue and minute
  * over the window (starting at the minute boundary at or before now() -
  * since), from queue.stats_minutes: constant time per minute and queue,
- * whatever the depth. Minutes without activity have no row. The current
- * tick's counts appear after the next flush.
+ * whatever the depth, plus what shared memory holds and no flush has
+ * moved yet, in the current minute. Minutes without activity have no row.
  */
 CREATE FUNCTION @extschema@.queue_throughput(queue text DEFAULT NULL, since interval DEFAULT '1 hour')
 RETURNS TABLE (queue_name text, minute timestamptz, pushed bigint, completed bigint, failed bigint, retried bigint)
@@ -1808,13 +1808,25 @@ BEGIN
             HINT = 'Pass how far back to look, e.g. ''1 hour''.';
     END IF;
     PERFORM queue.check_span('since', since, 'window');
+    -- What shared memory holds and no flush has moved yet belongs to this
+    -- minute; the shared lock keeps a flush from moving it meanwhile, so
+    -- nothing is counted twice (as in queue.stats_rows).
+    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
     RETURN QUERY
-    SELECT m.queue, m.minute, m.pushed, m.completed, m.failed, m.retried
-      FROM queue.stats_minutes m
-     WHERE m.minute >= date_bin('1 minute', now() - since, timestamptz '2000-01-01 00:00:00+00')
-       AND (v_queue IS NULL OR m.queue = v_queue)
-       AND (v_scope IS NULL OR queue.access_allows(v_scope, m.queue))
-     ORDER BY m.queue, m.minute;
+    SELECT r.queue, r.minute, sum(r.pushed)::bigint, sum(r.completed)::bigint, sum(r.failed)::bigint,
+           sum(r.retried)::bigint
+      FROM (SELECT m.queue::text AS queue, m.minute, m.pushed, m.completed, m.failed, m.retried
+              FROM queue.stats_minutes m
+             WHERE m.minute >= date_bin('1 minute', now() - since, timestamptz '2000-01-01 00:00:00+00')
+            UNION ALL
+            SELECT u.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'),
+                   u.counts[5], u.counts[7], u.counts[8], u.counts[11]
+              FROM queue.stats_unflushed() u
+             WHERE u.counts[5] <> 0 OR u.counts[7] <> 0 OR u.counts[8] <> 0 OR u.counts[11] <> 0) r
+     WHERE (v_queue IS NULL OR r.queue = v_queue)
+       AND (v_scope IS NULL OR queue.access_allows(v_scope, r.queue))
+     GROUP BY r.queue, r.minute
+     ORDER BY r.queue, r.minute;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_throughput(text, interval) IS

@@ -486,7 +486,13 @@ unsafe extern "C-unwind" {
 /// [`make_way`] under pgrx's guard: the database paused, 0 for none.
 #[pg_guard]
 unsafe extern "C-unwind" fn make_way_for(pstmt: *mut pg_sys::PlannedStmt) -> u32 {
-    unsafe { if pstmt.is_null() { 0 } else { make_way((*pstmt).utilityStmt).unwrap_or(0) } }
+    unsafe {
+        if pstmt.is_null() {
+            0
+        } else {
+            make_way((*pstmt).utilityStmt).unwrap_or(0)
+        }
+    }
 }
 
 /// [`unpause`] under pgrx's guard.

@@ -126,7 +126,8 @@ impl Api {
         max_rows: i32,
         before_id: Option<i64>,
     ) -> Result<Vec<Value>> {
-        self.rows("queue_jobs($1::text, $2::text, $3::int, $4::bigint)", &[&queue, &status, &max_rows, &before_id]).await
+        self.rows("queue_jobs($1::text, $2::text, $3::int, $4::bigint)", &[&queue, &status, &max_rows, &before_id])
+            .await
     }
 
     /// `queue_peek(queue, n)`: the next jobs in claim order.
@@ -183,7 +184,12 @@ impl Api {
     /// `queue_purge_dead(queue, ...)` for the dead jobs that finished before
     /// `before` (a timestamp as text) and longer ago than `older_than`: one
     /// step of a purge with progress.
-    pub async fn purge_dead_before(&self, queue: Option<&str>, before: &str, older_than: Option<Duration>) -> Result<i64> {
+    pub async fn purge_dead_before(
+        &self,
+        queue: Option<&str>,
+        before: &str,
+        older_than: Option<Duration>,
+    ) -> Result<i64> {
         self.count(
             "SELECT queue_purge_dead($1::text, greatest(now() - $2::text::timestamptz, coalesce($3, interval '0')))",
             &[&queue, &before, &older_than.map(PgInterval)],

@@ -165,7 +165,9 @@ async fn status(api: &Api, out: Out, queue: Option<&str>, since: Duration) -> Re
         }
         let (stats, metrics) = (api.stats(Some(q)).await?, api.metrics(Some(q), since).await?);
         if out.json {
-            out.print_json(&json!({"queue": q, "stats": stats, "metrics": metrics, "workers": workers, "health": health}));
+            out.print_json(
+                &json!({"queue": q, "stats": stats, "metrics": metrics, "workers": workers, "health": health}),
+            );
             return Ok(Exit::Ok);
         }
         println!("queue {q}");
@@ -192,8 +194,17 @@ async fn status(api: &Api, out: Out, queue: Option<&str>, since: Duration) -> Re
             return Ok(Exit::Ok);
         }
         let mut t = Table::new(&[
-            "QUEUE", ">WAITING", ">PENDING", ">SCHED", ">RETRY", ">RUNNING", "PRIORITIES", ">DONE/MIN", ">SUCCESS",
-            ">P95 RUN", ">OLDEST",
+            "QUEUE",
+            ">WAITING",
+            ">PENDING",
+            ">SCHED",
+            ">RETRY",
+            ">RUNNING",
+            "PRIORITIES",
+            ">DONE/MIN",
+            ">SUCCESS",
+            ">P95 RUN",
+            ">OLDEST",
         ]);
         for q in &queues {
             let (s, m) = (&q["stats"], &q["metrics"]);
@@ -233,8 +244,17 @@ async fn list(api: &Api, out: Out) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     let mut t = Table::new(&[
-        "QUEUE", ">WAITING", ">PENDING", ">SCHEDULED", ">RETRYING", ">PROCESSING", ">COMPLETED", ">FAILED", ">EXPIRED",
-        ">PUSHED", "LAST ACTIVITY",
+        "QUEUE",
+        ">WAITING",
+        ">PENDING",
+        ">SCHEDULED",
+        ">RETRYING",
+        ">PROCESSING",
+        ">COMPLETED",
+        ">FAILED",
+        ">EXPIRED",
+        ">PUSHED",
+        "LAST ACTIVITY",
     ]);
     for r in &rows {
         t.row(vec![
@@ -350,7 +370,8 @@ fn print_dead(rows: &[Value]) {
 
 /// Rows of `queue_jobs`: any status, newest first.
 fn print_listed(rows: &[Value]) {
-    let mut t = Table::new(&[">ID", "QUEUE", "STATUS", ">ATTEMPT", "CREATED", "STARTED", "FINISHED", "ERROR", "PAYLOAD"]);
+    let mut t =
+        Table::new(&[">ID", "QUEUE", "STATUS", ">ATTEMPT", "CREATED", "STARTED", "FINISHED", "ERROR", "PAYLOAD"]);
     for r in rows {
         t.row(vec![
             field(r, "id"),
@@ -372,7 +393,17 @@ fn print_listed(rows: &[Value]) {
 }
 
 fn print_schedules(rows: &[Value]) {
-    let mut t = Table::new(&["NAME", "KIND", "SCHEDULE", "QUEUE", "ENABLED", "NEXT RUN", "LAST RUN", ">LAST JOB", "LAST ERROR"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "KIND",
+        "SCHEDULE",
+        "QUEUE",
+        "ENABLED",
+        "NEXT RUN",
+        "LAST RUN",
+        ">LAST JOB",
+        "LAST ERROR",
+    ]);
     for r in rows {
         t.row(vec![
             field(r, "name"),
@@ -471,10 +502,9 @@ async fn job(api: &Api, out: Out, id: i64) -> Result<Exit> {
     for key in ["created_at", "run_at", "started_at", "lease_until", "finished_at"] {
         t.row(vec![key.into(), when(&j, key)]);
     }
-    if let (Some(s), Some(f)) = (
-        j["started_at"].as_str().and_then(output::parse_time),
-        j["finished_at"].as_str().and_then(output::parse_time),
-    ) {
+    if let (Some(s), Some(f)) =
+        (j["started_at"].as_str().and_then(output::parse_time), j["finished_at"].as_str().and_then(output::parse_time))
+    {
         let d = (f - s).to_std().unwrap_or_default();
         t.row(vec!["ran for".into(), output::human_span(d)]);
     }
@@ -532,7 +562,9 @@ fn parse_run_at(s: &str) -> Result<std::time::SystemTime> {
                 .ok()
                 .map(|n| n.and_utc())
         })
-        .ok_or_else(|| CliError::usage(format!("bad --run-at {s:?}: RFC 3339, e.g. 2026-12-01T02:00:00Z (UTC when no offset)")))?;
+        .ok_or_else(|| {
+            CliError::usage(format!("bad --run-at {s:?}: RFC 3339, e.g. 2026-12-01T02:00:00Z (UTC when no offset)"))
+        })?;
     Ok(t.into())
 }
 
@@ -596,7 +628,9 @@ async fn failed(api: &Api, out: Out, queue: Option<&str>, limit: i32) -> Result<
 async fn explain(api: &Api, id: i64, verb: &str, wanted: &str) -> CliError {
     match api.job(id).await {
         Ok(None) => CliError::not_found(format!("no job {id}")),
-        Ok(Some(j)) => CliError::error(format!("job {id} is {}: only {wanted} jobs can be {verb}", field(&j, "status"))),
+        Ok(Some(j)) => {
+            CliError::error(format!("job {id} is {}: only {wanted} jobs can be {verb}", field(&j, "status")))
+        }
         Err(e) => e,
     }
 }
@@ -854,8 +888,10 @@ async fn health(api: &Api, out: Out) -> Result<Exit> {
         println!("{}", health_line(&h));
         let running = &h["workers_running"];
         if let Some(map) = running.as_object() {
-            let parts: Vec<String> =
-                map.iter().map(|(k, v)| format!("{k} {}", if v == &json!(true) { "running" } else { "NOT running" })).collect();
+            let parts: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{k} {}", if v == &json!(true) { "running" } else { "NOT running" }))
+                .collect();
             println!("services {}", parts.join(", "));
         }
         println!(

@@ -42,9 +42,7 @@ fn os_user() -> String {
 /// `PGPASSWORD`, or the password file, in that order.
 pub fn resolve(url: Option<&str>) -> Result<Config, CliError> {
     let mut config: Config = match url {
-        Some(u) => u
-            .parse()
-            .map_err(|e| CliError::usage(format!("cannot parse the database URL: {e}")))?,
+        Some(u) => u.parse().map_err(|e| CliError::usage(format!("cannot parse the database URL: {e}")))?,
         None => Config::new(),
     };
 
@@ -66,10 +64,9 @@ pub fn resolve(url: Option<&str>) -> Result<Config, CliError> {
     }
     if config.get_ports().is_empty() {
         let port = match env("PGPORT") {
-            Some(p) => p
-                .trim()
-                .parse::<u16>()
-                .map_err(|_| CliError::usage(format!("PGPORT is not a port number: {p:?}")))?,
+            Some(p) => {
+                p.trim().parse::<u16>().map_err(|_| CliError::usage(format!("PGPORT is not a port number: {p:?}")))?
+            }
             None => 5432,
         };
         config.port(port);
@@ -208,13 +205,7 @@ pub fn describe(config: &Config) -> String {
         None => "?".into(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "{}@{}:{}/{}",
-        config.get_user().unwrap_or("?"),
-        host,
-        port,
-        config.get_dbname().unwrap_or("?")
-    )
+    format!("{}@{}:{}/{}", config.get_user().unwrap_or("?"), host, port, config.get_dbname().unwrap_or("?"))
 }
 
 #[cfg(test)]
@@ -223,7 +214,8 @@ mod tests {
 
     #[test]
     fn pgpass_matches_like_libpq() {
-        let text = "# comment\nother:5432:*:bob:nope\nlocalhost:55474:postgres:postgres:s\\:cret\\\\x\n*:*:*:*:fallback\n";
+        let text =
+            "# comment\nother:5432:*:bob:nope\nlocalhost:55474:postgres:postgres:s\\:cret\\\\x\n*:*:*:*:fallback\n";
         assert_eq!(pgpass_match(text, "localhost", "55474", "postgres", "postgres").as_deref(), Some("s:cret\\x"));
         assert_eq!(pgpass_match(text, "db.example", "5432", "app", "app").as_deref(), Some("fallback"));
         assert_eq!(pgpass_match("a:b:c", "a", "b", "c", "d"), None);

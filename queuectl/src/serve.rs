@@ -163,7 +163,10 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
 async fn guard(State(state): State<Shared>, req: Request, next: Next) -> Response {
     if state.loopback {
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        let name = host.rsplit_once(':').map(|(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host }).unwrap_or(host);
+        let name = host
+            .rsplit_once(':')
+            .map(|(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
+            .unwrap_or(host);
         let ok = matches!(name, "localhost" | "127.0.0.1" | "[::1]" | "::1" | "") || name.starts_with("127.");
         if !ok {
             return ApiError(StatusCode::FORBIDDEN, format!("host {host:?} is not this machine")).into_response();
@@ -302,10 +305,9 @@ async fn job(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult {
 async fn refused(api: &Api, id: i64, what: &str) -> ApiError {
     match api.job(id).await {
         Ok(None) => ApiError(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Ok(Some(j)) => ApiError(
-            StatusCode::CONFLICT,
-            format!("job {id} is {}: {what}", j["status"].as_str().unwrap_or("?")),
-        ),
+        Ok(Some(j)) => {
+            ApiError(StatusCode::CONFLICT, format!("job {id} is {}: {what}", j["status"].as_str().unwrap_or("?")))
+        }
         Err(e) => e.into(),
     }
 }

@@ -51,13 +51,8 @@ fn qc(url: &str, args: &[&str]) -> Output {
 }
 
 fn qc_stdin(url: &str, args: &[&str], input: &str) -> Output {
-    let mut child = base_cmd(url)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        base_cmd(url).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -121,7 +116,12 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 /// Dead jobs made through the API: push, claim, fail permanently.
 fn make_dead(url: &str, q: &str, n: usize) -> Vec<i64> {
-    sql(url, &format!("SELECT count(*) AS n FROM queue_push_batch('{q}', array_fill('{{\"dead\": true}}'::jsonb, array[{n}]))"));
+    sql(
+        url,
+        &format!(
+            "SELECT count(*) AS n FROM queue_push_batch('{q}', array_fill('{{\"dead\": true}}'::jsonb, array[{n}]))"
+        ),
+    );
     let ids: Vec<i64> = sql(
         url,
         &format!(
@@ -186,8 +186,22 @@ fn push_takes_every_option() {
         &url,
         &q,
         r#"{"to": "a@example.com"}"#,
-        &["--priority", "critical", "--max-attempts", "5", "--timeout", "30s", "--serial-group", "g1",
-          "--retry-delays", "1m,5m", "--backoff-base", "2s", "--backoff-max", "1h"],
+        &[
+            "--priority",
+            "critical",
+            "--max-attempts",
+            "5",
+            "--timeout",
+            "30s",
+            "--serial-group",
+            "g1",
+            "--retry-delays",
+            "1m,5m",
+            "--backoff-base",
+            "2s",
+            "--backoff-max",
+            "1h",
+        ],
     );
     let j = job(&url, id);
     assert_eq!(j["priority"], json!(-20));
@@ -398,7 +412,10 @@ fn connection_from_libpq_variables_and_clear_errors() {
         .unwrap();
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     // --database-url wins over DATABASE_URL.
-    let o = base_cmd("postgres://nobody@127.0.0.1:1/none").args(["--database-url", &url, "health", "--json"]).output().unwrap();
+    let o = base_cmd("postgres://nobody@127.0.0.1:1/none")
+        .args(["--database-url", &url, "health", "--json"])
+        .output()
+        .unwrap();
     assert!(code(&o) == 0 || code(&o) == 1, "{}", stderr(&o));
     assert!(serde_json::from_slice::<Value>(&o.stdout).unwrap().get("healthy").is_some());
     // Nothing listens there: exit 1 and a message naming where.
@@ -598,7 +615,8 @@ fn serve(url: &str, port: u16, extra: &[&str]) -> Server {
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: 0\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -609,7 +627,8 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, 
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     (status, body)
 }
 
@@ -700,7 +719,9 @@ fn serve_answers_the_api_and_guards_its_posts() {
     assert_eq!(status, 200);
     assert!(job(&url, dead[1]).is_null());
     make_dead(&url, &q, 1);
-    let r: Value = serde_json::from_str(&http(port, "POST", &format!("/api/queues/{q}/retry-all"), &[("X-Queuectl", "1")]).1).unwrap();
+    let r: Value =
+        serde_json::from_str(&http(port, "POST", &format!("/api/queues/{q}/retry-all"), &[("X-Queuectl", "1")]).1)
+            .unwrap();
     assert_eq!(r["retried"], json!(1));
 
     // DNS rebinding: another Host is refused.

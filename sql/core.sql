@@ -469,6 +469,52 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int, interval) IS
 'Claim up to batch jobs of a queue in (priority, id) order (FOR UPDATE SKIP LOCKED). Each returned job is processing with a lease of its timeout; attempt is the claim counter to pass to ack / fail / touch. With wait, when nothing is claimable the call sleeps until a job of the queue becomes claimable or the wait ends (no LISTEN needed: works through a transaction-mode pooler).';
 
+/*
+ * queue_ack_pop: a worker's next step in one call and one commit: complete
+ * the jobs it finished, each with its claim's attempt and result exactly as
+ * queue_ack does (stale or unknown claims are skipped), then claim up to
+ * batch more exactly as queue_pop does. An ack and a pop cost two commits
+ * and two round trips; this costs one of each. A finished serial-group job
+ * hands its group on inside the call, so the next job of the group can be
+ * the one claimed.
+ *
+ * It never waits: the acks would stay uncommitted while it slept, holding
+ * their rows, their groups and the xmin horizon. A worker that gets nothing
+ * back waits with queue_pop(..., wait) or LISTEN next. Mismatched arrays
+ * are refused before anything changes; any error undoes the acks too.
+ */
+CREATE FUNCTION @extschema@.queue_ack_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1,
+                                          ack_ids bigint[] DEFAULT NULL, ack_attempts int[] DEFAULT NULL,
+                                          ack_results jsonb[] DEFAULT NULL)
+RETURNS SETOF queue.claimed_job
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_acks int := coalesce(cardinality(ack_ids), 0);
+BEGIN
+    IF coalesce(array_ndims(ack_ids), 1) > 1 OR coalesce(array_ndims(ack_attempts), 1) > 1
+       OR coalesce(array_ndims(ack_results), 1) > 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'ack_ids, ack_attempts and ack_results must be one-dimensional arrays',
+            HINT = 'Pass one entry per finished job, e.g. ack_ids => ARRAY[1, 2], ack_attempts => ARRAY[1, 1].';
+    END IF;
+    IF (ack_attempts IS NOT NULL AND cardinality(ack_attempts) <> v_acks)
+       OR (ack_results IS NOT NULL AND cardinality(ack_results) <> v_acks) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('ack_attempts (%s) and ack_results (%s) must have one entry per ack id (%s)',
+                             coalesce(cardinality(ack_attempts)::text, 'NULL'),
+                             coalesce(cardinality(ack_results)::text, 'NULL'), v_acks),
+            HINT = 'Give each finished job its claim''s attempt (and result), in the order of ack_ids.';
+    END IF;
+    FOR i IN 1 .. v_acks LOOP
+        PERFORM @extschema@.queue_ack(ack_ids[i], ack_results[i], ack_attempts[i]);
+    END LOOP;
+    RETURN QUERY SELECT * FROM @extschema@.queue_pop(queue_ack_pop.queue, queue_ack_pop.worker, queue_ack_pop.batch);
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]) IS
+'Complete the jobs a worker finished (ack_ids with their ack_attempts and optional ack_results, as queue_ack does; stale claims are skipped) and claim up to batch more (as queue_pop does), in one call and one commit. Never waits.';
+
 ------------------------------------------------------------------------------
 -- Finish
 ------------------------------------------------------------------------------

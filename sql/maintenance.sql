@@ -188,9 +188,21 @@ BEGIN
     v_expired := queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL);
 
     IF v_ids IS NOT NULL THEN
-        PERFORM queue.lease_settle(d.id, d.attempt, d.lease_until, j.attempts, j.lease_until)
+        -- A job still processing is read again under a share lock held to
+        -- the commit, where the settle takes effect: a touch of the same
+        -- claim cannot commit in between (one that shortened the lease would
+        -- otherwise be overwritten by the later lease read here). One its
+        -- worker holds locked is left as it is for the next pass. A job no
+        -- longer processing needs no lock: a new claim of it has another
+        -- attempt, which the settle does not touch.
+        PERFORM queue.lease_settle(d.id, d.attempt, d.lease_until, l.attempts, l.lease_until)
            FROM unnest(v_ids, v_attempts, v_leases) AS d(id, attempt, lease_until)
-           LEFT JOIN queue.jobs j ON j.id = d.id AND j.status = 'processing';
+           LEFT JOIN queue.jobs j ON j.id = d.id AND j.status = 'processing'
+           LEFT JOIN LATERAL (SELECT x.attempts, x.lease_until
+                                FROM queue.jobs x
+                               WHERE x.id = j.id AND x.status = 'processing'
+                                 FOR SHARE SKIP LOCKED) l ON true
+          WHERE j.id IS NULL OR l.attempts IS NOT NULL;
     END IF;
     RETURN jsonb_build_object('retried', v_retried, 'expired', v_expired);
 END;

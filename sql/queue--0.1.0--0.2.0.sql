@@ -376,7 +376,49 @@ ALTER FUNCTION queue.release_groups(text[]) SET search_path = pg_catalog, pg_tem
 ALTER FUNCTION queue.retention() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.revive_jobs(bigint[]) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.scheduler_pass(integer) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION queue.stats_rows() SET search_path = pg_catalog, pg_temp;
+
+-- stats_rows reads one queue's rows by the primary key when asked for one.
+DROP FUNCTION queue.stats_rows();
+/*
+ * queue.stats_rows: the counters of every (queue, priority), or of one
+ * queue's: queue.stats plus what shared memory and this transaction hold
+ * unflushed. The shared advisory lock keeps a flush from moving amounts
+ * between the two sources while they are read (the flush takes it
+ * exclusively), so nothing is seen twice or not at all. For one queue the
+ * rows come from the primary key, whatever the number of queues; a custom
+ * plan each call, so that the NULL test folds away.
+ */
+CREATE FUNCTION queue.stats_rows(p_queue text DEFAULT NULL)
+RETURNS TABLE (queue text, priority int, scheduled bigint, pending bigint, processing bigint,
+               retrying bigint, pushed bigint, popped bigint, completed bigint, failed bigint,
+               expired bigint, cancelled bigint, retried bigint, deleted bigint,
+               last_activity timestamptz)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
+    RETURN QUERY
+    SELECT r.queue::text, r.priority,
+           sum(r.scheduled)::bigint, sum(r.pending)::bigint, sum(r.processing)::bigint,
+           sum(r.retrying)::bigint, sum(r.pushed)::bigint, sum(r.popped)::bigint,
+           sum(r.completed)::bigint, sum(r.failed)::bigint, sum(r.expired)::bigint,
+           sum(r.cancelled)::bigint, sum(r.retried)::bigint, sum(r.deleted)::bigint,
+           max(r.last_activity)
+      FROM (SELECT s.queue, s.priority, s.scheduled, s.pending, s.processing, s.retrying,
+                   s.pushed, s.popped, s.completed, s.failed, s.expired, s.cancelled,
+                   s.retried, s.deleted, s.last_activity
+              FROM queue.stats s
+             WHERE p_queue IS NULL OR s.queue = p_queue COLLATE "C"
+            UNION ALL
+            SELECT u.queue, u.priority, u.counts[1], u.counts[2], u.counts[3], u.counts[4],
+                   u.counts[5], u.counts[6], u.counts[7], u.counts[8], u.counts[9],
+                   u.counts[10], u.counts[11], u.counts[12], u.last_activity
+              FROM queue.stats_unflushed() u
+             WHERE p_queue IS NULL OR u.queue = p_queue) r
+     GROUP BY r.queue, r.priority;
+END;
+$$;
 
 -- 4. Functions with new checks (limits, access rules, attempt) or an
 --    inlined queue.ms, in the order of the source files.
@@ -1349,11 +1391,59 @@ BEGIN
 END;
 $$;
 
+-- stats_apply writes this minute's throughput too, for commits whose
+-- tallies do not go through shared memory.
+DROP FUNCTION queue.stats_apply(int, text, int, bigint[], timestamptz);
+CREATE FUNCTION queue.stats_apply(p_slot int, p_queue text, p_priority int, p_counts bigint[],
+                                  p_last timestamptz, p_minutes boolean DEFAULT false) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO queue.stats AS s (queue, priority, slot, scheduled, pending, processing, retrying,
+                                  pushed, popped, completed, failed, expired, cancelled, retried,
+                                  deleted, last_activity)
+    VALUES (p_queue, p_priority, p_slot, p_counts[1], p_counts[2], p_counts[3], p_counts[4],
+            p_counts[5], p_counts[6], p_counts[7], p_counts[8], p_counts[9], p_counts[10],
+            p_counts[11], p_counts[12], p_last)
+    ON CONFLICT (queue, priority, slot) DO UPDATE
+       SET scheduled  = s.scheduled + excluded.scheduled,
+           pending    = s.pending + excluded.pending,
+           processing = s.processing + excluded.processing,
+           retrying   = s.retrying + excluded.retrying,
+           pushed     = s.pushed + excluded.pushed,
+           popped     = s.popped + excluded.popped,
+           completed  = s.completed + excluded.completed,
+           failed     = s.failed + excluded.failed,
+           expired    = s.expired + excluded.expired,
+           cancelled  = s.cancelled + excluded.cancelled,
+           retried    = s.retried + excluded.retried,
+           deleted    = s.deleted + excluded.deleted,
+           last_activity = greatest(s.last_activity, excluded.last_activity);
+    INSERT INTO queue.stats_minutes AS m
+           (queue, minute, slot, pushed, popped, completed, failed, expired, cancelled, retried)
+    SELECT p_queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'), p_slot,
+           p_counts[5], p_counts[6], p_counts[7], p_counts[8], p_counts[9], p_counts[10], p_counts[11]
+     WHERE p_minutes AND (p_counts[5] <> 0 OR p_counts[6] <> 0 OR p_counts[7] <> 0 OR p_counts[8] <> 0
+                          OR p_counts[9] <> 0 OR p_counts[10] <> 0 OR p_counts[11] <> 0)
+    ON CONFLICT (queue, minute, slot) DO UPDATE
+       SET pushed = m.pushed + excluded.pushed, popped = m.popped + excluded.popped,
+           completed = m.completed + excluded.completed, failed = m.failed + excluded.failed,
+           expired = m.expired + excluded.expired, cancelled = m.cancelled + excluded.cancelled,
+           retried = m.retried + excluded.retried;
+$$;
+
+-- Rows spilled into queue.stats when the shared table is full are folded
+-- into the flushed ones (src/stats.rs).
+CREATE  FUNCTION queue."stats_fold_due"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'stats_fold_due_wrapper';
+
 CREATE OR REPLACE FUNCTION queue.stats_pass() RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_rows int;
+    v_rows   int;
+    v_folded int;
 BEGIN
     IF queue.stats_recount_needed() THEN
         BEGIN
@@ -1383,13 +1473,32 @@ BEGIN
          GROUP BY t.queue
         HAVING sum(t.counts[5]) + sum(t.counts[6]) + sum(t.counts[7]) + sum(t.counts[8])
                + sum(t.counts[9]) + sum(t.counts[10]) + sum(t.counts[11]) > 0
-        ON CONFLICT (queue, minute) DO UPDATE
+        ON CONFLICT (queue, minute, slot) DO UPDATE
            SET pushed = m.pushed + excluded.pushed, popped = m.popped + excluded.popped,
                completed = m.completed + excluded.completed, failed = m.failed + excluded.failed,
                expired = m.expired + excluded.expired, cancelled = m.cancelled + excluded.cancelled,
                retried = m.retried + excluded.retried
     )
     SELECT a.n INTO v_rows FROM applied a;
+    -- Rows backends wrote because the shared table was full (one per key
+    -- and backend) are folded into slot 0 now and then, so that they do
+    -- not pile up; rows a committing backend holds are left for next time.
+    IF queue.stats_fold_due() THEN
+        WITH gone AS (
+            DELETE FROM queue.stats s
+             WHERE s.ctid = ANY (ARRAY(SELECT x.ctid FROM queue.stats x WHERE x.slot <> 0
+                                          FOR UPDATE SKIP LOCKED))
+            RETURNING s.*
+        )
+        SELECT count(*) INTO v_folded
+          FROM (SELECT queue.stats_apply(0, g.queue, g.priority,
+                       ARRAY[sum(g.scheduled), sum(g.pending), sum(g.processing), sum(g.retrying),
+                             sum(g.pushed), sum(g.popped), sum(g.completed), sum(g.failed),
+                             sum(g.expired), sum(g.cancelled), sum(g.retried), sum(g.deleted)]::bigint[],
+                       max(g.last_activity))
+                  FROM gone g
+                 GROUP BY g.queue, g.priority) f;
+    END IF;
     DELETE FROM queue.stats_minutes WHERE minute < now() - queue.metrics_retention();
     DELETE FROM queue.job_errors WHERE at < now() - queue.retention();
     RETURN v_rows;
@@ -1408,7 +1517,7 @@ DECLARE
     v_oldest timestamptz;
 BEGIN
     WITH c AS (
-        SELECT * FROM queue.stats_rows() r
+        SELECT * FROM queue.stats_rows(v_queue) r
          WHERE (v_queue IS NULL OR r.queue = v_queue)
            AND (v_scope IS NULL OR queue.access_allows(v_scope, r.queue))
     )
@@ -1452,7 +1561,7 @@ DECLARE
 BEGIN
     PERFORM queue.scope('read', v_queue);
     SELECT coalesce(sum(r.pending + r.scheduled + r.retrying), 0) INTO v_size
-      FROM queue.stats_rows() r
+      FROM queue.stats_rows(v_queue) r
      WHERE r.queue = v_queue;
     RETURN v_size;
 END;
@@ -1767,14 +1876,64 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_release(bigint, int) IS
 'Give a claimed job back (a worker stopping): pending again at once, its queue woken, without burning an attempt (max_attempts grows by one; attempt numbers stay unique per claim). With attempt, only that claim. Returns false when nothing changed.';
 
+-- New in 0.2.0: ack the finished jobs and claim the next in one call.
+/*
+ * queue_ack_pop: a worker's next step in one call and one commit: complete
+ * the jobs it finished, each with its claim's attempt and result exactly as
+ * queue_ack does (stale or unknown claims are skipped), then claim up to
+ * batch more exactly as queue_pop does. An ack and a pop cost two commits
+ * and two round trips; this costs one of each. A finished serial-group job
+ * hands its group on inside the call, so the next job of the group can be
+ * the one claimed.
+ *
+ * It never waits: the acks would stay uncommitted while it slept, holding
+ * their rows, their groups and the xmin horizon. A worker that gets nothing
+ * back waits with queue_pop(..., wait) or LISTEN next. Mismatched arrays
+ * are refused before anything changes; any error undoes the acks too.
+ */
+CREATE FUNCTION @extschema@.queue_ack_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1,
+                                          ack_ids bigint[] DEFAULT NULL, ack_attempts int[] DEFAULT NULL,
+                                          ack_results jsonb[] DEFAULT NULL)
+RETURNS SETOF queue.claimed_job
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_acks int := coalesce(cardinality(ack_ids), 0);
+BEGIN
+    IF coalesce(array_ndims(ack_ids), 1) > 1 OR coalesce(array_ndims(ack_attempts), 1) > 1
+       OR coalesce(array_ndims(ack_results), 1) > 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'ack_ids, ack_attempts and ack_results must be one-dimensional arrays',
+            HINT = 'Pass one entry per finished job, e.g. ack_ids => ARRAY[1, 2], ack_attempts => ARRAY[1, 1].';
+    END IF;
+    IF (ack_attempts IS NOT NULL AND cardinality(ack_attempts) <> v_acks)
+       OR (ack_results IS NOT NULL AND cardinality(ack_results) <> v_acks) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('ack_attempts (%s) and ack_results (%s) must have one entry per ack id (%s)',
+                             coalesce(cardinality(ack_attempts)::text, 'NULL'),
+                             coalesce(cardinality(ack_results)::text, 'NULL'), v_acks),
+            HINT = 'Give each finished job its claim''s attempt (and result), in the order of ack_ids.';
+    END IF;
+    FOR i IN 1 .. v_acks LOOP
+        PERFORM @extschema@.queue_ack(ack_ids[i], ack_results[i], ack_attempts[i]);
+    END LOOP;
+    RETURN QUERY SELECT * FROM @extschema@.queue_pop(queue_ack_pop.queue, queue_ack_pop.worker, queue_ack_pop.batch);
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]) IS
+'Complete the jobs a worker finished (ack_ids with their ack_attempts and optional ack_results, as queue_ack does; stale claims are skipped) and claim up to batch more (as queue_pop does), in one call and one commit. Never waits.';
+
 -- New in 0.2.0: throughput per queue and minute, for dashboards.
--- Throughput by queue and minute, from the counters the flush moves out of
--- shared memory (not from job rows): written only by the maintenance flush,
--- one upsert per active queue and tick, so pushers never share a row. Kept
--- for queue.metrics_retention. Databases the workers do not serve have none.
+-- Throughput by queue, minute and writer, from the counters (not from job
+-- rows). slot 0 is written by the maintenance flush, one upsert per active
+-- queue and tick; slot n > 0 by backend n before its commits where its
+-- tallies do not go through shared memory (as in queue.stats), so pushers
+-- never share a row. Readers sum the slots. Kept for
+-- queue.metrics_retention.
 CREATE TABLE queue.stats_minutes (
     queue     text COLLATE "C" NOT NULL,
     minute    timestamptz NOT NULL,
+    slot      int NOT NULL DEFAULT 0,
     pushed    bigint NOT NULL DEFAULT 0,
     popped    bigint NOT NULL DEFAULT 0,
     completed bigint NOT NULL DEFAULT 0,
@@ -1782,7 +1941,7 @@ CREATE TABLE queue.stats_minutes (
     expired   bigint NOT NULL DEFAULT 0,
     cancelled bigint NOT NULL DEFAULT 0,
     retried   bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (queue, minute)
+    PRIMARY KEY (queue, minute, slot)
 );
 CREATE INDEX stats_minutes_minute ON queue.stats_minutes (minute);
 
@@ -1956,9 +2115,21 @@ BEGIN
     v_expired := queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL);
 
     IF v_ids IS NOT NULL THEN
-        PERFORM queue.lease_settle(d.id, d.attempt, d.lease_until, j.attempts, j.lease_until)
+        -- A job still processing is read again under a share lock held to
+        -- the commit, where the settle takes effect: a touch of the same
+        -- claim cannot commit in between (one that shortened the lease would
+        -- otherwise be overwritten by the later lease read here). One its
+        -- worker holds locked is left as it is for the next pass. A job no
+        -- longer processing needs no lock: a new claim of it has another
+        -- attempt, which the settle does not touch.
+        PERFORM queue.lease_settle(d.id, d.attempt, d.lease_until, l.attempts, l.lease_until)
            FROM unnest(v_ids, v_attempts, v_leases) AS d(id, attempt, lease_until)
-           LEFT JOIN queue.jobs j ON j.id = d.id AND j.status = 'processing';
+           LEFT JOIN queue.jobs j ON j.id = d.id AND j.status = 'processing'
+           LEFT JOIN LATERAL (SELECT x.attempts, x.lease_until
+                                FROM queue.jobs x
+                               WHERE x.id = j.id AND x.status = 'processing'
+                                 FOR SHARE SKIP LOCKED) l ON true
+          WHERE j.id IS NULL OR l.attempts IS NOT NULL;
     END IF;
     RETURN jsonb_build_object('retried', v_retried, 'expired', v_expired);
 END;
@@ -1972,6 +2143,7 @@ REVOKE ALL ON FUNCTION
     @extschema@.queue_throughput(text, interval),
     @extschema@.queue_pop(text, text, int, interval),
     @extschema@.queue_release(bigint, int),
+    @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]),
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
@@ -1982,6 +2154,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_throughput(text, interval),
     @extschema@.queue_pop(text, text, int, interval),
     @extschema@.queue_release(bigint, int),
+    @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]),
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
@@ -1989,6 +2162,7 @@ GRANT EXECUTE ON FUNCTION
 TO queue_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_progress(bigint, int, int, text, int) TO queue_worker;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_release(bigint, int) TO queue_worker;
+GRANT EXECUTE ON FUNCTION @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]) TO queue_worker;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_pop(text, text, int, interval) TO queue_worker;
 GRANT EXECUTE ON FUNCTION queue.save_schedule(text, text, text, jsonb, int, text, int, interval, boolean)
     TO queue_admin;

@@ -79,6 +79,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_ack(bigint[]),
     @extschema@.queue_fail(bigint, text, int, interval, boolean),
     @extschema@.queue_release(bigint, int),
+    @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]),
     @extschema@.queue_touch(bigint, interval, int),
     @extschema@.queue_progress(bigint, int, int, text, int),
     @extschema@.queue_heartbeat(text, jsonb),

@@ -49,13 +49,16 @@ CREATE TABLE queue.job_times (
 );
 CREATE INDEX job_times_minute ON queue.job_times (finished_minute);
 
--- Throughput by queue and minute, from the counters the flush moves out of
--- shared memory (not from job rows): written only by the maintenance flush,
--- one upsert per active queue and tick, so pushers never share a row. Kept
--- for queue.metrics_retention. Databases the workers do not serve have none.
+-- Throughput by queue, minute and writer, from the counters (not from job
+-- rows). slot 0 is written by the maintenance flush, one upsert per active
+-- queue and tick; slot n > 0 by backend n before its commits where its
+-- tallies do not go through shared memory (as in queue.stats), so pushers
+-- never share a row. Readers sum the slots. Kept for
+-- queue.metrics_retention.
 CREATE TABLE queue.stats_minutes (
     queue     text COLLATE "C" NOT NULL,
     minute    timestamptz NOT NULL,
+    slot      int NOT NULL DEFAULT 0,
     pushed    bigint NOT NULL DEFAULT 0,
     popped    bigint NOT NULL DEFAULT 0,
     completed bigint NOT NULL DEFAULT 0,
@@ -63,7 +66,7 @@ CREATE TABLE queue.stats_minutes (
     expired   bigint NOT NULL DEFAULT 0,
     cancelled bigint NOT NULL DEFAULT 0,
     retried   bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (queue, minute)
+    PRIMARY KEY (queue, minute, slot)
 );
 CREATE INDEX stats_minutes_minute ON queue.stats_minutes (minute);
 
@@ -82,13 +85,15 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 /*
- * queue.stats_apply: add counter amounts to one row of queue.stats.
- * p_counts is in the order of src/stats.rs (scheduled first). Called by the
- * flush (slot 0) and before commit by backends outside the served database
- * (their own slot), never concurrently for one row.
+ * queue.stats_apply: add counter amounts to one row of queue.stats, and with
+ * p_minutes the throughput amounts to this minute's row of
+ * queue.stats_minutes. p_counts is in the order of src/stats.rs (scheduled
+ * first). Called by the flush (slot 0, which writes its minutes in bulk) and
+ * before commit by backends whose tallies do not go through shared memory
+ * (their own slot, with p_minutes), never concurrently for one row.
  */
 CREATE FUNCTION queue.stats_apply(p_slot int, p_queue text, p_priority int, p_counts bigint[],
-                                  p_last timestamptz) RETURNS void
+                                  p_last timestamptz, p_minutes boolean DEFAULT false) RETURNS void
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO queue.stats AS s (queue, priority, slot, scheduled, pending, processing, retrying,
@@ -111,22 +116,36 @@ SET search_path = pg_catalog, pg_temp AS $$
            retried    = s.retried + excluded.retried,
            deleted    = s.deleted + excluded.deleted,
            last_activity = greatest(s.last_activity, excluded.last_activity);
+    INSERT INTO queue.stats_minutes AS m
+           (queue, minute, slot, pushed, popped, completed, failed, expired, cancelled, retried)
+    SELECT p_queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'), p_slot,
+           p_counts[5], p_counts[6], p_counts[7], p_counts[8], p_counts[9], p_counts[10], p_counts[11]
+     WHERE p_minutes AND (p_counts[5] <> 0 OR p_counts[6] <> 0 OR p_counts[7] <> 0 OR p_counts[8] <> 0
+                          OR p_counts[9] <> 0 OR p_counts[10] <> 0 OR p_counts[11] <> 0)
+    ON CONFLICT (queue, minute, slot) DO UPDATE
+       SET pushed = m.pushed + excluded.pushed, popped = m.popped + excluded.popped,
+           completed = m.completed + excluded.completed, failed = m.failed + excluded.failed,
+           expired = m.expired + excluded.expired, cancelled = m.cancelled + excluded.cancelled,
+           retried = m.retried + excluded.retried;
 $$;
 
 /*
- * queue.stats_rows: the counters of every (queue, priority): queue.stats
- * plus what shared memory and this transaction hold unflushed. The shared
- * advisory lock keeps a flush from moving amounts between the two sources
- * while they are read (the flush takes it exclusively), so nothing is seen
- * twice or not at all.
+ * queue.stats_rows: the counters of every (queue, priority), or of one
+ * queue's: queue.stats plus what shared memory and this transaction hold
+ * unflushed. The shared advisory lock keeps a flush from moving amounts
+ * between the two sources while they are read (the flush takes it
+ * exclusively), so nothing is seen twice or not at all. For one queue the
+ * rows come from the primary key, whatever the number of queues; a custom
+ * plan each call, so that the NULL test folds away.
  */
-CREATE FUNCTION queue.stats_rows()
+CREATE FUNCTION queue.stats_rows(p_queue text DEFAULT NULL)
 RETURNS TABLE (queue text, priority int, scheduled bigint, pending bigint, processing bigint,
                retrying bigint, pushed bigint, popped bigint, completed bigint, failed bigint,
                expired bigint, cancelled bigint, retried bigint, deleted bigint,
                last_activity timestamptz)
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
     RETURN QUERY
@@ -140,11 +159,13 @@ BEGIN
                    s.pushed, s.popped, s.completed, s.failed, s.expired, s.cancelled,
                    s.retried, s.deleted, s.last_activity
               FROM queue.stats s
+             WHERE p_queue IS NULL OR s.queue = p_queue COLLATE "C"
             UNION ALL
             SELECT u.queue, u.priority, u.counts[1], u.counts[2], u.counts[3], u.counts[4],
                    u.counts[5], u.counts[6], u.counts[7], u.counts[8], u.counts[9],
                    u.counts[10], u.counts[11], u.counts[12], u.last_activity
-              FROM queue.stats_unflushed() u) r
+              FROM queue.stats_unflushed() u
+             WHERE p_queue IS NULL OR u.queue = p_queue) r
      GROUP BY r.queue, r.priority;
 END;
 $$;
@@ -229,7 +250,8 @@ CREATE FUNCTION queue.stats_pass() RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_rows int;
+    v_rows   int;
+    v_folded int;
 BEGIN
     IF queue.stats_recount_needed() THEN
         BEGIN
@@ -259,13 +281,32 @@ BEGIN
          GROUP BY t.queue
         HAVING sum(t.counts[5]) + sum(t.counts[6]) + sum(t.counts[7]) + sum(t.counts[8])
                + sum(t.counts[9]) + sum(t.counts[10]) + sum(t.counts[11]) > 0
-        ON CONFLICT (queue, minute) DO UPDATE
+        ON CONFLICT (queue, minute, slot) DO UPDATE
            SET pushed = m.pushed + excluded.pushed, popped = m.popped + excluded.popped,
                completed = m.completed + excluded.completed, failed = m.failed + excluded.failed,
                expired = m.expired + excluded.expired, cancelled = m.cancelled + excluded.cancelled,
                retried = m.retried + excluded.retried
     )
     SELECT a.n INTO v_rows FROM applied a;
+    -- Rows backends wrote because the shared table was full (one per key
+    -- and backend) are folded into slot 0 now and then, so that they do
+    -- not pile up; rows a committing backend holds are left for next time.
+    IF queue.stats_fold_due() THEN
+        WITH gone AS (
+            DELETE FROM queue.stats s
+             WHERE s.ctid = ANY (ARRAY(SELECT x.ctid FROM queue.stats x WHERE x.slot <> 0
+                                          FOR UPDATE SKIP LOCKED))
+            RETURNING s.*
+        )
+        SELECT count(*) INTO v_folded
+          FROM (SELECT queue.stats_apply(0, g.queue, g.priority,
+                       ARRAY[sum(g.scheduled), sum(g.pending), sum(g.processing), sum(g.retrying),
+                             sum(g.pushed), sum(g.popped), sum(g.completed), sum(g.failed),
+                             sum(g.expired), sum(g.cancelled), sum(g.retried), sum(g.deleted)]::bigint[],
+                       max(g.last_activity))
+                  FROM gone g
+                 GROUP BY g.queue, g.priority) f;
+    END IF;
     DELETE FROM queue.stats_minutes WHERE minute < now() - queue.metrics_retention();
     DELETE FROM queue.job_errors WHERE at < now() - queue.retention();
     RETURN v_rows;
@@ -320,7 +361,7 @@ DECLARE
     v_oldest timestamptz;
 BEGIN
     WITH c AS (
-        SELECT * FROM queue.stats_rows() r
+        SELECT * FROM queue.stats_rows(v_queue) r
          WHERE (v_queue IS NULL OR r.queue = v_queue)
            AND (v_scope IS NULL OR queue.access_allows(v_scope, r.queue))
     )
@@ -371,7 +412,7 @@ DECLARE
 BEGIN
     PERFORM queue.scope('read', v_queue);
     SELECT coalesce(sum(r.pending + r.scheduled + r.retrying), 0) INTO v_size
-      FROM queue.stats_rows() r
+      FROM queue.stats_rows(v_queue) r
      WHERE r.queue = v_queue;
     RETURN v_size;
 END;

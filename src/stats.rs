@@ -10,9 +10,14 @@
 //! rolled-back savepoint takes its tallies with it:
 //!
 //! * **Served database** (one whose maintenance service runs, library
-//!   preloaded): after the commit is visible, the transaction callback adds
-//!   its tallies to the database's small shared-memory table under one
-//!   LWLock (a few hundred nanoseconds). The maintenance worker flushes that table into
+//!   preloaded): before commit the transaction pins a slot of the
+//!   database's small shared-memory table for each of its keys; after the
+//!   commit is visible, the transaction callback adds its tallies there
+//!   under one LWLock (a few hundred nanoseconds). A key the full table has
+//!   no slot for goes to this backend's rows of `queue.stats` inside the
+//!   transaction, as below, so that counts stay exact however many queues
+//!   are active; the flush folds those rows into its own now and then. The
+//!   maintenance worker flushes that table into
 //!   `queue.stats` every tick, in a short transaction of its own that also
 //!   records the flushed amounts as negative tallies, so that its commit
 //!   moves them from shared memory to the table at once.
@@ -152,9 +157,13 @@ pub struct Slot {
     counts: Counts,
     /// Last commit that moved a job of this key (TimestampTz), 0 if none.
     last: i64,
+    /// Committing transactions that hold this slot for their tallies
+    /// (between PRE_COMMIT and COMMIT or ABORT): the slot is not compacted
+    /// away meanwhile, so that what they add at commit has a place.
+    pins: u32,
 }
 
-const FREE: Slot = Slot { priority: 0, name_len: 0, name: [0; NAME_BYTES], counts: [0; COUNTERS], last: 0 };
+const FREE: Slot = Slot { priority: 0, name_len: 0, name: [0; NAME_BYTES], counts: [0; COUNTERS], last: 0, pins: 0 };
 
 impl Slot {
     fn name(&self) -> &[u8] {
@@ -193,8 +202,9 @@ impl Table<'_> {
         self.slots.len() / 4 * 3
     }
 
-    /// The slot of a key, claimed if new; None when the table is too full.
-    fn slot(&mut self, name: &[u8], priority: i32) -> Option<&mut Slot> {
+    /// Where a key is (Ok) or would go (Err); None for a key the table
+    /// cannot hold at all.
+    fn probe(&self, name: &[u8], priority: i32) -> Option<Result<usize, usize>> {
         if name.is_empty() || name.len() > NAME_BYTES || self.slots.is_empty() {
             return None;
         }
@@ -202,13 +212,29 @@ impl Table<'_> {
         loop {
             let s = &self.slots[i];
             if s.name_len == 0 {
-                break;
+                return Some(Err(i));
             }
             if s.priority == priority && s.name() == name {
-                return Some(&mut self.slots[i]);
+                return Some(Ok(i));
             }
             i = (i + 1) % self.slots.len();
         }
+    }
+
+    /// The slot of a known key.
+    fn find(&mut self, name: &[u8], priority: i32) -> Option<&mut Slot> {
+        match self.probe(name, priority)? {
+            Ok(i) => Some(&mut self.slots[i]),
+            Err(_) => None,
+        }
+    }
+
+    /// The slot of a key, claimed if new; None when the table is too full.
+    fn slot(&mut self, name: &[u8], priority: i32) -> Option<&mut Slot> {
+        let i = match self.probe(name, priority)? {
+            Ok(i) => return Some(&mut self.slots[i]),
+            Err(i) => i,
+        };
         if self.header.used >= self.limit() {
             return None;
         }
@@ -219,17 +245,34 @@ impl Table<'_> {
         Some(s)
     }
 
+    /// Hold the slot of a key (claimed if new) for a committing
+    /// transaction; false when the table has no room for it.
+    fn pin(&mut self, name: &[u8], priority: i32) -> bool {
+        self.slot(name, priority).map(|s| s.pins += 1).is_some()
+    }
+
+    /// Let go of a slot `pin` held.
+    fn unpin(&mut self, name: &[u8], priority: i32) {
+        if let Some(s) = self.find(name, priority) {
+            s.pins = s.pins.saturating_sub(1);
+        }
+    }
+
     /// Drop the entries that hold nothing any more (their last activity is
-    /// in `queue.stats` by then) and re-insert the rest.
+    /// in `queue.stats` by then) and no committing transaction holds, and
+    /// re-insert the rest.
     fn compact(&mut self) {
-        let keep: Vec<Slot> =
-            self.slots.iter().filter(|s| s.name_len > 0 && s.counts.iter().any(|&c| c != 0)).copied().collect();
+        let keep: Vec<Slot> = self
+            .slots
+            .iter()
+            .filter(|s| s.name_len > 0 && (s.pins > 0 || s.counts.iter().any(|&c| c != 0)))
+            .copied()
+            .collect();
         self.slots.fill(FREE);
         self.header.used = 0;
         for k in keep {
             if let Some(s) = self.slot(&k.name[..k.name_len as usize], k.priority) {
-                s.counts = k.counts;
-                s.last = k.last;
+                *s = k;
             }
         }
     }
@@ -252,8 +295,16 @@ pub struct Control {
     /// above `recount_asked`.
     recount_asked: AtomicU64,
     recount_done: AtomicU64,
-    /// Commits whose tallies did not fit into shared memory.
+    /// Commits whose tallies did not fit into shared memory and are lost
+    /// (only a flush's own, which should always fit).
     lost_tallies: AtomicU64,
+    /// Commits that wrote tallies into queue.stats because the table had no
+    /// room for their keys, and their number at the last fold of those
+    /// rows into the flushed ones (`queue.stats_fold_due`).
+    spills: AtomicU64,
+    folded_spills: AtomicU64,
+    /// When the last fold ran (TimestampTz).
+    folded_at: AtomicI64,
     /// End of the last maintenance pass (TimestampTz), 0 before the first.
     last_tick: AtomicI64,
 }
@@ -295,6 +346,10 @@ struct Tally {
 
 thread_local! {
     static TALLIES: TxList<Tally> = const { TxList::new() };
+    /// The committing transaction's tallies bound for shared memory, each
+    /// with whether it holds a pin on its key's slot: set at PRE_COMMIT,
+    /// added (and unpinned) at COMMIT, unpinned at ABORT.
+    static PINNED: std::cell::RefCell<Vec<(Tally, bool)>> = const { std::cell::RefCell::new(Vec::new()) };
     /// This transaction recounted the gauges: the recount request it
     /// answers, marked done at commit.
     static RECOUNTED: TxList<u64> = const { TxList::new() };
@@ -515,8 +570,10 @@ fn stats_health() -> TableIterator<
 // Transaction ends
 // ---------------------------------------------------------------------------
 
-/// Before commit (or PREPARE), outside the served database: add the
-/// tallies to the rows of `slot` in queue.stats, inside the transaction. The statement is
+/// Before commit (or PREPARE), outside the served database or for keys the
+/// shared table has no room for: add the tallies to the rows of `slot` in
+/// queue.stats and in queue.stats_minutes (this minute's throughput),
+/// inside the transaction. The statement is
 /// fixed; it runs as the bootstrap superuser because the committing user
 /// may hold no privilege on the internal table.
 fn write_tallies_to_table(tallies: Vec<Tally>, slot: i32) {
@@ -537,7 +594,7 @@ fn write_tallies_to_table(tallies: Vec<Tally>, slot: i32) {
         let last = if last == 0 { None } else { TimestampWithTimeZone::try_from(last).ok() };
         // An error here aborts the commit, which then restores the user.
         let _ = Spi::run_with_args(
-            "SELECT queue.stats_apply($1, $2, $3, $4, $5)",
+            "SELECT queue.stats_apply($1, $2, $3, $4, $5, true)",
             &[slot.into(), queue.into(), priority.into(), counts.to_vec().into(), last.into()],
         )
         .map_err(|e| error!("queue: could not record job counters: {e}"));
@@ -548,15 +605,50 @@ fn write_tallies_to_table(tallies: Vec<Tally>, slot: i32) {
     }
 }
 
-/// After commit in the served database: add the tallies to shared memory.
-/// Must not raise an error (the commit record is written): one LWLock, no
-/// allocation that can fail in Postgres terms.
-fn add_tallies_to_shared_memory(db: Db, tallies: Vec<Tally>) {
+/// PRE_COMMIT in the served database: hold a slot of the shared table for
+/// the key of every tally, so that the commit, which must not fail, has a
+/// place for them. The tallies of keys the table has no room for (more
+/// queues and priorities active since the last flush than
+/// `queue.max_counter_keys`) are written into this backend's rows of
+/// `queue.stats` inside the transaction instead, as outside a served
+/// database: exact, only slower, until a flush makes room again.
+fn pin_tallies(db: Db, tallies: Vec<Tally>) {
+    let mut pinned = Vec::with_capacity(tallies.len());
+    let held = with_table(db, |table| {
+        for t in &tallies {
+            pinned.push(table.pin(t.queue.as_bytes(), t.priority));
+        }
+    });
+    if held.is_none() {
+        pinned = vec![false; tallies.len()];
+    }
+    let (mut keep, mut spill) = (Vec::new(), Vec::new());
+    for (t, pin) in tallies.into_iter().zip(pinned) {
+        // A flush's own tallies move amounts out of slots that exist: they
+        // never go to the table, where they would count twice.
+        if pin || !t.activity {
+            keep.push((t, pin));
+        } else {
+            spill.push(t);
+        }
+    }
+    // Set before anything can fail, so that an abort lets go of the pins.
+    PINNED.with(|p| *p.borrow_mut() = keep);
+    if !spill.is_empty() {
+        db.slot().counters.spills.fetch_add(1, Ordering::SeqCst);
+        write_tallies_to_table(spill, unsafe { pg_sys::MyBackendId });
+    }
+}
+
+/// After commit in the served database: add the tallies to shared memory
+/// and let go of their pins. Must not raise an error (the commit record is
+/// written): one LWLock, no allocation that can fail in Postgres terms.
+fn add_tallies_to_shared_memory(db: Db, tallies: Vec<(Tally, bool)>) {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let lost = with_table(db, |table| {
         let mut lost = false;
         let mut flushed = false;
-        for t in &tallies {
+        for (t, pinned) in &tallies {
             flushed |= !t.activity;
             match table.slot(t.queue.as_bytes(), t.priority) {
                 Some(s) => {
@@ -565,6 +657,9 @@ fn add_tallies_to_shared_memory(db: Db, tallies: Vec<Tally>) {
                     }
                     if t.activity {
                         s.last = s.last.max(now);
+                    }
+                    if *pinned {
+                        s.pins = s.pins.saturating_sub(1);
                     }
                 }
                 None => lost = true,
@@ -582,15 +677,53 @@ fn add_tallies_to_shared_memory(db: Db, tallies: Vec<Tally>) {
     }
 }
 
+/// After an abort that followed PRE_COMMIT: let go of the pins.
+fn unpin_tallies() {
+    let pinned = PINNED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if pinned.iter().all(|(_, pin)| !pin) {
+        return;
+    }
+    let Some(db) = shared::this_db() else { return };
+    with_table(db, |table| {
+        for (t, _) in pinned.iter().filter(|(_, pin)| *pin) {
+            table.unpin(t.queue.as_bytes(), t.priority);
+        }
+    });
+}
+
+/// SQL `queue.stats_fold_due()`: whether the flush should fold the rows
+/// backends wrote into queue.stats (slot <> 0) into the flushed ones: some
+/// commit spilled its tallies there since the last fold, and that was 100
+/// maintenance ticks ago (at most a minute): often enough that the rows do
+/// not pile up, seldom enough that backends rarely have to insert theirs
+/// anew. Answering yes records the fold; one that rolls back is simply made
+/// up by the next.
+#[pg_extern(volatile, parallel_unsafe, schema = "queue")]
+fn stats_fold_due() -> bool {
+    let Some(db) = served_db() else { return false };
+    let c = &db.slot().counters;
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let spills = c.spills.load(Ordering::SeqCst);
+    let every = (crate::gucs::TICK_MS.get() as i64 * 100_000).min(60_000_000);
+    if spills == c.folded_spills.load(Ordering::SeqCst) || now - c.folded_at.load(Ordering::SeqCst) < every {
+        return false;
+    }
+    c.folded_spills.store(spills, Ordering::SeqCst);
+    c.folded_at.store(now, Ordering::SeqCst);
+    true
+}
+
 pub(crate) fn at_transaction_end(event: pg_sys::XactEvent::Type) {
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT => {
-            if !served() {
-                let tallies = TALLIES.with(|t| t.take());
-                if !tallies.is_empty() {
-                    write_tallies_to_table(tallies, unsafe { pg_sys::MyBackendId });
-                }
+            let tallies = TALLIES.with(|t| t.take());
+            if tallies.is_empty() {
+                return;
+            }
+            match served_db() {
+                Some(db) => pin_tallies(db, tallies),
+                None => write_tallies_to_table(tallies, unsafe { pg_sys::MyBackendId }),
             }
         }
         // Outside a served database a prepared transaction's tallies go
@@ -609,7 +742,9 @@ pub(crate) fn at_transaction_end(event: pg_sys::XactEvent::Type) {
             }
         }
         XACT_EVENT_COMMIT => {
-            let tallies = TALLIES.with(|t| t.take());
+            let mut tallies = PINNED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            // None are left after PRE_COMMIT; this is for a commit without it.
+            tallies.extend(TALLIES.with(|t| t.take()).into_iter().map(|t| (t, false)));
             let recounted = RECOUNTED.with(|r| r.take());
             let Some(db) = shared::this_db() else { return };
             if !tallies.is_empty() {
@@ -631,6 +766,7 @@ pub(crate) fn at_transaction_end(event: pg_sys::XactEvent::Type) {
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             TALLIES.with(|t| t.clear());
             RECOUNTED.with(|r| r.clear());
+            unpin_tallies();
         }
         _ => {}
     }
@@ -683,6 +819,21 @@ mod tests {
             t.compact();
             assert_eq!(t.header.used, 2, "the empty entry is gone");
             assert_eq!(t.slot(b"emails", 10).unwrap().counts[PENDING], 1);
+        });
+    }
+
+    #[pg_test]
+    fn a_pinned_slot_outlives_compaction_until_unpinned() {
+        let (mut slots, mut header) = (vec![FREE; 64], TableHeader { used: 0 });
+        table_of(&mut slots, &mut header, |t| {
+            assert!(t.pin(b"emails", 0));
+            t.compact();
+            assert!(t.find(b"emails", 0).is_some(), "a committing transaction still holds it");
+            t.unpin(b"emails", 0);
+            t.compact();
+            assert!(t.find(b"emails", 0).is_none(), "empty and free again");
+            t.unpin(b"emails", 0);
+            assert_eq!(t.header.used, 0, "unpinning an unknown key claims nothing");
         });
     }
 

@@ -52,3 +52,30 @@ def pg_ctl(*args):
     # Not RUST_BACKTRACE: see scripts/cluster.sh.
     env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+
+
+def remove_namespace(prefix):
+    """Delete everything whose name starts with `prefix` (jobs, history,
+    archived times, schedules, workers), straight from the tables so that
+    even jobs the API cannot handle go; recount the gauges, flush what
+    shared memory still holds, and drop the namespace's counter rows."""
+    with connect() as conn:
+        conn.execute("SET statement_timeout = '60s'")
+        with conn.transaction():
+            for sql in (
+                "DELETE FROM queue.schedules WHERE starts_with(queue, %(p)s) OR starts_with(name, %(p)s)",
+                "DELETE FROM queue.jobs WHERE starts_with(queue, %(p)s)",
+                "DELETE FROM queue.finished_jobs WHERE starts_with(queue, %(p)s)",
+                "DELETE FROM queue.job_times WHERE starts_with(queue, %(p)s)",
+                "DELETE FROM queue.workers WHERE starts_with(worker, %(p)s)",
+            ):
+                conn.execute(sql, {"p": prefix})
+        for _ in range(50):
+            try:
+                conn.execute("SELECT queue.recount_stats()")
+                conn.execute("SELECT queue_tick()")  # flushes shared memory into queue.stats
+                break
+            except psycopg.errors.LockNotAvailable:
+                time.sleep(0.1)
+        conn.execute("DELETE FROM queue.stats WHERE starts_with(queue, %(p)s)", {"p": prefix})
+        conn.execute("DELETE FROM queue.stats_minutes WHERE starts_with(queue, %(p)s)", {"p": prefix})

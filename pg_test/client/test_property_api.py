@@ -51,7 +51,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from conftest import connect, wait_for
+from conftest import connect, remove_namespace, wait_for
 
 EXAMPLES = int(os.environ.get("QUEUE_PROPERTY_EXAMPLES", "40"))
 STEPS = int(os.environ.get("QUEUE_PROPERTY_STEPS", "40"))
@@ -945,32 +945,6 @@ SELECT coalesce(jsonb_agg(jsonb_build_object('queue', queue, 'jobs', jobs, 'coun
                 FILTER (WHERE jobs IS DISTINCT FROM counters), '[]')
   FROM reported
 """
-
-
-def remove_namespace(prefix):
-    """Delete everything whose name starts with `prefix` (jobs, history,
-    archived times, schedules, workers), straight from the tables so that
-    even jobs the API cannot handle go; recount the gauges, flush what
-    shared memory still holds, and drop the namespace's counter rows."""
-    with connect() as conn:
-        conn.execute("SET statement_timeout = '60s'")
-        with conn.transaction():
-            for sql in (
-                "DELETE FROM queue.schedules WHERE starts_with(queue, %(p)s) OR starts_with(name, %(p)s)",
-                "DELETE FROM queue.jobs WHERE starts_with(queue, %(p)s)",
-                "DELETE FROM queue.finished_jobs WHERE starts_with(queue, %(p)s)",
-                "DELETE FROM queue.job_times WHERE starts_with(queue, %(p)s)",
-                "DELETE FROM queue.workers WHERE starts_with(worker, %(p)s)",
-            ):
-                conn.execute(sql, {"p": prefix})
-        for _ in range(50):
-            try:
-                conn.execute("SELECT queue.recount_stats()")
-                conn.execute("SELECT queue_tick()")  # flushes shared memory into queue.stats
-                break
-            except psycopg.errors.LockNotAvailable:
-                time.sleep(0.1)
-        conn.execute("DELETE FROM queue.stats WHERE starts_with(queue, %(p)s)", {"p": prefix})
 
 
 def test_public_api_survives_hostile_calls(capsys):

@@ -16,12 +16,6 @@ def totals(conn, queue, since="1 hour"):
     ).fetchone()
 
 
-# Known defect, open: in the full suite (after test_security overflows the
-# counters table with 1,600 queues in one transaction, and the recount tests
-# hold a flush back) this queue's counts were lost: neither flushed nor in
-# shared memory, in three CI runs; alone, on a fresh or an overflowed cluster,
-# it passes. Kept running (not strict) so that the fix can be seen.
-@pytest.mark.xfail(strict=False, reason="counts lost after a counters-table overflow in the full suite; under investigation")
 def test_throughput_counts_every_push_ack_and_failure_of_the_queue(queue_name):
     with connect() as c:
         c.execute("SELECT queue_push_batch(%s, array_fill('{}'::jsonb, ARRAY[30]))", (queue_name,))

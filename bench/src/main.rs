@@ -26,6 +26,15 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 const BENCH_PORT: u16 = 55450;
 const QUEUE: &str = "bench";
 
+/// How a W9 worker finishes a job and claims the next.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Step {
+    /// queue_ack, then queue_pop: two commits.
+    Two,
+    /// queue_ack_pop: one commit.
+    One,
+}
+
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum System {
     Queue,
@@ -138,6 +147,23 @@ fn ack_and_claim_sql(system: System, worker: usize, previous: &[i64], batch: usi
         }
     }
     sql + "COMMIT;"
+}
+
+/// Run `workers` copies of `work` (given its worker number, the URL and the
+/// shared count of completed jobs) at once; `total` jobs per second of the
+/// whole run.
+async fn timed_workers<F, Fut>(url: &str, total: usize, workers: usize, work: F) -> Result<f64>
+where
+    F: Fn(usize, String, Arc<AtomicUsize>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let completed = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..workers).map(|w| tokio::spawn(work(w, url.to_string(), completed.clone()))).collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
 struct Bench {
@@ -288,13 +314,7 @@ impl Bench {
         batch: usize,
         session: &'static str,
     ) -> Result<f64> {
-        let completed = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..workers {
-            let url = self.url.clone();
-            let completed = completed.clone();
-            tasks.push(tokio::spawn(async move {
+        timed_workers(&self.url, total, workers, move |w, url, completed| async move {
                 let (client, mut wakeups) = connect_listening(&url).await?;
                 client.batch_execute(&format!("{session}LISTEN \"queue_{QUEUE}\"")).await?;
                 let mut held: Vec<i64> = Vec::new();
@@ -310,12 +330,64 @@ impl Bench {
                         let _ = tokio::time::timeout(Duration::from_millis(50), wakeups.recv()).await;
                     }
                 }
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
-        Ok(total as f64 / started.elapsed().as_secs_f64())
+        })
+        .await
+    }
+
+    /// W9: drain prefilled jobs with `workers` connections, one statement
+    /// per transaction (autocommit, prepared statements, as a node-pg or
+    /// psycopg worker sends them): `Step::Two` claims and acks in two
+    /// commits, `Step::One` acks the previous job and claims the next in one
+    /// (queue_ack_pop). The reference only has the two-commit form.
+    async fn drain_statements(&self, system: System, step: Step, total: usize, workers: usize) -> Result<f64> {
+        timed_workers(&self.url, total, workers, move |w, url, completed| async move {
+                let client = connect(&url).await?;
+                let (claim, ack, ack_claim) = match system {
+                    System::Queue => (
+                        client.prepare(&format!("SELECT id, attempt FROM queue_pop('{QUEUE}', 'w{w}')")).await?,
+                        client.prepare("SELECT queue_ack($1::bigint, NULL, $2::int)").await?,
+                        client
+                            .prepare(&format!(
+                                "SELECT id, attempt FROM queue_ack_pop('{QUEUE}', 'w{w}', 1, ARRAY[$1::bigint], ARRAY[$2::int])"
+                            ))
+                            .await?,
+                    ),
+                    System::Reference => {
+                        let claim = client
+                            .prepare(
+                                "UPDATE bench_ref SET claimed = true WHERE id IN (SELECT id FROM bench_ref \
+                                 WHERE NOT claimed ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT 1) \
+                                 RETURNING id, 1::int",
+                            )
+                            .await?;
+                        let ack = client.prepare("DELETE FROM bench_ref WHERE id = $1::bigint").await?;
+                        (claim.clone(), ack, claim)
+                    }
+                };
+                let mut held: Option<(i64, i32)> = None;
+                loop {
+                    let rows = match (held, step) {
+                        (Some((id, attempt)), Step::One) => client.query(&ack_claim, &[&id, &attempt]).await?,
+                        (Some((id, attempt)), Step::Two) => {
+                            match system {
+                                System::Queue => client.query(&ack, &[&id, &attempt]).await?,
+                                System::Reference => client.query(&ack, &[&id]).await?,
+                            };
+                            client.query(&claim, &[]).await?
+                        }
+                        (None, _) => client.query(&claim, &[]).await?,
+                    };
+                    if held.take().is_some() {
+                        completed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    match rows.first() {
+                        Some(r) => held = Some((r.get(0), r.get(1))),
+                        None if completed.load(Ordering::SeqCst) >= total => return Result::Ok(()),
+                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                }
+        })
+        .await
     }
 
     /// W5: one push every 5 ms, two idle workers in LISTEN; latency from the
@@ -548,6 +620,25 @@ async fn main() -> Result<()> {
             b.record(&lean, System::Queue, "jobs/s", v[1].clone());
             b.record(&lean, System::Reference, "jobs/s", v[2].clone());
         }
+    }
+    // W9: W3 as most workers send it, one statement per transaction; with
+    // queue_ack_pop one commit per job, against the reference's two.
+    if want(&only, "W9") {
+        let runs = [(System::Queue, Step::Two), (System::Queue, Step::One), (System::Reference, Step::Two)];
+        let mut v = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..b.reps {
+            for (k, (s, step)) in runs.iter().enumerate() {
+                b.reset().await?;
+                b.prefill(*s, 20_000, None).await?;
+                v[k].push(b.drain_statements(*s, *step, 20_000, 4).await?);
+            }
+        }
+        let two = "W9 drain 20k, 4 workers, a statement per commit: pop, then ack";
+        let one = "W9 drain 20k, 4 workers, a statement per commit: queue_ack_pop (reference: pop, then ack)";
+        b.record(two, System::Queue, "jobs/s", v[0].clone());
+        b.record(two, System::Reference, "jobs/s", v[2].clone());
+        b.record(one, System::Queue, "jobs/s", v[1].clone());
+        b.record(one, System::Reference, "jobs/s", v[2].clone());
     }
     if want(&only, "W5") {
         let mut p50 = Vec::new();

@@ -248,12 +248,59 @@ impl Bench {
         Ok(())
     }
 
+    /// CPU seconds the server's processes have used so far: the postmaster,
+    /// its live children, and every child that has exited (the postmaster's
+    /// cutime and cstime count the children it reaped). None when the server
+    /// is not on this machine. Steadier than a rate on a shared machine.
+    async fn server_cpu(&self) -> Option<f64> {
+        let dir: String = self.admin.query_one("SHOW data_directory", &[]).await.ok()?.get(0);
+        let pid: u32 =
+            std::fs::read_to_string(format!("{dir}/postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()?;
+        // Fields after the command name: state ppid ... utime(14) stime cutime cstime.
+        let fields = |p: &str| -> Option<Vec<String>> {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_string).collect())
+        };
+        let ticks = |f: &[String], from: usize, n: usize| -> f64 {
+            f.iter().skip(from).take(n).filter_map(|v| v.parse::<f64>().ok()).sum::<f64>()
+        };
+        let own = fields(&pid.to_string())?;
+        let mut total = ticks(&own, 11, 4);
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Some(f) = fields(&name) {
+                if f.get(1).map(String::as_str) == Some(pid.to_string().as_str()) {
+                    total += ticks(&f, 11, 2);
+                }
+            }
+        }
+        Some(total / 100.0) // USER_HZ is 100 on Linux
+    }
+
+    /// Run `work` (which returns jobs per second over `jobs` jobs) and the
+    /// server's CPU per job in milliseconds (NaN when it cannot be read).
+    async fn with_cpu<F: std::future::Future<Output = Result<f64>>>(&self, jobs: usize, work: F) -> Result<(f64, f64)> {
+        let before = self.server_cpu().await;
+        let rate = work.await?;
+        // Let the workers' backends exit and be reaped, so that they count.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cpu = match (before, self.server_cpu().await) {
+            (Some(b), Some(a)) => (a - b) * 1000.0 / jobs as f64,
+            _ => f64::NAN,
+        };
+        Ok((rate, cpu))
+    }
+
     fn record(&mut self, workload: &str, system: System, unit: &'static str, values: Vec<f64>) {
+        let d = digits(unit);
         println!(
-            "  {workload:<34} {:<9} median {:>10.1} {unit}  (runs: {})",
+            "  {workload:<34} {:<9} median {:>10.d$} {unit}  (runs: {})",
             system.name(),
             median(&values),
-            values.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", ")
+            values.iter().map(|v| format!("{v:.d$}")).collect::<Vec<_>>().join(", ")
         );
         self.results.push(Entry { workload: workload.to_string(), system: system.name(), unit, values });
     }
@@ -315,21 +362,21 @@ impl Bench {
         session: &'static str,
     ) -> Result<f64> {
         timed_workers(&self.url, total, workers, move |w, url, completed| async move {
-                let (client, mut wakeups) = connect_listening(&url).await?;
-                client.batch_execute(&format!("{session}LISTEN \"queue_{QUEUE}\"")).await?;
-                let mut held: Vec<i64> = Vec::new();
-                loop {
-                    let sql = ack_and_claim_sql(system, w, &held, batch);
-                    completed.fetch_add(held.len(), Ordering::SeqCst);
-                    held = ids_of(&client.simple_query(&sql).await?);
-                    if held.is_empty() {
-                        if completed.load(Ordering::SeqCst) >= total {
-                            return Result::Ok(());
-                        }
-                        // Serial groups: everything left may be held by others.
-                        let _ = tokio::time::timeout(Duration::from_millis(50), wakeups.recv()).await;
+            let (client, mut wakeups) = connect_listening(&url).await?;
+            client.batch_execute(&format!("{session}LISTEN \"queue_{QUEUE}\"")).await?;
+            let mut held: Vec<i64> = Vec::new();
+            loop {
+                let sql = ack_and_claim_sql(system, w, &held, batch);
+                completed.fetch_add(held.len(), Ordering::SeqCst);
+                held = ids_of(&client.simple_query(&sql).await?);
+                if held.is_empty() {
+                    if completed.load(Ordering::SeqCst) >= total {
+                        return Result::Ok(());
                     }
+                    // Serial groups: everything left may be held by others.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), wakeups.recv()).await;
                 }
+            }
         })
         .await
     }
@@ -575,14 +622,19 @@ async fn main() -> Result<()> {
     // Queue and reference alternate inside each repetition, so that both
     // see the same stretch of this machine's (noisy) fsync latency.
     if want(&only, "W1") {
-        let mut v = [Vec::new(), Vec::new()];
+        let (mut v, mut cpu) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
         for _ in 0..b.reps {
             for (k, s) in systems.iter().enumerate() {
-                v[k].push(b.single_pushes(*s, 50_000, 4).await?);
+                let (rate, ms) = b.with_cpu(50_000, b.single_pushes(*s, 50_000, 4)).await?;
+                v[k].push(rate);
+                cpu[k].push(ms);
             }
         }
         for (k, s) in systems.iter().enumerate() {
             b.record("W1 50k single pushes, 4 conns", *s, "jobs/s", v[k].clone());
+        }
+        for (k, s) in systems.iter().enumerate() {
+            b.record("W1 server CPU per job", *s, "ms", cpu[k].clone());
         }
     }
     if want(&only, "W2") {
@@ -607,11 +659,14 @@ async fn main() -> Result<()> {
         if want(&only, w) {
             let runs = [(System::Queue, ""), (System::Queue, NOT_KEPT), (System::Reference, "")];
             let mut v = [Vec::new(), Vec::new(), Vec::new()];
+            let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..b.reps {
                 for (k, (s, session)) in runs.iter().enumerate() {
                     b.reset().await?;
                     b.prefill(*s, 50_000, None).await?;
-                    v[k].push(b.drain(*s, 50_000, 4, batch, session).await?);
+                    let (rate, ms) = b.with_cpu(50_000, b.drain(*s, 50_000, 4, batch, session)).await?;
+                    v[k].push(rate);
+                    cpu[k].push(ms);
                 }
             }
             let lean = format!("{name}, completed not kept");
@@ -619,18 +674,25 @@ async fn main() -> Result<()> {
             b.record(name, System::Reference, "jobs/s", v[2].clone());
             b.record(&lean, System::Queue, "jobs/s", v[1].clone());
             b.record(&lean, System::Reference, "jobs/s", v[2].clone());
+            let (cpu_name, cpu_lean) = (format!("{w} server CPU per job"), format!("{w} server CPU per job, not kept"));
+            b.record(&cpu_name, System::Queue, "ms", cpu[0].clone());
+            b.record(&cpu_name, System::Reference, "ms", cpu[2].clone());
+            b.record(&cpu_lean, System::Queue, "ms", cpu[1].clone());
+            b.record(&cpu_lean, System::Reference, "ms", cpu[2].clone());
         }
     }
     // W9: W3 as most workers send it, one statement per transaction; with
     // queue_ack_pop one commit per job, against the reference's two.
     if want(&only, "W9") {
         let runs = [(System::Queue, Step::Two), (System::Queue, Step::One), (System::Reference, Step::Two)];
-        let mut v = [Vec::new(), Vec::new(), Vec::new()];
+        let (mut v, mut cpu) = ([Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]);
         for _ in 0..b.reps {
             for (k, (s, step)) in runs.iter().enumerate() {
                 b.reset().await?;
                 b.prefill(*s, 20_000, None).await?;
-                v[k].push(b.drain_statements(*s, *step, 20_000, 4).await?);
+                let (rate, ms) = b.with_cpu(20_000, b.drain_statements(*s, *step, 20_000, 4)).await?;
+                v[k].push(rate);
+                cpu[k].push(ms);
             }
         }
         let two = "W9 drain 20k, 4 workers, a statement per commit: pop, then ack";
@@ -639,6 +701,10 @@ async fn main() -> Result<()> {
         b.record(two, System::Reference, "jobs/s", v[2].clone());
         b.record(one, System::Queue, "jobs/s", v[1].clone());
         b.record(one, System::Reference, "jobs/s", v[2].clone());
+        b.record("W9 server CPU per job: pop, then ack", System::Queue, "ms", cpu[0].clone());
+        b.record("W9 server CPU per job: pop, then ack", System::Reference, "ms", cpu[2].clone());
+        b.record("W9 server CPU per job: queue_ack_pop", System::Queue, "ms", cpu[1].clone());
+        b.record("W9 server CPU per job: queue_ack_pop", System::Reference, "ms", cpu[2].clone());
     }
     if want(&only, "W5") {
         let mut p50 = Vec::new();
@@ -796,6 +862,16 @@ fn find<'a>(results: &'a [Entry], workload: &str, system: &str) -> Option<&'a En
     results.iter().find(|e| e.workload == workload && e.system == system)
 }
 
+/// Decimals to print a value in `unit` with: milliseconds (latencies, CPU
+/// per job) are small numbers.
+fn digits(unit: &str) -> usize {
+    if unit == "ms" {
+        3
+    } else {
+        1
+    }
+}
+
 fn print_table(results: &[Entry]) {
     println!("\n| workload | queue median [min-max] | reference median | queue / reference |");
     println!("| --- | --- | --- | --- |");
@@ -805,12 +881,12 @@ fn print_table(results: &[Entry]) {
         let reference = find(results, &e.workload, "reference");
         let (ref_text, ratio) = match reference {
             Some(r) => (
-                format!("{:.0} {}", median(&r.values), r.unit),
+                format!("{:.*} {}", if r.unit == "ms" { 3 } else { 0 }, median(&r.values), r.unit),
                 format!("{:.2}", median(&e.values) / median(&r.values)),
             ),
             None => ("".to_string(), "".to_string()),
         };
-        let digits = if e.unit == "ms" { 2 } else { 0 };
+        let digits = if e.unit == "ms" { 3 } else { 0 };
         println!(
             "| {} | {:.*} {} [{:.*}-{:.*}] | {} | {} |",
             e.workload,

@@ -62,14 +62,27 @@ def test_racing_scheduler_passes_never_push_a_slot_twice(queue_name):
             t.start()
         for t in threads:
             t.join(30)
+        # A slot still due here was held by a pass that had not committed
+        # (the background scheduler's, perhaps restarted meanwhile): one more
+        # pass fires it. Either way each slot is pushed once, never twice.
+        # A pass still holding a slot commits within moments: wait for it.
+        with connect() as admin:
+            late = admin.execute("SELECT queue.scheduler_pass() ->> 'fired'").fetchone()[0]
+            deadline = time.monotonic() + 5
+            while True:
+                pushed = admin.execute("SELECT count(*) FROM queue.all_jobs WHERE queue = %s",
+                                       (queue_name,)).fetchone()[0]
+                if pushed >= 10 * (_round + 1) or time.monotonic() > deadline:
+                    break
+                late = admin.execute("SELECT queue.scheduler_pass() ->> 'fired'").fetchone()[0]
+                time.sleep(0.05)
+        if late != "0":
+            print(f"round {_round}: {late} slots fired after the racing passes")
+        assert pushed == 10 * (_round + 1), (_round, pushed, late)
     assert not errors, errors
     with connect() as admin:
-        pushed = admin.execute("SELECT count(*) FROM queue.all_jobs WHERE queue = %s", (queue_name,)).fetchone()[0]
         for n in names:
             admin.execute("SELECT queue_unschedule(%s)", (n,))
-    # One job per schedule per round: the background scheduler may also have
-    # fired a round, but never the same slot twice.
-    assert pushed == 10 * 20, pushed
 
 
 def test_timeline_over_thousands_of_schedules():

@@ -204,7 +204,12 @@ try {
     await page.selectOption('#browse-queue', '');
     await page.selectOption('#browse-status', 'completed');
     await page.click('#browse-jobs button[type=submit]');
-    await page.locator('#browse-body tr[data-job-id]').first().waitFor({ timeout: 10000 });
+    // The rows of the previous listing stay until the answer arrives: wait
+    // for the new rows, not for any row.
+    await page.waitForFunction(() => {
+      const cells = [...document.querySelectorAll('#browse-body tr[data-job-id] td:nth-child(3)')];
+      return cells.length > 0 && cells.every((td) => td.textContent !== '' && Number.isNaN(Number(td.textContent)));
+    }, null, { timeout: 10000 });
     const statuses = await page.locator('#browse-body tr[data-job-id] td:nth-child(3)').allTextContents();
     assert.ok(statuses.length >= 1 && statuses.every((t) => t === 'completed'), statuses.join(','));
     const ids = (await page.locator('#browse-body tr[data-job-id]').evaluateAll((rows) => rows.map((r) => Number(r.dataset.jobId))));

@@ -2068,6 +2068,7 @@ DECLARE
     v_leases   timestamptz[];
     v_retried  int;
     v_ending   bigint[];
+    v_lapsed   bigint[];
     v_expired  bigint;
 BEGIN
     IF queue.leases_ready() THEN
@@ -2109,19 +2110,22 @@ BEGIN
         ON CONFLICT ON CONSTRAINT job_errors_pkey DO UPDATE SET at = now(), error = excluded.error
     )
     SELECT count(*) FILTER (WHERE status = 'retrying'),
-           coalesce(array_agg(id) FILTER (WHERE status = 'processing'), '{}')
-      INTO v_retried, v_ending
+           coalesce(array_agg(id) FILTER (WHERE status = 'processing'), '{}'),
+           coalesce(array_agg(id), '{}')
+      INTO v_retried, v_ending, v_lapsed
       FROM lapsed;
     v_expired := queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL);
 
     IF v_ids IS NOT NULL THEN
-        -- A job still processing is read again under a share lock held to
-        -- the commit, where the settle takes effect: a touch of the same
-        -- claim cannot commit in between (one that shortened the lease would
-        -- otherwise be overwritten by the later lease read here). One its
-        -- worker holds locked is left as it is for the next pass. A job no
-        -- longer processing needs no lock: a new claim of it has another
-        -- attempt, which the settle does not touch.
+        -- The due entries of jobs that did not lapse here are settled from
+        -- their rows, at once (src/leases.rs, lease_settle). A job still
+        -- processing is read again under a share lock, so that its lease
+        -- cannot move while the entry takes it; one its worker holds locked
+        -- is left as it is for the next pass. A job no longer processing
+        -- was ended by a committed transaction and needs no lock: a new
+        -- claim of it has another attempt, which the settle does not touch.
+        -- The lapsed jobs are left out: their end is this transaction's,
+        -- noted at its commit, and undone if it rolls back.
         PERFORM queue.lease_settle(d.id, d.attempt, d.lease_until, l.attempts, l.lease_until)
            FROM unnest(v_ids, v_attempts, v_leases) AS d(id, attempt, lease_until)
            LEFT JOIN queue.jobs j ON j.id = d.id AND j.status = 'processing'
@@ -2129,7 +2133,7 @@ BEGIN
                                 FROM queue.jobs x
                                WHERE x.id = j.id AND x.status = 'processing'
                                  FOR SHARE SKIP LOCKED) l ON true
-          WHERE j.id IS NULL OR l.attempts IS NOT NULL;
+          WHERE (j.id IS NULL OR l.attempts IS NOT NULL) AND d.id <> ALL (v_lapsed);
     END IF;
     RETURN jsonb_build_object('retried', v_retried, 'expired', v_expired);
 END;

@@ -83,7 +83,8 @@ pub struct Book<'a> {
     entries: &'a mut [Entry],
 }
 
-/// One change of the book, applied at commit in the order recorded.
+/// One change of the book: notes and ends are applied at commit in the
+/// order recorded, settles at once (see `lease_settle`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Change {
     /// The job is processing in `attempt` with a lease until `lease`.
@@ -362,9 +363,17 @@ fn leased_ids() -> Vec<i64> {
 }
 
 /// SQL `queue.lease_settle(id, attempt, lease_until, row_attempt,
-/// row_lease_until)`: the expiry pass read the row of a due entry. At
-/// commit the entry, if unchanged since, takes the row's attempt and lease,
-/// or goes when the row is not processing (row values NULL).
+/// row_lease_until)`: the expiry pass read the row of a due entry. The
+/// entry, if unchanged since it was listed, takes the row's attempt and
+/// lease, or goes when the row is not processing (row values NULL).
+///
+/// Applied at once, not at commit, because only then is it true: the
+/// caller read a processing row under a share lock it still holds, so no
+/// other transaction can move that lease before this returns, and a row
+/// that is not processing was ended by a committed transaction (the caller
+/// never settles rows it changed itself). At commit the lock would already
+/// be gone: a touch that shortened the lease could commit and note it in
+/// between, and the settle would then write back the later lease.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn lease_settle(
     id: i64,
@@ -374,7 +383,9 @@ fn lease_settle(
     row_lease_until: Option<TimestampWithTimeZone>,
 ) {
     let now = row_attempt.zip(row_lease_until).map(|(a, l)| (a, l.into_inner()));
-    push(Change::Settle { id, attempt, lease: lease_until.into_inner(), now });
+    if crate::stats::served() {
+        with_book(|b| b.apply(Change::Settle { id, attempt, lease: lease_until.into_inner(), now }, usize::MAX));
+    }
 }
 
 /// SQL `queue.leases_rebuild_due()`: whether this pass should rebuild the

@@ -470,13 +470,75 @@ COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int, interval) IS
 'Claim up to batch jobs of a queue in (priority, id) order (FOR UPDATE SKIP LOCKED). Each returned job is processing with a lease of its timeout; attempt is the claim counter to pass to ack / fail / touch. With wait, when nothing is claimable the call sleeps until a job of the queue becomes claimable or the wait ends (no LISTEN needed: works through a transaction-mode pooler).';
 
 /*
+ * queue.ack_claims: complete the claims a worker finished, each with its
+ * claim's attempt and result as queue_ack does (stale, unknown and, under
+ * access rules, forbidden claims are skipped), in one statement of
+ * queue.finish_jobs: one index probe per id and one commit for all of them.
+ * The shared step of queue_ack_batch and queue_ack_pop. Arrays of more
+ * than one dimension, attempts or results that do not run parallel to the
+ * ids, and an oversized result are refused (22023) before anything
+ * changes. Returns the ids completed.
+ */
+CREATE FUNCTION queue.ack_claims(p_ids bigint[], p_attempts int[], p_results jsonb[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_acks int := coalesce(cardinality(p_ids), 0);
+    v_ids  bigint[] := p_ids;
+BEGIN
+    IF coalesce(array_ndims(p_ids), 1) > 1 OR coalesce(array_ndims(p_attempts), 1) > 1
+       OR coalesce(array_ndims(p_results), 1) > 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'the ids, attempts and results of acks must be one-dimensional arrays',
+            HINT = 'Pass one entry per finished job, e.g. ARRAY[1, 2] with attempts ARRAY[1, 1].';
+    END IF;
+    IF (p_attempts IS NOT NULL AND cardinality(p_attempts) <> v_acks)
+       OR (p_results IS NOT NULL AND cardinality(p_results) <> v_acks) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('ack attempts (%s) and results (%s) must have one entry per ack id (%s)',
+                             coalesce(cardinality(p_attempts)::text, 'NULL'),
+                             coalesce(cardinality(p_results)::text, 'NULL'), v_acks),
+            HINT = 'Give each finished job its claim''s attempt (and result), in the order of the ids.';
+    END IF;
+    IF v_acks = 0 THEN
+        RETURN '{}';
+    END IF;
+    IF p_results IS NOT NULL THEN
+        PERFORM queue.check_size('result', (SELECT max(pg_column_size(r)) FROM unnest(p_results) r), 'result');
+    END IF;
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        -- Forbidden ids become NULL, which matches no job; positions stay.
+        v_ids := ARRAY(SELECT CASE WHEN x.id = ANY (queue.allowed_ids(queue.caller(), 'work', p_ids)) THEN x.id END
+                         FROM unnest(p_ids) WITH ORDINALITY AS x(id, n) ORDER BY x.n);
+    END IF;
+    RETURN queue.finish_jobs(v_ids, '{processing}', 'completed', p_attempts, p_results, NULL);
+END;
+$$;
+
+/*
+ * queue_ack_batch: complete many claims at once, each with its own attempt
+ * and result, in one statement and one commit: what a worker running many
+ * handlers sends instead of one queue_ack (and one commit) per job.
+ * Returns the ids completed; the others were stale or unknown.
+ */
+CREATE FUNCTION @extschema@.queue_ack_batch(ids bigint[], attempts int[] DEFAULT NULL, results jsonb[] DEFAULT NULL)
+RETURNS bigint[]
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT queue.ack_claims(ids, attempts, results);
+$$;
+COMMENT ON FUNCTION @extschema@.queue_ack_batch(bigint[], int[], jsonb[]) IS
+'Complete many claimed jobs in one statement: ids with their claims'' attempts and optional results, in parallel arrays (a NULL attempt accepts any claim). Stale or unknown claims are skipped. Returns the ids completed.';
+
+/*
  * queue_ack_pop: a worker's next step in one call and one commit: complete
  * the jobs it finished, each with its claim's attempt and result exactly as
- * queue_ack does (stale or unknown claims are skipped), then claim up to
- * batch more exactly as queue_pop does. An ack and a pop cost two commits
- * and two round trips; this costs one of each. A finished serial-group job
- * hands its group on inside the call, so the next job of the group can be
- * the one claimed.
+ * queue_ack_batch does (stale or unknown claims are skipped), then claim up
+ * to batch more exactly as queue_pop does. An ack and a pop cost two
+ * commits and two round trips; this costs one of each. A finished
+ * serial-group job hands its group on inside the call, so the next job of
+ * the group can be the one claimed.
  *
  * It never waits: the acks would stay uncommitted while it slept, holding
  * their rows, their groups and the xmin horizon. A worker that gets nothing
@@ -489,31 +551,13 @@ CREATE FUNCTION @extschema@.queue_ack_pop(queue text, worker text DEFAULT NULL, 
 RETURNS SETOF queue.claimed_job
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_acks int := coalesce(cardinality(ack_ids), 0);
 BEGIN
-    IF coalesce(array_ndims(ack_ids), 1) > 1 OR coalesce(array_ndims(ack_attempts), 1) > 1
-       OR coalesce(array_ndims(ack_results), 1) > 1 THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = 'ack_ids, ack_attempts and ack_results must be one-dimensional arrays',
-            HINT = 'Pass one entry per finished job, e.g. ack_ids => ARRAY[1, 2], ack_attempts => ARRAY[1, 1].';
-    END IF;
-    IF (ack_attempts IS NOT NULL AND cardinality(ack_attempts) <> v_acks)
-       OR (ack_results IS NOT NULL AND cardinality(ack_results) <> v_acks) THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('ack_attempts (%s) and ack_results (%s) must have one entry per ack id (%s)',
-                             coalesce(cardinality(ack_attempts)::text, 'NULL'),
-                             coalesce(cardinality(ack_results)::text, 'NULL'), v_acks),
-            HINT = 'Give each finished job its claim''s attempt (and result), in the order of ack_ids.';
-    END IF;
-    FOR i IN 1 .. v_acks LOOP
-        PERFORM @extschema@.queue_ack(ack_ids[i], ack_results[i], ack_attempts[i]);
-    END LOOP;
+    PERFORM queue.ack_claims(ack_ids, ack_attempts, ack_results);
     RETURN QUERY SELECT * FROM @extschema@.queue_pop(queue_ack_pop.queue, queue_ack_pop.worker, queue_ack_pop.batch);
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]) IS
-'Complete the jobs a worker finished (ack_ids with their ack_attempts and optional ack_results, as queue_ack does; stale claims are skipped) and claim up to batch more (as queue_pop does), in one call and one commit. Never waits.';
+'Complete the jobs a worker finished (ack_ids with their ack_attempts and optional ack_results, as queue_ack_batch does; stale claims are skipped) and claim up to batch more (as queue_pop does), in one call and one commit. Never waits.';
 
 ------------------------------------------------------------------------------
 -- Finish
@@ -521,40 +565,45 @@ COMMENT ON FUNCTION @extschema@.queue_ack_pop(text, text, int, bigint[], int[], 
 
 /*
  * queue.finish_jobs: jobs become final. Those of p_ids whose status is one
- * of p_from (and, given p_attempt, whose claim is that attempt) leave
- * queue.jobs and are appended to queue.finished_jobs with p_status, the
- * time and p_result. A failure records p_error as the last error, as
- * queue_fail does on every attempt (NULL when none was given); other final
- * statuses keep the job's last error unless p_error is given. One
- * statement: the DELETE takes the row locks and re-checks the status under
- * them, so two concurrent finishers of one job cannot both move it. A job
- * that became final no longer holds its serial group, so the groups of the
- * moved jobs are released here (a group whose active job is another one
- * keeps it). Returns how many moved. Every path to a final status goes
- * through here, except the single queue_ack, which writes the same move out
- * for speed. With queue.keep_completed off, completed jobs are deleted
- * instead of moved, leaving their times in queue.job_times.
+ * of p_from (and, where p_attempts gives the id's attempt, whose claim is
+ * that attempt) leave queue.jobs and are appended to queue.finished_jobs
+ * with p_status, the time and the id's entry of p_results. p_attempts and
+ * p_results are NULL or run parallel to p_ids (a NULL entry: any attempt,
+ * no result). A failure records p_error as the last error, as queue_fail
+ * does on every attempt (NULL when none was given); other final statuses
+ * keep the job's last error unless p_error is given. One statement: the
+ * DELETE takes the row locks and re-checks the status under them, so two
+ * concurrent finishers of one job cannot both move it. A job that became
+ * final no longer holds its serial group, so the groups of the moved jobs
+ * are released here (a group whose active job is another one keeps it).
+ * Returns the ids that moved. Every path to a final status goes through
+ * here, except the single queue_ack, which writes the same move out for
+ * speed. With queue.keep_completed off, completed jobs are deleted instead
+ * of moved, leaving their times in queue.job_times.
  */
 CREATE FUNCTION queue.finish_jobs(p_ids bigint[], p_from queue.job_status[], p_status queue.job_status,
-                                  p_attempt int, p_result jsonb, p_error text)
-RETURNS bigint
+                                  p_attempts int[], p_results jsonb[], p_error text)
+RETURNS bigint[]
 LANGUAGE plpgsql
 -- With one id the custom plan looks cheaper than the generic one (which
 -- guesses ten), so the plan cache would plan this statement again on every
 -- single ack: 170 µs a call. The generic plan is the right one for any
--- number of ids (a primary-key probe per id).
+-- number of ids (a primary-key probe per id). The ids are joined with
+-- their attempts and results (unnest pads missing arrays with NULLs) and
+-- also given to the index as an array, so the probe stays one index scan.
 SET plan_cache_mode = force_generic_plan
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_finished bigint;
+    v_finished bigint[];
     v_groups   text[];
 BEGIN
     IF p_status = 'completed' AND NOT queue.keep_completed() THEN
         WITH gone AS (
             DELETE FROM queue.jobs j
-             WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
-               AND (p_attempt IS NULL OR j.attempts = p_attempt)
-            RETURNING j.queue, j.serial_group, j.run_at, j.started_at,
+             USING unnest(p_ids, p_attempts, p_results) AS a(id, attempt, result)
+             WHERE j.id = ANY (p_ids) AND j.id = a.id AND j.status = ANY (p_from)
+               AND (a.attempt IS NULL OR j.attempts = a.attempt)
+            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at,
                       queue.tally(j.queue, j.priority, j.status::text, 'completed', 1, j.id, j.attempts)
         ), archived AS (
             -- The same record queue.delete_jobs leaves for a deleted final
@@ -566,15 +615,18 @@ BEGIN
              WHERE g.started_at IS NOT NULL
              GROUP BY g.queue
         )
-        SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
+        SELECT coalesce(array_agg(g.id), '{}'),
+               array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
           INTO v_finished, v_groups
           FROM gone g;
     ELSE
         WITH moved AS (
             DELETE FROM queue.jobs j
-             WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
-               AND (p_attempt IS NULL OR j.attempts = p_attempt)
-            RETURNING j.*, queue.tally(j.queue, j.priority, j.status::text, p_status::text, 1, j.id, j.attempts)
+             USING unnest(p_ids, p_attempts, p_results) AS a(id, attempt, result)
+             WHERE j.id = ANY (p_ids) AND j.id = a.id AND j.status = ANY (p_from)
+               AND (a.attempt IS NULL OR j.attempts = a.attempt)
+            RETURNING j.*, a.result AS given_result,
+                      queue.tally(j.queue, j.priority, j.status::text, p_status::text, 1, j.id, j.attempts)
         ), kept AS (
             INSERT INTO queue.finished_jobs
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
@@ -585,12 +637,13 @@ BEGIN
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload,
                    CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
-                   p_result, m.progress, m.worker,
+                   m.given_result, m.progress, m.worker,
                    m.created_at, m.started_at, now()
               FROM moved m
-            RETURNING serial_group
+            RETURNING id, serial_group
         )
-        SELECT count(*), array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL)
+        SELECT coalesce(array_agg(k.id), '{}'),
+               array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL)
           INTO v_finished, v_groups
           FROM kept k;
     END IF;
@@ -625,7 +678,8 @@ BEGIN
         RETURN false;
     END IF;
     IF NOT queue.keep_completed() THEN
-        RETURN queue.finish_jobs(ARRAY[id], '{processing}', 'completed', attempt, NULL, NULL) = 1;
+        RETURN cardinality(queue.finish_jobs(ARRAY[id], '{processing}', 'completed', ARRAY[attempt],
+                                             ARRAY[result], NULL)) = 1;
     END IF;
     WITH moved AS (
         DELETE FROM queue.jobs j
@@ -667,7 +721,7 @@ BEGIN
     IF EXISTS (SELECT FROM queue.access_rules) THEN
         ids := queue.allowed_ids(queue.caller(), 'work', ids);
     END IF;
-    RETURN queue.finish_jobs(ids, '{processing}', 'completed', NULL, NULL, NULL);
+    RETURN cardinality(queue.finish_jobs(ids, '{processing}', 'completed', NULL, NULL, NULL));
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_ack(bigint[]) IS
@@ -810,8 +864,8 @@ BEGIN
        AND NOT queue.job_allowed(queue.caller(), 'produce', queue_cancel.id) THEN
         RETURN false;
     END IF;
-    RETURN queue.finish_jobs(ARRAY[queue_cancel.id], '{scheduled,pending,retrying}', 'cancelled',
-                             NULL, NULL, NULL) > 0;
+    RETURN cardinality(queue.finish_jobs(ARRAY[queue_cancel.id], '{scheduled,pending,retrying}', 'cancelled',
+                                         NULL, NULL, NULL)) > 0;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_cancel(bigint) IS

@@ -77,6 +77,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_pop(text, text, int, interval),
     @extschema@.queue_ack(bigint, jsonb, int),
     @extschema@.queue_ack(bigint[]),
+    @extschema@.queue_ack_batch(bigint[], int[], jsonb[]),
     @extschema@.queue_fail(bigint, text, int, interval, boolean),
     @extschema@.queue_release(bigint, int),
     @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]),

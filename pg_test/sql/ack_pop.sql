@@ -37,6 +37,26 @@ SELECT queue_push('serial', '{"step": 1}', serial_group => 'order-7') AS s1,
 SELECT id, payload FROM queue_pop('serial');
 SELECT id, payload, serial_group FROM queue_ack_pop('serial', ack_ids => '{6}', ack_attempts => '{1}');
 
+-- queue_ack_batch: many claims in one statement, each with its attempt and
+-- result; it returns the ids completed (not the stale or unknown ones).
+SELECT count(*) FROM queue_push_batch('batch', array_fill('{}'::jsonb, ARRAY[4]));
+SELECT array_agg(id ORDER BY id) AS claimed FROM queue_pop('batch', 'w1', 4);
+SELECT queue_ack_batch(ARRAY[8, 9, 10, 999], ARRAY[1, 5, NULL, 1],
+                       ARRAY['{"r": 8}', NULL, '{"r": 10}', NULL]::jsonb[]) AS acked;
+SELECT id, status, result FROM queue.all_jobs WHERE queue = 'batch' ORDER BY id;
+SELECT queue_ack_batch('{9,11}') AS acked_any_attempt, queue_ack_batch('{}') AS nothing;
+
+-- Bad input changes nothing.
+SELECT queue_push('batch', '{}') AS twelve;
+SELECT id FROM queue_pop('batch', 'w1');
+SELECT queue_ack_batch('{12}', '{1,1}');
+SELECT queue_ack_batch('{{12}}');
+SET queue.max_result_size = 1;
+SELECT queue_ack_batch('{12}', '{1}', ARRAY[jsonb_build_object('big', repeat('x', 2000))]);
+RESET queue.max_result_size;
+SELECT status FROM queue.jobs WHERE id = 12;
+
 -- The counters saw every move.
 SELECT queue_stats('work') -> 'completed' AS completed, queue_stats('work') -> 'processing' AS processing;
+SELECT queue_stats('batch') -> 'completed' AS completed, queue_stats('batch') -> 'processing' AS processing;
 DROP EXTENSION queue;

@@ -423,10 +423,13 @@ BEGIN
         END IF;
         -- A waiting call claims only when something may be claimable, so
         -- that while it sleeps it holds no lock that writers or the recount
-        -- of the counters would notice (an ACCESS SHARE lock, no more).
-        IF v_until IS NULL OR EXISTS (SELECT FROM queue.jobs c
-                                       WHERE c.queue = v_queue AND c.status = 'pending'
-                                         AND NOT c.group_waiting) THEN
+        -- of the counters would notice (an ACCESS SHARE lock, no more). A
+        -- paused queue hands out nothing (queue_pause); each round reads
+        -- the pause afresh, and queue_resume wakes the sleepers.
+        IF NOT EXISTS (SELECT FROM queue.queue_settings s WHERE s.queue = v_queue AND s.paused_at IS NOT NULL)
+           AND (v_until IS NULL OR EXISTS (SELECT FROM queue.jobs c
+                                            WHERE c.queue = v_queue AND c.status = 'pending'
+                                              AND NOT c.group_waiting)) THEN
             RETURN QUERY
             WITH claimed AS (
                 UPDATE queue.jobs j

@@ -11,6 +11,16 @@ CREATE TABLE queue.workers (
     stale_since    timestamptz
 );
 
+-- Per-queue settings, one row per queue that has any. Today: pausing. A
+-- paused queue accepts pushes and lets running jobs finish, but queue_pop
+-- hands out none of its jobs. Read by every claim (one primary-key probe of
+-- a table of a few rows), written only by queue_pause and queue_resume.
+CREATE TABLE queue.queue_settings (
+    queue     text COLLATE "C" PRIMARY KEY,
+    paused_at timestamptz,           -- NULL: not paused
+    paused_by name
+);
+
 /*
  * queue.mark_stale_workers: a maintenance duty. Workers silent for two
  * minutes are marked stale (queue_health reports them; queue_reap_workers
@@ -379,3 +389,69 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_reap_workers(interval) IS
 'Drop workers silent for longer than stale_after and release their processing jobs as failed attempts (''worker lost''); returns how many jobs were released.';
+
+/*
+ * queue_pause: stop handing out a queue's jobs. Pushes go on and jobs
+ * already claimed run to their end; queue_pop (waiting ones included)
+ * claims nothing of the queue until queue_resume. A claim whose statement
+ * began before the pause committed may still return its jobs; every claim
+ * that starts later sees the pause. A queue can be paused before it has
+ * any job. Returns false when it was paused already.
+ */
+CREATE FUNCTION @extschema@.queue_pause(queue text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_pause.queue);
+BEGIN
+    PERFORM queue.scope('produce', v_queue);
+    INSERT INTO queue.queue_settings AS s (queue, paused_at, paused_by)
+    VALUES (v_queue, now(), pg_get_userbyid(queue.caller()))
+    ON CONFLICT ON CONSTRAINT queue_settings_pkey
+    DO UPDATE SET paused_at = excluded.paused_at, paused_by = excluded.paused_by
+     WHERE s.paused_at IS NULL;
+    RETURN FOUND;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_pause(text) IS
+'Pause a queue: pushes are accepted and running jobs finish, but queue_pop hands out none of its jobs until queue_resume. False when it was already paused.';
+
+/*
+ * queue_resume: hand out a paused queue's jobs again, and wake its workers
+ * (LISTEN and waiting pops) as a push would. Returns false when the queue
+ * was not paused.
+ */
+CREATE FUNCTION @extschema@.queue_resume(queue text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_resume.queue);
+BEGIN
+    PERFORM queue.scope('produce', v_queue);
+    UPDATE queue.queue_settings s SET paused_at = NULL, paused_by = NULL
+     WHERE s.queue = v_queue AND s.paused_at IS NOT NULL;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM queue.wake(v_queue);
+    RETURN true;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_resume(text) IS
+'Resume a paused queue: its jobs are handed out again and its workers are woken. False when it was not paused.';
+
+/*
+ * queue_settings: the settings of every queue that has any (today: whether
+ * it is paused, since when, by whom), for the queues the caller may read.
+ */
+CREATE FUNCTION @extschema@.queue_settings()
+RETURNS TABLE (queue text, paused boolean, paused_at timestamptz, paused_by name)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.queue, s.paused_at IS NOT NULL, s.paused_at, s.paused_by
+      FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.queue_settings s
+     WHERE queue.access_allows(a.patterns, s.queue)
+     ORDER BY s.queue;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_settings() IS
+'The settings of every queue that has any: queue, paused, paused_at, paused_by.';

@@ -674,10 +674,13 @@ BEGIN
         END IF;
         -- A waiting call claims only when something may be claimable, so
         -- that while it sleeps it holds no lock that writers or the recount
-        -- of the counters would notice (an ACCESS SHARE lock, no more).
-        IF v_until IS NULL OR EXISTS (SELECT FROM queue.jobs c
-                                       WHERE c.queue = v_queue AND c.status = 'pending'
-                                         AND NOT c.group_waiting) THEN
+        -- of the counters would notice (an ACCESS SHARE lock, no more). A
+        -- paused queue hands out nothing (queue_pause); each round reads
+        -- the pause afresh, and queue_resume wakes the sleepers.
+        IF NOT EXISTS (SELECT FROM queue.queue_settings s WHERE s.queue = v_queue AND s.paused_at IS NOT NULL)
+           AND (v_until IS NULL OR EXISTS (SELECT FROM queue.jobs c
+                                            WHERE c.queue = v_queue AND c.status = 'pending'
+                                              AND NOT c.group_waiting)) THEN
             RETURN QUERY
             WITH claimed AS (
                 UPDATE queue.jobs j
@@ -1556,10 +1559,21 @@ BEGIN
                                 array_agg(c.priority) FILTER (WHERE c.pending > 0))
       INTO v_stats, v_oldest
       FROM c;
+    -- One queue: whether it is paused; all queues: how many are.
     RETURN v_stats || jsonb_build_object('oldest_pending_age',
-        round(extract(epoch FROM now() - v_oldest), 3));
+        round(extract(epoch FROM now() - v_oldest), 3))
+        || CASE WHEN v_queue IS NOT NULL
+                THEN jsonb_build_object('paused', EXISTS (
+                         SELECT FROM queue.queue_settings s WHERE s.queue = v_queue AND s.paused_at IS NOT NULL))
+                ELSE jsonb_build_object('paused_queues', (
+                         SELECT count(*) FROM queue.queue_settings s
+                          WHERE s.paused_at IS NOT NULL
+                            AND (v_scope IS NULL OR queue.access_allows(v_scope, s.queue))))
+           END;
 END;
 $$;
+COMMENT ON FUNCTION @extschema@.queue_stats(text) IS
+'Counts of one queue, or of all with NULL: total_size (= pending + scheduled + retrying), each status, cumulative completed/failed/expired/cancelled/retried/deleted, total_pushed, total_popped, priority_breakdown of waiting jobs, oldest_pending_age (seconds), last_activity; paused (one queue) or paused_queues (all). Constant time.';
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_size(queue text)
 RETURNS bigint
@@ -1577,10 +1591,22 @@ BEGIN
 END;
 $$;
 
+-- Per-queue settings, one row per queue that has any. Today: pausing. A
+-- paused queue accepts pushes and lets running jobs finish, but queue_pop
+-- hands out none of its jobs. Read by every claim (one primary-key probe of
+-- a table of a few rows), written only by queue_pause and queue_resume.
+CREATE TABLE queue.queue_settings (
+    queue     text COLLATE "C" PRIMARY KEY,
+    paused_at timestamptz,           -- NULL: not paused
+    paused_by name
+);
+
+-- queue_list gains the column paused.
+DROP FUNCTION @extschema@.queue_list();
 CREATE OR REPLACE FUNCTION @extschema@.queue_list()
 RETURNS TABLE (queue text, total_size bigint, pending bigint, scheduled bigint, processing bigint,
                retrying bigint, completed bigint, failed bigint, expired bigint, cancelled bigint,
-               total_pushed bigint, total_popped bigint, last_activity timestamptz)
+               total_pushed bigint, total_popped bigint, last_activity timestamptz, paused boolean)
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT r.queue,
@@ -1588,12 +1614,15 @@ SET search_path = pg_catalog, pg_temp AS $$
            sum(r.scheduled)::bigint, sum(r.processing)::bigint, sum(r.retrying)::bigint,
            sum(r.completed)::bigint, sum(r.failed)::bigint, sum(r.expired)::bigint,
            sum(r.cancelled)::bigint, sum(r.pushed)::bigint, sum(r.popped)::bigint,
-           max(r.last_activity)
+           max(r.last_activity),
+           EXISTS (SELECT FROM queue.queue_settings s WHERE s.queue = r.queue AND s.paused_at IS NOT NULL)
       FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.stats_rows() r
      WHERE queue.access_allows(a.patterns, r.queue)
      GROUP BY r.queue
      ORDER BY r.queue;
 $$;
+COMMENT ON FUNCTION @extschema@.queue_list() IS
+'Every queue that ever had a job, with total_size, each status count, cumulative totals, last_activity and paused.';
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_metrics(queue text DEFAULT NULL, since interval DEFAULT '1 hour')
 RETURNS jsonb
@@ -1755,7 +1784,10 @@ BEGIN
         'oldest_snapshot', v_horizon,
         'counters', jsonb_build_object('lost_tallies', v_shm.lost_tallies,
                                        'recount_pending', v_shm.recount_pending),
-        'lease_book', (SELECT to_jsonb(b) FROM queue.leases_health() b));
+        'lease_book', (SELECT to_jsonb(b) FROM queue.leases_health() b),
+        'paused_queues', (SELECT coalesce(jsonb_agg(s.queue ORDER BY s.queue), '[]')
+                            FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.queue_settings s
+                           WHERE s.paused_at IS NOT NULL AND queue.access_allows(a.patterns, s.queue)));
 END;
 $$;
 
@@ -1811,7 +1843,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION @extschema@.queue_health() IS
-'Whether the queue is served: healthy, problems, workers_running, last_tick, backlog, processing, oldest_pending_age (seconds), overdue_leases, stale_workers, oldest_snapshot (what holds back cleanup: pid, application, kind, age_seconds; a problem past 5 minutes), counters, lease_book. Constant time.';
+'Whether the queue is served: healthy, problems, workers_running, last_tick, backlog, processing, oldest_pending_age (seconds), overdue_leases, stale_workers, oldest_snapshot (what holds back cleanup: pid, application, kind, age_seconds; a problem past 5 minutes), counters, lease_book, paused_queues. Constant time.';
 
 DROP FUNCTION queue.ms(interval);
 
@@ -2193,6 +2225,75 @@ BEGIN
 END;
 $$;
 
+-- 7. Pausing queues (sql/operations.sql, all new; their table is created
+--    before queue_list, which reads it).
+
+/*
+ * queue_pause: stop handing out a queue's jobs. Pushes go on and jobs
+ * already claimed run to their end; queue_pop (waiting ones included)
+ * claims nothing of the queue until queue_resume. A claim whose statement
+ * began before the pause committed may still return its jobs; every claim
+ * that starts later sees the pause. A queue can be paused before it has
+ * any job. Returns false when it was paused already.
+ */
+CREATE FUNCTION @extschema@.queue_pause(queue text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_pause.queue);
+BEGIN
+    PERFORM queue.scope('produce', v_queue);
+    INSERT INTO queue.queue_settings AS s (queue, paused_at, paused_by)
+    VALUES (v_queue, now(), pg_get_userbyid(queue.caller()))
+    ON CONFLICT ON CONSTRAINT queue_settings_pkey
+    DO UPDATE SET paused_at = excluded.paused_at, paused_by = excluded.paused_by
+     WHERE s.paused_at IS NULL;
+    RETURN FOUND;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_pause(text) IS
+'Pause a queue: pushes are accepted and running jobs finish, but queue_pop hands out none of its jobs until queue_resume. False when it was already paused.';
+
+/*
+ * queue_resume: hand out a paused queue's jobs again, and wake its workers
+ * (LISTEN and waiting pops) as a push would. Returns false when the queue
+ * was not paused.
+ */
+CREATE FUNCTION @extschema@.queue_resume(queue text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_resume.queue);
+BEGIN
+    PERFORM queue.scope('produce', v_queue);
+    UPDATE queue.queue_settings s SET paused_at = NULL, paused_by = NULL
+     WHERE s.queue = v_queue AND s.paused_at IS NOT NULL;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM queue.wake(v_queue);
+    RETURN true;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_resume(text) IS
+'Resume a paused queue: its jobs are handed out again and its workers are woken. False when it was not paused.';
+
+/*
+ * queue_settings: the settings of every queue that has any (today: whether
+ * it is paused, since when, by whom), for the queues the caller may read.
+ */
+CREATE FUNCTION @extschema@.queue_settings()
+RETURNS TABLE (queue text, paused boolean, paused_at timestamptz, paused_by name)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.queue, s.paused_at IS NOT NULL, s.paused_at, s.paused_by
+      FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.queue_settings s
+     WHERE queue.access_allows(a.patterns, s.queue)
+     ORDER BY s.queue;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_settings() IS
+'The settings of every queue that has any: queue, paused, paused_at, paused_by.';
+
 -- 6. Grants, as sql/security.sql gives them on a fresh install.
 REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA queue FROM PUBLIC;
@@ -2203,6 +2304,10 @@ REVOKE ALL ON FUNCTION
     @extschema@.queue_release(bigint, int),
     @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]),
     @extschema@.queue_ack_batch(bigint[], int[], jsonb[]),
+    @extschema@.queue_pause(text),
+    @extschema@.queue_resume(text),
+    @extschema@.queue_settings(),
+    @extschema@.queue_list(),
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
@@ -2215,6 +2320,10 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_release(bigint, int),
     @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]),
     @extschema@.queue_ack_batch(bigint[], int[], jsonb[]),
+    @extschema@.queue_pause(text),
+    @extschema@.queue_resume(text),
+    @extschema@.queue_settings(),
+    @extschema@.queue_list(),
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
@@ -2230,6 +2339,7 @@ GRANT EXECUTE ON FUNCTION queue.save_schedule(text, text, text, jsonb, int, text
 SELECT pg_catalog.pg_extension_config_dump('queue.access_rules', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.stats_minutes', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.job_errors', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.queue_settings', '');
 
 -- 0.2.0 uses an existing role of these names only when it carries this
 -- marker (sql/security.sql). 0.1.0 made its roles without one, or adopted

@@ -108,3 +108,4 @@ SELECT pg_catalog.pg_extension_config_dump('queue.job_times', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.stats_minutes', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.job_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.access_rules', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.queue_settings', '');

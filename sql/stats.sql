@@ -390,12 +390,21 @@ BEGIN
                                 array_agg(c.priority) FILTER (WHERE c.pending > 0))
       INTO v_stats, v_oldest
       FROM c;
+    -- One queue: whether it is paused; all queues: how many are.
     RETURN v_stats || jsonb_build_object('oldest_pending_age',
-        round(extract(epoch FROM now() - v_oldest), 3));
+        round(extract(epoch FROM now() - v_oldest), 3))
+        || CASE WHEN v_queue IS NOT NULL
+                THEN jsonb_build_object('paused', EXISTS (
+                         SELECT FROM queue.queue_settings s WHERE s.queue = v_queue AND s.paused_at IS NOT NULL))
+                ELSE jsonb_build_object('paused_queues', (
+                         SELECT count(*) FROM queue.queue_settings s
+                          WHERE s.paused_at IS NOT NULL
+                            AND (v_scope IS NULL OR queue.access_allows(v_scope, s.queue))))
+           END;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_stats(text) IS
-'Counts of one queue, or of all with NULL: total_size (= pending + scheduled + retrying), each status, cumulative completed/failed/expired/cancelled/retried/deleted, total_pushed, total_popped, priority_breakdown of waiting jobs, oldest_pending_age (seconds), last_activity. Constant time.';
+'Counts of one queue, or of all with NULL: total_size (= pending + scheduled + retrying), each status, cumulative completed/failed/expired/cancelled/retried/deleted, total_pushed, total_popped, priority_breakdown of waiting jobs, oldest_pending_age (seconds), last_activity; paused (one queue) or paused_queues (all). Constant time.';
 
 /*
  * queue_size: jobs still waiting (pending + scheduled + retrying), from the
@@ -421,12 +430,13 @@ COMMENT ON FUNCTION @extschema@.queue_size(text) IS
 'Jobs still waiting in a queue: pending + scheduled + retrying (from the counters, constant time).';
 
 /*
- * queue_list: every queue that ever had a job, with its counts.
+ * queue_list: every queue that ever had a job, with its counts and whether
+ * it is paused.
  */
 CREATE FUNCTION @extschema@.queue_list()
 RETURNS TABLE (queue text, total_size bigint, pending bigint, scheduled bigint, processing bigint,
                retrying bigint, completed bigint, failed bigint, expired bigint, cancelled bigint,
-               total_pushed bigint, total_popped bigint, last_activity timestamptz)
+               total_pushed bigint, total_popped bigint, last_activity timestamptz, paused boolean)
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT r.queue,
@@ -434,14 +444,15 @@ SET search_path = pg_catalog, pg_temp AS $$
            sum(r.scheduled)::bigint, sum(r.processing)::bigint, sum(r.retrying)::bigint,
            sum(r.completed)::bigint, sum(r.failed)::bigint, sum(r.expired)::bigint,
            sum(r.cancelled)::bigint, sum(r.pushed)::bigint, sum(r.popped)::bigint,
-           max(r.last_activity)
+           max(r.last_activity),
+           EXISTS (SELECT FROM queue.queue_settings s WHERE s.queue = r.queue AND s.paused_at IS NOT NULL)
       FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.stats_rows() r
      WHERE queue.access_allows(a.patterns, r.queue)
      GROUP BY r.queue
      ORDER BY r.queue;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_list() IS
-'Every queue that ever had a job, with total_size, each status count, cumulative totals and last_activity.';
+'Every queue that ever had a job, with total_size, each status count, cumulative totals, last_activity and paused.';
 
 /*
  * queue_metrics: how the jobs that finished in the window ran. The window
@@ -664,11 +675,14 @@ BEGIN
         'oldest_snapshot', v_horizon,
         'counters', jsonb_build_object('lost_tallies', v_shm.lost_tallies,
                                        'recount_pending', v_shm.recount_pending),
-        'lease_book', (SELECT to_jsonb(b) FROM queue.leases_health() b));
+        'lease_book', (SELECT to_jsonb(b) FROM queue.leases_health() b),
+        'paused_queues', (SELECT coalesce(jsonb_agg(s.queue ORDER BY s.queue), '[]')
+                            FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.queue_settings s
+                           WHERE s.paused_at IS NOT NULL AND queue.access_allows(a.patterns, s.queue)));
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_health() IS
-'Whether the queue is served: healthy, problems, workers_running, last_tick, backlog, processing, oldest_pending_age (seconds), overdue_leases, stale_workers, oldest_snapshot (what holds back cleanup: pid, application, kind, age_seconds; a problem past 5 minutes), counters, lease_book. Constant time.';
+'Whether the queue is served: healthy, problems, workers_running, last_tick, backlog, processing, oldest_pending_age (seconds), overdue_leases, stale_workers, oldest_snapshot (what holds back cleanup: pid, application, kind, age_seconds; a problem past 5 minutes), counters, lease_book, paused_queues. Constant time.';
 
 /*
  * queue_prometheus: the counters in Prometheus text exposition format, for a

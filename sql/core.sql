@@ -487,8 +487,9 @@ RETURNS bigint[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_acks int := coalesce(cardinality(p_ids), 0);
-    v_ids  bigint[] := p_ids;
+    v_acks    int := coalesce(cardinality(p_ids), 0);
+    v_ids     bigint[] := p_ids;
+    v_allowed bigint[];
 BEGIN
     IF coalesce(array_ndims(p_ids), 1) > 1 OR coalesce(array_ndims(p_attempts), 1) > 1
        OR coalesce(array_ndims(p_results), 1) > 1 THEN
@@ -512,7 +513,8 @@ BEGIN
     END IF;
     IF EXISTS (SELECT FROM queue.access_rules) THEN
         -- Forbidden ids become NULL, which matches no job; positions stay.
-        v_ids := ARRAY(SELECT CASE WHEN x.id = ANY (queue.allowed_ids(queue.caller(), 'work', p_ids)) THEN x.id END
+        v_allowed := queue.allowed_ids(queue.caller(), 'work', p_ids);
+        v_ids := ARRAY(SELECT CASE WHEN x.id = ANY (v_allowed) THEN x.id END
                          FROM unnest(p_ids) WITH ORDINALITY AS x(id, n) ORDER BY x.n);
     END IF;
     RETURN queue.finish_jobs(v_ids, '{processing}', 'completed', p_attempts, p_results, NULL);

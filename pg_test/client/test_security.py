@@ -363,6 +363,10 @@ def test_confined_workers_cannot_touch_another_queues_jobs(teams):
         assert alice.execute("SELECT queue_ack(%s)", (job,)).fetchone()[0] is False
         assert alice.execute("SELECT queue_ack(%s, NULL, %s)", claim).fetchone()[0] is False
         assert alice.execute("SELECT queue_ack(ARRAY[%s::bigint])", (job,)).fetchone()[0] == 0
+        assert alice.execute("SELECT queue_ack_batch(ARRAY[%s::bigint], ARRAY[%s::int])", claim).fetchone()[0] == []
+        assert alice.execute("SELECT count(*) FROM queue_ack_pop(%s, 'alice', 1, ARRAY[%s::bigint], ARRAY[%s::int])",
+                             (qa, *claim)).fetchone()[0] == 0
+        assert sqlstate_of(alice, "SELECT * FROM queue_ack_pop(%s, 'alice', 1, ARRAY[%s::bigint])", (qb, job)) == "42501"
         assert alice.execute("SELECT queue_fail(%s, 'x')", (job,)).fetchone()[0] is None
         assert alice.execute("SELECT queue_fail(%s, 'x', retry_in => '1 hour')", (job,)).fetchone()[0] is None
         assert alice.execute("SELECT queue_touch(%s, '1 hour')", (job,)).fetchone()[0] is False
@@ -373,6 +377,25 @@ def test_confined_workers_cannot_touch_another_queues_jobs(teams):
         assert bob.execute("SELECT queue_progress(%s, 1, 2, 'half', %s)", claim).fetchone()[0] is True
         assert bob.execute("SELECT queue_ack(%s, NULL, %s)", claim).fetchone()[0] is True
         assert bob.execute("SELECT queue_job(%s) ->> 'status'", (waiting,)).fetchone()[0] == "pending"
+
+
+def test_pausing_is_for_admins_and_a_confined_admin_pauses_only_its_queues(teams):
+    """A worker cannot pause any queue; a confined admin pauses its own team's
+    queue but not another's, and sees only its own pauses."""
+    names, qa, qb = teams
+    with as_role(names["alice"]) as alice, as_role(names["ops_a"]) as ops, connect() as su:
+        assert sqlstate_of(alice, "SELECT queue_pause(%s)", (qa,)) == "42501"
+        assert sqlstate_of(ops, "SELECT queue_pause(%s)", (qb,)) == "42501"
+        assert su.execute("SELECT queue_pause(%s)", (qb,)).fetchone()[0] is True
+        try:
+            assert sqlstate_of(ops, "SELECT queue_resume(%s)", (qb,)) == "42501"
+            assert ops.execute("SELECT queue_pause(%s)", (qa,)).fetchone()[0] is True
+            assert [r[0] for r in ops.execute("SELECT queue FROM queue_settings() WHERE paused").fetchall()] == [qa]
+            assert ops.execute("SELECT queue_health() -> 'paused_queues'").fetchone()[0] == [qa]
+            assert ops.execute("SELECT queue_resume(%s)", (qa,)).fetchone()[0] is True
+        finally:
+            su.execute("SELECT queue_resume(%s)", (qb,))
+            su.execute("DELETE FROM queue.queue_settings WHERE queue IN (%s, %s)", (qa, qb))
 
 
 def test_confined_producers_cannot_stall_another_teams_serial_group(teams):

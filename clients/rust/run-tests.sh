@@ -4,7 +4,8 @@
 #   clients/rust/run-tests.sh [test-binary args, e.g. a test name filter]
 #
 # Starts PostgreSQL 15 with the extension preloaded (scripts/cluster.sh) on
-# port 55473 with queue.tick = 100ms (data in .run/rust-client-cluster),
+# port 55473 with queue.tick = 100ms and track_functions = 'all' (data in
+# .run/rust-client-cluster),
 # creates the extension in database postgres, runs
 # `cargo test -p queue-client -- --test-threads=1 --nocapture` (so the measured
 # latencies are printed) with the DSN in
@@ -42,7 +43,9 @@ mkdir -p "$root/.run"
 stop_cluster() { "$root/scripts/cluster.sh" stop "$dir" >/dev/null 2>&1 || true; }
 trap stop_cluster EXIT
 
-if ! "$root/scripts/cluster.sh" start "$dir" "$port" "queue.tick = 100ms"; then
+# track_functions = 'all': the ack-batching tests count queue_ack_batch calls
+# in pg_stat_user_functions (harmless for the other tests).
+if ! "$root/scripts/cluster.sh" start "$dir" "$port" "queue.tick = 100ms" "track_functions = 'all'"; then
   echo "run-tests: the cluster did not start; see $dir/server.log" >&2
   exit 2
 fi

@@ -21,6 +21,8 @@ pub struct JobStarted<'a> {
 }
 
 /// A handler returned `Ok` and the worker acked (or tried to ack) the job.
+/// Told after the ack committed: acks are batched (`queue_ack_batch`), so this
+/// comes once the call carrying this job's ack returned.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct JobFinished<'a> {
@@ -30,7 +32,8 @@ pub struct JobFinished<'a> {
     pub result: &'a Value,
     /// How long the handler ran.
     pub duration: Duration,
-    /// True when `queue_ack` completed the job; false when the claim was
+    /// True when the ack (`queue_ack_batch`, or `queue_ack` on an extension
+    /// without it) completed the job; false when the claim was
     /// stale (its lease had run out and the job was claimed again) or the ack
     /// could not be delivered before a hard stop (the lease brings the job back).
     pub acked: bool,

@@ -1,6 +1,8 @@
 //! The worker: [`Worker`], its [`WorkerBuilder`], the [`Handler`] trait,
 //! [`RunningWorker`] and [`ShutdownHandle`].
 
+mod acker;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::future::{join_all, BoxFuture};
 use futures_util::FutureExt;
 use serde_json::{json, Value};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::{ToSql, Type};
@@ -26,8 +28,8 @@ use crate::interval::PgInterval;
 use crate::job::{JobInner, TOUCH_SQL};
 use crate::{Error, Job, JobError, JobStatus, VERSION};
 
-/// A job handler: takes the [`Job`], returns its result (stored by
-/// `queue_ack`; `Value::Null` stores none) or a [`JobError`].
+/// A job handler: takes the [`Job`], returns its result (stored by the ack,
+/// `queue_ack_batch` or `queue_ack`; `Value::Null` stores none) or a [`JobError`].
 ///
 /// Implemented for every `Fn(Job) -> impl Future<Output = Result<Value, JobError>>`,
 /// so an `async fn` is a handler:
@@ -67,7 +69,8 @@ const FAIL_SQL: &str = "SELECT queue_fail($1, $2, $3, $4, $5)";
 const RELEASE_SQL: &str = "SELECT queue_release($1, $2)";
 const HEARTBEAT_SQL: &str = "SELECT queue_heartbeat($1, $2)::text";
 const FEATURES_SQL: &str = "SELECT to_regprocedure('queue_release(bigint,integer)') IS NOT NULL, \
-     to_regprocedure('queue_pop(text,text,integer,interval)') IS NOT NULL";
+     to_regprocedure('queue_pop(text,text,integer,interval)') IS NOT NULL, \
+     to_regprocedure('queue_ack_batch(bigint[],integer[],jsonb[])') IS NOT NULL";
 const MAX_ERROR_CHARS: usize = 16_000;
 
 /// Whether a queue name is one the extension accepts: 1–57 characters of `[A-Za-z0-9_.:-]`.
@@ -246,6 +249,7 @@ impl WorkerBuilder {
 
         let (deadline, _) = watch::channel(None);
         let (stopped, _) = watch::channel(false);
+        let (acks, ack_queue) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             name: Arc::from(name.as_str()),
             queues,
@@ -277,6 +281,9 @@ impl WorkerBuilder {
             hard: AtomicBool::new(false),
             has_release: AtomicBool::new(true),
             has_wait: AtomicBool::new(false),
+            has_ack_batch: AtomicBool::new(true),
+            acks: Mutex::new(Some(acks)),
+            ack_queue: Mutex::new(Some(ack_queue)),
             listen_connects: AtomicUsize::new(0),
             started_at: SystemTime::now(),
         });
@@ -357,6 +364,13 @@ struct Shared {
     hard: AtomicBool,
     has_release: AtomicBool,
     has_wait: AtomicBool,
+    /// The extension has `queue_ack_batch` (else every ack is its own `queue_ack`).
+    has_ack_batch: AtomicBool,
+    /// Where finished jobs queue their acks for the acker; `None` once the
+    /// worker has drained (a late ack then goes on its own).
+    acks: Mutex<Option<mpsc::UnboundedSender<acker::AckRequest>>>,
+    /// The acker's end of the channel, until `run` starts the acker.
+    ack_queue: Mutex<Option<mpsc::UnboundedReceiver<acker::AckRequest>>>,
     listen_connects: AtomicUsize,
     started_at: SystemTime,
 }
@@ -366,9 +380,13 @@ struct Shared {
 /// * Claims with `queue_pop(queue, name, n)`, n up to the free capacity, and
 ///   never runs more than `concurrency` handlers at once (a job counts until
 ///   its ack is written).
-/// * Acks with `queue_ack(id, result, attempt)`; a failure becomes
-///   `queue_fail(id, error, attempt, retry_in, permanent)`. A stale claim
-///   changes nothing and is logged, not raised.
+/// * Acks in batches: finished jobs queue their acks to one acker task, which
+///   sends everything queued as one `queue_ack_batch(ids, attempts, results)`
+///   (one commit for many jobs) with at most one such call in flight; each
+///   job's finished event comes after its ack committed. On an extension
+///   without `queue_ack_batch`, one `queue_ack(id, result, attempt)` per job.
+///   A failure becomes `queue_fail(id, error, attempt, retry_in, permanent)`.
+///   A stale claim changes nothing and is logged, not raised.
 /// * Extends each running job's lease with `queue_touch` at half the lease;
 ///   registers and heartbeats with `queue_heartbeat`.
 /// * Wakes on `LISTEN "queue_<name>"` (one connection), polls as a fallback,
@@ -611,6 +629,17 @@ impl Shared {
                     if wait != self.has_wait.swap(wait, Ordering::SeqCst) && self.pooler {
                         tracing::info!(worker = %self.name, server_wait = wait, "claims wait in the server: {wait}");
                     }
+                    // Checked again at every heartbeat: an ALTER EXTENSION UPDATE turns batching on.
+                    if let Ok(batch) = r.try_get::<_, bool>(2) {
+                        if batch != self.has_ack_batch.swap(batch, Ordering::SeqCst) {
+                            if batch {
+                                tracing::info!(worker = %self.name, "queue_ack_batch is installed: acks are batched");
+                            } else {
+                                tracing::info!(worker = %self.name,
+                                    "queue_ack_batch is not installed (an older extension): acking one job per call");
+                            }
+                        }
+                    }
                 }
             }
             Err(e) => self.report("feature detection failed", &e.into()),
@@ -619,6 +648,15 @@ impl Shared {
 
     async fn run(self: Arc<Self>) {
         let mut tasks = Vec::new();
+        let ack_queue = self.ack_queue.lock().unwrap().take();
+        let acker = match ack_queue {
+            Some(rx) => Some(tokio::spawn(acker::run(self.clone(), rx))),
+            None => {
+                // Not reachable (run is called once): without an acker, acks must not be queued.
+                self.acks.lock().unwrap().take();
+                None
+            }
+        };
         {
             let s = self.clone();
             tasks.push(tokio::spawn(async move {
@@ -660,6 +698,16 @@ impl Shared {
         self.drain().await;
         for t in &tasks {
             t.abort();
+        }
+        // Acks still queued or in flight go out before the connections close:
+        // closing the channel lets the acker deliver what is queued, then end.
+        // After a clean drain it is idle already (every job's permit came back
+        // after its ack's outcome); after the grace, its calls give up at once.
+        self.acks.lock().unwrap().take();
+        if let Some(mut acker) = acker {
+            if tokio::time::timeout(Duration::from_secs(1), &mut acker).await.is_err() {
+                acker.abort();
+            }
         }
         self.ops.close().await;
         self.claimer.close().await;
@@ -1001,20 +1049,24 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// Acks a job whose handler succeeded, through the acker (batched), and
+    /// reports the outcome once the ack committed.
     async fn ack(&self, job: &Job, result: Value, duration: Duration) {
-        let stored: Option<&Value> = if result.is_null() { None } else { Some(&result) };
-        let (id, attempt) = (job.id(), job.attempt());
-        let r = self
-            .call(
-                &format!("queue_ack({id})"),
-                ACK_SQL,
-                &[Type::INT8, Type::JSONB, Type::INT4],
-                &[&id, &stored, &attempt],
-            )
-            .await;
-        match r {
-            Ok(rows) => {
-                let acked = rows.first().and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false);
+        // Serialised here, per job: a result that cannot be must not spoil a batch.
+        let stored = if result.is_null() {
+            None
+        } else {
+            match acker::JsonbText::of(&result) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    let err = JobError::new(format!("the result could not be serialised to JSON: {e}"));
+                    self.fail(job, err, duration).await;
+                    return;
+                }
+            }
+        };
+        match self.submit_ack(job.id(), job.attempt(), stored).await {
+            acker::AckOutcome::Done(acked) => {
                 if acked {
                     tracing::debug!(duration = ?duration, "job completed");
                 } else {
@@ -1023,11 +1075,11 @@ impl Shared {
                 }
                 self.emit(|h| h.job_finished(&JobFinished { job, result: &result, duration, acked }));
             }
-            Err(CallFailure::GaveUp(e)) => {
+            acker::AckOutcome::GaveUp(e) => {
                 tracing::warn!(error = %e, "the ack could not be delivered before the stop; the lease brings the job back");
                 self.emit(|h| h.job_finished(&JobFinished { job, result: &result, duration, acked: false }));
             }
-            Err(CallFailure::Rejected(e)) => {
+            acker::AckOutcome::Rejected(e) => {
                 // e.g. a result larger than queue.max_result_size: fail the job instead of losing it.
                 let err = JobError::new(format!("queue_ack refused the result: {e}"));
                 self.fail(job, err, duration).await;

@@ -106,7 +106,7 @@
   // ---- panels: each on its own interval, paused while hidden --------------
   const panels = {};
   function panel(id, interval, load) {
-    panels[id] = { id, interval, load, timer: null, busy: false, failed: false };
+    panels[id] = { id, interval, load, timer: null, busy: false, again: false, failed: false };
   }
   function setLive() {
     const hidden = document.visibilityState === 'hidden';
@@ -116,8 +116,12 @@
   }
   async function refresh(id) {
     const p = panels[id];
-    if (!p || p.busy) return;
+    if (!p) return;
+    // A refresh asked for while one runs (e.g. right after Pause) runs again
+    // after it: the running one may have read the state from before the action.
+    if (p.busy) { p.again = true; return; }
     p.busy = true;
+    p.again = false;
     const foot = $(id + '-foot');
     try {
       await p.load();
@@ -135,6 +139,7 @@
     } finally {
       p.busy = false;
       setLive();
+      if (p.again) refresh(id);
     }
   }
   function arm(id) {
@@ -222,10 +227,29 @@
         h('span', { style: 'margin-left:auto' }, `peak ${max}/min · last hour`)));
   }
 
+  /** Pause / Resume of one queue: a POST like Retry, then the panel is redrawn from the server. */
+  function pauseButton(q) {
+    const paused = q.paused === true;
+    const verb = paused ? 'resume' : 'pause';
+    return h('button', {
+      // No data-queue here: that attribute names the card (tests and styles find it by it).
+      class: `queue-${verb}`,
+      title: paused ? 'Hand its jobs out again and wake its workers' : 'Hand out none of its jobs (pushes go on, running jobs finish)',
+      onclick: (ev) => act(ev.currentTarget, `/api/queues/${encodeURIComponent(q.queue)}/${verb}`,
+        (r) => (r.changed ? `${paused ? 'resumed' : 'paused'} ${q.queue}` : `${q.queue} ${paused ? 'was not paused' : 'was already paused'}`),
+        () => refresh('stats')),
+    }, paused ? '▶ Resume' : 'Pause');
+  }
+
   function queueCard(q, rows) {
     const s = q.stats || {}, m = q.metrics || {};
-    return h('article', { class: 'card', 'data-queue': q.queue },
-      h('div', { class: 'card-head' }, h('h4', {}, q.queue), h('span', { class: 'muted' }, 'active ', timeEl(s.last_activity))),
+    const paused = q.paused === true;
+    // queue_list has `paused` only where the extension can pause: no button otherwise.
+    const canPause = typeof q.paused === 'boolean';
+    return h('article', { class: 'card' + (paused ? ' is-paused' : ''), 'data-queue': q.queue, 'data-paused': canPause ? String(paused) : null },
+      h('div', { class: 'card-head' }, h('h4', {}, q.queue),
+        paused ? h('span', { class: 'badge warn', 'data-badge': 'paused', title: 'no job is handed out until Resume' }, 'paused') : null,
+        h('span', { class: 'muted' }, 'active ', timeEl(s.last_activity))),
       h('div', { class: 'kv' },
         h('div', {}, h('b', { 'data-field': 'waiting' }, fmtNum(s.total_size)), h('span', {}, 'waiting')),
         h('div', {}, h('b', {}, fmtNum(s.pending)), h('span', {}, 'pending')),
@@ -239,7 +263,8 @@
       h('div', { class: 'small muted' },
         `last hour: ${fmtNum(m.executions)} finished (${fmtNum(m.completed)} ok, ${fmtNum(m.failed)} failed, ${fmtNum(m.expired)} expired) · ` +
         `oldest waiting ${fmtSecs(s.oldest_pending_age)} · ${fmtNum(s.total_pushed)} pushed in all`),
-      h('div', { class: 'chart' }, chart(rows)));
+      h('div', { class: 'chart' }, chart(rows)),
+      canPause ? h('div', { class: 'card-actions' }, pauseButton(q)) : null);
   }
 
   panel('stats', 5000, async () => {
@@ -254,7 +279,8 @@
       stat('processing', fmtNum(t.processing)),
       stat('finished, last hour', fmtNum(m.executions)),
       stat('success rate', fmtPct(m.success_rate), m.success_rate !== null && m.success_rate < 0.9 ? 'red' : 'green'),
-      stat('avg / p95 run', `${fmtMs(m.avg_run_ms)} / ${fmtMs(m.p95_run_ms)}`));
+      stat('avg / p95 run', `${fmtMs(m.avg_run_ms)} / ${fmtMs(m.p95_run_ms)}`),
+      t.paused_queues === undefined ? null : stat('paused', fmtNum(t.paused_queues), t.paused_queues ? 'amber' : ''));
     const byQueue = {};
     for (const r of tp || []) (byQueue[r.queue_name] = byQueue[r.queue_name] || []).push(r);
     const names = ov.queues.map((q) => q.queue);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use queue_client::PgInterval;
 use serde_json::Value;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -205,6 +206,38 @@ impl Api {
     /// `queue_clear(queue)`.
     pub async fn clear(&self, queue: &str) -> Result<i64> {
         self.count("SELECT queue_clear($1::text)", &[&queue]).await
+    }
+
+    /// `queue_pause(queue)`: true when this call paused the queue, false when
+    /// it was paused already.
+    pub async fn pause(&self, queue: &str) -> Result<bool> {
+        self.toggle("SELECT queue_pause($1::text)", queue).await
+    }
+
+    /// `queue_resume(queue)`: true when this call resumed the queue, false
+    /// when it was not paused.
+    pub async fn resume(&self, queue: &str) -> Result<bool> {
+        self.toggle("SELECT queue_resume($1::text)", queue).await
+    }
+
+    /// One call of `queue_pause` / `queue_resume`. An extension from before
+    /// pausing has neither function: say so (exit 2, like a listing the
+    /// extension cannot do) instead of "function does not exist".
+    async fn toggle(&self, sql: &str, queue: &str) -> Result<bool> {
+        match self.client.query_one(sql, &[&queue]).await {
+            Ok(row) => Ok(row.try_get::<_, Option<bool>>(0)?.unwrap_or(false)),
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => Err(CliError::usage(
+                "this version of the queue extension cannot pause queues (no queue_pause / queue_resume): \
+                 ALTER EXTENSION queue UPDATE",
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `queue_settings()`: the queues that have settings (whether paused,
+    /// since when, by whom).
+    pub async fn settings(&self) -> Result<Vec<Value>> {
+        self.rows("queue_settings()", &[]).await
     }
 
     /// `queue_schedules()`.

@@ -74,6 +74,8 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::PurgeDead { queue, older_than } => purge_dead(&api, out, queue.as_deref(), older_than).await,
         Command::Clear { queue, .. } => clear(&api, out, &queue).await,
         Command::Cleanup { older_than } => cleanup(&api, out, older_than).await,
+        Command::Pause { queue } => pause(&api, out, &queue).await,
+        Command::Resume { queue } => resume(&api, out, &queue).await,
         Command::Schedules => schedules(&api, out).await,
         Command::Schedule(args) => schedule(&api, out, args).await,
         Command::Unschedule { name } => unschedule(&api, out, &name).await,
@@ -175,6 +177,9 @@ async fn status(api: &Api, out: Out, queue: Option<&str>, since: Duration) -> Re
         println!("  priority   {}", priority_line(&stats));
         println!("  metrics    {}", metrics_line(&metrics, since));
         println!("  oldest     {} waiting", secs(&stats["oldest_pending_age"]));
+        if let Some(p) = paused_line(api, q, &stats).await? {
+            println!("  paused     {p}");
+        }
         println!(
             "  totals     {} pushed, {} claimed, {} completed, {} failed, {} expired, {} cancelled",
             int(&stats, "total_pushed"),
@@ -205,6 +210,7 @@ async fn status(api: &Api, out: Out, queue: Option<&str>, since: Duration) -> Re
             ">SUCCESS",
             ">P95 RUN",
             ">OLDEST",
+            "PAUSED",
         ]);
         for q in &queues {
             let (s, m) = (&q["stats"], &q["metrics"]);
@@ -220,6 +226,7 @@ async fn status(api: &Api, out: Out, queue: Option<&str>, since: Duration) -> Re
                 percent(&m["success_rate"]),
                 ms(&m["p95_run_ms"]),
                 secs(&s["oldest_pending_age"]),
+                paused_mark(q),
             ]);
         }
         if t.is_empty() {
@@ -231,10 +238,50 @@ async fn status(api: &Api, out: Out, queue: Option<&str>, since: Duration) -> Re
         println!("all queues {}", depth_line(&stats));
         println!("metrics    {}", metrics_line(&metrics, since));
         println!("oldest     {} waiting", secs(&stats["oldest_pending_age"]));
+        // From queue_health, not the table: a queue can be paused before it has
+        // jobs, and then it is in no row above.
+        if let Some(names) = health.get("paused_queues").and_then(Value::as_array) {
+            let names: Vec<String> = names.iter().map(cell).collect();
+            if names.is_empty() {
+                println!("paused     none");
+            } else {
+                println!("paused     {}: {}", names.len(), names.join(", "));
+            }
+        }
     }
     println!("workers    {}", workers_line(&workers));
     println!("health     {}", health_line(&health));
     Ok(Exit::Ok)
+}
+
+/// The PAUSED cell of a `queue_list` row: `PAUSED` or empty (like timeline's
+/// DUE), so that a paused queue stands out in a long table.
+fn paused_mark(row: &Value) -> String {
+    if row["paused"] == json!(true) {
+        "PAUSED".into()
+    } else {
+        String::new()
+    }
+}
+
+/// "no", or "yes, since 5 min ago by ops: no job is handed out (queuectl resume Q)"
+/// from `queue_stats(queue)` and `queue_settings()`; `None` for an extension
+/// from before pausing (its stats have no `paused`).
+async fn paused_line(api: &Api, queue: &str, stats: &Value) -> Result<Option<String>> {
+    match stats.get("paused").and_then(Value::as_bool) {
+        None => Ok(None),
+        Some(false) => Ok(Some("no".into())),
+        Some(true) => {
+            // Only a paused queue costs the extra call: since when and by whom.
+            let settings = api.settings().await?;
+            let mut line = "yes".to_owned();
+            if let Some(s) = settings.iter().find(|s| s["queue"] == json!(queue)) {
+                line.push_str(&format!(", since {} by {}", ago(s, "paused_at"), field(s, "paused_by")));
+            }
+            line.push_str(&format!(": no job is handed out (queuectl resume {queue})"));
+            Ok(Some(line))
+        }
+    }
 }
 
 async fn list(api: &Api, out: Out) -> Result<Exit> {
@@ -255,6 +302,7 @@ async fn list(api: &Api, out: Out) -> Result<Exit> {
         ">EXPIRED",
         ">PUSHED",
         "LAST ACTIVITY",
+        "PAUSED",
     ]);
     for r in &rows {
         t.row(vec![
@@ -269,6 +317,7 @@ async fn list(api: &Api, out: Out) -> Result<Exit> {
             field(r, "expired"),
             field(r, "total_pushed"),
             ago(r, "last_activity"),
+            paused_mark(r),
         ]);
     }
     if t.is_empty() {
@@ -306,6 +355,9 @@ async fn describe(api: &Api, out: Out, queue: &str) -> Result<Exit> {
     println!("  priorities  {}", priority_line(&stats));
     println!("  metrics     {}", metrics_line(&metrics, hour));
     println!("  oldest      {} waiting", secs(&stats["oldest_pending_age"]));
+    if let Some(p) = paused_line(api, queue, &stats).await? {
+        println!("  paused      {p}");
+    }
     println!(
         "  totals      {} pushed, {} claimed, {} completed, {} failed, {} expired, {} cancelled, {} retried, {} deleted",
         int(&stats, "total_pushed"),
@@ -777,6 +829,26 @@ async fn cleanup(api: &Api, out: Out, older_than: Duration) -> Result<Exit> {
         format!("{n} final job{} deleted", if n == 1 { "" } else { "s" }),
     )
     .await
+}
+
+/// `pause QUEUE`: "paused Q" or "Q was already paused", both exit 0: the queue
+/// is paused afterwards either way, so a script may pause without checking first.
+async fn pause(api: &Api, out: Out, queue: &str) -> Result<Exit> {
+    let changed = api.pause(queue).await?;
+    if changed && !api.list().await?.iter().any(|l| l["queue"] == json!(queue)) {
+        // The extension lets a queue be paused before its first job; a typo would
+        // pass just as silently, so point it out (stderr: stdout stays one line).
+        eprintln!("queuectl: note: {queue} has had no job yet; it is paused all the same (a typo? queuectl list)");
+    }
+    let text = if changed { format!("paused {queue}") } else { format!("{queue} was already paused") };
+    done(out, json!({"queue": queue, "paused": true, "changed": changed}), text).await
+}
+
+/// `resume QUEUE`: "resumed Q" or "Q was not paused", both exit 0 (as `pause`).
+async fn resume(api: &Api, out: Out, queue: &str) -> Result<Exit> {
+    let changed = api.resume(queue).await?;
+    let text = if changed { format!("resumed {queue}") } else { format!("{queue} was not paused") };
+    done(out, json!({"queue": queue, "paused": false, "changed": changed}), text).await
 }
 
 async fn schedules(api: &Api, out: Out) -> Result<Exit> {

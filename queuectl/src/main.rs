@@ -34,7 +34,7 @@ PGDATABASE, PGPASSWORD or the password file (PGPASSFILE, ~/.pgpass), as psql rea
 Never put a password on the command line: use PGPASSWORD or ~/.pgpass.\n\n\
 Exit codes: 0 ok, 1 error, 2 usage error or refused, 3 not found.",
     after_help = "Examples:\n  queuectl status\n  queuectl push emails '{\"to\": \"a@example.com\"}' --priority high\n  \
-queuectl failed emails\n  queuectl retry --all emails\n  queuectl work emails -- ./send-email.sh\n  \
+queuectl failed emails\n  queuectl retry --all emails\n  queuectl pause emails\n  queuectl work emails -- ./send-email.sh\n  \
 queuectl serve --listen 127.0.0.1:8080"
 )]
 pub struct Cli {
@@ -133,6 +133,27 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Pause a queue: it hands out no jobs until `queuectl resume` (pushes are still accepted, running jobs finish)
+    #[command(
+        long_about = "Pause a queue (queue_pause): workers claim none of its jobs until `queuectl resume`. \
+Pushes are still accepted and jobs already running finish as usual. A queue can be paused before it has jobs. \
+Pausing a paused queue changes nothing and says so (exit 0). Needs queue_admin.",
+        after_help = "Examples:\n  queuectl pause emails\n  queuectl pause emails --json"
+    )]
+    Pause {
+        /// The queue
+        queue: String,
+    },
+    /// Resume a paused queue: its jobs are handed out again and its workers woken
+    #[command(
+        long_about = "Resume a paused queue (queue_resume): its jobs are handed out again and its waiting workers \
+are woken, as a push would. Resuming a queue that is not paused changes nothing and says so (exit 0). Needs queue_admin.",
+        after_help = "Examples:\n  queuectl resume emails"
+    )]
+    Resume {
+        /// The queue
+        queue: String,
+    },
     /// Delete final jobs (completed, failed, expired, cancelled) that finished longer ago than --older-than
     Cleanup {
         /// e.g. 7d, 12h
@@ -173,7 +194,7 @@ pub enum Command {
         /// Address to listen on
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Refuse every POST (no retry, delete, run-now)
+        /// Refuse every POST (no retry, delete, run-now, pause, resume)
         #[arg(long)]
         read_only: bool,
     },

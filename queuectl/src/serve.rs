@@ -149,6 +149,8 @@ fn router(state: Shared) -> Router {
         .route("/api/jobs/{id}/delete", post(delete))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/queues/{queue}/retry-all", post(retry_all))
+        .route("/api/queues/{queue}/pause", post(pause))
+        .route("/api/queues/{queue}/resume", post(resume))
         .route("/api/schedules/{name}/trigger", post(trigger))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such page".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
@@ -347,4 +349,18 @@ async fn retry_all(State(s): State<Shared>, Path(queue): Path<String>) -> ApiRes
 async fn trigger(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
     let id = s.api().await?.trigger(&name).await?;
     Ok(Json(json!({"name": name, "job_id": id})))
+}
+
+/// `POST /api/queues/{queue}/pause`: `queue_pause`. Already paused is not an
+/// error (200, `changed: false`): two open tabs may both press Pause.
+async fn pause(State(s): State<Shared>, Path(queue): Path<String>) -> ApiResult {
+    let changed = s.api().await?.pause(&queue).await?;
+    Ok(Json(json!({"queue": queue, "paused": true, "changed": changed})))
+}
+
+/// `POST /api/queues/{queue}/resume`: `queue_resume`; not paused gives 200
+/// with `changed: false`, as for pause.
+async fn resume(State(s): State<Shared>, Path(queue): Path<String>) -> ApiResult {
+    let changed = s.api().await?.resume(&queue).await?;
+    Ok(Json(json!({"queue": queue, "paused": false, "changed": changed})))
 }

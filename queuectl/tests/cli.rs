@@ -178,6 +178,145 @@ fn status_list_and_describe_show_a_pushed_queue() {
     assert_eq!(code(&qc(&url, &["status", "no.such.queue"])), 3);
 }
 
+/// Claims up to `n` jobs of `queue` as a worker would (`queue_pop`, bound
+/// parameters); their ids. The jobs stay processing.
+fn claim(url: &str, queue: &str, n: i32) -> Vec<i64> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let rows =
+            client.query("SELECT id FROM queue_pop($1::text, 'cli-test', $2::int)", &[&queue, &n]).await.unwrap();
+        rows.iter().map(|r| r.get::<_, i64>(0)).collect()
+    })
+}
+
+/// The line of a table whose first column is exactly `name`.
+fn table_row(text: &str, name: &str) -> String {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no row {name} in:\n{text}"))
+        .to_owned()
+}
+
+/// The queues `queue_health()` reports paused (through `status`, which exits
+/// 0 whether or not the cluster is healthy).
+fn paused_queues(url: &str) -> Value {
+    qc_json(url, &["status"])["health"]["paused_queues"].clone()
+}
+
+#[test]
+fn pause_and_resume_a_queue() {
+    let url = need_db!();
+    let q = queue("pause");
+    let first = push(&url, &q, r#"{"n": 1}"#, &[]);
+
+    let o = qc(&url, &["pause", &q]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("paused {q}\n"));
+    // Pushes go on while paused.
+    let second = push(&url, &q, r#"{"n": 2}"#, &[]);
+
+    // list, status and describe mark it; the health report names it.
+    let list = qc_json(&url, &["list"]);
+    let row = list.as_array().unwrap().iter().find(|r| r["queue"] == json!(q)).expect("queue listed");
+    assert_eq!(row["paused"], json!(true));
+    assert_eq!(row["pending"], json!(2));
+    let text = stdout(&qc(&url, &["list"]));
+    assert!(text.lines().next().unwrap().trim_end().ends_with("PAUSED"), "{text}");
+    assert!(table_row(&text, &q).trim_end().ends_with("PAUSED"), "{text}");
+    let text = stdout(&qc(&url, &["status"]));
+    assert!(table_row(&text, &q).trim_end().ends_with("PAUSED"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("paused ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(&q), "{text}");
+    assert_eq!(qc_json(&url, &["status", &q])["stats"]["paused"], json!(true));
+    let text = stdout(&qc(&url, &["status", &q]));
+    assert!(text.contains("  paused     yes, since ") && text.contains(&format!("queuectl resume {q}")), "{text}");
+    let text = stdout(&qc(&url, &["describe", &q]));
+    assert!(text.contains("  paused      yes"), "{text}");
+    assert!(paused_queues(&url).as_array().unwrap().contains(&json!(q)));
+
+    // A worker's claim gets nothing; the jobs wait.
+    assert_eq!(claim(&url, &q, 10), Vec::<i64>::new());
+    assert_eq!(status_of(&url, first), "pending");
+    assert_eq!(status_of(&url, second), "pending");
+
+    // Pausing again changes nothing and says so.
+    let o = qc(&url, &["pause", &q]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{q} was already paused\n"));
+    assert_eq!(qc_json(&url, &["pause", &q]), json!({"queue": q, "paused": true, "changed": false}));
+
+    // Resume: the jobs are handed out again, in order.
+    let o = qc(&url, &["resume", &q]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("resumed {q}\n"));
+    let row = qc_json(&url, &["list"]).as_array().unwrap().iter().find(|r| r["queue"] == json!(q)).cloned().unwrap();
+    assert_eq!(row["paused"], json!(false));
+    assert!(!table_row(&stdout(&qc(&url, &["list"])), &q).contains("PAUSED"));
+    assert!(stdout(&qc(&url, &["status", &q])).contains("  paused     no"));
+    assert!(!paused_queues(&url).as_array().unwrap().contains(&json!(q)));
+    assert_eq!(claim(&url, &q, 10), vec![first, second]);
+    let o = qc(&url, &["resume", &q]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{q} was not paused\n"));
+    assert_eq!(qc_json(&url, &["resume", &q]), json!({"queue": q, "paused": false, "changed": false}));
+    assert_eq!(qc_json(&url, &["pause", &q]), json!({"queue": q, "paused": true, "changed": true}));
+    assert_eq!(qc_json(&url, &["resume", &q]), json!({"queue": q, "paused": false, "changed": true}));
+
+    // A queue without jobs can be paused: a note on stderr in case of a typo.
+    let empty = queue("pause.empty");
+    let o = qc(&url, &["pause", &empty]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("paused {empty}\n"));
+    assert!(stderr(&o).contains("has had no job yet"), "{}", stderr(&o));
+    assert!(stdout(&qc(&url, &["status"])).lines().any(|l| l.starts_with("paused ") && l.contains(&empty)));
+    assert_eq!(code(&qc(&url, &["resume", &empty])), 0);
+
+    // A bad name is the server's 22023: exit 2, and nothing is paused.
+    let settings = || sql(&url, "SELECT jsonb_agg(s ORDER BY s.queue) AS s FROM queue_settings() s");
+    let (before, paused_before) = (settings(), paused_queues(&url));
+    for verb in ["pause", "resume"] {
+        let o = qc(&url, &[verb, "bad name!"]);
+        assert_eq!(code(&o), 2, "{verb}: {}{}", stdout(&o), stderr(&o));
+        assert!(stderr(&o).contains("SQLSTATE 22023"), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "");
+    }
+    assert_eq!(settings(), before);
+    assert_eq!(paused_queues(&url), paused_before);
+    // A role without queue_admin is refused (42501): exit 1, still not paused.
+    let role = format!("queuectl_producer_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        // A role name cannot be a bound parameter; this one is made of digits here.
+        client
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; GRANT queue_producer TO {role}"
+            ))
+            .await
+            .unwrap();
+    });
+    let mut cfg: tokio_postgres::Config = url.parse().unwrap();
+    cfg.user(&role);
+    let producer_url = match (&cfg.get_hosts()[0], cfg.get_ports()[0]) {
+        (tokio_postgres::config::Host::Tcp(h), p) => {
+            format!("postgres://{role}@{h}:{p}/{}", cfg.get_dbname().unwrap())
+        }
+        _ => panic!("a TCP test URL"),
+    };
+    let o = qc(&producer_url, &["pause", &q]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("SQLSTATE 42501"), "{}", stderr(&o));
+    assert_eq!(qc_json(&url, &["status", &q])["stats"]["paused"], json!(false));
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.batch_execute(&format!("DROP ROLE {role}")).await.unwrap();
+    });
+}
+
 #[test]
 fn push_takes_every_option() {
     let url = need_db!();
@@ -735,4 +874,58 @@ fn serve_answers_the_api_and_guards_its_posts() {
     // Read-only: every POST refused.
     let ro = serve(&url, 55492, &["--read-only"]);
     assert_eq!(http(ro.1, "POST", &format!("/api/jobs/{}/retry", dead[0]), &[("X-Queuectl", "1")]).0, 403);
+}
+
+#[test]
+fn serve_pauses_and_resumes_behind_the_same_guards() {
+    let url = need_db!();
+    let q = queue("serve.pause");
+    push(&url, &q, "{}", &[]);
+    let paused = || qc_json(&url, &["status", &q])["stats"]["paused"].clone();
+    let srv = serve(&url, 55494, &[]);
+    let port = srv.1;
+    let pause = format!("/api/queues/{q}/pause");
+    let resume = format!("/api/queues/{q}/resume");
+
+    // Without the header: refused, nothing paused.
+    assert_eq!(http(port, "POST", &pause, &[]).0, 403);
+    assert_eq!(paused(), json!(false));
+    // A GET is no action.
+    assert_ne!(http(port, "GET", &pause, &[]).0, 200);
+    assert_eq!(paused(), json!(false));
+
+    let (status, body) = http(port, "POST", &pause, &[("X-Queuectl", "1")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"queue": q, "paused": true, "changed": true}));
+    assert_eq!(paused(), json!(true));
+    let row = get_json(port, "/api/overview")["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["queue"] == json!(q))
+        .cloned()
+        .expect("queue in overview");
+    assert_eq!(row["paused"], json!(true), "the stats panel's data carries it");
+    assert!(get_json(port, "/api/overview")["total"]["paused_queues"].as_i64().unwrap() >= 1);
+    let (status, body) = http(port, "POST", &pause, &[("X-Queuectl", "1")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["changed"], json!(false), "already paused");
+
+    assert_eq!(http(port, "POST", &resume, &[]).0, 403);
+    assert_eq!(paused(), json!(true));
+    let (status, body) = http(port, "POST", &resume, &[("X-Queuectl", "1")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"queue": q, "paused": false, "changed": true}));
+    assert_eq!(paused(), json!(false));
+
+    // A bad name (percent-encoded in the path) is the server's 22023: 400, as JSON.
+    let (status, body) = http(port, "POST", "/api/queues/bad%20name%21/pause", &[("X-Queuectl", "1")]);
+    assert_eq!(status, 400, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].as_str().unwrap().contains("22023"), "{body}");
+    drop(srv);
+
+    // Read-only: refused.
+    let ro = serve(&url, 55495, &["--read-only"]);
+    assert_eq!(http(ro.1, "POST", &pause, &[("X-Queuectl", "1")]).0, 403);
+    assert_eq!(paused(), json!(false));
 }

@@ -164,6 +164,27 @@ try {
     assert.equal(await page.evaluate(() => window.__sameDocument), 42, 'the page was not reloaded');
   });
 
+  await check('Pause pauses the queue in the database and shows the badge without a reload; Resume clears it', async () => {
+    await page.evaluate(() => { window.__sameDocument = 43; });
+    const badge = card.locator('[data-badge=paused]');
+    assert.equal(await badge.count(), 0, 'not paused yet');
+    assert.equal(await card.getAttribute('data-paused'), 'false');
+    await card.locator('button.queue-pause').click();
+    await until('the queue to be paused in the database', () => qcJson('status', Q_REPORTS).stats.paused === true, 10000);
+    await badge.waitFor({ timeout: 12000 });
+    assert.equal(await badge.textContent(), 'paused');
+    assert.equal(await card.getAttribute('data-paused'), 'true');
+    assert.ok((await page.locator('#toast').textContent()).includes(`paused ${Q_REPORTS}`));
+    assert.equal(await page.locator(`#stats [data-queue="${Q_MAIL}"] [data-badge=paused]`).count(), 0, 'only that queue');
+    assert.equal(await card.locator('button.queue-pause').count(), 0, 'Pause became Resume');
+    await card.locator('button.queue-resume').click();
+    await until('the queue to be resumed in the database', () => qcJson('status', Q_REPORTS).stats.paused === false, 10000);
+    await badge.waitFor({ state: 'detached', timeout: 12000 });
+    assert.equal(await card.getAttribute('data-paused'), 'false');
+    assert.ok(await card.locator('button.queue-pause').isVisible(), 'Resume became Pause');
+    assert.equal(await page.evaluate(() => window.__sameDocument), 43, 'the page was not reloaded');
+  });
+
   await check('Retry on a failed job takes it off the failed list and back to pending', async () => {
     const row = page.locator(`#failed tr[data-job-id="${dead[0]}"]`);
     await row.locator('button.retry').click();

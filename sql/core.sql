@@ -476,7 +476,7 @@ COMMENT ON FUNCTION @extschema@.queue_pop(text, text, int, interval) IS
  * queue.ack_claims: complete the claims a worker finished, each with its
  * claim's attempt and result as queue_ack does (stale, unknown and, under
  * access rules, forbidden claims are skipped), in one statement of
- * queue.finish_jobs: one index probe per id and one commit for all of them.
+ * queue.finish_claims: one index probe per id and one commit for all of them.
  * The shared step of queue_ack_batch and queue_ack_pop. Arrays of more
  * than one dimension, attempts or results that do not run parallel to the
  * ids, and an oversized result are refused (22023) before anything
@@ -517,7 +517,7 @@ BEGIN
         v_ids := ARRAY(SELECT CASE WHEN x.id = ANY (v_allowed) THEN x.id END
                          FROM unnest(p_ids) WITH ORDINALITY AS x(id, n) ORDER BY x.n);
     END IF;
-    RETURN queue.finish_jobs(v_ids, '{processing}', 'completed', p_attempts, p_results, NULL);
+    RETURN queue.finish_claims(v_ids, p_attempts, p_results);
 END;
 $$;
 
@@ -570,49 +570,117 @@ COMMENT ON FUNCTION @extschema@.queue_ack_pop(text, text, int, bigint[], int[], 
 
 /*
  * queue.finish_jobs: jobs become final. Those of p_ids whose status is one
- * of p_from (and, where p_attempts gives the id's attempt, whose claim is
- * that attempt) leave queue.jobs and are appended to queue.finished_jobs
- * with p_status, the time and the id's entry of p_results. p_attempts and
- * p_results are NULL or run parallel to p_ids (a NULL entry: any attempt,
- * no result). A failure records p_error as the last error, as queue_fail
- * does on every attempt (NULL when none was given); other final statuses
- * keep the job's last error unless p_error is given. One statement: the
- * DELETE takes the row locks and re-checks the status under them, so two
- * concurrent finishers of one job cannot both move it. A job that became
- * final no longer holds its serial group, so the groups of the moved jobs
- * are released here (a group whose active job is another one keeps it).
- * Returns the ids that moved. Every path to a final status goes through
- * here, except the single queue_ack, which writes the same move out for
- * speed. With queue.keep_completed off, completed jobs are deleted instead
- * of moved, leaving their times in queue.job_times.
+ * of p_from (and, given p_attempt, whose claim is that attempt) leave
+ * queue.jobs and are appended to queue.finished_jobs with p_status, the
+ * time and p_result. A failure records p_error as the last error, as
+ * queue_fail does on every attempt (NULL when none was given); other final
+ * statuses keep the job's last error unless p_error is given. One
+ * statement: the DELETE takes the row locks and re-checks the status under
+ * them, so two concurrent finishers of one job cannot both move it. A job
+ * that became final no longer holds its serial group, so the groups of the
+ * moved jobs are released here (a group whose active job is another one
+ * keeps it). Returns how many moved. Every path to a final status goes
+ * through here, except the single queue_ack, which writes the same move out
+ * for speed. With queue.keep_completed off, completed jobs are deleted
+ * instead of moved, leaving their times in queue.job_times.
  */
 CREATE FUNCTION queue.finish_jobs(p_ids bigint[], p_from queue.job_status[], p_status queue.job_status,
-                                  p_attempts int[], p_results jsonb[], p_error text)
-RETURNS bigint[]
+                                  p_attempt int, p_result jsonb, p_error text)
+RETURNS bigint
 LANGUAGE plpgsql
 -- With one id the custom plan looks cheaper than the generic one (which
 -- guesses ten), so the plan cache would plan this statement again on every
 -- single ack: 170 µs a call. The generic plan is the right one for any
--- number of ids (a primary-key probe per id). The ids are joined with
--- their attempts and results (unnest pads missing arrays with NULLs) and
--- also given to the index as an array, so the probe stays one index scan.
+-- number of ids (a primary-key probe per id).
+SET plan_cache_mode = force_generic_plan
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_finished bigint;
+    v_groups   text[];
+BEGIN
+    IF p_status = 'completed' AND NOT queue.keep_completed() THEN
+        WITH gone AS (
+            DELETE FROM queue.jobs j
+             WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
+               AND (p_attempt IS NULL OR j.attempts = p_attempt)
+            RETURNING j.queue, j.serial_group, j.run_at, j.started_at,
+                      queue.tally(j.queue, j.priority, j.status::text, 'completed', 1, j.id, j.attempts)
+        ), archived AS (
+            -- The same record queue.delete_jobs leaves for a deleted final
+            -- job, so that queue_metrics counts this job like any other.
+            INSERT INTO queue.job_times (queue, finished_minute, completed, failed, expired, run_ms, wait_ms)
+            SELECT g.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'), count(*), 0, 0,
+                   array_agg(date_part('epoch', now() - g.started_at) * 1000), array_agg(date_part('epoch', g.started_at - g.run_at) * 1000)
+              FROM gone g
+             WHERE g.started_at IS NOT NULL
+             GROUP BY g.queue
+        )
+        SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
+          INTO v_finished, v_groups
+          FROM gone g;
+    ELSE
+        WITH moved AS (
+            DELETE FROM queue.jobs j
+             WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
+               AND (p_attempt IS NULL OR j.attempts = p_attempt)
+            RETURNING j.*, queue.tally(j.queue, j.priority, j.status::text, p_status::text, 1, j.id, j.attempts)
+        ), kept AS (
+            INSERT INTO queue.finished_jobs
+                   (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
+                    attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+                    dedupe_key, payload, last_error, result, progress, worker,
+                    created_at, started_at, finished_at)
+            SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
+                   m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
+                   m.dedupe_key, m.payload,
+                   CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
+                   p_result, m.progress, m.worker,
+                   m.created_at, m.started_at, now()
+              FROM moved m
+            RETURNING serial_group
+        )
+        SELECT count(*), array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL)
+          INTO v_finished, v_groups
+          FROM kept k;
+    END IF;
+    IF v_groups IS NOT NULL THEN
+        PERFORM queue.release_groups(v_groups);
+    END IF;
+    RETURN v_finished;
+END;
+$$;
+
+/*
+ * queue.finish_claims: complete claims, each id with its own attempt and
+ * result (p_attempts and p_results NULL or parallel to p_ids; a NULL
+ * attempt accepts the current claim). The move of queue.finish_jobs for
+ * the batched acks of queue_ack_batch and queue_ack_pop, written apart
+ * because its ids join their attempts and results: each id drives a
+ * primary-key probe (unnest pads a missing array with NULLs). finish_jobs
+ * keeps its single index scan over the id array, which single acks and
+ * queue_ack(ids) need: folding both into one statement cost single acks a
+ * third more in executor set-up alone. Returns the ids completed.
+ */
+CREATE FUNCTION queue.finish_claims(p_ids bigint[], p_attempts int[], p_results jsonb[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+-- The generic plan is right for any number of ids (see finish_jobs).
 SET plan_cache_mode = force_generic_plan
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_finished bigint[];
     v_groups   text[];
 BEGIN
-    IF p_status = 'completed' AND NOT queue.keep_completed() THEN
+    IF NOT queue.keep_completed() THEN
         WITH gone AS (
             DELETE FROM queue.jobs j
-             USING unnest(p_ids, p_attempts, p_results) AS a(id, attempt, result)
-             WHERE j.id = ANY (p_ids) AND j.id = a.id AND j.status = ANY (p_from)
+             USING unnest(p_ids, p_attempts) AS a(id, attempt)
+             WHERE j.id = a.id AND j.status = 'processing'
                AND (a.attempt IS NULL OR j.attempts = a.attempt)
             RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at,
-                      queue.tally(j.queue, j.priority, j.status::text, 'completed', 1, j.id, j.attempts)
+                      queue.tally(j.queue, j.priority, 'processing', 'completed', 1, j.id, j.attempts)
         ), archived AS (
-            -- The same record queue.delete_jobs leaves for a deleted final
-            -- job, so that queue_metrics counts this job like any other.
+            -- As queue.finish_jobs leaves it for a job it deletes.
             INSERT INTO queue.job_times (queue, finished_minute, completed, failed, expired, run_ms, wait_ms)
             SELECT g.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'), count(*), 0, 0,
                    array_agg(date_part('epoch', now() - g.started_at) * 1000), array_agg(date_part('epoch', g.started_at - g.run_at) * 1000)
@@ -628,21 +696,19 @@ BEGIN
         WITH moved AS (
             DELETE FROM queue.jobs j
              USING unnest(p_ids, p_attempts, p_results) AS a(id, attempt, result)
-             WHERE j.id = ANY (p_ids) AND j.id = a.id AND j.status = ANY (p_from)
+             WHERE j.id = a.id AND j.status = 'processing'
                AND (a.attempt IS NULL OR j.attempts = a.attempt)
             RETURNING j.*, a.result AS given_result,
-                      queue.tally(j.queue, j.priority, j.status::text, p_status::text, 1, j.id, j.attempts)
+                      queue.tally(j.queue, j.priority, 'processing', 'completed', 1, j.id, j.attempts)
         ), kept AS (
             INSERT INTO queue.finished_jobs
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
                     created_at, started_at, finished_at)
-            SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
+            SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
-                   m.dedupe_key, m.payload,
-                   CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
-                   m.given_result, m.progress, m.worker,
+                   m.dedupe_key, m.payload, m.last_error, m.given_result, m.progress, m.worker,
                    m.created_at, m.started_at, now()
               FROM moved m
             RETURNING id, serial_group
@@ -683,8 +749,7 @@ BEGIN
         RETURN false;
     END IF;
     IF NOT queue.keep_completed() THEN
-        RETURN cardinality(queue.finish_jobs(ARRAY[id], '{processing}', 'completed', ARRAY[attempt],
-                                             ARRAY[result], NULL)) = 1;
+        RETURN queue.finish_jobs(ARRAY[id], '{processing}', 'completed', attempt, NULL, NULL) = 1;
     END IF;
     WITH moved AS (
         DELETE FROM queue.jobs j
@@ -726,7 +791,7 @@ BEGIN
     IF EXISTS (SELECT FROM queue.access_rules) THEN
         ids := queue.allowed_ids(queue.caller(), 'work', ids);
     END IF;
-    RETURN cardinality(queue.finish_jobs(ids, '{processing}', 'completed', NULL, NULL, NULL));
+    RETURN queue.finish_jobs(ids, '{processing}', 'completed', NULL, NULL, NULL);
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_ack(bigint[]) IS
@@ -869,8 +934,8 @@ BEGIN
        AND NOT queue.job_allowed(queue.caller(), 'produce', queue_cancel.id) THEN
         RETURN false;
     END IF;
-    RETURN cardinality(queue.finish_jobs(ARRAY[queue_cancel.id], '{scheduled,pending,retrying}', 'cancelled',
-                                         NULL, NULL, NULL)) > 0;
+    RETURN queue.finish_jobs(ARRAY[queue_cancel.id], '{scheduled,pending,retrying}', 'cancelled',
+                             NULL, NULL, NULL) > 0;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_cancel(bigint) IS

@@ -188,7 +188,7 @@ BEGIN
            coalesce(array_agg(id), '{}')
       INTO v_retried, v_ending, v_lapsed
       FROM lapsed;
-    v_expired := cardinality(queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL));
+    v_expired := queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL);
 
     IF v_ids IS NOT NULL THEN
         -- The due entries of jobs that did not lapse here are settled from

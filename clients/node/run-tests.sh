@@ -49,7 +49,9 @@ done
 mkdir -p "$repo/.run"
 stop_cluster() { "$repo/scripts/cluster.sh" stop "$cluster" || true; }
 trap stop_cluster EXIT
-"$repo/scripts/cluster.sh" start "$cluster" "$port" "queue.tick = 100ms"
+# track_functions: test/acker.test.ts counts the queue_ack_batch calls a drain makes
+# (pg_stat_user_functions); harmless for the other tests.
+"$repo/scripts/cluster.sh" start "$cluster" "$port" "queue.tick = 100ms" "track_functions = 'all'"
 psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE EXTENSION queue'
 
 export QUEUE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"

@@ -86,7 +86,7 @@ export interface JobCompleteEvent {
   result: unknown;
   /** How long the handler ran, in milliseconds. */
   durationMs: number;
-  /** True when `queue_ack` completed the job; false when the claim was stale (the lease had run out and the job was claimed again). */
+  /** True when the ack (`queue_ack_batch`, or `queue_ack`) committed and completed the job; false when the claim was stale (the lease had run out and the job was claimed again). */
   acked: boolean;
 }
 
@@ -229,6 +229,22 @@ interface Entry {
 
 type CallResult<T> = { kind: 'ok'; value: T } | { kind: 'rejected'; error: Error } | { kind: 'gave-up'; error: Error };
 
+/**
+ * One finished job waiting in the acker for its `queue_ack_batch`: what
+ * `queue_ack(id, result, attempt)` would have been given, and how to tell the
+ * waiting slot the outcome (`value`: whether the ack completed the job).
+ */
+interface PendingAck {
+  /** The job's id, as the claim returned it (decimal text). */
+  id: string;
+  /** The claim's attempt: a stale claim is refused, not applied. */
+  attempt: number;
+  /** The result as JSON text, or null for none (already serialised: a result that cannot be never gets here). */
+  json: string | null;
+  /** Settles the slot's wait: ok (acked or refused as stale), rejected (the result could not be stored) or gave-up. */
+  settle: (outcome: CallResult<boolean>) => void;
+}
+
 const QUEUE_NAME = /^[A-Za-z0-9_.:-]{1,57}$/;
 const MAX_ERROR_CHARS = 16_000;
 
@@ -237,6 +253,18 @@ const CLAIM_SQL = `SELECT id::text AS id, queue, payload, priority, serial_group
   FROM queue_pop($1::text, $2::text, $3::int)`;
 const CLAIM_WAIT_SQL = CLAIM_SQL.replace('$3::int)', '$3::int, wait => $4::interval)');
 const ACK_SQL = 'SELECT queue_ack($1::bigint, $2::jsonb, $3::int) AS ok';
+// The ids come back as text: node-postgres would otherwise leave bigint[] to its
+// array parser, and the claim's ids are text already (id::text), so the two compare exactly.
+const ACK_BATCH_SQL = 'SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb[])::text[] AS ids';
+/** The most acks one `queue_ack_batch` carries (the rest go into the next call): bounds the statement's size and its row locks. */
+const ACK_BATCH_MAX = 1000;
+/**
+ * And the most result text one call carries (UTF-16 code units, at most 3 bytes
+ * each in UTF-8), past its first ack: a thousand large results in one Bind
+ * message could pass the server's 1 GB message limit, which drops the
+ * connection, and a batch that can never get through would be retried forever.
+ */
+const ACK_BATCH_MAX_CHARS = 8 * 1024 * 1024;
 const FAIL_SQL = 'SELECT queue_fail($1::bigint, $2::text, $3::int, $4::interval, $5::boolean) AS status';
 const TOUCH_SQL = 'SELECT queue_touch($1::bigint, $2::interval, $3::int) AS ok';
 const PROGRESS_SQL = 'SELECT queue_progress($1::bigint, $2::int, $3::int, $4::text, $5::int) AS ok';
@@ -364,7 +392,10 @@ class JobImpl implements Job {
  *
  * - Claims with `queue_pop(queue, name, n)`, n up to the free capacity; never
  *   more than `concurrency` handlers at once.
- * - Acks with `queue_ack(id, result, attempt)`; on a throw fails with
+ * - Acks in batches with `queue_ack_batch(ids, attempts, results)`: one call
+ *   in flight at a time carries every ack that finished meanwhile (one commit
+ *   for all of them); `queue_ack(id, result, attempt)` per job on an extension
+ *   without it, and for the jobs of a batch the server refused. On a throw fails with
  *   `queue_fail(id, error, attempt, retry_in, permanent)`. A stale claim
  *   (lease lost, job claimed again) changes nothing and does not throw.
  * - Keeps leases alive with `queue_touch` at half the job's timeout, and
@@ -431,6 +462,14 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   private endGrace: (() => void) | null = null;
   private startedAt = new Date();
   private signalHandler: ((signal: NodeJS.Signals) => void) | null = null;
+  /** Acks waiting for the next `queue_ack_batch` (those that finished while one was in flight), oldest first. */
+  private readonly ackQueue: PendingAck[] = [];
+  /** Whether the acker's delivery loop runs (it runs while {@link Worker.ackQueue} has entries). */
+  private ackerActive = false;
+  /** The acker's latest delivery loop (settled when idle): what a stop waits for before closing the pool. */
+  private ackerRun: Promise<void> = Promise.resolve();
+  /** False once the server said it has no `queue_ack_batch` (42883: an older extension): every ack is then a `queue_ack` of its own. */
+  private ackBatchAvailable = true;
 
   /**
    * Makes a worker; nothing connects before {@link Worker.start}.
@@ -774,9 +813,11 @@ export class Worker extends EventEmitter<WorkerEventMap> {
         serializeError = new TypeError(`the handler's result is not JSON-serializable: ${asError(err).message}`);
       }
       if (!serializeError) {
-        const r = await this.call<{ ok: boolean }>(ACK_SQL, [job.id, json, job.attempt], `queue_ack(${job.id})`);
+        // Waits until the ack committed (or was refused): the event, the freed
+        // slot and the end of the touches all come after the outcome, as with one call per job.
+        const r = await this.ack(job.id, job.attempt, json);
         if (r.kind === 'ok') {
-          this.safeEmit('job:complete', { job, result: outcome.result, durationMs, acked: r.value.ok === true });
+          this.safeEmit('job:complete', { job, result: outcome.result, durationMs, acked: r.value });
           return;
         }
         if (r.kind === 'gave-up') return; // the lease brings the job back
@@ -828,6 +869,106 @@ export class Worker extends EventEmitter<WorkerEventMap> {
         if (this.hard) return { kind: 'gave-up', error: asError(err) };
       }
     }
+  }
+
+  // ---------------------------------------------------------------- acking
+
+  /**
+   * Acks one finished job: queued to the acker, which sends it with whatever
+   * else finished meanwhile in one `queue_ack_batch`; resolves with that
+   * job's own outcome. On an extension without `queue_ack_batch`, one
+   * `queue_ack` of its own.
+   *
+   * @param id - the job's id
+   * @param attempt - the claim's attempt
+   * @param json - the result as JSON text, or null for none
+   * @returns ok with whether the job was completed (false: a stale claim),
+   *   rejected when the server refused this job's ack, gave-up at a hard stop
+   */
+  private ack(id: string, attempt: number, json: string | null): Promise<CallResult<boolean>> {
+    if (!this.ackBatchAvailable) return this.ackOne(id, attempt, json);
+    return new Promise((settle) => {
+      this.ackQueue.push({ id, attempt, json, settle });
+      if (!this.ackerActive) this.ackerRun = this.runAcker();
+    });
+  }
+
+  /**
+   * The acker: one `queue_ack_batch` at a time, each with every ack queued
+   * since the previous one was sent (up to {@link ACK_BATCH_MAX}). No timer:
+   * at concurrency 1 each call carries one ack, under load many (group commit).
+   * A run starts one turn of the event loop after its first ack, so that the
+   * handlers that finished in the same turn share its first call. It marks
+   * itself idle in the same step that finds the queue empty, so an ack queued
+   * right after always starts a new run.
+   */
+  private async runAcker(): Promise<void> {
+    this.ackerActive = true;
+    let batch: PendingAck[] = [];
+    try {
+      await new Promise<void>((r) => setImmediate(r));
+      while (this.ackQueue.length > 0) {
+        batch = this.takeAckBatch();
+        await this.deliverAcks(batch);
+      }
+    } catch (err) {
+      // Not expected (deliverAcks settles every ack it takes); never leave a slot waiting.
+      this.emitError(err, 'the acker failed');
+      for (const a of [...batch, ...this.ackQueue.splice(0)]) a.settle({ kind: 'gave-up', error: asError(err) });
+    } finally {
+      this.ackerActive = false;
+    }
+  }
+
+  /** Takes the next batch off the ack queue: oldest first, up to {@link ACK_BATCH_MAX} acks and {@link ACK_BATCH_MAX_CHARS} of results (always at least one ack). */
+  private takeAckBatch(): PendingAck[] {
+    let n = 0;
+    let chars = 0;
+    while (n < this.ackQueue.length && n < ACK_BATCH_MAX) {
+      chars += this.ackQueue[n]!.json?.length ?? 0;
+      if (n > 0 && chars > ACK_BATCH_MAX_CHARS) break;
+      n++;
+    }
+    return this.ackQueue.splice(0, n);
+  }
+
+  /**
+   * Sends one batch and settles each of its acks. Connection trouble is
+   * retried as any call must be ({@link Worker.call}: until the worker stops
+   * hard, then the jobs come back after their lease). A refusal falls back to
+   * one `queue_ack` per job, so that only the job the server refuses (e.g. a
+   * result over `queue.max_result_size`, 22023, which rejects the whole
+   * statement) takes the fail path and its neighbours complete.
+   */
+  private async deliverAcks(batch: PendingAck[]): Promise<void> {
+    if (this.ackBatchAvailable) {
+      const r = await this.call<{ ids: unknown }>(ACK_BATCH_SQL,
+        [batch.map((a) => a.id), batch.map((a) => a.attempt), batch.map((a) => a.json)],
+        `queue_ack_batch(${batch.length} job${batch.length === 1 ? '' : 's'})`);
+      if (r.kind === 'ok') {
+        // The ids completed; any other was stale or unknown. A reply that is not
+        // a list of ids (not expected) completes nobody we can vouch for.
+        const ids = r.value?.ids;
+        const completed = new Set(Array.isArray(ids) ? ids.filter((x): x is string => typeof x === 'string') : []);
+        for (const a of batch) a.settle({ kind: 'ok', value: completed.has(a.id) });
+        return;
+      }
+      if (r.kind === 'gave-up') {
+        for (const a of batch) a.settle(r);
+        return;
+      }
+      if ((r.error as { code?: unknown }).code === UNDEFINED_FUNCTION) {
+        this.ackBatchAvailable = false; // from now on ack() goes straight to queue_ack: said once
+        this.emitError(r.error, 'the server has no queue_ack_batch(bigint[], integer[], jsonb[]) (the queue extension is older; ALTER EXTENSION queue UPDATE); acking with queue_ack, one call per job');
+      }
+    }
+    await Promise.all(batch.map(async (a) => a.settle(await this.ackOne(a.id, a.attempt, a.json))));
+  }
+
+  /** One `queue_ack(id, result, attempt)`, retried like every call; `value` is whether it completed the job. */
+  private async ackOne(id: string, attempt: number, json: string | null): Promise<CallResult<boolean>> {
+    const r = await this.call<{ ok: boolean }>(ACK_SQL, [id, json, attempt], `queue_ack(${id})`);
+    return r.kind === 'ok' ? { kind: 'ok', value: r.value?.ok === true } : r;
   }
 
   /** Extends the lease at half the job's timeout, while the job is running or being acked. */
@@ -899,6 +1040,10 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       }
     }
     this.hard = true;
+    // Every waiting ack belongs to a settling job waited for above; should one
+    // still be on its way (that wait is bounded), let it finish before the pool
+    // closes under it (bounded too: with `hard` the acker gives up at the next failure).
+    await Promise.race([this.ackerRun, new Promise((r) => setTimeout(r, 5000).unref())]);
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = null;
     await this.pool.end().catch(() => undefined);

@@ -276,6 +276,18 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A listing piped into `head` ends quietly when the pipe closes, as
+    // other Unix tools do, instead of panicking in println! (Rust ignores
+    // SIGPIPE). Not for `serve` and `work`: they write to sockets and to
+    // their commands' pipes, where a closed peer is an error to handle, not
+    // a reason to die.
+    if !matches!(cli.command, Command::Serve { .. } | Command::Work(_)) {
+        // SAFETY: sets the disposition of one signal before any thread
+        // starts; SIG_DFL is always a valid handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let on_argv = std::env::args_os().any(|a| a.to_string_lossy().starts_with("--database-url"));
     if let (true, Some(u)) = (on_argv, &cli.database_url) {
         if config::url_has_password(u) {

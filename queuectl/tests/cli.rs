@@ -318,6 +318,34 @@ fn pause_and_resume_a_queue() {
 }
 
 #[test]
+fn a_listing_into_a_closed_pipe_ends_without_a_panic() {
+    let url = need_db!();
+    let q = queue("pipe");
+    for n in 0..50 {
+        push(&url, &q, &format!("{{\"n\": {n}}}"), &[]);
+    }
+    // The reader goes away before queuectl writes: its first write meets a
+    // closed pipe, as with `queuectl jobs | head -1` on a long listing.
+    let mut child = base_cmd(&url)
+        .args(["jobs", &q, "--limit", "50"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run queuectl");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("wait for queuectl");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        o.status.signal() == Some(libc::SIGPIPE) || o.status.success(),
+        "ended by SIGPIPE or cleanly, not {:?}: {}",
+        o.status,
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+#[test]
 fn push_takes_every_option() {
     let url = need_db!();
     let q = queue("push");

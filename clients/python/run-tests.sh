@@ -4,7 +4,7 @@
 #   clients/python/run-tests.sh [pytest args...]
 #
 # Starts PostgreSQL 15 with the extension preloaded (scripts/cluster.sh) on
-# port 55471 with queue.tick = 100ms, creates the extension in database
+# port 55471 with queue.tick = 100ms and track_functions = 'all', creates the extension in database
 # postgres, runs pytest with the DSN in PGQUEUE_TEST_DSN, stops the cluster,
 # and exits with pytest's status. The pooler tests start their own pgbouncer
 # (port 55481; installed here with apt-get if missing), the cross-language test
@@ -60,7 +60,9 @@ mkdir -p "$root/.run"
 stop_cluster() { "$root/scripts/cluster.sh" stop "$dir" >/dev/null 2>&1 || true; }
 trap stop_cluster EXIT
 
-if ! "$root/scripts/cluster.sh" start "$dir" "$port" "queue.tick = 100ms"; then
+# track_functions = 'all': tests/test_ack_batch.py counts the queue_ack_batch
+# calls in pg_stat_user_functions (harmless for the other tests).
+if ! "$root/scripts/cluster.sh" start "$dir" "$port" "queue.tick = 100ms" "track_functions = 'all'"; then
   echo "run-tests: the cluster did not start; see $dir/server.log" >&2
   exit 2
 fi

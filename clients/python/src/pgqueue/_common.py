@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import inspect
@@ -13,11 +14,13 @@ import socket
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import PyFormat
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
 
 from .errors import PermanentError, RetryIn
 from .hooks import _Hooks, logger as default_logger
@@ -34,6 +37,8 @@ POP_SQL = _POP_COLUMNS + " FROM queue_pop(%s::text, %s::text, %s::int)"
 # Pooler mode: sleep in the server (up to the interval) when nothing is claimable.
 POP_WAIT_SQL = _POP_COLUMNS + " FROM queue_pop(%s::text, %s::text, %s::int, wait => %s::interval)"
 ACK_SQL = "SELECT queue_ack(%s::bigint, %s::jsonb, %s::int)"
+# Many acks in one statement and one commit (typed arrays: ids, attempts, results).
+ACK_BATCH_SQL = "SELECT queue_ack_batch(%s::bigint[], %s::int[], %s::jsonb[])"
 FAIL_SQL = "SELECT queue_fail(%s::bigint, %s::text, %s::int, %s::interval, %s::boolean)"
 TOUCH_SQL = "SELECT queue_touch(%s::bigint, %s::interval, %s::int)"
 PROGRESS_SQL = "SELECT queue_progress(%s::bigint, %s::int, %s::int, %s::text, %s::int)"
@@ -349,3 +354,208 @@ class WorkerBase:
 
     def _info(self, state: str) -> Dict[str, Any]:
         return worker_info(self.name, self.queues, self.concurrency, self.pooler, state)
+
+
+# ------------------------------------------------------------------ batched acks
+#
+# A finished job's ack goes to the worker's acker instead of a queue_ack (and a
+# commit) of its own: the acker sends everything queued as ONE queue_ack_batch,
+# one call in flight at a time, so acks that arrive during a call share the next
+# one (group commit: one ack per call when idle, many under load). The batching
+# below is shared; the threaded and the asyncio acker only add the loop that
+# waits, calls and sleeps in their own way (worker.py, aio.py).
+
+MAX_ACK_BATCH = 1000  # acks per call: bounds the statement, its row locks and its parameters
+
+NO_ACK_BATCH_MESSAGE = (
+    "the server has no queue_ack_batch(bigint[], integer[], jsonb[]) (the queue extension is older"
+    " than this client; run ALTER EXTENSION queue UPDATE): acking one job per call"
+)
+ACK_RETRY_MESSAGE = "acks of %d job(s) not delivered yet (%s); retrying in %.2fs"
+
+
+class _PerJob:
+    """The type of :data:`PER_JOB`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PER_JOB"
+
+
+#: The outcome of an ack the acker hands back to its slot: "ack this job with a
+#: ``queue_ack`` of its own" (no ``queue_ack_batch`` on the server, a batch the
+#: server refused as a whole, or an acker that is stopped).
+PER_JOB: Any = _PerJob()
+
+
+def _as_is(text: str) -> str:
+    """The ``dumps`` of a result that :func:`result_doc` serialised already."""
+    return text
+
+
+def result_doc(result: Any) -> Optional[Jsonb]:
+    """A handler's result as a ``jsonb`` parameter, serialised now.
+
+    psycopg serialises a :class:`~psycopg.types.json.Jsonb` only when its
+    statement runs, so a result that cannot be serialised would break the
+    whole batch it joined. Serialised here, in the job's own slot, it raises
+    at once and only that job takes the "result could not be stored" path.
+    The text comes from the ``dumps`` psycopg uses for ``Jsonb`` (``json.dumps``
+    unless changed with :func:`psycopg.types.json.set_json_dumps`); ``None``
+    stays SQL NULL.
+    """
+    if result is None:
+        return None
+    dumper = psycopg.adapters.get_dumper(Jsonb, PyFormat.TEXT)(Jsonb)
+    data = dumper.dump(Jsonb(result))
+    if data is None:  # only a None object dumps to NULL; kept for the type checker
+        return None
+    return Jsonb(bytes(data).decode("utf-8"), dumps=_as_is)
+
+
+class PendingAck:
+    """One finished job's ack, queued to the worker's acker.
+
+    ``waiter`` is a :class:`threading.Event` (threaded worker) or an
+    :class:`asyncio.Event` (asyncio worker, only ever set on its loop): the
+    shared code only calls ``set()``. Once :attr:`done`, :attr:`outcome` is
+    ``True`` (completed), ``False`` (refused: the claim is no longer current),
+    ``None`` (not delivered; the job returns after its lease) or
+    :data:`PER_JOB`.
+    """
+
+    __slots__ = ("job", "doc", "give_up", "waiter", "outcome", "done")
+
+    def __init__(self, job: JobBase, doc: Optional[Jsonb], waiter: Any) -> None:
+        """The ack of ``job`` with its serialised result ``doc`` (see :func:`result_doc`)."""
+        self.job = job
+        self.doc = doc
+        # The give-up rule of a per-job delivery: max(30 s, the lease) from the first try.
+        self.give_up = time.monotonic() + max(30.0, job.lease.total_seconds())
+        self.waiter = waiter
+        self.outcome: Any = None
+        self.done = False
+
+    def resolve(self, outcome: Any) -> None:
+        """Hand ``outcome`` to the waiting slot (the first outcome wins)."""
+        if self.done:
+            return
+        self.done = True
+        self.outcome = outcome
+        self.waiter.set()
+
+
+class AckBatcher:
+    """The batching of a worker's acker, shared by the threaded and the asyncio one.
+
+    Holds the acks waiting for the next call and decides what a call's outcome
+    means for each of them. It does no I/O and takes no lock: the threaded
+    acker calls :meth:`add` and :meth:`take` under its own lock, the asyncio
+    one from its loop; :meth:`settle` and :meth:`failed` touch only the batch
+    they are given (and the :attr:`supported` flag).
+
+    The acker's loop: :meth:`take` a batch, run :data:`ACK_BATCH_SQL` with
+    :meth:`params`, then :meth:`settle` on success, or :meth:`failed` on an
+    error, which returns the acks to send again after a backoff delay.
+    """
+
+    def __init__(self, log: Any, max_batch: int = MAX_ACK_BATCH) -> None:
+        """Acks are logged to ``log``; at most ``max_batch`` go in one call."""
+        self._log = log
+        self.max_batch = max_batch
+        self.pending: Deque[PendingAck] = collections.deque()
+        # False after 42883 (an extension without queue_ack_batch): every ack goes per job.
+        self.supported = True
+
+    def add(self, ack: PendingAck) -> bool:
+        """Queue ``ack`` for the next call; False when the server has no
+        ``queue_ack_batch`` (then the slot acks the job on its own)."""
+        if not self.supported:
+            return False
+        self.pending.append(ack)
+        return True
+
+    def take(self) -> List[PendingAck]:
+        """The next batch, oldest first: at most :attr:`max_batch` acks and never
+        two of the same job id (one worker may hold a stale and a current claim
+        of a job; the ids that come back could not tell them apart, so the
+        later one waits for the next call). Empty when nothing is queued."""
+        if not self.supported:
+            self.abandon([], PER_JOB)
+            return []
+        batch: List[PendingAck] = []
+        later: List[PendingAck] = []
+        seen = set()
+        while self.pending and len(batch) < self.max_batch:
+            ack = self.pending.popleft()
+            if ack.job.id in seen:
+                later.append(ack)
+            else:
+                seen.add(ack.job.id)
+                batch.append(ack)
+        self.pending.extendleft(reversed(later))
+        return batch
+
+    @staticmethod
+    def params(batch: Sequence[PendingAck]) -> Tuple[List[int], List[int], Optional[List[Optional[Jsonb]]]]:
+        """The parameters of :data:`ACK_BATCH_SQL`: ids, attempts, results, in
+        the order of the batch. With no result at all, ``results`` is NULL (the
+        function's default): psycopg cannot type a list of nothing but None."""
+        docs = [a.doc for a in batch]
+        return ([a.job.id for a in batch], [a.job.attempt for a in batch],
+                docs if any(d is not None for d in docs) else None)
+
+    @staticmethod
+    def settle(batch: Sequence[PendingAck], completed: Optional[Sequence[int]]) -> None:
+        """A call went through: the acks whose id came back completed, the
+        others were refused (stale attempt, unknown or no longer processing)."""
+        done = set(completed or ())
+        for ack in batch:
+            ack.resolve(ack.job.id in done)
+
+    def failed(self, batch: Sequence[PendingAck], exc: BaseException, closing: bool) -> List[PendingAck]:
+        """A call raised ``exc``: resolve what it settles, return what to send again.
+
+        * 42883, no ``queue_ack_batch`` (an older extension): logged once; this
+          batch and every later ack go per job.
+        * Any other non-transient error (e.g. 22023, one result over
+          ``queue.max_result_size``) refuses the call as a whole and changes
+          nothing: its acks go per job, so only a bad one fails.
+        * A transient error (lost connection, restart): the acks past their
+          give-up time, or all of them when the worker is ``closing``, are
+          given up (logged; they return after their lease); the rest are
+          returned, to be retried after a backoff delay.
+        """
+        if is_missing_function(exc):
+            if self.supported:
+                self.supported = False
+                self._log.warning(NO_ACK_BATCH_MESSAGE)
+            for ack in batch:
+                ack.resolve(PER_JOB)
+            return []
+        if not is_transient(exc):
+            self._log.warning("a batch of %d ack(s) was refused as a whole (%s: %s); acking them one job per call",
+                              len(batch), type(exc).__name__, exc)
+            for ack in batch:
+                ack.resolve(PER_JOB)
+            return []
+        now = time.monotonic()
+        retry: List[PendingAck] = []
+        for ack in batch:
+            if closing or now > ack.give_up:
+                self._log.error("job %s: outcome not delivered (%s); the job returns after its lease",
+                                ack.job.id, exc)
+                ack.resolve(None)
+            else:
+                retry.append(ack)
+        return retry
+
+    def abandon(self, batch: Sequence[PendingAck], outcome: Any) -> None:
+        """Resolve ``batch`` and everything queued with ``outcome`` (an acker
+        that can send no more: ``PER_JOB`` after an internal error, ``None``
+        when it was cancelled)."""
+        for ack in batch:
+            ack.resolve(outcome)
+        while self.pending:
+            self.pending.popleft().resolve(outcome)

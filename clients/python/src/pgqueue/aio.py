@@ -95,6 +95,91 @@ async def _aclose_quietly(conn: psycopg.AsyncConnection) -> None:
         pass
 
 
+class _AsyncAcker:
+    """The asyncio twin of the threaded worker's acker: one task that sends the
+    acks of finished jobs, everything queued as one ``queue_ack_batch`` call,
+    one call at a time; acks queued meanwhile go into the next call. The
+    batching is :class:`~pgqueue._common.AckBatcher`'s, shared with the
+    threaded worker; this class adds the task and the retry sleep.
+    """
+
+    def __init__(self, worker: "AsyncWorker") -> None:
+        """An acker for ``worker``; :meth:`start` it on the worker's loop."""
+        self._worker = worker
+        self._batcher = c.AckBatcher(worker._log)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.task: Optional["asyncio.Task[None]"] = None
+
+    def start(self) -> None:
+        """Start the acker's task on the running loop."""
+        self.task = asyncio.create_task(self._run())
+
+    async def ack(self, job: "AsyncJob", doc: Any) -> Any:
+        """Ack ``job`` in the next batch and wait for the outcome (see
+        :meth:`pgqueue.worker._Acker.ack`)."""
+        pending = c.PendingAck(job, doc, asyncio.Event())
+        if self._stopping or self.task is None or self.task.done() or not self._batcher.add(pending):
+            return c.PER_JOB
+        self._wake.set()
+        await pending.waiter.wait()
+        return pending.outcome
+
+    async def stop(self, timeout: float) -> None:
+        """Take no more acks, deliver the queued and the in-flight ones, then
+        end the task; after ``timeout`` seconds it is cancelled (its acks are
+        then reported as not delivered: they return after their lease)."""
+        self._stopping = True
+        self._wake.set()
+        if self.task is None or self.task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout)
+        except asyncio.TimeoutError:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        batch: List[c.PendingAck] = []
+        try:
+            while True:
+                if not self._batcher.pending:
+                    if self._stopping:
+                        return  # everything was delivered
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                batch = self._batcher.take()
+                try:
+                    await self._send(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # never let the acker die: its jobs would wait in vain
+                    self._worker._log.exception("acker: internal error; acking the queued jobs one by one")
+                    self._batcher.abandon(batch, c.PER_JOB)
+                batch = []
+        finally:
+            # Cancelled (a stop that ran out of time): nobody is left to send these.
+            self._batcher.abandon(batch, None)
+
+    async def _send(self, batch: List[c.PendingAck]) -> None:
+        """One batch until it is settled (see :meth:`pgqueue.worker._Acker._send`)."""
+        w = self._worker
+        backoff = c.Backoff(0.05, min(2.0, w._reconnect_max))
+        while batch:
+            try:
+                completed = await w._pool.call(c.ACK_BATCH_SQL, self._batcher.params(batch))
+            except Exception as exc:
+                batch = self._batcher.failed(batch, exc, w._closing.is_set())
+                if batch:
+                    delay = backoff.next()
+                    w._log.warning(c.ACK_RETRY_MESSAGE, len(batch), exc, delay)
+                    await w._sleep_or(w._closing, delay)  # a stop past the grace ends the wait
+                continue
+            self._batcher.settle(batch, completed)
+            return
+
+
 class AsyncJob(c.JobBase):
     """A claimed job, handed to an :class:`AsyncWorker` handler.
 
@@ -154,7 +239,8 @@ class AsyncWorker(c.WorkerBase):
 
     The asyncio twin of :class:`~pgqueue.Worker`, with the same arguments and
     guarantees: claims in batches up to free capacity, at most
-    ``concurrency`` handlers at once, acks with the return value, fails with
+    ``concurrency`` handlers at once, acks with the return value (many jobs
+    per ``queue_ack_batch`` call), fails with
     the exception, extends leases at half the timeout, heartbeats, wakes on
     LISTEN with polling as a fallback (or, with ``pooler``, waits inside
     ``queue_pop(..., wait => pooler_wait)``), reconnects with backoff, and on stop
@@ -216,6 +302,7 @@ class AsyncWorker(c.WorkerBase):
         self._closing: asyncio.Event
         self._done: asyncio.Event
         self._keeper_wake: asyncio.Event
+        self._acker: _AsyncAcker
 
     # ------------------------------------------------------------------ API
 
@@ -253,7 +340,11 @@ class AsyncWorker(c.WorkerBase):
                     pass  # not the main thread, or no signals on this platform
         self._log.info("async worker %s starting: queues %s, concurrency %d%s", self.name, self.queues,
                        self.concurrency, ", pooler mode (waits in the server)" if self.pooler else "")
-        helpers = [asyncio.create_task(self._keep_leases())]
+        self._acker = _AsyncAcker(self)
+        self._acker.start()
+        assert self._acker.task is not None
+        # The acker is stopped by _shutdown (after delivering); listed here so that it never outlives run().
+        helpers = [self._acker.task, asyncio.create_task(self._keep_leases())]
         if not self.pooler:
             helpers.append(asyncio.create_task(self._listen()))
         try:
@@ -520,8 +611,10 @@ class AsyncWorker(c.WorkerBase):
             return c.RELEASED
         try:
             try:
-                doc = None if result is None else Jsonb(result)
-                ok = await self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
+                doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
+                ok = await self._acker.ack(job, doc)
+                if ok is c.PER_JOB:
+                    ok = await self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
             except Exception as exc:
                 self._log.error("job %s: result could not be stored: %s", job.id, exc)
                 bad = TypeError(f"result could not be stored: {type(exc).__name__}: {exc}")
@@ -609,6 +702,10 @@ class AsyncWorker(c.WorkerBase):
             await asyncio.wait(list(self._tasks.values()), timeout=0.1)
         self._closing.set()
         self._keeper_wake.set()
+        # Queued and in-flight acks are delivered before the pool closes (one
+        # try each now that the worker is closing), and before the jobs still
+        # waiting for them are cancelled.
+        await self._acker.stop(timeout=5.0)
         for task in list(self._tasks.values()):
             task.cancel()
         if self._reachable:  # a last word, unless the database is away

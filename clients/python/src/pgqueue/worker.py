@@ -158,6 +158,93 @@ class Job(c.JobBase):
         return ok
 
 
+class _Acker:
+    """The threaded worker's acker: one thread that sends the acks of finished
+    jobs, everything queued as one ``queue_ack_batch`` call (one statement, one
+    commit), one call at a time; acks queued meanwhile go into the next call.
+
+    A slot hands its ack to :meth:`ack` and blocks until the outcome is known,
+    so the finished event and the freed capacity still follow the commit. What
+    a call's outcome or error means for each ack is
+    :class:`~pgqueue._common.AckBatcher`'s, shared with the asyncio worker;
+    this class adds the thread, the lock and the retry sleep.
+    """
+
+    def __init__(self, worker: "Worker") -> None:
+        """An acker for ``worker`` (its pool, logger, reconnect cap and closing flag)."""
+        self._worker = worker
+        self._batcher = c.AckBatcher(worker._log)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"pgqueue-acker-{worker.name}", daemon=True)
+
+    def start(self) -> None:
+        """Start the acker's thread."""
+        self._thread.start()
+
+    def ack(self, job: Job, doc: Any) -> Any:
+        """Ack ``job`` with its serialised result ``doc`` in the next batch and
+        wait for the outcome: True (completed), False (refused), None (not
+        delivered) or :data:`~pgqueue._common.PER_JOB` (ack it on your own:
+        the server has no ``queue_ack_batch``, the batch was refused as a
+        whole, or the acker is stopped)."""
+        pending = c.PendingAck(job, doc, threading.Event())
+        with self._cond:
+            if self._stopping or not self._thread.is_alive() or not self._batcher.add(pending):
+                return c.PER_JOB
+            self._cond.notify()
+        # The thread resolves every ack it took before it ends; the timeout only
+        # guards against a thread that died some other way (it catches errors).
+        while not pending.waiter.wait(1.0):
+            if not self._thread.is_alive():
+                with self._cond:
+                    self._batcher.abandon([pending], c.PER_JOB)
+        return pending.outcome
+
+    def stop(self, timeout: float) -> None:
+        """Take no more acks, deliver the queued and the in-flight ones, then
+        end the thread; waits up to ``timeout`` seconds for that."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._batcher.pending and not self._stopping:
+                    self._cond.wait()
+                if not self._batcher.pending:
+                    return  # stopping, and everything was delivered
+                batch = self._batcher.take()
+            try:
+                self._send(batch)
+            except Exception:  # never let the acker die: its slots would wait in vain
+                self._worker._log.exception("acker: internal error; acking the queued jobs one by one")
+                with self._cond:
+                    self._batcher.abandon(batch, c.PER_JOB)
+
+    def _send(self, batch: List[c.PendingAck]) -> None:
+        """One batch until it is settled: transient errors are retried with the
+        backoff of a per-job delivery (a repeat is harmless: every ack carries
+        its attempt), every other outcome is settled by the batcher."""
+        w = self._worker
+        backoff = c.Backoff(0.05, min(2.0, w._reconnect_max))
+        while batch:
+            try:
+                completed = w._pool.call(c.ACK_BATCH_SQL, self._batcher.params(batch))
+            except Exception as exc:
+                batch = self._batcher.failed(batch, exc, w._closing.is_set())
+                if batch:
+                    delay = backoff.next()
+                    w._log.warning(c.ACK_RETRY_MESSAGE, len(batch), exc, delay)
+                    w._closing.wait(delay)  # a stop past the grace ends the wait: then they give up
+                continue
+            self._batcher.settle(batch, completed)
+            return
+
+
 class _Waker:
     """How an idle worker learns that it should claim again.
 
@@ -247,7 +334,8 @@ class Worker(c.WorkerBase):
     ``handlers`` maps queue names to functions ``fn(job: Job) -> result``.
     The worker claims jobs with ``queue_pop`` in batches up to its free
     capacity, runs at most ``concurrency`` handlers at once, acks each job with
-    the handler's return value (stored as JSON) or fails it with the exception
+    the handler's return value (stored as JSON; the acks of many jobs go in one
+    ``queue_ack_batch`` call, see :class:`_Acker`) or fails it with the exception
     it raised (:class:`~pgqueue.PermanentError` skips retries,
     :class:`~pgqueue.RetryIn` or a ``retry_in`` attribute sets the delay).
 
@@ -318,6 +406,7 @@ class Worker(c.WorkerBase):
             raise ValueError("max_connections must be an int >= 1")
         self._pool = _Pool(dsn, size, self._connect_kwargs)
         self._waker: _Waker = _Waker() if self.pooler else _ListenWaker(self)
+        self._acker = _Acker(self)
 
         self._lock = threading.Lock()
         self._active: Dict[int, Job] = {}
@@ -441,6 +530,7 @@ class Worker(c.WorkerBase):
     def _run(self) -> None:
         self._log.info("worker %s starting: queues %s, concurrency %d%s", self.name, self.queues,
                        self.concurrency, ", pooler mode (waits in the server)" if self.pooler else "")
+        self._acker.start()
         for i in range(self.concurrency):
             t = threading.Thread(target=self._slot, name=f"pgqueue-slot-{i}", daemon=True)
             t.start()
@@ -626,8 +716,10 @@ class Worker(c.WorkerBase):
             return c.RELEASED
         try:
             try:
-                doc = None if result is None else Jsonb(result)
-                ok = self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
+                doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
+                ok = self._acker.ack(job, doc)
+                if ok is c.PER_JOB:
+                    ok = self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
             except Exception as exc:  # e.g. not JSON-serialisable, or too large
                 self._log.error("job %s: result could not be stored: %s", job.id, exc)
                 bad = TypeError(f"result could not be stored: {type(exc).__name__}: {exc}")
@@ -721,6 +813,9 @@ class Worker(c.WorkerBase):
             while any(j._state == c.FINISHING for j in self._active.values()) and time.monotonic() < end:
                 self._idle_cond.wait(timeout=0.1)
         self._closing.set()
+        # Queued and in-flight acks are delivered before the pool closes (one
+        # try each now that the worker is closing, as for any delivery).
+        self._acker.stop(timeout=5.0)
         self._keeper_wake.set()
         with self._dispatch_cond:
             self._dispatch.extend([None] * len(self._slots))

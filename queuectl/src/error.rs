@@ -23,20 +23,23 @@ pub struct CliError {
     pub exit: Exit,
     /// What is printed after `queuectl: `.
     pub message: String,
+    /// The SQLSTATE when the database refused, so that `serve` can answer a
+    /// refusal of rights (42501) with 403 instead of a server error.
+    pub sqlstate: Option<String>,
 }
 
 impl CliError {
     /// Exit 1.
     pub fn error(message: impl Into<String>) -> Self {
-        CliError { exit: Exit::Error, message: message.into() }
+        CliError { exit: Exit::Error, message: message.into(), sqlstate: None }
     }
     /// Exit 2.
     pub fn usage(message: impl Into<String>) -> Self {
-        CliError { exit: Exit::Usage, message: message.into() }
+        CliError { exit: Exit::Usage, message: message.into(), sqlstate: None }
     }
     /// Exit 3.
     pub fn not_found(message: impl Into<String>) -> Self {
-        CliError { exit: Exit::NotFound, message: message.into() }
+        CliError { exit: Exit::NotFound, message: message.into(), sqlstate: None }
     }
 }
 
@@ -69,7 +72,7 @@ impl From<tokio_postgres::Error> for CliError {
                 if let Some(h) = db.hint() {
                     msg.push_str(&format!("\n  hint: {h}"));
                 }
-                CliError { exit: exit_for_sqlstate(db.code().code()), message: msg }
+                CliError { exit: exit_for_sqlstate(db.code().code()), message: msg, sqlstate: Some(db.code().code().to_owned()) }
             }
             None => CliError::error(format!("database connection error: {e}")),
         }

@@ -64,6 +64,9 @@ struct ApiError(StatusCode, String);
 impl From<CliError> for ApiError {
     fn from(e: CliError) -> Self {
         let status = match e.exit {
+            // The connecting role may not do this (e.g. a pause by a role
+            // without queue_admin, or outside its access rules).
+            _ if e.sqlstate.as_deref() == Some("42501") => StatusCode::FORBIDDEN,
             Exit::Usage => StatusCode::BAD_REQUEST,
             Exit::NotFound => StatusCode::NOT_FOUND,
             _ if e.message.starts_with("cannot connect") || e.message.starts_with("database connection") => {

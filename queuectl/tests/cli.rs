@@ -310,6 +310,13 @@ fn pause_and_resume_a_queue() {
     assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
     assert!(stderr(&o).contains("SQLSTATE 42501"), "{}", stderr(&o));
     assert_eq!(qc_json(&url, &["status", &q])["stats"]["paused"], json!(false));
+    // The dashboard of such a role answers the refusal with 403, not 500.
+    let srv = serve(&producer_url, 55496, &[]);
+    let (status, body) = http(srv.1, "POST", &format!("/api/queues/{q}/pause"), &[("X-Queuectl", "1")]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("42501"), "{body}");
+    drop(srv);
+    assert_eq!(qc_json(&url, &["status", &q])["stats"]["paused"], json!(false));
     rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);

@@ -181,7 +181,8 @@ CREATE FUNCTION @extschema@.queue_push(
     serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
     timeout interval DEFAULT '5 minutes',
     backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
-    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL)
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -196,30 +197,42 @@ DECLARE
     v_status queue.job_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
     v_id     bigint;
     v_tallied bigint;
+    v_deps   record;
+    v_blocked int := 0;
 BEGIN
     -- Per-queue access (sql/access.sql): one probe when no rule exists.
     IF EXISTS (SELECT FROM queue.access_rules) THEN
         PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
     END IF;
+    -- Dependencies (sql/dependencies.sql) are locked before the job exists;
+    -- with any left to wait for, or a dead one, the job enters blocked.
+    IF cardinality(queue_push.depends_on) > 0 THEN
+        SELECT * INTO v_deps FROM queue.lock_deps(queue_push.depends_on, coalesce(queue_push.run_anyway, false));
+        IF v_deps.blocked_by > 0 OR v_deps.dead IS NOT NULL THEN
+            v_status := 'blocked';
+            v_blocked := greatest(v_deps.blocked_by, 1);
+        END IF;
+    END IF;
     IF queue_push.dedupe_key IS NULL THEN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
-                run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload)
+                run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
+                blocked_by)
         VALUES (queue_push.queue, v_status, queue_push.priority,
                 queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                 queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                 queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
-                queue_push.payload)
+                queue_push.payload, v_blocked)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
         LOOP
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                     run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload)
+                    dedupe_key, payload, blocked_by)
             VALUES (queue_push.queue, v_status, queue_push.priority,
                     queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                     queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                     queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
-                    queue_push.dedupe_key, queue_push.payload)
+                    queue_push.dedupe_key, queue_push.payload, v_blocked)
             ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
                 DO NOTHING
             RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
@@ -234,6 +247,9 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
+    IF cardinality(queue_push.depends_on) > 0 THEN
+        PERFORM queue.add_edges(ARRAY[v_id], v_deps, coalesce(queue_push.run_anyway, false));
+    END IF;
 
     IF v_status = 'pending' THEN
         IF queue_push.serial_group IS NULL THEN
@@ -245,8 +261,8 @@ BEGIN
     RETURN v_id;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text) IS
-'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins).';
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
+'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway).';
 
 /*
  * queue_push with a named priority ('critical', 'high', 'normal', 'low').
@@ -258,13 +274,14 @@ CREATE FUNCTION @extschema@.queue_push(
     serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
     timeout interval DEFAULT '5 minutes',
     backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
-    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL)
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS bigint
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12);
+    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14);
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text) IS
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
 'Push one job with a named priority (critical, high, normal, low); otherwise the same as queue_push with an integer priority.';
 
 /*
@@ -278,7 +295,8 @@ CREATE FUNCTION @extschema@.queue_push_batch(
     serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
     timeout interval DEFAULT '5 minutes',
     backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
-    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL)
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -289,6 +307,9 @@ DECLARE
     v_run_at timestamptz;
     v_status queue.job_status;
     v_payload jsonb;
+    v_deps   record;
+    v_blocked int := 0;
+    v_ids    bigint[];
 BEGIN
     IF payloads IS NULL OR array_position(payloads, NULL) IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
@@ -304,23 +325,37 @@ BEGIN
     IF dedupe_key IS NOT NULL THEN
         FOREACH v_payload IN ARRAY payloads LOOP
             RETURN NEXT @extschema@.queue_push(v_queue, v_payload, priority, NULL, v_run_at,
-                v_group, max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key);
+                v_group, max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key,
+                depends_on, run_anyway);
         END LOOP;
         RETURN;
     END IF;
 
     v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
-    RETURN QUERY
+    -- Every payload waits for the same dependencies (a fan-out).
+    IF cardinality(depends_on) > 0 THEN
+        SELECT * INTO v_deps FROM queue.lock_deps(depends_on, coalesce(run_anyway, false));
+        IF v_deps.blocked_by > 0 OR v_deps.dead IS NOT NULL THEN
+            v_status := 'blocked';
+            v_blocked := greatest(v_deps.blocked_by, 1);
+        END IF;
+    END IF;
     WITH inserted AS (
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
-                run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload)
+                run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
+                blocked_by)
         SELECT v_queue, v_status, priority, v_group IS NOT NULL AND v_status = 'pending', v_group,
-               v_run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, p.payload
+               v_run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, p.payload,
+               v_blocked
           FROM unnest(payloads) WITH ORDINALITY AS p(payload, n)
          ORDER BY p.n
         RETURNING j.id
     )
-    SELECT inserted.id FROM inserted ORDER BY inserted.id;
+    SELECT array_agg(inserted.id ORDER BY inserted.id) INTO v_ids FROM inserted;
+    IF cardinality(depends_on) > 0 AND v_ids IS NOT NULL THEN
+        PERFORM queue.add_edges(v_ids, v_deps, coalesce(run_anyway, false));
+    END IF;
+    RETURN QUERY SELECT unnest(coalesce(v_ids, '{}'));
 
     PERFORM queue.tally(v_queue, priority, NULL, v_status::text, cardinality(payloads));
     IF v_status = 'pending' AND cardinality(payloads) > 0 THEN
@@ -332,7 +367,7 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text) IS
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
 'Push many payloads with the same options in one statement; returns their ids in payload order.';
 
 CREATE FUNCTION @extschema@.queue_push_batch(
@@ -341,13 +376,14 @@ CREATE FUNCTION @extschema@.queue_push_batch(
     serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
     timeout interval DEFAULT '5 minutes',
     backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
-    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL)
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS SETOF bigint
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12);
+    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14);
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text) IS
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
 'Push many payloads with a named priority (critical, high, normal, low).';
 
 ------------------------------------------------------------------------------
@@ -585,7 +621,8 @@ COMMENT ON FUNCTION @extschema@.queue_ack_pop(text, text, int, bigint[], int[], 
  * instead of moved, leaving their times in queue.job_times.
  */
 CREATE FUNCTION queue.finish_jobs(p_ids bigint[], p_from queue.job_status[], p_status queue.job_status,
-                                  p_attempt int, p_result jsonb, p_error text)
+                                  p_attempt int, p_result jsonb, p_error text,
+                                  p_cascade boolean DEFAULT true)
 RETURNS bigint
 LANGUAGE plpgsql
 -- With one id the custom plan looks cheaper than the generic one (which
@@ -597,13 +634,14 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_finished bigint;
     v_groups   text[];
+    v_parents  bigint[];
 BEGIN
     IF p_status = 'completed' AND NOT queue.keep_completed() THEN
         WITH gone AS (
             DELETE FROM queue.jobs j
              WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
                AND (p_attempt IS NULL OR j.attempts = p_attempt)
-            RETURNING j.queue, j.serial_group, j.run_at, j.started_at,
+            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children,
                       queue.tally(j.queue, j.priority, j.status::text, 'completed', 1, j.id, j.attempts)
         ), archived AS (
             -- The same record queue.delete_jobs leaves for a deleted final
@@ -615,8 +653,9 @@ BEGIN
              WHERE g.started_at IS NOT NULL
              GROUP BY g.queue
         )
-        SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
-          INTO v_finished, v_groups
+        SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
+               array_agg(g.id) FILTER (WHERE g.has_children)
+          INTO v_finished, v_groups, v_parents
           FROM gone g;
     ELSE
         WITH moved AS (
@@ -629,22 +668,28 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at)
+                    created_at, started_at, finished_at, has_children)
             SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload,
                    CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
                    p_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now()
+                   m.created_at, m.started_at, now(), m.has_children
               FROM moved m
-            RETURNING serial_group
+            RETURNING id, serial_group, has_children
         )
-        SELECT count(*), array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL)
-          INTO v_finished, v_groups
+        SELECT count(*), array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL),
+               array_agg(k.id) FILTER (WHERE k.has_children)
+          INTO v_finished, v_groups, v_parents
           FROM kept k;
     END IF;
     IF v_groups IS NOT NULL THEN
         PERFORM queue.release_groups(v_groups);
+    END IF;
+    -- Jobs that others depend on resolve their edges (sql/dependencies.sql);
+    -- queue.release_children's own cancellations pass p_cascade false.
+    IF v_parents IS NOT NULL AND p_cascade THEN
+        PERFORM queue.release_children(v_parents, p_status);
     END IF;
     RETURN v_finished;
 END;
@@ -670,6 +715,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_finished bigint[];
     v_groups   text[];
+    v_parents  bigint[];
 BEGIN
     IF NOT queue.keep_completed() THEN
         WITH gone AS (
@@ -677,7 +723,7 @@ BEGIN
              USING unnest(p_ids, p_attempts) AS a(id, attempt)
              WHERE j.id = a.id AND j.status = 'processing'
                AND (a.attempt IS NULL OR j.attempts = a.attempt)
-            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at,
+            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children,
                       queue.tally(j.queue, j.priority, 'processing', 'completed', 1, j.id, j.attempts)
         ), archived AS (
             -- As queue.finish_jobs leaves it for a job it deletes.
@@ -689,8 +735,9 @@ BEGIN
              GROUP BY g.queue
         )
         SELECT coalesce(array_agg(g.id), '{}'),
-               array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
-          INTO v_finished, v_groups
+               array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
+               array_agg(g.id) FILTER (WHERE g.has_children)
+          INTO v_finished, v_groups, v_parents
           FROM gone g;
     ELSE
         WITH moved AS (
@@ -705,21 +752,25 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at)
+                    created_at, started_at, finished_at, has_children)
             SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload, m.last_error, m.given_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now()
+                   m.created_at, m.started_at, now(), m.has_children
               FROM moved m
-            RETURNING id, serial_group
+            RETURNING id, serial_group, has_children
         )
         SELECT coalesce(array_agg(k.id), '{}'),
-               array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL)
-          INTO v_finished, v_groups
+               array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL),
+               array_agg(k.id) FILTER (WHERE k.has_children)
+          INTO v_finished, v_groups, v_parents
           FROM kept k;
     END IF;
     IF v_groups IS NOT NULL THEN
         PERFORM queue.release_groups(v_groups);
+    END IF;
+    IF v_parents IS NOT NULL THEN
+        PERFORM queue.release_children(v_parents, 'completed');
     END IF;
     RETURN v_finished;
 END;
@@ -740,7 +791,8 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    v_group text;
+    v_group  text;
+    v_parent boolean;
 BEGIN
     IF result IS NOT NULL THEN
         PERFORM queue.check_size('result', pg_column_size(result), 'result');
@@ -761,18 +813,21 @@ BEGIN
            (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
             attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
             dedupe_key, payload, last_error, result, progress, worker,
-            created_at, started_at, finished_at)
+            created_at, started_at, finished_at, has_children)
     SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
            m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
            m.dedupe_key, m.payload, m.last_error, queue_ack.result, m.progress, m.worker,
-           m.created_at, m.started_at, now()
+           m.created_at, m.started_at, now(), m.has_children
       FROM moved m
-    RETURNING serial_group INTO v_group;
+    RETURNING serial_group, has_children INTO v_group, v_parent;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
     IF v_group IS NOT NULL THEN
         PERFORM queue.release_groups(ARRAY[v_group]);
+    END IF;
+    IF v_parent THEN
+        PERFORM queue.release_children(ARRAY[id], 'completed');
     END IF;
     RETURN true;
 END;
@@ -923,7 +978,8 @@ COMMENT ON FUNCTION @extschema@.queue_touch(bigint, interval, int) IS
 
 /*
  * queue_cancel: cancel a job that is still waiting (scheduled, pending,
- * retrying). A processing job is not cancelled: its worker holds it.
+ * retrying, blocked). A processing job is not cancelled: its worker holds
+ * it. Its dependents are cancelled with it (queue.release_children).
  */
 CREATE FUNCTION @extschema@.queue_cancel(id bigint)
 RETURNS boolean
@@ -934,12 +990,12 @@ BEGIN
        AND NOT queue.job_allowed(queue.caller(), 'produce', queue_cancel.id) THEN
         RETURN false;
     END IF;
-    RETURN queue.finish_jobs(ARRAY[queue_cancel.id], '{scheduled,pending,retrying}', 'cancelled',
+    RETURN queue.finish_jobs(ARRAY[queue_cancel.id], '{scheduled,pending,retrying,blocked}', 'cancelled',
                              NULL, NULL, NULL) > 0;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_cancel(bigint) IS
-'Cancel a waiting job (scheduled, pending or retrying). False for processing, final or unknown jobs.';
+'Cancel a waiting job (scheduled, pending, retrying or blocked); the jobs that depend on it are cancelled too (unless pushed with run_anyway). False for processing, final or unknown jobs.';
 
 ------------------------------------------------------------------------------
 -- Looking at jobs
@@ -970,8 +1026,10 @@ CREATE FUNCTION @extschema@.queue_job(id bigint)
 RETURNS jsonb
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT to_jsonb(j) - 'group_waiting'
+    SELECT to_jsonb(j) - 'group_waiting' - 'has_children'
            || jsonb_build_object('waiting_for_group', j.group_waiting,
+                                 'depends_on', (SELECT jsonb_agg(d.parent ORDER BY d.parent)
+                                                  FROM queue.job_deps d WHERE d.child = j.id),
                                  'errors', coalesce((SELECT jsonb_agg(jsonb_build_object('attempt', e.attempt, 'at', e.at,
                                                                                          'error', e.error)
                                                                       ORDER BY e.attempt)

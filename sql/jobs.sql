@@ -39,7 +39,9 @@ CREATE TYPE queue.job_status AS ENUM (
     'completed',   -- final
     'failed',      -- final, dead letter
     'expired',     -- final, dead letter: the last attempt outlived its lease
-    'cancelled'    -- final
+    'cancelled',   -- final
+    'blocked'      -- waiting for its dependencies (queue.job_deps); last in
+                   -- the list because the upgrade from 0.1.0 appends it
 );
 
 CREATE TABLE queue.jobs (
@@ -72,7 +74,15 @@ CREATE TABLE queue.jobs (
     worker        text,
     created_at    timestamptz NOT NULL DEFAULT now(),
     started_at    timestamptz,
-    finished_at   timestamptz
+    finished_at   timestamptz,
+    -- Dependencies (sql/dependencies.sql). blocked_by: how many of the
+    -- job's dependencies have not completed yet; the job is `blocked`
+    -- exactly while it is above 0. has_children: some job depends on this
+    -- one, so finishing it must resolve their edges. Both stay at their
+    -- defaults for a job that uses no dependencies, which then pays nothing
+    -- else: its finish reads the flag from the row it moves anyway.
+    blocked_by    int NOT NULL DEFAULT 0,
+    has_children  boolean NOT NULL DEFAULT false
     -- No CHECK constraints: Postgres prepares each one again for every
     -- single-row statement, which costs more than the push itself. The
     -- functions are the only writers and validate their input.
@@ -124,6 +134,24 @@ CREATE INDEX finished_jobs_age ON queue.finished_jobs (finished_at);
 -- Dead letters are rare next to completed jobs: a B-tree of just them.
 CREATE INDEX finished_jobs_dead ON queue.finished_jobs (finished_at)
     WHERE status IN ('failed', 'expired');
+
+-- The edges of the dependency graph: `child` runs only once `parent`
+-- completed. Kept until the child is deleted, so that a child can read its
+-- parents' results and a retried parent can bring back the children it
+-- cancelled. resolved: the parent completed (or ended and the child was
+-- pushed with run_anyway), so the edge no longer blocks. cancelled_child:
+-- the child was cancelled because this parent ended without completing;
+-- retrying the parent revives it. The primary key serves the walk from a
+-- finishing parent to its children, job_deps_child the way back.
+CREATE TABLE queue.job_deps (
+    parent          bigint NOT NULL,
+    child           bigint NOT NULL,
+    run_anyway      boolean NOT NULL DEFAULT false,
+    resolved        boolean NOT NULL DEFAULT false,
+    cancelled_child boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (parent, child)
+);
+CREATE INDEX job_deps_child ON queue.job_deps (child);
 
 -- Every job, live or final: what an operator (or a test) looks at.
 -- Every failed attempt's error, for the job page (queue_job's "errors"): one

@@ -227,20 +227,24 @@ $$;
  * ones (a processing job belongs to its worker). Final jobs that ran leave
  * their run and wait times in queue.job_times, so queue_metrics does not
  * change when history is deleted; deleted waiting jobs leave the counters.
- * Returns how many were deleted and the serial groups they belonged to.
+ * Returns how many were deleted, the serial groups they belonged to, and
+ * the deleted waiting jobs that others depend on (parents), whose
+ * dependents the caller must cancel. The edges into deleted jobs go too.
  */
-CREATE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[])
+CREATE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[], OUT parents bigint[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_gone bigint[];
 BEGIN
     WITH gone_live AS (
         DELETE FROM queue.jobs j
          WHERE j.id = ANY (p_ids) AND j.status <> 'processing'
-        RETURNING j.serial_group, queue.tally(j.queue, j.priority, j.status::text, NULL)
+        RETURNING j.id, j.serial_group, j.has_children, queue.tally(j.queue, j.priority, j.status::text, NULL)
     ), gone_final AS (
         DELETE FROM queue.finished_jobs j
          WHERE j.id = ANY (p_ids)
-        RETURNING j.queue, j.status, j.serial_group, j.run_at, j.started_at, j.finished_at,
+        RETURNING j.id, j.queue, j.status, j.serial_group, j.run_at, j.started_at, j.finished_at,
                   queue.tally(j.queue, j.priority, j.status::text, NULL)
     ), archived AS (
         INSERT INTO queue.job_times (queue, finished_minute, completed, failed, expired, run_ms, wait_ms)
@@ -254,13 +258,17 @@ BEGIN
          WHERE g.status IN ('completed', 'failed', 'expired') AND g.started_at IS NOT NULL
          GROUP BY 1, 2
     ), gone AS (
-        SELECT l.serial_group FROM gone_live l
+        SELECT l.id, l.serial_group, l.has_children FROM gone_live l
         UNION ALL
-        SELECT f.serial_group FROM gone_final f
+        SELECT f.id, f.serial_group, false FROM gone_final f
     )
-    SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL)
-      INTO deleted, groups
+    SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
+           array_agg(g.id) FILTER (WHERE g.has_children), array_agg(g.id)
+      INTO deleted, groups, parents, v_gone
       FROM gone g;
+    IF deleted > 0 AND EXISTS (SELECT FROM queue.job_deps) THEN
+        DELETE FROM queue.job_deps d WHERE d.child = ANY (v_gone);
+    END IF;
 END;
 $$;
 

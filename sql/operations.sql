@@ -42,7 +42,9 @@ $$;
 
 /*
  * queue.forget_jobs: delete jobs by id (never processing ones) and re-elect
- * the serial groups whose active job went with them. Returns how many.
+ * the serial groups whose active job went with them. A deleted waiting job
+ * that others depend on will never complete: its dependents are cancelled
+ * as if it had been. Returns how many.
  */
 CREATE FUNCTION queue.forget_jobs(p_ids bigint[]) RETURNS bigint
 LANGUAGE plpgsql
@@ -55,6 +57,9 @@ BEGIN
     FOREACH v_group IN ARRAY coalesce(v_gone.groups, '{}') LOOP
         PERFORM queue.group_elect(v_group);
     END LOOP;
+    IF v_gone.parents IS NOT NULL THEN
+        PERFORM queue.release_children(v_gone.parents, 'cancelled');
+    END IF;
     RETURN v_gone.deleted;
 END;
 $$;
@@ -63,7 +68,8 @@ $$;
  * queue.revive_jobs: dead jobs (failed, expired) back to pending with their
  * attempts reset, exactly once: the status condition is re-checked under the
  * row lock, so a second concurrent retry finds nothing. Jobs of a serial
- * group come back waiting and their group is re-elected. A live job with
+ * group come back waiting and their group is re-elected. The dependents
+ * they cancelled come back blocked (queue.revive_children). A live job with
  * the same dedupe_key makes the retry fail (23505) rather than duplicate it.
  */
 CREATE FUNCTION queue.revive_jobs(p_ids bigint[]) RETURNS bigint
@@ -73,6 +79,7 @@ DECLARE
     v_count  bigint;
     v_queues text[];
     v_groups text[];
+    v_parents bigint[];
 BEGIN
     WITH dead AS (
         DELETE FROM queue.finished_jobs j
@@ -84,18 +91,29 @@ BEGIN
         INSERT INTO queue.jobs AS j
                (id, queue, status, priority, group_waiting, serial_group, run_at,
                 max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                dedupe_key, payload, last_error, created_at)
+                dedupe_key, payload, last_error, created_at, has_children)
         SELECT d.id, d.queue, 'pending', d.priority, d.serial_group IS NOT NULL, d.serial_group, now(),
                d.max_attempts, d.timeout, d.backoff_base, d.backoff_max, d.retry_delays,
-               d.dedupe_key, d.payload, d.last_error, d.created_at
+               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children
           FROM dead d
         -- (or 'expired': the counters treat every final status alike here)
-        RETURNING j.queue, j.serial_group, queue.tally(j.queue, j.priority, 'failed', 'pending')
+        RETURNING j.id, j.queue, j.serial_group, queue.tally(j.queue, j.priority, 'failed', 'pending')
     )
     SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE serial_group IS NULL),
-           array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL)
-      INTO v_count, v_queues, v_groups FROM revived;
+           array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL),
+           array_agg(id)
+      INTO v_count, v_queues, v_groups, v_parents FROM revived;
     PERFORM queue.announce(v_queues, v_groups);
+    -- Dependents, also those pushed after the job died (cancelled at once):
+    -- a later statement, so that a push that held the dead row's lock is
+    -- seen. The revived jobs that have any are flagged for their finish.
+    IF v_count > 0 AND EXISTS (SELECT FROM queue.job_deps) THEN
+        v_parents := ARRAY(SELECT DISTINCT d.parent FROM queue.job_deps d WHERE d.parent = ANY (v_parents));
+        IF cardinality(v_parents) > 0 THEN
+            UPDATE queue.jobs j SET has_children = true WHERE j.id = ANY (v_parents) AND NOT j.has_children;
+            PERFORM queue.revive_children(v_parents);
+        END IF;
+    END IF;
     RETURN v_count;
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION USING ERRCODE = 'unique_violation',
@@ -267,11 +285,11 @@ BEGIN
     PERFORM queue.scope('produce', v_queue);
     RETURN queue.forget_jobs(ARRAY(
         SELECT j.id FROM queue.jobs j
-         WHERE j.queue = v_queue AND j.status IN ('pending', 'scheduled', 'retrying')));
+         WHERE j.queue = v_queue AND j.status IN ('pending', 'scheduled', 'retrying', 'blocked')));
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_clear(text) IS
-'Delete the waiting jobs of a queue (pending, scheduled, retrying), never processing ones; returns how many.';
+'Delete the waiting jobs of a queue (pending, scheduled, retrying, blocked), never processing ones; returns how many. Jobs of other queues that depend on them are cancelled.';
 
 /*
  * queue_progress: a running job reports how far it is. The job must be

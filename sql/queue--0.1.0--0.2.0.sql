@@ -2361,6 +2361,1134 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_settings() IS
 'The settings of every queue that has any: queue, paused, paused_at, paused_by.';
 
+-- 8. Job dependencies (sql/dependencies.sql, issue 20): the status
+--    `blocked`, the job columns blocked_by and has_children, the edges
+--    table, the `blocked` gauge, and every finish resolving edges. The new
+--    enum value is used only inside plpgsql bodies, which run after this
+--    transaction commits (a value added in a transaction cannot be used in
+--    it).
+ALTER TYPE queue.job_status ADD VALUE 'blocked';
+ALTER TABLE queue.jobs ADD COLUMN blocked_by int NOT NULL DEFAULT 0,
+                       ADD COLUMN has_children boolean NOT NULL DEFAULT false;
+ALTER TABLE queue.finished_jobs ADD COLUMN blocked_by int NOT NULL DEFAULT 0,
+                                ADD COLUMN has_children boolean NOT NULL DEFAULT false;
+CREATE OR REPLACE VIEW queue.all_jobs AS
+    SELECT * FROM queue.jobs
+    UNION ALL
+    SELECT * FROM queue.finished_jobs;
+CREATE TABLE queue.job_deps (
+    parent          bigint NOT NULL,
+    child           bigint NOT NULL,
+    run_anyway      boolean NOT NULL DEFAULT false,
+    resolved        boolean NOT NULL DEFAULT false,
+    cancelled_child boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (parent, child)
+);
+CREATE INDEX job_deps_child ON queue.job_deps (child);
+ALTER TABLE queue.stats ADD COLUMN blocked bigint NOT NULL DEFAULT 0;
+
+DROP FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text);
+DROP FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text);
+DROP FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text);
+DROP FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text);
+DROP FUNCTION queue.finish_jobs(bigint[], queue.job_status[], queue.job_status, int, jsonb, text);
+DROP FUNCTION queue.stats_rows(text);
+DROP FUNCTION queue.delete_jobs(bigint[]);
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_push(
+    queue text, payload jsonb DEFAULT '{}', priority int DEFAULT 0,
+    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes',
+    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    -- Every argument is checked by this one call (see queue.check_push_args).
+    v_run_at timestamptz := queue.check_push_args(queue_push.queue, queue_push.serial_group,
+        pg_column_size(queue_push.payload), queue_push.delay, queue_push.run_at,
+        queue_push.max_attempts, queue_push.timeout, queue_push.backoff_base,
+        queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
+        queue_push.priority);
+    v_status queue.job_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
+    v_id     bigint;
+    v_tallied bigint;
+    v_deps   record;
+    v_blocked int := 0;
+BEGIN
+    -- Per-queue access (sql/access.sql): one probe when no rule exists.
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
+    END IF;
+    -- Dependencies (sql/dependencies.sql) are locked before the job exists;
+    -- with any left to wait for, or a dead one, the job enters blocked.
+    IF cardinality(queue_push.depends_on) > 0 THEN
+        SELECT * INTO v_deps FROM queue.lock_deps(queue_push.depends_on, coalesce(queue_push.run_anyway, false));
+        IF v_deps.blocked_by > 0 OR v_deps.dead IS NOT NULL THEN
+            v_status := 'blocked';
+            v_blocked := greatest(v_deps.blocked_by, 1);
+        END IF;
+    END IF;
+    IF queue_push.dedupe_key IS NULL THEN
+        INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
+                run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
+                blocked_by)
+        VALUES (queue_push.queue, v_status, queue_push.priority,
+                queue_push.serial_group IS NOT NULL AND v_status = 'pending',
+                queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
+                queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
+                queue_push.payload, v_blocked)
+        RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
+    ELSE
+        LOOP
+            INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
+                    run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+                    dedupe_key, payload, blocked_by)
+            VALUES (queue_push.queue, v_status, queue_push.priority,
+                    queue_push.serial_group IS NOT NULL AND v_status = 'pending',
+                    queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
+                    queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
+                    queue_push.dedupe_key, queue_push.payload, v_blocked)
+            ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
+                DO NOTHING
+            RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
+            EXIT WHEN v_id IS NOT NULL;
+            -- A live duplicate exists (every job in queue.jobs is live). It
+            -- may become final between the two statements; then the next
+            -- round inserts.
+            SELECT j.id INTO v_id FROM queue.jobs j
+             WHERE j.queue = queue_push.queue AND j.dedupe_key = queue_push.dedupe_key;
+            IF v_id IS NOT NULL THEN
+                RETURN v_id;
+            END IF;
+        END LOOP;
+    END IF;
+    IF cardinality(queue_push.depends_on) > 0 THEN
+        PERFORM queue.add_edges(ARRAY[v_id], v_deps, coalesce(queue_push.run_anyway, false));
+    END IF;
+
+    IF v_status = 'pending' THEN
+        IF queue_push.serial_group IS NULL THEN
+            PERFORM queue.wake(queue_push.queue);
+        ELSE
+            PERFORM queue.group_elect(queue_push.serial_group);
+        END IF;
+    END IF;
+    RETURN v_id;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
+'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway).';
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_push(
+    queue text, payload jsonb, priority text,
+    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes',
+    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14);
+$$;
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
+'Push one job with a named priority (critical, high, normal, low); otherwise the same as queue_push with an integer priority.';
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_push_batch(
+    queue text, payloads jsonb[], priority int DEFAULT 0,
+    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes',
+    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+RETURNS SETOF bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_queue  text := queue.check_queue_name(queue);
+    v_group  text := queue.check_group_name(serial_group);
+    v_run_at timestamptz;
+    v_status queue.job_status;
+    v_payload jsonb;
+    v_deps   record;
+    v_blocked int := 0;
+    v_ids    bigint[];
+BEGIN
+    IF payloads IS NULL OR array_position(payloads, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'payloads must not be NULL or contain NULL',
+            HINT = 'Pass an array of JSON values, e.g. ARRAY[''{"n": 1}'', ''{"n": 2}'']::jsonb[].';
+    END IF;
+    -- The names were checked above, the payloads here (the largest one's size).
+    v_run_at := queue.check_push_args(v_queue, v_group,
+        coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
+        max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key, priority);
+    PERFORM queue.scope('produce', v_queue, v_group);
+
+    IF dedupe_key IS NOT NULL THEN
+        FOREACH v_payload IN ARRAY payloads LOOP
+            RETURN NEXT @extschema@.queue_push(v_queue, v_payload, priority, NULL, v_run_at,
+                v_group, max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key,
+                depends_on, run_anyway);
+        END LOOP;
+        RETURN;
+    END IF;
+
+    v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
+    -- Every payload waits for the same dependencies (a fan-out).
+    IF cardinality(depends_on) > 0 THEN
+        SELECT * INTO v_deps FROM queue.lock_deps(depends_on, coalesce(run_anyway, false));
+        IF v_deps.blocked_by > 0 OR v_deps.dead IS NOT NULL THEN
+            v_status := 'blocked';
+            v_blocked := greatest(v_deps.blocked_by, 1);
+        END IF;
+    END IF;
+    WITH inserted AS (
+        INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
+                run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
+                blocked_by)
+        SELECT v_queue, v_status, priority, v_group IS NOT NULL AND v_status = 'pending', v_group,
+               v_run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, p.payload,
+               v_blocked
+          FROM unnest(payloads) WITH ORDINALITY AS p(payload, n)
+         ORDER BY p.n
+        RETURNING j.id
+    )
+    SELECT array_agg(inserted.id ORDER BY inserted.id) INTO v_ids FROM inserted;
+    IF cardinality(depends_on) > 0 AND v_ids IS NOT NULL THEN
+        PERFORM queue.add_edges(v_ids, v_deps, coalesce(run_anyway, false));
+    END IF;
+    RETURN QUERY SELECT unnest(coalesce(v_ids, '{}'));
+
+    PERFORM queue.tally(v_queue, priority, NULL, v_status::text, cardinality(payloads));
+    IF v_status = 'pending' AND cardinality(payloads) > 0 THEN
+        IF v_group IS NULL THEN
+            PERFORM queue.wake(v_queue);
+        ELSE
+            PERFORM queue.group_elect(v_group);
+        END IF;
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
+'Push many payloads with the same options in one statement; returns their ids in payload order.';
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_push_batch(
+    queue text, payloads jsonb[], priority text,
+    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
+    timeout interval DEFAULT '5 minutes',
+    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+RETURNS SETOF bigint
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14);
+$$;
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
+'Push many payloads with a named priority (critical, high, normal, low).';
+
+CREATE OR REPLACE FUNCTION queue.finish_jobs(p_ids bigint[], p_from queue.job_status[], p_status queue.job_status,
+                                  p_attempt int, p_result jsonb, p_error text,
+                                  p_cascade boolean DEFAULT true)
+RETURNS bigint
+LANGUAGE plpgsql
+-- With one id the custom plan looks cheaper than the generic one (which
+-- guesses ten), so the plan cache would plan this statement again on every
+-- single ack: 170 µs a call. The generic plan is the right one for any
+-- number of ids (a primary-key probe per id).
+SET plan_cache_mode = force_generic_plan
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_finished bigint;
+    v_groups   text[];
+    v_parents  bigint[];
+BEGIN
+    IF p_status = 'completed' AND NOT queue.keep_completed() THEN
+        WITH gone AS (
+            DELETE FROM queue.jobs j
+             WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
+               AND (p_attempt IS NULL OR j.attempts = p_attempt)
+            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children,
+                      queue.tally(j.queue, j.priority, j.status::text, 'completed', 1, j.id, j.attempts)
+        ), archived AS (
+            -- The same record queue.delete_jobs leaves for a deleted final
+            -- job, so that queue_metrics counts this job like any other.
+            INSERT INTO queue.job_times (queue, finished_minute, completed, failed, expired, run_ms, wait_ms)
+            SELECT g.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'), count(*), 0, 0,
+                   array_agg(date_part('epoch', now() - g.started_at) * 1000), array_agg(date_part('epoch', g.started_at - g.run_at) * 1000)
+              FROM gone g
+             WHERE g.started_at IS NOT NULL
+             GROUP BY g.queue
+        )
+        SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
+               array_agg(g.id) FILTER (WHERE g.has_children)
+          INTO v_finished, v_groups, v_parents
+          FROM gone g;
+    ELSE
+        WITH moved AS (
+            DELETE FROM queue.jobs j
+             WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
+               AND (p_attempt IS NULL OR j.attempts = p_attempt)
+            RETURNING j.*, queue.tally(j.queue, j.priority, j.status::text, p_status::text, 1, j.id, j.attempts)
+        ), kept AS (
+            INSERT INTO queue.finished_jobs
+                   (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
+                    attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+                    dedupe_key, payload, last_error, result, progress, worker,
+                    created_at, started_at, finished_at, has_children)
+            SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
+                   m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
+                   m.dedupe_key, m.payload,
+                   CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
+                   p_result, m.progress, m.worker,
+                   m.created_at, m.started_at, now(), m.has_children
+              FROM moved m
+            RETURNING id, serial_group, has_children
+        )
+        SELECT count(*), array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL),
+               array_agg(k.id) FILTER (WHERE k.has_children)
+          INTO v_finished, v_groups, v_parents
+          FROM kept k;
+    END IF;
+    IF v_groups IS NOT NULL THEN
+        PERFORM queue.release_groups(v_groups);
+    END IF;
+    -- Jobs that others depend on resolve their edges (sql/dependencies.sql);
+    -- queue.release_children's own cancellations pass p_cascade false.
+    IF v_parents IS NOT NULL AND p_cascade THEN
+        PERFORM queue.release_children(v_parents, p_status);
+    END IF;
+    RETURN v_finished;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.finish_claims(p_ids bigint[], p_attempts int[], p_results jsonb[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+-- The generic plan is right for any number of ids (see finish_jobs).
+SET plan_cache_mode = force_generic_plan
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_finished bigint[];
+    v_groups   text[];
+    v_parents  bigint[];
+BEGIN
+    IF NOT queue.keep_completed() THEN
+        WITH gone AS (
+            DELETE FROM queue.jobs j
+             USING unnest(p_ids, p_attempts) AS a(id, attempt)
+             WHERE j.id = a.id AND j.status = 'processing'
+               AND (a.attempt IS NULL OR j.attempts = a.attempt)
+            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children,
+                      queue.tally(j.queue, j.priority, 'processing', 'completed', 1, j.id, j.attempts)
+        ), archived AS (
+            -- As queue.finish_jobs leaves it for a job it deletes.
+            INSERT INTO queue.job_times (queue, finished_minute, completed, failed, expired, run_ms, wait_ms)
+            SELECT g.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'), count(*), 0, 0,
+                   array_agg(date_part('epoch', now() - g.started_at) * 1000), array_agg(date_part('epoch', g.started_at - g.run_at) * 1000)
+              FROM gone g
+             WHERE g.started_at IS NOT NULL
+             GROUP BY g.queue
+        )
+        SELECT coalesce(array_agg(g.id), '{}'),
+               array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
+               array_agg(g.id) FILTER (WHERE g.has_children)
+          INTO v_finished, v_groups, v_parents
+          FROM gone g;
+    ELSE
+        WITH moved AS (
+            DELETE FROM queue.jobs j
+             USING unnest(p_ids, p_attempts, p_results) AS a(id, attempt, result)
+             WHERE j.id = a.id AND j.status = 'processing'
+               AND (a.attempt IS NULL OR j.attempts = a.attempt)
+            RETURNING j.*, a.result AS given_result,
+                      queue.tally(j.queue, j.priority, 'processing', 'completed', 1, j.id, j.attempts)
+        ), kept AS (
+            INSERT INTO queue.finished_jobs
+                   (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
+                    attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+                    dedupe_key, payload, last_error, result, progress, worker,
+                    created_at, started_at, finished_at, has_children)
+            SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
+                   m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
+                   m.dedupe_key, m.payload, m.last_error, m.given_result, m.progress, m.worker,
+                   m.created_at, m.started_at, now(), m.has_children
+              FROM moved m
+            RETURNING id, serial_group, has_children
+        )
+        SELECT coalesce(array_agg(k.id), '{}'),
+               array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL),
+               array_agg(k.id) FILTER (WHERE k.has_children)
+          INTO v_finished, v_groups, v_parents
+          FROM kept k;
+    END IF;
+    IF v_groups IS NOT NULL THEN
+        PERFORM queue.release_groups(v_groups);
+    END IF;
+    IF v_parents IS NOT NULL THEN
+        PERFORM queue.release_children(v_parents, 'completed');
+    END IF;
+    RETURN v_finished;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_ack(id bigint, result jsonb DEFAULT NULL, attempt int DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_group  text;
+    v_parent boolean;
+BEGIN
+    IF result IS NOT NULL THEN
+        PERFORM queue.check_size('result', pg_column_size(result), 'result');
+    END IF;
+    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+        RETURN false;
+    END IF;
+    IF NOT queue.keep_completed() THEN
+        RETURN queue.finish_jobs(ARRAY[id], '{processing}', 'completed', attempt, NULL, NULL) = 1;
+    END IF;
+    WITH moved AS (
+        DELETE FROM queue.jobs j
+         WHERE j.id = queue_ack.id AND j.status = 'processing'
+           AND (attempt IS NULL OR j.attempts = attempt)
+        RETURNING j.*, queue.tally(j.queue, j.priority, 'processing', 'completed', 1, j.id, j.attempts)
+    )
+    INSERT INTO queue.finished_jobs
+           (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
+            attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+            dedupe_key, payload, last_error, result, progress, worker,
+            created_at, started_at, finished_at, has_children)
+    SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
+           m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
+           m.dedupe_key, m.payload, m.last_error, queue_ack.result, m.progress, m.worker,
+           m.created_at, m.started_at, now(), m.has_children
+      FROM moved m
+    RETURNING serial_group, has_children INTO v_group, v_parent;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF v_group IS NOT NULL THEN
+        PERFORM queue.release_groups(ARRAY[v_group]);
+    END IF;
+    IF v_parent THEN
+        PERFORM queue.release_children(ARRAY[id], 'completed');
+    END IF;
+    RETURN true;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_ack(bigint, jsonb, int) IS
+'Complete a claimed job, optionally storing a result. Returns false and changes nothing when the job is unknown, not processing, or attempt is stale.';
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_cancel(id bigint)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM queue.access_rules)
+       AND NOT queue.job_allowed(queue.caller(), 'produce', queue_cancel.id) THEN
+        RETURN false;
+    END IF;
+    RETURN queue.finish_jobs(ARRAY[queue_cancel.id], '{scheduled,pending,retrying,blocked}', 'cancelled',
+                             NULL, NULL, NULL) > 0;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_cancel(bigint) IS
+'Cancel a waiting job (scheduled, pending, retrying or blocked); the jobs that depend on it are cancelled too (unless pushed with run_anyway). False for processing, final or unknown jobs.';
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_job(id bigint)
+RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(j) - 'group_waiting' - 'has_children'
+           || jsonb_build_object('waiting_for_group', j.group_waiting,
+                                 'depends_on', (SELECT jsonb_agg(d.parent ORDER BY d.parent)
+                                                  FROM queue.job_deps d WHERE d.child = j.id),
+                                 'errors', coalesce((SELECT jsonb_agg(jsonb_build_object('attempt', e.attempt, 'at', e.at,
+                                                                                         'error', e.error)
+                                                                      ORDER BY e.attempt)
+                                                       FROM queue.job_errors e WHERE e.job_id = j.id), '[]'))
+      FROM queue.all_jobs j
+     WHERE j.id = $1
+       AND queue.access_allows(queue.scope('read'), j.queue);
+$$;
+COMMENT ON FUNCTION @extschema@.queue_job(bigint) IS
+'Everything about one job as jsonb (status, attempts, payload, result, last_error, errors: the error of every failed attempt, progress, times, worker); NULL for an unknown id.';
+
+CREATE OR REPLACE FUNCTION queue.stats_apply(p_slot int, p_queue text, p_priority int, p_counts bigint[],
+                                  p_last timestamptz, p_minutes boolean DEFAULT false) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO queue.stats AS s (queue, priority, slot, scheduled, pending, processing, retrying,
+                                  pushed, popped, completed, failed, expired, cancelled, retried,
+                                  deleted, last_activity, blocked)
+    VALUES (p_queue, p_priority, p_slot, p_counts[1], p_counts[2], p_counts[3], p_counts[4],
+            p_counts[5], p_counts[6], p_counts[7], p_counts[8], p_counts[9], p_counts[10],
+            p_counts[11], p_counts[12], p_last, coalesce(p_counts[13], 0))
+    ON CONFLICT (queue, priority, slot) DO UPDATE
+       SET scheduled  = s.scheduled + excluded.scheduled,
+           pending    = s.pending + excluded.pending,
+           processing = s.processing + excluded.processing,
+           retrying   = s.retrying + excluded.retrying,
+           pushed     = s.pushed + excluded.pushed,
+           popped     = s.popped + excluded.popped,
+           completed  = s.completed + excluded.completed,
+           failed     = s.failed + excluded.failed,
+           expired    = s.expired + excluded.expired,
+           cancelled  = s.cancelled + excluded.cancelled,
+           retried    = s.retried + excluded.retried,
+           deleted    = s.deleted + excluded.deleted,
+           blocked    = s.blocked + excluded.blocked,
+           last_activity = greatest(s.last_activity, excluded.last_activity);
+    INSERT INTO queue.stats_minutes AS m
+           (queue, minute, slot, pushed, popped, completed, failed, expired, cancelled, retried)
+    SELECT p_queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'), p_slot,
+           p_counts[5], p_counts[6], p_counts[7], p_counts[8], p_counts[9], p_counts[10], p_counts[11]
+     WHERE p_minutes AND (p_counts[5] <> 0 OR p_counts[6] <> 0 OR p_counts[7] <> 0 OR p_counts[8] <> 0
+                          OR p_counts[9] <> 0 OR p_counts[10] <> 0 OR p_counts[11] <> 0)
+    ON CONFLICT (queue, minute, slot) DO UPDATE
+       SET pushed = m.pushed + excluded.pushed, popped = m.popped + excluded.popped,
+           completed = m.completed + excluded.completed, failed = m.failed + excluded.failed,
+           expired = m.expired + excluded.expired, cancelled = m.cancelled + excluded.cancelled,
+           retried = m.retried + excluded.retried;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.stats_rows(p_queue text DEFAULT NULL)
+RETURNS TABLE (queue text, priority int, scheduled bigint, pending bigint, processing bigint,
+               retrying bigint, pushed bigint, popped bigint, completed bigint, failed bigint,
+               expired bigint, cancelled bigint, retried bigint, deleted bigint,
+               last_activity timestamptz, blocked bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
+    RETURN QUERY
+    SELECT r.queue::text, r.priority,
+           sum(r.scheduled)::bigint, sum(r.pending)::bigint, sum(r.processing)::bigint,
+           sum(r.retrying)::bigint, sum(r.pushed)::bigint, sum(r.popped)::bigint,
+           sum(r.completed)::bigint, sum(r.failed)::bigint, sum(r.expired)::bigint,
+           sum(r.cancelled)::bigint, sum(r.retried)::bigint, sum(r.deleted)::bigint,
+           max(r.last_activity), sum(r.blocked)::bigint
+      FROM (SELECT s.queue, s.priority, s.scheduled, s.pending, s.processing, s.retrying,
+                   s.pushed, s.popped, s.completed, s.failed, s.expired, s.cancelled,
+                   s.retried, s.deleted, s.last_activity, s.blocked
+              FROM queue.stats s
+             WHERE p_queue IS NULL OR s.queue = p_queue COLLATE "C"
+            UNION ALL
+            SELECT u.queue, u.priority, u.counts[1], u.counts[2], u.counts[3], u.counts[4],
+                   u.counts[5], u.counts[6], u.counts[7], u.counts[8], u.counts[9],
+                   u.counts[10], u.counts[11], u.counts[12], u.last_activity, u.counts[13]
+              FROM queue.stats_unflushed() u
+             WHERE p_queue IS NULL OR u.queue = p_queue) r
+     GROUP BY r.queue, r.priority;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.recount_stats() RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off AS $$
+DECLARE
+    v_timeout text := current_setting('lock_timeout');
+    v_rows    int;
+BEGIN
+    IF EXISTS (
+        SELECT 1
+          FROM pg_locks l
+          LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'relation' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND l.relation = 'queue.jobs'::regclass AND l.granted
+           AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareRowExclusiveLock',
+                          'ExclusiveLock', 'AccessExclusiveLock')
+           AND l.pid IS DISTINCT FROM pg_backend_pid()
+           -- a prepared transaction has no backend: always long
+           AND (l.pid IS NULL OR a.xact_start < clock_timestamp() - interval '20 milliseconds')) THEN
+        RETURN -1;
+    END IF;
+    -- Both waits are bounded: a reader holding the stats lock in a
+    -- transaction that then writes jobs would otherwise deadlock with us.
+    PERFORM set_config('lock_timeout', '10ms', true);
+    LOCK TABLE queue.jobs IN SHARE MODE;
+    PERFORM pg_advisory_xact_lock(1903519093, 1);
+    PERFORM set_config('lock_timeout', v_timeout, true);
+    PERFORM queue.stats_forget_gauges();
+    UPDATE queue.stats
+       SET scheduled = 0, pending = 0, processing = 0, retrying = 0, blocked = 0
+     WHERE scheduled <> 0 OR pending <> 0 OR processing <> 0 OR retrying <> 0 OR blocked <> 0;
+    INSERT INTO queue.stats AS s (queue, priority, slot, scheduled, pending, processing, retrying, blocked)
+    SELECT j.queue, j.priority, 0,
+           count(*) FILTER (WHERE j.status = 'scheduled'),
+           count(*) FILTER (WHERE j.status = 'pending'),
+           count(*) FILTER (WHERE j.status = 'processing'),
+           count(*) FILTER (WHERE j.status = 'retrying'),
+           count(*) FILTER (WHERE j.status = 'blocked')
+      FROM queue.jobs j
+     GROUP BY j.queue, j.priority
+    ON CONFLICT (queue, priority, slot) DO UPDATE
+       SET scheduled = excluded.scheduled, pending = excluded.pending,
+           processing = excluded.processing, retrying = excluded.retrying,
+           blocked = excluded.blocked;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.stats_pass() RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_rows   int;
+    v_folded int;
+BEGIN
+    IF queue.stats_recount_needed() THEN
+        BEGIN
+            PERFORM queue.recount_stats();
+        EXCEPTION WHEN OTHERS THEN
+            -- lock_timeout behind a transaction that just began: next tick.
+            RAISE WARNING 'queue: recounting the job gauges failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+        END;
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(1903519093, 1) THEN
+        RETURN 0;
+    END IF;
+    -- The amounts moved are also this minute's throughput (counts[5] is
+    -- pushed, then popped, completed, failed, expired, cancelled, retried).
+    WITH taken AS MATERIALIZED (
+        SELECT t.* FROM queue.stats_take() t
+    ), applied AS (
+        SELECT count(*) AS n
+          FROM (SELECT queue.stats_apply(0, t.queue, t.priority, t.counts, t.last_activity) FROM taken t) a
+    ), minutes AS (
+        INSERT INTO queue.stats_minutes AS m
+               (queue, minute, pushed, popped, completed, failed, expired, cancelled, retried)
+        SELECT t.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'),
+               sum(t.counts[5]), sum(t.counts[6]), sum(t.counts[7]), sum(t.counts[8]),
+               sum(t.counts[9]), sum(t.counts[10]), sum(t.counts[11])
+          FROM taken t
+         GROUP BY t.queue
+        HAVING sum(t.counts[5]) + sum(t.counts[6]) + sum(t.counts[7]) + sum(t.counts[8])
+               + sum(t.counts[9]) + sum(t.counts[10]) + sum(t.counts[11]) > 0
+        ON CONFLICT (queue, minute, slot) DO UPDATE
+           SET pushed = m.pushed + excluded.pushed, popped = m.popped + excluded.popped,
+               completed = m.completed + excluded.completed, failed = m.failed + excluded.failed,
+               expired = m.expired + excluded.expired, cancelled = m.cancelled + excluded.cancelled,
+               retried = m.retried + excluded.retried
+    )
+    SELECT a.n INTO v_rows FROM applied a;
+    -- Rows backends wrote because the shared table was full (one per key
+    -- and backend) are folded into slot 0 now and then, so that they do
+    -- not pile up; rows a committing backend holds are left for next time.
+    IF queue.stats_fold_due() THEN
+        WITH gone AS (
+            DELETE FROM queue.stats s
+             WHERE s.ctid = ANY (ARRAY(SELECT x.ctid FROM queue.stats x WHERE x.slot <> 0
+                                          FOR UPDATE SKIP LOCKED))
+            RETURNING s.*
+        )
+        SELECT count(*) INTO v_folded
+          FROM (SELECT queue.stats_apply(0, g.queue, g.priority,
+                       ARRAY[sum(g.scheduled), sum(g.pending), sum(g.processing), sum(g.retrying),
+                             sum(g.pushed), sum(g.popped), sum(g.completed), sum(g.failed),
+                             sum(g.expired), sum(g.cancelled), sum(g.retried), sum(g.deleted),
+                             sum(g.blocked)]::bigint[],
+                       max(g.last_activity))
+                  FROM gone g
+                 GROUP BY g.queue, g.priority) f;
+    END IF;
+    DELETE FROM queue.stats_minutes WHERE minute < now() - queue.metrics_retention();
+    DELETE FROM queue.job_errors WHERE at < now() - queue.retention();
+    RETURN v_rows;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_stats(queue text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue  text := queue.check_queue_filter(queue_stats.queue);
+    v_scope  text[] := queue.scope('read', v_queue);
+    v_stats  jsonb;
+    v_oldest timestamptz;
+BEGIN
+    WITH c AS (
+        SELECT * FROM queue.stats_rows(v_queue) r
+         WHERE (v_queue IS NULL OR r.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, r.queue))
+    )
+    SELECT jsonb_build_object(
+               'queue', v_queue,
+               'total_size', coalesce(sum(c.pending + c.scheduled + c.retrying), 0),
+               'pending', coalesce(sum(c.pending), 0),
+               'scheduled', coalesce(sum(c.scheduled), 0),
+               'processing', coalesce(sum(c.processing), 0),
+               'retrying', coalesce(sum(c.retrying), 0),
+               'blocked', coalesce(sum(c.blocked), 0),
+               'completed', coalesce(sum(c.completed), 0),
+               'failed', coalesce(sum(c.failed), 0),
+               'expired', coalesce(sum(c.expired), 0),
+               'cancelled', coalesce(sum(c.cancelled), 0),
+               'retried', coalesce(sum(c.retried), 0),
+               'deleted', coalesce(sum(c.deleted), 0),
+               'total_pushed', coalesce(sum(c.pushed), 0),
+               'total_popped', coalesce(sum(c.popped), 0),
+               'priority_breakdown', coalesce(
+                   (SELECT jsonb_object_agg(queue.priority_label(b.priority), b.waiting ORDER BY b.priority)
+                      FROM (SELECT c2.priority, sum(c2.pending + c2.scheduled + c2.retrying) AS waiting
+                              FROM c c2 GROUP BY c2.priority) b
+                     WHERE b.waiting > 0), '{}'),
+               'last_activity', max(c.last_activity)),
+           queue.oldest_pending(array_agg(c.queue) FILTER (WHERE c.pending > 0),
+                                array_agg(c.priority) FILTER (WHERE c.pending > 0))
+      INTO v_stats, v_oldest
+      FROM c;
+    -- One queue: whether it is paused; all queues: how many are.
+    RETURN v_stats || jsonb_build_object('oldest_pending_age',
+        round(extract(epoch FROM now() - v_oldest), 3))
+        || CASE WHEN v_queue IS NOT NULL
+                THEN jsonb_build_object('paused', EXISTS (
+                         SELECT FROM queue.queue_settings s WHERE s.queue = v_queue AND s.paused_at IS NOT NULL))
+                ELSE jsonb_build_object('paused_queues', (
+                         SELECT count(*) FROM queue.queue_settings s
+                          WHERE s.paused_at IS NOT NULL
+                            AND (v_scope IS NULL OR queue.access_allows(v_scope, s.queue))))
+           END;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_stats(text) IS
+'Counts of one queue, or of all with NULL: total_size (= pending + scheduled + retrying), each status (blocked: waiting for dependencies), cumulative completed/failed/expired/cancelled/retried/deleted, total_pushed, total_popped, priority_breakdown of waiting jobs, oldest_pending_age (seconds), last_activity; paused (one queue) or paused_queues (all). Constant time.';
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_prometheus()
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_healthy boolean := (@extschema@.queue_health() ->> 'healthy')::boolean;
+    v_scope   text[] := queue.scope('read');
+    v_text    text;
+BEGIN
+    -- One statement, lines ordered by (family, queue, line): linear in the
+    -- number of queues (appending to arrays in a loop was quadratic).
+    WITH r AS (
+        SELECT s.queue, sum(s.pending) AS pending, sum(s.scheduled) AS scheduled,
+               sum(s.processing) AS processing, sum(s.retrying) AS retrying,
+               sum(s.blocked) AS blocked, sum(s.pushed) AS pushed, sum(s.popped) AS popped, sum(s.completed) AS completed,
+               sum(s.failed) AS failed, sum(s.expired) AS expired, sum(s.cancelled) AS cancelled,
+               sum(s.retried) AS retried, sum(s.deleted) AS deleted,
+               queue.oldest_pending(array_agg(s.queue) FILTER (WHERE s.pending > 0),
+                                    array_agg(s.priority) FILTER (WHERE s.pending > 0)) AS oldest
+          FROM queue.stats_rows() s
+         WHERE v_scope IS NULL OR queue.access_allows(v_scope, s.queue)
+         GROUP BY s.queue
+    ), lines (family, queue, n, line) AS (
+        VALUES (0, '', 0, '# HELP queue_up Whether the background workers serve this database and tick (1) or not (0).'),
+               (0, '', 1, '# TYPE queue_up gauge'),
+               (0, '', 2, format('queue_up %s', CASE WHEN v_healthy THEN 1 ELSE 0 END)),
+               (1, '', 0, '# HELP queue_jobs Jobs waiting or running, by queue and status.'),
+               (1, '', 1, '# TYPE queue_jobs gauge'),
+               (2, '', 0, '# HELP queue_jobs_total Jobs pushed, claimed, retried, finished and deleted, by queue and event.'),
+               (2, '', 1, '# TYPE queue_jobs_total counter'),
+               (3, '', 0, '# HELP queue_oldest_pending_age_seconds Age of the oldest claimable job of the queue.'),
+               (3, '', 1, '# TYPE queue_oldest_pending_age_seconds gauge')
+        UNION ALL
+        SELECT 1, r.queue, 2 + g.n, format('queue_jobs{queue="%s",status="%s"} %s', r.queue, g.status, g.value)
+          FROM r, LATERAL (VALUES (0, 'pending', r.pending), (1, 'scheduled', r.scheduled),
+                                  (2, 'processing', r.processing), (3, 'retrying', r.retrying),
+                                  (4, 'blocked', r.blocked)) g(n, status, value)
+        UNION ALL
+        SELECT 2, r.queue, 2 + e.n, format('queue_jobs_total{queue="%s",event="%s"} %s', r.queue, e.event, e.value)
+          FROM r, LATERAL (VALUES (0, 'pushed', r.pushed), (1, 'popped', r.popped), (2, 'completed', r.completed),
+                                  (3, 'failed', r.failed), (4, 'expired', r.expired), (5, 'cancelled', r.cancelled),
+                                  (6, 'retried', r.retried), (7, 'deleted', r.deleted)) e(n, event, value)
+        UNION ALL
+        SELECT 3, r.queue, 2, format('queue_oldest_pending_age_seconds{queue="%s"} %s', r.queue,
+                                     coalesce(round(extract(epoch FROM now() - r.oldest), 3), 0))
+          FROM r
+    )
+    SELECT string_agg(l.line, E'\n' ORDER BY l.family, l.queue <> '', l.queue, l.n) INTO v_text FROM lines l;
+    RETURN v_text || E'\n';
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_prometheus() IS
+'The counters in Prometheus text exposition format: queue_up, queue_jobs{queue,status}, queue_jobs_total{queue,event}, queue_oldest_pending_age_seconds{queue}.';
+
+CREATE OR REPLACE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[], OUT parents bigint[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_gone bigint[];
+BEGIN
+    WITH gone_live AS (
+        DELETE FROM queue.jobs j
+         WHERE j.id = ANY (p_ids) AND j.status <> 'processing'
+        RETURNING j.id, j.serial_group, j.has_children, queue.tally(j.queue, j.priority, j.status::text, NULL)
+    ), gone_final AS (
+        DELETE FROM queue.finished_jobs j
+         WHERE j.id = ANY (p_ids)
+        RETURNING j.id, j.queue, j.status, j.serial_group, j.run_at, j.started_at, j.finished_at,
+                  queue.tally(j.queue, j.priority, j.status::text, NULL)
+    ), archived AS (
+        INSERT INTO queue.job_times (queue, finished_minute, completed, failed, expired, run_ms, wait_ms)
+        SELECT g.queue, date_bin('1 minute', g.finished_at, timestamptz '2000-01-01 00:00:00+00'),
+               count(*) FILTER (WHERE g.status = 'completed'),
+               count(*) FILTER (WHERE g.status = 'failed'),
+               count(*) FILTER (WHERE g.status = 'expired'),
+               array_agg(date_part('epoch', g.finished_at - g.started_at) * 1000),
+               array_agg(date_part('epoch', g.started_at - g.run_at) * 1000)
+          FROM gone_final g
+         WHERE g.status IN ('completed', 'failed', 'expired') AND g.started_at IS NOT NULL
+         GROUP BY 1, 2
+    ), gone AS (
+        SELECT l.id, l.serial_group, l.has_children FROM gone_live l
+        UNION ALL
+        SELECT f.id, f.serial_group, false FROM gone_final f
+    )
+    SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
+           array_agg(g.id) FILTER (WHERE g.has_children), array_agg(g.id)
+      INTO deleted, groups, parents, v_gone
+      FROM gone g;
+    IF deleted > 0 AND EXISTS (SELECT FROM queue.job_deps) THEN
+        DELETE FROM queue.job_deps d WHERE d.child = ANY (v_gone);
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.forget_jobs(p_ids bigint[]) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_gone  record;
+    v_group text;
+BEGIN
+    SELECT * INTO v_gone FROM queue.delete_jobs(p_ids);
+    FOREACH v_group IN ARRAY coalesce(v_gone.groups, '{}') LOOP
+        PERFORM queue.group_elect(v_group);
+    END LOOP;
+    IF v_gone.parents IS NOT NULL THEN
+        PERFORM queue.release_children(v_gone.parents, 'cancelled');
+    END IF;
+    RETURN v_gone.deleted;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.revive_jobs(p_ids bigint[]) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_count  bigint;
+    v_queues text[];
+    v_groups text[];
+    v_parents bigint[];
+BEGIN
+    WITH dead AS (
+        DELETE FROM queue.finished_jobs j
+         WHERE j.id = ANY (p_ids) AND j.status IN ('failed', 'expired')
+        RETURNING j.*
+    ), revived AS (
+        -- Back into the live table under its own id; attempts, times, worker,
+        -- result and progress start afresh, the last error stays for reference.
+        INSERT INTO queue.jobs AS j
+               (id, queue, status, priority, group_waiting, serial_group, run_at,
+                max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+                dedupe_key, payload, last_error, created_at, has_children)
+        SELECT d.id, d.queue, 'pending', d.priority, d.serial_group IS NOT NULL, d.serial_group, now(),
+               d.max_attempts, d.timeout, d.backoff_base, d.backoff_max, d.retry_delays,
+               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children
+          FROM dead d
+        -- (or 'expired': the counters treat every final status alike here)
+        RETURNING j.id, j.queue, j.serial_group, queue.tally(j.queue, j.priority, 'failed', 'pending')
+    )
+    SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE serial_group IS NULL),
+           array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL),
+           array_agg(id)
+      INTO v_count, v_queues, v_groups, v_parents FROM revived;
+    PERFORM queue.announce(v_queues, v_groups);
+    -- Dependents, also those pushed after the job died (cancelled at once):
+    -- a later statement, so that a push that held the dead row's lock is
+    -- seen. The revived jobs that have any are flagged for their finish.
+    IF v_count > 0 AND EXISTS (SELECT FROM queue.job_deps) THEN
+        v_parents := ARRAY(SELECT DISTINCT d.parent FROM queue.job_deps d WHERE d.parent = ANY (v_parents));
+        IF cardinality(v_parents) > 0 THEN
+            UPDATE queue.jobs j SET has_children = true WHERE j.id = ANY (v_parents) AND NOT j.has_children;
+            PERFORM queue.revive_children(v_parents);
+        END IF;
+    END IF;
+    RETURN v_count;
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION USING ERRCODE = 'unique_violation',
+        MESSAGE = 'a live job with the same dedupe_key exists; the dead job was not retried',
+        HINT = 'Let the live job finish, or queue_delete the dead one.';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_clear(queue text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_clear.queue);
+BEGIN
+    PERFORM queue.scope('produce', v_queue);
+    RETURN queue.forget_jobs(ARRAY(
+        SELECT j.id FROM queue.jobs j
+         WHERE j.queue = v_queue AND j.status IN ('pending', 'scheduled', 'retrying', 'blocked')));
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_clear(text) IS
+'Delete the waiting jobs of a queue (pending, scheduled, retrying, blocked), never processing ones; returns how many. Jobs of other queues that depend on them are cancelled.';
+
+CREATE OR REPLACE FUNCTION queue.lock_deps(p_parents bigint[], p_run_anyway boolean,
+                                OUT parents bigint[], OUT resolved boolean[], OUT blocked_by int,
+                                OUT dead bigint, OUT dead_status text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_live    bigint[];
+    v_flag    bigint[];
+    v_final   record;
+    v_unknown bigint;
+    v_dead    bigint[];
+    v_round   int := 0;
+BEGIN
+    IF coalesce(array_ndims(p_parents), 1) > 1 OR array_position(p_parents, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'depends_on must be a one-dimensional array of job ids without NULL',
+            HINT = 'Pass the ids queue_push returned for the jobs this one waits for, e.g. ARRAY[41, 42].';
+    END IF;
+    parents := ARRAY(SELECT DISTINCT p FROM unnest(p_parents) AS p ORDER BY 1);
+    PERFORM queue.check_count('depends_on', cardinality(parents), 100000,
+        'A job may depend on at most 100,000 jobs; let it depend on a job that depends on the rest.');
+    IF EXISTS (SELECT FROM queue.access_rules) THEN
+        SELECT min(p) INTO v_unknown
+          FROM unnest(parents) AS p
+         WHERE p <> ALL (queue.allowed_ids(queue.caller(), 'read', parents));
+        IF v_unknown IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('depends_on names an unknown job: %s', v_unknown),
+                HINT = 'A dependency must be a job of a queue you may read, live or still in history.';
+        END IF;
+    END IF;
+    LOOP
+        -- Live dependencies, locked so that none can finish before this
+        -- transaction commits (a finish waits, then sees the flag).
+        SELECT coalesce(array_agg(l.id), '{}'), array_agg(l.id) FILTER (WHERE NOT l.has_children)
+          INTO v_live, v_flag
+          FROM (SELECT j.id, j.has_children FROM queue.jobs j
+                 WHERE j.id = ANY (parents) ORDER BY j.id FOR NO KEY UPDATE) l;
+        IF v_flag IS NOT NULL THEN
+            UPDATE queue.jobs j SET has_children = true WHERE j.id = ANY (v_flag);
+        END IF;
+        -- The others must be final. A later statement, so a finish that
+        -- committed while the lock above waited is seen here.
+        resolved := '{}';
+        blocked_by := 0;
+        dead := NULL;
+        v_dead := '{}';
+        v_unknown := NULL;
+        -- Each is locked (FOR KEY SHARE) against a retry that would revive
+        -- it before this push's edges are seen.
+        FOR v_final IN
+            SELECT p.id, f.status
+              FROM unnest(parents) WITH ORDINALITY AS p(id, n)
+              LEFT JOIN LATERAL (SELECT f.status FROM queue.finished_jobs f
+                                  WHERE f.id = p.id FOR KEY SHARE) f ON true
+             WHERE p.id <> ALL (v_live)
+             ORDER BY p.n
+        LOOP
+            IF v_final.status IS NULL THEN
+                v_unknown := coalesce(v_unknown, v_final.id);
+            ELSIF v_final.status <> 'completed' AND NOT p_run_anyway THEN
+                v_dead := v_dead || v_final.id;
+                IF dead IS NULL THEN
+                    dead := v_final.id;
+                    dead_status := v_final.status::text;
+                END IF;
+            END IF;
+        END LOOP;
+        -- A dependency being retried at this moment is neither: look again.
+        EXIT WHEN v_unknown IS NULL OR v_round = 2;
+        v_round := v_round + 1;
+    END LOOP;
+    IF v_unknown IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('depends_on names an unknown job: %s', v_unknown),
+            HINT = 'A dependency must be a job of a queue you may read, live or still in history (with queue.keep_completed off, a completed job leaves none).';
+    END IF;
+    -- Resolved: completed, or ended with run_anyway. A dead edge stays
+    -- open: it blocks the child again if the child is revived.
+    resolved := ARRAY(SELECT p <> ALL (v_live) AND p <> ALL (v_dead) FROM unnest(parents) AS p);
+    blocked_by := cardinality(v_live);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.add_edges(p_children bigint[], p_deps record, p_run_anyway boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO queue.job_deps (parent, child, run_anyway, resolved, cancelled_child)
+    SELECT p.id, c.id, p_run_anyway, p.resolved, p.id IS NOT DISTINCT FROM p_deps.dead
+      FROM unnest(p_deps.parents::bigint[], p_deps.resolved::boolean[]) AS p(id, resolved),
+           unnest(p_children) AS c(id);
+    IF p_deps.dead IS NOT NULL THEN
+        PERFORM queue.finish_jobs(p_children, '{blocked}', 'cancelled', NULL, NULL,
+            format('dependency %s ended %s', p_deps.dead, p_deps.dead_status), false);
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.unblock(p_parents bigint[], p_run_anyway_only boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queues text[];
+    v_groups text[];
+BEGIN
+    WITH edges AS (
+        UPDATE queue.job_deps d SET resolved = true
+         WHERE d.parent = ANY (p_parents) AND NOT d.resolved
+           AND (d.run_anyway OR NOT p_run_anyway_only)
+        RETURNING d.child
+    ), counts AS (
+        SELECT e.child, count(*)::int AS n FROM edges e GROUP BY e.child
+    ), released AS (
+        UPDATE queue.jobs j
+           SET blocked_by = j.blocked_by - c.n,
+               status = CASE WHEN j.blocked_by > c.n THEN 'blocked'
+                             WHEN j.run_at > now() THEN 'scheduled'
+                             ELSE 'pending' END::queue.job_status,
+               group_waiting = j.blocked_by <= c.n AND j.run_at <= now() AND j.serial_group IS NOT NULL
+          FROM counts c
+         WHERE j.id = c.child AND j.status = 'blocked'
+        RETURNING j.queue, j.serial_group, j.status,
+                  CASE WHEN j.status <> 'blocked'
+                       THEN queue.tally(j.queue, j.priority, 'blocked', j.status::text) END
+    )
+    SELECT array_agg(DISTINCT r.queue) FILTER (WHERE r.status = 'pending' AND r.serial_group IS NULL),
+           array_agg(DISTINCT r.serial_group) FILTER (WHERE r.status = 'pending' AND r.serial_group IS NOT NULL)
+      INTO v_queues, v_groups
+      FROM released r;
+    PERFORM queue.announce(v_queues, v_groups);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.release_children(p_parents bigint[], p_status queue.job_status) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_root    bigint;
+    v_level   bigint[];
+    v_victims bigint[];
+BEGIN
+    PERFORM queue.unblock(p_parents, p_status <> 'completed');
+    IF p_status = 'completed' THEN
+        RETURN;
+    END IF;
+    FOREACH v_root IN ARRAY p_parents LOOP
+        v_level := ARRAY[v_root];
+        LOOP
+            -- The blocked children of this level on edges that block,
+            -- locked in id order.
+            SELECT array_agg(c.id)
+              INTO v_victims
+              FROM (SELECT c.id FROM queue.jobs c
+                     WHERE c.id = ANY (ARRAY(SELECT d.child FROM queue.job_deps d
+                                              WHERE d.parent = ANY (v_level)
+                                                AND NOT d.resolved AND NOT d.run_anyway))
+                       AND c.status = 'blocked'
+                     ORDER BY c.id
+                       FOR UPDATE) c;
+            EXIT WHEN v_victims IS NULL;
+            UPDATE queue.job_deps d SET cancelled_child = true
+             WHERE d.parent = ANY (v_level) AND d.child = ANY (v_victims)
+               AND NOT d.resolved AND NOT d.run_anyway;
+            PERFORM queue.finish_jobs(v_victims, '{blocked}', 'cancelled', NULL, NULL,
+                format('dependency %s ended %s', v_root, p_status), false);
+            -- The next level: what depended on the jobs just cancelled.
+            v_level := ARRAY(SELECT DISTINCT d.parent FROM queue.job_deps d WHERE d.parent = ANY (v_victims));
+            EXIT WHEN cardinality(v_level) = 0;
+            PERFORM queue.unblock(v_level, true);
+        END LOOP;
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION queue.revive_children(p_parents bigint[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_level bigint[] := p_parents;
+    v_cands bigint[];
+BEGIN
+    LOOP
+        WITH cleared AS (
+            UPDATE queue.job_deps d SET cancelled_child = false
+             WHERE d.parent = ANY (v_level) AND d.cancelled_child
+            RETURNING d.child
+        )
+        SELECT array_agg(DISTINCT c.child) INTO v_cands FROM cleared c;
+        EXIT WHEN v_cands IS NULL;
+        -- Still dead elsewhere: the cause moves to that edge.
+        UPDATE queue.job_deps d SET cancelled_child = true
+          FROM queue.finished_jobs p
+         WHERE d.child = ANY (v_cands) AND p.id = d.parent
+           AND NOT d.resolved AND NOT d.run_anyway
+           AND p.status IN ('failed', 'expired', 'cancelled');
+        WITH back AS (
+            DELETE FROM queue.finished_jobs f
+             WHERE f.id = ANY (v_cands) AND f.status = 'cancelled'
+               AND NOT EXISTS (SELECT FROM queue.job_deps d
+                                WHERE d.child = f.id AND d.cancelled_child)
+            RETURNING f.*
+        ), revived AS (
+            INSERT INTO queue.jobs AS j
+                   (id, queue, status, priority, group_waiting, serial_group, run_at,
+                    max_attempts, timeout, backoff_base, backoff_max, retry_delays,
+                    dedupe_key, payload, created_at, blocked_by, has_children)
+            SELECT b.id, b.queue, 'blocked', b.priority, false, b.serial_group, b.run_at,
+                   b.max_attempts, b.timeout, b.backoff_base, b.backoff_max, b.retry_delays,
+                   b.dedupe_key, b.payload, b.created_at,
+                   (SELECT count(*) FROM queue.job_deps d WHERE d.child = b.id AND NOT d.resolved),
+                   b.has_children
+              FROM back b
+            RETURNING j.id, j.has_children, queue.tally(j.queue, j.priority, 'cancelled', 'blocked')
+        )
+        SELECT coalesce(array_agg(r.id) FILTER (WHERE r.has_children), '{}') INTO v_level FROM revived r;
+        EXIT WHEN cardinality(v_level) = 0;
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.queue_dependencies(id bigint)
+RETURNS TABLE (dependency bigint, queue text, status text, result jsonb, finished_at timestamptz,
+               resolved boolean, run_anyway boolean)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.parent, p.queue::text, p.status::text, p.result, p.finished_at, d.resolved, d.run_anyway
+      FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a
+      JOIN queue.job_deps d ON d.child = $1
+      LEFT JOIN queue.all_jobs p ON p.id = d.parent
+     WHERE queue.access_allows(a.patterns, (SELECT c.queue FROM queue.all_jobs c WHERE c.id = $1))
+       AND (p.queue IS NULL OR queue.access_allows(a.patterns, p.queue))
+     ORDER BY d.parent;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_dependencies(bigint) IS
+'The jobs a job depends on (depends_on of queue_push): dependency (its id), queue, status, result, finished_at, resolved (no longer blocks), run_anyway. A handler reads its inputs with it.';
+
+
 -- 6. Grants, as sql/security.sql gives them on a fresh install.
 REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA queue FROM PUBLIC;
@@ -2378,7 +3506,12 @@ REVOKE ALL ON FUNCTION
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
-    @extschema@.queue_progress(bigint, int, int, text, int)
+    @extschema@.queue_progress(bigint, int, int, text, int),
+    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_dependencies(bigint)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     @extschema@.queue_jobs(text, text, int, bigint),
@@ -2394,8 +3527,21 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
-    @extschema@.queue_progress(bigint, int, int, text, int)
+    @extschema@.queue_progress(bigint, int, int, text, int),
+    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_dependencies(bigint)
 TO queue_admin;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_dependencies(bigint)
+TO queue_producer;
+GRANT EXECUTE ON FUNCTION @extschema@.queue_dependencies(bigint) TO queue_worker;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_progress(bigint, int, int, text, int) TO queue_worker;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_release(bigint, int) TO queue_worker;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]) TO queue_worker;
@@ -2407,6 +3553,7 @@ SELECT pg_catalog.pg_extension_config_dump('queue.access_rules', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.stats_minutes', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.job_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.queue_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.job_deps', '');
 
 -- 0.2.0 uses an existing role of these names only when it carries this
 -- marker (sql/security.sql). 0.1.0 made its roles without one, or adopted

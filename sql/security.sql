@@ -63,14 +63,15 @@ END;
 $$;
 
 GRANT EXECUTE ON FUNCTION
-    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text),
-    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text),
-    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text),
-    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text),
+    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
     @extschema@.queue_priority(text),
     @extschema@.queue_size(text),
     @extschema@.queue_peek(text, int),
-    @extschema@.queue_job(bigint)
+    @extschema@.queue_job(bigint),
+    @extschema@.queue_dependencies(bigint)
 TO queue_producer;
 
 GRANT EXECUTE ON FUNCTION
@@ -84,7 +85,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_touch(bigint, interval, int),
     @extschema@.queue_progress(bigint, int, int, text, int),
     @extschema@.queue_heartbeat(text, jsonb),
-    @extschema@.queue_priority(text)
+    @extschema@.queue_priority(text),
+    @extschema@.queue_dependencies(bigint)
 TO queue_worker;
 
 -- queue_schedule reaches the internal table through this one SECURITY
@@ -109,3 +111,4 @@ SELECT pg_catalog.pg_extension_config_dump('queue.stats_minutes', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.job_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.access_rules', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.queue_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.job_deps', '');

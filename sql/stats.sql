@@ -31,6 +31,8 @@ CREATE TABLE queue.stats (
     retried       bigint NOT NULL DEFAULT 0,
     deleted       bigint NOT NULL DEFAULT 0,
     last_activity timestamptz,
+    -- Jobs waiting for their dependencies: a gauge, added after the others.
+    blocked       bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (queue, priority, slot)
 );
 
@@ -98,10 +100,10 @@ LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO queue.stats AS s (queue, priority, slot, scheduled, pending, processing, retrying,
                                   pushed, popped, completed, failed, expired, cancelled, retried,
-                                  deleted, last_activity)
+                                  deleted, last_activity, blocked)
     VALUES (p_queue, p_priority, p_slot, p_counts[1], p_counts[2], p_counts[3], p_counts[4],
             p_counts[5], p_counts[6], p_counts[7], p_counts[8], p_counts[9], p_counts[10],
-            p_counts[11], p_counts[12], p_last)
+            p_counts[11], p_counts[12], p_last, coalesce(p_counts[13], 0))
     ON CONFLICT (queue, priority, slot) DO UPDATE
        SET scheduled  = s.scheduled + excluded.scheduled,
            pending    = s.pending + excluded.pending,
@@ -115,6 +117,7 @@ SET search_path = pg_catalog, pg_temp AS $$
            cancelled  = s.cancelled + excluded.cancelled,
            retried    = s.retried + excluded.retried,
            deleted    = s.deleted + excluded.deleted,
+           blocked    = s.blocked + excluded.blocked,
            last_activity = greatest(s.last_activity, excluded.last_activity);
     INSERT INTO queue.stats_minutes AS m
            (queue, minute, slot, pushed, popped, completed, failed, expired, cancelled, retried)
@@ -142,7 +145,7 @@ CREATE FUNCTION queue.stats_rows(p_queue text DEFAULT NULL)
 RETURNS TABLE (queue text, priority int, scheduled bigint, pending bigint, processing bigint,
                retrying bigint, pushed bigint, popped bigint, completed bigint, failed bigint,
                expired bigint, cancelled bigint, retried bigint, deleted bigint,
-               last_activity timestamptz)
+               last_activity timestamptz, blocked bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan AS $$
@@ -154,16 +157,16 @@ BEGIN
            sum(r.retrying)::bigint, sum(r.pushed)::bigint, sum(r.popped)::bigint,
            sum(r.completed)::bigint, sum(r.failed)::bigint, sum(r.expired)::bigint,
            sum(r.cancelled)::bigint, sum(r.retried)::bigint, sum(r.deleted)::bigint,
-           max(r.last_activity)
+           max(r.last_activity), sum(r.blocked)::bigint
       FROM (SELECT s.queue, s.priority, s.scheduled, s.pending, s.processing, s.retrying,
                    s.pushed, s.popped, s.completed, s.failed, s.expired, s.cancelled,
-                   s.retried, s.deleted, s.last_activity
+                   s.retried, s.deleted, s.last_activity, s.blocked
               FROM queue.stats s
              WHERE p_queue IS NULL OR s.queue = p_queue COLLATE "C"
             UNION ALL
             SELECT u.queue, u.priority, u.counts[1], u.counts[2], u.counts[3], u.counts[4],
                    u.counts[5], u.counts[6], u.counts[7], u.counts[8], u.counts[9],
-                   u.counts[10], u.counts[11], u.counts[12], u.last_activity
+                   u.counts[10], u.counts[11], u.counts[12], u.last_activity, u.counts[13]
               FROM queue.stats_unflushed() u
              WHERE p_queue IS NULL OR u.queue = p_queue) r
      GROUP BY r.queue, r.priority;
@@ -221,19 +224,21 @@ BEGIN
     PERFORM set_config('lock_timeout', v_timeout, true);
     PERFORM queue.stats_forget_gauges();
     UPDATE queue.stats
-       SET scheduled = 0, pending = 0, processing = 0, retrying = 0
-     WHERE scheduled <> 0 OR pending <> 0 OR processing <> 0 OR retrying <> 0;
-    INSERT INTO queue.stats AS s (queue, priority, slot, scheduled, pending, processing, retrying)
+       SET scheduled = 0, pending = 0, processing = 0, retrying = 0, blocked = 0
+     WHERE scheduled <> 0 OR pending <> 0 OR processing <> 0 OR retrying <> 0 OR blocked <> 0;
+    INSERT INTO queue.stats AS s (queue, priority, slot, scheduled, pending, processing, retrying, blocked)
     SELECT j.queue, j.priority, 0,
            count(*) FILTER (WHERE j.status = 'scheduled'),
            count(*) FILTER (WHERE j.status = 'pending'),
            count(*) FILTER (WHERE j.status = 'processing'),
-           count(*) FILTER (WHERE j.status = 'retrying')
+           count(*) FILTER (WHERE j.status = 'retrying'),
+           count(*) FILTER (WHERE j.status = 'blocked')
       FROM queue.jobs j
      GROUP BY j.queue, j.priority
     ON CONFLICT (queue, priority, slot) DO UPDATE
        SET scheduled = excluded.scheduled, pending = excluded.pending,
-           processing = excluded.processing, retrying = excluded.retrying;
+           processing = excluded.processing, retrying = excluded.retrying,
+           blocked = excluded.blocked;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     RETURN v_rows;
 END;
@@ -302,7 +307,8 @@ BEGIN
           FROM (SELECT queue.stats_apply(0, g.queue, g.priority,
                        ARRAY[sum(g.scheduled), sum(g.pending), sum(g.processing), sum(g.retrying),
                              sum(g.pushed), sum(g.popped), sum(g.completed), sum(g.failed),
-                             sum(g.expired), sum(g.cancelled), sum(g.retried), sum(g.deleted)]::bigint[],
+                             sum(g.expired), sum(g.cancelled), sum(g.retried), sum(g.deleted),
+                             sum(g.blocked)]::bigint[],
                        max(g.last_activity))
                   FROM gone g
                  GROUP BY g.queue, g.priority) f;
@@ -372,6 +378,7 @@ BEGIN
                'scheduled', coalesce(sum(c.scheduled), 0),
                'processing', coalesce(sum(c.processing), 0),
                'retrying', coalesce(sum(c.retrying), 0),
+               'blocked', coalesce(sum(c.blocked), 0),
                'completed', coalesce(sum(c.completed), 0),
                'failed', coalesce(sum(c.failed), 0),
                'expired', coalesce(sum(c.expired), 0),
@@ -404,7 +411,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_stats(text) IS
-'Counts of one queue, or of all with NULL: total_size (= pending + scheduled + retrying), each status, cumulative completed/failed/expired/cancelled/retried/deleted, total_pushed, total_popped, priority_breakdown of waiting jobs, oldest_pending_age (seconds), last_activity; paused (one queue) or paused_queues (all). Constant time.';
+'Counts of one queue, or of all with NULL: total_size (= pending + scheduled + retrying), each status (blocked: waiting for dependencies), cumulative completed/failed/expired/cancelled/retried/deleted, total_pushed, total_popped, priority_breakdown of waiting jobs, oldest_pending_age (seconds), last_activity; paused (one queue) or paused_queues (all). Constant time.';
 
 /*
  * queue_size: jobs still waiting (pending + scheduled + retrying), from the
@@ -703,7 +710,7 @@ BEGIN
     WITH r AS (
         SELECT s.queue, sum(s.pending) AS pending, sum(s.scheduled) AS scheduled,
                sum(s.processing) AS processing, sum(s.retrying) AS retrying,
-               sum(s.pushed) AS pushed, sum(s.popped) AS popped, sum(s.completed) AS completed,
+               sum(s.blocked) AS blocked, sum(s.pushed) AS pushed, sum(s.popped) AS popped, sum(s.completed) AS completed,
                sum(s.failed) AS failed, sum(s.expired) AS expired, sum(s.cancelled) AS cancelled,
                sum(s.retried) AS retried, sum(s.deleted) AS deleted,
                queue.oldest_pending(array_agg(s.queue) FILTER (WHERE s.pending > 0),
@@ -724,7 +731,8 @@ BEGIN
         UNION ALL
         SELECT 1, r.queue, 2 + g.n, format('queue_jobs{queue="%s",status="%s"} %s', r.queue, g.status, g.value)
           FROM r, LATERAL (VALUES (0, 'pending', r.pending), (1, 'scheduled', r.scheduled),
-                                  (2, 'processing', r.processing), (3, 'retrying', r.retrying)) g(n, status, value)
+                                  (2, 'processing', r.processing), (3, 'retrying', r.retrying),
+                                  (4, 'blocked', r.blocked)) g(n, status, value)
         UNION ALL
         SELECT 2, r.queue, 2 + e.n, format('queue_jobs_total{queue="%s",event="%s"} %s', r.queue, e.event, e.value)
           FROM r, LATERAL (VALUES (0, 'pushed', r.pushed), (1, 'popped', r.popped), (2, 'completed', r.completed),

@@ -85,6 +85,7 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["maintenance"]);
+extension_sql_file!("../sql/dependencies.sql", name = "dependencies", requires = ["operations"]);
 extension_sql_file!(
     "../sql/scheduler.sql",
     name = "scheduler",
@@ -102,6 +103,7 @@ extension_sql_file!(
     requires = [
         "maintenance",
         "operations",
+        "dependencies",
         stats::stats_unflushed,
         stats::stats_take,
         stats::stats_recount_needed,

@@ -28,7 +28,7 @@
 //!
 //! A reader sums `queue.stats`, the shared-memory table and its own
 //! transaction's tallies. Shared memory does not survive a restart: the
-//! gauges (scheduled, pending, processing, retrying) are recounted from the
+//! gauges (blocked, scheduled, pending, processing, retrying) are recounted from the
 //! jobs table once after every server start, while no transaction writes
 //! jobs (`LOCK ... IN SHARE MODE`), and the cumulative totals lose at most
 //! what committed after the last flush. Readers and the flush serialize on
@@ -54,7 +54,10 @@ pub const CANCELLED: usize = 9;
 pub const RETRIED: usize = 10;
 /// Waiting jobs deleted (queue_clear, queue_delete).
 pub const DELETED: usize = 11;
-pub const COUNTERS: usize = 12;
+/// Jobs waiting for their dependencies (a gauge, last so that the order of
+/// the others stays as it was before dependencies existed).
+pub const BLOCKED: usize = 12;
+pub const COUNTERS: usize = 13;
 
 type Counts = [i64; COUNTERS];
 
@@ -69,6 +72,7 @@ const NAME_BYTES: usize = 64;
 /// A job status as the counters see it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Status {
+    Blocked,
     Scheduled,
     Pending,
     Processing,
@@ -82,6 +86,7 @@ enum Status {
 impl Status {
     fn parse(name: &str) -> Option<Status> {
         Some(match name {
+            "blocked" => Status::Blocked,
             "scheduled" => Status::Scheduled,
             "pending" => Status::Pending,
             "processing" => Status::Processing,
@@ -97,6 +102,7 @@ impl Status {
     /// The gauge of a waiting or running status; final statuses have none.
     fn gauge(self) -> Option<usize> {
         match self {
+            Status::Blocked => Some(BLOCKED),
             Status::Scheduled => Some(SCHEDULED),
             Status::Pending => Some(PENDING),
             Status::Processing => Some(PROCESSING),
@@ -515,7 +521,7 @@ fn stats_forget_gauges() {
     let Some(db) = served_db() else { return };
     for (queue, priority, counts, _) in shared_rows() {
         let mut cancel = [0; COUNTERS];
-        for g in [SCHEDULED, PENDING, PROCESSING, RETRYING] {
+        for g in [SCHEDULED, PENDING, PROCESSING, RETRYING, BLOCKED] {
             cancel[g] = -counts[g];
         }
         record(&queue, priority, cancel, false);
@@ -801,6 +807,12 @@ mod tests {
         assert_eq!((gone[PENDING], gone[DELETED]), (-3, 3));
         assert_eq!(transition(s("completed"), None, 5), [0; COUNTERS], "pruning history changes no counter");
         assert_eq!(transition(s("failed"), s("pending"), 1)[PENDING], 1, "a retried dead job waits again");
+        let blocked = transition(None, s("blocked"), 4);
+        assert_eq!((blocked[BLOCKED], blocked[PUSHED]), (4, 4), "a blocked push counts as pushed");
+        let released = transition(s("blocked"), s("pending"), 4);
+        assert_eq!((released[BLOCKED], released[PENDING], released[PUSHED]), (-4, 4, 0));
+        let gone = transition(s("blocked"), s("cancelled"), 1);
+        assert_eq!((gone[BLOCKED], gone[CANCELLED]), (-1, 1));
     }
 
     fn table_of(slots: &mut Vec<Slot>, header: &mut TableHeader, f: impl FnOnce(&mut Table)) {

@@ -177,7 +177,7 @@ impl Bench {
     async fn reset(&self) -> Result<()> {
         self.admin
             .batch_execute(
-                "TRUNCATE queue.jobs, queue.finished_jobs RESTART IDENTITY; TRUNCATE bench_ref RESTART IDENTITY; CHECKPOINT;",
+                "TRUNCATE queue.jobs, queue.finished_jobs, queue.job_deps RESTART IDENTITY; TRUNCATE bench_ref RESTART IDENTITY; CHECKPOINT;",
             )
             .await?;
         Ok(())
@@ -775,6 +775,67 @@ async fn main() -> Result<()> {
             }
             b.record(label, System::Queue, "ms", v);
         }
+    }
+    // W10: dependencies (issue 20). Fan-out: one job with 10,000 dependents,
+    // pushed in one queue_push_batch and released by one ack; fan-in: one
+    // job depending on 10,000, whose 10,000 acks count it down while four
+    // workers drain them. Each beside the same step without dependencies.
+    if want(&only, "W10") {
+        const N: usize = 10_000;
+        let (mut push, mut plain_push, mut release, mut plain_ack) = (vec![], vec![], vec![], vec![]);
+        let (mut fan_in_push, mut drain_in, mut drain_plain) = (vec![], vec![], vec![]);
+        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+        for _ in 0..b.reps {
+            for with_deps in [true, false] {
+                b.reset().await?;
+                let hub: i64 = b.admin.query_one("SELECT queue_push('bench-hub', '{}')", &[]).await?.get(0);
+                let deps = if with_deps { format!(", depends_on => ARRAY[{hub}]::bigint[]") } else { String::new() };
+                let t = Instant::now();
+                b.admin
+                    .batch_execute(&format!(
+                        "SELECT count(*) FROM queue_push_batch('{QUEUE}', array_fill('{{}}'::jsonb, ARRAY[{N}]){deps})"
+                    ))
+                    .await?;
+                if with_deps { push.push(ms(t)) } else { plain_push.push(ms(t)) }
+                b.admin.batch_execute("SELECT count(*) FROM queue_pop('bench-hub')").await?;
+                let t = Instant::now();
+                b.admin.batch_execute(&format!("SELECT queue_ack({hub})")).await?;
+                if with_deps { release.push(ms(t)) } else { plain_ack.push(ms(t)) }
+                let pending: i64 = b.admin.query_one("SELECT count(*) FROM queue.jobs WHERE status = 'pending' AND queue = $1", &[&QUEUE]).await?.get(0);
+                if pending != N as i64 {
+                    return Err(format!("W10: {pending} of {N} dependents pending after the ack").into());
+                }
+
+                b.reset().await?;
+                b.prefill(System::Queue, N, None).await?;
+                if with_deps {
+                    let t = Instant::now();
+                    b.admin
+                        .batch_execute(&format!(
+                            "SELECT queue_push('bench-sink', '{{}}', depends_on => ARRAY(SELECT id FROM queue.jobs WHERE queue = '{QUEUE}'))"
+                        ))
+                        .await?;
+                    fan_in_push.push(ms(t));
+                }
+                let rate = b.drain(System::Queue, N, 4, 100, "").await?;
+                if with_deps {
+                    drain_in.push(rate);
+                    let sink: String = b.admin.query_one("SELECT status::text FROM queue.jobs WHERE queue = 'bench-sink'", &[]).await?.get(0);
+                    if sink != "pending" {
+                        return Err(format!("W10: the fan-in job is {sink} after its dependencies were drained").into());
+                    }
+                } else {
+                    drain_plain.push(rate);
+                }
+            }
+        }
+        b.record("W10 push 10k dependents of one job, ms (reference: no dependency)", System::Queue, "ms", push);
+        b.record("W10 push 10k dependents of one job, ms (reference: no dependency)", System::Reference, "ms", plain_push);
+        b.record("W10 the ack releasing 10k dependents, ms (reference: an ack without)", System::Queue, "ms", release);
+        b.record("W10 the ack releasing 10k dependents, ms (reference: an ack without)", System::Reference, "ms", plain_ack);
+        b.record("W10 push one job depending on 10k, ms", System::Queue, "ms", fan_in_push);
+        b.record("W10 W4 drain of 10k a job depends on (reference: no dependent)", System::Queue, "jobs/s", drain_in);
+        b.record("W10 W4 drain of 10k a job depends on (reference: no dependent)", System::Reference, "jobs/s", drain_plain);
     }
     if want(&only, "W7") {
         b.reset().await?;

@@ -3272,9 +3272,12 @@ BEGIN
     PERFORM queue.check_count('depends_on', cardinality(parents), 100000,
         'A job may depend on at most 100,000 jobs; let it depend on a job that depends on the rest.');
     IF EXISTS (SELECT FROM queue.access_rules) THEN
+        -- Live or final: a dependency may be either.
         SELECT min(p) INTO v_unknown
-          FROM unnest(parents) AS p
-         WHERE p <> ALL (queue.allowed_ids(queue.caller(), 'read', parents));
+          FROM (SELECT queue.access_patterns(queue.caller(), 'read') AS patterns OFFSET 0) a,
+               unnest(parents) AS p
+         WHERE NOT EXISTS (SELECT FROM queue.all_jobs j
+                            WHERE j.id = p AND queue.access_allows(a.patterns, j.queue));
         IF v_unknown IS NOT NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
                 MESSAGE = format('depends_on names an unknown job: %s', v_unknown),

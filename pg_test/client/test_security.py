@@ -379,6 +379,36 @@ def test_confined_workers_cannot_touch_another_queues_jobs(teams):
         assert bob.execute("SELECT queue_job(%s) ->> 'status'", (waiting,)).fetchone()[0] == "pending"
 
 
+def test_confined_producers_cannot_depend_on_or_read_another_teams_jobs(teams):
+    """A dependency is a read of another job (its completion, its result):
+    a confined role may only depend on jobs of queues it may read. Another
+    team's id is refused as unknown (22023, as for an id that never
+    existed) and nothing is pushed; queue_dependencies shows nothing of a
+    job the caller may not read."""
+    names, qa, qb = teams
+    with as_role(names["alice"]) as alice, as_role(names["bob"]) as bob, connect() as su:
+        secret = bob.execute("SELECT queue_push(%s, '{}')", (qb,)).fetchone()[0]
+        claim = bob.execute("SELECT id, attempt FROM queue_pop(%s, 'bob')", (qb,)).fetchone()
+        assert bob.execute("SELECT queue_ack(%s, '{\"secret\": 1}', %s)", claim).fetchone()[0] is True
+        own = bob.execute("SELECT queue_push(%s, '{}', depends_on => ARRAY[%s::bigint])", (qb, secret)).fetchone()[0]
+        mine = alice.execute("SELECT queue_push(%s, '{}')", (qa,)).fetchone()[0]
+        before = snapshot(su)
+        for sql, args in [
+            ("SELECT queue_push(%s, '{}', depends_on => ARRAY[%s::bigint])", (qa, secret)),
+            ("SELECT queue_push_batch(%s, ARRAY['{}'::jsonb], depends_on => ARRAY[%s::bigint])", (qa, secret)),
+            ("SELECT queue_push(%s, '{}', depends_on => ARRAY[%s::bigint, 999999999])", (qa, mine)),
+        ]:
+            assert sqlstate_of(alice, sql, args) == "22023", sql
+        assert sqlstate_of(bob, "SELECT queue_push(%s, '{}', depends_on => ARRAY[%s::bigint])", (qb, mine)) == "22023"
+        assert snapshot(su) == before
+        assert alice.execute("SELECT count(*) FROM queue_dependencies(%s)", (own,)).fetchone()[0] == 0
+        assert bob.execute("SELECT dependency, result FROM queue_dependencies(%s)", (own,)).fetchall() == \
+            [(secret, {"secret": 1})]
+        # within its own queues a confined producer uses dependencies freely
+        child = alice.execute("SELECT queue_push(%s, '{}', depends_on => ARRAY[%s::bigint])", (qa, mine)).fetchone()[0]
+        assert alice.execute("SELECT queue_job(%s) ->> 'status'", (child,)).fetchone()[0] == "blocked"
+
+
 def test_pausing_is_for_admins_and_a_confined_admin_pauses_only_its_queues(teams):
     """A worker cannot pause any queue; a confined admin pauses its own team's
     queue but not another's, and sees only its own pauses."""

@@ -63,6 +63,14 @@ SELECT queue_retry(:root);
 SELECT * FROM j WHERE id IN (:root, :mid, :leaf, :cleanup, :other) ORDER BY id;
 SELECT queue_stats('chain') -> 'blocked' AS blocked;
 
+-- A dependency whose last lease runs out (expired) cancels them too.
+SELECT queue_push('lapse', '{"n": "slow"}', max_attempts => 1) AS slow \gset
+SELECT queue_push('lapse', '{"n": "after"}', depends_on => ARRAY[:slow]) AS after \gset
+SELECT id FROM queue_pop('lapse', 'w');
+UPDATE queue.jobs SET lease_until = now() - interval '1 second' WHERE id = :slow;
+SELECT queue_tick() ->> 'expired' AS expired;
+SELECT id, n, status, blocked_by, left(last_error, 27) AS last_error FROM j WHERE id IN (:slow, :after) ORDER BY id;
+
 -- Cancelling or deleting a waiting dependency cancels its dependents.
 SELECT queue_push('cut', '{"n": "p1"}') AS p1 \gset
 SELECT queue_push('cut', '{"n": "p2"}') AS p2 \gset

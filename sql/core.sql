@@ -173,14 +173,16 @@ COMMENT ON FUNCTION @extschema@.queue_priority(text) IS
  * live job with the same (queue, dedupe_key) wins and its id is returned: the
  * unique index jobs_dedupe decides, so concurrent pushes agree. A job of a
  * serial group enters as waiting and the group election decides whether it
- * runs next.
+ * runs next. Options left NULL (priority, max_attempts, timeout,
+ * backoff_base, backoff_max) take the queue's defaults (queue_configure),
+ * else the global ones: 0, 3, 5 minutes, 10 seconds, 1 hour.
  */
 CREATE FUNCTION @extschema@.queue_push(
-    queue text, payload jsonb DEFAULT '{}', priority int DEFAULT 0,
+    queue text, payload jsonb DEFAULT '{}', priority int DEFAULT NULL,
     delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
-    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
-    timeout interval DEFAULT '5 minutes',
-    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
     depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS bigint
@@ -188,20 +190,34 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    -- Every argument is checked by this one call (see queue.check_push_args).
-    v_run_at timestamptz := queue.check_push_args(queue_push.queue, queue_push.serial_group,
-        pg_column_size(queue_push.payload), queue_push.delay, queue_push.run_at,
-        queue_push.max_attempts, queue_push.timeout, queue_push.backoff_base,
-        queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
-        queue_push.priority);
-    v_status queue.job_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
+    v_run_at timestamptz;
+    v_status queue.job_status;
     v_id     bigint;
     v_tallied bigint;
     v_deps   record;
     v_blocked int := 0;
+    v_confined boolean;
 BEGIN
+    -- One statement for two probes: whether any access rule exists, and the
+    -- queue's defaults (queue_configure) for the options left NULL, else
+    -- the global ones.
+    SELECT EXISTS (SELECT FROM queue.access_rules),
+           coalesce(queue_push.priority, s.priority, 0),
+           coalesce(queue_push.max_attempts, s.max_attempts, 3),
+           coalesce(queue_push.timeout, s.timeout, '5 minutes'),
+           coalesce(queue_push.backoff_base, s.backoff_base, '10 seconds'),
+           coalesce(queue_push.backoff_max, s.backoff_max, '1 hour')
+      INTO v_confined, priority, max_attempts, timeout, backoff_base, backoff_max
+      FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = queue_push.queue;
+    -- Every argument is checked by this one call (see queue.check_push_args).
+    v_run_at := queue.check_push_args(queue_push.queue, queue_push.serial_group,
+        pg_column_size(queue_push.payload), queue_push.delay, queue_push.run_at,
+        queue_push.max_attempts, queue_push.timeout, queue_push.backoff_base,
+        queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
+        queue_push.priority);
+    v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
     -- Per-queue access (sql/access.sql): one probe when no rule exists.
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF v_confined THEN
         PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
     END IF;
     -- Dependencies (sql/dependencies.sql) are locked before the job exists;
@@ -271,9 +287,9 @@ COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamp
 CREATE FUNCTION @extschema@.queue_push(
     queue text, payload jsonb, priority text,
     delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
-    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
-    timeout interval DEFAULT '5 minutes',
-    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
     depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS bigint
@@ -290,11 +306,11 @@ COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestam
  * payload goes through queue_push, so the key keeps its meaning.
  */
 CREATE FUNCTION @extschema@.queue_push_batch(
-    queue text, payloads jsonb[], priority int DEFAULT 0,
+    queue text, payloads jsonb[], priority int DEFAULT NULL,
     delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
-    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
-    timeout interval DEFAULT '5 minutes',
-    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
     depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS SETOF bigint
@@ -316,6 +332,12 @@ BEGIN
             MESSAGE = 'payloads must not be NULL or contain NULL',
             HINT = 'Pass an array of JSON values, e.g. ARRAY[''{"n": 1}'', ''{"n": 2}'']::jsonb[].';
     END IF;
+    -- The queue's defaults (queue_configure) for the options left NULL.
+    SELECT coalesce(priority, s.priority, 0), coalesce(max_attempts, s.max_attempts, 3),
+           coalesce(timeout, s.timeout, '5 minutes'), coalesce(backoff_base, s.backoff_base, '10 seconds'),
+           coalesce(backoff_max, s.backoff_max, '1 hour')
+      INTO priority, max_attempts, timeout, backoff_base, backoff_max
+      FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = v_queue;
     -- The names were checked above, the payloads here (the largest one's size).
     v_run_at := queue.check_push_args(v_queue, v_group,
         coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
@@ -373,9 +395,9 @@ COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, t
 CREATE FUNCTION @extschema@.queue_push_batch(
     queue text, payloads jsonb[], priority text,
     delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
-    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
-    timeout interval DEFAULT '5 minutes',
-    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
     depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS SETOF bigint

@@ -16,9 +16,16 @@ CREATE TABLE queue.workers (
 -- hands out none of its jobs. Read by every claim (one primary-key probe of
 -- a table of a few rows), written only by queue_pause and queue_resume.
 CREATE TABLE queue.queue_settings (
-    queue     text COLLATE "C" PRIMARY KEY,
-    paused_at timestamptz,           -- NULL: not paused
-    paused_by name
+    queue        text COLLATE "C" PRIMARY KEY,
+    paused_at    timestamptz,           -- NULL: not paused
+    paused_by    name,
+    -- What a push into the queue uses when it does not say (NULL: the
+    -- global default), set by queue_configure.
+    priority     int,
+    max_attempts int,
+    timeout      interval,
+    backoff_base interval,
+    backoff_max  interval
 );
 
 /*
@@ -446,10 +453,16 @@ DECLARE
     v_queue text := queue.check_queue_name(queue_resume.queue);
 BEGIN
     PERFORM queue.scope('produce', v_queue);
-    UPDATE queue.queue_settings s SET paused_at = NULL, paused_by = NULL
-     WHERE s.queue = v_queue AND s.paused_at IS NOT NULL;
+    -- A row with nothing else in it goes (as in queue_configure).
+    DELETE FROM queue.queue_settings s
+     WHERE s.queue = v_queue AND s.paused_at IS NOT NULL AND s.priority IS NULL AND s.max_attempts IS NULL
+       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL;
     IF NOT FOUND THEN
-        RETURN false;
+        UPDATE queue.queue_settings s SET paused_at = NULL, paused_by = NULL
+         WHERE s.queue = v_queue AND s.paused_at IS NOT NULL;
+        IF NOT FOUND THEN
+            RETURN false;
+        END IF;
     END IF;
     PERFORM queue.wake(v_queue);
     RETURN true;
@@ -459,17 +472,70 @@ COMMENT ON FUNCTION @extschema@.queue_resume(text) IS
 'Resume a paused queue: its jobs are handed out again and its workers are woken. False when it was not paused.';
 
 /*
- * queue_settings: the settings of every queue that has any (today: whether
- * it is paused, since when, by whom), for the queues the caller may read.
+ * queue_configure: a queue's defaults for what a push does not say
+ * (priority, max_attempts, timeout, backoff_base, backoff_max). A value
+ * given replaces the queue's; NULL keeps it; reset clears every value not
+ * given, back to the global default. The merge happens in the upsert
+ * itself, so two concurrent calls both take effect. The values are checked
+ * as a push with them would be (22023), before anything changes. Jobs
+ * already pushed keep what they were pushed with. Returns the queue's
+ * settings, as queue_settings() lists them.
+ */
+CREATE FUNCTION @extschema@.queue_configure(queue text, priority int DEFAULT NULL, max_attempts int DEFAULT NULL,
+                                            timeout interval DEFAULT NULL, backoff_base interval DEFAULT NULL,
+                                            backoff_max interval DEFAULT NULL, reset boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_queue text := queue.check_queue_name(queue);
+    v_row   queue.queue_settings;
+BEGIN
+    PERFORM queue.scope('produce', v_queue);
+    INSERT INTO queue.queue_settings AS s (queue, priority, max_attempts, timeout, backoff_base, backoff_max)
+    VALUES (v_queue, priority, max_attempts, timeout, backoff_base, backoff_max)
+    ON CONFLICT ON CONSTRAINT queue_settings_pkey DO UPDATE
+       SET priority     = CASE WHEN reset THEN excluded.priority ELSE coalesce(excluded.priority, s.priority) END,
+           max_attempts = CASE WHEN reset THEN excluded.max_attempts ELSE coalesce(excluded.max_attempts, s.max_attempts) END,
+           timeout      = CASE WHEN reset THEN excluded.timeout ELSE coalesce(excluded.timeout, s.timeout) END,
+           backoff_base = CASE WHEN reset THEN excluded.backoff_base ELSE coalesce(excluded.backoff_base, s.backoff_base) END,
+           backoff_max  = CASE WHEN reset THEN excluded.backoff_max ELSE coalesce(excluded.backoff_max, s.backoff_max) END
+    RETURNING s.* INTO v_row;
+    -- The checks of a push that leaves every one of these to the queue
+    -- (an error undoes the upsert).
+    PERFORM queue.check_push_args(v_queue, NULL, 0, NULL, NULL,
+        coalesce(v_row.max_attempts, 3), coalesce(v_row.timeout, '5 minutes'),
+        coalesce(v_row.backoff_base, '10 seconds'), coalesce(v_row.backoff_max, '1 hour'),
+        NULL, NULL, coalesce(v_row.priority, 0));
+    -- A row with nothing left in it goes: the claim's pause probe stays small.
+    DELETE FROM queue.queue_settings s
+     WHERE s.queue = v_queue AND s.paused_at IS NULL AND s.priority IS NULL AND s.max_attempts IS NULL
+       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL;
+    RETURN jsonb_build_object('queue', v_queue, 'paused', v_row.paused_at IS NOT NULL,
+                              'priority', v_row.priority, 'max_attempts', v_row.max_attempts,
+                              'timeout', v_row.timeout, 'backoff_base', v_row.backoff_base,
+                              'backoff_max', v_row.backoff_max);
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean) IS
+'Set a queue''s defaults for what a push does not say: priority, max_attempts, timeout, backoff_base, backoff_max (NULL keeps a value; reset => true clears those not given). Returns the queue''s settings.';
+
+/*
+ * queue_settings: the settings of every queue that has any (paused, since
+ * when, by whom, and the defaults queue_configure set), for the queues the
+ * caller may read.
  */
 CREATE FUNCTION @extschema@.queue_settings()
-RETURNS TABLE (queue text, paused boolean, paused_at timestamptz, paused_by name)
+RETURNS TABLE (queue text, paused boolean, paused_at timestamptz, paused_by name, priority int,
+               max_attempts int, timeout interval, backoff_base interval, backoff_max interval)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT s.queue, s.paused_at IS NOT NULL, s.paused_at, s.paused_by
+    SELECT s.queue, s.paused_at IS NOT NULL, s.paused_at, s.paused_by, s.priority,
+           s.max_attempts, s.timeout, s.backoff_base, s.backoff_max
       FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.queue_settings s
      WHERE queue.access_allows(a.patterns, s.queue)
      ORDER BY s.queue;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_settings() IS
-'The settings of every queue that has any: queue, paused, paused_at, paused_by.';
+'The settings of every queue that has any: queue, paused, paused_at, paused_by, and the push defaults of queue_configure (priority, max_attempts, timeout, backoff_base, backoff_max; NULL: the global default).';

@@ -1584,11 +1584,17 @@ $$;
 -- Per-queue settings, one row per queue that has any. Today: pausing. A
 -- paused queue accepts pushes and lets running jobs finish, but queue_pop
 -- hands out none of its jobs. Read by every claim (one primary-key probe of
--- a table of a few rows), written only by queue_pause and queue_resume.
+-- a table of a few rows), written only by queue_pause, queue_resume and
+-- queue_configure (the push defaults, read by every push).
 CREATE TABLE queue.queue_settings (
-    queue     text COLLATE "C" PRIMARY KEY,
-    paused_at timestamptz,           -- NULL: not paused
-    paused_by name
+    queue        text COLLATE "C" PRIMARY KEY,
+    paused_at    timestamptz,           -- NULL: not paused
+    paused_by    name,
+    priority     int,
+    max_attempts int,
+    timeout      interval,
+    backoff_base interval,
+    backoff_max  interval
 );
 
 -- queue_list gains the column paused.
@@ -2333,10 +2339,16 @@ DECLARE
     v_queue text := queue.check_queue_name(queue_resume.queue);
 BEGIN
     PERFORM queue.scope('produce', v_queue);
-    UPDATE queue.queue_settings s SET paused_at = NULL, paused_by = NULL
-     WHERE s.queue = v_queue AND s.paused_at IS NOT NULL;
+    -- A row with nothing else in it goes (as in queue_configure).
+    DELETE FROM queue.queue_settings s
+     WHERE s.queue = v_queue AND s.paused_at IS NOT NULL AND s.priority IS NULL AND s.max_attempts IS NULL
+       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL;
     IF NOT FOUND THEN
-        RETURN false;
+        UPDATE queue.queue_settings s SET paused_at = NULL, paused_by = NULL
+         WHERE s.queue = v_queue AND s.paused_at IS NOT NULL;
+        IF NOT FOUND THEN
+            RETURN false;
+        END IF;
     END IF;
     PERFORM queue.wake(v_queue);
     RETURN true;
@@ -2345,21 +2357,69 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_resume(text) IS
 'Resume a paused queue: its jobs are handed out again and its workers are woken. False when it was not paused.';
 
+
+/*
+ * queue_configure: a queue's defaults for what a push does not say (sql/operations.sql).
+ */
+CREATE FUNCTION @extschema@.queue_configure(queue text, priority int DEFAULT NULL, max_attempts int DEFAULT NULL,
+                                            timeout interval DEFAULT NULL, backoff_base interval DEFAULT NULL,
+                                            backoff_max interval DEFAULT NULL, reset boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_queue text := queue.check_queue_name(queue);
+    v_row   queue.queue_settings;
+BEGIN
+    PERFORM queue.scope('produce', v_queue);
+    INSERT INTO queue.queue_settings AS s (queue, priority, max_attempts, timeout, backoff_base, backoff_max)
+    VALUES (v_queue, priority, max_attempts, timeout, backoff_base, backoff_max)
+    ON CONFLICT ON CONSTRAINT queue_settings_pkey DO UPDATE
+       SET priority     = CASE WHEN reset THEN excluded.priority ELSE coalesce(excluded.priority, s.priority) END,
+           max_attempts = CASE WHEN reset THEN excluded.max_attempts ELSE coalesce(excluded.max_attempts, s.max_attempts) END,
+           timeout      = CASE WHEN reset THEN excluded.timeout ELSE coalesce(excluded.timeout, s.timeout) END,
+           backoff_base = CASE WHEN reset THEN excluded.backoff_base ELSE coalesce(excluded.backoff_base, s.backoff_base) END,
+           backoff_max  = CASE WHEN reset THEN excluded.backoff_max ELSE coalesce(excluded.backoff_max, s.backoff_max) END
+    RETURNING s.* INTO v_row;
+    -- The checks of a push that leaves every one of these to the queue
+    -- (an error undoes the upsert).
+    PERFORM queue.check_push_args(v_queue, NULL, 0, NULL, NULL,
+        coalesce(v_row.max_attempts, 3), coalesce(v_row.timeout, '5 minutes'),
+        coalesce(v_row.backoff_base, '10 seconds'), coalesce(v_row.backoff_max, '1 hour'),
+        NULL, NULL, coalesce(v_row.priority, 0));
+    -- A row with nothing left in it goes: the claim's pause probe stays small.
+    DELETE FROM queue.queue_settings s
+     WHERE s.queue = v_queue AND s.paused_at IS NULL AND s.priority IS NULL AND s.max_attempts IS NULL
+       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL;
+    RETURN jsonb_build_object('queue', v_queue, 'paused', v_row.paused_at IS NOT NULL,
+                              'priority', v_row.priority, 'max_attempts', v_row.max_attempts,
+                              'timeout', v_row.timeout, 'backoff_base', v_row.backoff_base,
+                              'backoff_max', v_row.backoff_max);
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean) IS
+'Set a queue''s defaults for what a push does not say: priority, max_attempts, timeout, backoff_base, backoff_max (NULL keeps a value; reset => true clears those not given). Returns the queue''s settings.';
+
+
 /*
  * queue_settings: the settings of every queue that has any (today: whether
  * it is paused, since when, by whom), for the queues the caller may read.
  */
 CREATE FUNCTION @extschema@.queue_settings()
-RETURNS TABLE (queue text, paused boolean, paused_at timestamptz, paused_by name)
+RETURNS TABLE (queue text, paused boolean, paused_at timestamptz, paused_by name, priority int,
+               max_attempts int, timeout interval, backoff_base interval, backoff_max interval)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT s.queue, s.paused_at IS NOT NULL, s.paused_at, s.paused_by
+    SELECT s.queue, s.paused_at IS NOT NULL, s.paused_at, s.paused_by, s.priority,
+           s.max_attempts, s.timeout, s.backoff_base, s.backoff_max
       FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.queue_settings s
      WHERE queue.access_allows(a.patterns, s.queue)
      ORDER BY s.queue;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_settings() IS
-'The settings of every queue that has any: queue, paused, paused_at, paused_by.';
+'The settings of every queue that has any: queue, paused, paused_at, paused_by, and the push defaults of queue_configure (priority, max_attempts, timeout, backoff_base, backoff_max; NULL: the global default).';
+
 
 -- 8. Job dependencies (sql/dependencies.sql, issue 20): the status
 --    `blocked`, the job columns blocked_by and has_children, the edges
@@ -2396,11 +2456,11 @@ DROP FUNCTION queue.stats_rows(text);
 DROP FUNCTION queue.delete_jobs(bigint[]);
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_push(
-    queue text, payload jsonb DEFAULT '{}', priority int DEFAULT 0,
+    queue text, payload jsonb DEFAULT '{}', priority int DEFAULT NULL,
     delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
-    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
-    timeout interval DEFAULT '5 minutes',
-    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
     depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS bigint
@@ -2408,20 +2468,34 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    -- Every argument is checked by this one call (see queue.check_push_args).
-    v_run_at timestamptz := queue.check_push_args(queue_push.queue, queue_push.serial_group,
-        pg_column_size(queue_push.payload), queue_push.delay, queue_push.run_at,
-        queue_push.max_attempts, queue_push.timeout, queue_push.backoff_base,
-        queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
-        queue_push.priority);
-    v_status queue.job_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
+    v_run_at timestamptz;
+    v_status queue.job_status;
     v_id     bigint;
     v_tallied bigint;
     v_deps   record;
     v_blocked int := 0;
+    v_confined boolean;
 BEGIN
+    -- One statement for two probes: whether any access rule exists, and the
+    -- queue's defaults (queue_configure) for the options left NULL, else
+    -- the global ones.
+    SELECT EXISTS (SELECT FROM queue.access_rules),
+           coalesce(queue_push.priority, s.priority, 0),
+           coalesce(queue_push.max_attempts, s.max_attempts, 3),
+           coalesce(queue_push.timeout, s.timeout, '5 minutes'),
+           coalesce(queue_push.backoff_base, s.backoff_base, '10 seconds'),
+           coalesce(queue_push.backoff_max, s.backoff_max, '1 hour')
+      INTO v_confined, priority, max_attempts, timeout, backoff_base, backoff_max
+      FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = queue_push.queue;
+    -- Every argument is checked by this one call (see queue.check_push_args).
+    v_run_at := queue.check_push_args(queue_push.queue, queue_push.serial_group,
+        pg_column_size(queue_push.payload), queue_push.delay, queue_push.run_at,
+        queue_push.max_attempts, queue_push.timeout, queue_push.backoff_base,
+        queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
+        queue_push.priority);
+    v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
     -- Per-queue access (sql/access.sql): one probe when no rule exists.
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF v_confined THEN
         PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
     END IF;
     -- Dependencies (sql/dependencies.sql) are locked before the job exists;
@@ -2484,12 +2558,13 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
 'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway).';
 
+
 CREATE OR REPLACE FUNCTION @extschema@.queue_push(
     queue text, payload jsonb, priority text,
     delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
-    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
-    timeout interval DEFAULT '5 minutes',
-    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
     depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS bigint
@@ -2500,12 +2575,13 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
 'Push one job with a named priority (critical, high, normal, low); otherwise the same as queue_push with an integer priority.';
 
+
 CREATE OR REPLACE FUNCTION @extschema@.queue_push_batch(
-    queue text, payloads jsonb[], priority int DEFAULT 0,
+    queue text, payloads jsonb[], priority int DEFAULT NULL,
     delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
-    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
-    timeout interval DEFAULT '5 minutes',
-    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
     depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS SETOF bigint
@@ -2527,6 +2603,12 @@ BEGIN
             MESSAGE = 'payloads must not be NULL or contain NULL',
             HINT = 'Pass an array of JSON values, e.g. ARRAY[''{"n": 1}'', ''{"n": 2}'']::jsonb[].';
     END IF;
+    -- The queue's defaults (queue_configure) for the options left NULL.
+    SELECT coalesce(priority, s.priority, 0), coalesce(max_attempts, s.max_attempts, 3),
+           coalesce(timeout, s.timeout, '5 minutes'), coalesce(backoff_base, s.backoff_base, '10 seconds'),
+           coalesce(backoff_max, s.backoff_max, '1 hour')
+      INTO priority, max_attempts, timeout, backoff_base, backoff_max
+      FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = v_queue;
     -- The names were checked above, the payloads here (the largest one's size).
     v_run_at := queue.check_push_args(v_queue, v_group,
         coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
@@ -2581,12 +2663,13 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
 'Push many payloads with the same options in one statement; returns their ids in payload order.';
 
+
 CREATE OR REPLACE FUNCTION @extschema@.queue_push_batch(
     queue text, payloads jsonb[], priority text,
     delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
-    serial_group text DEFAULT NULL, max_attempts int DEFAULT 3,
-    timeout interval DEFAULT '5 minutes',
-    backoff_base interval DEFAULT '10 seconds', backoff_max interval DEFAULT '1 hour',
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
     depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
 RETURNS SETOF bigint
@@ -2596,6 +2679,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
 'Push many payloads with a named priority (critical, high, normal, low).';
+
 
 CREATE OR REPLACE FUNCTION queue.finish_jobs(p_ids bigint[], p_from queue.job_status[], p_status queue.job_status,
                                   p_attempt int, p_result jsonb, p_error text,
@@ -3505,6 +3589,7 @@ REVOKE ALL ON FUNCTION
     @extschema@.queue_pause(text),
     @extschema@.queue_resume(text),
     @extschema@.queue_settings(),
+    @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean),
     @extschema@.queue_list(),
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),
@@ -3526,6 +3611,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_pause(text),
     @extschema@.queue_resume(text),
     @extschema@.queue_settings(),
+    @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean),
     @extschema@.queue_list(),
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),

@@ -428,6 +428,25 @@ def test_pausing_is_for_admins_and_a_confined_admin_pauses_only_its_queues(teams
             su.execute("DELETE FROM queue.queue_settings WHERE queue IN (%s, %s)", (qa, qb))
 
 
+def test_configuring_is_for_admins_and_a_confined_admin_configures_only_its_queues(teams):
+    """Queue defaults change what every producer's pushes get: a worker or
+    producer cannot set them, a confined admin sets its own team's only,
+    and its pushes pick them up."""
+    names, qa, qb = teams
+    with as_role(names["alice"]) as alice, as_role(names["ops_a"]) as ops, connect() as su:
+        before = snapshot(su)
+        assert sqlstate_of(alice, "SELECT queue_configure(%s, max_attempts => 1)", (qa,)) == "42501"
+        assert sqlstate_of(ops, "SELECT queue_configure(%s, max_attempts => 1)", (qb,)) == "42501"
+        assert snapshot(su) == before
+        try:
+            assert ops.execute("SELECT queue_configure(%s, max_attempts => 9) -> 'max_attempts'", (qa,)).fetchone()[0] == 9
+            job = alice.execute("SELECT queue_push(%s, '{}')", (qa,)).fetchone()[0]
+            assert su.execute("SELECT max_attempts FROM queue.jobs WHERE id = %s", (job,)).fetchone()[0] == 9
+            assert [r[0] for r in ops.execute("SELECT queue FROM queue_settings()").fetchall()] == [qa]
+        finally:
+            su.execute("DELETE FROM queue.queue_settings WHERE queue IN (%s, %s)", (qa, qb))
+
+
 def test_confined_producers_cannot_stall_another_teams_serial_group(teams):
     """Serial groups span queues: a confined producer may only use groups in
     its namespace, so it can neither demote another team's waiting head with a

@@ -35,14 +35,12 @@ SELECT pg_temp.error_of($$SELECT queue_push_batch('q', ARRAY['{}', NULL]::jsonb[
 -- Priorities.
 SELECT pg_temp.error_of($$SELECT queue_priority('urgent')$$);
 SELECT pg_temp.error_of($$SELECT queue_push('q', '{}', 'urgent')$$);
-SELECT pg_temp.error_of($$SELECT queue_push('q', '{}', NULL::int)$$);
 
 -- Timing and retry options.
 SELECT pg_temp.error_of($$SELECT queue_push('q', '{}', delay => '-1 minute')$$);
 SELECT pg_temp.error_of($$SELECT queue_push('q', '{}', delay => '1 minute', run_at => now())$$);
 SELECT pg_temp.error_of($$SELECT queue_push('q', '{}', max_attempts => 0)$$);
 SELECT pg_temp.error_of($$SELECT queue_push('q', '{}', timeout => '0')$$);
-SELECT pg_temp.error_of($$SELECT queue_push('q', '{}', timeout => NULL)$$);
 SELECT pg_temp.error_of($$SELECT queue_push('q', '{}', backoff_base => '-1 second')$$);
 SELECT pg_temp.error_of($$SELECT queue_push('q', '{}', backoff_base => '1 hour', backoff_max => '1 minute')$$);
 SELECT pg_temp.error_of($$SELECT queue_push('q', '{}', retry_delays => '{}')$$);

@@ -132,6 +132,34 @@ BEGIN
 END;
 $$;
 
+/*
+ * queue.check_tags: a push's tags, checked and normalized: at most 20, each
+ * 1 to 64 bytes, no NULL (22023 otherwise); sorted without duplicates, and
+ * NULL for an empty list, so that an untagged job stays out of the tag
+ * indexes.
+ */
+CREATE FUNCTION queue.check_tags(p_tags text[]) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_bad text;
+BEGIN
+    IF coalesce(array_ndims(p_tags), 1) > 1 OR array_position(p_tags, NULL) IS NOT NULL
+       OR cardinality(p_tags) > 20 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('tags must be a list of at most 20 tags without NULL: %s', p_tags),
+            HINT = 'Pass e.g. ARRAY[''billing'', ''customer:42''].';
+    END IF;
+    SELECT t INTO v_bad FROM unnest(p_tags) AS t WHERE octet_length(t) NOT BETWEEN 1 AND 64 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('a tag must be 1 to 64 bytes long: "%s"', left(v_bad, 80)),
+            HINT = 'Tags are short labels to find jobs by, e.g. ''billing''.';
+    END IF;
+    RETURN nullif(ARRAY(SELECT DISTINCT t COLLATE "C" FROM unnest(p_tags) AS t ORDER BY 1), '{}');
+END;
+$$;
+
 ------------------------------------------------------------------------------
 -- Priorities
 ------------------------------------------------------------------------------
@@ -184,7 +212,7 @@ CREATE FUNCTION @extschema@.queue_push(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -216,6 +244,9 @@ BEGIN
         queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
         queue_push.priority);
     v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
+    IF queue_push.tags IS NOT NULL THEN
+        queue_push.tags := queue.check_tags(queue_push.tags);
+    END IF;
     -- Per-queue access (sql/access.sql): one probe when no rule exists.
     IF v_confined THEN
         PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
@@ -232,23 +263,23 @@ BEGIN
     IF queue_push.dedupe_key IS NULL THEN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by)
+                blocked_by, tags)
         VALUES (queue_push.queue, v_status, queue_push.priority,
                 queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                 queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                 queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
-                queue_push.payload, v_blocked)
+                queue_push.payload, v_blocked, queue_push.tags)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
         LOOP
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                     run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload, blocked_by)
+                    dedupe_key, payload, blocked_by, tags)
             VALUES (queue_push.queue, v_status, queue_push.priority,
                     queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                     queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                     queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
-                    queue_push.dedupe_key, queue_push.payload, v_blocked)
+                    queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags)
             ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
                 DO NOTHING
             RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
@@ -277,8 +308,8 @@ BEGIN
     RETURN v_id;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
-'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway).';
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
+'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway), tags (labels to find it by).';
 
 /*
  * queue_push with a named priority ('critical', 'high', 'normal', 'low').
@@ -291,13 +322,13 @@ CREATE FUNCTION @extschema@.queue_push(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14);
+    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15);
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
 'Push one job with a named priority (critical, high, normal, low); otherwise the same as queue_push with an integer priority.';
 
 /*
@@ -312,7 +343,7 @@ CREATE FUNCTION @extschema@.queue_push_batch(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -343,12 +374,15 @@ BEGIN
         coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
         max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key, priority);
     PERFORM queue.scope('produce', v_queue, v_group);
+    IF tags IS NOT NULL THEN
+        tags := queue.check_tags(tags);
+    END IF;
 
     IF dedupe_key IS NOT NULL THEN
         FOREACH v_payload IN ARRAY payloads LOOP
             RETURN NEXT @extschema@.queue_push(v_queue, v_payload, priority, NULL, v_run_at,
                 v_group, max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key,
-                depends_on, run_anyway);
+                depends_on, run_anyway, tags);
         END LOOP;
         RETURN;
     END IF;
@@ -365,10 +399,10 @@ BEGIN
     WITH inserted AS (
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by)
+                blocked_by, tags)
         SELECT v_queue, v_status, priority, v_group IS NOT NULL AND v_status = 'pending', v_group,
                v_run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, p.payload,
-               v_blocked
+               v_blocked, tags
           FROM unnest(payloads) WITH ORDINALITY AS p(payload, n)
          ORDER BY p.n
         RETURNING j.id
@@ -389,7 +423,7 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
 'Push many payloads with the same options in one statement; returns their ids in payload order.';
 
 CREATE FUNCTION @extschema@.queue_push_batch(
@@ -399,13 +433,13 @@ CREATE FUNCTION @extschema@.queue_push_batch(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14);
+    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15);
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
 'Push many payloads with a named priority (critical, high, normal, low).';
 
 ------------------------------------------------------------------------------
@@ -690,13 +724,13 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children)
+                    created_at, started_at, finished_at, has_children, tags)
             SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload,
                    CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
                    p_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children
+                   m.created_at, m.started_at, now(), m.has_children, m.tags
               FROM moved m
             RETURNING id, serial_group, has_children
         )
@@ -774,11 +808,11 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children)
+                    created_at, started_at, finished_at, has_children, tags)
             SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload, m.last_error, m.given_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children
+                   m.created_at, m.started_at, now(), m.has_children, m.tags
               FROM moved m
             RETURNING id, serial_group, has_children
         )
@@ -835,11 +869,11 @@ BEGIN
            (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
             attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
             dedupe_key, payload, last_error, result, progress, worker,
-            created_at, started_at, finished_at, has_children)
+            created_at, started_at, finished_at, has_children, tags)
     SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
            m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
            m.dedupe_key, m.payload, m.last_error, queue_ack.result, m.progress, m.worker,
-           m.created_at, m.started_at, now(), m.has_children
+           m.created_at, m.started_at, now(), m.has_children, m.tags
       FROM moved m
     RETURNING serial_group, has_children INTO v_group, v_parent;
     IF NOT FOUND THEN

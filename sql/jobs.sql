@@ -82,7 +82,10 @@ CREATE TABLE queue.jobs (
     -- defaults for a job that uses no dependencies, which then pays nothing
     -- else: its finish reads the flag from the row it moves anyway.
     blocked_by    int NOT NULL DEFAULT 0,
-    has_children  boolean NOT NULL DEFAULT false
+    has_children  boolean NOT NULL DEFAULT false,
+    -- Labels for finding jobs (queue_push(..., tags)); NULL for none, so
+    -- that untagged jobs stay out of the tag indexes.
+    tags          text[] COLLATE "C"
     -- No CHECK constraints: Postgres prepares each one again for every
     -- single-row statement, which costs more than the push itself. The
     -- functions are the only writers and validate their input.
@@ -134,6 +137,11 @@ CREATE INDEX finished_jobs_age ON queue.finished_jobs (finished_at);
 -- Dead letters are rare next to completed jobs: a B-tree of just them.
 CREATE INDEX finished_jobs_dead ON queue.finished_jobs (finished_at)
     WHERE status IN ('failed', 'expired');
+
+-- Jobs by tag (`tags @> ARRAY[tag]`), live and final. Partial: a job
+-- without tags writes no entry, so it pays nothing for them.
+CREATE INDEX jobs_tags ON queue.jobs USING gin (tags) WHERE tags IS NOT NULL;
+CREATE INDEX finished_jobs_tags ON queue.finished_jobs USING gin (tags) WHERE tags IS NOT NULL;
 
 -- The edges of the dependency graph: `child` runs only once `parent`
 -- completed. Kept until the child is deleted, so that a child can read its

@@ -98,10 +98,10 @@ BEGIN
         INSERT INTO queue.jobs AS j
                (id, queue, status, priority, group_waiting, serial_group, run_at,
                 max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                dedupe_key, payload, last_error, created_at, has_children)
+                dedupe_key, payload, last_error, created_at, has_children, tags)
         SELECT d.id, d.queue, 'pending', d.priority, d.serial_group IS NOT NULL, d.serial_group, now(),
                d.max_attempts, d.timeout, d.backoff_base, d.backoff_max, d.retry_delays,
-               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children
+               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children, d.tags
           FROM dead d
         -- (or 'expired': the counters treat every final status alike here)
         RETURNING j.id, j.queue, j.serial_group, queue.tally(j.queue, j.priority, 'failed', 'pending')
@@ -135,7 +135,7 @@ CREATE TYPE queue.dead_job AS (
     id bigint, queue text, status text, attempts int, max_attempts int, last_error text,
     payload jsonb, serial_group text, created_at timestamptz, finished_at timestamptz);
 
-CREATE FUNCTION @extschema@.queue_dead(queue text DEFAULT NULL, max_rows int DEFAULT 100)
+CREATE FUNCTION @extschema@.queue_dead(queue text DEFAULT NULL, max_rows int DEFAULT 100, tag text DEFAULT NULL)
 RETURNS SETOF queue.dead_job
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -152,18 +152,19 @@ BEGIN
       FROM queue.finished_jobs j
      WHERE j.status IN ('failed', 'expired') AND (v_queue IS NULL OR j.queue = v_queue)
        AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
+       AND (queue_dead.tag IS NULL OR j.tags @> ARRAY[queue_dead.tag::text COLLATE "C"])
      ORDER BY j.finished_at DESC, j.id DESC
      LIMIT v_max;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_dead(text, int) IS
-'Dead letters (failed and expired jobs), newest first, with their last error; of one queue or all.';
+COMMENT ON FUNCTION @extschema@.queue_dead(text, int, text) IS
+'Dead letters (failed and expired jobs), newest first, with their last error; of one queue or all, of one tag or all.';
 
 -- The row queue_jobs returns.
 CREATE TYPE queue.listed_job AS (
     id bigint, queue text, status text, priority int, serial_group text, attempt int, max_attempts int,
     run_at timestamptz, created_at timestamptz, started_at timestamptz, finished_at timestamptz,
-    worker text, last_error text, payload jsonb);
+    worker text, last_error text, payload jsonb, tags text[]);
 
 /*
  * queue_jobs: browse jobs of any status, newest first, for tools and
@@ -173,7 +174,8 @@ CREATE TYPE queue.listed_job AS (
  * of the skipped rows for a rare status deep in history. Not for workers.
  */
 CREATE FUNCTION @extschema@.queue_jobs(queue text DEFAULT NULL, status text DEFAULT NULL,
-                                       max_rows int DEFAULT 50, before_id bigint DEFAULT NULL)
+                                       max_rows int DEFAULT 50, before_id bigint DEFAULT NULL,
+                                       tag text DEFAULT NULL)
 RETURNS SETOF queue.listed_job
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -195,18 +197,20 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT j.id, j.queue::text, j.status::text, j.priority, j.serial_group::text, j.attempts, j.max_attempts,
-           j.run_at, j.created_at, j.started_at, j.finished_at, j.worker, j.last_error, j.payload
+           j.run_at, j.created_at, j.started_at, j.finished_at, j.worker, j.last_error, j.payload,
+           j.tags::text[]
       FROM queue.all_jobs j
      WHERE (v_queue IS NULL OR j.queue = v_queue)
        AND (v_status IS NULL OR j.status = v_status)
+       AND (queue_jobs.tag IS NULL OR j.tags @> ARRAY[queue_jobs.tag::text COLLATE "C"])
        AND (before_id IS NULL OR j.id < before_id)
        AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
      ORDER BY j.id DESC
      LIMIT v_max;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_jobs(text, text, int, bigint) IS
-'Jobs of one queue or all, of one status or all, newest first (keyset paging with before_id): id, queue, status, priority, serial_group, attempt, max_attempts, run_at, created_at, started_at, finished_at, worker, last_error, payload. For tools, not for workers.';
+COMMENT ON FUNCTION @extschema@.queue_jobs(text, text, int, bigint, text) IS
+'Jobs of one queue or all, of one status or all, of one tag or all, newest first (keyset paging with before_id): id, queue, status, priority, serial_group, attempt, max_attempts, run_at, created_at, started_at, finished_at, worker, last_error, payload, tags. For tools, not for workers.';
 
 CREATE FUNCTION @extschema@.queue_retry(id bigint) RETURNS boolean
 LANGUAGE sql SECURITY DEFINER
@@ -217,7 +221,7 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_retry(bigint) IS
 'Put a dead job (failed or expired) back to pending with its attempts reset. True once; false for any other job, also for the second of two concurrent retries.';
 
-CREATE FUNCTION @extschema@.queue_retry_all(queue text) RETURNS bigint
+CREATE FUNCTION @extschema@.queue_retry_all(queue text, tag text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -226,11 +230,12 @@ BEGIN
     PERFORM queue.scope('produce', v_queue);
     RETURN queue.revive_jobs(ARRAY(
         SELECT j.id FROM queue.finished_jobs j
-         WHERE j.queue = v_queue AND j.status IN ('failed', 'expired')));
+         WHERE j.queue = v_queue AND j.status IN ('failed', 'expired')
+           AND (queue_retry_all.tag IS NULL OR j.tags @> ARRAY[queue_retry_all.tag::text COLLATE "C"])));
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_retry_all(text) IS
-'Put every dead job of a queue back to pending; returns how many.';
+COMMENT ON FUNCTION @extschema@.queue_retry_all(text, text) IS
+'Put every dead job of a queue (of one tag, if given) back to pending; returns how many.';
 
 CREATE FUNCTION @extschema@.queue_delete(id bigint) RETURNS boolean
 LANGUAGE sql SECURITY DEFINER
@@ -241,7 +246,8 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_delete(bigint) IS
 'Delete one job that is not processing (a processing job belongs to its worker). False for unknown or processing jobs.';
 
-CREATE FUNCTION @extschema@.queue_purge_dead(queue text DEFAULT NULL, older_than interval DEFAULT NULL)
+CREATE FUNCTION @extschema@.queue_purge_dead(queue text DEFAULT NULL, older_than interval DEFAULT NULL,
+                                             tag text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -256,11 +262,12 @@ BEGIN
          WHERE j.status IN ('failed', 'expired')
            AND (v_queue IS NULL OR j.queue = v_queue)
            AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
-           AND (v_older IS NULL OR j.finished_at < now() - v_older)));
+           AND (v_older IS NULL OR j.finished_at < now() - v_older)
+           AND (queue_purge_dead.tag IS NULL OR j.tags @> ARRAY[queue_purge_dead.tag::text COLLATE "C"])));
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_purge_dead(text, interval) IS
-'Delete dead jobs (failed, expired), of one queue or all, optionally only those finished longer ago than older_than; returns how many.';
+COMMENT ON FUNCTION @extschema@.queue_purge_dead(text, interval, text) IS
+'Delete dead jobs (failed, expired), of one queue or all, of one tag or all, optionally only those finished longer ago than older_than; returns how many.';
 
 CREATE FUNCTION @extschema@.queue_cleanup(older_than interval) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER

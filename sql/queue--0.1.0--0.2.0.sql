@@ -2155,7 +2155,7 @@ COMMENT ON FUNCTION @extschema@.queue_throughput(text, interval) IS
 CREATE TYPE queue.listed_job AS (
     id bigint, queue text, status text, priority int, serial_group text, attempt int, max_attempts int,
     run_at timestamptz, created_at timestamptz, started_at timestamptz, finished_at timestamptz,
-    worker text, last_error text, payload jsonb);
+    worker text, last_error text, payload jsonb, tags text[]);
 
 /*
  * queue_jobs: browse jobs of any status, newest first, for tools and
@@ -2165,7 +2165,8 @@ CREATE TYPE queue.listed_job AS (
  * of the skipped rows for a rare status deep in history. Not for workers.
  */
 CREATE FUNCTION @extschema@.queue_jobs(queue text DEFAULT NULL, status text DEFAULT NULL,
-                                       max_rows int DEFAULT 50, before_id bigint DEFAULT NULL)
+                                       max_rows int DEFAULT 50, before_id bigint DEFAULT NULL,
+                                       tag text DEFAULT NULL)
 RETURNS SETOF queue.listed_job
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -2187,18 +2188,21 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT j.id, j.queue::text, j.status::text, j.priority, j.serial_group::text, j.attempts, j.max_attempts,
-           j.run_at, j.created_at, j.started_at, j.finished_at, j.worker, j.last_error, j.payload
+           j.run_at, j.created_at, j.started_at, j.finished_at, j.worker, j.last_error, j.payload,
+           j.tags::text[]
       FROM queue.all_jobs j
      WHERE (v_queue IS NULL OR j.queue = v_queue)
        AND (v_status IS NULL OR j.status = v_status)
+       AND (queue_jobs.tag IS NULL OR j.tags @> ARRAY[queue_jobs.tag::text COLLATE "C"])
        AND (before_id IS NULL OR j.id < before_id)
        AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
      ORDER BY j.id DESC
      LIMIT v_max;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_jobs(text, text, int, bigint) IS
-'Jobs of one queue or all, of one status or all, newest first (keyset paging with before_id): id, queue, status, priority, serial_group, attempt, max_attempts, run_at, created_at, started_at, finished_at, worker, last_error, payload. For tools, not for workers.';
+COMMENT ON FUNCTION @extschema@.queue_jobs(text, text, int, bigint, text) IS
+'Jobs of one queue or all, of one status or all, of one tag or all, newest first (keyset paging with before_id): id, queue, status, priority, serial_group, attempt, max_attempts, run_at, created_at, started_at, finished_at, worker, last_error, payload, tags. For tools, not for workers.';
+
 
 -- New in 0.2.0: the error of every failed attempt, for the job page.
 -- Every failed attempt's error, for the job page (queue_job's "errors"): one
@@ -2432,6 +2436,11 @@ ALTER TABLE queue.jobs ADD COLUMN blocked_by int NOT NULL DEFAULT 0,
                        ADD COLUMN has_children boolean NOT NULL DEFAULT false;
 ALTER TABLE queue.finished_jobs ADD COLUMN blocked_by int NOT NULL DEFAULT 0,
                                 ADD COLUMN has_children boolean NOT NULL DEFAULT false;
+-- Tags (issue 20): a column of both tables and their partial GIN indexes.
+ALTER TABLE queue.jobs ADD COLUMN tags text[] COLLATE "C";
+ALTER TABLE queue.finished_jobs ADD COLUMN tags text[] COLLATE "C";
+CREATE INDEX jobs_tags ON queue.jobs USING gin (tags) WHERE tags IS NOT NULL;
+CREATE INDEX finished_jobs_tags ON queue.finished_jobs USING gin (tags) WHERE tags IS NOT NULL;
 CREATE OR REPLACE VIEW queue.all_jobs AS
     SELECT * FROM queue.jobs
     UNION ALL
@@ -2454,6 +2463,179 @@ DROP FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timest
 DROP FUNCTION queue.finish_jobs(bigint[], queue.job_status[], queue.job_status, int, jsonb, text);
 DROP FUNCTION queue.stats_rows(text);
 DROP FUNCTION queue.delete_jobs(bigint[]);
+DROP FUNCTION @extschema@.queue_dead(text, int);
+DROP FUNCTION @extschema@.queue_retry_all(text);
+DROP FUNCTION @extschema@.queue_purge_dead(text, interval);
+DROP FUNCTION @extschema@.queue_stats(text);
+
+CREATE FUNCTION queue.check_tags(p_tags text[]) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_bad text;
+BEGIN
+    IF coalesce(array_ndims(p_tags), 1) > 1 OR array_position(p_tags, NULL) IS NOT NULL
+       OR cardinality(p_tags) > 20 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('tags must be a list of at most 20 tags without NULL: %s', p_tags),
+            HINT = 'Pass e.g. ARRAY[''billing'', ''customer:42''].';
+    END IF;
+    SELECT t INTO v_bad FROM unnest(p_tags) AS t WHERE octet_length(t) NOT BETWEEN 1 AND 64 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('a tag must be 1 to 64 bytes long: "%s"', left(v_bad, 80)),
+            HINT = 'Tags are short labels to find jobs by, e.g. ''billing''.';
+    END IF;
+    RETURN nullif(ARRAY(SELECT DISTINCT t COLLATE "C" FROM unnest(p_tags) AS t ORDER BY 1), '{}');
+END;
+$$;
+
+CREATE FUNCTION @extschema@.queue_dead(queue text DEFAULT NULL, max_rows int DEFAULT 100, tag text DEFAULT NULL)
+RETURNS SETOF queue.dead_job
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue text := queue.check_queue_filter(queue_dead.queue);
+    v_max   int  := queue.check_count('max_rows', queue_dead.max_rows, 100000,
+                                      'max_rows is how many dead jobs to list, newest first.');
+    v_scope text[] := queue.scope('read', v_queue);
+BEGIN
+    RETURN QUERY
+    SELECT j.id, j.queue::text, j.status::text, j.attempts, j.max_attempts, j.last_error, j.payload,
+           j.serial_group::text, j.created_at, j.finished_at
+      FROM queue.finished_jobs j
+     WHERE j.status IN ('failed', 'expired') AND (v_queue IS NULL OR j.queue = v_queue)
+       AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
+       AND (queue_dead.tag IS NULL OR j.tags @> ARRAY[queue_dead.tag::text COLLATE "C"])
+     ORDER BY j.finished_at DESC, j.id DESC
+     LIMIT v_max;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_dead(text, int, text) IS
+'Dead letters (failed and expired jobs), newest first, with their last error; of one queue or all, of one tag or all.';
+
+CREATE FUNCTION @extschema@.queue_retry_all(queue text, tag text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue text := queue.check_queue_name(queue_retry_all.queue);
+BEGIN
+    PERFORM queue.scope('produce', v_queue);
+    RETURN queue.revive_jobs(ARRAY(
+        SELECT j.id FROM queue.finished_jobs j
+         WHERE j.queue = v_queue AND j.status IN ('failed', 'expired')
+           AND (queue_retry_all.tag IS NULL OR j.tags @> ARRAY[queue_retry_all.tag::text COLLATE "C"])));
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_retry_all(text, text) IS
+'Put every dead job of a queue (of one tag, if given) back to pending; returns how many.';
+
+CREATE FUNCTION @extschema@.queue_purge_dead(queue text DEFAULT NULL, older_than interval DEFAULT NULL,
+                                             tag text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue text := queue.check_queue_filter(queue_purge_dead.queue);
+    v_older interval := queue.check_span('older_than', queue_purge_dead.older_than, 'window');
+    v_scope text[]   := queue.scope('produce', v_queue);
+BEGIN
+    RETURN queue.forget_jobs(ARRAY(
+        SELECT j.id FROM queue.finished_jobs j
+         WHERE j.status IN ('failed', 'expired')
+           AND (v_queue IS NULL OR j.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue))
+           AND (v_older IS NULL OR j.finished_at < now() - v_older)
+           AND (queue_purge_dead.tag IS NULL OR j.tags @> ARRAY[queue_purge_dead.tag::text COLLATE "C"])));
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_purge_dead(text, interval, text) IS
+'Delete dead jobs (failed, expired), of one queue or all, of one tag or all, optionally only those finished longer ago than older_than; returns how many.';
+
+CREATE FUNCTION @extschema@.queue_stats(queue text DEFAULT NULL, tag text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue  text := queue.check_queue_filter(queue_stats.queue);
+    v_scope  text[] := queue.scope('read', v_queue);
+    v_stats  jsonb;
+    v_oldest timestamptz;
+BEGIN
+    -- One tag's jobs, counted from the jobs themselves through the tag
+    -- indexes (O(jobs with the tag), history within the retention): the
+    -- counters are kept per queue and priority, not per tag.
+    IF queue_stats.tag IS NOT NULL THEN
+        SELECT jsonb_build_object(
+                   'queue', v_queue, 'tag', queue_stats.tag,
+                   'total', count(*),
+                   'blocked', count(*) FILTER (WHERE j.status = 'blocked'),
+                   'scheduled', count(*) FILTER (WHERE j.status = 'scheduled'),
+                   'pending', count(*) FILTER (WHERE j.status = 'pending'),
+                   'processing', count(*) FILTER (WHERE j.status = 'processing'),
+                   'retrying', count(*) FILTER (WHERE j.status = 'retrying'),
+                   'completed', count(*) FILTER (WHERE j.status = 'completed'),
+                   'failed', count(*) FILTER (WHERE j.status = 'failed'),
+                   'expired', count(*) FILTER (WHERE j.status = 'expired'),
+                   'cancelled', count(*) FILTER (WHERE j.status = 'cancelled'))
+          INTO v_stats
+          FROM queue.all_jobs j
+         WHERE j.tags @> ARRAY[queue_stats.tag::text COLLATE "C"]
+           AND (v_queue IS NULL OR j.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue));
+        RETURN v_stats;
+    END IF;
+    WITH c AS (
+        SELECT * FROM queue.stats_rows(v_queue) r
+         WHERE (v_queue IS NULL OR r.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, r.queue))
+    )
+    SELECT jsonb_build_object(
+               'queue', v_queue,
+               'total_size', coalesce(sum(c.pending + c.scheduled + c.retrying), 0),
+               'pending', coalesce(sum(c.pending), 0),
+               'scheduled', coalesce(sum(c.scheduled), 0),
+               'processing', coalesce(sum(c.processing), 0),
+               'retrying', coalesce(sum(c.retrying), 0),
+               'blocked', coalesce(sum(c.blocked), 0),
+               'completed', coalesce(sum(c.completed), 0),
+               'failed', coalesce(sum(c.failed), 0),
+               'expired', coalesce(sum(c.expired), 0),
+               'cancelled', coalesce(sum(c.cancelled), 0),
+               'retried', coalesce(sum(c.retried), 0),
+               'deleted', coalesce(sum(c.deleted), 0),
+               'total_pushed', coalesce(sum(c.pushed), 0),
+               'total_popped', coalesce(sum(c.popped), 0),
+               'priority_breakdown', coalesce(
+                   (SELECT jsonb_object_agg(queue.priority_label(b.priority), b.waiting ORDER BY b.priority)
+                      FROM (SELECT c2.priority, sum(c2.pending + c2.scheduled + c2.retrying) AS waiting
+                              FROM c c2 GROUP BY c2.priority) b
+                     WHERE b.waiting > 0), '{}'),
+               'last_activity', max(c.last_activity)),
+           queue.oldest_pending(array_agg(c.queue) FILTER (WHERE c.pending > 0),
+                                array_agg(c.priority) FILTER (WHERE c.pending > 0))
+      INTO v_stats, v_oldest
+      FROM c;
+    -- One queue: whether it is paused; all queues: how many are.
+    RETURN v_stats || jsonb_build_object('oldest_pending_age',
+        round(extract(epoch FROM now() - v_oldest), 3))
+        || CASE WHEN v_queue IS NOT NULL
+                THEN jsonb_build_object('paused', EXISTS (
+                         SELECT FROM queue.queue_settings s WHERE s.queue = v_queue AND s.paused_at IS NOT NULL))
+                ELSE jsonb_build_object('paused_queues', (
+                         SELECT count(*) FROM queue.queue_settings s
+                          WHERE s.paused_at IS NOT NULL
+                            AND (v_scope IS NULL OR queue.access_allows(v_scope, s.queue))))
+           END;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_stats(text, text) IS
+'With tag: the jobs of that tag by status (live, and history within the retention), counted through the tag indexes. Otherwise counts of one queue, or of all with NULL: total_size (= pending + scheduled + retrying), each status (blocked: waiting for dependencies), cumulative completed/failed/expired/cancelled/retried/deleted, total_pushed, total_popped, priority_breakdown of waiting jobs, oldest_pending_age (seconds), last_activity; paused (one queue) or paused_queues (all). Constant time.';
+
+
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_push(
     queue text, payload jsonb DEFAULT '{}', priority int DEFAULT NULL,
@@ -2462,7 +2644,7 @@ CREATE OR REPLACE FUNCTION @extschema@.queue_push(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -2494,6 +2676,9 @@ BEGIN
         queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
         queue_push.priority);
     v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
+    IF queue_push.tags IS NOT NULL THEN
+        queue_push.tags := queue.check_tags(queue_push.tags);
+    END IF;
     -- Per-queue access (sql/access.sql): one probe when no rule exists.
     IF v_confined THEN
         PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
@@ -2510,23 +2695,23 @@ BEGIN
     IF queue_push.dedupe_key IS NULL THEN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by)
+                blocked_by, tags)
         VALUES (queue_push.queue, v_status, queue_push.priority,
                 queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                 queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                 queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
-                queue_push.payload, v_blocked)
+                queue_push.payload, v_blocked, queue_push.tags)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
         LOOP
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                     run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload, blocked_by)
+                    dedupe_key, payload, blocked_by, tags)
             VALUES (queue_push.queue, v_status, queue_push.priority,
                     queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                     queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                     queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
-                    queue_push.dedupe_key, queue_push.payload, v_blocked)
+                    queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags)
             ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
                 DO NOTHING
             RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
@@ -2555,8 +2740,9 @@ BEGIN
     RETURN v_id;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
-'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway).';
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
+'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway), tags (labels to find it by).';
+
 
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_push(
@@ -2566,14 +2752,15 @@ CREATE OR REPLACE FUNCTION @extschema@.queue_push(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14);
+    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15);
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
 'Push one job with a named priority (critical, high, normal, low); otherwise the same as queue_push with an integer priority.';
+
 
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_push_batch(
@@ -2583,7 +2770,7 @@ CREATE OR REPLACE FUNCTION @extschema@.queue_push_batch(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -2614,12 +2801,15 @@ BEGIN
         coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
         max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key, priority);
     PERFORM queue.scope('produce', v_queue, v_group);
+    IF tags IS NOT NULL THEN
+        tags := queue.check_tags(tags);
+    END IF;
 
     IF dedupe_key IS NOT NULL THEN
         FOREACH v_payload IN ARRAY payloads LOOP
             RETURN NEXT @extschema@.queue_push(v_queue, v_payload, priority, NULL, v_run_at,
                 v_group, max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key,
-                depends_on, run_anyway);
+                depends_on, run_anyway, tags);
         END LOOP;
         RETURN;
     END IF;
@@ -2636,10 +2826,10 @@ BEGIN
     WITH inserted AS (
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by)
+                blocked_by, tags)
         SELECT v_queue, v_status, priority, v_group IS NOT NULL AND v_status = 'pending', v_group,
                v_run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, p.payload,
-               v_blocked
+               v_blocked, tags
           FROM unnest(payloads) WITH ORDINALITY AS p(payload, n)
          ORDER BY p.n
         RETURNING j.id
@@ -2660,8 +2850,9 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
 'Push many payloads with the same options in one statement; returns their ids in payload order.';
+
 
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_push_batch(
@@ -2671,14 +2862,15 @@ CREATE OR REPLACE FUNCTION @extschema@.queue_push_batch(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14);
+    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15);
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean) IS
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
 'Push many payloads with a named priority (critical, high, normal, low).';
+
 
 
 CREATE OR REPLACE FUNCTION queue.finish_jobs(p_ids bigint[], p_from queue.job_status[], p_status queue.job_status,
@@ -2729,13 +2921,13 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children)
+                    created_at, started_at, finished_at, has_children, tags)
             SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload,
                    CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
                    p_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children
+                   m.created_at, m.started_at, now(), m.has_children, m.tags
               FROM moved m
             RETURNING id, serial_group, has_children
         )
@@ -2755,6 +2947,7 @@ BEGIN
     RETURN v_finished;
 END;
 $$;
+
 
 CREATE OR REPLACE FUNCTION queue.finish_claims(p_ids bigint[], p_attempts int[], p_results jsonb[])
 RETURNS bigint[]
@@ -2802,11 +2995,11 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children)
+                    created_at, started_at, finished_at, has_children, tags)
             SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload, m.last_error, m.given_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children
+                   m.created_at, m.started_at, now(), m.has_children, m.tags
               FROM moved m
             RETURNING id, serial_group, has_children
         )
@@ -2825,6 +3018,7 @@ BEGIN
     RETURN v_finished;
 END;
 $$;
+
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_ack(id bigint, result jsonb DEFAULT NULL, attempt int DEFAULT NULL)
 RETURNS boolean
@@ -2854,11 +3048,11 @@ BEGIN
            (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
             attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
             dedupe_key, payload, last_error, result, progress, worker,
-            created_at, started_at, finished_at, has_children)
+            created_at, started_at, finished_at, has_children, tags)
     SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
            m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
            m.dedupe_key, m.payload, m.last_error, queue_ack.result, m.progress, m.worker,
-           m.created_at, m.started_at, now(), m.has_children
+           m.created_at, m.started_at, now(), m.has_children, m.tags
       FROM moved m
     RETURNING serial_group, has_children INTO v_group, v_parent;
     IF NOT FOUND THEN
@@ -2875,6 +3069,7 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_ack(bigint, jsonb, int) IS
 'Complete a claimed job, optionally storing a result. Returns false and changes nothing when the job is unknown, not processing, or attempt is stale.';
+
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_cancel(id bigint)
 RETURNS boolean
@@ -3098,63 +3293,6 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION @extschema@.queue_stats(queue text DEFAULT NULL)
-RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    v_queue  text := queue.check_queue_filter(queue_stats.queue);
-    v_scope  text[] := queue.scope('read', v_queue);
-    v_stats  jsonb;
-    v_oldest timestamptz;
-BEGIN
-    WITH c AS (
-        SELECT * FROM queue.stats_rows(v_queue) r
-         WHERE (v_queue IS NULL OR r.queue = v_queue)
-           AND (v_scope IS NULL OR queue.access_allows(v_scope, r.queue))
-    )
-    SELECT jsonb_build_object(
-               'queue', v_queue,
-               'total_size', coalesce(sum(c.pending + c.scheduled + c.retrying), 0),
-               'pending', coalesce(sum(c.pending), 0),
-               'scheduled', coalesce(sum(c.scheduled), 0),
-               'processing', coalesce(sum(c.processing), 0),
-               'retrying', coalesce(sum(c.retrying), 0),
-               'blocked', coalesce(sum(c.blocked), 0),
-               'completed', coalesce(sum(c.completed), 0),
-               'failed', coalesce(sum(c.failed), 0),
-               'expired', coalesce(sum(c.expired), 0),
-               'cancelled', coalesce(sum(c.cancelled), 0),
-               'retried', coalesce(sum(c.retried), 0),
-               'deleted', coalesce(sum(c.deleted), 0),
-               'total_pushed', coalesce(sum(c.pushed), 0),
-               'total_popped', coalesce(sum(c.popped), 0),
-               'priority_breakdown', coalesce(
-                   (SELECT jsonb_object_agg(queue.priority_label(b.priority), b.waiting ORDER BY b.priority)
-                      FROM (SELECT c2.priority, sum(c2.pending + c2.scheduled + c2.retrying) AS waiting
-                              FROM c c2 GROUP BY c2.priority) b
-                     WHERE b.waiting > 0), '{}'),
-               'last_activity', max(c.last_activity)),
-           queue.oldest_pending(array_agg(c.queue) FILTER (WHERE c.pending > 0),
-                                array_agg(c.priority) FILTER (WHERE c.pending > 0))
-      INTO v_stats, v_oldest
-      FROM c;
-    -- One queue: whether it is paused; all queues: how many are.
-    RETURN v_stats || jsonb_build_object('oldest_pending_age',
-        round(extract(epoch FROM now() - v_oldest), 3))
-        || CASE WHEN v_queue IS NOT NULL
-                THEN jsonb_build_object('paused', EXISTS (
-                         SELECT FROM queue.queue_settings s WHERE s.queue = v_queue AND s.paused_at IS NOT NULL))
-                ELSE jsonb_build_object('paused_queues', (
-                         SELECT count(*) FROM queue.queue_settings s
-                          WHERE s.paused_at IS NOT NULL
-                            AND (v_scope IS NULL OR queue.access_allows(v_scope, s.queue))))
-           END;
-END;
-$$;
-COMMENT ON FUNCTION @extschema@.queue_stats(text) IS
-'Counts of one queue, or of all with NULL: total_size (= pending + scheduled + retrying), each status (blocked: waiting for dependencies), cumulative completed/failed/expired/cancelled/retried/deleted, total_pushed, total_popped, priority_breakdown of waiting jobs, oldest_pending_age (seconds), last_activity; paused (one queue) or paused_queues (all). Constant time.';
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_prometheus()
 RETURNS text
@@ -3288,10 +3426,10 @@ BEGIN
         INSERT INTO queue.jobs AS j
                (id, queue, status, priority, group_waiting, serial_group, run_at,
                 max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                dedupe_key, payload, last_error, created_at, has_children)
+                dedupe_key, payload, last_error, created_at, has_children, tags)
         SELECT d.id, d.queue, 'pending', d.priority, d.serial_group IS NOT NULL, d.serial_group, now(),
                d.max_attempts, d.timeout, d.backoff_base, d.backoff_max, d.retry_delays,
-               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children
+               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children, d.tags
           FROM dead d
         -- (or 'expired': the counters treat every final status alike here)
         RETURNING j.id, j.queue, j.serial_group, queue.tally(j.queue, j.priority, 'failed', 'pending')
@@ -3318,6 +3456,7 @@ EXCEPTION WHEN unique_violation THEN
         HINT = 'Let the live job finish, or queue_delete the dead one.';
 END;
 $$;
+
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_clear(queue text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
@@ -3544,12 +3683,12 @@ BEGIN
             INSERT INTO queue.jobs AS j
                    (id, queue, status, priority, group_waiting, serial_group, run_at,
                     max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload, created_at, blocked_by, has_children)
+                    dedupe_key, payload, created_at, blocked_by, has_children, tags)
             SELECT b.id, b.queue, 'blocked', b.priority, false, b.serial_group, b.run_at,
                    b.max_attempts, b.timeout, b.backoff_base, b.backoff_max, b.retry_delays,
                    b.dedupe_key, b.payload, b.created_at,
                    (SELECT count(*) FROM queue.job_deps d WHERE d.child = b.id AND NOT d.resolved),
-                   b.has_children
+                   b.has_children, b.tags
               FROM back b
             RETURNING j.id, j.has_children, queue.tally(j.queue, j.priority, 'cancelled', 'blocked')
         )
@@ -3558,6 +3697,7 @@ BEGIN
     END LOOP;
 END;
 $$;
+
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_dependencies(id bigint)
 RETURNS TABLE (dependency bigint, queue text, status text, result jsonb, finished_at timestamptz,
@@ -3580,7 +3720,7 @@ COMMENT ON FUNCTION @extschema@.queue_dependencies(bigint) IS
 REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON FUNCTION
-    @extschema@.queue_jobs(text, text, int, bigint),
+    @extschema@.queue_jobs(text, text, int, bigint, text),
     @extschema@.queue_throughput(text, interval),
     @extschema@.queue_pop(text, text, int, interval),
     @extschema@.queue_release(bigint, int),
@@ -3590,19 +3730,23 @@ REVOKE ALL ON FUNCTION
     @extschema@.queue_resume(text),
     @extschema@.queue_settings(),
     @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean),
+    @extschema@.queue_dead(text, int, text),
+    @extschema@.queue_retry_all(text, text),
+    @extschema@.queue_purge_dead(text, interval, text),
+    @extschema@.queue_stats(text, text),
     @extschema@.queue_list(),
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
     @extschema@.queue_progress(bigint, int, int, text, int),
-    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
-    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
-    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
-    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
     @extschema@.queue_dependencies(bigint)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    @extschema@.queue_jobs(text, text, int, bigint),
+    @extschema@.queue_jobs(text, text, int, bigint, text),
     @extschema@.queue_throughput(text, interval),
     @extschema@.queue_pop(text, text, int, interval),
     @extschema@.queue_release(bigint, int),
@@ -3612,22 +3756,26 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_resume(text),
     @extschema@.queue_settings(),
     @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean),
+    @extschema@.queue_dead(text, int, text),
+    @extschema@.queue_retry_all(text, text),
+    @extschema@.queue_purge_dead(text, interval, text),
+    @extschema@.queue_stats(text, text),
     @extschema@.queue_list(),
     @extschema@.queue_grant_access(regrole, text, text),
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
     @extschema@.queue_progress(bigint, int, int, text, int),
-    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
-    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
-    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
-    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
     @extschema@.queue_dependencies(bigint)
 TO queue_admin;
 GRANT EXECUTE ON FUNCTION
-    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
-    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
-    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
-    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean),
+    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
     @extschema@.queue_dependencies(bigint)
 TO queue_producer;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_dependencies(bigint) TO queue_worker;

@@ -355,7 +355,7 @@ $$;
  * claimable job. Reads the counters, never counts job rows: constant time
  * whatever the depth or history.
  */
-CREATE FUNCTION @extschema@.queue_stats(queue text DEFAULT NULL)
+CREATE FUNCTION @extschema@.queue_stats(queue text DEFAULT NULL, tag text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -366,6 +366,29 @@ DECLARE
     v_stats  jsonb;
     v_oldest timestamptz;
 BEGIN
+    -- One tag's jobs, counted from the jobs themselves through the tag
+    -- indexes (O(jobs with the tag), history within the retention): the
+    -- counters are kept per queue and priority, not per tag.
+    IF queue_stats.tag IS NOT NULL THEN
+        SELECT jsonb_build_object(
+                   'queue', v_queue, 'tag', queue_stats.tag,
+                   'total', count(*),
+                   'blocked', count(*) FILTER (WHERE j.status = 'blocked'),
+                   'scheduled', count(*) FILTER (WHERE j.status = 'scheduled'),
+                   'pending', count(*) FILTER (WHERE j.status = 'pending'),
+                   'processing', count(*) FILTER (WHERE j.status = 'processing'),
+                   'retrying', count(*) FILTER (WHERE j.status = 'retrying'),
+                   'completed', count(*) FILTER (WHERE j.status = 'completed'),
+                   'failed', count(*) FILTER (WHERE j.status = 'failed'),
+                   'expired', count(*) FILTER (WHERE j.status = 'expired'),
+                   'cancelled', count(*) FILTER (WHERE j.status = 'cancelled'))
+          INTO v_stats
+          FROM queue.all_jobs j
+         WHERE j.tags @> ARRAY[queue_stats.tag::text COLLATE "C"]
+           AND (v_queue IS NULL OR j.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue));
+        RETURN v_stats;
+    END IF;
     WITH c AS (
         SELECT * FROM queue.stats_rows(v_queue) r
          WHERE (v_queue IS NULL OR r.queue = v_queue)
@@ -410,8 +433,8 @@ BEGIN
            END;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_stats(text) IS
-'Counts of one queue, or of all with NULL: total_size (= pending + scheduled + retrying), each status (blocked: waiting for dependencies), cumulative completed/failed/expired/cancelled/retried/deleted, total_pushed, total_popped, priority_breakdown of waiting jobs, oldest_pending_age (seconds), last_activity; paused (one queue) or paused_queues (all). Constant time.';
+COMMENT ON FUNCTION @extschema@.queue_stats(text, text) IS
+'With tag: the jobs of that tag by status (live, and history within the retention), counted through the tag indexes. Otherwise counts of one queue, or of all with NULL: total_size (= pending + scheduled + retrying), each status (blocked: waiting for dependencies), cumulative completed/failed/expired/cancelled/retried/deleted, total_pushed, total_popped, priority_breakdown of waiting jobs, oldest_pending_age (seconds), last_activity; paused (one queue) or paused_queues (all). Constant time.';
 
 /*
  * queue_size: jobs still waiting (pending + scheduled + retrying), from the

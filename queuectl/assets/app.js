@@ -256,9 +256,11 @@
         h('div', {}, h('b', {}, fmtNum(s.scheduled)), h('span', {}, 'scheduled')),
         h('div', {}, h('b', {}, fmtNum(s.retrying)), h('span', {}, 'retrying')),
         h('div', {}, h('b', {}, fmtNum(s.processing)), h('span', {}, 'processing')),
+        // Waiting for their dependencies (not in "waiting"); – before the extension had them.
+        h('div', { title: 'jobs waiting for the jobs they depend on to complete' }, h('b', { 'data-field': 'blocked' }, fmtNum(s.blocked)), h('span', {}, 'blocked')),
         h('div', {}, h('b', {}, m.throughput_per_minute === undefined || m.throughput_per_minute === null ? '–' : Number(m.throughput_per_minute).toFixed(2)), h('span', {}, 'done / min')),
         h('div', {}, h('b', {}, fmtPct(m.success_rate)), h('span', {}, 'success')),
-        h('div', {}, h('b', {}, `${fmtMs(m.avg_run_ms)} / ${fmtMs(m.p95_run_ms)}`), h('span', {}, 'avg / p95 run'))),
+        h('div', { class: 'wide' }, h('b', {}, `${fmtMs(m.avg_run_ms)} / ${fmtMs(m.p95_run_ms)}`), h('span', {}, 'avg / p95 run'))),
       h('div', { class: 'chips' }, priorityChips(s.priority_breakdown)),
       h('div', { class: 'small muted' },
         `last hour: ${fmtNum(m.executions)} finished (${fmtNum(m.completed)} ok, ${fmtNum(m.failed)} failed, ${fmtNum(m.expired)} expired) · ` +
@@ -277,6 +279,7 @@
       stat('scheduled', fmtNum(t.scheduled)),
       stat('retrying', fmtNum(t.retrying), t.retrying ? 'amber' : ''),
       stat('processing', fmtNum(t.processing)),
+      t.blocked === undefined ? null : stat('blocked', fmtNum(t.blocked)),
       stat('finished, last hour', fmtNum(m.executions)),
       stat('success rate', fmtPct(m.success_rate), m.success_rate !== null && m.success_rate < 0.9 ? 'red' : 'green'),
       stat('avg / p95 run', `${fmtMs(m.avg_run_ms)} / ${fmtMs(m.p95_run_ms)}`),
@@ -455,13 +458,26 @@
 
   // ---- job page ---------------------------------------------------------------
   const FINAL = ['completed', 'failed', 'expired', 'cancelled'];
-  const STATUS_CLASS = { completed: 'ok', failed: 'bad', expired: 'bad', cancelled: '', processing: 'info', retrying: 'warn', pending: 'info', scheduled: '' };
+  const STATUS_CLASS = { completed: 'ok', failed: 'bad', expired: 'bad', cancelled: '', processing: 'info', retrying: 'warn', pending: 'info', scheduled: '', blocked: 'warn' };
   let jobTimer = null;
   function pretty(v) { return h('pre', { class: 'mono' }, JSON.stringify(v, null, 2)); }
   function diff(a, b) {
     if (!a || !b) return '–';
     const d = Date.parse(b) - Date.parse(a);
     return Number.isNaN(d) ? '–' : fmtMs(Math.max(0, d));
+  }
+  /** queue_dependencies rows: one per job this one waits for, in id order. */
+  function dependencies(rows) {
+    if (!rows.length) return h('p', { class: 'muted small' }, 'none visible to this role');
+    return h('div', { class: 'scroll' }, h('table', { class: 'deps' },
+      h('thead', {}, h('tr', {}, ['job', 'queue', 'status', 'resolved', 'run anyway', 'finished'].map((c) => h('th', {}, c)))),
+      h('tbody', {}, rows.map((d) => h('tr', { 'data-dependency': d.dependency, 'data-resolved': String(d.resolved === true) },
+        h('td', {}, jobLink(d.dependency)), h('td', {}, d.queue ?? '–'),
+        // A completed dependency whose history is gone has no status.
+        h('td', {}, d.status ? h('span', { class: `badge ${STATUS_CLASS[d.status] ?? ''}` }, d.status) : h('span', { class: 'muted', title: 'completed; its history is gone' }, '–')),
+        h('td', {}, d.resolved ? h('span', { class: 'badge ok' }, 'yes') : h('span', { class: 'badge' }, 'no')),
+        h('td', {}, d.run_anyway ? 'yes' : 'no'),
+        h('td', {}, timeEl(d.finished_at)))))));
   }
   async function showJob(id) {
     clearTimeout(jobTimer);
@@ -480,7 +496,7 @@
     const p = j.progress;
     const actions = [];
     if (j.status === 'failed' || j.status === 'expired') actions.push(h('button', { class: 'primary', onclick: (ev) => act(ev.currentTarget, `/api/jobs/${id}/retry`, () => `job ${id} is pending again`, () => { showJob(id); refresh('failed'); }) }, '↻ Retry'));
-    if (['scheduled', 'pending', 'retrying'].includes(j.status)) actions.push(h('button', { onclick: (ev) => act(ev.currentTarget, `/api/jobs/${id}/cancel`, () => `job ${id} cancelled`, () => showJob(id)) }, 'Cancel'));
+    if (['scheduled', 'pending', 'retrying', 'blocked'].includes(j.status)) actions.push(h('button', { onclick: (ev) => act(ev.currentTarget, `/api/jobs/${id}/cancel`, () => `job ${id} cancelled`, () => showJob(id)) }, 'Cancel'));
     if (j.status !== 'processing') actions.push(h('button', { class: 'danger', onclick: (ev) => { if (window.confirm(`Delete job ${id} for good?`)) act(ev.currentTarget, `/api/jobs/${id}/delete`, () => `job ${id} deleted`, () => { refresh('failed'); showJob(id); }); } }, '✕ Delete'));
     fill(body,
       h('div', { class: 'toolbar' }, h('span', { class: `badge ${STATUS_CLASS[j.status] || ''}`, 'data-status': j.status }, j.status),
@@ -490,7 +506,14 @@
           ['queue', j.queue], ['priority', String(j.priority)], ['attempts', `${j.attempts} of ${j.max_attempts}`],
           ['serial group', j.serial_group || '–'], ['dedupe key', j.dedupe_key || '–'], ['worker', j.worker || '–'],
           ['timeout', j.timeout || '–'], ['backoff', `${j.backoff_base || '–'} … ${j.backoff_max || '–'}`],
-          j.retry_delays ? ['retry delays', j.retry_delays.join(', ')] : null])),
+          j.retry_delays ? ['retry delays', j.retry_delays.join(', ')] : null,
+          // queue_job's depends_on and blocked_by (absent before the extension had dependencies).
+          j.depends_on === undefined ? null : ['depends on', Array.isArray(j.depends_on) && j.depends_on.length
+            ? h('span', { 'data-field': 'depends-on' }, j.depends_on.map((d, i) => [i ? ', ' : '', jobLink(d)])) : '–'],
+          j.blocked_by === undefined ? null : ['blocked by', h('span', { 'data-field': 'blocked-by' },
+            Array.isArray(j.depends_on) && j.depends_on.length
+              ? `${fmtNum(j.blocked_by)} of ${j.depends_on.length} ${j.depends_on.length === 1 ? 'dependency' : 'dependencies'} not resolved`
+              : fmtNum(j.blocked_by))]])),
         h('div', {}, h('h3', {}, 'Timings'), dl([
           ['created', timeEl(j.created_at)], ['run at', timeEl(j.run_at)], ['started', timeEl(j.started_at)],
           ['lease until', timeEl(j.lease_until)], ['finished', timeEl(j.finished_at)],
@@ -498,6 +521,7 @@
         h('div', {}, h('h3', {}, 'Progress'), p ? [
           h('div', { class: 'progress', role: 'progressbar', 'aria-valuenow': p.percent, 'aria-valuemin': 0, 'aria-valuemax': 100 }, h('div', { style: `width:${Math.max(0, Math.min(100, Number(p.percent) || 0))}%` })),
           h('p', { class: 'small' }, `${p.current} / ${p.total} (${p.percent}%) ${p.message || ''}`, ' · ', timeEl(p.updated_at))] : h('p', { class: 'muted small' }, 'no progress reported'))),
+      Array.isArray(j.dependencies) ? [h('h3', {}, 'Dependencies'), dependencies(j.dependencies)] : null,
       h('h3', {}, 'Payload'), pretty(j.payload),
       h('h3', {}, 'Result'), j.result === null || j.result === undefined ? h('p', { class: 'muted small' }, 'none') : pretty(j.result),
       h('h3', {}, 'Error history'),

@@ -3,7 +3,7 @@
 //! `jsonb_agg` to carry a function's rows as one JSON array). No query reads
 //! or writes the extension's tables.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use queue_client::PgInterval;
 use serde_json::Value;
@@ -80,6 +80,21 @@ impl Api {
         self.rows("queue_list()", &[]).await
     }
 
+    /// `queue_list()` with each queue's `blocked` (jobs waiting for their
+    /// dependencies) from `queue_stats(queue)`, which queue_list has no column
+    /// for; `blocked` is null where the extension has no dependencies. The
+    /// `list` subcommand and `/api/queues`.
+    pub async fn list_with_blocked(&self) -> Result<Vec<Value>> {
+        let v = self
+            .one(
+                "SELECT coalesce(jsonb_agg(to_jsonb(l) || jsonb_build_object('blocked', queue_stats(l.queue)->'blocked') \
+                 ORDER BY l.queue), '[]'::jsonb) FROM queue_list() l",
+                &[],
+            )
+            .await?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
     /// `queue_list()` with each queue's `queue_stats` and `queue_metrics(queue, since)`
     /// in one round trip (the dashboard's stats panel).
     pub async fn overview(&self, since: Duration) -> Result<Vec<Value>> {
@@ -140,6 +155,30 @@ impl Api {
     pub async fn job(&self, id: i64) -> Result<Option<Value>> {
         let v = self.one("SELECT queue_job($1::bigint)", &[&id]).await?;
         Ok(if v.is_null() { None } else { Some(v) })
+    }
+
+    /// `queue_job(id)` and, for a job pushed with dependencies (its
+    /// `depends_on` is an array), their rows of `queue_dependencies(id)` as
+    /// `dependencies` (dependency, queue, status, result, finished_at,
+    /// resolved, run_anyway): the `job` subcommand and the dashboard's job
+    /// page. A job without dependencies, or an extension without them, costs
+    /// no second call and gets no `dependencies` key.
+    pub async fn job_detail(&self, id: i64) -> Result<Option<Value>> {
+        let Some(mut j) = self.job(id).await? else {
+            return Ok(None);
+        };
+        if j.get("depends_on").is_some_and(Value::is_array) {
+            let deps = self.dependencies(id).await?;
+            if let Some(o) = j.as_object_mut() {
+                o.insert("dependencies".into(), Value::Array(deps));
+            }
+        }
+        Ok(Some(j))
+    }
+
+    /// `queue_dependencies(id)`: the jobs one job depends on, in id order.
+    pub async fn dependencies(&self, id: i64) -> Result<Vec<Value>> {
+        self.rows("queue_dependencies($1::bigint)", &[&id]).await
     }
 
     async fn boolean(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<bool> {
@@ -290,9 +329,124 @@ impl Api {
         self.rows("queue_throughput($1::text, $2)", &[&queue, &PgInterval(since)]).await
     }
 
-    /// `queue_push` with the options of [`queue_client::PushOpts`].
-    pub async fn push(&self, queue: &str, payload: &Value, opts: &queue_client::PushOpts) -> Result<i64> {
-        Ok(queue_client::push(&self.client, queue, payload, opts).await?)
+    /// `queue_push(queue, payload, name => value, ...)` with the options that
+    /// are set, as named arguments. Only the constant option names become SQL
+    /// text; every value (the dependency ids too) is a bound parameter.
+    ///
+    /// The statement is built here rather than by `queue_client::push`
+    /// because its `PushOpts` has no `depends_on` / `run_anyway`. An
+    /// extension from before dependencies has no such parameters: with
+    /// `--depends-on` that is a usage error (exit 2) that says so, instead of
+    /// "function queue_push(...) does not exist".
+    pub async fn push(&self, queue: &str, payload: &Value, call: &PushCall) -> Result<i64> {
+        let (sql, params) = call.statement(queue, payload)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        match self.client.query_one(&sql, &refs).await {
+            Ok(row) => Ok(row.try_get::<_, i64>(0)?),
+            Err(e)
+                if e.code() == Some(&SqlState::UNDEFINED_FUNCTION)
+                    && (!call.depends_on.is_empty() || call.run_anyway) =>
+            {
+                Err(CliError::usage(
+                    "this version of the queue extension has no job dependencies (queue_push has no depends_on): \
+                     ALTER EXTENSION queue UPDATE",
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The options of one `queue_push` (the `push` subcommand's flags, parsed).
+/// What is `None` (or empty, or false) is left out of the call and takes the
+/// extension's default.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PushCall {
+    /// `priority`: lower runs first.
+    pub priority: Option<i32>,
+    /// `delay`: run no earlier than this long from now.
+    pub delay: Option<Duration>,
+    /// `run_at`: run no earlier than this moment.
+    pub run_at: Option<SystemTime>,
+    /// `serial_group`: one job of the group at a time.
+    pub serial_group: Option<String>,
+    /// `max_attempts`, the first included.
+    pub max_attempts: Option<i32>,
+    /// `timeout`: the lease per attempt.
+    pub timeout: Option<Duration>,
+    /// `backoff_base`: the first retry delay, doubling.
+    pub backoff_base: Option<Duration>,
+    /// `backoff_max`: the longest retry delay.
+    pub backoff_max: Option<Duration>,
+    /// `retry_delays`: a retry schedule instead of the backoff.
+    pub retry_delays: Option<Vec<Duration>>,
+    /// `dedupe_key`: a live job with the same key is returned instead.
+    pub dedupe_key: Option<String>,
+    /// `depends_on`: the job is blocked until every one of these has completed.
+    pub depends_on: Vec<i64>,
+    /// `run_anyway`: run once the dependencies ended, however they ended.
+    pub run_anyway: bool,
+}
+
+/// One bound value of a statement.
+type Param = Box<dyn ToSql + Sync + Send>;
+
+impl PushCall {
+    /// The `SELECT queue_push(...)` text and its parameters, in order.
+    fn statement(&self, queue: &str, payload: &Value) -> Result<(String, Vec<Param>)> {
+        if self.delay.is_some() && self.run_at.is_some() {
+            return Err(CliError::usage("--delay and --run-at do not go together"));
+        }
+        let mut sql = String::from("SELECT queue_push($1::text, $2::jsonb");
+        let mut params: Vec<Param> = vec![Box::new(queue.to_owned()), Box::new(payload.clone())];
+        let mut arg = |name: &str, cast: &str, value: Param| {
+            params.push(value);
+            sql.push_str(&format!(", {name} => ${}::{cast}", params.len()));
+        };
+        let interval = |d: Duration, flag: &str| -> Result<PgInterval> {
+            let i = PgInterval(d);
+            i.micros().map_err(|_| CliError::usage(format!("{flag} {d:?} does not fit a Postgres interval")))?;
+            Ok(i)
+        };
+        if let Some(p) = self.priority {
+            arg("priority", "int", Box::new(p));
+        }
+        if let Some(d) = self.delay {
+            arg("delay", "interval", Box::new(interval(d, "--delay")?));
+        }
+        if let Some(t) = self.run_at {
+            arg("run_at", "timestamptz", Box::new(t));
+        }
+        if let Some(g) = &self.serial_group {
+            arg("serial_group", "text", Box::new(g.clone()));
+        }
+        if let Some(n) = self.max_attempts {
+            arg("max_attempts", "int", Box::new(n));
+        }
+        if let Some(d) = self.timeout {
+            arg("timeout", "interval", Box::new(interval(d, "--timeout")?));
+        }
+        if let Some(d) = self.backoff_base {
+            arg("backoff_base", "interval", Box::new(interval(d, "--backoff-base")?));
+        }
+        if let Some(d) = self.backoff_max {
+            arg("backoff_max", "interval", Box::new(interval(d, "--backoff-max")?));
+        }
+        if let Some(ds) = &self.retry_delays {
+            let v = ds.iter().map(|d| interval(*d, "--retry-delays entry")).collect::<Result<Vec<_>>>()?;
+            arg("retry_delays", "interval[]", Box::new(v));
+        }
+        if let Some(k) = &self.dedupe_key {
+            arg("dedupe_key", "text", Box::new(k.clone()));
+        }
+        if !self.depends_on.is_empty() {
+            arg("depends_on", "bigint[]", Box::new(self.depends_on.clone()));
+        }
+        if self.run_anyway {
+            arg("run_anyway", "boolean", Box::new(true));
+        }
+        sql.push(')');
+        Ok((sql, params))
     }
 }
 
@@ -313,5 +467,39 @@ pub fn pg_text(e: &tokio_postgres::Error) -> String {
             }
             s
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_push_names_only_the_options_that_are_set_and_binds_every_value() {
+        let (sql, params) = PushCall::default().statement("q", &Value::Null).unwrap();
+        assert_eq!(sql, "SELECT queue_push($1::text, $2::jsonb)");
+        assert_eq!(params.len(), 2);
+
+        let call = PushCall {
+            priority: Some(-10),
+            depends_on: vec![41, 42],
+            run_anyway: true,
+            dedupe_key: Some("k'); DROP TABLE x; --".into()),
+            ..PushCall::default()
+        };
+        let (sql, params) = call.statement("q", &Value::Null).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT queue_push($1::text, $2::jsonb, priority => $3::int, dedupe_key => $4::text, \
+             depends_on => $5::bigint[], run_anyway => $6::boolean)"
+        );
+        assert_eq!(params.len(), 6);
+        assert!(!sql.contains("41") && !sql.contains("DROP"), "values are bound, never in the text");
+
+        let both =
+            PushCall { delay: Some(Duration::from_secs(1)), run_at: Some(SystemTime::now()), ..PushCall::default() };
+        assert!(both.statement("q", &Value::Null).is_err());
+        let huge = PushCall { timeout: Some(Duration::MAX), ..PushCall::default() };
+        assert_eq!(huge.statement("q", &Value::Null).err().unwrap().exit, crate::error::Exit::Usage);
     }
 }

@@ -5,10 +5,10 @@ use std::io::Read;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use queue_client::{Priority, PushOpts};
+use queue_client::Priority;
 use serde_json::{json, Value};
 
-use crate::api::Api;
+use crate::api::{Api, PushCall};
 use crate::error::{CliError, Exit, Result};
 use crate::output::{self, ago, cell, field, int, ms, percent, preview, secs, when, Table};
 use crate::{Cli, Command, PushArgs, ScheduleArgs};
@@ -87,16 +87,29 @@ pub async fn run(cli: Cli) -> Result<Exit> {
     }
 }
 
-/// "2 waiting (1 pending, 1 scheduled, 0 retrying), 1 processing".
+/// "2 waiting (1 pending, 1 scheduled, 0 retrying), 1 processing, 1 blocked";
+/// without ", N blocked" for an extension whose stats have no `blocked`
+/// (one from before dependencies).
 fn depth_line(s: &Value) -> String {
-    format!(
+    let mut line = format!(
         "{} waiting ({} pending, {} scheduled, {} retrying), {} processing",
         int(s, "total_size"),
         int(s, "pending"),
         int(s, "scheduled"),
         int(s, "retrying"),
         int(s, "processing")
-    )
+    );
+    if s.get("blocked").is_some_and(|b| !b.is_null()) {
+        line.push_str(&format!(", {} blocked", int(s, "blocked")));
+    }
+    line
+}
+
+/// The BLOCKED cell: jobs waiting for their dependencies (`queue_stats`'s
+/// `blocked`; blocked jobs are not in WAITING), `-` for an extension from
+/// before dependencies.
+fn blocked_cell(s: &Value) -> String {
+    field(s, "blocked")
 }
 
 /// "high 3, normal 10, 7: 1" from `priority_breakdown`, best priority first.
@@ -205,6 +218,7 @@ async fn status(api: &Api, out: Out, queue: Option<&str>, since: Duration) -> Re
             ">SCHED",
             ">RETRY",
             ">RUNNING",
+            ">BLOCKED",
             "PRIORITIES",
             ">DONE/MIN",
             ">SUCCESS",
@@ -221,6 +235,7 @@ async fn status(api: &Api, out: Out, queue: Option<&str>, since: Duration) -> Re
                 int(s, "scheduled").to_string(),
                 int(s, "retrying").to_string(),
                 int(s, "processing").to_string(),
+                blocked_cell(s),
                 priority_line(s),
                 m.get("throughput_per_minute").and_then(Value::as_f64).map(|x| format!("{x:.2}")).unwrap_or("-".into()),
                 percent(&m["success_rate"]),
@@ -285,7 +300,7 @@ async fn paused_line(api: &Api, queue: &str, stats: &Value) -> Result<Option<Str
 }
 
 async fn list(api: &Api, out: Out) -> Result<Exit> {
-    let rows = api.list().await?;
+    let rows = api.list_with_blocked().await?;
     if out.json {
         out.print_json(&Value::Array(rows));
         return Ok(Exit::Ok);
@@ -297,6 +312,7 @@ async fn list(api: &Api, out: Out) -> Result<Exit> {
         ">SCHEDULED",
         ">RETRYING",
         ">PROCESSING",
+        ">BLOCKED",
         ">COMPLETED",
         ">FAILED",
         ">EXPIRED",
@@ -312,6 +328,7 @@ async fn list(api: &Api, out: Out) -> Result<Exit> {
             field(r, "scheduled"),
             field(r, "retrying"),
             field(r, "processing"),
+            blocked_cell(r),
             field(r, "completed"),
             field(r, "failed"),
             field(r, "expired"),
@@ -505,8 +522,8 @@ async fn jobs(api: &Api, out: Out, queue: &str, status: &str, limit: i32) -> Res
     if !api.list().await?.iter().any(|l| l["queue"] == json!(queue)) {
         return Err(CliError::not_found(format!("no queue {queue:?} (a queue exists once it had a job)")));
     }
-    const STATUSES: [&str; 8] =
-        ["scheduled", "pending", "processing", "retrying", "completed", "failed", "expired", "cancelled"];
+    const STATUSES: [&str; 9] =
+        ["scheduled", "pending", "processing", "retrying", "blocked", "completed", "failed", "expired", "cancelled"];
     let rows = match status {
         // Pending jobs in the order they will be claimed; dead letters as
         // queue_dead gives them; any other status newest first.
@@ -535,7 +552,7 @@ async fn jobs(api: &Api, out: Out, queue: &str, status: &str, limit: i32) -> Res
 }
 
 async fn job(api: &Api, out: Out, id: i64) -> Result<Exit> {
-    let Some(j) = api.job(id).await? else {
+    let Some(j) = api.job_detail(id).await? else {
         return Err(CliError::not_found(format!("no job {id}")));
     };
     if out.json {
@@ -550,6 +567,13 @@ async fn job(api: &Api, out: Out, id: i64) -> Result<Exit> {
     t.row(vec!["timeout".into(), field(&j, "timeout")]);
     if j["waiting_for_group"] == json!(true) {
         t.row(vec!["waiting".into(), "for its serial group".into()]);
+    }
+    // Dependencies (an extension from before them has neither key).
+    if j.get("depends_on").is_some() {
+        t.row(vec!["depends_on".into(), id_list(&j["depends_on"])]);
+    }
+    if j.get("blocked_by").is_some() {
+        t.row(vec!["blocked_by".into(), blocked_by(&j)]);
     }
     for key in ["created_at", "run_at", "started_at", "lease_until", "finished_at"] {
         t.row(vec![key.into(), when(&j, key)]);
@@ -567,6 +591,9 @@ async fn job(api: &Api, out: Out, id: i64) -> Result<Exit> {
         ]);
     }
     print!("{}", t.render());
+    if let Some(deps) = j["dependencies"].as_array() {
+        print_dependencies(deps);
+    }
     println!("\npayload\n{}", serde_json::to_string_pretty(&j["payload"]).unwrap_or_default());
     if !j["result"].is_null() {
         println!("\nresult\n{}", serde_json::to_string_pretty(&j["result"]).unwrap_or_default());
@@ -583,6 +610,50 @@ async fn job(api: &Api, out: Out, id: i64) -> Result<Exit> {
         println!("\nlast error\n{}", field(&j, "last_error"));
     }
     Ok(Exit::Ok)
+}
+
+/// Job ids of a JSON array as "41, 42"; `-` for null (no dependencies).
+fn id_list(v: &Value) -> String {
+    match v.as_array() {
+        Some(a) if !a.is_empty() => a.iter().map(cell).collect::<Vec<_>>().join(", "),
+        _ => "-".into(),
+    }
+}
+
+/// `blocked_by` of `queue_job`: "1 of 2 dependencies not resolved" for a job
+/// with dependencies, else the bare count (0).
+fn blocked_by(j: &Value) -> String {
+    match j["depends_on"].as_array() {
+        Some(deps) if !deps.is_empty() => format!(
+            "{} of {} dependenc{} not resolved",
+            int(j, "blocked_by"),
+            deps.len(),
+            if deps.len() == 1 { "y" } else { "ies" }
+        ),
+        _ => field(j, "blocked_by"),
+    }
+}
+
+/// The rows of `queue_dependencies`: one per dependency, in id order. A
+/// dependency is resolved once it completed (or, with run_anyway, ended);
+/// a status of `-` is a completed job whose history is gone.
+fn print_dependencies(rows: &[Value]) {
+    let mut t = Table::new(&[">ID", "QUEUE", "STATUS", "RESOLVED", "RUN ANYWAY", "FINISHED"]);
+    for r in rows {
+        t.row(vec![
+            field(r, "dependency"),
+            field(r, "queue"),
+            field(r, "status"),
+            field(r, "resolved"),
+            field(r, "run_anyway"),
+            ago(r, "finished_at"),
+        ]);
+    }
+    if t.is_empty() {
+        println!("\ndependencies\n  none visible");
+    } else {
+        println!("\ndependencies\n{}", t.render().trim_end());
+    }
 }
 
 /// Reads a payload argument: JSON text, `-` for stdin, `@file`.
@@ -620,40 +691,26 @@ fn parse_run_at(s: &str) -> Result<std::time::SystemTime> {
     Ok(t.into())
 }
 
+/// `push`: the flags as named arguments of one `queue_push` ([`Api::push`]).
+/// `--depends-on` ids that name no job are the server's 22023 (exit 2,
+/// nothing pushed), like any other argument it refuses.
 async fn push(api: &Api, out: Out, a: PushArgs) -> Result<Exit> {
     let payload = read_payload(&a.payload)?;
-    let mut opts = PushOpts::new();
-    if let Some(p) = &a.priority {
-        opts = opts.priority(parse_priority(p)?);
-    }
-    if let Some(d) = a.delay {
-        opts = opts.delay(d);
-    }
-    if let Some(t) = &a.run_at {
-        opts = opts.run_at(parse_run_at(t)?);
-    }
-    if let Some(g) = &a.serial_group {
-        opts = opts.serial_group(g.clone());
-    }
-    if let Some(n) = a.max_attempts {
-        opts = opts.max_attempts(n);
-    }
-    if let Some(t) = a.timeout {
-        opts = opts.timeout(t);
-    }
-    if let Some(b) = a.backoff_base {
-        opts = opts.backoff_base(b);
-    }
-    if let Some(b) = a.backoff_max {
-        opts = opts.backoff_max(b);
-    }
-    if let Some(r) = &a.retry_delays {
-        opts = opts.retry_delays(r.iter().copied());
-    }
-    if let Some(k) = &a.dedupe_key {
-        opts = opts.dedupe_key(k.clone());
-    }
-    let id = api.push(&a.queue, &payload, &opts).await?;
+    let call = PushCall {
+        priority: a.priority.as_deref().map(parse_priority).transpose()?,
+        delay: a.delay,
+        run_at: a.run_at.as_deref().map(parse_run_at).transpose()?,
+        serial_group: a.serial_group,
+        max_attempts: a.max_attempts,
+        timeout: a.timeout,
+        backoff_base: a.backoff_base,
+        backoff_max: a.backoff_max,
+        retry_delays: a.retry_delays,
+        dedupe_key: a.dedupe_key,
+        depends_on: a.depends_on,
+        run_anyway: a.run_anyway,
+    };
+    let id = api.push(&a.queue, &payload, &call).await?;
     if out.json {
         out.print_json(&json!({"id": id, "queue": a.queue}));
     } else {
@@ -770,7 +827,7 @@ async fn cancel(api: &Api, out: Out, id: i64) -> Result<Exit> {
     if api.cancel(id).await? {
         done(out, json!({"id": id, "cancelled": true}), format!("job {id} cancelled")).await
     } else {
-        Err(explain(api, id, "cancelled", "scheduled, pending or retrying").await)
+        Err(explain(api, id, "cancelled", "scheduled, pending, retrying or blocked").await)
     }
 }
 

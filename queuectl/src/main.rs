@@ -76,19 +76,24 @@ pub enum Command {
     Jobs {
         /// The queue
         queue: String,
-        /// pending, scheduled, processing, retrying, completed, failed, expired, cancelled, or dead (failed + expired)
+        /// pending, scheduled, processing, retrying, blocked (waiting for dependencies), completed, failed, expired, cancelled, or dead (failed + expired)
         #[arg(long, short, default_value = "pending")]
         status: String,
         /// How many at most
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: i32,
     },
-    /// Everything about one job: payload, result, error, progress, timings
+    /// Everything about one job: payload, result, error, progress, timings, dependencies
     Job {
         /// The job id
         id: i64,
     },
     /// Push a job; prints its id
+    #[command(
+        after_help = "Examples:\n  queuectl push emails '{\"to\": \"a@example.com\"}' --priority high --delay 10m\n  \
+queuectl push reports '{\"merge\": true}' --depends-on 41,42   # waits for 41 and 42\n  \
+queuectl push cleanup '{}' --depends-on 41 --depends-on 42 --run-anyway"
+    )]
     Push(PushArgs),
     /// Dead letters (failed and expired jobs), newest first
     Failed {
@@ -112,7 +117,7 @@ pub enum Command {
         /// The job id
         id: i64,
     },
-    /// Cancel a job that is still waiting (scheduled, pending, retrying)
+    /// Cancel a job that is still waiting (scheduled, pending, retrying, blocked); the jobs that depend on it are cancelled too
     Cancel {
         /// The job id
         id: i64,
@@ -125,7 +130,7 @@ pub enum Command {
         #[arg(long, value_parser = duration)]
         older_than: Option<Duration>,
     },
-    /// Delete the waiting jobs of a queue (pending, scheduled, retrying); needs --force
+    /// Delete the waiting jobs of a queue (pending, scheduled, retrying, blocked); needs --force
     Clear {
         /// The queue
         queue: String,
@@ -238,6 +243,12 @@ pub struct PushArgs {
     /// While a live job with this key exists in the queue, return its id instead of pushing
     #[arg(long)]
     pub dedupe_key: Option<String>,
+    /// Run only once this job has completed (blocked until then); repeat or comma-separate for several (e.g. 41,42)
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub depends_on: Vec<i64>,
+    /// With --depends-on: run once every dependency has ended, even failed, expired or cancelled (else this job is cancelled with it)
+    #[arg(long, requires = "depends_on")]
+    pub run_anyway: bool,
 }
 
 /// Options of `schedule`.

@@ -230,8 +230,9 @@ async fn overview(State(s): State<Shared>, Query(q): Query<SinceQuery>) -> ApiRe
     Ok(Json(json!({"queues": queues, "total": total, "metrics": metrics, "now": chrono::Utc::now().to_rfc3339()})))
 }
 
+/// `queue_list()` rows, each with its `blocked` count (null before dependencies).
 async fn queues(State(s): State<Shared>) -> ApiResult {
-    Ok(Json(Value::Array(s.api().await?.list().await?)))
+    Ok(Json(Value::Array(s.api().await?.list_with_blocked().await?)))
 }
 
 async fn throughput(State(s): State<Shared>, Query(q): Query<SinceQuery>) -> ApiResult {
@@ -299,8 +300,10 @@ async fn jobs(State(s): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult 
     Ok(Json(Value::Array(rows)))
 }
 
+/// `queue_job(id)`, with `dependencies` (`queue_dependencies(id)`) for a job
+/// pushed with dependencies.
 async fn job(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult {
-    match s.api().await?.job(id).await? {
+    match s.api().await?.job_detail(id).await? {
         Some(j) => Ok(Json(j)),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no job {id}"))),
     }
@@ -340,7 +343,7 @@ async fn cancel(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult {
     if api.cancel(id).await? {
         Ok(Json(json!({"id": id, "cancelled": true})))
     } else {
-        Err(refused(&api, id, "only scheduled, pending or retrying jobs can be cancelled").await)
+        Err(refused(&api, id, "only scheduled, pending, retrying or blocked jobs can be cancelled").await)
     }
 }
 

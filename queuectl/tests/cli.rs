@@ -437,6 +437,124 @@ fn job_shows_everything_and_unknown_ids_exit_3() {
     assert!(text.contains("first boom") && text.contains("second boom"), "{text}");
 }
 
+/// Claims the job `id` of queue `q` (it must be the next one) and acks it.
+fn claim_and_ack(url: &str, q: &str, id: i64) {
+    let claimed = sql(url, &format!("SELECT id FROM queue_pop('{q}', 'cli-test')"));
+    assert_eq!(claimed, vec![json!(id)], "the next job of {q}");
+    assert_eq!(sql(url, &format!("SELECT queue_ack({id}, '{{\"done\": true}}') AS ok")), vec![json!(true)]);
+}
+
+#[test]
+fn push_with_dependencies_blocks_until_they_complete() {
+    let url = need_db!();
+    let q = queue("deps");
+    let first = push(&url, &q, r#"{"step": 1}"#, &[]);
+    let blocked = push(&url, &q, r#"{"step": 2}"#, &["--depends-on", &first.to_string()]);
+
+    // queuectl job: blocked, with its dependency.
+    let j = qc_json(&url, &["job", &blocked.to_string()]);
+    assert_eq!(j["status"], json!("blocked"), "{j}");
+    assert_eq!(j["blocked_by"], json!(1));
+    assert_eq!(j["depends_on"], json!([first]));
+    let deps = j["dependencies"].as_array().expect("dependencies in --json");
+    assert_eq!(deps.len(), 1, "{j}");
+    assert_eq!(deps[0]["dependency"], json!(first));
+    assert_eq!(deps[0]["queue"], json!(q));
+    assert_eq!(deps[0]["status"], json!("pending"));
+    assert_eq!(deps[0]["resolved"], json!(false));
+    let o = qc(&url, &["job", &blocked.to_string()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(table_row(&text, "status").contains("blocked"), "{text}");
+    assert!(table_row(&text, "depends_on").ends_with(&first.to_string()), "{text}");
+    assert!(table_row(&text, "blocked_by").contains("1 of 1 dependency not resolved"), "{text}");
+    let dep_row = table_row(&text, &first.to_string());
+    let cells: Vec<&str> = dep_row.split_whitespace().collect();
+    assert_eq!(cells[..4], [first.to_string().as_str(), q.as_str(), "pending", "no"], "{text}");
+    // A job without dependencies: no dependencies table, no second call.
+    let plain = qc_json(&url, &["job", &first.to_string()]);
+    assert!(plain.get("dependencies").is_none() && plain["depends_on"].is_null(), "{plain}");
+    assert!(!stdout(&qc(&url, &["job", &first.to_string()])).contains("dependencies"));
+
+    // Stats, status, list and jobs count and list it.
+    let st = qc_json(&url, &["status", &q]);
+    assert_eq!(st["stats"]["blocked"], json!(1), "{st}");
+    assert_eq!(st["stats"]["total_size"], json!(1), "a blocked job is not waiting");
+    let text = stdout(&qc(&url, &["status", &q]));
+    assert!(text.contains("0 processing, 1 blocked"), "{text}");
+    let text = stdout(&qc(&url, &["status"]));
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    let line = table_row(&text, &q);
+    let row: Vec<&str> = line.split_whitespace().collect();
+    let col = header.iter().position(|h| *h == "BLOCKED").expect("a BLOCKED column");
+    assert_eq!(row[col], "1", "{text}");
+    assert_eq!(row[header.iter().position(|h| *h == "WAITING").unwrap()], "1", "{text}");
+    let listed = qc_json(&url, &["list"]);
+    let entry = listed.as_array().unwrap().iter().find(|r| r["queue"] == json!(q)).cloned().expect("listed");
+    assert_eq!(entry["blocked"], json!(1), "{entry}");
+    let text = stdout(&qc(&url, &["list"]));
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    let line = table_row(&text, &q);
+    let row: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(row[header.iter().position(|h| *h == "BLOCKED").expect("a BLOCKED column")], "1", "{text}");
+    let rows = qc_json(&url, &["jobs", &q, "--status", "blocked"]);
+    let ids: Vec<i64> = rows.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![blocked], "{rows}");
+    assert!(stdout(&qc(&url, &["jobs", &q, "--status", "blocked"])).contains("blocked"));
+    assert_eq!(qc_json(&url, &["jobs", &q]).as_array().unwrap().len(), 1, "only the dependency is pending");
+
+    // The dependency completes (acked through SQL): the dependent is pending.
+    claim_and_ack(&url, &q, first);
+    let j = qc_json(&url, &["job", &blocked.to_string()]);
+    assert_eq!(j["status"], json!("pending"), "{j}");
+    assert_eq!(j["blocked_by"], json!(0));
+    assert_eq!(j["dependencies"][0]["resolved"], json!(true), "{j}");
+    assert_eq!(qc_json(&url, &["status", &q])["stats"]["blocked"], json!(0));
+    assert!(table_row(&stdout(&qc(&url, &["job", &blocked.to_string()])), "blocked_by").contains("0 of 1"));
+    claim_and_ack(&url, &q, blocked);
+
+    // Several dependencies: repeated and comma-separated; --run-anyway.
+    let a = push(&url, &q, "{}", &[]);
+    let b = push(&url, &q, "{}", &[]);
+    let c = push(&url, &q, "{}", &[]);
+    let joined = push(&url, &q, "{}", &["--depends-on", &format!("{a},{b}"), "--depends-on", &c.to_string()]);
+    assert_eq!(job(&url, joined)["depends_on"], json!([a, b, c]));
+    assert_eq!(job(&url, joined)["blocked_by"], json!(3));
+    let anyway = push(&url, &q, "{}", &["--depends-on", &a.to_string(), "--run-anyway", "--priority", "high"]);
+    let o = qc(&url, &["job", &anyway.to_string()]);
+    assert!(table_row(&stdout(&o), &a.to_string()).split_whitespace().nth(4) == Some("yes"), "{}", stdout(&o));
+    assert_eq!(job(&url, anyway)["priority"], json!(-10), "the other options go along");
+
+    // A dependency that fails cancels its dependents (not the run-anyway one,
+    // which runs); `queuectl retry` of the dependency brings them back to blocked.
+    assert_eq!(sql(&url, &format!("SELECT id FROM queue_pop('{q}', 'cli-test')")), vec![json!(a)]);
+    sql(&url, &format!("SELECT queue_fail({a}, 'boom', permanent => true) AS s"));
+    let j = job(&url, joined);
+    assert_eq!(j["status"], json!("cancelled"), "{j}");
+    assert_eq!(j["last_error"], json!(format!("dependency {a} ended failed")));
+    assert_eq!(job(&url, anyway)["status"], json!("pending"), "run_anyway: resolved by any end");
+    let o = qc(&url, &["retry", &a.to_string()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(job(&url, joined)["status"], json!("blocked"), "revived by the retry");
+    // A blocked job is cancelled by id like a waiting one, and its own
+    // dependents with it.
+    let below = push(&url, &q, "{}", &["--depends-on", &joined.to_string()]);
+    let o = qc(&url, &["cancel", &joined.to_string()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(job(&url, joined)["status"], json!("cancelled"));
+    assert_eq!(job(&url, below)["last_error"], json!(format!("dependency {joined} ended cancelled")));
+
+    // Refusals: exit 2, nothing pushed.
+    let before = qc_json(&url, &["status", &q])["stats"]["total_pushed"].clone();
+    let o = qc(&url, &["push", &q, "{}", "--depends-on", "987654321"]);
+    assert_eq!(code(&o), 2, "an unknown dependency: {}", stderr(&o));
+    assert!(stderr(&o).contains("987654321") && stderr(&o).contains("22023"), "{}", stderr(&o));
+    assert_eq!(code(&qc(&url, &["push", &q, "{}", "--depends-on", "x"])), 2, "not an id");
+    assert_eq!(code(&qc(&url, &["push", &q, "{}", "--run-anyway"])), 2, "--run-anyway needs --depends-on");
+    assert_eq!(qc_json(&url, &["status", &q])["stats"]["total_pushed"], before);
+    assert_eq!(sql(&url, &format!("SELECT queue_clear('{q}') AS n"))[0], json!(4), "a, b, c and anyway");
+}
+
 #[test]
 fn failed_retry_and_delete_by_id() {
     let url = need_db!();
@@ -879,6 +997,30 @@ fn serve_answers_the_api_and_guards_its_posts() {
     assert_eq!(failed_rows.as_array().unwrap().len(), 2, "{failed_rows}");
     assert_eq!(http(port, "GET", &format!("/api/jobs?queue={q}&status=done"), &[]).0, 400);
     assert_eq!(get_json(port, &format!("/api/jobs?queue={q}&status=pending")).as_array().unwrap().len(), 1);
+    // Dependencies: the blocked count in the overview and the listing, the job
+    // with its dependencies, the blocked jobs through queue_jobs, Cancel.
+    let flow = format!("{q}.flow");
+    let first = push(&url, &flow, "{}", &[]);
+    let blocked = push(&url, &flow, "{}", &["--depends-on", &first.to_string()]);
+    let ov = get_json(port, "/api/overview");
+    let row =
+        ov["queues"].as_array().unwrap().iter().find(|r| r["queue"] == json!(flow)).cloned().expect("in overview");
+    assert_eq!(row["stats"]["blocked"], json!(1), "{row}");
+    assert!(ov["total"]["blocked"].as_i64().unwrap() >= 1, "{ov}");
+    let listed = get_json(port, "/api/queues");
+    let row = listed.as_array().unwrap().iter().find(|r| r["queue"] == json!(flow)).cloned().expect("in /api/queues");
+    assert_eq!(row["blocked"], json!(1), "{row}");
+    let j = get_json(port, &format!("/api/jobs/{blocked}"));
+    assert_eq!((j["status"].clone(), j["blocked_by"].clone()), (json!("blocked"), json!(1)), "{j}");
+    assert_eq!(j["dependencies"][0]["dependency"], json!(first), "{j}");
+    assert_eq!(j["dependencies"][0]["resolved"], json!(false), "{j}");
+    assert!(get_json(port, &format!("/api/jobs/{first}")).get("dependencies").is_none());
+    let rows = get_json(port, &format!("/api/jobs?queue={flow}&status=blocked"));
+    assert_eq!(rows.as_array().unwrap().iter().map(|r| r["id"].clone()).collect::<Vec<_>>(), vec![json!(blocked)]);
+    let (status, body) = http(port, "POST", &format!("/api/jobs/{blocked}/cancel"), &[("X-Queuectl", "1")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(status_of(&url, blocked), "cancelled");
+    assert_eq!(http(port, "POST", &format!("/api/jobs/{blocked}/cancel"), &[("X-Queuectl", "1")]).0, 409);
 
     // A POST without the header is refused (no cross-site form can send it).
     let retry = format!("/api/jobs/{}/retry", dead[0]);

@@ -22,6 +22,7 @@ const BASE = `http://127.0.0.1:${PORT}`;
 const tag = `b${process.pid}`;
 const Q_MAIL = `browser.${tag}.emails`;
 const Q_REPORTS = `browser.${tag}.reports`;
+const Q_FLOW = `browser.${tag}.flow`;
 const SCHEDULE = `browser-${tag}-nightly`;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -91,6 +92,9 @@ try {
   qc('push', Q_REPORTS, '{"report": 2}');
   qc('push', Q_REPORTS, '{"report": 3}', '--priority', 'low');
   qc('schedule', SCHEDULE, '0 2 * * *', Q_REPORTS, '{"kind": "nightly"}');
+  // A job that waits for another one (queue_push's depends_on).
+  const upstream = Number(qc('push', Q_FLOW, '{"step": "extract"}'));
+  const downstream = Number(qc('push', Q_FLOW, '{"step": "load"}', '--depends-on', String(upstream)));
 
   server = start(['serve', '--listen', `127.0.0.1:${PORT}`]);
   await until('the dashboard', async () => (await fetch(`${BASE}/api/info`)).ok);
@@ -235,6 +239,43 @@ try {
     assert.ok(statuses.length >= 1 && statuses.every((t) => t === 'completed'), statuses.join(','));
     const ids = (await page.locator('#browse-body tr[data-job-id]').evaluateAll((rows) => rows.map((r) => Number(r.dataset.jobId))));
     assert.deepEqual(ids, [...ids].sort((a, b) => b - a), 'newest first');
+  });
+
+  const flowCard = page.locator(`#stats [data-queue="${Q_FLOW}"]`);
+  await check('a job pushed with a dependency shows as blocked 1 in its queue card and the summary', async () => {
+    await flowCard.waitFor({ timeout: 10000 });
+    await until('the blocked count', async () => (await flowCard.locator('[data-field=blocked]').textContent()) === '1', 12000);
+    // The dependency waits; the blocked job is not counted as waiting.
+    assert.equal(await flowCard.locator('[data-field=waiting]').textContent(), '1');
+    const summary = await page.locator('#stats-summary').textContent();
+    assert.match(summary, /\d+blocked/, summary);
+    assert.equal(await card.locator('[data-field=blocked]').textContent(), '0', 'a queue without dependencies shows 0');
+  });
+
+  await check('the job page shows the blocked job with its dependency, and both done once it completed', async () => {
+    await page.evaluate(() => { window.__sameDocument = 44; });
+    await page.evaluate((id) => { location.hash = `#/job/${id}`; }, downstream);
+    await until('the job page', async () => (await page.locator('#job-title').textContent()) === `Job #${downstream}` &&
+      (await page.locator('#job [data-status]').textContent()) === 'blocked', 10000);
+    assert.ok((await page.locator('#job [data-field=blocked-by]').textContent()).includes('1 of 1 dependency not resolved'));
+    assert.equal(await page.locator('#job [data-field=depends-on] a').textContent(), `#${upstream}`);
+    const dep = page.locator(`#job tr[data-dependency="${upstream}"]`);
+    assert.equal(await dep.getAttribute('data-resolved'), 'false');
+    const cells = await dep.locator('td').allTextContents();
+    assert.deepEqual(cells.slice(0, 4), [`#${upstream}`, Q_FLOW, 'pending', 'no']);
+    assert.ok((await page.locator('#job button').allTextContents()).includes('Cancel'), 'a blocked job can be cancelled');
+    // A worker completes the dependency, then the job it released.
+    const flowWorker = start(['work', Q_FLOW, '--poll-interval', '1s', '--', 'true']);
+    try {
+      await until('both jobs to complete', () => qcJson('job', String(downstream)).status === 'completed', 20000);
+    } finally {
+      await stop(flowWorker);
+    }
+    // The job page polls every 5 s while not final; the stats panel every 5 s.
+    await until('the job page to show it completed', async () => (await page.locator('#job [data-status]').textContent()) === 'completed', 12000);
+    assert.equal(await dep.getAttribute('data-resolved'), 'true');
+    await until('the blocked count to drop', async () => (await flowCard.locator('[data-field=blocked]').textContent()) === '0', 12000);
+    assert.equal(await page.evaluate(() => window.__sameDocument), 44, 'the page was not reloaded');
   });
 
   await check('polling pauses while the tab is hidden and resumes when visible', async () => {

@@ -212,7 +212,8 @@ CREATE FUNCTION @extschema@.queue_push(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL,
+    batch bigint DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -247,6 +248,9 @@ BEGIN
     IF queue_push.tags IS NOT NULL THEN
         queue_push.tags := queue.check_tags(queue_push.tags);
     END IF;
+    IF queue_push.batch IS NOT NULL THEN
+        PERFORM queue.batch_join(queue_push.batch);
+    END IF;
     -- Per-queue access (sql/access.sql): one probe when no rule exists.
     IF v_confined THEN
         PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
@@ -263,23 +267,23 @@ BEGIN
     IF queue_push.dedupe_key IS NULL THEN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by, tags)
+                blocked_by, tags, batch_id)
         VALUES (queue_push.queue, v_status, queue_push.priority,
                 queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                 queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                 queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
-                queue_push.payload, v_blocked, queue_push.tags)
+                queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
         LOOP
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                     run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload, blocked_by, tags)
+                    dedupe_key, payload, blocked_by, tags, batch_id)
             VALUES (queue_push.queue, v_status, queue_push.priority,
                     queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                     queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                     queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
-                    queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags)
+                    queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
             ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
                 DO NOTHING
             RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
@@ -308,8 +312,8 @@ BEGIN
     RETURN v_id;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
-'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway), tags (labels to find it by).';
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint) IS
+'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway), tags (labels to find it by), batch (an open batch of queue_batch_open).';
 
 /*
  * queue_push with a named priority ('critical', 'high', 'normal', 'low').
@@ -322,13 +326,14 @@ CREATE FUNCTION @extschema@.queue_push(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL,
+    batch bigint DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15);
+    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16);
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint) IS
 'Push one job with a named priority (critical, high, normal, low); otherwise the same as queue_push with an integer priority.';
 
 /*
@@ -343,7 +348,8 @@ CREATE FUNCTION @extschema@.queue_push_batch(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL,
+    batch bigint DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -377,12 +383,15 @@ BEGIN
     IF tags IS NOT NULL THEN
         tags := queue.check_tags(tags);
     END IF;
+    IF batch IS NOT NULL THEN
+        PERFORM queue.batch_join(batch);
+    END IF;
 
     IF dedupe_key IS NOT NULL THEN
         FOREACH v_payload IN ARRAY payloads LOOP
             RETURN NEXT @extschema@.queue_push(v_queue, v_payload, priority, NULL, v_run_at,
                 v_group, max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key,
-                depends_on, run_anyway, tags);
+                depends_on, run_anyway, tags, batch);
         END LOOP;
         RETURN;
     END IF;
@@ -399,10 +408,10 @@ BEGIN
     WITH inserted AS (
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by, tags)
+                blocked_by, tags, batch_id)
         SELECT v_queue, v_status, priority, v_group IS NOT NULL AND v_status = 'pending', v_group,
                v_run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, p.payload,
-               v_blocked, tags
+               v_blocked, tags, batch
           FROM unnest(payloads) WITH ORDINALITY AS p(payload, n)
          ORDER BY p.n
         RETURNING j.id
@@ -423,7 +432,7 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint) IS
 'Push many payloads with the same options in one statement; returns their ids in payload order.';
 
 CREATE FUNCTION @extschema@.queue_push_batch(
@@ -433,13 +442,14 @@ CREATE FUNCTION @extschema@.queue_push_batch(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL,
+    batch bigint DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15);
+    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16);
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint) IS
 'Push many payloads with a named priority (critical, high, normal, low).';
 
 ------------------------------------------------------------------------------
@@ -691,13 +701,14 @@ DECLARE
     v_finished bigint;
     v_groups   text[];
     v_parents  bigint[];
+    v_batches  bigint[];
 BEGIN
     IF p_status = 'completed' AND NOT queue.keep_completed() THEN
         WITH gone AS (
             DELETE FROM queue.jobs j
              WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
                AND (p_attempt IS NULL OR j.attempts = p_attempt)
-            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children,
+            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children, j.batch_id,
                       queue.tally(j.queue, j.priority, j.status::text, 'completed', 1, j.id, j.attempts)
         ), archived AS (
             -- The same record queue.delete_jobs leaves for a deleted final
@@ -710,8 +721,9 @@ BEGIN
              GROUP BY g.queue
         )
         SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
-               array_agg(g.id) FILTER (WHERE g.has_children)
-          INTO v_finished, v_groups, v_parents
+               array_agg(g.id) FILTER (WHERE g.has_children),
+               array_agg(g.batch_id) FILTER (WHERE g.batch_id IS NOT NULL)
+          INTO v_finished, v_groups, v_parents, v_batches
           FROM gone g;
     ELSE
         WITH moved AS (
@@ -724,19 +736,20 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children, tags)
+                    created_at, started_at, finished_at, has_children, tags, batch_id)
             SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload,
                    CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
                    p_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children, m.tags
+                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
               FROM moved m
-            RETURNING id, serial_group, has_children
+            RETURNING id, serial_group, has_children, batch_id
         )
         SELECT count(*), array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL),
-               array_agg(k.id) FILTER (WHERE k.has_children)
-          INTO v_finished, v_groups, v_parents
+               array_agg(k.id) FILTER (WHERE k.has_children),
+               array_agg(k.batch_id) FILTER (WHERE k.batch_id IS NOT NULL)
+          INTO v_finished, v_groups, v_parents, v_batches
           FROM kept k;
     END IF;
     IF v_groups IS NOT NULL THEN
@@ -746,6 +759,10 @@ BEGIN
     -- queue.release_children's own cancellations pass p_cascade false.
     IF v_parents IS NOT NULL AND p_cascade THEN
         PERFORM queue.release_children(v_parents, p_status);
+    END IF;
+    -- Jobs of batches count their batch down (sql/batches.sql).
+    IF v_batches IS NOT NULL THEN
+        PERFORM queue.batch_progress(v_batches, p_status);
     END IF;
     RETURN v_finished;
 END;
@@ -772,6 +789,7 @@ DECLARE
     v_finished bigint[];
     v_groups   text[];
     v_parents  bigint[];
+    v_batches  bigint[];
 BEGIN
     IF NOT queue.keep_completed() THEN
         WITH gone AS (
@@ -779,7 +797,7 @@ BEGIN
              USING unnest(p_ids, p_attempts) AS a(id, attempt)
              WHERE j.id = a.id AND j.status = 'processing'
                AND (a.attempt IS NULL OR j.attempts = a.attempt)
-            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children,
+            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children, j.batch_id,
                       queue.tally(j.queue, j.priority, 'processing', 'completed', 1, j.id, j.attempts)
         ), archived AS (
             -- As queue.finish_jobs leaves it for a job it deletes.
@@ -792,8 +810,9 @@ BEGIN
         )
         SELECT coalesce(array_agg(g.id), '{}'),
                array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
-               array_agg(g.id) FILTER (WHERE g.has_children)
-          INTO v_finished, v_groups, v_parents
+               array_agg(g.id) FILTER (WHERE g.has_children),
+               array_agg(g.batch_id) FILTER (WHERE g.batch_id IS NOT NULL)
+          INTO v_finished, v_groups, v_parents, v_batches
           FROM gone g;
     ELSE
         WITH moved AS (
@@ -808,18 +827,19 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children, tags)
+                    created_at, started_at, finished_at, has_children, tags, batch_id)
             SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload, m.last_error, m.given_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children, m.tags
+                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
               FROM moved m
-            RETURNING id, serial_group, has_children
+            RETURNING id, serial_group, has_children, batch_id
         )
         SELECT coalesce(array_agg(k.id), '{}'),
                array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL),
-               array_agg(k.id) FILTER (WHERE k.has_children)
-          INTO v_finished, v_groups, v_parents
+               array_agg(k.id) FILTER (WHERE k.has_children),
+               array_agg(k.batch_id) FILTER (WHERE k.batch_id IS NOT NULL)
+          INTO v_finished, v_groups, v_parents, v_batches
           FROM kept k;
     END IF;
     IF v_groups IS NOT NULL THEN
@@ -827,6 +847,9 @@ BEGIN
     END IF;
     IF v_parents IS NOT NULL THEN
         PERFORM queue.release_children(v_parents, 'completed');
+    END IF;
+    IF v_batches IS NOT NULL THEN
+        PERFORM queue.batch_progress(v_batches, 'completed');
     END IF;
     RETURN v_finished;
 END;
@@ -849,6 +872,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_group  text;
     v_parent boolean;
+    v_batch  bigint;
 BEGIN
     IF result IS NOT NULL THEN
         PERFORM queue.check_size('result', pg_column_size(result), 'result');
@@ -869,13 +893,13 @@ BEGIN
            (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
             attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
             dedupe_key, payload, last_error, result, progress, worker,
-            created_at, started_at, finished_at, has_children, tags)
+            created_at, started_at, finished_at, has_children, tags, batch_id)
     SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
            m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
            m.dedupe_key, m.payload, m.last_error, queue_ack.result, m.progress, m.worker,
-           m.created_at, m.started_at, now(), m.has_children, m.tags
+           m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
       FROM moved m
-    RETURNING serial_group, has_children INTO v_group, v_parent;
+    RETURNING serial_group, has_children, batch_id INTO v_group, v_parent, v_batch;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
@@ -884,6 +908,9 @@ BEGIN
     END IF;
     IF v_parent THEN
         PERFORM queue.release_children(ARRAY[id], 'completed');
+    END IF;
+    IF v_batch IS NOT NULL THEN
+        PERFORM queue.batch_progress(ARRAY[v_batch], 'completed');
     END IF;
     RETURN true;
 END;

@@ -243,8 +243,9 @@ CREATE FUNCTION queue.revive_children(p_parents bigint[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_level bigint[] := p_parents;
-    v_cands bigint[];
+    v_level   bigint[] := p_parents;
+    v_cands   bigint[];
+    v_batches bigint[];
 BEGIN
     LOOP
         WITH cleared AS (
@@ -270,16 +271,21 @@ BEGIN
             INSERT INTO queue.jobs AS j
                    (id, queue, status, priority, group_waiting, serial_group, run_at,
                     max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload, created_at, blocked_by, has_children, tags)
+                    dedupe_key, payload, created_at, blocked_by, has_children, tags, batch_id)
             SELECT b.id, b.queue, 'blocked', b.priority, false, b.serial_group, b.run_at,
                    b.max_attempts, b.timeout, b.backoff_base, b.backoff_max, b.retry_delays,
                    b.dedupe_key, b.payload, b.created_at,
                    (SELECT count(*) FROM queue.job_deps d WHERE d.child = b.id AND NOT d.resolved),
-                   b.has_children, b.tags
+                   b.has_children, b.tags, b.batch_id
               FROM back b
-            RETURNING j.id, j.has_children, queue.tally(j.queue, j.priority, 'cancelled', 'blocked')
+            RETURNING j.id, j.has_children, j.batch_id, queue.tally(j.queue, j.priority, 'cancelled', 'blocked')
         )
-        SELECT coalesce(array_agg(r.id) FILTER (WHERE r.has_children), '{}') INTO v_level FROM revived r;
+        SELECT coalesce(array_agg(r.id) FILTER (WHERE r.has_children), '{}'),
+               array_agg(r.batch_id) FILTER (WHERE r.batch_id IS NOT NULL)
+          INTO v_level, v_batches FROM revived r;
+        IF v_batches IS NOT NULL THEN
+            PERFORM queue.batch_revived(v_batches, 'cancelled');
+        END IF;
         EXIT WHEN cardinality(v_level) = 0;
     END LOOP;
 END;

@@ -85,7 +85,9 @@ CREATE TABLE queue.jobs (
     has_children  boolean NOT NULL DEFAULT false,
     -- Labels for finding jobs (queue_push(..., tags)); NULL for none, so
     -- that untagged jobs stay out of the tag indexes.
-    tags          text[] COLLATE "C"
+    tags          text[] COLLATE "C",
+    -- The batch the job was pushed into (sql/batches.sql), NULL for none.
+    batch_id      bigint
     -- No CHECK constraints: Postgres prepares each one again for every
     -- single-row statement, which costs more than the push itself. The
     -- functions are the only writers and validate their input.
@@ -142,6 +144,34 @@ CREATE INDEX finished_jobs_dead ON queue.finished_jobs (finished_at)
 -- without tags writes no entry, so it pays nothing for them.
 CREATE INDEX jobs_tags ON queue.jobs USING gin (tags) WHERE tags IS NOT NULL;
 CREATE INDEX finished_jobs_tags ON queue.finished_jobs USING gin (tags) WHERE tags IS NOT NULL;
+
+-- A batch's jobs, for closing and reporting it; partial, as the tags.
+CREATE INDEX jobs_batch ON queue.jobs (batch_id) WHERE batch_id IS NOT NULL;
+CREATE INDEX finished_jobs_batch ON queue.finished_jobs (batch_id) WHERE batch_id IS NOT NULL;
+
+-- Batches: jobs pushed into one from any number of transactions; once it is
+-- closed and every job of it is final, its callback jobs are pushed, once.
+-- While open, finishing jobs leave the row alone (they only lock it against
+-- a concurrent close): the counts are taken from the jobs when it closes,
+-- and from then on each finish counts down `pending` (a row every finish of
+-- the batch's jobs updates: batches are for workflows, not for the hot path).
+CREATE TABLE queue.batches (
+    id           bigserial PRIMARY KEY,
+    state        text COLLATE "C" NOT NULL DEFAULT 'open',  -- open, closed, done, cancelled
+    on_complete  jsonb,      -- pushed when every job is final
+    on_failure   jsonb,      -- pushed too when any failed or expired
+    created_by   oid NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    closed_at    timestamptz,
+    finished_at  timestamptz,
+    total        int,        -- from the close on
+    pending      int,        -- jobs not final yet
+    completed    int,
+    failed       int,        -- failed or expired
+    cancelled    int,
+    complete_job bigint,     -- the callbacks pushed
+    failure_job  bigint
+);
 
 -- The edges of the dependency graph: `child` runs only once `parent`
 -- completed. Kept until the child is deleted, so that a child can read its

@@ -229,9 +229,12 @@ $$;
  * change when history is deleted; deleted waiting jobs leave the counters.
  * Returns how many were deleted, the serial groups they belonged to, and
  * the deleted waiting jobs that others depend on (parents), whose
- * dependents the caller must cancel. The edges into deleted jobs go too.
+ * dependents the caller must cancel, and the batches of the deleted waiting
+ * jobs (one entry per job), which the caller must count down. The edges
+ * into deleted jobs go too.
  */
-CREATE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[], OUT parents bigint[])
+CREATE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[], OUT parents bigint[],
+                                  OUT batches bigint[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -240,7 +243,8 @@ BEGIN
     WITH gone_live AS (
         DELETE FROM queue.jobs j
          WHERE j.id = ANY (p_ids) AND j.status <> 'processing'
-        RETURNING j.id, j.serial_group, j.has_children, queue.tally(j.queue, j.priority, j.status::text, NULL)
+        RETURNING j.id, j.serial_group, j.has_children, j.batch_id,
+                  queue.tally(j.queue, j.priority, j.status::text, NULL)
     ), gone_final AS (
         DELETE FROM queue.finished_jobs j
          WHERE j.id = ANY (p_ids)
@@ -258,13 +262,14 @@ BEGIN
          WHERE g.status IN ('completed', 'failed', 'expired') AND g.started_at IS NOT NULL
          GROUP BY 1, 2
     ), gone AS (
-        SELECT l.id, l.serial_group, l.has_children FROM gone_live l
+        SELECT l.id, l.serial_group, l.has_children, l.batch_id FROM gone_live l
         UNION ALL
-        SELECT f.id, f.serial_group, false FROM gone_final f
+        SELECT f.id, f.serial_group, false, NULL::bigint FROM gone_final f
     )
     SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
-           array_agg(g.id) FILTER (WHERE g.has_children), array_agg(g.id)
-      INTO deleted, groups, parents, v_gone
+           array_agg(g.id) FILTER (WHERE g.has_children), array_agg(g.id),
+           array_agg(g.batch_id) FILTER (WHERE g.batch_id IS NOT NULL)
+      INTO deleted, groups, parents, v_gone, batches
       FROM gone g;
     IF deleted > 0 AND EXISTS (SELECT FROM queue.job_deps) THEN
         DELETE FROM queue.job_deps d WHERE d.child = ANY (v_gone);

@@ -67,6 +67,9 @@ BEGIN
     IF v_gone.parents IS NOT NULL THEN
         PERFORM queue.release_children(v_gone.parents, 'cancelled');
     END IF;
+    IF v_gone.batches IS NOT NULL THEN
+        PERFORM queue.batch_progress(v_gone.batches, NULL);
+    END IF;
     RETURN v_gone.deleted;
 END;
 $$;
@@ -87,6 +90,7 @@ DECLARE
     v_queues text[];
     v_groups text[];
     v_parents bigint[];
+    v_batches bigint[];
 BEGIN
     WITH dead AS (
         DELETE FROM queue.finished_jobs j
@@ -98,19 +102,22 @@ BEGIN
         INSERT INTO queue.jobs AS j
                (id, queue, status, priority, group_waiting, serial_group, run_at,
                 max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                dedupe_key, payload, last_error, created_at, has_children, tags)
+                dedupe_key, payload, last_error, created_at, has_children, tags, batch_id)
         SELECT d.id, d.queue, 'pending', d.priority, d.serial_group IS NOT NULL, d.serial_group, now(),
                d.max_attempts, d.timeout, d.backoff_base, d.backoff_max, d.retry_delays,
-               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children, d.tags
+               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children, d.tags, d.batch_id
           FROM dead d
         -- (or 'expired': the counters treat every final status alike here)
-        RETURNING j.id, j.queue, j.serial_group, queue.tally(j.queue, j.priority, 'failed', 'pending')
+        RETURNING j.id, j.queue, j.serial_group, j.batch_id, queue.tally(j.queue, j.priority, 'failed', 'pending')
     )
     SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE serial_group IS NULL),
            array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL),
-           array_agg(id)
-      INTO v_count, v_queues, v_groups, v_parents FROM revived;
+           array_agg(id), array_agg(batch_id) FILTER (WHERE batch_id IS NOT NULL)
+      INTO v_count, v_queues, v_groups, v_parents, v_batches FROM revived;
     PERFORM queue.announce(v_queues, v_groups);
+    IF v_batches IS NOT NULL THEN
+        PERFORM queue.batch_revived(v_batches, 'failed');
+    END IF;
     -- Dependents, also those pushed after the job died (cancelled at once):
     -- a later statement, so that a push that held the dead row's lock is
     -- seen. The revived jobs that have any are flagged for their finish.

@@ -2441,6 +2441,28 @@ ALTER TABLE queue.jobs ADD COLUMN tags text[] COLLATE "C";
 ALTER TABLE queue.finished_jobs ADD COLUMN tags text[] COLLATE "C";
 CREATE INDEX jobs_tags ON queue.jobs USING gin (tags) WHERE tags IS NOT NULL;
 CREATE INDEX finished_jobs_tags ON queue.finished_jobs USING gin (tags) WHERE tags IS NOT NULL;
+-- Batches (sql/batches.sql): the job's batch, its indexes, the batches.
+ALTER TABLE queue.jobs ADD COLUMN batch_id bigint;
+ALTER TABLE queue.finished_jobs ADD COLUMN batch_id bigint;
+CREATE INDEX jobs_batch ON queue.jobs (batch_id) WHERE batch_id IS NOT NULL;
+CREATE INDEX finished_jobs_batch ON queue.finished_jobs (batch_id) WHERE batch_id IS NOT NULL;
+CREATE TABLE queue.batches (
+    id           bigserial PRIMARY KEY,
+    state        text COLLATE "C" NOT NULL DEFAULT 'open',  -- open, closed, done, cancelled
+    on_complete  jsonb,      -- pushed when every job is final
+    on_failure   jsonb,      -- pushed too when any failed or expired
+    created_by   oid NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    closed_at    timestamptz,
+    finished_at  timestamptz,
+    total        int,        -- from the close on
+    pending      int,        -- jobs not final yet
+    completed    int,
+    failed       int,        -- failed or expired
+    cancelled    int,
+    complete_job bigint,     -- the callbacks pushed
+    failure_job  bigint
+);
 CREATE OR REPLACE VIEW queue.all_jobs AS
     SELECT * FROM queue.jobs
     UNION ALL
@@ -2644,7 +2666,8 @@ CREATE OR REPLACE FUNCTION @extschema@.queue_push(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL,
+    batch bigint DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -2679,6 +2702,9 @@ BEGIN
     IF queue_push.tags IS NOT NULL THEN
         queue_push.tags := queue.check_tags(queue_push.tags);
     END IF;
+    IF queue_push.batch IS NOT NULL THEN
+        PERFORM queue.batch_join(queue_push.batch);
+    END IF;
     -- Per-queue access (sql/access.sql): one probe when no rule exists.
     IF v_confined THEN
         PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
@@ -2695,23 +2721,23 @@ BEGIN
     IF queue_push.dedupe_key IS NULL THEN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by, tags)
+                blocked_by, tags, batch_id)
         VALUES (queue_push.queue, v_status, queue_push.priority,
                 queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                 queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                 queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
-                queue_push.payload, v_blocked, queue_push.tags)
+                queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
         LOOP
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                     run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload, blocked_by, tags)
+                    dedupe_key, payload, blocked_by, tags, batch_id)
             VALUES (queue_push.queue, v_status, queue_push.priority,
                     queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                     queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
                     queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
-                    queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags)
+                    queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
             ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
                 DO NOTHING
             RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
@@ -2740,8 +2766,9 @@ BEGIN
     RETURN v_id;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
-'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway), tags (labels to find it by).';
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint) IS
+'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway), tags (labels to find it by), batch (an open batch of queue_batch_open).';
+
 
 
 
@@ -2752,14 +2779,16 @@ CREATE OR REPLACE FUNCTION @extschema@.queue_push(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL,
+    batch bigint DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15);
+    SELECT @extschema@.queue_push($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16);
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
+COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint) IS
 'Push one job with a named priority (critical, high, normal, low); otherwise the same as queue_push with an integer priority.';
+
 
 
 
@@ -2770,7 +2799,8 @@ CREATE OR REPLACE FUNCTION @extschema@.queue_push_batch(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL,
+    batch bigint DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -2804,12 +2834,15 @@ BEGIN
     IF tags IS NOT NULL THEN
         tags := queue.check_tags(tags);
     END IF;
+    IF batch IS NOT NULL THEN
+        PERFORM queue.batch_join(batch);
+    END IF;
 
     IF dedupe_key IS NOT NULL THEN
         FOREACH v_payload IN ARRAY payloads LOOP
             RETURN NEXT @extschema@.queue_push(v_queue, v_payload, priority, NULL, v_run_at,
                 v_group, max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key,
-                depends_on, run_anyway, tags);
+                depends_on, run_anyway, tags, batch);
         END LOOP;
         RETURN;
     END IF;
@@ -2826,10 +2859,10 @@ BEGIN
     WITH inserted AS (
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by, tags)
+                blocked_by, tags, batch_id)
         SELECT v_queue, v_status, priority, v_group IS NOT NULL AND v_status = 'pending', v_group,
                v_run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, p.payload,
-               v_blocked, tags
+               v_blocked, tags, batch
           FROM unnest(payloads) WITH ORDINALITY AS p(payload, n)
          ORDER BY p.n
         RETURNING j.id
@@ -2850,8 +2883,9 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint) IS
 'Push many payloads with the same options in one statement; returns their ids in payload order.';
+
 
 
 
@@ -2862,14 +2896,16 @@ CREATE OR REPLACE FUNCTION @extschema@.queue_push_batch(
     timeout interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
     retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL)
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL,
+    batch bigint DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15);
+    SELECT @extschema@.queue_push_batch($1, $2, @extschema@.queue_priority($3), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16);
 $$;
-COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]) IS
+COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint) IS
 'Push many payloads with a named priority (critical, high, normal, low).';
+
 
 
 
@@ -2888,13 +2924,14 @@ DECLARE
     v_finished bigint;
     v_groups   text[];
     v_parents  bigint[];
+    v_batches  bigint[];
 BEGIN
     IF p_status = 'completed' AND NOT queue.keep_completed() THEN
         WITH gone AS (
             DELETE FROM queue.jobs j
              WHERE j.id = ANY (p_ids) AND j.status = ANY (p_from)
                AND (p_attempt IS NULL OR j.attempts = p_attempt)
-            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children,
+            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children, j.batch_id,
                       queue.tally(j.queue, j.priority, j.status::text, 'completed', 1, j.id, j.attempts)
         ), archived AS (
             -- The same record queue.delete_jobs leaves for a deleted final
@@ -2907,8 +2944,9 @@ BEGIN
              GROUP BY g.queue
         )
         SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
-               array_agg(g.id) FILTER (WHERE g.has_children)
-          INTO v_finished, v_groups, v_parents
+               array_agg(g.id) FILTER (WHERE g.has_children),
+               array_agg(g.batch_id) FILTER (WHERE g.batch_id IS NOT NULL)
+          INTO v_finished, v_groups, v_parents, v_batches
           FROM gone g;
     ELSE
         WITH moved AS (
@@ -2921,19 +2959,20 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children, tags)
+                    created_at, started_at, finished_at, has_children, tags, batch_id)
             SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload,
                    CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
                    p_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children, m.tags
+                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
               FROM moved m
-            RETURNING id, serial_group, has_children
+            RETURNING id, serial_group, has_children, batch_id
         )
         SELECT count(*), array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL),
-               array_agg(k.id) FILTER (WHERE k.has_children)
-          INTO v_finished, v_groups, v_parents
+               array_agg(k.id) FILTER (WHERE k.has_children),
+               array_agg(k.batch_id) FILTER (WHERE k.batch_id IS NOT NULL)
+          INTO v_finished, v_groups, v_parents, v_batches
           FROM kept k;
     END IF;
     IF v_groups IS NOT NULL THEN
@@ -2944,9 +2983,14 @@ BEGIN
     IF v_parents IS NOT NULL AND p_cascade THEN
         PERFORM queue.release_children(v_parents, p_status);
     END IF;
+    -- Jobs of batches count their batch down (sql/batches.sql).
+    IF v_batches IS NOT NULL THEN
+        PERFORM queue.batch_progress(v_batches, p_status);
+    END IF;
     RETURN v_finished;
 END;
 $$;
+
 
 
 CREATE OR REPLACE FUNCTION queue.finish_claims(p_ids bigint[], p_attempts int[], p_results jsonb[])
@@ -2959,6 +3003,7 @@ DECLARE
     v_finished bigint[];
     v_groups   text[];
     v_parents  bigint[];
+    v_batches  bigint[];
 BEGIN
     IF NOT queue.keep_completed() THEN
         WITH gone AS (
@@ -2966,7 +3011,7 @@ BEGIN
              USING unnest(p_ids, p_attempts) AS a(id, attempt)
              WHERE j.id = a.id AND j.status = 'processing'
                AND (a.attempt IS NULL OR j.attempts = a.attempt)
-            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children,
+            RETURNING j.id, j.queue, j.serial_group, j.run_at, j.started_at, j.has_children, j.batch_id,
                       queue.tally(j.queue, j.priority, 'processing', 'completed', 1, j.id, j.attempts)
         ), archived AS (
             -- As queue.finish_jobs leaves it for a job it deletes.
@@ -2979,8 +3024,9 @@ BEGIN
         )
         SELECT coalesce(array_agg(g.id), '{}'),
                array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
-               array_agg(g.id) FILTER (WHERE g.has_children)
-          INTO v_finished, v_groups, v_parents
+               array_agg(g.id) FILTER (WHERE g.has_children),
+               array_agg(g.batch_id) FILTER (WHERE g.batch_id IS NOT NULL)
+          INTO v_finished, v_groups, v_parents, v_batches
           FROM gone g;
     ELSE
         WITH moved AS (
@@ -2995,18 +3041,19 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children, tags)
+                    created_at, started_at, finished_at, has_children, tags, batch_id)
             SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload, m.last_error, m.given_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children, m.tags
+                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
               FROM moved m
-            RETURNING id, serial_group, has_children
+            RETURNING id, serial_group, has_children, batch_id
         )
         SELECT coalesce(array_agg(k.id), '{}'),
                array_agg(DISTINCT k.serial_group) FILTER (WHERE k.serial_group IS NOT NULL),
-               array_agg(k.id) FILTER (WHERE k.has_children)
-          INTO v_finished, v_groups, v_parents
+               array_agg(k.id) FILTER (WHERE k.has_children),
+               array_agg(k.batch_id) FILTER (WHERE k.batch_id IS NOT NULL)
+          INTO v_finished, v_groups, v_parents, v_batches
           FROM kept k;
     END IF;
     IF v_groups IS NOT NULL THEN
@@ -3015,9 +3062,13 @@ BEGIN
     IF v_parents IS NOT NULL THEN
         PERFORM queue.release_children(v_parents, 'completed');
     END IF;
+    IF v_batches IS NOT NULL THEN
+        PERFORM queue.batch_progress(v_batches, 'completed');
+    END IF;
     RETURN v_finished;
 END;
 $$;
+
 
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_ack(id bigint, result jsonb DEFAULT NULL, attempt int DEFAULT NULL)
@@ -3028,6 +3079,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_group  text;
     v_parent boolean;
+    v_batch  bigint;
 BEGIN
     IF result IS NOT NULL THEN
         PERFORM queue.check_size('result', pg_column_size(result), 'result');
@@ -3048,13 +3100,13 @@ BEGIN
            (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
             attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
             dedupe_key, payload, last_error, result, progress, worker,
-            created_at, started_at, finished_at, has_children, tags)
+            created_at, started_at, finished_at, has_children, tags, batch_id)
     SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
            m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
            m.dedupe_key, m.payload, m.last_error, queue_ack.result, m.progress, m.worker,
-           m.created_at, m.started_at, now(), m.has_children, m.tags
+           m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
       FROM moved m
-    RETURNING serial_group, has_children INTO v_group, v_parent;
+    RETURNING serial_group, has_children, batch_id INTO v_group, v_parent, v_batch;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
@@ -3064,11 +3116,15 @@ BEGIN
     IF v_parent THEN
         PERFORM queue.release_children(ARRAY[id], 'completed');
     END IF;
+    IF v_batch IS NOT NULL THEN
+        PERFORM queue.batch_progress(ARRAY[v_batch], 'completed');
+    END IF;
     RETURN true;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_ack(bigint, jsonb, int) IS
 'Complete a claimed job, optionally storing a result. Returns false and changes nothing when the job is unknown, not processing, or attempt is stale.';
+
 
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_cancel(id bigint)
@@ -3348,7 +3404,8 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_prometheus() IS
 'The counters in Prometheus text exposition format: queue_up, queue_jobs{queue,status}, queue_jobs_total{queue,event}, queue_oldest_pending_age_seconds{queue}.';
 
-CREATE OR REPLACE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[], OUT parents bigint[])
+CREATE OR REPLACE FUNCTION queue.delete_jobs(p_ids bigint[], OUT deleted bigint, OUT groups text[], OUT parents bigint[],
+                                  OUT batches bigint[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -3357,7 +3414,8 @@ BEGIN
     WITH gone_live AS (
         DELETE FROM queue.jobs j
          WHERE j.id = ANY (p_ids) AND j.status <> 'processing'
-        RETURNING j.id, j.serial_group, j.has_children, queue.tally(j.queue, j.priority, j.status::text, NULL)
+        RETURNING j.id, j.serial_group, j.has_children, j.batch_id,
+                  queue.tally(j.queue, j.priority, j.status::text, NULL)
     ), gone_final AS (
         DELETE FROM queue.finished_jobs j
          WHERE j.id = ANY (p_ids)
@@ -3375,19 +3433,21 @@ BEGIN
          WHERE g.status IN ('completed', 'failed', 'expired') AND g.started_at IS NOT NULL
          GROUP BY 1, 2
     ), gone AS (
-        SELECT l.id, l.serial_group, l.has_children FROM gone_live l
+        SELECT l.id, l.serial_group, l.has_children, l.batch_id FROM gone_live l
         UNION ALL
-        SELECT f.id, f.serial_group, false FROM gone_final f
+        SELECT f.id, f.serial_group, false, NULL::bigint FROM gone_final f
     )
     SELECT count(*), array_agg(DISTINCT g.serial_group) FILTER (WHERE g.serial_group IS NOT NULL),
-           array_agg(g.id) FILTER (WHERE g.has_children), array_agg(g.id)
-      INTO deleted, groups, parents, v_gone
+           array_agg(g.id) FILTER (WHERE g.has_children), array_agg(g.id),
+           array_agg(g.batch_id) FILTER (WHERE g.batch_id IS NOT NULL)
+      INTO deleted, groups, parents, v_gone, batches
       FROM gone g;
     IF deleted > 0 AND EXISTS (SELECT FROM queue.job_deps) THEN
         DELETE FROM queue.job_deps d WHERE d.child = ANY (v_gone);
     END IF;
 END;
 $$;
+
 
 CREATE OR REPLACE FUNCTION queue.forget_jobs(p_ids bigint[]) RETURNS bigint
 LANGUAGE plpgsql
@@ -3403,9 +3463,13 @@ BEGIN
     IF v_gone.parents IS NOT NULL THEN
         PERFORM queue.release_children(v_gone.parents, 'cancelled');
     END IF;
+    IF v_gone.batches IS NOT NULL THEN
+        PERFORM queue.batch_progress(v_gone.batches, NULL);
+    END IF;
     RETURN v_gone.deleted;
 END;
 $$;
+
 
 CREATE OR REPLACE FUNCTION queue.revive_jobs(p_ids bigint[]) RETURNS bigint
 LANGUAGE plpgsql
@@ -3415,6 +3479,7 @@ DECLARE
     v_queues text[];
     v_groups text[];
     v_parents bigint[];
+    v_batches bigint[];
 BEGIN
     WITH dead AS (
         DELETE FROM queue.finished_jobs j
@@ -3426,19 +3491,22 @@ BEGIN
         INSERT INTO queue.jobs AS j
                (id, queue, status, priority, group_waiting, serial_group, run_at,
                 max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                dedupe_key, payload, last_error, created_at, has_children, tags)
+                dedupe_key, payload, last_error, created_at, has_children, tags, batch_id)
         SELECT d.id, d.queue, 'pending', d.priority, d.serial_group IS NOT NULL, d.serial_group, now(),
                d.max_attempts, d.timeout, d.backoff_base, d.backoff_max, d.retry_delays,
-               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children, d.tags
+               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children, d.tags, d.batch_id
           FROM dead d
         -- (or 'expired': the counters treat every final status alike here)
-        RETURNING j.id, j.queue, j.serial_group, queue.tally(j.queue, j.priority, 'failed', 'pending')
+        RETURNING j.id, j.queue, j.serial_group, j.batch_id, queue.tally(j.queue, j.priority, 'failed', 'pending')
     )
     SELECT count(*), array_agg(DISTINCT queue) FILTER (WHERE serial_group IS NULL),
            array_agg(DISTINCT serial_group) FILTER (WHERE serial_group IS NOT NULL),
-           array_agg(id)
-      INTO v_count, v_queues, v_groups, v_parents FROM revived;
+           array_agg(id), array_agg(batch_id) FILTER (WHERE batch_id IS NOT NULL)
+      INTO v_count, v_queues, v_groups, v_parents, v_batches FROM revived;
     PERFORM queue.announce(v_queues, v_groups);
+    IF v_batches IS NOT NULL THEN
+        PERFORM queue.batch_revived(v_batches, 'failed');
+    END IF;
     -- Dependents, also those pushed after the job died (cancelled at once):
     -- a later statement, so that a push that held the dead row's lock is
     -- seen. The revived jobs that have any are flagged for their finish.
@@ -3456,6 +3524,7 @@ EXCEPTION WHEN unique_violation THEN
         HINT = 'Let the live job finish, or queue_delete the dead one.';
 END;
 $$;
+
 
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_clear(queue text) RETURNS bigint
@@ -3656,8 +3725,9 @@ CREATE OR REPLACE FUNCTION queue.revive_children(p_parents bigint[]) RETURNS voi
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_level bigint[] := p_parents;
-    v_cands bigint[];
+    v_level   bigint[] := p_parents;
+    v_cands   bigint[];
+    v_batches bigint[];
 BEGIN
     LOOP
         WITH cleared AS (
@@ -3683,20 +3753,26 @@ BEGIN
             INSERT INTO queue.jobs AS j
                    (id, queue, status, priority, group_waiting, serial_group, run_at,
                     max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload, created_at, blocked_by, has_children, tags)
+                    dedupe_key, payload, created_at, blocked_by, has_children, tags, batch_id)
             SELECT b.id, b.queue, 'blocked', b.priority, false, b.serial_group, b.run_at,
                    b.max_attempts, b.timeout, b.backoff_base, b.backoff_max, b.retry_delays,
                    b.dedupe_key, b.payload, b.created_at,
                    (SELECT count(*) FROM queue.job_deps d WHERE d.child = b.id AND NOT d.resolved),
-                   b.has_children, b.tags
+                   b.has_children, b.tags, b.batch_id
               FROM back b
-            RETURNING j.id, j.has_children, queue.tally(j.queue, j.priority, 'cancelled', 'blocked')
+            RETURNING j.id, j.has_children, j.batch_id, queue.tally(j.queue, j.priority, 'cancelled', 'blocked')
         )
-        SELECT coalesce(array_agg(r.id) FILTER (WHERE r.has_children), '{}') INTO v_level FROM revived r;
+        SELECT coalesce(array_agg(r.id) FILTER (WHERE r.has_children), '{}'),
+               array_agg(r.batch_id) FILTER (WHERE r.batch_id IS NOT NULL)
+          INTO v_level, v_batches FROM revived r;
+        IF v_batches IS NOT NULL THEN
+            PERFORM queue.batch_revived(v_batches, 'cancelled');
+        END IF;
         EXIT WHEN cardinality(v_level) = 0;
     END LOOP;
 END;
 $$;
+
 
 
 CREATE OR REPLACE FUNCTION @extschema@.queue_dependencies(id bigint)
@@ -3716,6 +3792,254 @@ COMMENT ON FUNCTION @extschema@.queue_dependencies(bigint) IS
 'The jobs a job depends on (depends_on of queue_push): dependency (its id), queue, status, result, finished_at, resolved (no longer blocks), run_anyway. A handler reads its inputs with it.';
 
 
+-- Batches (sql/batches.sql, all new).
+CREATE FUNCTION queue.check_callback(p_what text, p_spec jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_queue    text;
+    v_priority int;
+BEGIN
+    IF p_spec IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(p_spec) <> 'object' OR jsonb_typeof(p_spec -> 'queue') IS DISTINCT FROM 'string'
+       OR coalesce(jsonb_typeof(p_spec -> 'payload'), 'object') <> 'object'
+       OR EXISTS (SELECT FROM jsonb_object_keys(p_spec) k WHERE k NOT IN ('queue', 'payload', 'priority')) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s must be an object {"queue": text, "payload": object, "priority": int or name}: %s',
+                             p_what, left(p_spec::text, 200)),
+            HINT = 'E.g. ''{"queue": "reports", "payload": {"report": 7}}''; the batch summary is added to the payload as "batch".';
+    END IF;
+    v_queue := queue.check_queue_name(p_spec ->> 'queue');
+    v_priority := CASE jsonb_typeof(p_spec -> 'priority')
+                      WHEN 'number' THEN (p_spec ->> 'priority')::numeric::int
+                      WHEN 'string' THEN @extschema@.queue_priority(p_spec ->> 'priority')
+                  END;
+    PERFORM queue.check_size(p_what, pg_column_size(p_spec), 'payload');
+    PERFORM queue.scope('produce', v_queue);
+    RETURN jsonb_build_object('queue', v_queue, 'payload', coalesce(p_spec -> 'payload', '{}'))
+           || CASE WHEN v_priority IS NULL THEN '{}' ELSE jsonb_build_object('priority', v_priority) END;
+END;
+$$;
+
+CREATE FUNCTION queue.batch_join(p_batch bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_state text;
+BEGIN
+    SELECT b.state INTO v_state FROM queue.batches b
+     WHERE b.id = (queue.batch_visible(p_batch)).id
+       FOR KEY SHARE;
+    IF v_state IS DISTINCT FROM 'open' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('batch %s is %s', p_batch, coalesce(v_state, 'unknown')),
+            HINT = 'Push into a batch of queue_batch_open before queue_batch_close.';
+    END IF;
+END;
+$$;
+
+CREATE FUNCTION queue.batch_summary(b queue.batches) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('id', b.id, 'total', b.total, 'completed', b.completed,
+                              'failed', b.failed, 'cancelled', b.cancelled);
+$$;
+
+CREATE FUNCTION queue.push_callback(p_spec jsonb, p_summary jsonb) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id     bigint;
+    v_tally  bigint;
+    v_queue  text := p_spec ->> 'queue';
+BEGIN
+    INSERT INTO queue.jobs AS j (queue, status, priority, run_at, max_attempts, timeout,
+                                 backoff_base, backoff_max, payload)
+    SELECT v_queue, 'pending', coalesce((p_spec ->> 'priority')::int, s.priority, 0), now(),
+           coalesce(s.max_attempts, 3), coalesce(s.timeout, '5 minutes'),
+           coalesce(s.backoff_base, '10 seconds'), coalesce(s.backoff_max, '1 hour'),
+           coalesce(p_spec -> 'payload', '{}') || jsonb_build_object('batch', p_summary)
+      FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = v_queue
+    RETURNING j.id, queue.tally(j.queue, j.priority, NULL, 'pending') INTO v_id, v_tally;
+    PERFORM queue.wake(v_queue);
+    RETURN v_id;
+END;
+$$;
+
+CREATE FUNCTION queue.batch_fire(p_batch bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b queue.batches;
+BEGIN
+    SELECT * INTO b FROM queue.batches WHERE id = p_batch;
+    UPDATE queue.batches
+       SET state = 'done', finished_at = now(),
+           complete_job = CASE WHEN b.on_complete IS NOT NULL
+                               THEN queue.push_callback(b.on_complete, queue.batch_summary(b)) END,
+           failure_job = CASE WHEN b.on_failure IS NOT NULL AND b.failed > 0
+                              THEN queue.push_callback(b.on_failure, queue.batch_summary(b)) END
+     WHERE id = p_batch;
+END;
+$$;
+
+CREATE FUNCTION queue.batch_progress(p_batches bigint[], p_status queue.job_status) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r      record;
+    v_left int;
+BEGIN
+    FOR r IN
+        SELECT b.id, count(*)::int AS n
+          FROM unnest(p_batches) AS b(id)
+         GROUP BY b.id
+         ORDER BY b.id
+    LOOP
+        PERFORM FROM queue.batches b WHERE b.id = r.id FOR KEY SHARE;
+        UPDATE queue.batches b
+           SET pending   = b.pending - r.n,
+               completed = b.completed + CASE WHEN p_status = 'completed' THEN r.n ELSE 0 END,
+               failed    = b.failed + CASE WHEN p_status IN ('failed', 'expired') THEN r.n ELSE 0 END,
+               cancelled = b.cancelled + CASE WHEN p_status IS NULL OR p_status = 'cancelled' THEN r.n ELSE 0 END
+         WHERE b.id = r.id AND b.state = 'closed'
+        RETURNING b.pending INTO v_left;
+        IF v_left = 0 THEN
+            PERFORM queue.batch_fire(r.id);
+        END IF;
+    END LOOP;
+END;
+$$;
+
+CREATE FUNCTION queue.batch_revived(p_batches bigint[], p_from queue.job_status) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE queue.batches b
+       SET pending   = b.pending + r.n,
+           failed    = b.failed - CASE WHEN p_from IN ('failed', 'expired') THEN r.n ELSE 0 END,
+           cancelled = b.cancelled - CASE WHEN p_from = 'cancelled' THEN r.n ELSE 0 END
+      FROM (SELECT x.id, count(*)::int AS n FROM unnest(p_batches) AS x(id) GROUP BY x.id) r
+     WHERE b.id = r.id AND b.state = 'closed';
+END;
+$$;
+
+CREATE FUNCTION queue.batch_visible(p_batch bigint) RETURNS queue.batches
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT b FROM queue.batches b
+     WHERE b.id = p_batch
+       AND (b.created_by = queue.caller() OR queue.access_patterns(queue.caller(), 'produce') IS NULL);
+$$;
+
+CREATE FUNCTION @extschema@.queue_batch_open(on_complete jsonb DEFAULT NULL, on_failure jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO queue.batches (on_complete, on_failure, created_by)
+    VALUES (queue.check_callback('on_complete', $1), queue.check_callback('on_failure', $2), queue.caller())
+    RETURNING id;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_batch_open(jsonb, jsonb) IS
+'Open a batch and return its id; push jobs into it with queue_push(..., batch => id), then queue_batch_close. on_complete / on_failure: {"queue", "payload", "priority"} of the job pushed when all its jobs are final (on_failure only when any failed).';
+
+CREATE FUNCTION @extschema@.queue_batch_close(id bigint) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_state text;
+BEGIN
+    SELECT b.state INTO v_state FROM queue.batches b
+     WHERE b.id = (queue.batch_visible(id)).id
+       FOR UPDATE;
+    IF v_state IS DISTINCT FROM 'open' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('batch %s is %s', id, coalesce(v_state, 'unknown')),
+            HINT = 'Only an open batch can be closed.';
+    END IF;
+    -- A later statement than the lock: pushes and finishes that held the
+    -- row before it are committed and seen.
+    UPDATE queue.batches b
+       SET state = 'closed', closed_at = now(),
+           total = c.total, pending = c.pending, completed = c.completed,
+           failed = c.failed, cancelled = c.cancelled
+      FROM (SELECT count(*)::int AS total,
+                   count(*) FILTER (WHERE j.status NOT IN ('completed', 'failed', 'expired', 'cancelled'))::int AS pending,
+                   count(*) FILTER (WHERE j.status = 'completed')::int AS completed,
+                   count(*) FILTER (WHERE j.status IN ('failed', 'expired'))::int AS failed,
+                   count(*) FILTER (WHERE j.status = 'cancelled')::int AS cancelled
+              FROM queue.all_jobs j WHERE j.batch_id = id) c
+     WHERE b.id = id;
+    IF (SELECT b.pending FROM queue.batches b WHERE b.id = id) = 0 THEN
+        PERFORM queue.batch_fire(id);
+    END IF;
+    RETURN @extschema@.queue_batch(id);
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_batch_close(bigint) IS
+'Close a batch: no more jobs join it, and once all its jobs are final its callbacks are pushed, once (now, if they already are). Returns queue_batch(id).';
+
+CREATE FUNCTION @extschema@.queue_batch_cancel(id bigint) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_state text;
+BEGIN
+    SELECT b.state INTO v_state FROM queue.batches b
+     WHERE b.id = (queue.batch_visible(id)).id
+       FOR UPDATE;
+    IF v_state IS NULL OR v_state IN ('done', 'cancelled') THEN
+        RETURN false;
+    END IF;
+    UPDATE queue.batches b SET state = 'cancelled', finished_at = now() WHERE b.id = id;
+    PERFORM queue.finish_jobs(ARRAY(SELECT j.id FROM queue.jobs j WHERE j.batch_id = id),
+                              '{scheduled,pending,retrying,blocked}', 'cancelled', NULL, NULL, NULL);
+    RETURN true;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_batch_cancel(bigint) IS
+'Cancel a batch: its waiting jobs are cancelled, running ones finish, no callback is pushed. False when it is done or cancelled already.';
+
+CREATE FUNCTION @extschema@.queue_batch(id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    b       queue.batches := queue.batch_visible(id);
+    v_live  record;
+BEGIN
+    IF b.id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(*)::int AS live, count(*) FILTER (WHERE j.status = 'processing')::int AS running
+      INTO v_live FROM queue.jobs j WHERE j.batch_id = b.id;
+    IF b.state = 'open' OR b.state = 'cancelled' AND b.total IS NULL THEN
+        SELECT count(*)::int, count(*) FILTER (WHERE j.status = 'completed')::int,
+               count(*) FILTER (WHERE j.status IN ('failed', 'expired'))::int,
+               count(*) FILTER (WHERE j.status = 'cancelled')::int
+          INTO b.total, b.completed, b.failed, b.cancelled
+          FROM queue.finished_jobs j WHERE j.batch_id = b.id;
+        b.total := b.total + v_live.live;
+        b.pending := v_live.live;
+    END IF;
+    RETURN jsonb_build_object(
+        'id', b.id, 'state', b.state, 'total', b.total, 'pending', b.pending,
+        'running', v_live.running, 'completed', b.completed, 'failed', b.failed,
+        'cancelled', b.cancelled,
+        'progress', CASE WHEN b.total > 0 THEN round((b.total - b.pending)::numeric / b.total, 4) END,
+        'on_complete', b.on_complete, 'on_failure', b.on_failure,
+        'complete_job', b.complete_job, 'failure_job', b.failure_job,
+        'created_at', b.created_at, 'closed_at', b.closed_at, 'finished_at', b.finished_at);
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_batch(bigint) IS
+'A batch: id, state (open, closed, done, cancelled), total, pending, running, completed, failed (or expired), cancelled, progress (share final), its callbacks and the ids of those pushed, times. NULL for an unknown batch.';
+
+
 -- 6. Grants, as sql/security.sql gives them on a fresh install.
 REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA queue FROM PUBLIC;
@@ -3730,6 +4054,10 @@ REVOKE ALL ON FUNCTION
     @extschema@.queue_resume(text),
     @extschema@.queue_settings(),
     @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean),
+    @extschema@.queue_batch_open(jsonb, jsonb),
+    @extschema@.queue_batch_close(bigint),
+    @extschema@.queue_batch_cancel(bigint),
+    @extschema@.queue_batch(bigint),
     @extschema@.queue_dead(text, int, text),
     @extschema@.queue_retry_all(text, text),
     @extschema@.queue_purge_dead(text, interval, text),
@@ -3739,10 +4067,10 @@ REVOKE ALL ON FUNCTION
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
     @extschema@.queue_progress(bigint, int, int, text, int),
-    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
     @extschema@.queue_dependencies(bigint)
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -3756,6 +4084,10 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_resume(text),
     @extschema@.queue_settings(),
     @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean),
+    @extschema@.queue_batch_open(jsonb, jsonb),
+    @extschema@.queue_batch_close(bigint),
+    @extschema@.queue_batch_cancel(bigint),
+    @extschema@.queue_batch(bigint),
     @extschema@.queue_dead(text, int, text),
     @extschema@.queue_retry_all(text, text),
     @extschema@.queue_purge_dead(text, interval, text),
@@ -3765,20 +4097,26 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_revoke_access(regrole, text, text),
     @extschema@.queue_access_rules(),
     @extschema@.queue_progress(bigint, int, int, text, int),
-    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
     @extschema@.queue_dependencies(bigint)
 TO queue_admin;
 GRANT EXECUTE ON FUNCTION
-    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
     @extschema@.queue_dependencies(bigint)
 TO queue_producer;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_dependencies(bigint) TO queue_worker;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.queue_batch_open(jsonb, jsonb),
+    @extschema@.queue_batch_close(bigint),
+    @extschema@.queue_batch_cancel(bigint),
+    @extschema@.queue_batch(bigint)
+TO queue_producer;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_progress(bigint, int, int, text, int) TO queue_worker;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_release(bigint, int) TO queue_worker;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_ack_pop(text, text, int, bigint[], int[], jsonb[]) TO queue_worker;
@@ -3791,6 +4129,8 @@ SELECT pg_catalog.pg_extension_config_dump('queue.stats_minutes', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.job_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.queue_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.job_deps', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.batches', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.batches_id_seq', '');
 
 -- 0.2.0 uses an existing role of these names only when it carries this
 -- marker (sql/security.sql). 0.1.0 made its roles without one, or adopted

@@ -63,15 +63,19 @@ END;
 $$;
 
 GRANT EXECUTE ON FUNCTION
-    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
-    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[]),
+    @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push(text, jsonb, text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
+    @extschema@.queue_push_batch(text, jsonb[], text, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint),
     @extschema@.queue_priority(text),
     @extschema@.queue_size(text),
     @extschema@.queue_peek(text, int),
     @extschema@.queue_job(bigint),
-    @extschema@.queue_dependencies(bigint)
+    @extschema@.queue_dependencies(bigint),
+    @extschema@.queue_batch_open(jsonb, jsonb),
+    @extschema@.queue_batch_close(bigint),
+    @extschema@.queue_batch_cancel(bigint),
+    @extschema@.queue_batch(bigint)
 TO queue_producer;
 
 GRANT EXECUTE ON FUNCTION
@@ -112,3 +116,5 @@ SELECT pg_catalog.pg_extension_config_dump('queue.job_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.access_rules', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.queue_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('queue.job_deps', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.batches', '');
+SELECT pg_catalog.pg_extension_config_dump('queue.batches_id_seq', '');

@@ -86,6 +86,7 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["maintenance"]);
 extension_sql_file!("../sql/dependencies.sql", name = "dependencies", requires = ["operations"]);
+extension_sql_file!("../sql/batches.sql", name = "batches", requires = ["dependencies"]);
 extension_sql_file!(
     "../sql/scheduler.sql",
     name = "scheduler",
@@ -104,6 +105,7 @@ extension_sql_file!(
         "maintenance",
         "operations",
         "dependencies",
+        "batches",
         stats::stats_unflushed,
         stats::stats_take,
         stats::stats_recount_needed,

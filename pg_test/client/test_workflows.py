@@ -151,3 +151,45 @@ def test_a_failure_cancels_the_jobs_below_it_and_a_retry_revives_them(queue_name
             "SELECT payload ->> 'n' FROM queue.finished_jobs WHERE id = ANY(%s) ORDER BY started_at",
             ([ids["A"], ids["B"], ids["C"]],)).fetchall()
         assert [r[0] for r in order] == ["A", "B", "C"]
+
+
+def test_a_batch_pushed_from_several_transactions_fires_its_callbacks_once(queue_name):
+    """300 jobs join a batch from three connections while four workers drain
+    it; every 50th fails. The batch is closed while jobs still run. When all
+    are final, on_complete and on_failure are each pushed exactly once, with
+    the right counts in their payload."""
+    def handler(c, job_id, payload):
+        if payload["n"] % 50 == 0:
+            raise RuntimeError("every 50th fails")
+        return {"n": payload["n"]}
+
+    callbacks = queue_name + "-cb"
+    with connect() as conn:
+        batch = conn.execute(
+            "SELECT queue_batch_open(%s, %s)",
+            (Jsonb({"queue": callbacks, "payload": {"kind": "complete"}}),
+             Jsonb({"queue": callbacks, "payload": {"kind": "failure"}}))).fetchone()[0]
+        workers = Workers(queue_name, handler)
+        try:
+            def producer(k):
+                with connect() as p:
+                    for i in range(100):
+                        p.execute("SELECT queue_push(%s, %s, batch => %s)",
+                                  (queue_name, Jsonb({"n": k * 100 + i + 1}), batch))
+            producers = [threading.Thread(target=producer, args=(k,)) for k in range(3)]
+            for t in producers:
+                t.start()
+            for t in producers:
+                t.join()
+            closed = conn.execute("SELECT queue_batch_close(%s)", (batch,)).fetchone()[0]
+            assert closed["total"] == 300
+            wait_until(conn, "SELECT queue_batch(%s) ->> 'state' = 'done'", (batch,))
+        finally:
+            workers.close()
+        report = conn.execute("SELECT queue_batch(%s)", (batch,)).fetchone()[0]
+        assert (report["total"], report["completed"], report["failed"], report["pending"]) == (300, 294, 6, 0)
+        fired = conn.execute(
+            "SELECT payload ->> 'kind', payload -> 'batch' FROM queue.jobs WHERE queue = %s ORDER BY 1",
+            (callbacks,)).fetchall()
+        summary = {"id": batch, "total": 300, "completed": 294, "failed": 6, "cancelled": 0}
+        assert fired == [("complete", summary), ("failure", summary)]

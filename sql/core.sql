@@ -226,24 +226,32 @@ DECLARE
     v_deps   record;
     v_blocked int := 0;
     v_confined boolean;
+    v_configured boolean;
 BEGIN
-    -- One statement for two probes: whether any access rule exists, and the
-    -- queue's defaults (queue_configure) for the options left NULL, else
-    -- the global ones.
-    SELECT EXISTS (SELECT FROM queue.access_rules),
-           coalesce(queue_push.priority, s.priority, 0),
-           coalesce(queue_push.max_attempts, s.max_attempts, 3),
-           coalesce(queue_push.timeout, s.timeout, '5 minutes'),
-           coalesce(queue_push.backoff_base, s.backoff_base, '10 seconds'),
-           coalesce(queue_push.backoff_max, s.backoff_max, '1 hour')
-      INTO v_confined, priority, max_attempts, timeout, backoff_base, backoff_max
-      FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = queue_push.queue;
+    v_confined := EXISTS (SELECT FROM queue.access_rules);
+    -- The queue's defaults (queue_configure) for the options left NULL.
+    -- Shared memory says when no queue has any (src/settings.rs): reading
+    -- the row on every push cost a push 7%. The global defaults are applied
+    -- inline below.
+    IF NOT queue.push_defaults_absent() THEN
+        SELECT coalesce(queue_push.priority, s.priority), coalesce(queue_push.max_attempts, s.max_attempts),
+               coalesce(queue_push.timeout, s.timeout), coalesce(queue_push.backoff_base, s.backoff_base),
+               coalesce(queue_push.backoff_max, s.backoff_max),
+               EXISTS (SELECT FROM queue.queue_settings d
+                        WHERE d.priority IS NOT NULL OR d.max_attempts IS NOT NULL OR d.timeout IS NOT NULL
+                           OR d.backoff_base IS NOT NULL OR d.backoff_max IS NOT NULL)
+          INTO priority, max_attempts, timeout, backoff_base, backoff_max, v_configured
+          FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = queue_push.queue;
+        IF NOT v_configured THEN
+            PERFORM queue.push_defaults_none_found();
+        END IF;
+    END IF;
     -- Every argument is checked by this one call (see queue.check_push_args).
     v_run_at := queue.check_push_args(queue_push.queue, queue_push.serial_group,
         pg_column_size(queue_push.payload), queue_push.delay, queue_push.run_at,
-        queue_push.max_attempts, queue_push.timeout, queue_push.backoff_base,
-        queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
-        queue_push.priority);
+        coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
+        coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'),
+        queue_push.retry_delays, queue_push.dedupe_key, coalesce(queue_push.priority, 0));
     v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
     IF queue_push.tags IS NOT NULL THEN
         queue_push.tags := queue.check_tags(queue_push.tags);
@@ -268,10 +276,10 @@ BEGIN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
                 blocked_by, tags, batch_id)
-        VALUES (queue_push.queue, v_status, queue_push.priority,
+        VALUES (queue_push.queue, v_status, coalesce(queue_push.priority, 0),
                 queue_push.serial_group IS NOT NULL AND v_status = 'pending',
-                queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
-                queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
+                queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
+                coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
                 queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
@@ -279,10 +287,10 @@ BEGIN
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                     run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, blocked_by, tags, batch_id)
-            VALUES (queue_push.queue, v_status, queue_push.priority,
+            VALUES (queue_push.queue, v_status, coalesce(queue_push.priority, 0),
                     queue_push.serial_group IS NOT NULL AND v_status = 'pending',
-                    queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
-                    queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
+                    queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
+                    coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
                     queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
             ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
                 DO NOTHING
@@ -369,12 +377,20 @@ BEGIN
             MESSAGE = 'payloads must not be NULL or contain NULL',
             HINT = 'Pass an array of JSON values, e.g. ARRAY[''{"n": 1}'', ''{"n": 2}'']::jsonb[].';
     END IF;
-    -- The queue's defaults (queue_configure) for the options left NULL.
-    SELECT coalesce(priority, s.priority, 0), coalesce(max_attempts, s.max_attempts, 3),
-           coalesce(timeout, s.timeout, '5 minutes'), coalesce(backoff_base, s.backoff_base, '10 seconds'),
-           coalesce(backoff_max, s.backoff_max, '1 hour')
-      INTO priority, max_attempts, timeout, backoff_base, backoff_max
-      FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = v_queue;
+    -- The queue's defaults (queue_configure) for the options left NULL,
+    -- else the global ones (as in queue_push).
+    IF NOT queue.push_defaults_absent() THEN
+        SELECT coalesce(priority, s.priority), coalesce(max_attempts, s.max_attempts),
+               coalesce(timeout, s.timeout), coalesce(backoff_base, s.backoff_base),
+               coalesce(backoff_max, s.backoff_max)
+          INTO priority, max_attempts, timeout, backoff_base, backoff_max
+          FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = v_queue;
+    END IF;
+    priority := coalesce(priority, 0);
+    max_attempts := coalesce(max_attempts, 3);
+    timeout := coalesce(timeout, '5 minutes');
+    backoff_base := coalesce(backoff_base, '10 seconds');
+    backoff_max := coalesce(backoff_max, '1 hour');
     -- The names were checked above, the payloads here (the largest one's size).
     v_run_at := queue.check_push_args(v_queue, v_group,
         coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,

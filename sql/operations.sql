@@ -507,6 +507,9 @@ DECLARE
     v_row   queue.queue_settings;
 BEGIN
     PERFORM queue.scope('produce', v_queue);
+    -- Pushes read the settings from now on (src/settings.rs), before this
+    -- change can commit.
+    PERFORM queue.push_defaults_may_exist();
     INSERT INTO queue.queue_settings AS s (queue, priority, max_attempts, timeout, backoff_base, backoff_max)
     VALUES (v_queue, priority, max_attempts, timeout, backoff_base, backoff_max)
     ON CONFLICT ON CONSTRAINT queue_settings_pkey DO UPDATE

@@ -2377,6 +2377,9 @@ DECLARE
     v_row   queue.queue_settings;
 BEGIN
     PERFORM queue.scope('produce', v_queue);
+    -- Pushes read the settings from now on (src/settings.rs), before this
+    -- change can commit.
+    PERFORM queue.push_defaults_may_exist();
     INSERT INTO queue.queue_settings AS s (queue, priority, max_attempts, timeout, backoff_base, backoff_max)
     VALUES (v_queue, priority, max_attempts, timeout, backoff_base, backoff_max)
     ON CONFLICT ON CONSTRAINT queue_settings_pkey DO UPDATE
@@ -2406,6 +2409,7 @@ COMMENT ON FUNCTION @extschema@.queue_configure(text, int, int, interval, interv
 'Set a queue''s defaults for what a push does not say: priority, max_attempts, timeout, backoff_base, backoff_max (NULL keeps a value; reset => true clears those not given). Returns the queue''s settings.';
 
 
+
 /*
  * queue_settings: the settings of every queue that has any (today: whether
  * it is paused, since when, by whom), for the queues the caller may read.
@@ -2424,6 +2428,27 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_settings() IS
 'The settings of every queue that has any: queue, paused, paused_at, paused_by, and the push defaults of queue_configure (priority, max_attempts, timeout, backoff_base, backoff_max; NULL: the global default).';
 
+
+-- Whether any queue has push defaults, in shared memory (src/settings.rs).
+CREATE  FUNCTION queue."push_defaults_absent"() RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'push_defaults_absent_wrapper';
+
+CREATE  FUNCTION queue."push_defaults_none_found"() RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'push_defaults_none_found_wrapper';
+
+CREATE  FUNCTION queue."push_defaults_may_exist"() RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'push_defaults_may_exist_wrapper';
+
+CREATE  FUNCTION queue."push_defaults_forget"() RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'push_defaults_forget_wrapper';
 
 -- 8. Job dependencies (sql/dependencies.sql, issue 20): the status
 --    `blocked`, the job columns blocked_by and has_children, the edges
@@ -2680,24 +2705,32 @@ DECLARE
     v_deps   record;
     v_blocked int := 0;
     v_confined boolean;
+    v_configured boolean;
 BEGIN
-    -- One statement for two probes: whether any access rule exists, and the
-    -- queue's defaults (queue_configure) for the options left NULL, else
-    -- the global ones.
-    SELECT EXISTS (SELECT FROM queue.access_rules),
-           coalesce(queue_push.priority, s.priority, 0),
-           coalesce(queue_push.max_attempts, s.max_attempts, 3),
-           coalesce(queue_push.timeout, s.timeout, '5 minutes'),
-           coalesce(queue_push.backoff_base, s.backoff_base, '10 seconds'),
-           coalesce(queue_push.backoff_max, s.backoff_max, '1 hour')
-      INTO v_confined, priority, max_attempts, timeout, backoff_base, backoff_max
-      FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = queue_push.queue;
+    v_confined := EXISTS (SELECT FROM queue.access_rules);
+    -- The queue's defaults (queue_configure) for the options left NULL.
+    -- Shared memory says when no queue has any (src/settings.rs): reading
+    -- the row on every push cost a push 7%. The global defaults are applied
+    -- inline below.
+    IF NOT queue.push_defaults_absent() THEN
+        SELECT coalesce(queue_push.priority, s.priority), coalesce(queue_push.max_attempts, s.max_attempts),
+               coalesce(queue_push.timeout, s.timeout), coalesce(queue_push.backoff_base, s.backoff_base),
+               coalesce(queue_push.backoff_max, s.backoff_max),
+               EXISTS (SELECT FROM queue.queue_settings d
+                        WHERE d.priority IS NOT NULL OR d.max_attempts IS NOT NULL OR d.timeout IS NOT NULL
+                           OR d.backoff_base IS NOT NULL OR d.backoff_max IS NOT NULL)
+          INTO priority, max_attempts, timeout, backoff_base, backoff_max, v_configured
+          FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = queue_push.queue;
+        IF NOT v_configured THEN
+            PERFORM queue.push_defaults_none_found();
+        END IF;
+    END IF;
     -- Every argument is checked by this one call (see queue.check_push_args).
     v_run_at := queue.check_push_args(queue_push.queue, queue_push.serial_group,
         pg_column_size(queue_push.payload), queue_push.delay, queue_push.run_at,
-        queue_push.max_attempts, queue_push.timeout, queue_push.backoff_base,
-        queue_push.backoff_max, queue_push.retry_delays, queue_push.dedupe_key,
-        queue_push.priority);
+        coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
+        coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'),
+        queue_push.retry_delays, queue_push.dedupe_key, coalesce(queue_push.priority, 0));
     v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
     IF queue_push.tags IS NOT NULL THEN
         queue_push.tags := queue.check_tags(queue_push.tags);
@@ -2722,10 +2755,10 @@ BEGIN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
                 blocked_by, tags, batch_id)
-        VALUES (queue_push.queue, v_status, queue_push.priority,
+        VALUES (queue_push.queue, v_status, coalesce(queue_push.priority, 0),
                 queue_push.serial_group IS NOT NULL AND v_status = 'pending',
-                queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
-                queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
+                queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
+                coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
                 queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
@@ -2733,10 +2766,10 @@ BEGIN
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                     run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, blocked_by, tags, batch_id)
-            VALUES (queue_push.queue, v_status, queue_push.priority,
+            VALUES (queue_push.queue, v_status, coalesce(queue_push.priority, 0),
                     queue_push.serial_group IS NOT NULL AND v_status = 'pending',
-                    queue_push.serial_group, v_run_at, queue_push.max_attempts, queue_push.timeout,
-                    queue_push.backoff_base, queue_push.backoff_max, queue_push.retry_delays,
+                    queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
+                    coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
                     queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
             ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
                 DO NOTHING
@@ -2768,6 +2801,8 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint) IS
 'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway), tags (labels to find it by), batch (an open batch of queue_batch_open).';
+
+
 
 
 
@@ -2820,12 +2855,20 @@ BEGIN
             MESSAGE = 'payloads must not be NULL or contain NULL',
             HINT = 'Pass an array of JSON values, e.g. ARRAY[''{"n": 1}'', ''{"n": 2}'']::jsonb[].';
     END IF;
-    -- The queue's defaults (queue_configure) for the options left NULL.
-    SELECT coalesce(priority, s.priority, 0), coalesce(max_attempts, s.max_attempts, 3),
-           coalesce(timeout, s.timeout, '5 minutes'), coalesce(backoff_base, s.backoff_base, '10 seconds'),
-           coalesce(backoff_max, s.backoff_max, '1 hour')
-      INTO priority, max_attempts, timeout, backoff_base, backoff_max
-      FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = v_queue;
+    -- The queue's defaults (queue_configure) for the options left NULL,
+    -- else the global ones (as in queue_push).
+    IF NOT queue.push_defaults_absent() THEN
+        SELECT coalesce(priority, s.priority), coalesce(max_attempts, s.max_attempts),
+               coalesce(timeout, s.timeout), coalesce(backoff_base, s.backoff_base),
+               coalesce(backoff_max, s.backoff_max)
+          INTO priority, max_attempts, timeout, backoff_base, backoff_max
+          FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = v_queue;
+    END IF;
+    priority := coalesce(priority, 0);
+    max_attempts := coalesce(max_attempts, 3);
+    timeout := coalesce(timeout, '5 minutes');
+    backoff_base := coalesce(backoff_base, '10 seconds');
+    backoff_max := coalesce(backoff_max, '1 hour');
     -- The names were checked above, the payloads here (the largest one's size).
     v_run_at := queue.check_push_args(v_queue, v_group,
         coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
@@ -2885,6 +2928,7 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_push_batch(text, jsonb[], int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint) IS
 'Push many payloads with the same options in one statement; returns their ids in payload order.';
+
 
 
 
@@ -4180,6 +4224,9 @@ UPDATE queue.jobs
 UPDATE queue.finished_jobs
    SET run_at = created_at
  WHERE run_at IN ('infinity', '-infinity');
+
+-- Pushes read the push defaults until one finds none (src/settings.rs).
+SELECT queue.push_defaults_forget();
 
 -- This database has 0.2.0 now: the launcher serves it (at once when the
 -- server runs the new library already).

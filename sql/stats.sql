@@ -776,6 +776,9 @@ COMMENT ON FUNCTION @extschema@.queue_prometheus() IS
 -- A new installation starts from zero, whatever an earlier one in this
 -- database left in shared memory.
 SELECT queue.stats_forget_database();
+-- Push defaults may come with restored rows: pushes read the table until
+-- one finds none (src/settings.rs).
+SELECT queue.push_defaults_forget();
 
 -- Tell the launcher, when this transaction commits, that this database has
 -- the extension now: its services start within a second or so.

@@ -16,6 +16,7 @@ mod leases;
 mod scheduler;
 mod serial_group;
 mod services;
+mod settings;
 mod shared;
 mod stats;
 mod validate;
@@ -60,6 +61,9 @@ extension_sql_file!(
         gucs::keep_completed,
         validate::check_count,
         validate::check_queue_filter,
+        settings::push_defaults_absent,
+        settings::push_defaults_none_found,
+        settings::push_defaults_may_exist,
         wakeup::wake,
         wakeup::note_sleeper,
         wakeup::wait_register,
@@ -114,7 +118,8 @@ extension_sql_file!(
         stats::stats_forget_database,
         leases::leases_health,
         launcher::announce_database,
-        launcher::service_problem
+        launcher::service_problem,
+        settings::push_defaults_forget
     ]
 );
 extension_sql_file!("../sql/security.sql", name = "security", finalize);

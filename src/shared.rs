@@ -52,7 +52,7 @@ use std::sync::OnceLock;
 use crate::{gucs, launcher, leases, stats, wakeup};
 
 /// Bumped whenever the layout of the region changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 const MAGIC: u64 = u64::from_le_bytes(*b"queueshm");
 const REGION_NAME: &CStr = c"queue";
 const TRANCHE_NAME: &CStr = c"queue";
@@ -185,6 +185,7 @@ pub struct DbSlot {
     pub services: launcher::Services,
     pub notifier: wakeup::Notifier,
     pub counters: stats::Control,
+    pub push_defaults: crate::settings::PushDefaults,
 }
 
 /// Whether a region found in shared memory was laid out by a build that

@@ -1,0 +1,73 @@
+//! Whether any queue of this database has push defaults (`queue_configure`),
+//! so that a push can skip reading `queue.queue_settings` when none does.
+//!
+//! Reading the queue's row on every push cost 7% of a push (bench/README.md,
+//! Workflows), and almost no database sets defaults. The answer lives in the
+//! database's shared-memory slot as one of three states:
+//!
+//! - `UNKNOWN` (0, a fresh or reassigned slot, or after `CREATE EXTENSION`):
+//!   pushes read the table, and the
+//!   first to find no defaults records `NONE`, by compare-and-swap, so that it
+//!   never overwrites `SOME`;
+//! - `NONE`: pushes skip the table;
+//! - `SOME`: pushes read their queue's row. `queue_configure` stores it before
+//!   its change commits, so any push that could see the change reads it. It is
+//!   never taken back while the slot lives: a database that once had defaults
+//!   only pays the read it paid before.
+//!
+//! A database the launcher does not serve has no slot, and its pushes always
+//! read the table.
+
+use crate::shared;
+use pgrx::prelude::*;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const UNKNOWN: u32 = 0;
+const NONE: u32 = 1;
+const SOME: u32 = 2;
+
+/// The state, in the database's slot (zero, `UNKNOWN`, when the slot is new).
+#[repr(C)]
+pub struct PushDefaults {
+    state: AtomicU32,
+}
+
+fn state() -> Option<&'static AtomicU32> {
+    shared::this_db().map(|db| &db.slot().push_defaults.state)
+}
+
+/// SQL `queue.push_defaults_absent()`: true when no queue of this database has
+/// push defaults, known without reading a table.
+#[pg_extern(stable, parallel_safe, schema = "queue")]
+fn push_defaults_absent() -> bool {
+    state().is_some_and(|s| s.load(Ordering::SeqCst) == NONE)
+}
+
+/// SQL `queue.push_defaults_none_found()`: a push read the table and found no
+/// defaults; record that, unless a `queue_configure` has said otherwise.
+#[pg_extern(volatile, parallel_unsafe, schema = "queue")]
+fn push_defaults_none_found() {
+    if let Some(s) = state() {
+        let _ = s.compare_exchange(UNKNOWN, NONE, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// SQL `queue.push_defaults_may_exist()`: called by `queue_configure`:
+/// pushes read the table from now on.
+#[pg_extern(volatile, parallel_unsafe, schema = "queue")]
+fn push_defaults_may_exist() {
+    if let Some(s) = state() {
+        s.store(SOME, Ordering::SeqCst);
+    }
+}
+
+/// SQL `queue.push_defaults_forget()`: called by `CREATE EXTENSION`. The slot
+/// may hold the state of an earlier installation in this database (DROP
+/// EXTENSION does not reach it), and restored rows may bring defaults: pushes
+/// read the table again until one finds none.
+#[pg_extern(volatile, parallel_unsafe, schema = "queue")]
+fn push_defaults_forget() {
+    if let Some(s) = state() {
+        s.store(UNKNOWN, Ordering::SeqCst);
+    }
+}

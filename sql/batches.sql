@@ -24,6 +24,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_queue    text;
     v_priority int;
+    v_number   numeric;
 BEGIN
     IF p_spec IS NULL THEN
         RETURN NULL;
@@ -37,8 +38,17 @@ BEGIN
             HINT = 'E.g. ''{"queue": "reports", "payload": {"report": 7}}''; the batch summary is added to the payload as "batch".';
     END IF;
     v_queue := queue.check_queue_name(p_spec ->> 'queue');
+    -- A number must be an int, as a push's priority is (not rounded).
+    IF jsonb_typeof(p_spec -> 'priority') = 'number' THEN
+        v_number := (p_spec ->> 'priority')::numeric;
+        IF v_number <> trunc(v_number) OR v_number NOT BETWEEN -2147483648 AND 2147483647 THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('%s priority must be an integer or a name: %s', p_what, p_spec -> 'priority'),
+                HINT = 'Use critical (-20), high (-10), normal (0), low (10), or an integer; lower runs first.';
+        END IF;
+    END IF;
     v_priority := CASE jsonb_typeof(p_spec -> 'priority')
-                      WHEN 'number' THEN (p_spec ->> 'priority')::numeric::int
+                      WHEN 'number' THEN v_number::int
                       WHEN 'string' THEN @extschema@.queue_priority(p_spec ->> 'priority')
                   END;
     PERFORM queue.check_size(p_what, pg_column_size(p_spec), 'payload');
@@ -84,7 +94,7 @@ $$;
 /*
  * queue.push_callback: push a batch's callback job: the spec's queue,
  * payload (with the batch summary added as "batch") and priority, the
- * queue's other defaults. Not queue_push: it runs in the transaction of
+ * queue's other defaults and retention. Not queue_push: it runs in the transaction of
  * whatever finished the batch's last job, under that role, and must neither
  * depend on that role's rights (the batch's opener was checked) nor fail.
  */
@@ -97,11 +107,11 @@ DECLARE
     v_queue  text := p_spec ->> 'queue';
 BEGIN
     INSERT INTO queue.jobs AS j (queue, status, priority, run_at, max_attempts, timeout,
-                                 backoff_base, backoff_max, payload)
+                                 backoff_base, backoff_max, payload, keep_for)
     SELECT v_queue, 'pending', coalesce((p_spec ->> 'priority')::int, s.priority, 0), now(),
            coalesce(s.max_attempts, 3), coalesce(s.timeout, '5 minutes'),
            coalesce(s.backoff_base, '10 seconds'), coalesce(s.backoff_max, '1 hour'),
-           coalesce(p_spec -> 'payload', '{}') || jsonb_build_object('batch', p_summary)
+           coalesce(p_spec -> 'payload', '{}') || jsonb_build_object('batch', p_summary), s.retention
       FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = v_queue
     RETURNING j.id, queue.tally(j.queue, j.priority, NULL, 'pending') INTO v_id, v_tally;
     PERFORM queue.wake(v_queue);
@@ -136,14 +146,16 @@ $$;
  * final with p_status, or left (p_status NULL: deleted while waiting, counted
  * as cancelled). Open batches are only locked against a concurrent close
  * (which then counts these jobs final); closed ones count down, and the
- * finish that brings one to 0 pushes its callbacks.
+ * finish that brings one to 0 pushes its callbacks. A batch cancelled after
+ * its close counts down too (its report stays exact), but pushes nothing.
  */
 CREATE FUNCTION queue.batch_progress(p_batches bigint[], p_status queue.job_status) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    r      record;
-    v_left int;
+    r       record;
+    v_left  int;
+    v_state text;
 BEGIN
     FOR r IN
         SELECT b.id, count(*)::int AS n
@@ -157,9 +169,9 @@ BEGIN
                completed = b.completed + CASE WHEN p_status = 'completed' THEN r.n ELSE 0 END,
                failed    = b.failed + CASE WHEN p_status IN ('failed', 'expired') THEN r.n ELSE 0 END,
                cancelled = b.cancelled + CASE WHEN p_status IS NULL OR p_status = 'cancelled' THEN r.n ELSE 0 END
-         WHERE b.id = r.id AND b.state = 'closed'
-        RETURNING b.pending INTO v_left;
-        IF v_left = 0 THEN
+         WHERE b.id = r.id AND (b.state = 'closed' OR b.state = 'cancelled' AND b.total IS NOT NULL)
+        RETURNING b.pending, b.state INTO v_left, v_state;
+        IF v_left = 0 AND v_state = 'closed' THEN
             PERFORM queue.batch_fire(r.id);
         END IF;
     END LOOP;
@@ -168,8 +180,9 @@ $$;
 
 /*
  * queue.batch_revived: dead (or dependency-cancelled) jobs of these batches
- * run again (queue_retry): a closed batch waits for them once more. A done
- * batch has pushed its callbacks already and is left as it is.
+ * run again (queue_retry): a closed batch waits for them once more (a
+ * cancelled one counts them, as batch_progress does). A done batch has
+ * pushed its callbacks already and is left as it is.
  */
 CREATE FUNCTION queue.batch_revived(p_batches bigint[], p_from queue.job_status) RETURNS void
 LANGUAGE plpgsql
@@ -180,7 +193,7 @@ BEGIN
            failed    = b.failed - CASE WHEN p_from IN ('failed', 'expired') THEN r.n ELSE 0 END,
            cancelled = b.cancelled - CASE WHEN p_from = 'cancelled' THEN r.n ELSE 0 END
       FROM (SELECT x.id, count(*)::int AS n FROM unnest(p_batches) AS x(id) GROUP BY x.id) r
-     WHERE b.id = r.id AND b.state = 'closed';
+     WHERE b.id = r.id AND (b.state = 'closed' OR b.state = 'cancelled' AND b.total IS NOT NULL);
 END;
 $$;
 

@@ -203,7 +203,8 @@ COMMENT ON FUNCTION @extschema@.queue_priority(text) IS
  * serial group enters as waiting and the group election decides whether it
  * runs next. Options left NULL (priority, max_attempts, timeout,
  * backoff_base, backoff_max) take the queue's defaults (queue_configure),
- * else the global ones: 0, 3, 5 minutes, 10 seconds, 1 hour.
+ * else the global ones: 0, 3, 5 minutes, 10 seconds, 1 hour. The job also
+ * takes the queue's retention, if it has one (keep_for).
  */
 CREATE FUNCTION @extschema@.queue_push(
     queue text, payload jsonb DEFAULT '{}', priority int DEFAULT NULL,
@@ -227,6 +228,7 @@ DECLARE
     v_blocked int := 0;
     v_confined boolean;
     v_configured boolean;
+    v_keep_for interval;
 BEGIN
     v_confined := EXISTS (SELECT FROM queue.access_rules);
     -- The queue's defaults (queue_configure) for the options left NULL.
@@ -236,11 +238,11 @@ BEGIN
     IF NOT queue.push_defaults_absent() THEN
         SELECT coalesce(queue_push.priority, s.priority), coalesce(queue_push.max_attempts, s.max_attempts),
                coalesce(queue_push.timeout, s.timeout), coalesce(queue_push.backoff_base, s.backoff_base),
-               coalesce(queue_push.backoff_max, s.backoff_max),
+               coalesce(queue_push.backoff_max, s.backoff_max), s.retention,
                EXISTS (SELECT FROM queue.queue_settings d
                         WHERE d.priority IS NOT NULL OR d.max_attempts IS NOT NULL OR d.timeout IS NOT NULL
-                           OR d.backoff_base IS NOT NULL OR d.backoff_max IS NOT NULL)
-          INTO priority, max_attempts, timeout, backoff_base, backoff_max, v_configured
+                           OR d.backoff_base IS NOT NULL OR d.backoff_max IS NOT NULL OR d.retention IS NOT NULL)
+          INTO priority, max_attempts, timeout, backoff_base, backoff_max, v_keep_for, v_configured
           FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = queue_push.queue;
         IF NOT v_configured THEN
             PERFORM queue.push_defaults_none_found();
@@ -275,23 +277,23 @@ BEGIN
     IF queue_push.dedupe_key IS NULL THEN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by, tags, batch_id)
+                blocked_by, tags, batch_id, keep_for)
         VALUES (queue_push.queue, v_status, coalesce(queue_push.priority, 0),
                 queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                 queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
                 coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
-                queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
+                queue_push.payload, v_blocked, queue_push.tags, queue_push.batch, v_keep_for)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
         LOOP
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                     run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload, blocked_by, tags, batch_id)
+                    dedupe_key, payload, blocked_by, tags, batch_id, keep_for)
             VALUES (queue_push.queue, v_status, coalesce(queue_push.priority, 0),
                     queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                     queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
                     coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
-                    queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
+                    queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags, queue_push.batch, v_keep_for)
             ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
                 DO NOTHING
             RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
@@ -371,6 +373,7 @@ DECLARE
     v_deps   record;
     v_blocked int := 0;
     v_ids    bigint[];
+    v_keep_for interval;
 BEGIN
     IF payloads IS NULL OR array_position(payloads, NULL) IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
@@ -382,8 +385,8 @@ BEGIN
     IF NOT queue.push_defaults_absent() THEN
         SELECT coalesce(priority, s.priority), coalesce(max_attempts, s.max_attempts),
                coalesce(timeout, s.timeout), coalesce(backoff_base, s.backoff_base),
-               coalesce(backoff_max, s.backoff_max)
-          INTO priority, max_attempts, timeout, backoff_base, backoff_max
+               coalesce(backoff_max, s.backoff_max), s.retention
+          INTO priority, max_attempts, timeout, backoff_base, backoff_max, v_keep_for
           FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = v_queue;
     END IF;
     priority := coalesce(priority, 0);
@@ -424,10 +427,10 @@ BEGIN
     WITH inserted AS (
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by, tags, batch_id)
+                blocked_by, tags, batch_id, keep_for)
         SELECT v_queue, v_status, priority, v_group IS NOT NULL AND v_status = 'pending', v_group,
                v_run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, p.payload,
-               v_blocked, tags, batch
+               v_blocked, tags, batch, v_keep_for
           FROM unnest(payloads) WITH ORDINALITY AS p(payload, n)
          ORDER BY p.n
         RETURNING j.id
@@ -752,13 +755,13 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children, tags, batch_id)
+                    created_at, started_at, finished_at, has_children, tags, batch_id, keep_for)
             SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload,
                    CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
                    p_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
+                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id, m.keep_for
               FROM moved m
             RETURNING id, serial_group, has_children, batch_id
         )
@@ -843,11 +846,11 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children, tags, batch_id)
+                    created_at, started_at, finished_at, has_children, tags, batch_id, keep_for)
             SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload, m.last_error, m.given_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
+                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id, m.keep_for
               FROM moved m
             RETURNING id, serial_group, has_children, batch_id
         )
@@ -909,11 +912,11 @@ BEGIN
            (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
             attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
             dedupe_key, payload, last_error, result, progress, worker,
-            created_at, started_at, finished_at, has_children, tags, batch_id)
+            created_at, started_at, finished_at, has_children, tags, batch_id, keep_for)
     SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
            m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
            m.dedupe_key, m.payload, m.last_error, queue_ack.result, m.progress, m.worker,
-           m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
+           m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id, m.keep_for
       FROM moved m
     RETURNING serial_group, has_children, batch_id INTO v_group, v_parent, v_batch;
     IF NOT FOUND THEN

@@ -271,12 +271,12 @@ BEGIN
             INSERT INTO queue.jobs AS j
                    (id, queue, status, priority, group_waiting, serial_group, run_at,
                     max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload, created_at, blocked_by, has_children, tags, batch_id)
+                    dedupe_key, payload, created_at, blocked_by, has_children, tags, batch_id, keep_for)
             SELECT b.id, b.queue, 'blocked', b.priority, false, b.serial_group, b.run_at,
                    b.max_attempts, b.timeout, b.backoff_base, b.backoff_max, b.retry_delays,
                    b.dedupe_key, b.payload, b.created_at,
                    (SELECT count(*) FROM queue.job_deps d WHERE d.child = b.id AND NOT d.resolved),
-                   b.has_children, b.tags, b.batch_id
+                   b.has_children, b.tags, b.batch_id, b.keep_for
               FROM back b
             RETURNING j.id, j.has_children, j.batch_id, queue.tally(j.queue, j.priority, 'cancelled', 'blocked')
         )

@@ -30,6 +30,7 @@
 --   finished_jobs_pkey  a final job by id (queue_job, queue_retry, queue_delete)
 --   finished_jobs_age   by finished_at: retention and metrics windows
 --   finished_jobs_dead  dead letters (failed, expired), newest first
+--   finished_jobs_keep  jobs of queues with a retention of their own
 
 CREATE TYPE queue.job_status AS ENUM (
     'scheduled',   -- waiting for run_at
@@ -87,7 +88,11 @@ CREATE TABLE queue.jobs (
     -- that untagged jobs stay out of the tag indexes.
     tags          text[] COLLATE "C",
     -- The batch the job was pushed into (sql/batches.sql), NULL for none.
-    batch_id      bigint
+    batch_id      bigint,
+    -- How long the job is kept once final, when its queue has a retention
+    -- of its own (queue_configure(..., retention)) at push time; NULL: the
+    -- global queue.retention. Read only by the retention pass.
+    keep_for      interval
     -- No CHECK constraints: Postgres prepares each one again for every
     -- single-row statement, which costs more than the push itself. The
     -- functions are the only writers and validate their input.
@@ -135,6 +140,12 @@ ALTER TABLE queue.finished_jobs ADD CONSTRAINT finished_jobs_pkey PRIMARY KEY (i
 -- hundreds of megabytes of fresh history. Entries only ever join the right
 -- edge of this B-tree.
 CREATE INDEX finished_jobs_age ON queue.finished_jobs (finished_at);
+
+-- Final jobs kept for their queue's own retention (keep_for), for the
+-- retention pass: per distinct keep_for, the oldest first. Partial: jobs of
+-- queues without one write no entry.
+CREATE INDEX finished_jobs_keep ON queue.finished_jobs (keep_for, finished_at)
+    WHERE keep_for IS NOT NULL;
 
 -- Dead letters are rare next to completed jobs: a B-tree of just them.
 CREATE INDEX finished_jobs_dead ON queue.finished_jobs (finished_at)

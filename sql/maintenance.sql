@@ -278,21 +278,88 @@ END;
 $$;
 
 /*
- * queue.prune_finished: delete at most p_batch final jobs older than the
- * retention (any of them: the next pass takes the rest), and archived job
+ * queue.prune_finished: delete at most p_batch final jobs whose retention
+ * ran out (any of them: the next pass takes the rest), and archived job
  * times older than queue.metrics_retention.
+ *
+ * Two kinds of final jobs, each found through its own index, oldest first:
+ * - those of a queue with a retention of its own (keep_for, captured at
+ *   push): finished_jobs_keep, one range per distinct keep_for, found by
+ *   skipping from one value to the next (a handful of values, whatever the
+ *   number of jobs);
+ * - the others (keep_for NULL), older than queue.retention: the
+ *   finished_at index. Jobs kept longer than queue.retention stay behind
+ *   at the old end of that index, so the scan starts where the previous
+ *   pass of this session stopped (queue_prune.from, a session setting of
+ *   the maintenance worker), and not at the start of the index, where it
+ *   would step over every kept job on every pass. Every ten minutes a pass
+ *   starts from the beginning instead, for what came in behind the mark (a
+ *   transaction that ran longer than the retention, a restored dump); so
+ *   does every pass while no job has a keep_for (nothing to step over).
  */
 CREATE FUNCTION queue.prune_finished(p_batch int) RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_count bigint;
+    v_count  bigint := 0;
+    v_cutoff timestamptz := now() - queue.retention();
+    v_from   timestamptz;
+    v_swept  timestamptz;
+    v_ids    bigint[];
+    v_last   timestamptz;
+    v_limit  int;
+    v_kept   boolean;
 BEGIN
-    SELECT d.deleted INTO v_count
-      FROM queue.delete_jobs(ARRAY(
-               SELECT id FROM queue.finished_jobs
-                WHERE finished_at < now() - queue.retention()
-                LIMIT p_batch)) d;
+    -- Jobs with a retention of their own, per distinct keep_for.
+    v_kept := EXISTS (SELECT FROM queue.finished_jobs WHERE keep_for IS NOT NULL);
+    IF v_kept THEN
+        v_ids := ARRAY(
+            WITH RECURSIVE kept(keep_for) AS (
+                (SELECT f.keep_for FROM queue.finished_jobs f
+                  WHERE f.keep_for IS NOT NULL ORDER BY f.keep_for LIMIT 1)
+                UNION ALL
+                SELECT (SELECT f.keep_for FROM queue.finished_jobs f
+                         WHERE f.keep_for IS NOT NULL AND f.keep_for > k.keep_for
+                         ORDER BY f.keep_for LIMIT 1)
+                  FROM kept k WHERE k.keep_for IS NOT NULL
+            )
+            SELECT d.id
+              FROM kept k,
+                   LATERAL (SELECT f.id FROM queue.finished_jobs f
+                             WHERE f.keep_for = k.keep_for AND f.finished_at < now() - k.keep_for
+                               AND f.keep_for IS NOT NULL
+                             ORDER BY f.finished_at LIMIT p_batch) d
+             WHERE k.keep_for IS NOT NULL
+             LIMIT p_batch);
+        IF cardinality(v_ids) > 0 THEN
+            SELECT d.deleted INTO v_count FROM queue.delete_jobs(v_ids) d;
+        END IF;
+    END IF;
+
+    -- The others, from this session's mark on.
+    v_limit := p_batch - v_count;
+    IF v_limit > 0 THEN
+        v_from := nullif(current_setting('queue_prune.from', true), '')::timestamptz;
+        v_swept := nullif(current_setting('queue_prune.swept', true), '')::timestamptz;
+        IF NOT v_kept OR v_from IS NULL OR v_swept IS NULL OR v_swept < now() - interval '10 minutes' THEN
+            v_from := '-infinity';
+            PERFORM set_config('queue_prune.swept', now()::text, false);
+        END IF;
+        SELECT array_agg(f.id), max(f.finished_at) INTO v_ids, v_last
+          FROM (SELECT f.id, f.finished_at FROM queue.finished_jobs f
+                 WHERE f.finished_at >= v_from AND f.finished_at < v_cutoff AND f.keep_for IS NULL
+                 ORDER BY f.finished_at
+                 LIMIT v_limit) f;
+        IF v_ids IS NOT NULL THEN
+            v_count := v_count + (SELECT d.deleted FROM queue.delete_jobs(v_ids) d);
+        END IF;
+        -- Everything before v_last (a full batch: more may share its time)
+        -- or before the cutoff less a minute (less than a batch: the slack
+        -- is for commits still under way) is gone.
+        PERFORM set_config('queue_prune.from',
+            (CASE WHEN coalesce(cardinality(v_ids), 0) >= v_limit THEN v_last
+                  ELSE v_cutoff - interval '1 minute' END)::text, false);
+    END IF;
     DELETE FROM queue.job_times
      WHERE finished_minute < now() - queue.metrics_retention();
     RETURN v_count;

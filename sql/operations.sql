@@ -25,7 +25,10 @@ CREATE TABLE queue.queue_settings (
     max_attempts int,
     timeout      interval,
     backoff_base interval,
-    backoff_max  interval
+    backoff_max  interval,
+    -- How long the queue's final jobs are kept (NULL: queue.retention),
+    -- captured by each push as the job's keep_for.
+    retention    interval
 );
 
 /*
@@ -102,10 +105,10 @@ BEGIN
         INSERT INTO queue.jobs AS j
                (id, queue, status, priority, group_waiting, serial_group, run_at,
                 max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                dedupe_key, payload, last_error, created_at, has_children, tags, batch_id)
+                dedupe_key, payload, last_error, created_at, has_children, tags, batch_id, keep_for)
         SELECT d.id, d.queue, 'pending', d.priority, d.serial_group IS NOT NULL, d.serial_group, now(),
                d.max_attempts, d.timeout, d.backoff_base, d.backoff_max, d.retry_delays,
-               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children, d.tags, d.batch_id
+               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children, d.tags, d.batch_id, d.keep_for
           FROM dead d
         -- (or 'expired': the counters treat every final status alike here)
         RETURNING j.id, j.queue, j.serial_group, j.batch_id, queue.tally(j.queue, j.priority, 'failed', 'pending')
@@ -470,7 +473,7 @@ BEGIN
     -- A row with nothing else in it goes (as in queue_configure).
     DELETE FROM queue.queue_settings s
      WHERE s.queue = v_queue AND s.paused_at IS NOT NULL AND s.priority IS NULL AND s.max_attempts IS NULL
-       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL;
+       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL AND s.retention IS NULL;
     IF NOT FOUND THEN
         UPDATE queue.queue_settings s SET paused_at = NULL, paused_by = NULL
          WHERE s.queue = v_queue AND s.paused_at IS NOT NULL;
@@ -487,17 +490,21 @@ COMMENT ON FUNCTION @extschema@.queue_resume(text) IS
 
 /*
  * queue_configure: a queue's defaults for what a push does not say
- * (priority, max_attempts, timeout, backoff_base, backoff_max). A value
- * given replaces the queue's; NULL keeps it; reset clears every value not
- * given, back to the global default. The merge happens in the upsert
- * itself, so two concurrent calls both take effect. The values are checked
- * as a push with them would be (22023), before anything changes. Jobs
- * already pushed keep what they were pushed with. Returns the queue's
- * settings, as queue_settings() lists them.
+ * (priority, max_attempts, timeout, backoff_base, backoff_max) and how long
+ * its final jobs are kept (retention). A value given replaces the queue's;
+ * NULL keeps it; reset clears every value not given, back to the global
+ * default. The merge happens in the upsert itself, so two concurrent calls
+ * both take effect. The values are checked as a push with them would be
+ * (22023), before anything changes. Jobs already pushed keep what they were
+ * pushed with, the retention included: a push captures it, so that the
+ * retention pass finds each final job's deadline in an index instead of
+ * joining every one to its queue's settings. Returns the queue's settings,
+ * as queue_settings() lists them.
  */
 CREATE FUNCTION @extschema@.queue_configure(queue text, priority int DEFAULT NULL, max_attempts int DEFAULT NULL,
                                             timeout interval DEFAULT NULL, backoff_base interval DEFAULT NULL,
-                                            backoff_max interval DEFAULT NULL, reset boolean DEFAULT false)
+                                            backoff_max interval DEFAULT NULL, retention interval DEFAULT NULL,
+                                            reset boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -507,17 +514,19 @@ DECLARE
     v_row   queue.queue_settings;
 BEGIN
     PERFORM queue.scope('produce', v_queue);
+    PERFORM queue.check_span('retention', retention, 'window');
     -- Pushes read the settings from now on (src/settings.rs), before this
     -- change can commit.
     PERFORM queue.push_defaults_may_exist();
-    INSERT INTO queue.queue_settings AS s (queue, priority, max_attempts, timeout, backoff_base, backoff_max)
-    VALUES (v_queue, priority, max_attempts, timeout, backoff_base, backoff_max)
+    INSERT INTO queue.queue_settings AS s (queue, priority, max_attempts, timeout, backoff_base, backoff_max, retention)
+    VALUES (v_queue, priority, max_attempts, timeout, backoff_base, backoff_max, retention)
     ON CONFLICT ON CONSTRAINT queue_settings_pkey DO UPDATE
        SET priority     = CASE WHEN reset THEN excluded.priority ELSE coalesce(excluded.priority, s.priority) END,
            max_attempts = CASE WHEN reset THEN excluded.max_attempts ELSE coalesce(excluded.max_attempts, s.max_attempts) END,
            timeout      = CASE WHEN reset THEN excluded.timeout ELSE coalesce(excluded.timeout, s.timeout) END,
            backoff_base = CASE WHEN reset THEN excluded.backoff_base ELSE coalesce(excluded.backoff_base, s.backoff_base) END,
-           backoff_max  = CASE WHEN reset THEN excluded.backoff_max ELSE coalesce(excluded.backoff_max, s.backoff_max) END
+           backoff_max  = CASE WHEN reset THEN excluded.backoff_max ELSE coalesce(excluded.backoff_max, s.backoff_max) END,
+           retention    = CASE WHEN reset THEN excluded.retention ELSE coalesce(excluded.retention, s.retention) END
     RETURNING s.* INTO v_row;
     -- The checks of a push that leaves every one of these to the queue
     -- (an error undoes the upsert).
@@ -528,31 +537,32 @@ BEGIN
     -- A row with nothing left in it goes: the claim's pause probe stays small.
     DELETE FROM queue.queue_settings s
      WHERE s.queue = v_queue AND s.paused_at IS NULL AND s.priority IS NULL AND s.max_attempts IS NULL
-       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL;
+       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL AND s.retention IS NULL;
     RETURN jsonb_build_object('queue', v_queue, 'paused', v_row.paused_at IS NOT NULL,
                               'priority', v_row.priority, 'max_attempts', v_row.max_attempts,
                               'timeout', v_row.timeout, 'backoff_base', v_row.backoff_base,
-                              'backoff_max', v_row.backoff_max);
+                              'backoff_max', v_row.backoff_max, 'retention', v_row.retention);
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean) IS
-'Set a queue''s defaults for what a push does not say: priority, max_attempts, timeout, backoff_base, backoff_max (NULL keeps a value; reset => true clears those not given). Returns the queue''s settings.';
+COMMENT ON FUNCTION @extschema@.queue_configure(text, int, int, interval, interval, interval, interval, boolean) IS
+'Set a queue''s defaults for what a push does not say: priority, max_attempts, timeout, backoff_base, backoff_max, and how long its final jobs are kept (retention, instead of queue.retention; for jobs pushed from now on). NULL keeps a value; reset => true clears those not given. Returns the queue''s settings.';
 
 /*
  * queue_settings: the settings of every queue that has any (paused, since
- * when, by whom, and the defaults queue_configure set), for the queues the
+ * when, by whom, and the defaults and retention queue_configure set), for the queues the
  * caller may read.
  */
 CREATE FUNCTION @extschema@.queue_settings()
 RETURNS TABLE (queue text, paused boolean, paused_at timestamptz, paused_by name, priority int,
-               max_attempts int, timeout interval, backoff_base interval, backoff_max interval)
+               max_attempts int, timeout interval, backoff_base interval, backoff_max interval,
+               retention interval)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.queue, s.paused_at IS NOT NULL, s.paused_at, s.paused_by, s.priority,
-           s.max_attempts, s.timeout, s.backoff_base, s.backoff_max
+           s.max_attempts, s.timeout, s.backoff_base, s.backoff_max, s.retention
       FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.queue_settings s
      WHERE queue.access_allows(a.patterns, s.queue)
      ORDER BY s.queue;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_settings() IS
-'The settings of every queue that has any: queue, paused, paused_at, paused_by, and the push defaults of queue_configure (priority, max_attempts, timeout, backoff_base, backoff_max; NULL: the global default).';
+'The settings of every queue that has any: queue, paused, paused_at, paused_by, the push defaults of queue_configure (priority, max_attempts, timeout, backoff_base, backoff_max) and its retention (NULL: the global default).';

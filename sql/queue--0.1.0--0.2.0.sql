@@ -1594,7 +1594,8 @@ CREATE TABLE queue.queue_settings (
     max_attempts int,
     timeout      interval,
     backoff_base interval,
-    backoff_max  interval
+    backoff_max  interval,
+    retention    interval
 );
 
 -- queue_list gains the column paused.
@@ -2346,7 +2347,7 @@ BEGIN
     -- A row with nothing else in it goes (as in queue_configure).
     DELETE FROM queue.queue_settings s
      WHERE s.queue = v_queue AND s.paused_at IS NOT NULL AND s.priority IS NULL AND s.max_attempts IS NULL
-       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL;
+       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL AND s.retention IS NULL;
     IF NOT FOUND THEN
         UPDATE queue.queue_settings s SET paused_at = NULL, paused_by = NULL
          WHERE s.queue = v_queue AND s.paused_at IS NOT NULL;
@@ -2365,9 +2366,10 @@ COMMENT ON FUNCTION @extschema@.queue_resume(text) IS
 /*
  * queue_configure: a queue's defaults for what a push does not say (sql/operations.sql).
  */
-CREATE FUNCTION @extschema@.queue_configure(queue text, priority int DEFAULT NULL, max_attempts int DEFAULT NULL,
+CREATE OR REPLACE FUNCTION @extschema@.queue_configure(queue text, priority int DEFAULT NULL, max_attempts int DEFAULT NULL,
                                             timeout interval DEFAULT NULL, backoff_base interval DEFAULT NULL,
-                                            backoff_max interval DEFAULT NULL, reset boolean DEFAULT false)
+                                            backoff_max interval DEFAULT NULL, retention interval DEFAULT NULL,
+                                            reset boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -2377,17 +2379,19 @@ DECLARE
     v_row   queue.queue_settings;
 BEGIN
     PERFORM queue.scope('produce', v_queue);
+    PERFORM queue.check_span('retention', retention, 'window');
     -- Pushes read the settings from now on (src/settings.rs), before this
     -- change can commit.
     PERFORM queue.push_defaults_may_exist();
-    INSERT INTO queue.queue_settings AS s (queue, priority, max_attempts, timeout, backoff_base, backoff_max)
-    VALUES (v_queue, priority, max_attempts, timeout, backoff_base, backoff_max)
+    INSERT INTO queue.queue_settings AS s (queue, priority, max_attempts, timeout, backoff_base, backoff_max, retention)
+    VALUES (v_queue, priority, max_attempts, timeout, backoff_base, backoff_max, retention)
     ON CONFLICT ON CONSTRAINT queue_settings_pkey DO UPDATE
        SET priority     = CASE WHEN reset THEN excluded.priority ELSE coalesce(excluded.priority, s.priority) END,
            max_attempts = CASE WHEN reset THEN excluded.max_attempts ELSE coalesce(excluded.max_attempts, s.max_attempts) END,
            timeout      = CASE WHEN reset THEN excluded.timeout ELSE coalesce(excluded.timeout, s.timeout) END,
            backoff_base = CASE WHEN reset THEN excluded.backoff_base ELSE coalesce(excluded.backoff_base, s.backoff_base) END,
-           backoff_max  = CASE WHEN reset THEN excluded.backoff_max ELSE coalesce(excluded.backoff_max, s.backoff_max) END
+           backoff_max  = CASE WHEN reset THEN excluded.backoff_max ELSE coalesce(excluded.backoff_max, s.backoff_max) END,
+           retention    = CASE WHEN reset THEN excluded.retention ELSE coalesce(excluded.retention, s.retention) END
     RETURNING s.* INTO v_row;
     -- The checks of a push that leaves every one of these to the queue
     -- (an error undoes the upsert).
@@ -2398,14 +2402,14 @@ BEGIN
     -- A row with nothing left in it goes: the claim's pause probe stays small.
     DELETE FROM queue.queue_settings s
      WHERE s.queue = v_queue AND s.paused_at IS NULL AND s.priority IS NULL AND s.max_attempts IS NULL
-       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL;
+       AND s.timeout IS NULL AND s.backoff_base IS NULL AND s.backoff_max IS NULL AND s.retention IS NULL;
     RETURN jsonb_build_object('queue', v_queue, 'paused', v_row.paused_at IS NOT NULL,
                               'priority', v_row.priority, 'max_attempts', v_row.max_attempts,
                               'timeout', v_row.timeout, 'backoff_base', v_row.backoff_base,
-                              'backoff_max', v_row.backoff_max);
+                              'backoff_max', v_row.backoff_max, 'retention', v_row.retention);
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean) IS
+COMMENT ON FUNCTION @extschema@.queue_configure(text, int, int, interval, interval, interval, interval, boolean) IS
 'Set a queue''s defaults for what a push does not say: priority, max_attempts, timeout, backoff_base, backoff_max (NULL keeps a value; reset => true clears those not given). Returns the queue''s settings.';
 
 
@@ -2414,13 +2418,14 @@ COMMENT ON FUNCTION @extschema@.queue_configure(text, int, int, interval, interv
  * queue_settings: the settings of every queue that has any (today: whether
  * it is paused, since when, by whom), for the queues the caller may read.
  */
-CREATE FUNCTION @extschema@.queue_settings()
+CREATE OR REPLACE FUNCTION @extschema@.queue_settings()
 RETURNS TABLE (queue text, paused boolean, paused_at timestamptz, paused_by name, priority int,
-               max_attempts int, timeout interval, backoff_base interval, backoff_max interval)
+               max_attempts int, timeout interval, backoff_base interval, backoff_max interval,
+               retention interval)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.queue, s.paused_at IS NOT NULL, s.paused_at, s.paused_by, s.priority,
-           s.max_attempts, s.timeout, s.backoff_base, s.backoff_max
+           s.max_attempts, s.timeout, s.backoff_base, s.backoff_max, s.retention
       FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.queue_settings s
      WHERE queue.access_allows(a.patterns, s.queue)
      ORDER BY s.queue;
@@ -2471,6 +2476,12 @@ ALTER TABLE queue.jobs ADD COLUMN batch_id bigint;
 ALTER TABLE queue.finished_jobs ADD COLUMN batch_id bigint;
 CREATE INDEX jobs_batch ON queue.jobs (batch_id) WHERE batch_id IS NOT NULL;
 CREATE INDEX finished_jobs_batch ON queue.finished_jobs (batch_id) WHERE batch_id IS NOT NULL;
+-- Per-queue retention (queue_configure(..., retention)): what a job was
+-- pushed with, and the retention pass's index of such final jobs.
+ALTER TABLE queue.jobs ADD COLUMN keep_for interval;
+ALTER TABLE queue.finished_jobs ADD COLUMN keep_for interval;
+CREATE INDEX finished_jobs_keep ON queue.finished_jobs (keep_for, finished_at)
+    WHERE keep_for IS NOT NULL;
 CREATE TABLE queue.batches (
     id           bigserial PRIMARY KEY,
     state        text COLLATE "C" NOT NULL DEFAULT 'open',  -- open, closed, done, cancelled
@@ -2706,6 +2717,7 @@ DECLARE
     v_blocked int := 0;
     v_confined boolean;
     v_configured boolean;
+    v_keep_for interval;
 BEGIN
     v_confined := EXISTS (SELECT FROM queue.access_rules);
     -- The queue's defaults (queue_configure) for the options left NULL.
@@ -2715,11 +2727,11 @@ BEGIN
     IF NOT queue.push_defaults_absent() THEN
         SELECT coalesce(queue_push.priority, s.priority), coalesce(queue_push.max_attempts, s.max_attempts),
                coalesce(queue_push.timeout, s.timeout), coalesce(queue_push.backoff_base, s.backoff_base),
-               coalesce(queue_push.backoff_max, s.backoff_max),
+               coalesce(queue_push.backoff_max, s.backoff_max), s.retention,
                EXISTS (SELECT FROM queue.queue_settings d
                         WHERE d.priority IS NOT NULL OR d.max_attempts IS NOT NULL OR d.timeout IS NOT NULL
-                           OR d.backoff_base IS NOT NULL OR d.backoff_max IS NOT NULL)
-          INTO priority, max_attempts, timeout, backoff_base, backoff_max, v_configured
+                           OR d.backoff_base IS NOT NULL OR d.backoff_max IS NOT NULL OR d.retention IS NOT NULL)
+          INTO priority, max_attempts, timeout, backoff_base, backoff_max, v_keep_for, v_configured
           FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = queue_push.queue;
         IF NOT v_configured THEN
             PERFORM queue.push_defaults_none_found();
@@ -2754,23 +2766,23 @@ BEGIN
     IF queue_push.dedupe_key IS NULL THEN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by, tags, batch_id)
+                blocked_by, tags, batch_id, keep_for)
         VALUES (queue_push.queue, v_status, coalesce(queue_push.priority, 0),
                 queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                 queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
                 coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
-                queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
+                queue_push.payload, v_blocked, queue_push.tags, queue_push.batch, v_keep_for)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
         LOOP
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                     run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload, blocked_by, tags, batch_id)
+                    dedupe_key, payload, blocked_by, tags, batch_id, keep_for)
             VALUES (queue_push.queue, v_status, coalesce(queue_push.priority, 0),
                     queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                     queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
                     coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
-                    queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags, queue_push.batch)
+                    queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags, queue_push.batch, v_keep_for)
             ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
                 DO NOTHING
             RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
@@ -2849,6 +2861,7 @@ DECLARE
     v_deps   record;
     v_blocked int := 0;
     v_ids    bigint[];
+    v_keep_for interval;
 BEGIN
     IF payloads IS NULL OR array_position(payloads, NULL) IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
@@ -2860,8 +2873,8 @@ BEGIN
     IF NOT queue.push_defaults_absent() THEN
         SELECT coalesce(priority, s.priority), coalesce(max_attempts, s.max_attempts),
                coalesce(timeout, s.timeout), coalesce(backoff_base, s.backoff_base),
-               coalesce(backoff_max, s.backoff_max)
-          INTO priority, max_attempts, timeout, backoff_base, backoff_max
+               coalesce(backoff_max, s.backoff_max), s.retention
+          INTO priority, max_attempts, timeout, backoff_base, backoff_max, v_keep_for
           FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = v_queue;
     END IF;
     priority := coalesce(priority, 0);
@@ -2902,10 +2915,10 @@ BEGIN
     WITH inserted AS (
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
-                blocked_by, tags, batch_id)
+                blocked_by, tags, batch_id, keep_for)
         SELECT v_queue, v_status, priority, v_group IS NOT NULL AND v_status = 'pending', v_group,
                v_run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, p.payload,
-               v_blocked, tags, batch
+               v_blocked, tags, batch, v_keep_for
           FROM unnest(payloads) WITH ORDINALITY AS p(payload, n)
          ORDER BY p.n
         RETURNING j.id
@@ -3003,13 +3016,13 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children, tags, batch_id)
+                    created_at, started_at, finished_at, has_children, tags, batch_id, keep_for)
             SELECT m.id, m.queue, p_status, m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload,
                    CASE WHEN p_status = 'failed' THEN p_error ELSE coalesce(p_error, m.last_error) END,
                    p_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
+                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id, m.keep_for
               FROM moved m
             RETURNING id, serial_group, has_children, batch_id
         )
@@ -3085,11 +3098,11 @@ BEGIN
                    (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
                     attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, last_error, result, progress, worker,
-                    created_at, started_at, finished_at, has_children, tags, batch_id)
+                    created_at, started_at, finished_at, has_children, tags, batch_id, keep_for)
             SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
                    m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
                    m.dedupe_key, m.payload, m.last_error, m.given_result, m.progress, m.worker,
-                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
+                   m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id, m.keep_for
               FROM moved m
             RETURNING id, serial_group, has_children, batch_id
         )
@@ -3144,11 +3157,11 @@ BEGIN
            (id, queue, status, priority, group_waiting, serial_group, run_at, lease_until,
             attempts, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
             dedupe_key, payload, last_error, result, progress, worker,
-            created_at, started_at, finished_at, has_children, tags, batch_id)
+            created_at, started_at, finished_at, has_children, tags, batch_id, keep_for)
     SELECT m.id, m.queue, 'completed', m.priority, false, m.serial_group, m.run_at, NULL,
            m.attempts, m.max_attempts, m.timeout, m.backoff_base, m.backoff_max, m.retry_delays,
            m.dedupe_key, m.payload, m.last_error, queue_ack.result, m.progress, m.worker,
-           m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id
+           m.created_at, m.started_at, now(), m.has_children, m.tags, m.batch_id, m.keep_for
       FROM moved m
     RETURNING serial_group, has_children, batch_id INTO v_group, v_parent, v_batch;
     IF NOT FOUND THEN
@@ -3388,7 +3401,10 @@ BEGIN
                  GROUP BY g.queue, g.priority) f;
     END IF;
     DELETE FROM queue.stats_minutes WHERE minute < now() - queue.metrics_retention();
-    DELETE FROM queue.job_errors WHERE at < now() - queue.retention();
+    -- Errors go with the longest retention in use: a queue that keeps its
+    -- jobs longer keeps their errors too.
+    DELETE FROM queue.job_errors
+     WHERE at < now() - greatest(queue.retention(), (SELECT max(s.retention) FROM queue.queue_settings s));
     RETURN v_rows;
 END;
 $$;
@@ -3535,10 +3551,10 @@ BEGIN
         INSERT INTO queue.jobs AS j
                (id, queue, status, priority, group_waiting, serial_group, run_at,
                 max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                dedupe_key, payload, last_error, created_at, has_children, tags, batch_id)
+                dedupe_key, payload, last_error, created_at, has_children, tags, batch_id, keep_for)
         SELECT d.id, d.queue, 'pending', d.priority, d.serial_group IS NOT NULL, d.serial_group, now(),
                d.max_attempts, d.timeout, d.backoff_base, d.backoff_max, d.retry_delays,
-               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children, d.tags, d.batch_id
+               d.dedupe_key, d.payload, d.last_error, d.created_at, d.has_children, d.tags, d.batch_id, d.keep_for
           FROM dead d
         -- (or 'expired': the counters treat every final status alike here)
         RETURNING j.id, j.queue, j.serial_group, j.batch_id, queue.tally(j.queue, j.priority, 'failed', 'pending')
@@ -3797,12 +3813,12 @@ BEGIN
             INSERT INTO queue.jobs AS j
                    (id, queue, status, priority, group_waiting, serial_group, run_at,
                     max_attempts, timeout, backoff_base, backoff_max, retry_delays,
-                    dedupe_key, payload, created_at, blocked_by, has_children, tags, batch_id)
+                    dedupe_key, payload, created_at, blocked_by, has_children, tags, batch_id, keep_for)
             SELECT b.id, b.queue, 'blocked', b.priority, false, b.serial_group, b.run_at,
                    b.max_attempts, b.timeout, b.backoff_base, b.backoff_max, b.retry_delays,
                    b.dedupe_key, b.payload, b.created_at,
                    (SELECT count(*) FROM queue.job_deps d WHERE d.child = b.id AND NOT d.resolved),
-                   b.has_children, b.tags, b.batch_id
+                   b.has_children, b.tags, b.batch_id, b.keep_for
               FROM back b
             RETURNING j.id, j.has_children, j.batch_id, queue.tally(j.queue, j.priority, 'cancelled', 'blocked')
         )
@@ -3837,12 +3853,13 @@ COMMENT ON FUNCTION @extschema@.queue_dependencies(bigint) IS
 
 
 -- Batches (sql/batches.sql, all new).
-CREATE FUNCTION queue.check_callback(p_what text, p_spec jsonb) RETURNS jsonb
+CREATE OR REPLACE FUNCTION queue.check_callback(p_what text, p_spec jsonb) RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_queue    text;
     v_priority int;
+    v_number   numeric;
 BEGIN
     IF p_spec IS NULL THEN
         RETURN NULL;
@@ -3856,8 +3873,17 @@ BEGIN
             HINT = 'E.g. ''{"queue": "reports", "payload": {"report": 7}}''; the batch summary is added to the payload as "batch".';
     END IF;
     v_queue := queue.check_queue_name(p_spec ->> 'queue');
+    -- A number must be an int, as a push's priority is (not rounded).
+    IF jsonb_typeof(p_spec -> 'priority') = 'number' THEN
+        v_number := (p_spec ->> 'priority')::numeric;
+        IF v_number <> trunc(v_number) OR v_number NOT BETWEEN -2147483648 AND 2147483647 THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('%s priority must be an integer or a name: %s', p_what, p_spec -> 'priority'),
+                HINT = 'Use critical (-20), high (-10), normal (0), low (10), or an integer; lower runs first.';
+        END IF;
+    END IF;
     v_priority := CASE jsonb_typeof(p_spec -> 'priority')
-                      WHEN 'number' THEN (p_spec ->> 'priority')::numeric::int
+                      WHEN 'number' THEN v_number::int
                       WHEN 'string' THEN @extschema@.queue_priority(p_spec ->> 'priority')
                   END;
     PERFORM queue.check_size(p_what, pg_column_size(p_spec), 'payload');
@@ -3891,7 +3917,7 @@ SET search_path = pg_catalog, pg_temp AS $$
                               'failed', b.failed, 'cancelled', b.cancelled);
 $$;
 
-CREATE FUNCTION queue.push_callback(p_spec jsonb, p_summary jsonb) RETURNS bigint
+CREATE OR REPLACE FUNCTION queue.push_callback(p_spec jsonb, p_summary jsonb) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -3900,11 +3926,11 @@ DECLARE
     v_queue  text := p_spec ->> 'queue';
 BEGIN
     INSERT INTO queue.jobs AS j (queue, status, priority, run_at, max_attempts, timeout,
-                                 backoff_base, backoff_max, payload)
+                                 backoff_base, backoff_max, payload, keep_for)
     SELECT v_queue, 'pending', coalesce((p_spec ->> 'priority')::int, s.priority, 0), now(),
            coalesce(s.max_attempts, 3), coalesce(s.timeout, '5 minutes'),
            coalesce(s.backoff_base, '10 seconds'), coalesce(s.backoff_max, '1 hour'),
-           coalesce(p_spec -> 'payload', '{}') || jsonb_build_object('batch', p_summary)
+           coalesce(p_spec -> 'payload', '{}') || jsonb_build_object('batch', p_summary), s.retention
       FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = v_queue
     RETURNING j.id, queue.tally(j.queue, j.priority, NULL, 'pending') INTO v_id, v_tally;
     PERFORM queue.wake(v_queue);
@@ -3929,12 +3955,13 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION queue.batch_progress(p_batches bigint[], p_status queue.job_status) RETURNS void
+CREATE OR REPLACE FUNCTION queue.batch_progress(p_batches bigint[], p_status queue.job_status) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    r      record;
-    v_left int;
+    r       record;
+    v_left  int;
+    v_state text;
 BEGIN
     FOR r IN
         SELECT b.id, count(*)::int AS n
@@ -3948,16 +3975,16 @@ BEGIN
                completed = b.completed + CASE WHEN p_status = 'completed' THEN r.n ELSE 0 END,
                failed    = b.failed + CASE WHEN p_status IN ('failed', 'expired') THEN r.n ELSE 0 END,
                cancelled = b.cancelled + CASE WHEN p_status IS NULL OR p_status = 'cancelled' THEN r.n ELSE 0 END
-         WHERE b.id = r.id AND b.state = 'closed'
-        RETURNING b.pending INTO v_left;
-        IF v_left = 0 THEN
+         WHERE b.id = r.id AND (b.state = 'closed' OR b.state = 'cancelled' AND b.total IS NOT NULL)
+        RETURNING b.pending, b.state INTO v_left, v_state;
+        IF v_left = 0 AND v_state = 'closed' THEN
             PERFORM queue.batch_fire(r.id);
         END IF;
     END LOOP;
 END;
 $$;
 
-CREATE FUNCTION queue.batch_revived(p_batches bigint[], p_from queue.job_status) RETURNS void
+CREATE OR REPLACE FUNCTION queue.batch_revived(p_batches bigint[], p_from queue.job_status) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -3966,7 +3993,7 @@ BEGIN
            failed    = b.failed - CASE WHEN p_from IN ('failed', 'expired') THEN r.n ELSE 0 END,
            cancelled = b.cancelled - CASE WHEN p_from = 'cancelled' THEN r.n ELSE 0 END
       FROM (SELECT x.id, count(*)::int AS n FROM unnest(p_batches) AS x(id) GROUP BY x.id) r
-     WHERE b.id = r.id AND b.state = 'closed';
+     WHERE b.id = r.id AND (b.state = 'closed' OR b.state = 'cancelled' AND b.total IS NOT NULL);
 END;
 $$;
 
@@ -4084,6 +4111,97 @@ COMMENT ON FUNCTION @extschema@.queue_batch(bigint) IS
 'A batch: id, state (open, closed, done, cancelled), total, pending, running, completed, failed (or expired), cancelled, progress (share final), its callbacks and the ids of those pushed, times. NULL for an unknown batch.';
 
 
+-- 9. Per-queue retention: the retention pass reads each final job's keep_for
+--    (the columns and the index are added in section 8).
+/*
+ * queue.prune_finished: delete at most p_batch final jobs whose retention
+ * ran out (any of them: the next pass takes the rest), and archived job
+ * times older than queue.metrics_retention.
+ *
+ * Two kinds of final jobs, each found through its own index, oldest first:
+ * - those of a queue with a retention of its own (keep_for, captured at
+ *   push): finished_jobs_keep, one range per distinct keep_for, found by
+ *   skipping from one value to the next (a handful of values, whatever the
+ *   number of jobs);
+ * - the others (keep_for NULL), older than queue.retention: the
+ *   finished_at index. Jobs kept longer than queue.retention stay behind
+ *   at the old end of that index, so the scan starts where the previous
+ *   pass of this session stopped (queue_prune.from, a session setting of
+ *   the maintenance worker), and not at the start of the index, where it
+ *   would step over every kept job on every pass. Every ten minutes a pass
+ *   starts from the beginning instead, for what came in behind the mark (a
+ *   transaction that ran longer than the retention, a restored dump); so
+ *   does every pass while no job has a keep_for (nothing to step over).
+ */
+CREATE OR REPLACE FUNCTION queue.prune_finished(p_batch int) RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_count  bigint := 0;
+    v_cutoff timestamptz := now() - queue.retention();
+    v_from   timestamptz;
+    v_swept  timestamptz;
+    v_ids    bigint[];
+    v_last   timestamptz;
+    v_limit  int;
+    v_kept   boolean;
+BEGIN
+    -- Jobs with a retention of their own, per distinct keep_for.
+    v_kept := EXISTS (SELECT FROM queue.finished_jobs WHERE keep_for IS NOT NULL);
+    IF v_kept THEN
+        v_ids := ARRAY(
+            WITH RECURSIVE kept(keep_for) AS (
+                (SELECT f.keep_for FROM queue.finished_jobs f
+                  WHERE f.keep_for IS NOT NULL ORDER BY f.keep_for LIMIT 1)
+                UNION ALL
+                SELECT (SELECT f.keep_for FROM queue.finished_jobs f
+                         WHERE f.keep_for IS NOT NULL AND f.keep_for > k.keep_for
+                         ORDER BY f.keep_for LIMIT 1)
+                  FROM kept k WHERE k.keep_for IS NOT NULL
+            )
+            SELECT d.id
+              FROM kept k,
+                   LATERAL (SELECT f.id FROM queue.finished_jobs f
+                             WHERE f.keep_for = k.keep_for AND f.finished_at < now() - k.keep_for
+                               AND f.keep_for IS NOT NULL
+                             ORDER BY f.finished_at LIMIT p_batch) d
+             WHERE k.keep_for IS NOT NULL
+             LIMIT p_batch);
+        IF cardinality(v_ids) > 0 THEN
+            SELECT d.deleted INTO v_count FROM queue.delete_jobs(v_ids) d;
+        END IF;
+    END IF;
+
+    -- The others, from this session's mark on.
+    v_limit := p_batch - v_count;
+    IF v_limit > 0 THEN
+        v_from := nullif(current_setting('queue_prune.from', true), '')::timestamptz;
+        v_swept := nullif(current_setting('queue_prune.swept', true), '')::timestamptz;
+        IF NOT v_kept OR v_from IS NULL OR v_swept IS NULL OR v_swept < now() - interval '10 minutes' THEN
+            v_from := '-infinity';
+            PERFORM set_config('queue_prune.swept', now()::text, false);
+        END IF;
+        SELECT array_agg(f.id), max(f.finished_at) INTO v_ids, v_last
+          FROM (SELECT f.id, f.finished_at FROM queue.finished_jobs f
+                 WHERE f.finished_at >= v_from AND f.finished_at < v_cutoff AND f.keep_for IS NULL
+                 ORDER BY f.finished_at
+                 LIMIT v_limit) f;
+        IF v_ids IS NOT NULL THEN
+            v_count := v_count + (SELECT d.deleted FROM queue.delete_jobs(v_ids) d);
+        END IF;
+        -- Everything before v_last (a full batch: more may share its time)
+        -- or before the cutoff less a minute (less than a batch: the slack
+        -- is for commits still under way) is gone.
+        PERFORM set_config('queue_prune.from',
+            (CASE WHEN coalesce(cardinality(v_ids), 0) >= v_limit THEN v_last
+                  ELSE v_cutoff - interval '1 minute' END)::text, false);
+    END IF;
+    DELETE FROM queue.job_times
+     WHERE finished_minute < now() - queue.metrics_retention();
+    RETURN v_count;
+END;
+$$;
+
 -- 6. Grants, as sql/security.sql gives them on a fresh install.
 REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA queue FROM PUBLIC;
@@ -4097,7 +4215,7 @@ REVOKE ALL ON FUNCTION
     @extschema@.queue_pause(text),
     @extschema@.queue_resume(text),
     @extschema@.queue_settings(),
-    @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean),
+    @extschema@.queue_configure(text, int, int, interval, interval, interval, interval, boolean),
     @extschema@.queue_batch_open(jsonb, jsonb),
     @extschema@.queue_batch_close(bigint),
     @extschema@.queue_batch_cancel(bigint),
@@ -4127,7 +4245,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_pause(text),
     @extschema@.queue_resume(text),
     @extschema@.queue_settings(),
-    @extschema@.queue_configure(text, int, int, interval, interval, interval, boolean),
+    @extschema@.queue_configure(text, int, int, interval, interval, interval, interval, boolean),
     @extschema@.queue_batch_open(jsonb, jsonb),
     @extschema@.queue_batch_close(bigint),
     @extschema@.queue_batch_cancel(bigint),

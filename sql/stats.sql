@@ -314,7 +314,10 @@ BEGIN
                  GROUP BY g.queue, g.priority) f;
     END IF;
     DELETE FROM queue.stats_minutes WHERE minute < now() - queue.metrics_retention();
-    DELETE FROM queue.job_errors WHERE at < now() - queue.retention();
+    -- Errors go with the longest retention in use: a queue that keeps its
+    -- jobs longer keeps their errors too.
+    DELETE FROM queue.job_errors
+     WHERE at < now() - greatest(queue.retention(), (SELECT max(s.retention) FROM queue.queue_settings s));
     RETURN v_rows;
 END;
 $$;

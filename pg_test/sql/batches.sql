@@ -59,6 +59,19 @@ SELECT queue_batch_cancel(:c), queue_batch_cancel(:c);
 SELECT status, count(*) FROM queue.all_jobs WHERE batch_id = :c GROUP BY status ORDER BY status;
 SELECT count(*) AS callback FROM queue.jobs WHERE queue = 'after' AND payload ? 'cancelled';
 
+-- Cancelled after its close: the counts follow the jobs to the end (the
+-- running one completes), and no callback is pushed.
+SELECT queue_batch_open('{"queue": "after", "payload": {"late_cancel": true}}') AS lc \gset
+SELECT count(*) FROM queue_push_batch('work5', array_fill('{}'::jsonb, ARRAY[3]), batch => :lc);
+SELECT queue_batch_close(:lc) ->> 'total' AS total;
+SELECT id AS lc1 FROM queue_pop('work5', 'w') \gset
+SELECT queue_batch_cancel(:lc);
+SELECT queue_ack(:lc1);
+SELECT b ->> 'state' AS state, b -> 'pending' AS pending, b -> 'completed' AS completed,
+       b -> 'cancelled' AS cancelled, b -> 'progress' AS progress
+  FROM queue_batch(:lc) AS b;
+SELECT count(*) AS callback FROM queue.jobs WHERE queue = 'after' AND payload ? 'late_cancel';
+
 -- Deleting a waiting job of a closed batch counts it cancelled.
 SELECT queue_batch_open('{"queue": "after", "payload": {"deleted": true}}') AS d \gset
 SELECT queue_push('work4', '{}', batch => :d) AS d1 \gset
@@ -78,6 +91,8 @@ SELECT queue_push('work', '{}', batch => 999999);
 SELECT queue_batch_close(999999);
 \set VERBOSITY default
 SELECT queue_batch_open('{"queue": "q", "extra": 1}');
+SELECT queue_batch_open('{"queue": "q", "priority": 1.5}');
+SELECT queue_batch_open('{"queue": "q", "priority": 1e12}');
 SELECT queue_batch(999999) AS unknown, queue_batch_cancel(999999) AS cancelled;
 SELECT count(*) AS batches FROM queue.batches;
 

@@ -11,7 +11,9 @@ use tokio_postgres::error::SqlState;
 pub enum Error {
     /// The database refused a call or the connection failed. The server's
     /// checks come back with their SQLSTATE (see [`Error::code`]): `22023` for a
-    /// bad queue name, priority or interval, `22004` for a NULL where a value is needed.
+    /// bad queue name, priority or interval, a bad tag, an unknown dependency,
+    /// a batch that is not open or a bad callback spec; `22004` for a NULL
+    /// where a value is needed.
     Db(tokio_postgres::Error),
     /// A bad argument, caught before any SQL was sent (a zero concurrency, a
     /// bad queue name, a duration that does not fit an interval, ...).

@@ -11,12 +11,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::Db;
 use crate::interval::PgInterval;
+use crate::workflow::{dependencies_from_rows, Dependency, DEPENDENCIES_SQL};
 use crate::{Error, JobError};
 
 /// The status of a job (see the extension's README for the lifecycle).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum JobStatus {
+    /// Waiting for the jobs it depends on (`depends_on`) to complete.
+    Blocked,
     /// Waiting for its `run_at`.
     Scheduled,
     /// Ready to be claimed.
@@ -41,6 +44,7 @@ impl JobStatus {
     /// From the extension's text.
     pub fn parse(s: &str) -> JobStatus {
         match s {
+            "blocked" => JobStatus::Blocked,
             "scheduled" => JobStatus::Scheduled,
             "pending" => JobStatus::Pending,
             "processing" => JobStatus::Processing,
@@ -56,6 +60,7 @@ impl JobStatus {
     /// The extension's text.
     pub fn as_str(&self) -> &str {
         match self {
+            JobStatus::Blocked => "blocked",
             JobStatus::Scheduled => "scheduled",
             JobStatus::Pending => "pending",
             JobStatus::Processing => "processing",
@@ -218,6 +223,29 @@ impl Job {
             *self.inner.lease_until.lock().unwrap() = started + extend.unwrap_or(self.inner.lease);
         }
         Ok(ok)
+    }
+
+    /// The jobs this one depends on (`queue_dependencies`, pushed with
+    /// [`PushOpts::depends_on`](crate::PushOpts::depends_on)), in id order,
+    /// with their status and result: how a handler reads its inputs. Runs on
+    /// the worker's connection (its role needs `queue_worker`, which may call
+    /// `queue_dependencies`); the same as [`dependencies`](crate::dependencies)
+    /// on a client of your own.
+    ///
+    /// ```no_run
+    /// # use queue_client::{Job, JobError};
+    /// # use serde_json::{json, Value};
+    /// async fn sum(job: Job) -> Result<Value, JobError> {
+    ///     let mut total = 0;
+    ///     for dep in job.dependencies().await? {
+    ///         total += dep.result.as_ref().and_then(|r| r["n"].as_i64()).unwrap_or(0);
+    ///     }
+    ///     Ok(json!({ "total": total }))
+    /// }
+    /// ```
+    pub async fn dependencies(&self) -> Result<Vec<Dependency>, Error> {
+        let rows = self.inner.ops.query(DEPENDENCIES_SQL, &[Type::INT8], &[&self.inner.id]).await?;
+        dependencies_from_rows(&rows)
     }
 }
 

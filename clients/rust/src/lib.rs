@@ -3,7 +3,9 @@
 //! Push jobs on your own connection, inside your own transaction, with
 //! [`push`] / [`push_batch`] and typed [`PushOpts`]; run a [`Worker`] where you
 //! only write the handler: an async fn taking a [`Job`] and returning
-//! `Result<serde_json::Value, JobError>`.
+//! `Result<serde_json::Value, JobError>`. Workflows (jobs that wait for
+//! other jobs, batches with callbacks) are push options and the helpers of
+//! [`workflow`].
 //!
 //! ```no_run
 //! use queue_client::{push, Job, JobError, PushOpts, Priority, Worker};
@@ -49,6 +51,7 @@ mod interval;
 mod job;
 mod push;
 mod worker;
+pub mod workflow;
 
 pub use error::{Error, JobError};
 pub use hooks::Hooks;
@@ -56,6 +59,10 @@ pub use interval::PgInterval;
 pub use job::{Job, JobStatus};
 pub use push::{push, push_batch, Priority, PushOpts, RunAt};
 pub use worker::{is_valid_queue_name, Handler, RunningWorker, ShutdownHandle, Worker, WorkerBuilder};
+pub use workflow::{
+    batch_cancel, batch_close, batch_open, batch_status, dependencies, BatchOpts, BatchState, BatchStatus, Callback,
+    Dependency,
+};
 
 /// This crate's version (sent in `queue_heartbeat`'s info).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,4 +1,6 @@
 //! Pushing jobs: [`push`], [`push_batch`], their options [`PushOpts`] and [`Priority`].
+//! Workflow options (`depends_on`, `run_anyway`, `tags`, `batch`) are
+//! options too; their helpers are in [`crate::workflow`].
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -117,6 +119,13 @@ impl<Tz: chrono::TimeZone> From<chrono::DateTime<Tz>> for RunAt {
 ///     .timeout(Duration::from_secs(120))
 ///     .retry_delays([Duration::from_secs(60), Duration::from_secs(300)])
 ///     .dedupe_key("report-7");
+///
+/// // Workflows: wait for jobs 41 and 42, labelled, in an open batch.
+/// let step = PushOpts::new()
+///     .depends_on([41, 42])
+///     .run_anyway(false)
+///     .tags(["etl", "customer:42"])
+///     .batch(7);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PushOpts {
@@ -130,6 +139,10 @@ pub struct PushOpts {
     backoff_max: Option<Duration>,
     retry_delays: Option<Vec<Duration>>,
     dedupe_key: Option<String>,
+    depends_on: Option<Vec<i64>>,
+    run_anyway: Option<bool>,
+    tags: Option<Vec<String>>,
+    batch: Option<i64>,
 }
 
 impl PushOpts {
@@ -202,6 +215,55 @@ impl PushOpts {
         self.dedupe_key = Some(key.into());
         self
     }
+
+    /// The ids of jobs this one waits for (`depends_on`): the job is
+    /// `blocked`, and no worker claims it, until every one of them has
+    /// completed; it then becomes pending (or scheduled, with a delay still
+    /// ahead). A dependency that ends failed, expired or cancelled cancels
+    /// this job (and the jobs that wait for it) unless
+    /// [`run_anyway`](Self::run_anyway) is set. A dependency already
+    /// completed counts as done; an id that is neither a live job nor in the
+    /// history is refused by the server (SQLSTATE `22023`), and nothing is
+    /// pushed. With [`push_batch`] every payload waits for the same jobs (a
+    /// fan-out). A handler reads its dependencies' results with
+    /// [`Job::dependencies`](crate::Job::dependencies) or
+    /// [`dependencies`](crate::dependencies).
+    ///
+    /// Duplicates are fine (the server keeps each id once); an empty list
+    /// means no dependencies.
+    pub fn depends_on(mut self, ids: impl IntoIterator<Item = i64>) -> Self {
+        self.depends_on = Some(ids.into_iter().collect());
+        self
+    }
+
+    /// With [`depends_on`](Self::depends_on): run once every dependency is
+    /// final, whatever its status, instead of being cancelled when one fails,
+    /// expires or is cancelled. Default false.
+    pub fn run_anyway(mut self, run_anyway: bool) -> Self {
+        self.run_anyway = Some(run_anyway);
+        self
+    }
+
+    /// Labels to find the job by (`queue_jobs`, `queue_dead`, `queue_stats`,
+    /// ... take `tag => ...`). The server stores them sorted and without
+    /// duplicates; it refuses more than 20, or one that is empty or over 64
+    /// bytes, with SQLSTATE `22023`. Replaces the tags set before.
+    pub fn tags<I>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.tags = Some(tags.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Adds the job to a batch opened with [`batch_open`](crate::batch_open)
+    /// and not closed yet; a push into a closed, finished or unknown batch is
+    /// refused by the server (SQLSTATE `22023`).
+    pub fn batch(mut self, batch_id: i64) -> Self {
+        self.batch = Some(batch_id);
+        self
+    }
 }
 
 /// Owned parameter values of one push statement.
@@ -213,6 +275,10 @@ enum Param {
     Interval(PgInterval),
     Intervals(Vec<PgInterval>),
     Time(SystemTime),
+    BigInt(i64),
+    BigInts(Vec<i64>),
+    Bool(bool),
+    Texts(Vec<String>),
 }
 
 impl Param {
@@ -225,6 +291,10 @@ impl Param {
             Param::Interval(v) => (v, Type::INTERVAL),
             Param::Intervals(v) => (v, Type::INTERVAL_ARRAY),
             Param::Time(v) => (v, Type::TIMESTAMPTZ),
+            Param::BigInt(v) => (v, Type::INT8),
+            Param::BigInts(v) => (v, Type::INT8_ARRAY),
+            Param::Bool(v) => (v, Type::BOOL),
+            Param::Texts(v) => (v, Type::TEXT_ARRAY),
         }
     }
 }
@@ -275,6 +345,18 @@ fn option_args(opts: &PushOpts, params: &mut Vec<Param>) -> Result<String, Error
     }
     if let Some(k) = &opts.dedupe_key {
         arg("dedupe_key", Param::Text(k.clone()), params);
+    }
+    if let Some(ids) = &opts.depends_on {
+        arg("depends_on", Param::BigInts(ids.clone()), params);
+    }
+    if let Some(b) = opts.run_anyway {
+        arg("run_anyway", Param::Bool(b), params);
+    }
+    if let Some(t) = &opts.tags {
+        arg("tags", Param::Texts(t.clone()), params);
+    }
+    if let Some(b) = opts.batch {
+        arg("batch", Param::BigInt(b), params);
     }
     Ok(sql)
 }

@@ -13,6 +13,32 @@ export type Queryable = ClientBase | Pool;
 /** A job id (`bigint` in Postgres), as a decimal string so that no id ever loses precision. */
 export type JobId = string;
 
+/**
+ * An id as the client accepts it (of a job, or of a batch): the decimal string
+ * the client returns, a `bigint`, or a safe integer `number`. The server parses
+ * strings (`22P02` for one that is not an integer).
+ */
+export type IdLike = string | bigint | number;
+
+/**
+ * The text of an id parameter (sent as a bound parameter and cast to `bigint`
+ * by the server). Checks the type only; an unsafe integer `number` is refused,
+ * as it may already have lost precision.
+ *
+ * @internal
+ */
+export function idToSql(value: unknown, what: string): string {
+  if (typeof value === 'string') return value;
+  if (typeof value === 'bigint') return value.toString();
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value)) {
+      throw new TypeError(`${what} must be an integer id (a safe integer, a bigint or a decimal string), got ${value}`);
+    }
+    return String(value);
+  }
+  throw new TypeError(`${what} must be an id (a decimal string, a bigint or an integer), got ${value === null ? 'null' : typeof value}`);
+}
+
 /** The named priorities the extension accepts (`queue_priority`). Lower runs first. */
 export const PRIORITY = Object.freeze({ critical: -20, high: -10, normal: 0, low: 10 } as const);
 
@@ -49,11 +75,40 @@ export interface PushOptions {
   retryDelays?: readonly Interval[];
   /** While a job with this key is not final in the queue, pushing again returns its id and adds nothing. */
   dedupeKey?: string;
+  /**
+   * Jobs this one waits for (`depends_on`): it is `blocked`, not claimable,
+   * until every one of them has completed, and becomes `pending` in the
+   * transaction that completes the last. When one ends failed, expired or
+   * cancelled, this job is cancelled too (unless {@link PushOptions.runAnyway}).
+   * A dependency that already completed counts as done; an unknown id is
+   * refused by the server (SQLSTATE `22023`). Read their results in the
+   * handler with {@link dependencies}. With {@link pushBatch}, every job of
+   * the batch waits for the same dependencies (a fan-out).
+   */
+  dependsOn?: readonly IdLike[];
+  /**
+   * With {@link PushOptions.dependsOn}: run once every dependency is final,
+   * whatever its status, instead of being cancelled when one fails. Default false.
+   */
+  runAnyway?: boolean;
+  /**
+   * Labels to find the job by (`queue_jobs(..., tag => ...)`, `queue_dead`,
+   * `queue_stats(queue, tag)`): at most 20, each 1 to 64 bytes. The server
+   * sorts them and removes duplicates; an empty list stores none.
+   */
+  tags?: readonly string[];
+  /**
+   * The id of an open batch ({@link openBatch}) to push into; its callbacks
+   * run once every job of the closed batch is final. A batch that is not open
+   * is refused by the server (SQLSTATE `22023`).
+   */
+  batch?: IdLike;
 }
 
 const OPTION_KEYS: ReadonlySet<string> = new Set([
   'priority', 'delay', 'runAt', 'serialGroup', 'maxAttempts', 'timeout',
   'backoffBase', 'backoffMax', 'retryDelays', 'dedupeKey',
+  'dependsOn', 'runAnyway', 'tags', 'batch',
 ]);
 
 /**
@@ -103,6 +158,22 @@ function optionArgs(opts: PushOptions | undefined, values: unknown[]): string {
     arg('retry_delays', 'interval[]', opts.retryDelays.map((d, i) => intervalToSql(d, `retryDelays[${i}]`)));
   }
   if (opts.dedupeKey !== undefined) arg('dedupe_key', 'text', String(opts.dedupeKey));
+  if (opts.dependsOn !== undefined) {
+    if (!Array.isArray(opts.dependsOn)) throw new TypeError('dependsOn must be an array of job ids');
+    arg('depends_on', 'bigint[]', opts.dependsOn.map((id, i) => idToSql(id, `dependsOn[${i}]`)));
+  }
+  if (opts.runAnyway !== undefined) {
+    if (typeof opts.runAnyway !== 'boolean') throw new TypeError(`runAnyway must be a boolean, got ${typeof opts.runAnyway}`);
+    arg('run_anyway', 'boolean', opts.runAnyway);
+  }
+  if (opts.tags !== undefined) {
+    if (!Array.isArray(opts.tags)) throw new TypeError('tags must be an array of strings');
+    for (const [i, tag] of opts.tags.entries()) {
+      if (typeof tag !== 'string') throw new TypeError(`tags[${i}] must be a string, got ${tag === null ? 'null' : typeof tag}`);
+    }
+    arg('tags', 'text[]', [...opts.tags]);
+  }
+  if (opts.batch !== undefined) arg('batch', 'bigint', idToSql(opts.batch, 'batch'));
   return parts.length ? ', ' + parts.join(', ') : '';
 }
 
@@ -121,7 +192,8 @@ function payloadJson(payload: unknown, what: string): string {
  * @param client - a `pg.Client`, `pg.PoolClient` (inside your transaction) or `pg.Pool`
  * @param queue - the queue's name (1–57 characters of `[A-Za-z0-9_.:-]`)
  * @param payload - any JSON value; default `{}`
- * @param opts - priority, delay, runAt, serialGroup, maxAttempts, timeout, backoffBase, backoffMax, retryDelays, dedupeKey
+ * @param opts - priority, delay, runAt, serialGroup, maxAttempts, timeout, backoffBase, backoffMax, retryDelays, dedupeKey,
+ *   dependsOn, runAnyway, tags, batch
  * @returns the job's id (with `dedupeKey`, possibly the id of the live job that already had the key)
  *
  * @example
@@ -130,6 +202,11 @@ function payloadJson(payload: unknown, what: string): string {
  * await client.query('INSERT INTO users ...');
  * await push(client, 'emails', { to: 'a@example.com' }, { priority: 'high', delay: '10 minutes' });
  * await client.query('COMMIT');
+ *
+ * // A job that runs once both others completed:
+ * const a = await push(client, 'etl', { step: 'extract' });
+ * const b = await push(client, 'etl', { step: 'fetch' });
+ * await push(client, 'etl', { step: 'merge' }, { dependsOn: [a, b], tags: ['nightly'] });
  * ```
  */
 export async function push<P = unknown>(client: Queryable, queue: string, payload?: P, opts?: PushOptions): Promise<JobId> {
@@ -145,6 +222,8 @@ export async function push<P = unknown>(client: Queryable, queue: string, payloa
  * Pushes many jobs with the same options in one statement (`queue_push_batch`)
  * on the caller's client; returns their ids in payload order. Same transaction
  * rules as {@link push}. With a `dedupeKey` each payload behaves as a separate push.
+ * With `dependsOn`, every job waits for the same dependencies; `tags` and
+ * `batch` apply to each job.
  *
  * @param client - a `pg.Client`, `pg.PoolClient` (inside your transaction) or `pg.Pool`
  * @param queue - the queue's name

@@ -82,6 +82,16 @@
     const one = s.replace(/\s+/g, ' ');
     return one.length > max ? one.slice(0, max - 1) + '…' : one;
   }
+  /** A Postgres interval as JSON gives it ("00:00:30", "1 day 02:00:00", "168:00:00") as "30 s"; else as it is. */
+  function fmtInterval(v) {
+    if (v === null || v === undefined) return '–';
+    const m = /^(?:(\d+) days? )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$/.exec(String(v));
+    if (!m) return String(v);
+    const ms = (((Number(m[1] || 0) * 24 + Number(m[2])) * 60 + Number(m[3])) * 60 + Number(m[4])) * 1000;
+    return ms === 0 ? '0 s' : span(ms);
+  }
+  const PRIO_NAME = { '-20': 'critical', '-10': 'high', 0: 'normal', 10: 'low' };
+  const fmtPrio = (p) => (p === null || p === undefined ? '–' : PRIO_NAME[p] ? `${PRIO_NAME[p]} (${p})` : String(p));
 
   // ---- server -----------------------------------------------------------
   async function api(path, opts) {
@@ -241,6 +251,31 @@
     }, paused ? '▶ Resume' : 'Pause');
   }
 
+  /**
+   * The queue's row of queue_settings(): since when and by whom it is paused,
+   * and the push defaults of queue_configure (retention where the extension
+   * has it); "global defaults" when it has none of its own. Nothing from a
+   * server that does not send settings.
+   */
+  function queueSettings(q) {
+    if (q.settings === undefined) return null;
+    const st = q.settings || {};
+    const defaults = [
+      ['priority', fmtPrio(st.priority), st.priority],
+      ['max attempts', st.max_attempts, st.max_attempts],
+      ['timeout', fmtInterval(st.timeout), st.timeout],
+      ['backoff base', fmtInterval(st.backoff_base), st.backoff_base],
+      ['backoff max', fmtInterval(st.backoff_max), st.backoff_max],
+      ['retention', fmtInterval(st.retention), st.retention],
+    ].filter(([, , raw]) => raw !== null && raw !== undefined);
+    return h('div', { class: 'settings small', 'data-field': 'settings' },
+      st.paused ? h('span', { 'data-field': 'paused-since' }, 'paused ', timeEl(st.paused_at), st.paused_by ? ` by ${st.paused_by}` : '') : null,
+      h('span', { class: 'muted' }, 'defaults:'),
+      defaults.length
+        ? defaults.map(([k, v]) => h('span', { class: 'setting', 'data-setting': k.replace(/ /g, '_') }, `${k} `, h('b', {}, String(v))))
+        : h('span', { class: 'muted', 'data-setting': 'none' }, 'global'));
+  }
+
   function queueCard(q, rows) {
     const s = q.stats || {}, m = q.metrics || {};
     const paused = q.paused === true;
@@ -262,6 +297,7 @@
         h('div', {}, h('b', {}, fmtPct(m.success_rate)), h('span', {}, 'success')),
         h('div', { class: 'wide' }, h('b', {}, `${fmtMs(m.avg_run_ms)} / ${fmtMs(m.p95_run_ms)}`), h('span', {}, 'avg / p95 run'))),
       h('div', { class: 'chips' }, priorityChips(s.priority_breakdown)),
+      queueSettings(q),
       h('div', { class: 'small muted' },
         `last hour: ${fmtNum(m.executions)} finished (${fmtNum(m.completed)} ok, ${fmtNum(m.failed)} failed, ${fmtNum(m.expired)} expired) · ` +
         `oldest waiting ${fmtSecs(s.oldest_pending_age)} · ${fmtNum(s.total_pushed)} pushed in all`),
@@ -345,6 +381,14 @@
   }
   function jobLink(id) {
     return h('a', { href: `#/job/${id}`, class: 'mono' }, `#${id}`);
+  }
+  function batchLink(id) {
+    return h('a', { href: `#/batch/${id}`, class: 'mono', 'data-batch': id }, `batch #${id}`);
+  }
+  /** A job's tags (queue_job / queue_jobs `tags`, null for none) as chips. */
+  function tagChips(tags) {
+    if (!Array.isArray(tags) || !tags.length) return '–';
+    return h('span', { class: 'chips' }, tags.map((t) => h('span', { class: 'chip tag', 'data-tag': t }, t)));
   }
   function leave(row) {
     if (row) row.classList.add('leaving');
@@ -436,13 +480,17 @@
   });
   $('browse-jobs').addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    const q = $('browse-queue').value, st = $('browse-status').value;
+    const q = $('browse-queue').value, st = $('browse-status').value, tag = $('browse-tag').value.trim();
     const body = $('browse-body');
     try {
-      const rows = await api(`/api/jobs?limit=100&status=${encodeURIComponent(st)}` + (q ? `&queue=${encodeURIComponent(q)}` : ''));
+      const rows = await api(`/api/jobs?limit=100&status=${encodeURIComponent(st)}` + (q ? `&queue=${encodeURIComponent(q)}` : '') +
+        (tag ? `&tag=${encodeURIComponent(tag)}` : ''));
       if (!rows.length) { fill(body, h('p', { class: 'empty' }, 'no jobs')); return; }
-      const pending = st === 'pending';
-      const cols = pending ? ['job', 'queue', 'priority', 'group', 'attempts', 'created', 'payload'] : ['job', 'queue', 'status', 'error', 'attempts', 'finished', 'payload'];
+      // queue_peek's rows (pending jobs of a queue, no tag) have a priority; queue_jobs' have a status and tags.
+      const pending = rows[0].status === undefined;
+      const withTags = rows.some((r) => r.tags !== undefined);
+      const cols = (pending ? ['job', 'queue', 'priority', 'group', 'attempts', 'created', 'payload'] : ['job', 'queue', 'status', 'error', 'attempts', 'finished', 'payload'])
+        .concat(withTags ? ['tags'] : []);
       fill(body, h('table', {}, h('thead', {}, h('tr', {}, cols.map((c) => h('th', {}, c)))),
         h('tbody', {}, rows.map((r) => h('tr', { 'data-job-id': r.id },
           h('td', {}, jobLink(r.id)), h('td', {}, r.queue),
@@ -450,10 +498,16 @@
             : [h('td', {}, h('span', { class: `badge ${STATUS_CLASS[r.status] ?? ''}` }, r.status)), h('td', { class: 'err' }, preview(r.last_error || '', 120)),
                // queue_dead names the claim count attempts, queue_jobs attempt.
                h('td', {}, `${r.attempts ?? r.attempt}/${r.max_attempts}`), h('td', {}, r.finished_at ? timeEl(r.finished_at) : '–')],
-          h('td', { class: 'payload mono' }, preview(r.payload, 100)))))));
+          h('td', { class: 'payload mono' }, preview(r.payload, 100)),
+          withTags ? h('td', { 'data-field': 'tags' }, tagChips(r.tags)) : null)))));
     } catch (e) {
       fill(body, h('p', { class: 'error' }, e.message));
     }
+  });
+  $('find-batch').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const id = $('find-batch-id').value.trim();
+    if (/^\d+$/.test(id)) location.hash = `#/batch/${id}`;
   });
 
   // ---- job page ---------------------------------------------------------------
@@ -507,6 +561,10 @@
           ['serial group', j.serial_group || '–'], ['dedupe key', j.dedupe_key || '–'], ['worker', j.worker || '–'],
           ['timeout', j.timeout || '–'], ['backoff', `${j.backoff_base || '–'} … ${j.backoff_max || '–'}`],
           j.retry_delays ? ['retry delays', j.retry_delays.join(', ')] : null,
+          // queue_job's tags and batch_id (absent before the extension had them); `batch` is queue_batch(batch_id).
+          j.tags === undefined ? null : ['tags', h('span', { 'data-field': 'tags' }, tagChips(j.tags))],
+          j.batch_id === undefined ? null : ['batch', j.batch_id === null ? '–' : h('span', { 'data-field': 'batch' }, batchLink(j.batch_id),
+            j.batch ? ` · ${j.batch.state} · ${fmtNum(j.batch.total - j.batch.pending)} of ${fmtNum(j.batch.total)} final` : '')],
           // queue_job's depends_on and blocked_by (absent before the extension had dependencies).
           j.depends_on === undefined ? null : ['depends on', Array.isArray(j.depends_on) && j.depends_on.length
             ? h('span', { 'data-field': 'depends-on' }, j.depends_on.map((d, i) => [i ? ', ' : '', jobLink(d)])) : '–'],
@@ -535,16 +593,67 @@
       jobTimer = setTimeout(() => { if (location.hash === `#/job/${id}`) showJob(id); }, 5000);
     }
   }
-  function route() {
-    const m = /^#\/job\/(\d+)$/.exec(location.hash);
-    if (m) {
-      showJob(m[1]).then(() => $('job').scrollIntoView({ block: 'start' }));
-    } else {
-      clearTimeout(jobTimer);
-      $('job').hidden = true;
+  // ---- batch page ---------------------------------------------------------------
+  // queue_batch(id): there is no listing of batches in the extension, so a
+  // batch is opened by id (from a job's batch link or the job browser).
+  const BATCH_CLASS = { open: 'info', closed: 'warn', done: 'ok', cancelled: '' };
+  let batchTimer = null;
+  function callback(spec, jobId) {
+    if (!spec) return '–';
+    return [h('code', {}, preview(spec, 160)), ' ', jobId ? ['→ ', jobLink(jobId)] : h('span', { class: 'muted' }, '(not pushed)')];
+  }
+  async function showBatch(id) {
+    clearTimeout(batchTimer);
+    $('batch').hidden = false;
+    $('batch-title').textContent = `Batch #${id}`;
+    const body = $('batch-body');
+    let b;
+    try {
+      b = await api(`/api/batches/${id}`);
+    } catch (e) {
+      fill(body, h('p', { class: 'error' }, e.message));
+      return;
+    }
+    const finals = b.total - b.pending;
+    const pct = b.progress === null || b.progress === undefined ? null : Number(b.progress) * 100;
+    const count = (label, key) => h('div', {}, h('b', { 'data-field': key }, fmtNum(b[key])), h('span', {}, label));
+    const dl = (pairs) => h('dl', { class: 'props' }, pairs.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+    fill(body,
+      h('div', { class: 'toolbar' }, h('span', { class: `badge ${BATCH_CLASS[b.state] ?? ''}`, 'data-state': b.state }, b.state),
+        b.state === 'open' ? h('span', { class: 'muted small' }, 'jobs may still join (queue_batch_close ends that)') : null),
+      h('div', { class: 'progress', role: 'progressbar', 'aria-valuenow': pct === null ? 0 : pct.toFixed(1), 'aria-valuemin': 0, 'aria-valuemax': 100 },
+        h('div', { style: `width:${pct === null ? 0 : Math.max(0, Math.min(100, pct))}%` })),
+      h('p', { class: 'small', 'data-field': 'progress' }, `${fmtNum(finals)} of ${fmtNum(b.total)} final (${fmtPct(b.progress)})`),
+      h('div', { class: 'kv' }, count('total', 'total'), count('pending', 'pending'), count('running', 'running'),
+        count('completed', 'completed'), count('failed', 'failed'), count('cancelled', 'cancelled')),
+      h('div', { class: 'job-grid' },
+        h('div', {}, h('h3', {}, 'Callbacks'), dl([
+          ['on complete', h('span', { 'data-field': 'on-complete' }, callback(b.on_complete, b.complete_job))],
+          ['on failure', h('span', { 'data-field': 'on-failure' }, callback(b.on_failure, b.failure_job))]])),
+        h('div', {}, h('h3', {}, 'Timings'), dl([
+          ['created', timeEl(b.created_at)], ['closed', timeEl(b.closed_at)], ['finished', timeEl(b.finished_at)]]))));
+    if (b.state === 'open' || b.state === 'closed') {
+      // Not while the tab is hidden (as the panels): the visibilitychange
+      // handler below shows it again when the tab is back.
+      batchTimer = setTimeout(() => {
+        if (location.hash === `#/batch/${id}` && document.visibilityState !== 'hidden') showBatch(id);
+      }, 5000);
     }
   }
+
+  function route() {
+    const m = /^#\/job\/(\d+)$/.exec(location.hash);
+    const b = /^#\/batch\/(\d+)$/.exec(location.hash);
+    if (!m) { clearTimeout(jobTimer); $('job').hidden = true; }
+    if (!b) { clearTimeout(batchTimer); $('batch').hidden = true; }
+    if (m) showJob(m[1]).then(() => $('job').scrollIntoView({ block: 'start' }));
+    if (b) showBatch(b[1]).then(() => $('batch').scrollIntoView({ block: 'start' }));
+  }
   window.addEventListener('hashchange', route);
+  document.addEventListener('visibilitychange', () => {
+    const b = /^#\/batch\/(\d+)$/.exec(location.hash);
+    if (b && document.visibilityState !== 'hidden') showBatch(b[1]);
+  });
 
   // ---- start --------------------------------------------------------------------
   api('/api/info').then((info) => {

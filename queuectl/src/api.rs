@@ -113,6 +113,12 @@ impl Api {
         self.one("SELECT queue_stats($1::text)", &[&queue]).await
     }
 
+    /// `queue_stats(queue, tag => tag)`: the jobs of one tag by status
+    /// (`total` and one count per status), of one queue or all.
+    pub async fn tag_stats(&self, queue: Option<&str>, tag: &str) -> Result<Value> {
+        self.one("SELECT queue_stats($1::text, tag => $2::text)", &[&queue, &tag]).await.map_err(no_tags)
+    }
+
     /// `queue_metrics(queue, since)`.
     pub async fn metrics(&self, queue: Option<&str>, since: Duration) -> Result<Value> {
         self.one("SELECT queue_metrics($1::text, $2)", &[&queue, &PgInterval(since)]).await
@@ -128,22 +134,47 @@ impl Api {
         self.rows("queue_workers()", &[]).await
     }
 
-    /// `queue_dead(queue, max_rows)`: dead letters, newest first.
-    pub async fn dead(&self, queue: Option<&str>, max_rows: i32) -> Result<Vec<Value>> {
-        self.rows("queue_dead($1::text, $2::int)", &[&queue, &max_rows]).await
+    /// `queue_dead(queue, max_rows)`: dead letters, newest first; with a
+    /// tag, `queue_dead(queue, max_rows, tag => tag)`: only that tag's. The
+    /// tag is passed only when set, so that an extension from before tags
+    /// still lists.
+    pub async fn dead(&self, queue: Option<&str>, max_rows: i32, tag: Option<&str>) -> Result<Vec<Value>> {
+        match tag {
+            None => self.rows("queue_dead($1::text, $2::int)", &[&queue, &max_rows]).await,
+            Some(t) => self
+                .rows("queue_dead($1::text, $2::int, tag => $3::text)", &[&queue, &max_rows, &t])
+                .await
+                .map_err(no_tags),
+        }
     }
 
     /// `queue_jobs(queue, status, max_rows, before_id)`: jobs of any status,
-    /// newest first.
+    /// newest first; with a tag, only that tag's (`tag => tag`, passed only
+    /// when set, as for [`Api::dead`]).
     pub async fn list_jobs(
         &self,
         queue: Option<&str>,
         status: Option<&str>,
         max_rows: i32,
         before_id: Option<i64>,
+        tag: Option<&str>,
     ) -> Result<Vec<Value>> {
-        self.rows("queue_jobs($1::text, $2::text, $3::int, $4::bigint)", &[&queue, &status, &max_rows, &before_id])
-            .await
+        match tag {
+            None => {
+                self.rows(
+                    "queue_jobs($1::text, $2::text, $3::int, $4::bigint)",
+                    &[&queue, &status, &max_rows, &before_id],
+                )
+                .await
+            }
+            Some(t) => self
+                .rows(
+                    "queue_jobs($1::text, $2::text, $3::int, $4::bigint, tag => $5::text)",
+                    &[&queue, &status, &max_rows, &before_id, &t],
+                )
+                .await
+                .map_err(no_tags),
+        }
     }
 
     /// `queue_peek(queue, n)`: the next jobs in claim order.
@@ -163,6 +194,9 @@ impl Api {
     /// resolved, run_anyway): the `job` subcommand and the dashboard's job
     /// page. A job without dependencies, or an extension without them, costs
     /// no second call and gets no `dependencies` key.
+    ///
+    /// A job of a batch (its `batch_id` is set) also gets `batch`, the
+    /// batch's `queue_batch(batch_id)` (null when the caller may not see it).
     pub async fn job_detail(&self, id: i64) -> Result<Option<Value>> {
         let Some(mut j) = self.job(id).await? else {
             return Ok(None);
@@ -171,6 +205,12 @@ impl Api {
             let deps = self.dependencies(id).await?;
             if let Some(o) = j.as_object_mut() {
                 o.insert("dependencies".into(), Value::Array(deps));
+            }
+        }
+        if let Some(b) = j.get("batch_id").and_then(Value::as_i64) {
+            let batch = self.batch(b).await?.unwrap_or(Value::Null);
+            if let Some(o) = j.as_object_mut() {
+                o.insert("batch".into(), batch);
             }
         }
         Ok(Some(j))
@@ -201,9 +241,15 @@ impl Api {
         self.count("SELECT count(*) FILTER (WHERE queue_retry(i)) FROM unnest($1::bigint[]) AS i", &[&ids]).await
     }
 
-    /// `queue_retry_all(queue)`.
-    pub async fn retry_all(&self, queue: &str) -> Result<i64> {
-        self.count("SELECT queue_retry_all($1::text)", &[&queue]).await
+    /// `queue_retry_all(queue)`, or `queue_retry_all(queue, tag => tag)`:
+    /// only the dead jobs of that tag.
+    pub async fn retry_all(&self, queue: &str, tag: Option<&str>) -> Result<i64> {
+        match tag {
+            None => self.count("SELECT queue_retry_all($1::text)", &[&queue]).await,
+            Some(t) => {
+                self.count("SELECT queue_retry_all($1::text, tag => $2::text)", &[&queue, &t]).await.map_err(no_tags)
+            }
+        }
     }
 
     /// `queue_delete(id)`.
@@ -216,25 +262,48 @@ impl Api {
         self.boolean("SELECT queue_cancel($1::bigint)", &[&id]).await
     }
 
-    /// `queue_purge_dead(queue, older_than)`.
-    pub async fn purge_dead(&self, queue: Option<&str>, older_than: Option<Duration>) -> Result<i64> {
-        self.count("SELECT queue_purge_dead($1::text, $2)", &[&queue, &older_than.map(PgInterval)]).await
+    /// `queue_purge_dead(queue, older_than)`; with a tag,
+    /// `queue_purge_dead(queue, older_than, tag => tag)`.
+    pub async fn purge_dead(
+        &self,
+        queue: Option<&str>,
+        older_than: Option<Duration>,
+        tag: Option<&str>,
+    ) -> Result<i64> {
+        let older = older_than.map(PgInterval);
+        match tag {
+            None => self.count("SELECT queue_purge_dead($1::text, $2)", &[&queue, &older]).await,
+            Some(t) => self
+                .count("SELECT queue_purge_dead($1::text, $2, tag => $3::text)", &[&queue, &older, &t])
+                .await
+                .map_err(no_tags),
+        }
     }
 
     /// `queue_purge_dead(queue, ...)` for the dead jobs that finished before
-    /// `before` (a timestamp as text) and longer ago than `older_than`: one
-    /// step of a purge with progress.
+    /// `before` (a timestamp as text) and longer ago than `older_than` (and,
+    /// with a tag, have it): one step of a purge with progress.
     pub async fn purge_dead_before(
         &self,
         queue: Option<&str>,
         before: &str,
         older_than: Option<Duration>,
+        tag: Option<&str>,
     ) -> Result<i64> {
-        self.count(
-            "SELECT queue_purge_dead($1::text, greatest(now() - $2::text::timestamptz, coalesce($3, interval '0')))",
-            &[&queue, &before, &older_than.map(PgInterval)],
-        )
-        .await
+        const OLDER: &str = "greatest(now() - $2::text::timestamptz, coalesce($3, interval '0'))";
+        let older = older_than.map(PgInterval);
+        match tag {
+            None => {
+                self.count(&format!("SELECT queue_purge_dead($1::text, {OLDER})"), &[&queue, &before, &older]).await
+            }
+            Some(t) => self
+                .count(
+                    &format!("SELECT queue_purge_dead($1::text, {OLDER}, tag => $4::text)"),
+                    &[&queue, &before, &older, &t],
+                )
+                .await
+                .map_err(no_tags),
+        }
     }
 
     /// `queue_cleanup(older_than)`.
@@ -274,9 +343,75 @@ impl Api {
     }
 
     /// `queue_settings()`: the queues that have settings (whether paused,
-    /// since when, by whom).
+    /// since when, by whom, and the push defaults of `queue_configure`), each
+    /// row an object keyed by column name: a column the extension adds (such
+    /// as `retention`) is there when the extension has it, and absent before.
     pub async fn settings(&self) -> Result<Vec<Value>> {
         self.rows("queue_settings()", &[]).await
+    }
+
+    /// [`Api::settings`], or an empty list for an extension from before
+    /// queue settings (the dashboard shows none then, instead of an error).
+    pub async fn settings_if_any(&self) -> Result<Vec<Value>> {
+        match self.settings().await {
+            Err(e) if e.sqlstate.as_deref() == Some(UNDEFINED_FUNCTION) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// `queue_configure(queue => $1, name => $2, ...)`: the options that are
+    /// set, as named arguments with bound values ([`ConfigureCall`]); the
+    /// queue's settings as the function returns them.
+    pub async fn configure(&self, queue: &str, call: &ConfigureCall) -> Result<Value> {
+        let (sql, params) = call.statement(queue)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        match self.client.query_one(&sql, &refs).await {
+            Ok(row) => Ok(row.try_get::<_, Option<Value>>(0)?.unwrap_or(Value::Null)),
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) && call.retention.is_some() => {
+                Err(CliError::usage(
+                    "this version of the queue extension has no per-queue retention (queue_configure has no \
+                     retention parameter): leave out --retention, or ALTER EXTENSION queue UPDATE",
+                ))
+            }
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => Err(CliError::usage(
+                "this version of the queue extension has no queue defaults (no queue_configure): \
+                 ALTER EXTENSION queue UPDATE",
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `queue_batch_open(on_complete => $1, on_failure => $2)`: the new
+    /// batch's id. A callback the server refuses is its 22023 (exit 2).
+    pub async fn batch_open(&self, on_complete: Option<&Value>, on_failure: Option<&Value>) -> Result<i64> {
+        self.client
+            .query_one(
+                "SELECT queue_batch_open(on_complete => $1::jsonb, on_failure => $2::jsonb)",
+                &[&on_complete, &on_failure],
+            )
+            .await
+            .map_err(|e| no_batches(e.into()))?
+            .try_get::<_, i64>(0)
+            .map_err(Into::into)
+    }
+
+    /// `queue_batch_close(id)`: the batch as `queue_batch` reports it after
+    /// the close. A batch that is not open (or unknown) is the server's 22023.
+    pub async fn batch_close(&self, id: i64) -> Result<Value> {
+        self.one("SELECT queue_batch_close($1::bigint)", &[&id]).await.map_err(no_batches)
+    }
+
+    /// `queue_batch_cancel(id)`: false when the batch is done or cancelled
+    /// already, or unknown.
+    pub async fn batch_cancel(&self, id: i64) -> Result<bool> {
+        self.boolean("SELECT queue_batch_cancel($1::bigint)", &[&id]).await.map_err(no_batches)
+    }
+
+    /// `queue_batch(id)`; `None` for an unknown batch (or one a confined
+    /// role did not open).
+    pub async fn batch(&self, id: i64) -> Result<Option<Value>> {
+        let v = self.one("SELECT queue_batch($1::bigint)", &[&id]).await.map_err(no_batches)?;
+        Ok(if v.is_null() { None } else { Some(v) })
     }
 
     /// `queue_schedules()`.
@@ -343,14 +478,12 @@ impl Api {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
         match self.client.query_one(&sql, &refs).await {
             Ok(row) => Ok(row.try_get::<_, i64>(0)?),
-            Err(e)
-                if e.code() == Some(&SqlState::UNDEFINED_FUNCTION)
-                    && (!call.depends_on.is_empty() || call.run_anyway) =>
-            {
-                Err(CliError::usage(
-                    "this version of the queue extension has no job dependencies (queue_push has no depends_on): \
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) && !call.newer_options().is_empty() => {
+                Err(CliError::usage(format!(
+                    "this version of the queue extension has no {} (queue_push has no such parameter): \
                      ALTER EXTENSION queue UPDATE",
-                ))
+                    call.newer_options().join(" or ")
+                )))
             }
             Err(e) => Err(e.into()),
         }
@@ -386,12 +519,32 @@ pub struct PushCall {
     pub depends_on: Vec<i64>,
     /// `run_anyway`: run once the dependencies ended, however they ended.
     pub run_anyway: bool,
+    /// `tags`: labels to find the job by (`jobs --tag`, `failed --tag`, ...).
+    pub tags: Vec<String>,
+    /// `batch`: the open batch (`queue_batch_open`) the job joins.
+    pub batch: Option<i64>,
 }
 
 /// One bound value of a statement.
 type Param = Box<dyn ToSql + Sync + Send>;
 
 impl PushCall {
+    /// The features of later extension versions this call uses, for the
+    /// message when the installed one lacks them.
+    fn newer_options(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if !self.depends_on.is_empty() || self.run_anyway {
+            v.push("job dependencies (--depends-on)");
+        }
+        if !self.tags.is_empty() {
+            v.push("tags (--tag)");
+        }
+        if self.batch.is_some() {
+            v.push("batches (--batch)");
+        }
+        v
+    }
+
     /// The `SELECT queue_push(...)` text and its parameters, in order.
     fn statement(&self, queue: &str, payload: &Value) -> Result<(String, Vec<Param>)> {
         if self.delay.is_some() && self.run_at.is_some() {
@@ -445,8 +598,108 @@ impl PushCall {
         if self.run_anyway {
             arg("run_anyway", "boolean", Box::new(true));
         }
+        if !self.tags.is_empty() {
+            arg("tags", "text[]", Box::new(self.tags.clone()));
+        }
+        if let Some(b) = self.batch {
+            arg("batch", "bigint", Box::new(b));
+        }
         sql.push(')');
         Ok((sql, params))
+    }
+}
+
+/// The options of one `queue_configure` (the `configure` subcommand's
+/// flags). What is `None` is left out of the call: the queue keeps its value
+/// (or, with `reset`, goes back to the global default).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ConfigureCall {
+    /// `priority`: the default priority of a push that gives none.
+    pub priority: Option<i32>,
+    /// `max_attempts`.
+    pub max_attempts: Option<i32>,
+    /// `timeout`: the lease per attempt.
+    pub timeout: Option<Duration>,
+    /// `backoff_base`: the first retry delay.
+    pub backoff_base: Option<Duration>,
+    /// `backoff_max`: the longest retry delay.
+    pub backoff_max: Option<Duration>,
+    /// `retention`: how long the queue's finished jobs are kept. Only newer
+    /// extensions have the parameter; it is named only when set.
+    pub retention: Option<Duration>,
+    /// `reset`: clear every value not given.
+    pub reset: bool,
+}
+
+impl ConfigureCall {
+    /// Whether the call would change nothing (no value and no reset).
+    pub fn is_empty(&self) -> bool {
+        *self == ConfigureCall::default()
+    }
+
+    /// The `SELECT queue_configure(queue => $1, ...)` text and its
+    /// parameters, in order: every argument by name, every value bound.
+    fn statement(&self, queue: &str) -> Result<(String, Vec<Param>)> {
+        let mut sql = String::from("SELECT queue_configure(queue => $1::text");
+        let mut params: Vec<Param> = vec![Box::new(queue.to_owned())];
+        let mut arg = |name: &str, cast: &str, value: Param| {
+            params.push(value);
+            sql.push_str(&format!(", {name} => ${}::{cast}", params.len()));
+        };
+        let interval = |d: Duration, flag: &str| -> Result<PgInterval> {
+            let i = PgInterval(d);
+            i.micros().map_err(|_| CliError::usage(format!("{flag} {d:?} does not fit a Postgres interval")))?;
+            Ok(i)
+        };
+        if let Some(p) = self.priority {
+            arg("priority", "int", Box::new(p));
+        }
+        if let Some(n) = self.max_attempts {
+            arg("max_attempts", "int", Box::new(n));
+        }
+        if let Some(d) = self.timeout {
+            arg("timeout", "interval", Box::new(interval(d, "--timeout")?));
+        }
+        if let Some(d) = self.backoff_base {
+            arg("backoff_base", "interval", Box::new(interval(d, "--backoff-base")?));
+        }
+        if let Some(d) = self.backoff_max {
+            arg("backoff_max", "interval", Box::new(interval(d, "--backoff-max")?));
+        }
+        if let Some(d) = self.retention {
+            arg("retention", "interval", Box::new(interval(d, "--retention")?));
+        }
+        if self.reset {
+            arg("reset", "boolean", Box::new(true));
+        }
+        sql.push(')');
+        Ok((sql, params))
+    }
+}
+
+const UNDEFINED_FUNCTION: &str = "42883";
+
+/// An error of a call with a tag: an extension from before tags has no
+/// such parameter (42883), which is said plainly (exit 2).
+fn no_tags(e: CliError) -> CliError {
+    if e.sqlstate.as_deref() == Some(UNDEFINED_FUNCTION) {
+        CliError::usage(
+            "this version of the queue extension has no tags (no tag parameter): ALTER EXTENSION queue UPDATE",
+        )
+    } else {
+        e
+    }
+}
+
+/// An error of a batch call: an extension from before batches has no
+/// queue_batch_* functions (42883), which is said plainly (exit 2).
+fn no_batches(e: CliError) -> CliError {
+    if e.sqlstate.as_deref() == Some(UNDEFINED_FUNCTION) {
+        CliError::usage(
+            "this version of the queue extension has no batches (no queue_batch_open): ALTER EXTENSION queue UPDATE",
+        )
+    } else {
+        e
     }
 }
 
@@ -501,5 +754,45 @@ mod tests {
         assert!(both.statement("q", &Value::Null).is_err());
         let huge = PushCall { timeout: Some(Duration::MAX), ..PushCall::default() };
         assert_eq!(huge.statement("q", &Value::Null).err().unwrap().exit, crate::error::Exit::Usage);
+
+        let tagged = PushCall { tags: vec!["a".into(), "b'); --".into()], batch: Some(7), ..PushCall::default() };
+        let (sql, params) = tagged.statement("q", &Value::Null).unwrap();
+        assert_eq!(sql, "SELECT queue_push($1::text, $2::jsonb, tags => $3::text[], batch => $4::bigint)");
+        assert_eq!(params.len(), 4);
+        assert_eq!(tagged.newer_options(), vec!["tags (--tag)", "batches (--batch)"]);
+    }
+
+    #[test]
+    fn a_configure_names_every_argument_and_binds_every_value() {
+        assert!(ConfigureCall::default().is_empty());
+        let (sql, params) = ConfigureCall { reset: true, ..ConfigureCall::default() }.statement("q").unwrap();
+        assert_eq!(sql, "SELECT queue_configure(queue => $1::text, reset => $2::boolean)");
+        assert_eq!(params.len(), 2);
+
+        let call = ConfigureCall {
+            priority: Some(10),
+            max_attempts: Some(7),
+            timeout: Some(Duration::from_secs(30)),
+            backoff_base: Some(Duration::from_secs(2)),
+            backoff_max: Some(Duration::from_secs(60)),
+            retention: None,
+            reset: false,
+        };
+        let (sql, params) = call.statement("q'; DROP TABLE x; --").unwrap();
+        assert_eq!(
+            sql,
+            "SELECT queue_configure(queue => $1::text, priority => $2::int, max_attempts => $3::int, \
+             timeout => $4::interval, backoff_base => $5::interval, backoff_max => $6::interval)"
+        );
+        assert_eq!(params.len(), 6);
+        assert!(!sql.contains("retention"), "retention is named only when given");
+        assert!(!sql.contains("DROP") && !sql.contains("30"), "values are bound, never in the text");
+
+        let kept =
+            ConfigureCall { retention: Some(Duration::from_secs(86400)), reset: true, ..ConfigureCall::default() };
+        let (sql, _) = kept.statement("q").unwrap();
+        assert_eq!(sql, "SELECT queue_configure(queue => $1::text, retention => $2::interval, reset => $3::boolean)");
+        let huge = ConfigureCall { retention: Some(Duration::MAX), ..ConfigureCall::default() };
+        assert_eq!(huge.statement("q").err().unwrap().exit, crate::error::Exit::Usage);
     }
 }

@@ -8,10 +8,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use queue_client::Priority;
 use serde_json::{json, Value};
 
-use crate::api::{Api, PushCall};
+use crate::api::{Api, ConfigureCall, PushCall};
 use crate::error::{CliError, Exit, Result};
 use crate::output::{self, ago, cell, field, int, ms, percent, preview, secs, when, Table};
-use crate::{Cli, Command, PushArgs, ScheduleArgs};
+use crate::{BatchCommand, Cli, Command, ConfigureArgs, PushArgs, ScheduleArgs};
 
 /// How the output is made.
 #[derive(Clone, Copy)]
@@ -62,16 +62,27 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Status { queue, since } => status(&api, out, queue.as_deref(), since).await,
         Command::List => list(&api, out).await,
         Command::Describe { queue } => describe(&api, out, &queue).await,
-        Command::Jobs { queue, status, limit } => jobs(&api, out, &queue, &status, limit).await,
+        Command::Jobs { queue, status, limit, tag } => jobs(&api, out, &queue, &status, limit, tag.as_deref()).await,
         Command::Job { id } => job(&api, out, id).await,
         Command::Push(args) => push(&api, out, args).await,
-        Command::Failed { queue, limit } => failed(&api, out, queue.as_deref(), limit).await,
+        Command::Failed { queue, limit, tag } => failed(&api, out, queue.as_deref(), limit, tag.as_deref()).await,
         Command::Retry { id: Some(id), .. } => retry(&api, out, id).await,
-        Command::Retry { all: Some(queue), .. } => retry_all(&api, out, &queue).await,
+        Command::Retry { all: Some(queue), tag, .. } => retry_all(&api, out, &queue, tag.as_deref()).await,
         Command::Retry { .. } => Err(CliError::usage("retry needs a job id or --all QUEUE")),
         Command::Delete { id } => delete(&api, out, id).await,
         Command::Cancel { id } => cancel(&api, out, id).await,
-        Command::PurgeDead { queue, older_than } => purge_dead(&api, out, queue.as_deref(), older_than).await,
+        Command::PurgeDead { queue, older_than, tag } => {
+            purge_dead(&api, out, queue.as_deref(), older_than, tag.as_deref()).await
+        }
+        Command::Configure(args) => configure(&api, out, args).await,
+        Command::Settings => settings(&api, out).await,
+        Command::Stats { queue, tag } => stats(&api, out, queue.as_deref(), tag.as_deref()).await,
+        Command::Batch(BatchCommand::Open { on_complete, on_failure }) => {
+            batch_open(&api, out, on_complete.as_deref(), on_failure.as_deref()).await
+        }
+        Command::Batch(BatchCommand::Close { id }) => batch_close(&api, out, id).await,
+        Command::Batch(BatchCommand::Cancel { id }) => batch_cancel(&api, out, id).await,
+        Command::Batch(BatchCommand::Show { id }) => batch_show(&api, out, id).await,
         Command::Clear { queue, .. } => clear(&api, out, &queue).await,
         Command::Cleanup { older_than } => cleanup(&api, out, older_than).await,
         Command::Pause { queue } => pause(&api, out, &queue).await,
@@ -354,7 +365,7 @@ async fn describe(api: &Api, out: Out, queue: &str) -> Result<Exit> {
     let stats = api.stats(Some(queue)).await?;
     let metrics = api.metrics(Some(queue), hour).await?;
     let next = api.peek(queue, 5).await?;
-    let dead = api.dead(Some(queue), 5).await?;
+    let dead = api.dead(Some(queue), 5, None).await?;
     let schedules: Vec<Value> = api.schedules().await?.into_iter().filter(|s| s["queue"] == json!(queue)).collect();
     let workers: Vec<Value> = api
         .workers()
@@ -437,12 +448,17 @@ fn print_dead(rows: &[Value]) {
     }
 }
 
-/// Rows of `queue_jobs`: any status, newest first.
+/// Rows of `queue_jobs`: any status, newest first, with their tags (a
+/// TAGS column only where the extension returns them).
 fn print_listed(rows: &[Value]) {
-    let mut t =
-        Table::new(&[">ID", "QUEUE", "STATUS", ">ATTEMPT", "CREATED", "STARTED", "FINISHED", "ERROR", "PAYLOAD"]);
+    let with_tags = rows.iter().any(|r| r.get("tags").is_some());
+    let mut header = vec![">ID", "QUEUE", "STATUS", ">ATTEMPT", "CREATED", "STARTED", "FINISHED", "ERROR", "PAYLOAD"];
+    if with_tags {
+        header.insert(3, "TAGS");
+    }
+    let mut t = Table::new(&header);
     for r in rows {
-        t.row(vec![
+        let mut cells = vec![
             field(r, "id"),
             field(r, "queue"),
             field(r, "status"),
@@ -452,7 +468,11 @@ fn print_listed(rows: &[Value]) {
             ago(r, "finished_at"),
             preview(&field(r, "last_error"), 40),
             preview(&r["payload"].to_string(), 30),
-        ]);
+        ];
+        if with_tags {
+            cells.insert(3, tag_list(&r["tags"]));
+        }
+        t.row(cells);
     }
     if t.is_empty() {
         println!("  none");
@@ -515,7 +535,19 @@ fn print_workers(rows: &[Value]) {
     }
 }
 
-async fn jobs(api: &Api, out: Out, queue: &str, status: &str, limit: i32) -> Result<Exit> {
+/// Tags of a JSON array as "a,b" (no spaces: one cell of a table); `-` for none.
+fn tag_list(v: &Value) -> String {
+    match v.as_array() {
+        Some(a) if !a.is_empty() => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        _ => "-".into(),
+    }
+}
+
+/// `jobs`: pending jobs in claim order (`queue_peek`), dead ones from
+/// `queue_dead`, any other status newest first (`queue_jobs`). With a tag,
+/// pending jobs come from `queue_jobs` too (`queue_peek` has no tag filter),
+/// newest first.
+async fn jobs(api: &Api, out: Out, queue: &str, status: &str, limit: i32, tag: Option<&str>) -> Result<Exit> {
     if !queue_client::is_valid_queue_name(queue) {
         return Err(CliError::usage(format!("bad queue name {queue:?}: 1-57 characters of [A-Za-z0-9_.:-]")));
     }
@@ -527,9 +559,9 @@ async fn jobs(api: &Api, out: Out, queue: &str, status: &str, limit: i32) -> Res
     let rows = match status {
         // Pending jobs in the order they will be claimed; dead letters as
         // queue_dead gives them; any other status newest first.
-        "pending" => api.peek(queue, limit).await?,
-        "dead" => api.dead(Some(queue), limit).await?,
-        s if STATUSES.contains(&s) => api.list_jobs(Some(queue), Some(s), limit, None).await?,
+        "pending" if tag.is_none() => api.peek(queue, limit).await?,
+        "dead" => api.dead(Some(queue), limit, tag).await?,
+        s if STATUSES.contains(&s) => api.list_jobs(Some(queue), Some(s), limit, None, tag).await?,
         other => {
             return Err(CliError::usage(format!(
                 "unknown status {other:?}: one of {}, or dead (failed and expired)",
@@ -541,7 +573,7 @@ async fn jobs(api: &Api, out: Out, queue: &str, status: &str, limit: i32) -> Res
         out.print_json(&Value::Array(rows));
         return Ok(Exit::Ok);
     }
-    if status == "pending" {
+    if status == "pending" && tag.is_none() {
         print_waiting(&rows);
     } else if status == "dead" {
         print_dead(&rows);
@@ -574,6 +606,13 @@ async fn job(api: &Api, out: Out, id: i64) -> Result<Exit> {
     }
     if j.get("blocked_by").is_some() {
         t.row(vec!["blocked_by".into(), blocked_by(&j)]);
+    }
+    // Tags and batch (an extension from before them has neither key).
+    if j.get("tags").is_some() {
+        t.row(vec!["tags".into(), id_list(&j["tags"])]);
+    }
+    if j.get("batch_id").is_some() {
+        t.row(vec!["batch".into(), batch_cell(&j)]);
     }
     for key in ["created_at", "run_at", "started_at", "lease_until", "finished_at"] {
         t.row(vec![key.into(), when(&j, key)]);
@@ -618,6 +657,23 @@ fn id_list(v: &Value) -> String {
         Some(a) if !a.is_empty() => a.iter().map(cell).collect::<Vec<_>>().join(", "),
         _ => "-".into(),
     }
+}
+
+/// The batch row of `job`: "7 (open, 1 of 3 final)" or "-" for none.
+fn batch_cell(j: &Value) -> String {
+    let Some(id) = j["batch_id"].as_i64() else {
+        return "-".into();
+    };
+    let b = &j["batch"];
+    if b.is_null() {
+        return id.to_string();
+    }
+    format!("{id} ({}, {} of {} final; queuectl batch show {id})", field(b, "state"), final_count(b), field(b, "total"))
+}
+
+/// How many jobs of a `queue_batch` object are final (total - pending).
+fn final_count(b: &Value) -> i64 {
+    int(b, "total") - int(b, "pending")
 }
 
 /// `blocked_by` of `queue_job`: "1 of 2 dependencies not resolved" for a job
@@ -709,6 +765,8 @@ async fn push(api: &Api, out: Out, a: PushArgs) -> Result<Exit> {
         dedupe_key: a.dedupe_key,
         depends_on: a.depends_on,
         run_anyway: a.run_anyway,
+        tags: a.tags,
+        batch: a.batch,
     };
     let id = api.push(&a.queue, &payload, &call).await?;
     if out.json {
@@ -719,8 +777,8 @@ async fn push(api: &Api, out: Out, a: PushArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-async fn failed(api: &Api, out: Out, queue: Option<&str>, limit: i32) -> Result<Exit> {
-    let rows = api.dead(queue, limit).await?;
+async fn failed(api: &Api, out: Out, queue: Option<&str>, limit: i32, tag: Option<&str>) -> Result<Exit> {
+    let rows = api.dead(queue, limit, tag).await?;
     if out.json {
         out.print_json(&Value::Array(rows));
         return Ok(Exit::Ok);
@@ -761,7 +819,10 @@ async fn retry(api: &Api, out: Out, id: i64) -> Result<Exit> {
     }
 }
 
-async fn retry_all(api: &Api, out: Out, queue: &str) -> Result<Exit> {
+/// `retry --all QUEUE [--tag T]`: the queue's dead jobs (of that tag) as
+/// `queue_dead` lists them, retried in chunks so that a progress bar can
+/// follow; the same jobs `queue_retry_all(queue, tag)` would retry.
+async fn retry_all(api: &Api, out: Out, queue: &str, tag: Option<&str>) -> Result<Exit> {
     const CHUNK: usize = 500;
     let mut skipped: HashSet<i64> = HashSet::new();
     let mut errors: Vec<String> = Vec::new();
@@ -769,7 +830,7 @@ async fn retry_all(api: &Api, out: Out, queue: &str) -> Result<Exit> {
     let bar = out.bar(0, &format!("retrying {queue}"));
     loop {
         let ids: Vec<i64> = api
-            .dead(Some(queue), 100_000)
+            .dead(Some(queue), 100_000, tag)
             .await?
             .iter()
             .filter_map(|r| r["id"].as_i64())
@@ -805,9 +866,12 @@ async fn retry_all(api: &Api, out: Out, queue: &str) -> Result<Exit> {
     }
     bar.finish_and_clear();
     if out.json {
-        out.print_json(&json!({"queue": queue, "retried": retried, "skipped": skipped.len(), "errors": errors}));
+        out.print_json(
+            &json!({"queue": queue, "tag": tag, "retried": retried, "skipped": skipped.len(), "errors": errors}),
+        );
     } else {
-        println!("{retried} dead job{} of {queue} pending again", if retried == 1 { "" } else { "s" });
+        let tagged = tag.map(|t| format!(" tagged {t}")).unwrap_or_default();
+        println!("{retried} dead job{} of {queue}{tagged} pending again", if retried == 1 { "" } else { "s" });
         for e in &errors {
             eprintln!("queuectl: skipped {e}");
         }
@@ -831,10 +895,16 @@ async fn cancel(api: &Api, out: Out, id: i64) -> Result<Exit> {
     }
 }
 
-async fn purge_dead(api: &Api, out: Out, queue: Option<&str>, older_than: Option<Duration>) -> Result<Exit> {
+async fn purge_dead(
+    api: &Api,
+    out: Out,
+    queue: Option<&str>,
+    older_than: Option<Duration>,
+    tag: Option<&str>,
+) -> Result<Exit> {
     const CHUNK: usize = 1000;
     // Oldest first; each step deletes what finished before the next chunk's first job.
-    let mut rows = api.dead(queue, 100_000).await?;
+    let mut rows = api.dead(queue, 100_000, tag).await?;
     rows.reverse();
     let stamps: Vec<String> = rows.iter().filter_map(|r| r["finished_at"].as_str().map(str::to_owned)).collect();
     let cutoff = older_than.map(|d| chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
@@ -851,18 +921,18 @@ async fn purge_dead(api: &Api, out: Out, queue: Option<&str>, older_than: Option
                 break;
             }
         }
-        let n = api.purge_dead_before(queue, &stamps[i], older_than).await?;
+        let n = api.purge_dead_before(queue, &stamps[i], older_than, tag).await?;
         purged += n;
         bar.inc(n as u64);
         i += CHUNK;
     }
-    let n = api.purge_dead(queue, older_than).await?;
+    let n = api.purge_dead(queue, older_than, tag).await?;
     purged += n;
     bar.inc(n as u64);
     bar.finish_and_clear();
     done(
         out,
-        json!({"queue": queue, "purged": purged}),
+        json!({"queue": queue, "tag": tag, "purged": purged}),
         format!("{purged} dead job{} deleted", if purged == 1 { "" } else { "s" }),
     )
     .await
@@ -906,6 +976,257 @@ async fn resume(api: &Api, out: Out, queue: &str) -> Result<Exit> {
     let changed = api.resume(queue).await?;
     let text = if changed { format!("resumed {queue}") } else { format!("{queue} was not paused") };
     done(out, json!({"queue": queue, "paused": false, "changed": changed}), text).await
+}
+
+/// A priority as `queue_configure` / `queue_settings` give it: "10 (low)",
+/// "-10 (high)", "3"; `-` for NULL (the global default).
+fn priority_cell(v: &Value) -> String {
+    match v.as_i64() {
+        None => "-".into(),
+        Some(p) => match p {
+            -20 => "-20 (critical)".into(),
+            -10 => "-10 (high)".into(),
+            0 => "0 (normal)".into(),
+            10 => "10 (low)".into(),
+            n => n.to_string(),
+        },
+    }
+}
+
+/// The push defaults of a settings object (of `queue_configure` or a row of
+/// `queue_settings`), in the order queuectl prints them; `retention` only
+/// when the extension returns it.
+fn default_fields(s: &Value) -> Vec<(&'static str, String)> {
+    let mut v = vec![
+        ("priority", priority_cell(&s["priority"])),
+        ("max_attempts", field(s, "max_attempts")),
+        ("timeout", field(s, "timeout")),
+        ("backoff_base", field(s, "backoff_base")),
+        ("backoff_max", field(s, "backoff_max")),
+    ];
+    if s.get("retention").is_some() {
+        v.push(("retention", field(s, "retention")));
+    }
+    v
+}
+
+/// `configure QUEUE ...`: one `queue_configure` with the options given, by
+/// name ([`ConfigureCall`]); prints the queue's settings as it returns them.
+async fn configure(api: &Api, out: Out, a: ConfigureArgs) -> Result<Exit> {
+    let call = ConfigureCall {
+        priority: a.priority.as_deref().map(parse_priority).transpose()?,
+        max_attempts: a.max_attempts,
+        timeout: a.timeout,
+        backoff_base: a.backoff_base,
+        backoff_max: a.backoff_max,
+        retention: a.retention,
+        reset: a.reset,
+    };
+    if call.is_empty() {
+        return Err(CliError::usage(format!(
+            "nothing to configure for {:?}: give --priority, --max-attempts, --timeout, --backoff-base, \
+             --backoff-max, --retention or --reset (queuectl settings shows the current settings)",
+            a.queue
+        )));
+    }
+    let s = api.configure(&a.queue, &call).await?;
+    if out.json {
+        out.print_json(&s);
+        return Ok(Exit::Ok);
+    }
+    println!("configured {} (- is the global default)", field(&s, "queue"));
+    let mut t = Table::new(&["FIELD", "VALUE"]);
+    for (k, v) in default_fields(&s) {
+        t.row(vec![format!("  {k}"), v]);
+    }
+    print!("{}", t.render().lines().skip(1).map(|l| format!("{l}\n")).collect::<String>());
+    Ok(Exit::Ok)
+}
+
+/// `settings`: the rows of `queue_settings()` (queues with a pause or
+/// defaults), by column name; a RETENTION column where the extension has one.
+async fn settings(api: &Api, out: Out) -> Result<Exit> {
+    let rows = api.settings().await.map_err(|e| {
+        if e.sqlstate.as_deref() == Some("42883") {
+            CliError::usage("this version of the queue extension has no queue settings (no queue_settings): ALTER EXTENSION queue UPDATE")
+        } else {
+            e
+        }
+    })?;
+    if out.json {
+        out.print_json(&Value::Array(rows));
+        return Ok(Exit::Ok);
+    }
+    let with_retention = rows.iter().any(|r| r.get("retention").is_some());
+    let mut header =
+        vec!["QUEUE", "PAUSED", "SINCE", "BY", ">PRIORITY", ">MAX ATTEMPTS", "TIMEOUT", "BACKOFF BASE", "BACKOFF MAX"];
+    if with_retention {
+        header.push("RETENTION");
+    }
+    let mut t = Table::new(&header);
+    for r in &rows {
+        let mut cells = vec![
+            field(r, "queue"),
+            if r["paused"] == json!(true) { "PAUSED".into() } else { "no".into() },
+            ago(r, "paused_at"),
+            field(r, "paused_by"),
+        ];
+        cells.extend(default_fields(r).into_iter().map(|(_, v)| v));
+        t.row(cells);
+    }
+    if t.is_empty() {
+        println!("no queue has settings (queuectl configure sets defaults, queuectl pause pauses)");
+    } else {
+        print!("{}", t.render());
+        println!("(- is the global default: priority normal, 3 attempts, timeout 5m, backoff 10s to 1h)");
+    }
+    Ok(Exit::Ok)
+}
+
+/// The statuses `stats` prints, in lifecycle order.
+const STAT_STATUSES: [&str; 9] =
+    ["blocked", "scheduled", "pending", "processing", "retrying", "completed", "failed", "expired", "cancelled"];
+
+/// `stats [QUEUE] [--tag T]`: `queue_stats` by status.
+async fn stats(api: &Api, out: Out, queue: Option<&str>, tag: Option<&str>) -> Result<Exit> {
+    let s = match tag {
+        Some(t) => api.tag_stats(queue, t).await?,
+        None => api.stats(queue).await?,
+    };
+    if out.json {
+        out.print_json(&s);
+        return Ok(Exit::Ok);
+    }
+    let scope = queue.map(|q| format!("queue {q}")).unwrap_or_else(|| "all queues".into());
+    match tag {
+        Some(t) => println!(
+            "{scope}, tag {t}: {} job{} (live, and history still kept)",
+            int(&s, "total"),
+            if int(&s, "total") == 1 { "" } else { "s" }
+        ),
+        None => println!("{scope}: {} (completed, failed, expired, cancelled: totals)", depth_line(&s)),
+    }
+    let mut t = Table::new(&["STATUS", ">JOBS"]);
+    for k in STAT_STATUSES {
+        if s.get(k).is_some() {
+            t.row(vec![k.into(), field(&s, k)]);
+        }
+    }
+    print!("{}", t.render());
+    Ok(Exit::Ok)
+}
+
+/// A callback argument of `batch open`: JSON text, or `@FILE`.
+fn read_callback(flag: &str, arg: Option<&str>) -> Result<Option<Value>> {
+    let Some(arg) = arg else { return Ok(None) };
+    let text = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| CliError::usage(format!("cannot read {path}: {e}")))?,
+        None => arg.to_owned(),
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|e| {
+        CliError::usage(format!(
+            "{flag} is not JSON ({e}): give {{\"queue\": \"reports\", \"payload\": {{...}}, \"priority\": \"high\"}}"
+        ))
+    })?;
+    Ok(Some(v))
+}
+
+/// `batch open`: prints the new batch's id (`--json`: an object).
+async fn batch_open(api: &Api, out: Out, on_complete: Option<&str>, on_failure: Option<&str>) -> Result<Exit> {
+    let complete = read_callback("--on-complete", on_complete)?;
+    let failure = read_callback("--on-failure", on_failure)?;
+    let id = api.batch_open(complete.as_ref(), failure.as_ref()).await?;
+    if out.json {
+        out.print_json(&json!({"id": id, "state": "open"}));
+    } else {
+        println!("{id}");
+    }
+    Ok(Exit::Ok)
+}
+
+/// A batch the server refused to act on: unknown (exit 3) or the server's
+/// own error (e.g. "batch 7 is closed", 22023: exit 2).
+async fn batch_refused(api: &Api, id: i64, e: CliError) -> CliError {
+    match api.batch(id).await {
+        Ok(None) => CliError::not_found(format!("no batch {id}")),
+        _ => e,
+    }
+}
+
+/// `batch close ID`: prints the batch after the close.
+async fn batch_close(api: &Api, out: Out, id: i64) -> Result<Exit> {
+    let b = match api.batch_close(id).await {
+        Ok(b) => b,
+        Err(e) if e.sqlstate.as_deref() == Some("22023") => return Err(batch_refused(api, id, e).await),
+        Err(e) => return Err(e),
+    };
+    let text = if field(&b, "state") == "done" {
+        format!("batch {id} closed and done: all {} jobs final, callbacks pushed", field(&b, "total"))
+    } else {
+        format!("batch {id} closed: {} of {} jobs final", final_count(&b), field(&b, "total"))
+    };
+    done(out, b, text).await
+}
+
+/// `batch cancel ID`: exit 0 when cancelled now or already; 1 when done
+/// (its callbacks are pushed: nothing left to cancel); 3 when unknown.
+async fn batch_cancel(api: &Api, out: Out, id: i64) -> Result<Exit> {
+    if api.batch_cancel(id).await? {
+        return done(out, json!({"id": id, "cancelled": true, "changed": true}), format!("batch {id} cancelled")).await;
+    }
+    match api.batch(id).await? {
+        None => Err(CliError::not_found(format!("no batch {id}"))),
+        Some(b) if field(&b, "state") == "cancelled" => {
+            done(
+                out,
+                json!({"id": id, "cancelled": true, "changed": false}),
+                format!("batch {id} was already cancelled"),
+            )
+            .await
+        }
+        Some(b) => Err(CliError::error(format!(
+            "batch {id} is {}: its jobs are final and its callbacks pushed, nothing to cancel",
+            field(&b, "state")
+        ))),
+    }
+}
+
+/// `batch show ID`: `queue_batch(id)` as a table.
+async fn batch_show(api: &Api, out: Out, id: i64) -> Result<Exit> {
+    let Some(b) = api.batch(id).await? else {
+        return Err(CliError::not_found(format!("no batch {id}")));
+    };
+    if out.json {
+        out.print_json(&b);
+        return Ok(Exit::Ok);
+    }
+    let mut t = Table::new(&["FIELD", "VALUE"]);
+    t.row(vec!["id".into(), field(&b, "id")]);
+    t.row(vec!["state".into(), field(&b, "state")]);
+    t.row(vec![
+        "progress".into(),
+        format!("{} of {} final ({})", final_count(&b), field(&b, "total"), percent(&b["progress"])),
+    ]);
+    for k in ["total", "pending", "running", "completed", "failed", "cancelled"] {
+        t.row(vec![k.into(), field(&b, k)]);
+    }
+    for (spec, job) in [("on_complete", "complete_job"), ("on_failure", "failure_job")] {
+        let v = if b[spec].is_null() {
+            "-".to_owned()
+        } else {
+            let pushed = match b[job].as_i64() {
+                Some(j) => format!("pushed as job {j}"),
+                None => "not pushed".into(),
+            };
+            format!("{} ({pushed})", preview(&b[spec].to_string(), 80))
+        };
+        t.row(vec![spec.into(), v]);
+    }
+    for k in ["created_at", "closed_at", "finished_at"] {
+        t.row(vec![k.into(), when(&b, k)]);
+    }
+    print!("{}", t.render());
+    Ok(Exit::Ok)
 }
 
 async fn schedules(api: &Api, out: Out) -> Result<Exit> {

@@ -27,14 +27,15 @@ use crate::error::{CliError, Exit};
 #[command(
     name = "queuectl",
     version,
-    about = "Operate the queue extension: status, jobs, dead letters, schedules, workers, a live dashboard",
-    long_about = "Operate the queue extension: status, jobs, dead letters, schedules, workers, a live dashboard.\n\n\
+    about = "Operate the queue extension: status, jobs, dead letters, batches, queue settings, schedules, workers, a live dashboard",
+    long_about = "Operate the queue extension: status, jobs, dead letters, batches, queue settings, schedules, workers, a live dashboard.\n\n\
 Connection: --database-url, else DATABASE_URL, else the libpq variables PGHOST, PGPORT, PGUSER, \
 PGDATABASE, PGPASSWORD or the password file (PGPASSFILE, ~/.pgpass), as psql reads them. \
 Never put a password on the command line: use PGPASSWORD or ~/.pgpass.\n\n\
 Exit codes: 0 ok, 1 error, 2 usage error or refused, 3 not found.",
     after_help = "Examples:\n  queuectl status\n  queuectl push emails '{\"to\": \"a@example.com\"}' --priority high\n  \
-queuectl failed emails\n  queuectl retry --all emails\n  queuectl pause emails\n  queuectl work emails -- ./send-email.sh\n  \
+queuectl failed emails\n  queuectl retry --all emails\n  queuectl pause emails\n  queuectl configure emails --max-attempts 5\n  \
+queuectl batch open --on-complete '{\"queue\": \"reports\"}'\n  queuectl work emails -- ./send-email.sh\n  \
 queuectl serve --listen 127.0.0.1:8080"
 )]
 pub struct Cli {
@@ -73,6 +74,10 @@ pub enum Command {
         queue: String,
     },
     /// Jobs of a queue in one status (pending: next in claim order; any other status, or dead: newest first)
+    #[command(
+        after_help = "Examples:\n  queuectl jobs emails\n  queuectl jobs emails --status failed --tag customer:42\n  \
+queuectl jobs reports --status completed --tag nightly --json"
+    )]
     Jobs {
         /// The queue
         queue: String,
@@ -82,8 +87,11 @@ pub enum Command {
         /// How many at most
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: i32,
+        /// Only the jobs with this tag (queue_jobs / queue_dead tag); pending ones are then listed newest first, not in claim order
+        #[arg(long, value_name = "TAG", value_parser = filter_tag)]
+        tag: Option<String>,
     },
-    /// Everything about one job: payload, result, error, progress, timings, dependencies
+    /// Everything about one job: payload, result, error, progress, timings, tags, batch, dependencies
     Job {
         /// The job id
         id: i64,
@@ -92,18 +100,28 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  queuectl push emails '{\"to\": \"a@example.com\"}' --priority high --delay 10m\n  \
 queuectl push reports '{\"merge\": true}' --depends-on 41,42   # waits for 41 and 42\n  \
-queuectl push cleanup '{}' --depends-on 41 --depends-on 42 --run-anyway"
+queuectl push cleanup '{}' --depends-on 41 --depends-on 42 --run-anyway\n  \
+queuectl push render '{\"page\": 1}' --tag customer:42 --tag pdf --batch 7"
     )]
     Push(PushArgs),
     /// Dead letters (failed and expired jobs), newest first
+    #[command(
+        visible_alias = "dead",
+        after_help = "Examples:\n  queuectl failed emails\n  queuectl dead --tag customer:42"
+    )]
     Failed {
         /// One queue (default: every queue)
         queue: Option<String>,
         /// How many at most
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: i32,
+        /// Only the dead jobs with this tag (queue_dead tag)
+        #[arg(long, value_name = "TAG", value_parser = filter_tag)]
+        tag: Option<String>,
     },
     /// Put a dead job back to pending (attempts reset), or every dead job of a queue with --all
+    #[command(after_help = "Examples:\n  queuectl retry 42\n  queuectl retry --all emails\n  \
+queuectl retry --all emails --tag customer:42   # only that tag's dead jobs")]
     Retry {
         /// The job id
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -111,6 +129,9 @@ queuectl push cleanup '{}' --depends-on 41 --depends-on 42 --run-anyway"
         /// Every dead job of this queue
         #[arg(long, value_name = "QUEUE")]
         all: Option<String>,
+        /// With --all: only the dead jobs with this tag
+        #[arg(long, value_name = "TAG", requires = "all", value_parser = filter_tag)]
+        tag: Option<String>,
     },
     /// Delete one job that is not processing
     Delete {
@@ -122,13 +143,16 @@ queuectl push cleanup '{}' --depends-on 41 --depends-on 42 --run-anyway"
         /// The job id
         id: i64,
     },
-    /// Delete dead letters, of one queue or all, optionally only older ones
+    /// Delete dead letters, of one queue or all, optionally only older ones or only one tag's
     PurgeDead {
         /// One queue (default: every queue)
         queue: Option<String>,
         /// Only those that finished longer ago than this (e.g. 7d)
         #[arg(long, value_parser = duration)]
         older_than: Option<Duration>,
+        /// Only the dead jobs with this tag (queue_purge_dead tag)
+        #[arg(long, value_name = "TAG", value_parser = filter_tag)]
+        tag: Option<String>,
     },
     /// Delete the waiting jobs of a queue (pending, scheduled, retrying, blocked); needs --force
     Clear {
@@ -159,6 +183,39 @@ are woken, as a push would. Resuming a queue that is not paused changes nothing 
         /// The queue
         queue: String,
     },
+    /// Set a queue's defaults for what a push does not say (priority, attempts, timeout, backoff, retention)
+    #[command(
+        long_about = "Set a queue's defaults for what a push does not say (queue_configure): a push into the queue \
+that leaves out --priority, --max-attempts, --timeout, --backoff-base or --backoff-max gets the queue's value, else the \
+global default (normal, 3, 5m, 10s, 1h). What a push says always wins; jobs already pushed keep theirs. An option given \
+replaces the queue's value, one left out keeps it, --reset clears every value not given. --retention (how long the \
+queue's finished jobs are kept) needs an extension whose queue_configure has it. Prints the queue's settings. \
+Needs queue_admin.",
+        after_help = "Examples:\n  queuectl configure reports --priority low --max-attempts 10 --timeout 30m\n  \
+queuectl configure reports --backoff-base 5s --backoff-max 10m\n  queuectl configure reports --reset              # back to the global defaults\n  \
+queuectl configure reports --reset --timeout 1m  # only the timeout stays set"
+    )]
+    Configure(ConfigureArgs),
+    /// Every queue that has settings: paused (since when, by whom) and the defaults of `configure`
+    #[command(after_help = "Examples:\n  queuectl settings\n  queuectl settings --json")]
+    Settings,
+    /// Counts by status, of one queue or all; with --tag, of the jobs with that tag
+    #[command(
+        long_about = "Counts by status (queue_stats). Without --tag: the queue's counters (live jobs by status, \
+and the completed / failed / expired / cancelled totals since the start). With --tag: the jobs with that tag by \
+status, live and the history still kept, counted from the jobs (queue_stats(queue, tag)).",
+        after_help = "Examples:\n  queuectl stats emails\n  queuectl stats --tag customer:42\n  queuectl stats emails --tag customer:42 --json"
+    )]
+    Stats {
+        /// One queue (default: every queue)
+        queue: Option<String>,
+        /// Only the jobs with this tag
+        #[arg(long, value_name = "TAG", value_parser = filter_tag)]
+        tag: Option<String>,
+    },
+    /// Batches: open one, push jobs into it (push --batch), close it; its callbacks are pushed once all are final
+    #[command(subcommand)]
+    Batch(BatchCommand),
     /// Delete final jobs (completed, failed, expired, cancelled) that finished longer ago than --older-than
     Cleanup {
         /// e.g. 7d, 12h
@@ -249,6 +306,85 @@ pub struct PushArgs {
     /// With --depends-on: run once every dependency has ended, even failed, expired or cancelled (else this job is cancelled with it)
     #[arg(long, requires = "depends_on")]
     pub run_anyway: bool,
+    /// A label to find the job by (jobs/failed/retry --all/purge-dead/stats --tag); repeat for several (at most 20, 1-64 bytes each)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Add the job to this open batch (queuectl batch open)
+    #[arg(long, value_name = "ID")]
+    pub batch: Option<i64>,
+}
+
+/// Options of `configure`.
+#[derive(Args, Debug)]
+pub struct ConfigureArgs {
+    /// The queue
+    pub queue: String,
+    /// Default priority: critical, high, normal, low or a number (lower runs first)
+    #[arg(long, short)]
+    pub priority: Option<String>,
+    /// Default attempts in total, the first included
+    #[arg(long)]
+    pub max_attempts: Option<i32>,
+    /// Default lease per attempt (e.g. 5m)
+    #[arg(long, value_parser = duration)]
+    pub timeout: Option<Duration>,
+    /// Default first retry delay, doubling (e.g. 10s)
+    #[arg(long, value_parser = duration)]
+    pub backoff_base: Option<Duration>,
+    /// Default longest retry delay (e.g. 1h)
+    #[arg(long, value_parser = duration)]
+    pub backoff_max: Option<Duration>,
+    /// How long the queue's finished jobs are kept (e.g. 7d); only where the extension's queue_configure has retention
+    #[arg(long, value_parser = duration)]
+    pub retention: Option<Duration>,
+    /// Clear every value not given, back to the global default
+    #[arg(long)]
+    pub reset: bool,
+}
+
+/// The subcommands of `batch`.
+#[derive(Subcommand, Debug)]
+pub enum BatchCommand {
+    /// Open a batch; prints its id (push jobs into it with `queuectl push --batch ID`, then close it)
+    #[command(
+        long_about = "Open a batch (queue_batch_open) and print its id. Push jobs into it with `queuectl push QUEUE \
+--batch ID` (from any number of processes), then `queuectl batch close ID`. Once every job of the closed batch is \
+final, the --on-complete job is pushed, and the --on-failure job too when any of them failed or expired, exactly once, \
+with the batch's summary added to its payload as \"batch\". A callback is {\"queue\": text, \"payload\": object, \
+\"priority\": int or name}; `@FILE` reads it from a file.",
+        after_help = "Examples:\n  b=$(queuectl batch open --on-complete '{\"queue\": \"reports\", \"payload\": {\"report\": 7}}' \\\n        \
+--on-failure '{\"queue\": \"alerts\", \"priority\": \"high\"}')\n  queuectl push render '{\"page\": 1}' --batch \"$b\"\n  \
+queuectl batch close \"$b\"\n  queuectl batch show \"$b\""
+    )]
+    Open {
+        /// The job pushed once every job of the batch is final: {"queue": ..., "payload": {...}, "priority": ...}
+        #[arg(long, value_name = "JSON")]
+        on_complete: Option<String>,
+        /// The job pushed as well when any job of the batch failed or expired
+        #[arg(long, value_name = "JSON")]
+        on_failure: Option<String>,
+    },
+    /// Close a batch: no more jobs join it; its callbacks are pushed once all its jobs are final (at once if they are)
+    Close {
+        /// The batch id
+        id: i64,
+    },
+    /// Cancel a batch: its waiting jobs are cancelled (running ones finish) and no callback is pushed
+    Cancel {
+        /// The batch id
+        id: i64,
+    },
+    /// A batch's state (open, closed, done, cancelled), progress, counts, callbacks and the ids of the callback jobs
+    #[command(
+        long_about = "A batch by id (queue_batch): state (open, closed, done, cancelled), progress (the share of its jobs \
+that are final), total / pending / running / completed / failed (or expired) / cancelled, its callbacks and the ids \
+of the callback jobs once pushed, and its times. The extension has no listing of batches: a batch is shown by id \
+(from `batch open`, or a job's batch in `queuectl job`)."
+    )]
+    Show {
+        /// The batch id
+        id: i64,
+    },
 }
 
 /// Options of `schedule`.
@@ -278,6 +414,16 @@ pub struct ScheduleArgs {
     /// Create it disabled
     #[arg(long)]
     pub disabled: bool,
+}
+
+/// clap value parser for a tag to filter by: a tag is 1 to 64 bytes (as
+/// `queue_push` checks), and an empty one would silently match nothing.
+fn filter_tag(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 {
+        Err(format!("{s:?} is not a tag: a tag is 1 to 64 bytes"))
+    } else {
+        Ok(s.to_owned())
+    }
 }
 
 /// clap value parser for durations.

@@ -148,6 +148,8 @@ fn router(state: Shared) -> Router {
         .route("/api/timeline", get(timeline))
         .route("/api/jobs", get(jobs))
         .route("/api/jobs/{id}", get(job))
+        .route("/api/batches/{id}", get(batch))
+        .route("/api/settings", get(settings))
         .route("/api/jobs/{id}/retry", post(retry))
         .route("/api/jobs/{id}/delete", post(delete))
         .route("/api/jobs/{id}/cancel", post(cancel))
@@ -221,10 +223,20 @@ struct SinceQuery {
     queue: Option<String>,
 }
 
+/// Each queue of `queue_list` with its `stats`, `metrics` and `settings`
+/// (its row of `queue_settings()`: paused since when and by whom, and the
+/// push defaults; null when it has none).
 async fn overview(State(s): State<Shared>, Query(q): Query<SinceQuery>) -> ApiResult {
     let since = span(q.since.as_deref(), Duration::from_secs(3600))?;
     let api = s.api().await?;
-    let queues = api.overview(since).await?;
+    let mut queues = api.overview(since).await?;
+    let settings = api.settings_if_any().await?;
+    for row in &mut queues {
+        let mine = settings.iter().find(|st| st["queue"] == row["queue"]).cloned().unwrap_or(Value::Null);
+        if let Some(o) = row.as_object_mut() {
+            o.insert("settings".into(), mine);
+        }
+    }
     let total = api.stats(None).await?;
     let metrics = api.metrics(None, since).await?;
     Ok(Json(json!({"queues": queues, "total": total, "metrics": metrics, "now": chrono::Utc::now().to_rfc3339()})))
@@ -256,12 +268,14 @@ struct ListQuery {
     limit: Option<i32>,
     /// Keyset paging of queue_jobs: the smallest id of the previous page.
     before: Option<i64>,
+    /// Only the jobs with this tag (queue_jobs / queue_dead tag).
+    tag: Option<String>,
 }
 
 async fn failed(State(s): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
     let queue = q.queue.as_deref().filter(|q| !q.is_empty());
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    Ok(Json(Value::Array(s.api().await?.dead(queue, limit).await?)))
+    Ok(Json(Value::Array(s.api().await?.dead(queue, limit, None).await?)))
 }
 
 async fn schedules(State(s): State<Shared>) -> ApiResult {
@@ -286,27 +300,47 @@ async fn timeline(State(s): State<Shared>, Query(q): Query<TimelineQuery>) -> Ap
 /// The job browser: pending jobs of a queue in claim order (`queue_peek`),
 /// dead ones as `queue_dead` gives them, any other status (or all, with
 /// `status=all`) newest first through `queue_jobs`, paged with `before`.
+/// With `tag`, only that tag's jobs (pending ones then newest first too).
 async fn jobs(State(s): State<Shared>, Query(q): Query<ListQuery>) -> ApiResult {
     let status = q.status.as_deref().filter(|s| !s.is_empty()).unwrap_or("dead");
     let queue = q.queue.as_deref().filter(|q| !q.is_empty());
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let tag = q.tag.as_deref().filter(|t| !t.is_empty());
     let api = s.api().await?;
     let rows = match status {
-        "pending" if queue.is_some() && q.before.is_none() => api.peek(queue.unwrap_or_default(), limit).await?,
-        "dead" => api.dead(queue, limit).await?,
-        "all" => api.list_jobs(queue, None, limit, q.before).await?,
-        other => api.list_jobs(queue, Some(other), limit, q.before).await?,
+        "pending" if queue.is_some() && q.before.is_none() && tag.is_none() => {
+            api.peek(queue.unwrap_or_default(), limit).await?
+        }
+        "dead" => api.dead(queue, limit, tag).await?,
+        "all" => api.list_jobs(queue, None, limit, q.before, tag).await?,
+        other => api.list_jobs(queue, Some(other), limit, q.before, tag).await?,
     };
     Ok(Json(Value::Array(rows)))
 }
 
 /// `queue_job(id)`, with `dependencies` (`queue_dependencies(id)`) for a job
-/// pushed with dependencies.
+/// pushed with dependencies and `batch` (`queue_batch(batch_id)`) for a job
+/// of a batch.
 async fn job(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult {
     match s.api().await?.job_detail(id).await? {
         Some(j) => Ok(Json(j)),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no job {id}"))),
     }
+}
+
+/// `GET /api/batches/{id}`: `queue_batch(id)`; 404 for an unknown batch.
+/// The extension has no listing of batches, so the page opens one by id.
+async fn batch(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult {
+    match s.api().await?.batch(id).await? {
+        Some(b) => Ok(Json(b)),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no batch {id}"))),
+    }
+}
+
+/// `GET /api/settings`: the rows of `queue_settings()` (empty before the
+/// extension had them).
+async fn settings(State(s): State<Shared>) -> ApiResult {
+    Ok(Json(Value::Array(s.api().await?.settings_if_any().await?)))
 }
 
 /// Why a by-id action did nothing: 404 unknown, 409 wrong status.
@@ -348,7 +382,7 @@ async fn cancel(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult {
 }
 
 async fn retry_all(State(s): State<Shared>, Path(queue): Path<String>) -> ApiResult {
-    let n = s.api().await?.retry_all(&queue).await?;
+    let n = s.api().await?.retry_all(&queue, None).await?;
     Ok(Json(json!({"queue": queue, "retried": n})))
 }
 

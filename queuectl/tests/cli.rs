@@ -555,6 +555,298 @@ fn push_with_dependencies_blocks_until_they_complete() {
     assert_eq!(sql(&url, &format!("SELECT queue_clear('{q}') AS n"))[0], json!(4), "a, b, c and anyway");
 }
 
+/// Claims every job of `q` and fails it permanently (SQL): they are dead.
+fn fail_all(url: &str, q: &str) -> usize {
+    sql(
+        url,
+        &format!(
+            "SELECT queue_fail(id, 'boom: ' || id, permanent => true) AS s FROM queue_pop('{q}', 'cli-test', 100)"
+        ),
+    )
+    .len()
+}
+
+/// The ids of a JSON array of job rows, sorted.
+fn ids_of(rows: &Value) -> Vec<i64> {
+    let mut v: Vec<i64> = rows.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn tags_are_pushed_shown_and_filter_every_listing() {
+    let url = need_db!();
+    let q = queue("tags");
+    let (t1, t2) = (format!("customer:{}", std::process::id()), format!("pdf-{}", std::process::id()));
+    let a = push(&url, &q, r#"{"n": 1}"#, &["--tag", &t2, "--tag", &t1]);
+    let b = push(&url, &q, r#"{"n": 2}"#, &["--tag", &t2]);
+    let plain = push(&url, &q, r#"{"n": 3}"#, &[]);
+
+    // The job view: stored sorted; none for an untagged job.
+    assert_eq!(qc_json(&url, &["job", &a.to_string()])["tags"], json!([t1, t2]));
+    let text = stdout(&qc(&url, &["job", &a.to_string()]));
+    assert!(table_row(&text, "tags").ends_with(&format!("{t1}, {t2}")), "{text}");
+    assert!(table_row(&stdout(&qc(&url, &["job", &plain.to_string()])), "tags").ends_with('-'));
+
+    // jobs --tag: pending ones through queue_jobs (newest first), with a TAGS column.
+    let rows = qc_json(&url, &["jobs", &q, "--tag", &t1]);
+    assert_eq!(ids_of(&rows), vec![a], "{rows}");
+    assert_eq!(rows[0]["tags"], json!([t1, t2]));
+    let rows = qc_json(&url, &["jobs", &q, "--tag", &t2]);
+    assert_eq!(rows.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), vec![b, a]);
+    let text = stdout(&qc(&url, &["jobs", &q, "--tag", &t2]));
+    assert!(text.lines().next().unwrap().contains("TAGS"), "{text}");
+    assert!(table_row(&text, &a.to_string()).contains(&format!("{t1},{t2}")), "{text}");
+    assert!(!text.contains(&format!(" {plain} ")) && table_row(&text, &b.to_string()).contains(&t2), "{text}");
+    // Without a tag, pending jobs are in claim order as before (queue_peek).
+    assert_eq!(ids_of(&qc_json(&url, &["jobs", &q])), vec![a, b, plain]);
+
+    // stats --tag: that tag's jobs by status.
+    let st = qc_json(&url, &["stats", &q, "--tag", &t2]);
+    assert_eq!(
+        (st["total"].clone(), st["pending"].clone(), st["failed"].clone()),
+        (json!(2), json!(2), json!(0)),
+        "{st}"
+    );
+    let text = stdout(&qc(&url, &["stats", &q, "--tag", &t1]));
+    assert!(text.contains(&format!("tag {t1}: 1 job ")), "{text}");
+    assert!(table_row(&text, "pending").ends_with(" 1") && table_row(&text, "blocked").ends_with(" 0"), "{text}");
+    assert_eq!(qc_json(&url, &["stats", "--tag", &t1])["total"], json!(1), "of every queue");
+    let all = qc_json(&url, &["stats", &q]);
+    assert_eq!(all["pending"], json!(3), "without --tag: the queue's counters");
+
+    // Dead jobs: failed / dead / jobs --status dead filter by tag; retry --all
+    // and purge-dead touch only that tag's.
+    let dq = queue("tags.dead");
+    let d1 = push(&url, &dq, "{}", &["--tag", &t1]);
+    let d2 = push(&url, &dq, "{}", &["--tag", &t1, "--tag", &t2]);
+    let d3 = push(&url, &dq, "{}", &["--tag", &t2]);
+    let d4 = push(&url, &dq, "{}", &[]);
+    assert_eq!(fail_all(&url, &dq), 4);
+    assert_eq!(ids_of(&qc_json(&url, &["failed", &dq, "--tag", &t1])), vec![d1, d2]);
+    assert_eq!(ids_of(&qc_json(&url, &["dead", &dq, "--tag", &t2])), vec![d2, d3], "dead is failed");
+    assert_eq!(ids_of(&qc_json(&url, &["jobs", &dq, "--status", "dead", "--tag", &t1])), vec![d1, d2]);
+    assert_eq!(ids_of(&qc_json(&url, &["jobs", &dq, "--status", "failed", "--tag", &t2])), vec![d2, d3]);
+    assert_eq!(ids_of(&qc_json(&url, &["failed", &dq])), vec![d1, d2, d3, d4]);
+    assert_eq!(qc_json(&url, &["stats", &dq, "--tag", &t2])["failed"], json!(2));
+
+    let o = qc(&url, &["retry", "--all", &dq, "--tag", &t1]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("2 dead jobs of {dq} tagged {t1} pending again\n"));
+    assert_eq!((status_of(&url, d1), status_of(&url, d2)), ("pending".into(), "pending".into()));
+    assert_eq!((status_of(&url, d3), status_of(&url, d4)), ("failed".into(), "failed".into()), "other tags stay dead");
+    assert_eq!(qc_json(&url, &["retry", "--all", &dq, "--tag", &t1])["retried"], json!(0), "none left of that tag");
+
+    let r = qc_json(&url, &["purge-dead", &dq, "--tag", &t2]);
+    assert_eq!((r["purged"].clone(), r["tag"].clone()), (json!(1), json!(t2)), "{r}");
+    assert!(job(&url, d3).is_null(), "purged");
+    assert_eq!(status_of(&url, d4), "failed", "an untagged dead job stays");
+    assert_eq!(status_of(&url, d2), "pending", "a live job with the tag stays");
+
+    // Bad input: exit 2 with the reason; nothing pushed, nothing changed.
+    let before = qc_json(&url, &["status", &q])["stats"]["total_pushed"].clone();
+    let o = qc(&url, &["push", &q, "{}", "--tag", ""]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("a tag must be 1 to 64 bytes") && stderr(&o).contains("22023"), "{}", stderr(&o));
+    let o = qc(&url, &["push", &q, "{}", "--tag", &"x".repeat(65)]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert_eq!(qc_json(&url, &["status", &q])["stats"]["total_pushed"], before);
+    let o = qc(&url, &["jobs", &q, "--tag", ""]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("is not a tag"), "{}", stderr(&o));
+    assert_eq!(code(&qc(&url, &["retry", "--tag", &t1])), 2, "--tag needs --all");
+    assert_eq!(code(&qc(&url, &["purge-dead", &dq, "--tag", ""])), 2);
+    assert_eq!(status_of(&url, d4), "failed");
+}
+
+#[test]
+fn batches_open_fill_close_fire_and_cancel() {
+    let url = need_db!();
+    let q = queue("batch");
+    let done_q = queue("batch.done");
+    let spec = json!({"queue": done_q, "payload": {"report": 7}}).to_string();
+    let o = qc(&url, &["batch", "open", "--on-complete", &spec]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let id: i64 = stdout(&o).trim().parse().expect("batch open prints the id");
+    let ids = id.to_string();
+    let a = push(&url, &q, r#"{"part": 1}"#, &["--batch", &ids]);
+    let b = push(&url, &q, r#"{"part": 2}"#, &["--batch", &ids]);
+
+    // The job view names its batch; batch show counts it, open.
+    let j = qc_json(&url, &["job", &a.to_string()]);
+    assert_eq!((j["batch_id"].clone(), j["batch"]["state"].clone()), (json!(id), json!("open")), "{j}");
+    let text = stdout(&qc(&url, &["job", &a.to_string()]));
+    assert!(table_row(&text, "batch").contains(&format!("{id} (open, 0 of 2 final")), "{text}");
+    let plain = push(&url, &q, "{}", &[]);
+    assert!(table_row(&stdout(&qc(&url, &["job", &plain.to_string()])), "batch").ends_with('-'));
+    let bs = qc_json(&url, &["batch", "show", &ids]);
+    assert_eq!((bs["state"].clone(), bs["total"].clone(), bs["pending"].clone()), (json!("open"), json!(2), json!(2)));
+    let text = stdout(&qc(&url, &["batch", "show", &ids]));
+    assert!(table_row(&text, "state").ends_with("open"), "{text}");
+    assert!(table_row(&text, "progress").contains("0 of 2 final"), "{text}");
+    assert!(table_row(&text, "on_complete").contains("not pushed") && table_row(&text, "on_failure").ends_with('-'));
+
+    // Close: no more jobs join (exit 2, nothing pushed).
+    let o = qc(&url, &["batch", "close", &ids]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("batch {id} closed: 0 of 2 jobs final\n"));
+    let before = qc_json(&url, &["status", &q])["stats"]["total_pushed"].clone();
+    let o = qc(&url, &["push", &q, "{}", "--batch", &ids]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("batch {id} is closed")) && stderr(&o).contains("22023"), "{}", stderr(&o));
+    assert_eq!(qc_json(&url, &["status", &q])["stats"]["total_pushed"], before);
+    let o = qc(&url, &["batch", "close", &ids]);
+    assert_eq!(code(&o), 2, "closed already: {}", stderr(&o));
+
+    // Its jobs complete: the batch is done and its callback pushed, once.
+    claim_and_ack(&url, &q, a);
+    let bs = qc_json(&url, &["batch", "show", &ids]);
+    assert_eq!(
+        (bs["state"].clone(), bs["completed"].clone(), bs["progress"].clone()),
+        (json!("closed"), json!(1), json!(0.5))
+    );
+    claim_and_ack(&url, &q, b);
+    let bs = qc_json(&url, &["batch", "show", &ids]);
+    assert_eq!(bs["state"], json!("done"), "{bs}");
+    assert_eq!(
+        (bs["completed"].clone(), bs["pending"].clone(), bs["failure_job"].clone()),
+        (json!(2), json!(0), Value::Null)
+    );
+    let callback = bs["complete_job"].as_i64().expect("the callback's id");
+    let cj = job(&url, callback);
+    assert_eq!(cj["queue"], json!(done_q));
+    assert_eq!(cj["payload"]["report"], json!(7));
+    assert_eq!(cj["payload"]["batch"]["total"], json!(2), "{cj}");
+    let text = stdout(&qc(&url, &["batch", "show", &ids]));
+    assert!(table_row(&text, "on_complete").contains(&format!("pushed as job {callback}")), "{text}");
+    assert!(table_row(&text, "progress").contains("2 of 2 final (100.0%)"), "{text}");
+
+    // Cancel: waiting jobs cancelled; again is no error; a done batch is refused (exit 1).
+    let other = qc_json(&url, &["batch", "open"])["id"].as_i64().unwrap();
+    let waiting = push(&url, &q, "{}", &["--batch", &other.to_string()]);
+    let o = qc(&url, &["batch", "cancel", &other.to_string()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("batch {other} cancelled\n"));
+    assert_eq!(status_of(&url, waiting), "cancelled");
+    assert_eq!(qc_json(&url, &["batch", "show", &other.to_string()])["state"], json!("cancelled"));
+    let o = qc(&url, &["batch", "cancel", &other.to_string()]);
+    assert_eq!((code(&o), stdout(&o)), (0, format!("batch {other} was already cancelled\n")));
+    let o = qc(&url, &["batch", "cancel", &ids]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("batch {id} is done")), "{}", stderr(&o));
+
+    // Bad input: a callback the server refuses, one that is not JSON; unknown ids.
+    let o = qc(&url, &["batch", "open", "--on-complete", r#"{"nope": 1}"#]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("on_complete must be an object") && stderr(&o).contains("22023"), "{}", stderr(&o));
+    let o = qc(&url, &["batch", "open", "--on-failure", "{not json"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("--on-failure is not JSON"), "{}", stderr(&o));
+    for verb in ["show", "close", "cancel"] {
+        let o = qc(&url, &["batch", verb, "987654321"]);
+        assert_eq!(code(&o), 3, "{verb}: {}", stderr(&o));
+        assert!(stderr(&o).contains("no batch 987654321"), "{verb}: {}", stderr(&o));
+    }
+    assert_eq!(code(&qc(&url, &["batch"])), 2, "a batch subcommand is required");
+}
+
+/// Whether the installed extension's queue_configure has a `retention`
+/// parameter (added by a later version).
+fn has_retention(url: &str) -> bool {
+    sql(
+        url,
+        "SELECT coalesce(bool_or(pg_get_function_arguments(p.oid) LIKE '%retention interval%'), false) AS r \
+         FROM pg_proc p WHERE p.proname = 'queue_configure'",
+    )[0] == json!(true)
+}
+
+#[test]
+fn configure_sets_queue_defaults_and_settings_lists_them() {
+    let url = need_db!();
+    let q = queue("conf");
+    let settings_row =
+        || qc_json(&url, &["settings"]).as_array().unwrap().iter().find(|r| r["queue"] == json!(q)).cloned();
+    let o = qc(&url, &["configure", &q, "--priority", "low", "--max-attempts", "7", "--timeout", "30s"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with(&format!("configured {q}")), "{text}");
+    assert!(table_row(&text, "priority").ends_with("10 (low)") && table_row(&text, "max_attempts").ends_with('7'));
+    assert!(table_row(&text, "backoff_base").ends_with('-'), "not set: the global default: {text}");
+    // A value given joins those set before.
+    let c = qc_json(&url, &["configure", &q, "--backoff-base", "2s"]);
+    assert_eq!(
+        (c["priority"].clone(), c["max_attempts"].clone(), c["timeout"].clone(), c["backoff_base"].clone()),
+        (json!(10), json!(7), json!("00:00:30"), json!("00:00:02")),
+        "{c}"
+    );
+    let row = settings_row().expect("listed by settings");
+    assert_eq!(
+        (row["priority"].clone(), row["max_attempts"].clone(), row["paused"].clone()),
+        (json!(10), json!(7), json!(false))
+    );
+    let text = stdout(&qc(&url, &["settings"]));
+    let line = table_row(&text, &q);
+    assert!(line.contains("10 (low)") && line.contains("00:00:30") && line.contains("00:00:02"), "{text}");
+
+    // Pushes take them; what a push says wins.
+    let p = push(&url, &q, "{}", &[]);
+    let j = job(&url, p);
+    assert_eq!(
+        (j["priority"].clone(), j["max_attempts"].clone(), j["timeout"].clone()),
+        (json!(10), json!(7), json!("00:00:30"))
+    );
+    let p = push(&url, &q, "{}", &["--priority", "high", "--max-attempts", "2"]);
+    assert_eq!((job(&url, p)["priority"].clone(), job(&url, p)["max_attempts"].clone()), (json!(-10), json!(2)));
+
+    // A paused queue shows in settings, since when and by whom.
+    assert_eq!(code(&qc(&url, &["pause", &q])), 0);
+    let text = stdout(&qc(&url, &["settings"]));
+    let line = table_row(&text, &q);
+    assert!(line.contains("PAUSED") && line.contains("postgres"), "{text}");
+    assert_eq!(code(&qc(&url, &["resume", &q])), 0);
+
+    // --reset keeps only what is given; a reset of everything drops the row.
+    let c = qc_json(&url, &["configure", &q, "--reset", "--timeout", "1m"]);
+    assert_eq!(
+        (c["priority"].clone(), c["max_attempts"].clone(), c["timeout"].clone()),
+        (Value::Null, Value::Null, json!("00:01:00"))
+    );
+    assert_eq!(job(&url, push(&url, &q, "{}", &[]))["max_attempts"], json!(3), "the global default again");
+    assert!(qc_json(&url, &["configure", &q, "--reset"])["timeout"].is_null());
+    assert!(settings_row().is_none(), "nothing left: not listed");
+
+    // Bad input: exit 2 with the reason, nothing changed.
+    let o = qc(&url, &["configure", &q, "--max-attempts", "0"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("22023"), "{}", stderr(&o));
+    assert!(settings_row().is_none(), "a refused configure changes nothing");
+    let o = qc(&url, &["configure", &q]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("nothing to configure"), "{}", stderr(&o));
+    assert_eq!(code(&qc(&url, &["configure", &q, "--priority", "urgent"])), 2);
+    assert_eq!(code(&qc(&url, &["configure", &q, "--timeout", "soon"])), 2);
+    assert_eq!(code(&qc(&url, &["configure", "bad name!", "--max-attempts", "3"])), 2);
+
+    // --retention where the installed extension has it; a clear refusal where not.
+    if has_retention(&url) {
+        eprintln!("queue_configure has retention: --retention tested against it");
+        let c = qc_json(&url, &["configure", &q, "--retention", "2d"]);
+        assert_eq!(c["retention"], json!("48:00:00"), "{c}");
+        assert_eq!(settings_row().expect("listed")["retention"], json!("48:00:00"));
+        let text = stdout(&qc(&url, &["settings"]));
+        assert!(text.lines().next().unwrap().contains("RETENTION"), "{text}");
+        assert!(table_row(&text, &q).ends_with("48:00:00"), "{text}");
+        assert!(qc_json(&url, &["configure", &q, "--reset"])["retention"].is_null());
+    } else {
+        eprintln!("queue_configure has no retention: --retention tested for its refusal only");
+        let o = qc(&url, &["configure", &q, "--retention", "2d"]);
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert!(stderr(&o).contains("no per-queue retention"), "{}", stderr(&o));
+        assert!(!stdout(&qc(&url, &["settings"])).contains("RETENTION"));
+    }
+    assert!(settings_row().is_none());
+}
+
 #[test]
 fn failed_retry_and_delete_by_id() {
     let url = need_db!();
@@ -1105,4 +1397,63 @@ fn serve_pauses_and_resumes_behind_the_same_guards() {
     let ro = serve(&url, 55495, &["--read-only"]);
     assert_eq!(http(ro.1, "POST", &pause, &[("X-Queuectl", "1")]).0, 403);
     assert_eq!(paused(), json!(false));
+}
+
+#[test]
+fn serve_shows_tags_batches_and_queue_settings() {
+    let url = need_db!();
+    let q = queue("serve.flow");
+    let tag = format!("web-{}", std::process::id());
+    assert_eq!(code(&qc(&url, &["configure", &q, "--max-attempts", "6"])), 0);
+    let batch = qc_json(&url, &["batch", "open"])["id"].as_i64().unwrap();
+    let first = push(&url, &q, "{}", &["--tag", &tag, "--batch", &batch.to_string()]);
+    let second = push(&url, &q, "{}", &["--depends-on", &first.to_string(), "--batch", &batch.to_string()]);
+    let untagged = push(&url, &q, "{}", &[]);
+    push(&url, &format!("{q}.plain"), "{}", &[]);
+    let srv = serve(&url, 55497, &[]);
+    let port = srv.1;
+
+    // The job: tags, batch id and the batch's state, dependencies.
+    let j = get_json(port, &format!("/api/jobs/{first}"));
+    assert_eq!(
+        (j["tags"].clone(), j["batch_id"].clone(), j["batch"]["state"].clone()),
+        (json!([tag]), json!(batch), json!("open"))
+    );
+    let j = get_json(port, &format!("/api/jobs/{second}"));
+    assert_eq!(j["dependencies"][0]["dependency"], json!(first), "{j}");
+    assert!(j["tags"].is_null() && j["batch"]["total"] == json!(2), "{j}");
+    assert!(get_json(port, &format!("/api/jobs/{untagged}")).get("batch").is_none());
+
+    // The batch by id; 404 for an unknown one; no action on it (read-only view).
+    let b = get_json(port, &format!("/api/batches/{batch}"));
+    assert_eq!((b["state"].clone(), b["total"].clone(), b["pending"].clone()), (json!("open"), json!(2), json!(2)));
+    assert_eq!(http(port, "GET", "/api/batches/987654321", &[]).0, 404);
+    assert_ne!(http(port, "POST", &format!("/api/batches/{batch}"), &[("X-Queuectl", "1")]).0, 200);
+    assert_eq!(get_json(port, &format!("/api/batches/{batch}"))["state"], json!("open"));
+
+    // The tag filter of the job browser.
+    let rows = get_json(port, &format!("/api/jobs?queue={q}&status=pending&tag={tag}"));
+    assert_eq!(ids_of(&rows), vec![first], "{rows}");
+    assert_eq!(rows[0]["tags"], json!([tag]));
+    assert_eq!(ids_of(&get_json(port, &format!("/api/jobs?queue={q}&status=pending"))), vec![first, untagged]);
+    assert_eq!(ids_of(&get_json(port, &format!("/api/jobs?queue={q}&status=all&tag={tag}"))), vec![first]);
+
+    // The queue's settings in the overview and /api/settings.
+    let ov = get_json(port, "/api/overview");
+    let row = ov["queues"].as_array().unwrap().iter().find(|r| r["queue"] == json!(q)).cloned().expect("in overview");
+    assert_eq!(row["settings"]["max_attempts"], json!(6), "{row}");
+    assert_eq!(row["stats"]["blocked"], json!(1), "{row}");
+    let other =
+        ov["queues"].as_array().unwrap().iter().find(|r| r["queue"] != json!(q)).cloned().expect("another queue");
+    assert!(other.get("settings").is_some(), "every queue has the key");
+    let settings = get_json(port, "/api/settings");
+    assert!(settings.as_array().unwrap().iter().any(|r| r["queue"] == json!(q) && r["max_attempts"] == json!(6)));
+    drop(srv);
+
+    // Read-only: the views still answer.
+    let ro = serve(&url, 55498, &["--read-only"]);
+    assert_eq!(get_json(ro.1, &format!("/api/batches/{batch}"))["id"], json!(batch));
+    drop(ro);
+    assert_eq!(code(&qc(&url, &["batch", "cancel", &batch.to_string()])), 0);
+    assert_eq!(code(&qc(&url, &["configure", &q, "--reset"])), 0);
 }

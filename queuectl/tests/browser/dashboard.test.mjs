@@ -23,6 +23,9 @@ const tag = `b${process.pid}`;
 const Q_MAIL = `browser.${tag}.emails`;
 const Q_REPORTS = `browser.${tag}.reports`;
 const Q_FLOW = `browser.${tag}.flow`;
+const Q_BATCH = `browser.${tag}.batch`;
+const Q_BATCH_DONE = `browser.${tag}.batch-done`;
+const TAG_A = `customer-${tag}`, TAG_B = `pdf-${tag}`;
 const SCHEDULE = `browser-${tag}-nightly`;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -95,6 +98,13 @@ try {
   // A job that waits for another one (queue_push's depends_on).
   const upstream = Number(qc('push', Q_FLOW, '{"step": "extract"}'));
   const downstream = Number(qc('push', Q_FLOW, '{"step": "load"}', '--depends-on', String(upstream)));
+  // Queue defaults (queue_configure) for the flow queue's card.
+  qc('configure', Q_FLOW, '--max-attempts', '7', '--timeout', '30s', '--priority', 'low');
+  // A closed batch of two tagged jobs, the second depending on the first, with a callback.
+  const batchId = Number(qc('batch', 'open', '--on-complete', JSON.stringify({ queue: Q_BATCH_DONE, payload: { report: 9 } })));
+  const part1 = Number(qc('push', Q_BATCH, '{"part": 1}', '--batch', String(batchId), '--tag', TAG_B, '--tag', TAG_A));
+  const part2 = Number(qc('push', Q_BATCH, '{"part": 2}', '--batch', String(batchId), '--tag', TAG_B, '--depends-on', String(part1)));
+  qc('batch', 'close', String(batchId));
 
   server = start(['serve', '--listen', `127.0.0.1:${PORT}`]);
   await until('the dashboard', async () => (await fetch(`${BASE}/api/info`)).ok);
@@ -177,6 +187,10 @@ try {
     await until('the queue to be paused in the database', () => qcJson('status', Q_REPORTS).stats.paused === true, 10000);
     await badge.waitFor({ timeout: 12000 });
     assert.equal(await badge.textContent(), 'paused');
+    // Since when and by whom, from queue_settings().
+    const since = card.locator('[data-field=paused-since]');
+    await since.waitFor({ timeout: 12000 });
+    assert.match(await since.textContent(), /^paused (now|.+ ago) by postgres$/);
     assert.equal(await card.getAttribute('data-paused'), 'true');
     assert.ok((await page.locator('#toast').textContent()).includes(`paused ${Q_REPORTS}`));
     assert.equal(await page.locator(`#stats [data-queue="${Q_MAIL}"] [data-badge=paused]`).count(), 0, 'only that queue');
@@ -276,6 +290,84 @@ try {
     assert.equal(await dep.getAttribute('data-resolved'), 'true');
     await until('the blocked count to drop', async () => (await flowCard.locator('[data-field=blocked]').textContent()) === '0', 12000);
     assert.equal(await page.evaluate(() => window.__sameDocument), 44, 'the page was not reloaded');
+  });
+
+  await check('a queue card shows its defaults from queue_configure, another one the global defaults', async () => {
+    await flowCard.locator('[data-field=settings]').waitFor({ timeout: 10000 });
+    assert.equal(await flowCard.locator('[data-setting=max_attempts] b').textContent(), '7');
+    assert.equal(await flowCard.locator('[data-setting=timeout] b').textContent(), '30 s');
+    assert.equal(await flowCard.locator('[data-setting=priority] b').textContent(), 'low (10)');
+    assert.equal(await flowCard.locator('[data-setting=backoff_base]').count(), 0, 'not set: not shown');
+    assert.equal(await card.locator('[data-field=settings] [data-setting=none]').textContent(), 'global');
+    assert.equal(await card.locator('[data-field=paused-since]').count(), 0, 'not paused');
+  });
+
+  await check('the job page shows tags, the batch and the dependencies of a batch job', async () => {
+    await page.evaluate((id) => { location.hash = `#/job/${id}`; }, part2);
+    await until('the job page', async () => (await page.locator('#job-title').textContent()) === `Job #${part2}` &&
+      (await page.locator('#job [data-status]').textContent()) === 'blocked', 10000);
+    assert.deepEqual(await page.locator('#job [data-field=tags] .chip').allTextContents(), [TAG_B]);
+    const batch = page.locator('#job [data-field=batch]');
+    assert.equal(await batch.locator('a').textContent(), `batch #${batchId}`);
+    assert.equal(await batch.locator('a').getAttribute('href'), `#/batch/${batchId}`);
+    assert.ok((await batch.textContent()).includes('closed · 0 of 2 final'), await batch.textContent());
+    const dep = page.locator(`#job tr[data-dependency="${part1}"]`);
+    assert.deepEqual((await dep.locator('td').allTextContents()).slice(0, 4), [`#${part1}`, Q_BATCH, 'pending', 'no']);
+    // The other job: both tags, sorted; no dependencies.
+    await page.evaluate((id) => { location.hash = `#/job/${id}`; }, part1);
+    await until('the other job', async () => (await page.locator('#job-title').textContent()) === `Job #${part1}` &&
+      (await page.locator('#job [data-field=tags] .chip').count()) === 2, 10000);
+    assert.deepEqual(await page.locator('#job [data-field=tags] .chip').allTextContents(), [TAG_A, TAG_B].sort());
+    assert.equal(await page.locator('#job table.deps').count(), 0);
+  });
+
+  await check('the batch link opens the batch view: state, progress and counts, then done with its callback', async () => {
+    await page.evaluate(() => { window.__sameDocument = 45; });
+    await page.locator('#job [data-field=batch] a').click();
+    await until('the batch view', async () => (await page.locator('#batch-title').textContent()) === `Batch #${batchId}` &&
+      (await page.locator('#batch [data-state]').count()) === 1, 10000);
+    assert.equal(await page.locator('#job').isHidden(), true, 'the job page made way');
+    assert.equal(await page.locator('#batch [data-state]').textContent(), 'closed');
+    assert.equal(await page.locator('#batch [data-field=progress]').textContent(), '0 of 2 final (0.0%)');
+    for (const [k, v] of [['total', '2'], ['pending', '2'], ['completed', '0'], ['failed', '0'], ['cancelled', '0']]) {
+      assert.equal(await page.locator(`#batch b[data-field=${k}]`).textContent(), v, k);
+    }
+    const onComplete = page.locator('#batch [data-field=on-complete]');
+    assert.ok((await onComplete.textContent()).includes(Q_BATCH_DONE) && (await onComplete.textContent()).includes('(not pushed)'));
+    assert.equal(await page.locator('#batch [data-field=on-failure]').textContent(), '–');
+    // A worker completes both jobs; the view polls while the batch is not done.
+    const batchWorker = start(['work', Q_BATCH, '--poll-interval', '1s', '--', 'true']);
+    try {
+      await until('the batch to be done', () => qcJson('batch', 'show', String(batchId)).state === 'done', 20000);
+    } finally {
+      await stop(batchWorker);
+    }
+    const callbackJob = qcJson('batch', 'show', String(batchId)).complete_job;
+    assert.ok(Number.isInteger(callbackJob), 'the callback was pushed');
+    await until('the view to show it done', async () => (await page.locator('#batch [data-state]').textContent()) === 'done', 12000);
+    assert.equal(await page.locator('#batch [data-field=progress]').textContent(), '2 of 2 final (100.0%)');
+    assert.equal(await page.locator('#batch b[data-field=completed]').textContent(), '2');
+    assert.equal(await onComplete.locator('a').textContent(), `#${callbackJob}`);
+    assert.equal(await page.evaluate(() => window.__sameDocument), 45, 'the page was not reloaded');
+  });
+
+  await check('the job browser filters by tag (queue_jobs tag) and shows the tags', async () => {
+    await page.selectOption('#browse-queue', '');
+    await page.selectOption('#browse-status', 'all');
+    await page.fill('#browse-tag', TAG_A);
+    await page.click('#browse-jobs button[type=submit]');
+    await page.waitForFunction((id) => {
+      const rows = [...document.querySelectorAll('#browse-body tr[data-job-id]')];
+      return rows.length === 1 && rows[0].dataset.jobId === String(id);
+    }, part1, { timeout: 10000 });
+    const chips = await page.locator(`#browse-body tr[data-job-id="${part1}"] [data-field=tags] .chip`).allTextContents();
+    assert.deepEqual(chips, [TAG_A, TAG_B].sort());
+    await page.fill('#browse-tag', TAG_B);
+    await page.click('#browse-jobs button[type=submit]');
+    await page.waitForFunction(() => document.querySelectorAll('#browse-body tr[data-job-id]').length === 2, null, { timeout: 10000 });
+    const ids = await page.locator('#browse-body tr[data-job-id]').evaluateAll((rows) => rows.map((r) => Number(r.dataset.jobId)));
+    assert.deepEqual(ids, [part2, part1], 'both, newest first');
+    await page.fill('#browse-tag', '');
   });
 
   await check('polling pauses while the tab is hidden and resumes when visible', async () => {

@@ -4110,6 +4110,46 @@ $$;
 COMMENT ON FUNCTION @extschema@.queue_batch(bigint) IS
 'A batch: id, state (open, closed, done, cancelled), total, pending, running, completed, failed (or expired), cancelled, progress (share final), its callbacks and the ids of those pushed, times. NULL for an unknown batch.';
 
+/*
+ * queue_batches: the batches the caller may see (a confined role: those it
+ * opened), newest first, optionally of one state, with the counts kept
+ * since their close (NULL while open: queue_batch(id) counts an open batch
+ * from its jobs). Read by primary key in id order; a dashboard's list.
+ * The row is a type, so that its `state` column may share the name of the
+ * `state` parameter.
+ */
+CREATE TYPE queue.listed_batch AS (
+    id bigint, state text, total int, pending int, completed int, failed int, cancelled int,
+    created_at timestamptz, closed_at timestamptz, finished_at timestamptz,
+    complete_job bigint, failure_job bigint);
+
+CREATE FUNCTION @extschema@.queue_batches(state text DEFAULT NULL, max_rows int DEFAULT 100)
+RETURNS SETOF queue.listed_batch
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v_max int := queue.check_count('max_rows', max_rows, 100000, 'max_rows is how many batches to list, newest first.');
+    v_own boolean := queue.access_patterns(queue.caller(), 'produce') IS NOT NULL;
+BEGIN
+    IF state IS NOT NULL AND state NOT IN ('open', 'closed', 'done', 'cancelled') THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('unknown batch state: "%s"', left(state, 100)),
+            HINT = 'A batch is open, closed, done or cancelled; NULL lists every batch.';
+    END IF;
+    RETURN QUERY
+    SELECT b.id, b.state::text, b.total, b.pending, b.completed, b.failed, b.cancelled,
+           b.created_at, b.closed_at, b.finished_at, b.complete_job, b.failure_job
+      FROM queue.batches b
+     WHERE (state IS NULL OR b.state = state)
+       AND (NOT v_own OR b.created_by = queue.caller())
+     ORDER BY b.id DESC
+     LIMIT v_max;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.queue_batches(text, int) IS
+'The batches the caller may see, newest first (of one state: open, closed, done, cancelled): id, state, counts kept since the close (NULL while open), times, the callback jobs pushed.';
+
 
 -- 9. Per-queue retention: the retention pass reads each final job's keep_for
 --    (the columns and the index are added in section 8).
@@ -4220,6 +4260,7 @@ REVOKE ALL ON FUNCTION
     @extschema@.queue_batch_close(bigint),
     @extschema@.queue_batch_cancel(bigint),
     @extschema@.queue_batch(bigint),
+    @extschema@.queue_batches(text, int),
     @extschema@.queue_dead(text, int, text),
     @extschema@.queue_retry_all(text, text),
     @extschema@.queue_purge_dead(text, interval, text),
@@ -4250,6 +4291,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_batch_close(bigint),
     @extschema@.queue_batch_cancel(bigint),
     @extschema@.queue_batch(bigint),
+    @extschema@.queue_batches(text, int),
     @extschema@.queue_dead(text, int, text),
     @extschema@.queue_retry_all(text, text),
     @extschema@.queue_purge_dead(text, interval, text),
@@ -4277,7 +4319,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_batch_open(jsonb, jsonb),
     @extschema@.queue_batch_close(bigint),
     @extschema@.queue_batch_cancel(bigint),
-    @extschema@.queue_batch(bigint)
+    @extschema@.queue_batch(bigint),
+    @extschema@.queue_batches(text, int)
 TO queue_producer;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_progress(bigint, int, int, text, int) TO queue_worker;
 GRANT EXECUTE ON FUNCTION @extschema@.queue_release(bigint, int) TO queue_worker;

@@ -75,7 +75,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.queue_batch_open(jsonb, jsonb),
     @extschema@.queue_batch_close(bigint),
     @extschema@.queue_batch_cancel(bigint),
-    @extschema@.queue_batch(bigint)
+    @extschema@.queue_batch(bigint),
+    @extschema@.queue_batches(text, int)
 TO queue_producer;
 
 GRANT EXECUTE ON FUNCTION

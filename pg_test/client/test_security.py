@@ -409,6 +409,28 @@ def test_confined_producers_cannot_depend_on_or_read_another_teams_jobs(teams):
         assert alice.execute("SELECT queue_job(%s) ->> 'status'", (child,)).fetchone()[0] == "blocked"
 
 
+def test_a_confined_producer_sees_and_drives_only_its_own_batches(teams):
+    """Another team's batch is unknown to a confined producer: not listed,
+    not reported, not joinable, not closable, not cancellable; and a
+    callback into another team's queue is refused when the batch opens."""
+    names, qa, qb = teams
+    with as_role(names["alice"]) as alice, as_role(names["bob"]) as bob, connect() as su:
+        theirs = bob.execute("SELECT queue_batch_open(%s::jsonb)", ('{"queue": "%s"}' % qb,)).fetchone()[0]
+        mine = alice.execute("SELECT queue_batch_open()").fetchone()[0]
+        before = snapshot(su)
+        assert alice.execute("SELECT queue_batch(%s)", (theirs,)).fetchone()[0] is None
+        assert [r[0] for r in alice.execute("SELECT id FROM queue_batches()").fetchall()] == [mine]
+        assert sqlstate_of(alice, "SELECT queue_push(%s, '{}', batch => %s)", (qa, theirs)) == "22023"
+        assert sqlstate_of(alice, "SELECT queue_batch_close(%s)", (theirs,)) == "22023"
+        assert alice.execute("SELECT queue_batch_cancel(%s)", (theirs,)).fetchone()[0] is False
+        assert sqlstate_of(alice, "SELECT queue_batch_open(%s::jsonb)", ('{"queue": "%s"}' % qb,)) == "42501"
+        assert snapshot(su) == before
+        assert su.execute("SELECT state FROM queue.batches WHERE id = %s", (theirs,)).fetchone()[0] == "open"
+        # the owner and an unconfined role see it
+        assert bob.execute("SELECT queue_batch(%s) ->> 'state'", (theirs,)).fetchone()[0] == "open"
+        assert theirs in [r[0] for r in su.execute("SELECT id FROM queue_batches('open')").fetchall()]
+
+
 def test_pausing_is_for_admins_and_a_confined_admin_pauses_only_its_queues(teams):
     """A worker cannot pause any queue; a confined admin pauses its own team's
     queue but not another's, and sees only its own pauses."""

@@ -94,6 +94,14 @@ SELECT queue_batch_open('{"queue": "q", "extra": 1}');
 SELECT queue_batch_open('{"queue": "q", "priority": 1.5}');
 SELECT queue_batch_open('{"queue": "q", "priority": 1e12}');
 SELECT queue_batch(999999) AS unknown, queue_batch_cancel(999999) AS cancelled;
+SELECT * FROM queue_batches('finished');
+SELECT * FROM queue_batches(max_rows => 0);
+\set VERBOSITY default
+
+-- The list: newest first, of one state or all.
+SELECT state, count(*), count(total) AS counted FROM queue_batches() GROUP BY state ORDER BY state;
+SELECT id = (SELECT max(id) FROM queue.batches) AS newest_first FROM queue_batches(max_rows => 1);
+SELECT count(*) AS cancelled FROM queue_batches('cancelled');
 SELECT count(*) AS batches FROM queue.batches;
 
 DROP EXTENSION queue;

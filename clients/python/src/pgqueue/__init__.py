@@ -14,6 +14,10 @@ commits) and run handlers with a threaded :class:`Worker` or an asyncio
         return {"sent": True}
 
     pgqueue.Worker(DSN, {"emails": send_email}, concurrency=8).run()
+
+Workflows: ``push(..., depends_on=[a, b])`` blocks a job until ``a`` and ``b``
+completed (its handler reads their results with :func:`dependencies`);
+:func:`batch_open` / :func:`batch_close` group jobs under a callback job.
 """
 
 from ._common import VERSION as __version__
@@ -22,6 +26,20 @@ from .errors import PermanentError, RetryIn, WorkerStopped
 from .hooks import CallbackListener, JobEvent, WorkerListener, tracing_available
 from .push import Priority, PushOptions, apush, apush_batch, check_queue_name, push, push_batch
 from .worker import Job, Worker
+from .workflows import (
+    BatchStatus,
+    Dependency,
+    abatch_cancel,
+    abatch_close,
+    abatch_open,
+    abatch_status,
+    adependencies,
+    batch_cancel,
+    batch_close,
+    batch_open,
+    batch_status,
+    dependencies,
+)
 
 __all__ = [
     "__version__",
@@ -32,6 +50,18 @@ __all__ = [
     "PushOptions",
     "Priority",
     "check_queue_name",
+    "dependencies",
+    "adependencies",
+    "Dependency",
+    "batch_open",
+    "batch_close",
+    "batch_cancel",
+    "batch_status",
+    "abatch_open",
+    "abatch_close",
+    "abatch_cancel",
+    "abatch_status",
+    "BatchStatus",
     "Worker",
     "Job",
     "AsyncWorker",

@@ -73,6 +73,12 @@ def _check_text(what: str, value: Any) -> str:
     return value
 
 
+def _check_sequence(what: str, value: Any, of: str) -> Iterable[Any]:
+    if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
+        raise TypeError(f"{what} must be a sequence of {of}, not {type(value).__name__}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class PushOptions:
     """Options of one push; every field left at ``None`` takes the extension's default.
@@ -92,6 +98,17 @@ class PushOptions:
             one repeats.
         dedupe_key: while a live job with this key exists in the queue, a push
             returns that job's id and adds nothing.
+        depends_on: ids of jobs this one waits for: it is ``blocked`` (never
+            claimed) until every one of them has completed. A dependency that
+            ends failed, expired or cancelled cancels this job too, unless
+            ``run_anyway``. An unknown id is the extension's error (22023).
+        run_anyway: with ``depends_on``, run once the dependencies are final
+            whatever their status, instead of being cancelled by a dead one.
+        tags: labels to find the job by (``queue_jobs(..., tag => ...)`` and
+            friends); at most 20, each 1 to 64 bytes, checked by the extension
+            (22023), which stores them sorted and without duplicates.
+        batch: the id of an open batch (:func:`batch_open`) the job joins; a
+            closed or unknown batch is the extension's error (22023).
     """
 
     priority: Optional[PriorityLike] = None
@@ -104,6 +121,10 @@ class PushOptions:
     backoff_max: Optional[Delay] = None
     retry_delays: Optional[Sequence[Delay]] = None
     dedupe_key: Optional[str] = None
+    depends_on: Optional[Sequence[int]] = None
+    run_anyway: Optional[bool] = None
+    tags: Optional[Sequence[str]] = None
+    batch: Optional[int] = None
 
     def __post_init__(self) -> None:
         """Check every field's type and normalise numbers of seconds to timedeltas."""
@@ -135,6 +156,19 @@ class PushOptions:
             put("retry_delays", delays)
         if self.dedupe_key is not None:
             _check_text("dedupe_key", self.dedupe_key)
+        if self.depends_on is not None:
+            put("depends_on", tuple(_check_int("depends_on entry", i)
+                                    for i in _check_sequence("depends_on", self.depends_on, "job ids")))
+        if self.run_anyway is not None and not isinstance(self.run_anyway, bool):
+            raise TypeError(f"run_anyway must be a bool, not {type(self.run_anyway).__name__}")
+        if self.tags is not None:
+            tags = tuple(_check_sequence("tags", self.tags, "strs"))
+            for tag in tags:
+                if not isinstance(tag, str):
+                    raise TypeError(f"tags entry must be a str, not {type(tag).__name__}")
+            put("tags", tags)
+        if self.batch is not None:
+            put("batch", _check_int("batch", self.batch))
 
     def replace(self, **changes: Any) -> "PushOptions":
         """A copy with ``changes`` applied (checked like the constructor's arguments)."""
@@ -156,6 +190,10 @@ _FRAGMENTS = {
     "backoff_max": sql.SQL("backoff_max => %s::interval"),
     "retry_delays": sql.SQL("retry_delays => %s::interval[]"),
     "dedupe_key": sql.SQL("dedupe_key => %s::text"),
+    "depends_on": sql.SQL("depends_on => %s::bigint[]"),
+    "run_anyway": sql.SQL("run_anyway => %s::boolean"),
+    "tags": sql.SQL("tags => %s::text[]"),
+    "batch": sql.SQL("batch => %s::bigint"),
 }
 
 
@@ -177,7 +215,7 @@ def _option_args(opts: PushOptions) -> Tuple[List[sql.Composable], List[Any]]:
         key = field
         if field == "priority":
             key = "priority:text" if isinstance(value, str) else "priority:int"
-        if field == "retry_delays":
+        if field in ("retry_delays", "depends_on", "tags"):
             value = list(value)
         parts.append(_FRAGMENTS[key])
         params.append(value)
@@ -223,6 +261,10 @@ def push(
     backoff_max: Optional[Delay] = None,
     retry_delays: Optional[Sequence[Delay]] = None,
     dedupe_key: Optional[str] = None,
+    depends_on: Optional[Sequence[int]] = None,
+    run_anyway: Optional[bool] = None,
+    tags: Optional[Sequence[str]] = None,
+    batch: Optional[int] = None,
 ) -> int:
     """Push one job with ``queue_push`` on ``conn`` and return its id.
 
@@ -232,12 +274,19 @@ def push(
     commit it (or use an autocommit connection) for the job to exist.
 
     With ``dedupe_key``, the id of an existing live duplicate may be returned.
+    With ``depends_on`` the job is ``blocked`` until its dependencies have
+    completed (``run_anyway``: until they are final); ``tags`` label it;
+    ``batch`` adds it to an open batch (:func:`batch_open`).
     Bad arguments raise :class:`TypeError` / :class:`ValueError` before any
-    query, or the extension's ``psycopg`` error (SQLSTATE 22023).
+    query where the client can tell (types, a naive ``run_at``, a negative
+    delay), else the extension's ``psycopg`` error (SQLSTATE 22023,
+    :class:`psycopg.errors.InvalidParameterValue`: a bad tag, an unknown
+    dependency, a batch that is not open, ...).
     """
     opts = _merge(options, dict(priority=priority, delay=delay, run_at=run_at, serial_group=serial_group,
                                 max_attempts=max_attempts, timeout=timeout, backoff_base=backoff_base,
-                                backoff_max=backoff_max, retry_delays=retry_delays, dedupe_key=dedupe_key))
+                                backoff_max=backoff_max, retry_delays=retry_delays, dedupe_key=dedupe_key,
+                                depends_on=depends_on, run_anyway=run_anyway, tags=tags, batch=batch))
     query, params = _push_statement(queue, payload, opts)
     row = conn.execute(query, params).fetchone()
     assert row is not None
@@ -260,16 +309,23 @@ def push_batch(
     backoff_max: Optional[Delay] = None,
     retry_delays: Optional[Sequence[Delay]] = None,
     dedupe_key: Optional[str] = None,
+    depends_on: Optional[Sequence[int]] = None,
+    run_anyway: Optional[bool] = None,
+    tags: Optional[Sequence[str]] = None,
+    batch: Optional[int] = None,
 ) -> List[int]:
     """Push many payloads with the same options in one ``queue_push_batch`` statement.
 
     Returns the ids in payload order (an empty list for no payloads, without
-    a query). Otherwise the same as :func:`push`.
+    a query). With ``depends_on`` every payload waits for the same jobs (a
+    fan-out); ``tags`` and ``batch`` apply to each. Otherwise the same as
+    :func:`push`.
     """
     items = _check_payloads(payloads)
     opts = _merge(options, dict(priority=priority, delay=delay, run_at=run_at, serial_group=serial_group,
                                 max_attempts=max_attempts, timeout=timeout, backoff_base=backoff_base,
-                                backoff_max=backoff_max, retry_delays=retry_delays, dedupe_key=dedupe_key))
+                                backoff_max=backoff_max, retry_delays=retry_delays, dedupe_key=dedupe_key,
+                                depends_on=depends_on, run_anyway=run_anyway, tags=tags, batch=batch))
     check_queue_name(queue)
     if not items:
         return []
@@ -293,11 +349,16 @@ async def apush(
     backoff_max: Optional[Delay] = None,
     retry_delays: Optional[Sequence[Delay]] = None,
     dedupe_key: Optional[str] = None,
+    depends_on: Optional[Sequence[int]] = None,
+    run_anyway: Optional[bool] = None,
+    tags: Optional[Sequence[str]] = None,
+    batch: Optional[int] = None,
 ) -> int:
     """:func:`push` on a :class:`psycopg.AsyncConnection`."""
     opts = _merge(options, dict(priority=priority, delay=delay, run_at=run_at, serial_group=serial_group,
                                 max_attempts=max_attempts, timeout=timeout, backoff_base=backoff_base,
-                                backoff_max=backoff_max, retry_delays=retry_delays, dedupe_key=dedupe_key))
+                                backoff_max=backoff_max, retry_delays=retry_delays, dedupe_key=dedupe_key,
+                                depends_on=depends_on, run_anyway=run_anyway, tags=tags, batch=batch))
     query, params = _push_statement(queue, payload, opts)
     cur = await conn.execute(query, params)
     row = await cur.fetchone()
@@ -321,12 +382,17 @@ async def apush_batch(
     backoff_max: Optional[Delay] = None,
     retry_delays: Optional[Sequence[Delay]] = None,
     dedupe_key: Optional[str] = None,
+    depends_on: Optional[Sequence[int]] = None,
+    run_anyway: Optional[bool] = None,
+    tags: Optional[Sequence[str]] = None,
+    batch: Optional[int] = None,
 ) -> List[int]:
     """:func:`push_batch` on a :class:`psycopg.AsyncConnection`."""
     items = _check_payloads(payloads)
     opts = _merge(options, dict(priority=priority, delay=delay, run_at=run_at, serial_group=serial_group,
                                 max_attempts=max_attempts, timeout=timeout, backoff_base=backoff_base,
-                                backoff_max=backoff_max, retry_delays=retry_delays, dedupe_key=dedupe_key))
+                                backoff_max=backoff_max, retry_delays=retry_delays, dedupe_key=dedupe_key,
+                                depends_on=depends_on, run_anyway=run_anyway, tags=tags, batch=batch))
     check_queue_name(queue)
     if not items:
         return []

@@ -2410,7 +2410,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_configure(text, int, int, interval, interval, interval, interval, boolean) IS
-'Set a queue''s defaults for what a push does not say: priority, max_attempts, timeout, backoff_base, backoff_max (NULL keeps a value; reset => true clears those not given). Returns the queue''s settings.';
+'Set a queue''s defaults for what a push does not say: priority, max_attempts, timeout, backoff_base, backoff_max, and how long its final jobs are kept (retention, instead of queue.retention; for jobs pushed from now on). NULL keeps a value; reset => true clears those not given. Returns the queue''s settings.';
 
 
 
@@ -2431,7 +2431,7 @@ SET search_path = pg_catalog, pg_temp AS $$
      ORDER BY s.queue;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_settings() IS
-'The settings of every queue that has any: queue, paused, paused_at, paused_by, and the push defaults of queue_configure (priority, max_attempts, timeout, backoff_base, backoff_max; NULL: the global default).';
+'The settings of every queue that has any: queue, paused, paused_at, paused_by, the push defaults of queue_configure (priority, max_attempts, timeout, backoff_base, backoff_max) and its retention (NULL: the global default).';
 
 
 -- Whether any queue has push defaults, in shared memory (src/settings.rs).

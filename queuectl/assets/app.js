@@ -594,8 +594,8 @@
     }
   }
   // ---- batch page ---------------------------------------------------------------
-  // queue_batch(id): there is no listing of batches in the extension, so a
-  // batch is opened by id (from a job's batch link or the job browser).
+  // queue_batch(id): opened from the Batches list, a job's batch link or the
+  // job browser's batch id.
   const BATCH_CLASS = { open: 'info', closed: 'warn', done: 'ok', cancelled: '' };
   let batchTimer = null;
   function callback(spec, jobId) {
@@ -640,6 +640,45 @@
       }, 5000);
     }
   }
+
+  // ---- batches list -------------------------------------------------------------
+  // queue_batches, newest first. Its counts are kept from a batch's close, so
+  // an open batch (or one cancelled before its close) has none: its page
+  // counts it from its jobs.
+  panel('batches', 10000, async () => {
+    const st = $('batches-state').value;
+    const rows = await api('/api/batches?limit=50' + (st ? '&state=' + encodeURIComponent(st) : ''));
+    if (!rows.length) {
+      fill($('batches-body'), h('p', { class: 'empty', 'data-empty': 'batches' },
+        st ? `No ${st} batches.` : 'No batches yet (queuectl batch open opens one).'));
+      return;
+    }
+    const cols = ['batch', 'state', 'progress', 'total', 'pending', 'completed', 'failed', 'cancelled', 'created', 'closed', 'finished', 'callback jobs'];
+    const num = (v, key) => h('td', { class: 'num', 'data-field': key }, fmtNum(v));
+    fill($('batches-body'), h('table', { class: 'batches' },
+      h('thead', {}, h('tr', {}, cols.map((c, i) => h('th', { class: i >= 3 && i <= 7 ? 'num' : '' }, c)))),
+      h('tbody', {}, rows.map((b) => {
+        const counted = b.total !== null && b.total !== undefined;
+        const finals = counted ? b.total - b.pending : null;
+        const pct = counted && b.total > 0 ? (finals / b.total) * 100 : null;
+        return h('tr', { 'data-batch-id': b.id, 'data-state': b.state },
+          h('td', {}, h('a', { href: `#/batch/${b.id}`, class: 'mono', 'data-batch': b.id }, `#${b.id}`)),
+          h('td', {}, h('span', { class: `badge ${BATCH_CLASS[b.state] ?? ''}` }, b.state)),
+          h('td', {}, counted
+            ? [h('div', { class: 'progress', role: 'progressbar', 'aria-valuenow': pct === null ? 0 : pct.toFixed(1), 'aria-valuemin': 0, 'aria-valuemax': 100 },
+                h('div', { style: `width:${pct === null ? 0 : Math.max(0, Math.min(100, pct))}%` })),
+              h('span', { class: 'small', 'data-field': 'progress' }, `${fmtNum(finals)}/${fmtNum(b.total)}`)]
+            : h('span', { class: 'muted small', 'data-field': 'progress', title: 'counted from its jobs on its page' }, 'not counted yet')),
+          num(b.total, 'total'), num(b.pending, 'pending'), num(b.completed, 'completed'), num(b.failed, 'failed'), num(b.cancelled, 'cancelled'),
+          h('td', {}, timeEl(b.created_at)), h('td', {}, timeEl(b.closed_at)), h('td', {}, timeEl(b.finished_at)),
+          h('td', { 'data-field': 'callbacks' },
+            b.complete_job ? h('span', { 'data-field': 'complete-job' }, 'complete ', jobLink(b.complete_job)) : null,
+            b.complete_job && b.failure_job ? ' · ' : null,
+            b.failure_job ? h('span', { 'data-field': 'failure-job' }, 'failure ', jobLink(b.failure_job)) : null,
+            b.complete_job || b.failure_job ? null : '–'));
+      }))));
+  });
+  $('batches-state').addEventListener('change', () => refresh('batches'));
 
   function route() {
     const m = /^#\/job\/(\d+)$/.exec(location.hash);

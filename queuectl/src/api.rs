@@ -414,6 +414,23 @@ impl Api {
         Ok(if v.is_null() { None } else { Some(v) })
     }
 
+    /// `queue_batches(state => $1, max_rows => $2)`: the batches the caller
+    /// may see, newest first, of one state or all (`None`); their counts are
+    /// null while open. An unknown state or a bad `max_rows` is the server's
+    /// 22023; an extension without the function says so (exit 2).
+    pub async fn batches(&self, state: Option<&str>, max_rows: i32) -> Result<Vec<Value>> {
+        self.rows("queue_batches(state => $1::text, max_rows => $2::int)", &[&state, &max_rows]).await.map_err(|e| {
+            if e.sqlstate.as_deref() == Some(UNDEFINED_FUNCTION) {
+                CliError::usage(
+                    "this version of the queue extension cannot list batches (no queue_batches): \
+                     ALTER EXTENSION queue UPDATE",
+                )
+            } else {
+                e
+            }
+        })
+    }
+
     /// `queue_schedules()`.
     pub async fn schedules(&self) -> Result<Vec<Value>> {
         self.rows("queue_schedules()", &[]).await

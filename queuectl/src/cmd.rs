@@ -83,6 +83,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Batch(BatchCommand::Close { id }) => batch_close(&api, out, id).await,
         Command::Batch(BatchCommand::Cancel { id }) => batch_cancel(&api, out, id).await,
         Command::Batch(BatchCommand::Show { id }) => batch_show(&api, out, id).await,
+        Command::Batch(BatchCommand::List { state, limit }) => batch_list(&api, out, state.as_deref(), limit).await,
         Command::Clear { queue, .. } => clear(&api, out, &queue).await,
         Command::Cleanup { older_than } => cleanup(&api, out, older_than).await,
         Command::Pause { queue } => pause(&api, out, &queue).await,
@@ -1226,6 +1227,83 @@ async fn batch_show(api: &Api, out: Out, id: i64) -> Result<Exit> {
         t.row(vec![k.into(), when(&b, k)]);
     }
     print!("{}", t.render());
+    Ok(Exit::Ok)
+}
+
+/// The PROGRESS cell of a `queue_batches` row: "final/total" from the counts
+/// kept since the close; `-` while they are null (an open batch).
+fn listed_progress(b: &Value) -> String {
+    match (b["total"].as_i64(), b["pending"].as_i64()) {
+        (Some(total), Some(pending)) => format!("{}/{total}", total - pending),
+        _ => "-".into(),
+    }
+}
+
+/// `batch list [--state S] [--limit N]`: `queue_batches(state, max_rows)`,
+/// newest first. An unknown state is the server's 22023 (exit 2), said in
+/// the CLI's terms.
+async fn batch_list(api: &Api, out: Out, state: Option<&str>, limit: i32) -> Result<Exit> {
+    let rows = match api.batches(state, limit).await {
+        Ok(rows) => rows,
+        Err(e) if e.sqlstate.as_deref() == Some("22023") && e.message.starts_with("unknown batch state") => {
+            return Err(CliError {
+                message: format!(
+                    "unknown batch state {:?}: --state is one of open, closed, done, cancelled \
+                     (leave it out to list every batch) (SQLSTATE 22023)",
+                    state.unwrap_or_default()
+                ),
+                ..e
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    if out.json {
+        out.print_json(&Value::Array(rows));
+        return Ok(Exit::Ok);
+    }
+    let mut t = Table::new(&[
+        ">ID",
+        "STATE",
+        ">PROGRESS",
+        ">TOTAL",
+        ">PENDING",
+        ">COMPLETED",
+        ">FAILED",
+        ">CANCELLED",
+        "CREATED",
+        "CLOSED",
+        "FINISHED",
+        ">COMPLETE JOB",
+        ">FAILURE JOB",
+    ]);
+    for b in &rows {
+        t.row(vec![
+            field(b, "id"),
+            field(b, "state"),
+            listed_progress(b),
+            field(b, "total"),
+            field(b, "pending"),
+            field(b, "completed"),
+            field(b, "failed"),
+            field(b, "cancelled"),
+            ago(b, "created_at"),
+            ago(b, "closed_at"),
+            ago(b, "finished_at"),
+            field(b, "complete_job"),
+            field(b, "failure_job"),
+        ]);
+    }
+    if t.is_empty() {
+        match state {
+            Some(s) => println!("no {s} batches"),
+            None => println!("no batches (queuectl batch open opens one)"),
+        }
+    } else {
+        print!("{}", t.render());
+        if rows.iter().any(|b| b["total"].is_null()) {
+            println!("(- : counts are kept from a batch's close; queuectl batch show ID counts one not closed from its jobs)");
+        }
+    }
     Ok(Exit::Ok)
 }
 

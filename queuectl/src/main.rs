@@ -35,7 +35,7 @@ Never put a password on the command line: use PGPASSWORD or ~/.pgpass.\n\n\
 Exit codes: 0 ok, 1 error, 2 usage error or refused, 3 not found.",
     after_help = "Examples:\n  queuectl status\n  queuectl push emails '{\"to\": \"a@example.com\"}' --priority high\n  \
 queuectl failed emails\n  queuectl retry --all emails\n  queuectl pause emails\n  queuectl configure emails --max-attempts 5\n  \
-queuectl batch open --on-complete '{\"queue\": \"reports\"}'\n  queuectl work emails -- ./send-email.sh\n  \
+queuectl batch open --on-complete '{\"queue\": \"reports\"}'\n  queuectl batch list --state open\n  queuectl work emails -- ./send-email.sh\n  \
 queuectl serve --listen 127.0.0.1:8080"
 )]
 pub struct Cli {
@@ -213,7 +213,7 @@ status, live and the history still kept, counted from the jobs (queue_stats(queu
         #[arg(long, value_name = "TAG", value_parser = filter_tag)]
         tag: Option<String>,
     },
-    /// Batches: open one, push jobs into it (push --batch), close it; its callbacks are pushed once all are final
+    /// Batches: open one, push jobs into it (push --batch), close it, list them; its callbacks are pushed once all are final
     #[command(subcommand)]
     Batch(BatchCommand),
     /// Delete final jobs (completed, failed, expired, cancelled) that finished longer ago than --older-than
@@ -378,12 +378,28 @@ queuectl batch close \"$b\"\n  queuectl batch show \"$b\""
     #[command(
         long_about = "A batch by id (queue_batch): state (open, closed, done, cancelled), progress (the share of its jobs \
 that are final), total / pending / running / completed / failed (or expired) / cancelled, its callbacks and the ids \
-of the callback jobs once pushed, and its times. The extension has no listing of batches: a batch is shown by id \
-(from `batch open`, or a job's batch in `queuectl job`)."
+of the callback jobs once pushed, and its times. `batch list` finds the ids; an open batch is counted here from its jobs."
     )]
     Show {
         /// The batch id
         id: i64,
+    },
+    /// The batches you may see, newest first: state, progress, counts, times, callback jobs
+    #[command(
+        long_about = "The batches the connecting role may see (queue_batches; a confined role: the ones it opened), \
+newest first, of one state with --state. PROGRESS is final/total jobs and the counts are those kept since the close: \
+an open batch has none yet (`-`; `queuectl batch show ID` counts it from its jobs). COMPLETE JOB / FAILURE JOB are \
+the callback jobs once pushed. An unknown state exits 2.",
+        after_help = "Examples:\n  queuectl batch list\n  queuectl batch list --state open\n  \
+queuectl batch list --state done --limit 5 --json"
+    )]
+    List {
+        /// Only batches in this state: open, closed, done or cancelled (default: every state)
+        #[arg(long, short, value_name = "STATE")]
+        state: Option<String>,
+        /// How many at most (the newest)
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: i32,
     },
 }
 

@@ -148,6 +148,7 @@ fn router(state: Shared) -> Router {
         .route("/api/timeline", get(timeline))
         .route("/api/jobs", get(jobs))
         .route("/api/jobs/{id}", get(job))
+        .route("/api/batches", get(batches))
         .route("/api/batches/{id}", get(batch))
         .route("/api/settings", get(settings))
         .route("/api/jobs/{id}/retry", post(retry))
@@ -328,8 +329,24 @@ async fn job(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult {
     }
 }
 
-/// `GET /api/batches/{id}`: `queue_batch(id)`; 404 for an unknown batch.
-/// The extension has no listing of batches, so the page opens one by id.
+#[derive(Deserialize)]
+struct BatchesQuery {
+    /// open, closed, done or cancelled; empty or absent: every state.
+    state: Option<String>,
+    limit: Option<i32>,
+}
+
+/// `GET /api/batches?state=&limit=`: `queue_batches(state, max_rows)`, the
+/// batches the connecting role may see, newest first (counts null while
+/// open). An unknown state is the server's 22023: 400.
+async fn batches(State(s): State<Shared>, Query(q): Query<BatchesQuery>) -> ApiResult {
+    let state = q.state.as_deref().filter(|s| !s.is_empty());
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(Json(Value::Array(s.api().await?.batches(state, limit).await?)))
+}
+
+/// `GET /api/batches/{id}`: `queue_batch(id)`; 404 for an unknown batch
+/// (the batch page; `GET /api/batches` lists them).
 async fn batch(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult {
     match s.api().await?.batch(id).await? {
         Some(b) => Ok(Json(b)),

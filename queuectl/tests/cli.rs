@@ -750,6 +750,129 @@ fn batches_open_fill_close_fire_and_cancel() {
     assert_eq!(code(&qc(&url, &["batch"])), 2, "a batch subcommand is required");
 }
 
+/// The ids of a JSON array of rows, in their order.
+fn ids_in_order(rows: &Value) -> Vec<i64> {
+    rows.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect()
+}
+
+/// The first `n` cells and the last `m` of a table line (cells without blanks).
+fn cells(line: &str, n: usize, m: usize) -> (Vec<String>, Vec<String>) {
+    let all: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+    (all[..n].to_vec(), all[all.len() - m..].to_vec())
+}
+
+#[test]
+fn batch_list_lists_newest_first_filters_by_state_and_limits() {
+    let url = need_db!();
+    let q = queue("batch.list");
+    let done_q = queue("batch.list.done");
+    let open_one = |extra: &[&str]| {
+        let mut args = vec!["batch", "open"];
+        args.extend_from_slice(extra);
+        qc_json(&url, &args)["id"].as_i64().unwrap()
+    };
+    // Four batches, oldest first: closed with 1 of 2 final, done at its close
+    // (no jobs) with its callback pushed, cancelled, open.
+    let closed = open_one(&[]);
+    let a = push(&url, &q, "{}", &["--batch", &closed.to_string()]);
+    push(&url, &q, "{}", &["--batch", &closed.to_string()]);
+    claim_and_ack(&url, &q, a);
+    assert_eq!(code(&qc(&url, &["batch", "close", &closed.to_string()])), 0);
+    let done = open_one(&["--on-complete", &json!({"queue": done_q}).to_string()]);
+    assert_eq!(code(&qc(&url, &["batch", "close", &done.to_string()])), 0);
+    let callback = qc_json(&url, &["batch", "show", &done.to_string()])["complete_job"].as_i64().expect("pushed");
+    let cancelled = open_one(&[]);
+    assert_eq!(code(&qc(&url, &["batch", "cancel", &cancelled.to_string()])), 0);
+    let open = open_one(&[]);
+    let ours = [open, cancelled, done, closed];
+
+    // Every state, newest first: this test's four are the newest batches.
+    let all = qc_json(&url, &["batch", "list", "--limit", "1000"]);
+    let ids = ids_in_order(&all);
+    assert_eq!(ids[..4], ours, "{all}");
+    let mut sorted = ids.clone();
+    sorted.sort_by(|x, y| y.cmp(x));
+    assert_eq!(ids, sorted, "newest first");
+    let row = |id: i64| all.as_array().unwrap().iter().find(|r| r["id"] == json!(id)).cloned().unwrap();
+    let c = row(closed);
+    assert_eq!(
+        (c["state"].clone(), c["total"].clone(), c["pending"].clone(), c["completed"].clone()),
+        (json!("closed"), json!(2), json!(1), json!(1)),
+        "{c}"
+    );
+    assert!(c["closed_at"].is_string() && c["finished_at"].is_null(), "{c}");
+    let d = row(done);
+    assert_eq!(
+        (d["state"].clone(), d["total"].clone(), d["complete_job"].clone()),
+        (json!("done"), json!(0), json!(callback))
+    );
+    assert!(d["failure_job"].is_null() && d["finished_at"].is_string(), "{d}");
+    assert_eq!(row(cancelled)["state"], json!("cancelled"));
+    let o = row(open);
+    assert_eq!(
+        (o["state"].clone(), o["total"].clone(), o["pending"].clone()),
+        (json!("open"), Value::Null, Value::Null)
+    );
+    assert!(o["created_at"].is_string() && o["closed_at"].is_null(), "{o}");
+
+    // The table: progress final/total where counted, `-` while open.
+    let out = qc(&url, &["batch", "list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[..6], ["ID", "STATE", "PROGRESS", "TOTAL", "PENDING", "COMPLETED"], "{text}");
+    let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (head, tail) = cells(&table_row(&text, &closed.to_string()), 8, 2);
+    assert_eq!(
+        (head, tail),
+        (strs(&[&closed.to_string(), "closed", "1/2", "2", "1", "1", "0", "0"]), strs(&["-", "-"]))
+    );
+    let (head, tail) = cells(&table_row(&text, &done.to_string()), 8, 2);
+    assert_eq!(
+        (head, tail),
+        (strs(&[&done.to_string(), "done", "0/0", "0", "0", "0", "0", "0"]), strs(&[&callback.to_string(), "-"]))
+    );
+    let (head, _) = cells(&table_row(&text, &open.to_string()), 8, 0);
+    assert_eq!(head, strs(&[&open.to_string(), "open", "-", "-", "-", "-", "-", "-"]));
+    assert!(text.contains("batch show ID counts one not closed"), "the note on open batches: {text}");
+
+    // One state: only batches in it, ours among them.
+    for (state, id) in [("open", open), ("closed", closed), ("done", done), ("cancelled", cancelled)] {
+        let rows = qc_json(&url, &["batch", "list", "--state", state, "--limit", "1000"]);
+        assert!(rows.as_array().unwrap().iter().all(|r| r["state"] == json!(state)), "{state}: {rows}");
+        let listed = ids_in_order(&rows);
+        assert_eq!(listed[0], id, "{state}: the newest first");
+        assert!(ours.iter().filter(|o| **o != id).all(|o| !listed.contains(o)), "{state}: {rows}");
+    }
+    let text = stdout(&qc(&url, &["batch", "list", "-s", "done"]));
+    assert!(table_row(&text, &done.to_string()).contains("done"), "{text}");
+    assert!(text.lines().all(|l| l.split_whitespace().next() != Some(&open.to_string())), "{text}");
+
+    // --limit: the newest N.
+    assert_eq!(ids_in_order(&qc_json(&url, &["batch", "list", "--limit", "2"])), vec![open, cancelled]);
+    assert_eq!(ids_in_order(&qc_json(&url, &["batch", "list", "-n", "1", "--state", "closed"])), vec![closed]);
+    let text = stdout(&qc(&url, &["batch", "list", "-n", "1"]));
+    assert_eq!(text.lines().count(), 3, "a header, one row and the note: {text}");
+
+    // A bad state or limit: a clear error, exit 2, nothing on stdout.
+    let o = qc(&url, &["batch", "list", "--state", "finished"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains(r#"unknown batch state "finished""#)
+            && stderr(&o).contains("open, closed, done, cancelled"),
+        "{}",
+        stderr(&o)
+    );
+    let o = qc(&url, &["batch", "list", "--state", "'; DROP TABLE queue.batches; --"]);
+    assert_eq!(code(&o), 2, "a state is a bound value: {}", stderr(&o));
+    assert!(qc_json(&url, &["batch", "list", "-n", "1"]).as_array().unwrap().len() == 1);
+    let o = qc(&url, &["batch", "list", "--limit", "0"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("between 1 and"), "{}", stderr(&o));
+    assert_eq!(code(&qc(&url, &["batch", "cancel", &open.to_string()])), 0);
+}
+
 /// Whether the installed extension's queue_configure has a `retention`
 /// parameter (added by a later version).
 fn has_retention(url: &str) -> bool {
@@ -1431,6 +1554,37 @@ fn serve_shows_tags_batches_and_queue_settings() {
     assert_ne!(http(port, "POST", &format!("/api/batches/{batch}"), &[("X-Queuectl", "1")]).0, 200);
     assert_eq!(get_json(port, &format!("/api/batches/{batch}"))["state"], json!("open"));
 
+    // The list (queue_batches): newest first, of one state, limited; a bad state is a 400.
+    let listed = get_json(port, "/api/batches");
+    let row = &listed[0];
+    assert_eq!(
+        (row["id"].clone(), row["state"].clone(), row["total"].clone()),
+        (json!(batch), json!("open"), Value::Null),
+        "{listed}"
+    );
+    assert!(row.get("complete_job").is_some() && row["created_at"].is_string(), "{row}");
+    assert_eq!(ids_in_order(&get_json(port, "/api/batches?limit=1")), vec![batch]);
+    let open = get_json(port, "/api/batches?state=open&limit=1000");
+    assert!(
+        open.as_array().unwrap().iter().all(|r| r["state"] == json!("open")) && ids_in_order(&open).contains(&batch)
+    );
+    let done = get_json(port, "/api/batches?state=done&limit=1000");
+    assert!(
+        done.as_array().unwrap().iter().all(|r| r["state"] == json!("done")) && !ids_in_order(&done).contains(&batch)
+    );
+    assert_eq!(
+        ids_in_order(&get_json(port, "/api/batches?state=&limit=1")),
+        vec![batch],
+        "an empty state is every state"
+    );
+    let (status, body) = http(port, "GET", "/api/batches?state=bogus", &[]);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"].as_str().unwrap().contains("unknown batch state"),
+        "{body}"
+    );
+    assert_ne!(http(port, "POST", "/api/batches", &[("X-Queuectl", "1")]).0, 200);
+
     // The tag filter of the job browser.
     let rows = get_json(port, &format!("/api/jobs?queue={q}&status=pending&tag={tag}"));
     assert_eq!(ids_of(&rows), vec![first], "{rows}");
@@ -1453,6 +1607,7 @@ fn serve_shows_tags_batches_and_queue_settings() {
     // Read-only: the views still answer.
     let ro = serve(&url, 55498, &["--read-only"]);
     assert_eq!(get_json(ro.1, &format!("/api/batches/{batch}"))["id"], json!(batch));
+    assert_eq!(ids_in_order(&get_json(ro.1, "/api/batches?limit=1")), vec![batch]);
     drop(ro);
     assert_eq!(code(&qc(&url, &["batch", "cancel", &batch.to_string()])), 0);
     assert_eq!(code(&qc(&url, &["configure", &q, "--reset"])), 0);

@@ -105,6 +105,8 @@ try {
   const part1 = Number(qc('push', Q_BATCH, '{"part": 1}', '--batch', String(batchId), '--tag', TAG_B, '--tag', TAG_A));
   const part2 = Number(qc('push', Q_BATCH, '{"part": 2}', '--batch', String(batchId), '--tag', TAG_B, '--depends-on', String(part1)));
   qc('batch', 'close', String(batchId));
+  // A newer batch left open (and empty), for the Batches list.
+  const openBatch = Number(qc('batch', 'open'));
 
   server = start(['serve', '--listen', `127.0.0.1:${PORT}`]);
   await until('the dashboard', async () => (await fetch(`${BASE}/api/info`)).ok);
@@ -351,6 +353,50 @@ try {
     assert.equal(await page.evaluate(() => window.__sameDocument), 45, 'the page was not reloaded');
   });
 
+  await check('the Batches list shows the batches, done and open, filters by state, and a click opens the batch page', async () => {
+    await page.evaluate(() => { window.__sameDocument = 46; });
+    const shown = qcJson('batch', 'show', String(batchId));
+    await page.click('nav a[href="#batches"]');
+    await until('the batch page to make way', () => page.locator('#batch').isHidden(), 5000);
+    const row = page.locator(`#batches tr[data-batch-id="${batchId}"]`);
+    // The list refreshes every 10 s: it may still show the batch closed.
+    await until('the batch listed as done', async () => (await row.getAttribute('data-state')) === 'done', 15000);
+    assert.equal(await row.locator('.badge').textContent(), 'done');
+    assert.equal(await row.locator('[data-field=progress]').textContent(), '2/2');
+    for (const [k, v] of [['total', '2'], ['pending', '0'], ['completed', '2'], ['failed', '0'], ['cancelled', '0']]) {
+      assert.equal(await row.locator(`td[data-field=${k}]`).textContent(), v, k);
+    }
+    assert.equal(await row.locator('[data-field=complete-job] a').textContent(), `#${shown.complete_job}`);
+    assert.equal(await row.locator('[data-field=complete-job] a').getAttribute('href'), `#/job/${shown.complete_job}`);
+    assert.equal(await row.locator('[data-field=failure-job]').count(), 0, 'no failure callback');
+    assert.ok((await row.locator('time').count()) === 3, 'created, closed and finished');
+    // The open batch: newer, listed first, not counted yet.
+    const openRow = page.locator(`#batches tr[data-batch-id="${openBatch}"]`);
+    assert.equal(await openRow.getAttribute('data-state'), 'open');
+    assert.equal(await openRow.locator('[data-field=progress]').textContent(), 'not counted yet');
+    assert.equal(await openRow.locator('td[data-field=total]').textContent(), '–');
+    assert.equal(await openRow.locator('[data-field=callbacks]').textContent(), '–');
+    const ids = await page.locator('#batches tr[data-batch-id]').evaluateAll((rows) => rows.map((r) => Number(r.dataset.batchId)));
+    assert.deepEqual(ids, [...ids].sort((a, b) => b - a), 'newest first');
+    assert.ok(ids.indexOf(openBatch) < ids.indexOf(batchId));
+    // The state filter: only open batches, then every state again.
+    await page.selectOption('#batches-state', 'open');
+    await row.waitFor({ state: 'detached', timeout: 10000 });
+    assert.ok(await openRow.isVisible());
+    const states = await page.locator('#batches tr[data-batch-id]').evaluateAll((rows) => rows.map((r) => r.dataset.state));
+    assert.ok(states.length >= 1 && states.every((st) => st === 'open'), states.join(','));
+    await page.selectOption('#batches-state', '');
+    await row.waitFor({ timeout: 10000 });
+    // A click on the batch opens its page.
+    await row.locator('a[data-batch]').click();
+    await until('the batch page', async () => (await page.locator('#batch').isVisible()) &&
+      (await page.locator('#batch-title').textContent()) === `Batch #${batchId}`, 10000);
+    assert.equal(new URL(page.url()).hash, `#/batch/${batchId}`);
+    assert.equal(await page.locator('#batch [data-state]').textContent(), 'done');
+    assert.equal(await page.locator('#batch [data-field=progress]').textContent(), '2 of 2 final (100.0%)');
+    assert.equal(await page.evaluate(() => window.__sameDocument), 46, 'the page was not reloaded');
+  });
+
   await check('the job browser filters by tag (queue_jobs tag) and shows the tags', async () => {
     await page.selectOption('#browse-queue', '');
     await page.selectOption('#browse-status', 'all');
@@ -407,6 +453,7 @@ try {
   // Tidy the data this run made.
   await stop(worker);
   qc('unschedule', SCHEDULE);
+  qc('batch', 'cancel', String(openBatch));
 } catch (e) {
   failed++;
   console.log(`not ok - set-up: ${e && e.stack || e}`);

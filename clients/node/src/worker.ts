@@ -10,6 +10,7 @@ import { type Interval, intervalToSql } from './interval';
 import { Listener, type WakeSource } from './listener';
 import type { JobId } from './push';
 import { withJobSpan } from './telemetry';
+import { type Dependency, dependencies } from './workflow';
 import { LIBRARY_NAME, VERSION } from './version';
 
 /**
@@ -61,6 +62,14 @@ export interface Job<P = any> {
    * @returns false when this claim no longer holds the job
    */
   touch(extend?: Interval): Promise<boolean>;
+  /**
+   * The jobs this one depends on (`queue_dependencies`), in id order, with
+   * their status and result: how a handler reads its inputs. Runs on the
+   * worker's own pool; empty for a job pushed without `dependsOn`.
+   *
+   * @typeParam R - the dependencies' result type
+   */
+  dependencies<R = any>(): Promise<Dependency<R>[]>;
 }
 
 /**
@@ -375,6 +384,10 @@ class JobImpl implements Job {
     if (!Number.isInteger(current) || !Number.isInteger(total)) throw new TypeError('progress: current and total must be integers');
     const res = await this.pool.query<{ ok: boolean }>(PROGRESS_SQL, [this.id, current, total, message ?? null, this.attempt]);
     return res.rows[0]!.ok === true;
+  }
+
+  dependencies<R = any>(): Promise<Dependency<R>[]> {
+    return dependencies<R>(this.pool, this.id);
   }
 
   async touch(extend?: Interval): Promise<boolean> {

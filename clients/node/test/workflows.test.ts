@@ -93,7 +93,7 @@ test('a diamond in a real Worker: each handler reads its dependencies\' results'
   await worker(t, {
     [q]: async (job: Job<{ step: string }>) => {
       order.push(job.payload.step);
-      const inputs = await dependencies<{ value: number }>(pool, job.id);
+      const inputs = await job.dependencies<{ value: number }>(); // the worker's own pool
       seen[job.payload.step] = inputs.map((d) => ({ status: d.status, result: d.result }));
       const sum = inputs.reduce((n, d) => n + d.result!.value, 0);
       return { value: job.payload.step === 'a' ? 1 : sum + 1 };

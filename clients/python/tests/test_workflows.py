@@ -72,8 +72,7 @@ def test_diamond_in_a_worker_reads_the_results_of_its_dependencies(conn, queue_n
             order.append(job.payload["step"])
         if job.payload["step"] == "a":
             return {"value": 1}
-        with psycopg.connect(DSN, autocommit=True) as c:
-            deps = pgqueue.dependencies(c, job.id)
+        deps = job.dependencies()  # on the worker's own pool
         seen_deps[job.payload["step"]] = deps
         total = sum(d.result["value"] for d in deps)
         return {"value": total + (10 if job.payload["step"] == "c" else 0)}
@@ -310,8 +309,9 @@ def test_async_push_options_helpers_and_worker(queue_name):
     handled = collections.defaultdict(list)
 
     async def handler(job: pgqueue.AsyncJob):
+        deps = await job.dependencies()
         async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as c:
-            deps = await pgqueue.adependencies(c, job.id)
+            assert await pgqueue.adependencies(c, job.id) == deps
         handled[job.queue].append((job.payload, deps))
         return {"n": job.payload.get("n", 0) + sum(d.result["n"] for d in deps)}
 

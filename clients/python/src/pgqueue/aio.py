@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from . import _common as c
 from .errors import WorkerStopped, as_timedelta, is_permanent, retry_in_of
 from .hooks import JobEvent
+from .workflows import Dependency, _DEPENDENCIES_SQL, _dependency
 
 __all__ = ["AsyncWorker", "AsyncJob"]
 
@@ -193,6 +194,15 @@ class AsyncJob(c.JobBase):
         """Wrap a claimed row (built by the worker, not by users)."""
         super().__init__(row, owner.name)
         self._owner = owner
+
+    async def dependencies(self) -> List[Dependency]:
+        """The jobs this one depends on (``queue_dependencies``), in id order,
+        with their status and result: how a handler reads its inputs. Runs on
+        one of the worker's pooled connections; empty for a job pushed
+        without ``depends_on``.
+        """
+        rows = await self._owner._pool.call(_DEPENDENCIES_SQL, (self.id,), fetch="all")
+        return [_dependency(r) for r in rows]
 
     async def progress(self, current: int, total: int, message: Optional[str] = None) -> bool:
         """Report progress with ``queue_progress`` for this claim's attempt.

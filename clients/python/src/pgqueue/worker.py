@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from . import _common as c
 from .errors import WorkerStopped, as_timedelta, is_permanent, retry_in_of
 from .hooks import JobEvent
+from .workflows import Dependency, _DEPENDENCIES_SQL, _dependency
 
 __all__ = ["Worker", "Job"]
 
@@ -135,6 +136,14 @@ class Job(c.JobBase):
                 raise
             self._owner._log.warning("job %s: progress not recorded: %s", self.id, exc)
             return False
+
+    def dependencies(self) -> List[Dependency]:
+        """The jobs this one depends on (``queue_dependencies``), in id order,
+        with their status and result: how a handler reads its inputs. Runs on
+        one of the worker's pooled connections, outside the handler's own
+        work; empty for a job pushed without ``depends_on``.
+        """
+        return [_dependency(r) for r in self._owner._pool.call(_DEPENDENCIES_SQL, (self.id,), fetch="all")]
 
     def touch(self, extend: Optional[dt.timedelta] = None) -> bool:
         """Extend the lease now to ``now() + extend`` (default: the job's timeout).

@@ -4181,6 +4181,7 @@ DECLARE
     v_cutoff timestamptz := now() - queue.retention();
     v_from   timestamptz;
     v_swept  timestamptz;
+    v_kept_ids bigint[] := '{}';
     v_ids    bigint[];
     v_last   timestamptz;
     v_limit  int;
@@ -4189,7 +4190,7 @@ BEGIN
     -- Jobs with a retention of their own, per distinct keep_for.
     v_kept := EXISTS (SELECT FROM queue.finished_jobs WHERE keep_for IS NOT NULL);
     IF v_kept THEN
-        v_ids := ARRAY(
+        v_kept_ids := ARRAY(
             WITH RECURSIVE kept(keep_for) AS (
                 (SELECT f.keep_for FROM queue.finished_jobs f
                   WHERE f.keep_for IS NOT NULL ORDER BY f.keep_for LIMIT 1)
@@ -4207,13 +4208,10 @@ BEGIN
                              ORDER BY f.finished_at LIMIT p_batch) d
              WHERE k.keep_for IS NOT NULL
              LIMIT p_batch);
-        IF cardinality(v_ids) > 0 THEN
-            SELECT d.deleted INTO v_count FROM queue.delete_jobs(v_ids) d;
-        END IF;
     END IF;
 
     -- The others, from this session's mark on.
-    v_limit := p_batch - v_count;
+    v_limit := p_batch - cardinality(v_kept_ids);
     IF v_limit > 0 THEN
         v_from := nullif(current_setting('queue_prune.from', true), '')::timestamptz;
         v_swept := nullif(current_setting('queue_prune.swept', true), '')::timestamptz;
@@ -4226,15 +4224,17 @@ BEGIN
                  WHERE f.finished_at >= v_from AND f.finished_at < v_cutoff AND f.keep_for IS NULL
                  ORDER BY f.finished_at
                  LIMIT v_limit) f;
-        IF v_ids IS NOT NULL THEN
-            v_count := v_count + (SELECT d.deleted FROM queue.delete_jobs(v_ids) d);
-        END IF;
         -- Everything before v_last (a full batch: more may share its time)
         -- or before the cutoff less a minute (less than a batch: the slack
-        -- is for commits still under way) is gone.
+        -- is for commits still under way) goes with this pass.
         PERFORM set_config('queue_prune.from',
             (CASE WHEN coalesce(cardinality(v_ids), 0) >= v_limit THEN v_last
                   ELSE v_cutoff - interval '1 minute' END)::text, false);
+    END IF;
+    -- Both kinds in one deletion.
+    v_ids := v_kept_ids || coalesce(v_ids, '{}');
+    IF cardinality(v_ids) > 0 THEN
+        SELECT d.deleted INTO v_count FROM queue.delete_jobs(v_ids) d;
     END IF;
     DELETE FROM queue.job_times
      WHERE finished_minute < now() - queue.metrics_retention();

@@ -567,17 +567,11 @@ impl PushCall {
         if self.delay.is_some() && self.run_at.is_some() {
             return Err(CliError::usage("--delay and --run-at do not go together"));
         }
-        let mut sql = String::from("SELECT queue_push($1::text, $2::jsonb");
-        let mut params: Vec<Param> = vec![Box::new(queue.to_owned()), Box::new(payload.clone())];
-        let mut arg = |name: &str, cast: &str, value: Param| {
-            params.push(value);
-            sql.push_str(&format!(", {name} => ${}::{cast}", params.len()));
-        };
-        let interval = |d: Duration, flag: &str| -> Result<PgInterval> {
-            let i = PgInterval(d);
-            i.micros().map_err(|_| CliError::usage(format!("{flag} {d:?} does not fit a Postgres interval")))?;
-            Ok(i)
-        };
+        let mut call = NamedCall::new("SELECT queue_push($1::text, $2::jsonb", vec![
+            Box::new(queue.to_owned()),
+            Box::new(payload.clone()),
+        ]);
+        let mut arg = |name: &str, cast: &str, value: Param| call.arg(name, cast, value);
         if let Some(p) = self.priority {
             arg("priority", "int", Box::new(p));
         }
@@ -621,8 +615,7 @@ impl PushCall {
         if let Some(b) = self.batch {
             arg("batch", "bigint", Box::new(b));
         }
-        sql.push(')');
-        Ok((sql, params))
+        Ok(call.finish())
     }
 }
 
@@ -657,17 +650,8 @@ impl ConfigureCall {
     /// The `SELECT queue_configure(queue => $1, ...)` text and its
     /// parameters, in order: every argument by name, every value bound.
     fn statement(&self, queue: &str) -> Result<(String, Vec<Param>)> {
-        let mut sql = String::from("SELECT queue_configure(queue => $1::text");
-        let mut params: Vec<Param> = vec![Box::new(queue.to_owned())];
-        let mut arg = |name: &str, cast: &str, value: Param| {
-            params.push(value);
-            sql.push_str(&format!(", {name} => ${}::{cast}", params.len()));
-        };
-        let interval = |d: Duration, flag: &str| -> Result<PgInterval> {
-            let i = PgInterval(d);
-            i.micros().map_err(|_| CliError::usage(format!("{flag} {d:?} does not fit a Postgres interval")))?;
-            Ok(i)
-        };
+        let mut call = NamedCall::new("SELECT queue_configure(queue => $1::text", vec![Box::new(queue.to_owned())]);
+        let mut arg = |name: &str, cast: &str, value: Param| call.arg(name, cast, value);
         if let Some(p) = self.priority {
             arg("priority", "int", Box::new(p));
         }
@@ -689,35 +673,64 @@ impl ConfigureCall {
         if self.reset {
             arg("reset", "boolean", Box::new(true));
         }
-        sql.push(')');
-        Ok((sql, params))
+        Ok(call.finish())
     }
+}
+
+/// A call with named arguments, built one argument at a time: each value
+/// bound as the next `$n` with its cast, never pasted into the text.
+struct NamedCall {
+    sql: String,
+    params: Vec<Param>,
+}
+
+impl NamedCall {
+    /// `head` is the call up to its positional arguments, bound to `params`.
+    fn new(head: &str, params: Vec<Param>) -> NamedCall {
+        NamedCall { sql: head.to_owned(), params }
+    }
+
+    /// Append `, name => $n::cast` bound to `value`.
+    fn arg(&mut self, name: &str, cast: &str, value: Param) {
+        self.params.push(value);
+        self.sql.push_str(&format!(", {name} => ${}::{cast}", self.params.len()));
+    }
+
+    /// The statement text and its parameters, in order.
+    fn finish(mut self) -> (String, Vec<Param>) {
+        self.sql.push(')');
+        (self.sql, self.params)
+    }
+}
+
+/// `d` as a Postgres interval, or a usage error naming `flag` when it does
+/// not fit one.
+fn interval(d: Duration, flag: &str) -> Result<PgInterval> {
+    let i = PgInterval(d);
+    i.micros().map_err(|_| CliError::usage(format!("{flag} {d:?} does not fit a Postgres interval")))?;
+    Ok(i)
 }
 
 const UNDEFINED_FUNCTION: &str = "42883";
 
-/// An error of a call with a tag: an extension from before tags has no
-/// such parameter (42883), which is said plainly (exit 2).
-fn no_tags(e: CliError) -> CliError {
+/// An error of a call that an older extension cannot take (42883: no such
+/// function or parameter), said plainly (exit 2) as lacking `what`.
+fn older_extension(e: CliError, what: &str) -> CliError {
     if e.sqlstate.as_deref() == Some(UNDEFINED_FUNCTION) {
-        CliError::usage(
-            "this version of the queue extension has no tags (no tag parameter): ALTER EXTENSION queue UPDATE",
-        )
+        CliError::usage(format!("this version of the queue extension has no {what}: ALTER EXTENSION queue UPDATE"))
     } else {
         e
     }
 }
 
-/// An error of a batch call: an extension from before batches has no
-/// queue_batch_* functions (42883), which is said plainly (exit 2).
+/// An error of a call with a tag (see [`older_extension`]).
+fn no_tags(e: CliError) -> CliError {
+    older_extension(e, "tags (no tag parameter)")
+}
+
+/// An error of a batch call (see [`older_extension`]).
 fn no_batches(e: CliError) -> CliError {
-    if e.sqlstate.as_deref() == Some(UNDEFINED_FUNCTION) {
-        CliError::usage(
-            "this version of the queue extension has no batches (no queue_batch_open): ALTER EXTENSION queue UPDATE",
-        )
-    } else {
-        e
-    }
+    older_extension(e, "batches (no queue_batch_open)")
 }
 
 /// A Postgres error's text without the "db error:" prefix.

@@ -1308,14 +1308,35 @@ impl Drop for Server {
     }
 }
 
+/// `queuectl serve` on `port`, once it listens. The test ports lie inside
+/// Linux's ephemeral range, so an outgoing connection of this machine may
+/// hold one at that moment: a server that cannot listen there is started
+/// again on the next port up (tests use `Server.1`). A server that exits
+/// for any other reason fails the test with what it said.
 fn serve(url: &str, port: u16, extra: &[&str]) -> Server {
-    let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["serve", "--listen", listen.as_str()];
-    args.extend_from_slice(extra);
-    let child = base_cmd(url).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let server = Server(child, port);
-    wait_for("the dashboard to listen", Duration::from_secs(15), || TcpStream::connect(("127.0.0.1", port)).is_ok());
-    server
+    for port in port..port + 20 {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["serve", "--listen", listen.as_str()];
+        args.extend_from_slice(extra);
+        // What it says goes to a file (a pipe nobody reads could fill up).
+        let log = std::env::temp_dir().join(format!("queuectl-serve-{}-{port}.log", std::process::id()));
+        let err = std::fs::File::create(&log).unwrap();
+        let mut child = base_cmd(url).args(&args).stdout(Stdio::null()).stderr(Stdio::from(err)).spawn().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(said.contains("cannot listen on"), "queuectl serve exited ({status}): {said}");
+                break;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Server(child, port);
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "timed out waiting for the dashboard to listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    panic!("no free port for the dashboard from {port}")
 }
 
 /// A minimal HTTP/1.1 exchange (test side only); status and body.

@@ -11,11 +11,16 @@
 //! table with a primary key and a `finished_at` index (the least a retained
 //! history needs).
 //!
-//! Usage: `queue-bench [--url URL] [--reps N] [--only W1,W3,...] [--json FILE]`.
+//! Usage: `queue-bench [--url URL] [--reps N] [--only W1,W3,...] [--json FILE]`,
+//! or `queue-bench --scale all|workers,queues,payload,isolation,depth,soak
+//! [--waiting N] [--history N] [--soak-minutes M] [--json FILE]` for the cost
+//! curves of src/scale.rs.
 //! Without --url it starts its own throwaway cluster (scripts/cluster.sh) with
 //! fsync on, synchronous_commit on, shared_buffers 1GB and the extension
 //! preloaded, serving every database. W8 needs a key=value --url (it adds
 //! `dbname=` for its second database).
+
+mod scale;
 
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -614,13 +619,25 @@ fn start_cluster() -> Result<String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut url, mut reps, mut only, mut json) = (None, 3usize, Vec::new(), String::from(".run/bench.json"));
+    let (mut url, mut reps, mut only, mut json) = (None, 3usize, Vec::new(), None);
+    let mut scale =
+        scale::Opts { parts: Vec::new(), waiting: 10_000_000, history: 100_000_000, soak_minutes: 60.0, json: String::new() };
+    let number = |v: Option<String>, what: &str| -> Result<usize> {
+        v.and_then(|v| v.replace('_', "").parse().ok()).ok_or_else(|| format!("{what} takes a whole number").into())
+    };
     while let Some(a) = args.next() {
         match a.as_str() {
             "--url" => url = args.next(),
             "--reps" => reps = args.next().and_then(|v| v.parse().ok()).unwrap_or(3),
             "--only" => only = args.next().unwrap_or_default().split(',').map(str::to_string).collect(),
-            "--json" => json = args.next().unwrap_or(json),
+            "--json" => json = args.next(),
+            "--scale" => scale.parts = args.next().unwrap_or_default().split(',').map(str::to_string).collect(),
+            "--waiting" => scale.waiting = number(args.next(), "--waiting")?,
+            "--history" => scale.history = number(args.next(), "--history")?,
+            "--soak-minutes" => {
+                scale.soak_minutes =
+                    args.next().and_then(|v| v.parse().ok()).ok_or("--soak-minutes takes a number of minutes")?
+            }
             other => return Err(format!("unknown argument {other}; see the top of bench/src/main.rs").into()),
         }
     }
@@ -637,6 +654,13 @@ async fn main() -> Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     let mut b = Bench { url, admin, results: Vec::new(), reps };
+    if !scale.parts.is_empty() {
+        scale.json = json.unwrap_or_else(|| ".run/scale.json".to_string());
+        scale::run(&b, &scale).await?;
+        stop_own_cluster(own_cluster);
+        return Ok(());
+    }
+    let json = json.unwrap_or_else(|| ".run/bench.json".to_string());
     let systems = [System::Queue, System::Reference];
 
     // Queue and reference alternate inside each repetition, so that both
@@ -938,13 +962,18 @@ async fn main() -> Result<()> {
     print_table(&b.results);
     write_json(&b.results, &json)?;
     println!("JSON: {json}");
+    stop_own_cluster(own_cluster);
+    Ok(())
+}
+
+/// Stop the throwaway cluster, when this run started it.
+fn stop_own_cluster(own_cluster: bool) {
     if own_cluster {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         let _ = std::process::Command::new(format!("{root}/scripts/cluster.sh"))
             .args(["stop", &format!("{root}/.run/bench-cluster")])
             .status();
     }
-    Ok(())
 }
 
 fn find<'a>(results: &'a [Entry], workload: &str, system: &str) -> Option<&'a Entry> {

@@ -101,16 +101,16 @@ async fn connect(url: &str) -> Result<Client> {
     Ok(client)
 }
 
-/// A connection whose notifications arrive on a channel.
-async fn connect_listening(url: &str) -> Result<(Client, mpsc::UnboundedReceiver<()>)> {
+/// A connection whose notifications arrive on a channel, by channel name.
+async fn connect_listening(url: &str) -> Result<(Client, mpsc::UnboundedReceiver<String>)> {
     let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(msg) = messages.next().await {
             match msg {
-                Ok(AsyncMessage::Notification(_)) => {
-                    let _ = tx.send(());
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n.channel().to_string());
                 }
                 Ok(_) => {}
                 Err(_) => break,

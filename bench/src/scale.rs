@@ -28,15 +28,12 @@
 //! Prints a table per curve, writes the points as JSON (`--json`, default
 //! `.run/scale.json`) and an SVG plot beside it (`.svg`).
 
-use super::{connect, percentile, Bench, Result, System, QUEUE};
-use futures_util::StreamExt;
+use super::{connect, connect_listening, percentile, Bench, Result, System, QUEUE};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
 
 /// What the scale mode was asked to do.
 pub struct Opts {
@@ -96,25 +93,6 @@ fn sized_payload(bytes: usize, seed: u64) -> String {
 fn sized_payload_sql(bytes: usize) -> String {
     let chunks = (bytes / 32).max(1);
     format!("jsonb_build_object('s', (SELECT string_agg(md5(i::text || '-' || k::text), '') FROM generate_series(1, {chunks}) k))")
-}
-
-/// A connection whose notifications arrive on a channel, by channel name.
-async fn connect_channels(url: &str) -> Result<(tokio_postgres::Client, mpsc::UnboundedReceiver<String>)> {
-    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(msg) = messages.next().await {
-            match msg {
-                Ok(AsyncMessage::Notification(n)) => {
-                    let _ = tx.send(n.channel().to_string());
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
-    Ok((client, rx))
 }
 
 /// What a drain measured.
@@ -373,7 +351,7 @@ async fn wakeups(b: &Bench, names: &Arc<Vec<String>>, pushes: usize) -> Result<(
     for l in 0..LISTENERS {
         let (url, names, popped, stop, ready) = (b.url.clone(), names.clone(), popped.clone(), stop.clone(), ready.clone());
         tasks.push(tokio::spawn(async move {
-            let (client, mut channels) = connect_channels(&url).await?;
+            let (client, mut channels) = connect_listening(&url).await?;
             let mine: Vec<&String> = names.iter().skip(l).step_by(LISTENERS).collect();
             for chunk in mine.chunks(500) {
                 let sql: String = chunk.iter().map(|q| format!("LISTEN \"queue_{q}\";")).collect();

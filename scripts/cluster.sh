@@ -45,7 +45,24 @@ start)
     echo "logging_collector = off"
     for line in "$@"; do echo "$line"; done
   } >>"$dir/data/postgresql.conf"
-  as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+  # Ports of 55xxx lie inside Linux's ephemeral range, so a client socket of
+  # an earlier step can hold ours for a moment: a start that failed on a port
+  # in use is tried again. Any other failure shows the server's own words,
+  # because CI keeps no .run directory to read afterwards.
+  for try in 1 2 3 4 5; do
+    if as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null; then
+      exit 0
+    fi
+    if [ "$try" -lt 5 ] && grep -q "Address already in use" "$dir/server.log" 2>/dev/null; then
+      echo "cluster.sh: port $port is in use; trying again in 2 s" >&2
+      sleep 2
+      continue
+    fi
+    break
+  done
+  echo "cluster.sh: the server in $dir did not start; the end of its log:" >&2
+  tail -25 "$dir/server.log" >&2 2>/dev/null || true
+  exit 1
   ;;
 restart)
   as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart >/dev/null

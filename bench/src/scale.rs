@@ -150,7 +150,15 @@ async fn drain(
             };
             let me = format!("w{w}");
             let mut own = Vec::new();
-            for q in queues.iter().skip(w).step_by(workers) {
+            // With at least one queue per worker the queues are shared
+            // out; with fewer, every worker drains every queue (one queue
+            // and four workers must not leave three idle).
+            let mine: Vec<&String> = if queues.len() >= workers {
+                queues.iter().skip(w).step_by(workers).collect()
+            } else {
+                queues.iter().cycle().skip(w % queues.len().max(1)).take(queues.len()).collect()
+            };
+            for q in mine {
                 loop {
                     let t = Instant::now();
                     let rows = client.query(&claim, &[q, &me, &batch]).await?;
@@ -337,8 +345,8 @@ async fn read_latency(b: &Bench, sql: &str, calls: usize) -> Result<f64> {
 }
 
 /// Wake-up latency over `n` queues: four idle listeners share the queues
-/// (each LISTENs on its quarter and has found each of them empty once, the
-/// state of an idle worker), and a producer pushes one job every 5 ms to
+/// (each LISTENs on its quarter, or on every queue when there are fewer than
+/// four, and has found each of them empty once, the state of an idle worker), and a producer pushes one job every 5 ms to
 /// the queues in turn. Returns the latencies (push commit to the claim that
 /// returned the job) and how many jobs no wake-up fetched.
 async fn wakeups(b: &Bench, names: &Arc<Vec<String>>, pushes: usize) -> Result<(Vec<f64>, usize)> {
@@ -352,7 +360,13 @@ async fn wakeups(b: &Bench, names: &Arc<Vec<String>>, pushes: usize) -> Result<(
         let (url, names, popped, stop, ready) = (b.url.clone(), names.clone(), popped.clone(), stop.clone(), ready.clone());
         tasks.push(tokio::spawn(async move {
             let (client, mut channels) = connect_listening(&url).await?;
-            let mine: Vec<&String> = names.iter().skip(l).step_by(LISTENERS).collect();
+            // Fewer queues than listeners: every listener LISTENs on every
+            // queue, as idle workers of one queue do (the herd).
+            let mine: Vec<&String> = if names.len() >= LISTENERS {
+                names.iter().skip(l).step_by(LISTENERS).collect()
+            } else {
+                names.iter().collect()
+            };
             for chunk in mine.chunks(500) {
                 let sql: String = chunk.iter().map(|q| format!("LISTEN \"queue_{q}\";")).collect();
                 client.batch_execute(&sql).await?;

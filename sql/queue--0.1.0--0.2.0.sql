@@ -4242,6 +4242,380 @@ BEGIN
 END;
 $$;
 
+-- 10. Scale (issue 21): readers that sum the counters by queue or by
+--     priority in one pass and find the oldest claimable job by id, and a
+--     fold of spilled counter rows in small passes (sql/stats.sql,
+--     src/stats.rs).
+CREATE  FUNCTION queue."stats_fold_unfinished"() RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'stats_fold_unfinished_wrapper';
+
+/*
+ * queue.stats_sums: the counters of every queue the scope allows, summed
+ * by queue (p_by_queue) or by priority, in one pass over queue.stats and
+ * shared memory: what queue_list and queue_stats(NULL) need, without
+ * grouping by (queue, priority) first. At 10,000 queues x 10 priorities
+ * that first grouping was most of their time. The lock as in stats_rows.
+ */
+CREATE FUNCTION queue.stats_sums(p_scope text[], p_by_queue boolean)
+RETURNS TABLE (queue text, priority int, scheduled bigint, pending bigint, processing bigint,
+               retrying bigint, pushed bigint, popped bigint, completed bigint, failed bigint,
+               expired bigint, cancelled bigint, retried bigint, deleted bigint,
+               last_activity timestamptz, blocked bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
+    RETURN QUERY
+    SELECT CASE WHEN p_by_queue THEN r.queue::text END, CASE WHEN NOT p_by_queue THEN r.priority END,
+           sum(r.scheduled)::bigint, sum(r.pending)::bigint, sum(r.processing)::bigint,
+           sum(r.retrying)::bigint, sum(r.pushed)::bigint, sum(r.popped)::bigint,
+           sum(r.completed)::bigint, sum(r.failed)::bigint, sum(r.expired)::bigint,
+           sum(r.cancelled)::bigint, sum(r.retried)::bigint, sum(r.deleted)::bigint,
+           max(r.last_activity), sum(r.blocked)::bigint
+      FROM (SELECT s.queue, s.priority, s.scheduled, s.pending, s.processing, s.retrying,
+                   s.pushed, s.popped, s.completed, s.failed, s.expired, s.cancelled,
+                   s.retried, s.deleted, s.last_activity, s.blocked
+              FROM queue.stats s
+            UNION ALL
+            SELECT u.queue, u.priority, u.counts[1], u.counts[2], u.counts[3], u.counts[4],
+                   u.counts[5], u.counts[6], u.counts[7], u.counts[8], u.counts[9],
+                   u.counts[10], u.counts[11], u.counts[12], u.last_activity, u.counts[13]
+              FROM queue.stats_unflushed() u) r
+     WHERE p_scope IS NULL OR queue.access_allows(p_scope, r.queue)
+     GROUP BY 1, 2;
+END;
+$$;
+
+/*
+ * queue.stats_pass: the counters' duty, run by the maintenance worker in a
+ * short transaction of its own after each pass (and by queue_tick): recount
+ * the gauges if shared memory asks for it, then move the shared-memory
+ * counters into queue.stats. Skips the flush while a reader holds the lock;
+ * the counters simply wait for the next tick. Returns rows flushed.
+ */
+CREATE OR REPLACE FUNCTION queue.stats_pass() RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_rows   int;
+    v_folded int;
+BEGIN
+    IF queue.stats_recount_needed() THEN
+        BEGIN
+            PERFORM queue.recount_stats();
+        EXCEPTION WHEN OTHERS THEN
+            -- lock_timeout behind a transaction that just began: next tick.
+            RAISE WARNING 'queue: recounting the job gauges failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+        END;
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(1903519093, 1) THEN
+        RETURN 0;
+    END IF;
+    -- The amounts moved are also this minute's throughput (counts[5] is
+    -- pushed, then popped, completed, failed, expired, cancelled, retried).
+    WITH taken AS MATERIALIZED (
+        SELECT t.* FROM queue.stats_take() t
+    ), applied AS (
+        SELECT count(*) AS n
+          FROM (SELECT queue.stats_apply(0, t.queue, t.priority, t.counts, t.last_activity) FROM taken t) a
+    ), minutes AS (
+        INSERT INTO queue.stats_minutes AS m
+               (queue, minute, pushed, popped, completed, failed, expired, cancelled, retried)
+        SELECT t.queue, date_bin('1 minute', now(), timestamptz '2000-01-01 00:00:00+00'),
+               sum(t.counts[5]), sum(t.counts[6]), sum(t.counts[7]), sum(t.counts[8]),
+               sum(t.counts[9]), sum(t.counts[10]), sum(t.counts[11])
+          FROM taken t
+         GROUP BY t.queue
+        HAVING sum(t.counts[5]) + sum(t.counts[6]) + sum(t.counts[7]) + sum(t.counts[8])
+               + sum(t.counts[9]) + sum(t.counts[10]) + sum(t.counts[11]) > 0
+        ON CONFLICT (queue, minute, slot) DO UPDATE
+           SET pushed = m.pushed + excluded.pushed, popped = m.popped + excluded.popped,
+               completed = m.completed + excluded.completed, failed = m.failed + excluded.failed,
+               expired = m.expired + excluded.expired, cancelled = m.cancelled + excluded.cancelled,
+               retried = m.retried + excluded.retried
+    )
+    SELECT a.n INTO v_rows FROM applied a;
+    -- Rows backends wrote because the shared table was full (one per key
+    -- and backend) are folded into slot 0 now and then, so that they do
+    -- not pile up; rows a committing backend holds are left for next time.
+    -- At most 500 rows a pass: a backend that upserts a row this pass
+    -- deletes waits for the pass to commit, so the pass stays short, and
+    -- a full one has the next tick fold on.
+    IF queue.stats_fold_due() THEN
+        WITH gone AS (
+            DELETE FROM queue.stats s
+             WHERE s.ctid = ANY (ARRAY(SELECT x.ctid FROM queue.stats x WHERE x.slot <> 0
+                                        LIMIT 500 FOR UPDATE SKIP LOCKED))
+            RETURNING s.*
+        )
+        SELECT coalesce(sum(f.n), 0) INTO v_folded
+          FROM (SELECT count(*) AS n,
+                       queue.stats_apply(0, g.queue, g.priority,
+                       ARRAY[sum(g.scheduled), sum(g.pending), sum(g.processing), sum(g.retrying),
+                             sum(g.pushed), sum(g.popped), sum(g.completed), sum(g.failed),
+                             sum(g.expired), sum(g.cancelled), sum(g.retried), sum(g.deleted),
+                             sum(g.blocked)]::bigint[],
+                       max(g.last_activity))
+                  FROM gone g
+                 GROUP BY g.queue, g.priority) f;
+        IF v_folded >= 500 THEN
+            PERFORM queue.stats_fold_unfinished();
+        END IF;
+    END IF;
+    DELETE FROM queue.stats_minutes WHERE minute < now() - queue.metrics_retention();
+    -- Errors go with the longest retention in use: a queue that keeps its
+    -- jobs longer keeps their errors too.
+    DELETE FROM queue.job_errors
+     WHERE at < now() - greatest(queue.retention(), (SELECT max(s.retention) FROM queue.queue_settings s));
+    RETURN v_rows;
+END;
+$$;
+
+/*
+ * queue.oldest_pending_any: push time of the oldest claimable job of every
+ * queue the scope allows. Jobs are numbered in push order, so the first
+ * pending one by id is the oldest: the first 1,000 live jobs by id are
+ * read (the primary key), whatever the number of queues. Only when none of
+ * them is claimable and in scope (many delayed or running jobs older than
+ * every pending one) does it probe each (queue, priority) with pending
+ * jobs, as queue.oldest_pending does: 100,000 probes at 10,000 queues x 10
+ * priorities.
+ */
+CREATE FUNCTION queue.oldest_pending_any(p_scope text[]) RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_seen   int;
+    v_oldest timestamptz;
+BEGIN
+    SELECT count(*),
+           min(f.created_at) FILTER (WHERE f.status = 'pending' AND NOT f.group_waiting
+                                       AND (p_scope IS NULL OR queue.access_allows(p_scope, f.queue)))
+      INTO v_seen, v_oldest
+      FROM (SELECT j.status, j.group_waiting, j.created_at, j.queue
+              FROM queue.jobs j ORDER BY j.id LIMIT 1000) f;
+    IF v_oldest IS NOT NULL OR v_seen < 1000 THEN
+        RETURN v_oldest;
+    END IF;
+    RETURN (SELECT queue.oldest_pending(array_agg(r.queue), array_agg(r.priority))
+              FROM queue.stats_rows() r
+             WHERE r.pending > 0 AND (p_scope IS NULL OR queue.access_allows(p_scope, r.queue)));
+END;
+$$;
+
+/*
+ * queue_stats: counts of one queue (or all): the waiting and running gauges,
+ * the cumulative totals, waiting jobs by priority, and the age of the oldest
+ * claimable job. Reads the counters, never counts job rows: constant time
+ * whatever the depth or history.
+ */
+CREATE OR REPLACE FUNCTION @extschema@.queue_stats(queue text DEFAULT NULL, tag text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue  text := queue.check_queue_filter(queue_stats.queue);
+    v_scope  text[] := queue.scope('read', v_queue);
+    v_stats  jsonb;
+    v_oldest timestamptz;
+BEGIN
+    -- One tag's jobs, counted from the jobs themselves through the tag
+    -- indexes (O(jobs with the tag), history within the retention): the
+    -- counters are kept per queue and priority, not per tag.
+    IF queue_stats.tag IS NOT NULL THEN
+        SELECT jsonb_build_object(
+                   'queue', v_queue, 'tag', queue_stats.tag,
+                   'total', count(*),
+                   'blocked', count(*) FILTER (WHERE j.status = 'blocked'),
+                   'scheduled', count(*) FILTER (WHERE j.status = 'scheduled'),
+                   'pending', count(*) FILTER (WHERE j.status = 'pending'),
+                   'processing', count(*) FILTER (WHERE j.status = 'processing'),
+                   'retrying', count(*) FILTER (WHERE j.status = 'retrying'),
+                   'completed', count(*) FILTER (WHERE j.status = 'completed'),
+                   'failed', count(*) FILTER (WHERE j.status = 'failed'),
+                   'expired', count(*) FILTER (WHERE j.status = 'expired'),
+                   'cancelled', count(*) FILTER (WHERE j.status = 'cancelled'))
+          INTO v_stats
+          FROM queue.all_jobs j
+         WHERE j.tags @> ARRAY[queue_stats.tag::text COLLATE "C"]
+           AND (v_queue IS NULL OR j.queue = v_queue)
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, j.queue));
+        RETURN v_stats;
+    END IF;
+    -- One queue: its rows by priority (the primary key). All queues: the
+    -- sums by priority, and the oldest claimable job found by id.
+    WITH c AS (
+        SELECT * FROM queue.stats_rows(v_queue) r
+         WHERE v_queue IS NOT NULL AND r.queue = v_queue
+           AND (v_scope IS NULL OR queue.access_allows(v_scope, r.queue))
+        UNION ALL
+        SELECT * FROM queue.stats_sums(v_scope, false) r
+         WHERE v_queue IS NULL
+    )
+    SELECT jsonb_build_object(
+               'queue', v_queue,
+               'total_size', coalesce(sum(c.pending + c.scheduled + c.retrying), 0),
+               'pending', coalesce(sum(c.pending), 0),
+               'scheduled', coalesce(sum(c.scheduled), 0),
+               'processing', coalesce(sum(c.processing), 0),
+               'retrying', coalesce(sum(c.retrying), 0),
+               'blocked', coalesce(sum(c.blocked), 0),
+               'completed', coalesce(sum(c.completed), 0),
+               'failed', coalesce(sum(c.failed), 0),
+               'expired', coalesce(sum(c.expired), 0),
+               'cancelled', coalesce(sum(c.cancelled), 0),
+               'retried', coalesce(sum(c.retried), 0),
+               'deleted', coalesce(sum(c.deleted), 0),
+               'total_pushed', coalesce(sum(c.pushed), 0),
+               'total_popped', coalesce(sum(c.popped), 0),
+               'priority_breakdown', coalesce(
+                   (SELECT jsonb_object_agg(queue.priority_label(b.priority), b.waiting ORDER BY b.priority)
+                      FROM (SELECT c2.priority, sum(c2.pending + c2.scheduled + c2.retrying) AS waiting
+                              FROM c c2 GROUP BY c2.priority) b
+                     WHERE b.waiting > 0), '{}'),
+               'last_activity', max(c.last_activity)),
+           CASE WHEN v_queue IS NULL THEN queue.oldest_pending_any(v_scope)
+                ELSE queue.oldest_pending(array_agg(c.queue) FILTER (WHERE c.pending > 0),
+                                          array_agg(c.priority) FILTER (WHERE c.pending > 0))
+           END
+      INTO v_stats, v_oldest
+      FROM c;
+    -- One queue: whether it is paused; all queues: how many are.
+    RETURN v_stats || jsonb_build_object('oldest_pending_age',
+        round(extract(epoch FROM now() - v_oldest), 3))
+        || CASE WHEN v_queue IS NOT NULL
+                THEN jsonb_build_object('paused', EXISTS (
+                         SELECT FROM queue.queue_settings s WHERE s.queue = v_queue AND s.paused_at IS NOT NULL))
+                ELSE jsonb_build_object('paused_queues', (
+                         SELECT count(*) FROM queue.queue_settings s
+                          WHERE s.paused_at IS NOT NULL
+                            AND (v_scope IS NULL OR queue.access_allows(v_scope, s.queue))))
+           END;
+END;
+$$;
+
+/*
+ * queue_list: every queue that ever had a job, with its counts and whether
+ * it is paused.
+ */
+CREATE OR REPLACE FUNCTION @extschema@.queue_list()
+RETURNS TABLE (queue text, total_size bigint, pending bigint, scheduled bigint, processing bigint,
+               retrying bigint, completed bigint, failed bigint, expired bigint, cancelled bigint,
+               total_pushed bigint, total_popped bigint, last_activity timestamptz, paused boolean)
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.queue, r.pending + r.scheduled + r.retrying, r.pending, r.scheduled, r.processing,
+           r.retrying, r.completed, r.failed, r.expired, r.cancelled, r.pushed, r.popped,
+           r.last_activity, p.queue IS NOT NULL
+      FROM queue.stats_sums(queue.scope('read'), true) r
+      LEFT JOIN queue.queue_settings p ON p.queue = r.queue COLLATE "C" AND p.paused_at IS NOT NULL
+     ORDER BY r.queue;
+$$;
+
+/*
+ * queue_health: is the queue being served? Workers running, the last
+ * maintenance pass, backlog, the oldest claimable job, leases overdue for
+ * recovery, stale workers. "healthy" is false with a reason per problem.
+ */
+CREATE OR REPLACE FUNCTION @extschema@.queue_health()
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_shm      record;
+    v_workers  jsonb;
+    v_counts   record;
+    v_overdue  bigint;
+    v_stale    text[];
+    v_horizon  jsonb;
+    -- A pass is late after ten ticks and five seconds.
+    v_late     interval := coalesce(nullif(current_setting('queue.tick', true), ''), '1s')::interval * 10
+                           + interval '5 seconds';
+    v_problems text[] := '{}';
+BEGIN
+    SELECT * INTO v_shm FROM queue.stats_health();
+    SELECT jsonb_object_agg(w.name, EXISTS (
+               SELECT 1 FROM pg_stat_activity a
+                WHERE a.backend_type = 'queue ' || w.name AND a.datname = current_database()))
+      INTO v_workers
+      FROM unnest(ARRAY['maintenance', 'scheduler', 'notifier']) AS w(name);
+    SELECT coalesce(sum(r.pending + r.scheduled + r.retrying), 0) AS backlog,
+           coalesce(sum(r.processing), 0) AS processing,
+           queue.oldest_pending_any(NULL) AS oldest
+      INTO v_counts FROM queue.stats_sums(NULL, false) r;
+    -- Leases that ran out more than a minute ago: the maintenance pass
+    -- should have recovered them. Found through the lease book.
+    SELECT count(*) INTO v_overdue FROM queue.processing_jobs(now() - interval '1 minute');
+    SELECT array_agg(w.worker::text ORDER BY w.worker) INTO v_stale
+      FROM queue.workers w WHERE w.stale_since IS NOT NULL;
+    -- The oldest snapshot that holds back cleanup of the queue's tables:
+    -- while it is open, vacuum keeps every dead row of every claim and ack
+    -- since, and the live table and its indexes grow (README, Operations).
+    SELECT jsonb_build_object('pid', h.pid, 'application', h.application, 'kind', h.kind,
+                              'age_seconds', round(extract(epoch FROM h.age), 3))
+      INTO v_horizon
+      FROM (SELECT a.pid, a.application_name AS application, 'transaction' AS kind,
+                   clock_timestamp() - coalesce(a.xact_start, a.backend_start) AS age
+              FROM pg_stat_activity a
+             WHERE a.backend_xmin IS NOT NULL AND a.pid <> pg_backend_pid()
+               AND (a.datname = current_database() OR a.backend_type = 'walsender')
+            UNION ALL
+            SELECT NULL, p.gid, 'prepared transaction', clock_timestamp() - p.prepared
+              FROM pg_prepared_xacts p WHERE p.database = current_database()
+            UNION ALL
+            SELECT NULL, r.slot_name, 'replication slot', NULL
+              FROM pg_replication_slots r WHERE r.xmin IS NOT NULL OR r.catalog_xmin IS NOT NULL
+             ORDER BY age DESC NULLS FIRST
+             LIMIT 1) h;
+
+    IF NOT v_shm.preloaded THEN
+        v_problems := v_problems || 'the background workers are not running: add queue to shared_preload_libraries'::text;
+    ELSIF NOT v_shm.served THEN
+        v_problems := v_problems || coalesce(queue.service_problem(), 'the background workers are starting');
+    ELSE
+        IF EXISTS (SELECT 1 FROM jsonb_each(v_workers) e WHERE e.value = 'false') THEN
+            v_problems := v_problems || format('a background worker is not running: %s', v_workers);
+        END IF;
+        IF v_shm.last_tick IS NULL OR v_shm.last_tick < now() - v_late THEN
+            v_problems := v_problems || format('no maintenance pass since %s', coalesce(v_shm.last_tick::text, 'start'));
+        END IF;
+    END IF;
+    IF v_overdue > 0 THEN
+        v_problems := v_problems || format('%s processing jobs are more than a minute past their lease', v_overdue);
+    END IF;
+    IF v_stale IS NOT NULL THEN
+        v_problems := v_problems || format('stale workers: %s', array_to_string(v_stale, ', '));
+    END IF;
+    IF (v_horizon ->> 'age_seconds')::numeric > 300 THEN
+        v_problems := v_problems || format('a %s (%s) has held back cleanup of the queue''s tables for %s s',
+            v_horizon ->> 'kind', coalesce(v_horizon ->> 'application', v_horizon ->> 'pid'),
+            coalesce(v_horizon ->> 'age_seconds', 'unknown'));
+    END IF;
+
+    RETURN jsonb_build_object(
+        'healthy', cardinality(v_problems) = 0,
+        'problems', to_jsonb(v_problems),
+        'workers_running', v_workers,
+        'last_tick', v_shm.last_tick,
+        'backlog', v_counts.backlog,
+        'processing', v_counts.processing,
+        'oldest_pending_age', round(extract(epoch FROM now() - v_counts.oldest), 3),
+        'overdue_leases', v_overdue,
+        'stale_workers', coalesce(to_jsonb(v_stale), '[]'),
+        'oldest_snapshot', v_horizon,
+        'counters', jsonb_build_object('lost_tallies', v_shm.lost_tallies,
+                                       'recount_pending', v_shm.recount_pending),
+        'lease_book', (SELECT to_jsonb(b) FROM queue.leases_health() b),
+        'paused_queues', (SELECT coalesce(jsonb_agg(s.queue ORDER BY s.queue), '[]')
+                            FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.queue_settings s
+                           WHERE s.paused_at IS NOT NULL AND queue.access_allows(a.patterns, s.queue)));
+END;
+$$;
+
 -- 6. Grants, as sql/security.sql gives them on a fresh install.
 REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA queue FROM PUBLIC;

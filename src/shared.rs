@@ -508,47 +508,85 @@ pub fn release(db: Db, oid: u32) {
 /// A backend's pending changes of one kind, each tagged with the
 /// subtransaction that made it. Lives in a `thread_local!`; the consumer's
 /// end-of-transaction function takes or clears it.
+///
+/// `fold` finds the change to fold into through a hash index of (subtransaction,
+/// key hash), so a statement that touches thousands of queues in one
+/// transaction (a batch push over many queues) costs O(1) per row, not a
+/// search of every key seen so far.
 pub struct TxList<T> {
-    items: RefCell<Vec<(pg_sys::SubTransactionId, T)>>,
+    /// (subtransaction, key hash, change); pushed changes have hash 0.
+    items: RefCell<Vec<(pg_sys::SubTransactionId, u64, T)>>,
+    /// First position of each (subtransaction, key hash) among `items`;
+    /// None when it must be rebuilt (items moved between subtransactions or
+    /// were dropped).
+    index: RefCell<Option<std::collections::HashMap<(pg_sys::SubTransactionId, u64), usize>>>,
+}
+
+/// The hash `TxList::fold` indexes a change by.
+pub fn key_hash(key: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish() | 1
 }
 
 impl<T> TxList<T> {
     pub const fn new() -> Self {
-        TxList { items: RefCell::new(Vec::new()) }
+        TxList { items: RefCell::new(Vec::new()), index: RefCell::new(None) }
     }
 
     /// Add a change made by the current subtransaction.
     pub fn push(&self, item: T) {
         register_callbacks();
         let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
-        self.items.borrow_mut().push((subxact, item));
+        self.items.borrow_mut().push((subxact, 0, item));
     }
 
-    /// Fold `item` into a change of the current subtransaction for which
-    /// `same` holds, with `fold`; add it when there is none.
-    pub fn fold(&self, item: T, same: impl Fn(&T) -> bool, fold: impl FnOnce(&mut T, T)) {
+    /// Fold `item`, whose key hashes to `key` (`key_hash`), into a change of
+    /// the current subtransaction for which `same` holds, with `fold`; add it
+    /// when there is none.
+    pub fn fold(&self, key: u64, item: T, same: impl Fn(&T) -> bool, fold: impl FnOnce(&mut T, T)) {
         register_callbacks();
         let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
         let mut items = self.items.borrow_mut();
-        match items.iter_mut().find(|(s, e)| *s == subxact && same(e)) {
-            Some((_, e)) => fold(e, item),
-            None => items.push((subxact, item)),
+        let mut index = self.index.borrow_mut();
+        let index = index.get_or_insert_with(|| {
+            let mut map = std::collections::HashMap::new();
+            for (i, (s, k, _)) in items.iter().enumerate() {
+                map.entry((*s, *k)).or_insert(i);
+            }
+            map
+        });
+        let found = match index.get(&(subxact, key)) {
+            Some(&i) if same(&items[i].2) => Some(i),
+            // Two keys of one hash: look at every change of that hash.
+            Some(_) => items.iter().position(|(s, k, e)| *s == subxact && *k == key && same(e)),
+            None => None,
+        };
+        match found {
+            Some(i) => fold(&mut items[i].2, item),
+            None => {
+                index.entry((subxact, key)).or_insert(items.len());
+                items.push((subxact, key, item));
+            }
         }
     }
 
     /// Every pending change, in the order made; the list is empty after.
     pub fn take(&self) -> Vec<T> {
-        std::mem::take(&mut *self.items.borrow_mut()).into_iter().map(|(_, e)| e).collect()
+        *self.index.borrow_mut() = None;
+        std::mem::take(&mut *self.items.borrow_mut()).into_iter().map(|(_, _, e)| e).collect()
     }
 
     pub fn clear(&self) {
+        *self.index.borrow_mut() = None;
         self.items.borrow_mut().clear();
     }
 
     /// Read the pending changes without taking them.
     pub fn with<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &T>) -> R) -> R {
         let items = self.items.borrow();
-        f(&mut items.iter().map(|(_, e)| e))
+        f(&mut items.iter().map(|(_, _, e)| e))
     }
 
     /// A subtransaction ended: its changes pass to the parent when it
@@ -563,13 +601,14 @@ impl<T> TxList<T> {
         let mut items = self.items.borrow_mut();
         match event {
             SUBXACT_EVENT_COMMIT_SUB => {
-                for (s, _) in items.iter_mut().filter(|(s, _)| *s >= subxact) {
+                for (s, _, _) in items.iter_mut().filter(|(s, _, _)| *s >= subxact) {
                     *s = parent;
                 }
             }
-            SUBXACT_EVENT_ABORT_SUB => items.retain(|(s, _)| *s < subxact),
-            _ => {}
+            SUBXACT_EVENT_ABORT_SUB => items.retain(|(s, _, _)| *s < subxact),
+            _ => return,
         }
+        *self.index.borrow_mut() = None;
     }
 }
 
@@ -649,27 +688,48 @@ mod tests {
         LIST.with(|l| l.subtransaction_end(event, sub, parent));
     }
 
+    /// Add a change to LIST as the consumers do: folded by its key.
+    fn add(v: i32) {
+        LIST.with(|l| l.fold(key_hash(&v), v, |e| *e == v, |e, n| *e += n));
+    }
+
     #[pg_test]
     fn changes_follow_their_subtransactions() {
-        LIST.with(|l| {
-            l.clear();
-            l.push(1);
-        });
+        LIST.with(|l| l.clear());
+        add(1);
         let top = unsafe { pg_sys::GetCurrentSubTransactionId() };
         in_subtransaction(false, || {
-            LIST.with(|l| l.push(2));
+            add(2);
             let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
             forward(pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB, sub, top);
         });
         in_subtransaction(true, || {
-            LIST.with(|l| l.push(3));
+            add(3);
             let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
             forward(pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB, sub, top);
         });
         // Folding within the top level reaches the change handed up by 3.
-        LIST.with(|l| l.fold(10, |e| *e == 3, |e, n| *e += n));
+        LIST.with(|l| l.fold(key_hash(&3), 10, |e| *e == 3, |e, n| *e += n));
         assert_eq!(LIST.with(|l| l.take()), vec![1, 13]);
         assert!(LIST.with(|l| l.take()).is_empty());
+    }
+
+    #[pg_test]
+    fn folds_find_their_change_among_many_keys() {
+        LIST.with(|l| l.clear());
+        for round in 0..3 {
+            for v in 0..5_000 {
+                LIST.with(|l| l.fold(key_hash(&v), round, |_| true, |e, n| *e += n));
+            }
+        }
+        // Two keys of one hash are kept apart.
+        LIST.with(|l| l.fold(7, 100, |e| *e == 100, |e, n| *e += n));
+        LIST.with(|l| l.fold(7, 200, |e| *e == 200, |e, n| *e += n));
+        LIST.with(|l| l.fold(7, 200, |e| *e == 200, |e, n| *e += n));
+        let items = LIST.with(|l| l.take());
+        assert_eq!(items.len(), 5_002);
+        assert!(items[..5_000].iter().all(|&e| e == 3), "one change per key, folded three times");
+        assert_eq!(&items[5_000..], &[100, 400]);
     }
 
     #[pg_test]

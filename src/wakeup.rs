@@ -281,10 +281,10 @@ thread_local! {
 fn wake(queue: &str) {
     if shared::preloaded() {
         let tag = tag_of(shared::my_database(), queue);
-        FOR_WAITERS.with(|w| w.fold((tag, 1), |(t, _)| *t == tag, |e, _| e.1 += 1));
+        FOR_WAITERS.with(|w| w.fold(shared::key_hash(&tag), (tag, 1), |(t, _)| *t == tag, |e, _| e.1 += 1));
     }
     if !defer_wake(queue) {
-        NOTIFY_AT_COMMIT.with(|n| n.fold(queue.to_owned(), |q| q == queue, |_, _| {}));
+        NOTIFY_AT_COMMIT.with(|n| n.fold(shared::key_hash(&queue), queue.to_owned(), |q| q == queue, |_, _| {}));
     }
 }
 
@@ -305,7 +305,7 @@ fn defer_wake(queue: &str) -> bool {
         return false;
     }
     let tag = tag_of(shared::my_database(), queue);
-    PENDING.with(|p| p.fold((tag, queue.to_owned(), 1), |(t, _, _)| *t == tag, |e, _| e.2 += 1));
+    PENDING.with(|p| p.fold(shared::key_hash(&tag), (tag, queue.to_owned(), 1), |(t, _, _)| *t == tag, |e, _| e.2 += 1));
     true
 }
 

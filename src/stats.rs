@@ -16,7 +16,9 @@
 //!   under one LWLock (a few hundred nanoseconds). A key the full table has
 //!   no slot for goes to this backend's rows of `queue.stats` inside the
 //!   transaction, as below, so that counts stay exact however many queues
-//!   are active; the flush folds those rows into its own now and then. The
+//!   are active; the flush folds those rows into its own now and then, at
+//!   most 500 a pass (a backend upserting a row being folded waits for the
+//!   fold to commit, so a pass must stay short). The
 //!   maintenance worker flushes that table into
 //!   `queue.stats` every tick, in a short transaction of its own that also
 //!   records the flushed amounts as negative tallies, so that its commit
@@ -27,7 +29,8 @@
 //!   backends share a row.
 //!
 //! A reader sums `queue.stats`, the shared-memory table and its own
-//! transaction's tallies. Shared memory does not survive a restart: the
+//! transaction's tallies: one queue's rows through the primary key, every
+//! queue's in one pass grouped by queue or by priority (`queue.stats_sums`). Shared memory does not survive a restart: the
 //! gauges (blocked, scheduled, pending, processing, retrying) are recounted from the
 //! jobs table once after every server start, while no transaction writes
 //! jobs (`LOCK ... IN SHARE MODE`), and the cumulative totals lose at most

@@ -39,7 +39,7 @@
 
 use crate::shared::{self, Db, TxList};
 use pgrx::prelude::*;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// The counters of one (queue, priority), in this order everywhere (the
 /// `counts` arrays in SQL are 1-based: scheduled is counts[1]).
@@ -316,6 +316,13 @@ pub struct Control {
     folded_at: AtomicI64,
     /// End of the last maintenance pass (TimestampTz), 0 before the first.
     last_tick: AtomicI64,
+    /// The maintenance service's latch (0: none runs). A commit that finds
+    /// the table half full sets it, so that the flush makes room before the
+    /// tick instead of later keys spilling into queue.stats (an upsert per
+    /// key and commit: twice the CPU of a push).
+    flusher_latch: AtomicUsize,
+    /// An early flush was asked for since the last flush.
+    flush_asked: AtomicU32,
 }
 
 /// This database's slot, if its tallies go through shared memory: the
@@ -330,9 +337,48 @@ pub(crate) fn served() -> bool {
 }
 
 /// Called by the maintenance service once it holds its slot: it flushes
-/// this database's counters from now on.
+/// this database's counters from now on, and its latch is where commits ask
+/// for an early flush. However the process ends, the latch is withdrawn
+/// before its PGPROC can be handed to another backend.
 pub fn publish_served_database(db: Db) {
+    let latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch } as usize;
+    unsafe { pg_sys::before_shmem_exit(Some(withdraw_flusher), pg_sys::Datum::from(db.index())) };
+    db.slot().counters.flusher_latch.store(latch, Ordering::SeqCst);
     db.slot().counters.served.store(1, Ordering::SeqCst);
+}
+
+/// Exit callback of the maintenance service: withdraw its latch if it is
+/// still the one published.
+#[pg_guard]
+unsafe extern "C-unwind" fn withdraw_flusher(_code: i32, index: pg_sys::Datum) {
+    if let Some(db) = shared::slots().nth(index.value()) {
+        let latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch } as usize;
+        let _ = db.slot().counters.flusher_latch.compare_exchange(latch, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// Ask the maintenance service to flush before its tick (once until the
+/// flush runs: one SetLatch, however many commits find the table full).
+/// Called after commit: SetLatch raises no error.
+fn ask_early_flush(db: Db) {
+    let c = &db.slot().counters;
+    if c.flush_asked.swap(1, Ordering::SeqCst) == 0 {
+        let latch = c.flusher_latch.load(Ordering::SeqCst);
+        if latch != 0 {
+            unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+        }
+    }
+}
+
+/// For the maintenance service, woken before its tick: whether a commit
+/// asked for an early flush. Taking the request clears it; `again` puts it
+/// back (the service flushed a moment ago and will come back to it).
+pub fn early_flush_asked(db: Db) -> bool {
+    db.slot().counters.flush_asked.swap(0, Ordering::SeqCst) != 0
+}
+
+pub fn ask_early_flush_again(db: Db) {
+    db.slot().counters.flush_asked.store(1, Ordering::SeqCst);
 }
 
 /// Called by the maintenance service after each pass.
@@ -504,9 +550,11 @@ fn stats_take() -> TableIterator<
         name!(last_activity, Option<TimestampWithTimeZone>),
     ),
 > {
-    if !served() {
+    let Some(db) = served_db() else {
         return TableIterator::new(Vec::new().into_iter());
-    }
+    };
+    // This flush answers every early one asked for so far.
+    db.slot().counters.flush_asked.store(0, Ordering::SeqCst);
     let rows: Vec<_> = shared_rows().into_iter().filter(|(_, _, c, _)| c.iter().any(|&c| c != 0)).collect();
     for (queue, priority, counts, _) in &rows {
         record(queue, *priority, counts.map(|c| -c), false);
@@ -685,8 +733,14 @@ fn add_tallies_to_shared_memory(db: Db, tallies: Vec<(Tally, bool)>) {
         if flushed {
             table.compact();
         }
-        lost
+        (lost, !flushed && table.header.used * 2 >= table.limit())
     });
+    // Half full after this commit's counts landed (not before: a flush
+    // woken at PRE_COMMIT would find the slots still empty).
+    if let Some((_, true)) = lost {
+        ask_early_flush(db);
+    }
+    let lost = lost.map(|(lost, _)| lost);
     if lost == Some(true) {
         let c = &db.slot().counters;
         c.lost_tallies.fetch_add(1, Ordering::SeqCst);

@@ -85,7 +85,7 @@ def test_one_transaction_with_more_keys_than_the_table_is_counted_exactly(prefix
 
 
 def test_concurrent_writers_over_many_keys_keep_exact_counts_and_the_spill_is_folded(prefix):
-    writers, rounds, per_round = 4, 60, 12
+    writers, rounds, per_round, fill = 4, 60, 12, 3 * KEYS // 2
     errors = []
 
     def work(seed):
@@ -108,22 +108,23 @@ def test_concurrent_writers_over_many_keys_keep_exact_counts_and_the_spill_is_fo
 
     with connect() as c:
         lost = lost_tallies(c)
-        # Fill the table beyond its size first, so that every writer spills.
-        c.execute("SELECT count(queue_push(%s || 'fill-' || g, '{}')) FROM generate_series(1, %s) g", (prefix, KEYS))
+        # Fill the table beyond its size first, so that every writer spills,
+        # with more keys than one fold pass takes (500).
+        c.execute("SELECT count(queue_push(%s || 'fill-' || g, '{}')) FROM generate_series(1, %s) g", (prefix, fill))
         threads = [threading.Thread(target=work, args=(i,)) for i in range(writers)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert not errors, errors
-        jobs = KEYS + writers * rounds * per_round
-        assert totals(c, prefix)[:4] == (jobs, jobs - KEYS, KEYS, 0)
+        jobs = fill + writers * rounds * per_round
+        assert totals(c, prefix)[:4] == (jobs, jobs - fill, fill, 0)
         truth = c.execute(
             "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'completed')"
             "  FROM queue.all_jobs WHERE queue LIKE %s",
             (prefix + "%",),
         ).fetchone()
-        assert truth == (KEYS, jobs - KEYS)
+        assert truth == (fill, jobs - fill)
         assert lost_tallies(c) == lost
         # The spilled rows are folded into the flushed ones within 100 ticks
         # (10 s here) and nothing changes in the sums. A fold pass takes at
@@ -134,4 +135,42 @@ def test_concurrent_writers_over_many_keys_keep_exact_counts_and_the_spill_is_fo
         while spilled_rows(c, prefix) > 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert spilled_rows(c, prefix) == 0
-        assert totals(c, prefix)[:4] == (jobs, jobs - KEYS, KEYS, 0)
+        assert totals(c, prefix)[:4] == (jobs, jobs - fill, fill, 0)
+
+
+def flushed_keys(conn, prefix):
+    """Keys of `prefix` that the maintenance flush has written (slot 0)."""
+    return conn.execute(
+        "SELECT count(*) FROM queue.stats WHERE slot = 0 AND pushed > 0 AND queue LIKE %s", (prefix + "%",)
+    ).fetchone()[0]
+
+
+def test_a_half_full_table_is_flushed_before_the_tick(prefix):
+    """A commit that leaves the shared table half full wakes the maintenance
+    worker, which flushes at once instead of at its next tick, so that the
+    keys of the next commits find room instead of spilling into queue.stats
+    (an upsert each). With a 30 s tick the counters of 900 keys reach
+    queue.stats within seconds, and none spilled."""
+    keys = 900  # more than half of the 1,536 keys the table takes
+    with connect() as c:
+        c.execute("ALTER SYSTEM SET queue.tick = '30s'")
+        c.execute("SELECT pg_reload_conf()")
+        try:
+            # The worker reads the new tick at its next wake and then sleeps 30 s.
+            time.sleep(1.0)
+            c.execute("SELECT count(queue_push(%s || g, '{}')) FROM generate_series(1, %s) g", (prefix, keys))
+            deadline = time.monotonic() + 10
+            while flushed_keys(c, prefix) < keys and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert flushed_keys(c, prefix) == keys, "flushed before the 30 s tick"
+            assert spilled_rows(c, prefix) == 0
+            assert totals(c, prefix)[:3] == (keys, 0, keys)
+            # A commit of a few keys leaves the table nearly empty: no early
+            # flush, its counts wait in shared memory for the tick.
+            c.execute("SELECT queue_push(%s, '{}')", (prefix + "late",))
+            time.sleep(1.0)
+            assert flushed_keys(c, prefix) == keys
+            assert totals(c, prefix)[:3] == (keys + 1, 0, keys + 1)
+        finally:
+            c.execute("ALTER SYSTEM RESET queue.tick")
+            c.execute("SELECT pg_reload_conf()")

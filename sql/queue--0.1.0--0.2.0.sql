@@ -4616,6 +4616,11 @@ BEGIN
 END;
 $$;
 
+-- Vacuum the live table after every 10,000 dead rows, unthrottled
+-- (sql/jobs.sql says why).
+ALTER TABLE queue.jobs SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+                            autovacuum_vacuum_cost_delay = 0);
+
 -- 6. Grants, as sql/security.sql gives them on a fresh install.
 REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA queue FROM PUBLIC;

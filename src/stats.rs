@@ -30,7 +30,10 @@
 //!
 //! A reader sums `queue.stats`, the shared-memory table and its own
 //! transaction's tallies: one queue's rows through the primary key, every
-//! queue's in one pass grouped by queue or by priority (`queue.stats_sums`). Shared memory does not survive a restart: the
+//! queue's in one pass grouped by queue or by priority (`queue.stats_sums`).
+//! A commit that leaves the table half full wakes the maintenance worker,
+//! which then flushes at once instead of at its tick, so that later keys
+//! find room. Shared memory does not survive a restart: the
 //! gauges (blocked, scheduled, pending, processing, retrying) are recounted from the
 //! jobs table once after every server start, while no transaction writes
 //! jobs (`LOCK ... IN SHARE MODE`), and the cumulative totals lose at most
@@ -359,7 +362,7 @@ unsafe extern "C-unwind" fn withdraw_flusher(_code: i32, index: pg_sys::Datum) {
 
 /// Ask the maintenance service to flush before its tick (once until the
 /// flush runs: one SetLatch, however many commits find the table full).
-/// Called after commit: SetLatch raises no error.
+/// Called from the commit callbacks: SetLatch raises no error.
 fn ask_early_flush(db: Db) {
     let c = &db.slot().counters;
     if c.flush_asked.swap(1, Ordering::SeqCst) == 0 {
@@ -700,6 +703,9 @@ fn pin_tallies(db: Db, tallies: Vec<Tally>) {
     // Set before anything can fail, so that an abort lets go of the pins.
     PINNED.with(|p| *p.borrow_mut() = keep);
     if !spill.is_empty() {
+        // The table is full of counts that landed already: a flush now
+        // makes room for the next commits.
+        ask_early_flush(db);
         db.slot().counters.spills.fetch_add(1, Ordering::SeqCst);
         write_tallies_to_table(spill, unsafe { pg_sys::MyBackendId });
     }

@@ -104,7 +104,8 @@ fn run(service: &Service, arg: pg_sys::Datum) -> ! {
     log!("{}: started for database \"{database}\"", service.name);
 
     let mut sleep = tick(service, None);
-    let mut due = Instant::now() + sleep;
+    // The first wake runs a pass, whatever woke it.
+    let mut due = Instant::now();
     let mut early_after = Instant::now();
     set_idle();
     while BackgroundWorker::wait_latch(Some(sleep)) && !launcher::should_stop(db) {

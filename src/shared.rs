@@ -522,6 +522,9 @@ pub struct TxList<T> {
     index: RefCell<Option<std::collections::HashMap<(pg_sys::SubTransactionId, u64), usize>>>,
 }
 
+/// Changes a `TxList` searches one by one before `fold` builds its index.
+const LINEAR_FOLD: usize = 8;
+
 /// The hash `TxList::fold` indexes a change by.
 pub fn key_hash(key: &impl std::hash::Hash) -> u64 {
     use std::hash::Hasher;
@@ -550,6 +553,15 @@ impl<T> TxList<T> {
         let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
         let mut items = self.items.borrow_mut();
         let mut index = self.index.borrow_mut();
+        // A transaction of one job has a change or two: a search, no map to
+        // allocate on every claim and ack.
+        if index.is_none() && items.len() < LINEAR_FOLD {
+            match items.iter_mut().find(|(s, k, e)| *s == subxact && *k == key && same(e)) {
+                Some((_, _, e)) => fold(e, item),
+                None => items.push((subxact, key, item)),
+            }
+            return;
+        }
         let index = index.get_or_insert_with(|| {
             let mut map = std::collections::HashMap::new();
             for (i, (s, k, _)) in items.iter().enumerate() {

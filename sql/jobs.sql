@@ -48,7 +48,7 @@ CREATE TYPE queue.job_status AS ENUM (
 CREATE TABLE queue.jobs (
     id            bigserial PRIMARY KEY,
     -- Names compare bytewise (COLLATE "C"): the claim index is searched by
-    -- queue on every pop, and locale-aware comparison costs ~20% of a push.
+    -- queue on every pop, and locale-aware comparison is a large part of a push.
     queue         text COLLATE "C" NOT NULL,
     status        queue.job_status NOT NULL,
     priority      int NOT NULL DEFAULT 0,
@@ -100,12 +100,12 @@ CREATE TABLE queue.jobs (
 
 -- Every claim and every ack leaves a dead row version in this table and a
 -- dead entry at the head of jobs_claim, which the next claims walk past
--- until vacuum removes it. Autovacuum's defaults wait for 20% of the table
--- to be dead and then throttle themselves: at 22,000 jobs/s (half of W4 on
--- a 2-core VM) claims slowed from milliseconds to 0.8 s and the backlog
--- grew by 300,000 jobs before the first vacuum came (bench/README.md, the
--- soak). Vacuum after every 10,000 dead rows, unthrottled; how often
--- autovacuum looks is autovacuum_naptime (README, Operations).
+-- until vacuum removes it. Autovacuum's defaults wait for a fifth of the
+-- table to be dead and then throttle themselves, so under a sustained load
+-- the claims slow down and the backlog grows long before the first vacuum
+-- comes (bench/README.md, the soak, has the figures). Vacuum after every
+-- 10,000 dead rows, unthrottled; how often autovacuum looks is
+-- autovacuum_naptime (README, Operations).
 ALTER TABLE queue.jobs SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
                             autovacuum_vacuum_cost_delay = 0);
 

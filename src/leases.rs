@@ -5,8 +5,8 @@
 //! and `queue_workers`, `queue_reap_workers` and `queue_health` must find
 //! the processing jobs of a worker, without reading the whole jobs table.
 //! A partial index on `lease_until` answered both, but every claim then
-//! wrote one more index entry than a claim needs: 7% of the throughput of
-//! a batch drain, measured with the index dropped (bench/layers/ab.sh). So
+//! wrote one more index entry than a claim needs, a cost a batch drain
+//! shows when the index is dropped (bench/layers/ab.sh, bench/README.md). So
 //! in the database the background workers serve, the leases live here:
 //!
 //! * Every SQL function that moves a job into or out of `processing`, or

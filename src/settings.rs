@@ -1,8 +1,8 @@
 //! Whether any queue of this database has push defaults (`queue_configure`),
 //! so that a push can skip reading `queue.queue_settings` when none does.
 //!
-//! Reading the queue's row on every push cost 7% of a push (bench/README.md,
-//! Workflows), and almost no database sets defaults. The answer lives in the
+//! Reading the queue's row on every push was a measurable part of a push
+//! (bench/README.md, Workflows), and almost no database sets defaults. The answer lives in the
 //! database's shared-memory slot as one of three states:
 //!
 //! - `UNKNOWN` (0, a fresh or reassigned slot, or after `CREATE EXTENSION`):

@@ -322,7 +322,7 @@ pub struct Control {
     /// The maintenance service's latch (0: none runs). A commit that finds
     /// the table half full sets it, so that the flush makes room before the
     /// tick instead of later keys spilling into queue.stats (an upsert per
-    /// key and commit: twice the CPU of a push).
+    /// key and commit, which costs more than the push itself).
     flusher_latch: AtomicUsize,
     /// An early flush was asked for since the last flush.
     flush_asked: AtomicU32,
@@ -794,8 +794,8 @@ fn stats_fold_due() -> bool {
 /// rows as one pass may and more may be left, so the next flush folds
 /// again instead of 100 ticks later. The fold goes in small passes because
 /// a backend whose row it deletes waits for the flush to commit before it
-/// can upsert that row again: a fold of every row at once made a push wait
-/// 610 ms at 10,000 queues.
+/// can upsert that row again: a fold of every row at once held pushes back
+/// for the whole fold at 10,000 queues (bench/README.md, cost curves).
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn stats_fold_unfinished() {
     let Some(db) = served_db() else { return };

@@ -302,7 +302,7 @@ fn transaction_start() -> TimestampWithTimeZone {
 ///
 /// One call rather than one per argument: a single push is often a
 /// transaction of its own, and plpgsql prepares each expression of a
-/// function again in every transaction (four checks cost ~4 us a push).
+/// function again in every transaction, so each separate check costs a push.
 #[pg_extern(stable, parallel_safe, schema = "queue")]
 #[allow(clippy::too_many_arguments)]
 fn check_push_args(

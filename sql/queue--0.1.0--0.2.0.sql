@@ -4381,8 +4381,7 @@ $$;
  * read (the primary key), whatever the number of queues. Only when none of
  * them is claimable and in scope (many delayed or running jobs older than
  * every pending one) does it probe each (queue, priority) with pending
- * jobs, as queue.oldest_pending does: 100,000 probes at 10,000 queues x 10
- * priorities.
+ * jobs, as queue.oldest_pending does: one probe per (queue, priority).
  */
 CREATE FUNCTION queue.oldest_pending_any(p_scope text[]) RETURNS timestamptz
 LANGUAGE plpgsql STABLE

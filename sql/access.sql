@@ -90,7 +90,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_patterns text[];
 BEGIN
-    IF NOT EXISTS (SELECT FROM queue.access_rules) THEN
+    IF NOT queue.rules_exist() THEN
         RETURN NULL;
     END IF;
     v_patterns := queue.access_patterns(queue.caller(), p_access);

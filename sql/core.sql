@@ -230,7 +230,7 @@ DECLARE
     v_configured boolean;
     v_keep_for interval;
 BEGIN
-    v_confined := EXISTS (SELECT FROM queue.access_rules);
+    v_confined := queue.rules_exist();
     -- The queue's defaults (queue_configure) for the options left NULL.
     -- Shared memory says when no queue has any (src/settings.rs): reading
     -- the row on every push cost a push 7%. The global defaults are applied
@@ -520,7 +520,7 @@ DECLARE
     v_round   int := 0;
     v_claimed bigint;
 BEGIN
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         PERFORM queue.scope('work', v_queue);
     END IF;
     IF wait IS NOT NULL THEN
@@ -632,7 +632,7 @@ BEGIN
     IF p_results IS NOT NULL THEN
         PERFORM queue.check_size('result', (SELECT max(pg_column_size(r)) FROM unnest(p_results) r), 'result');
     END IF;
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         -- Forbidden ids become NULL, which matches no job; positions stay.
         v_allowed := queue.allowed_ids(queue.caller(), 'work', p_ids);
         v_ids := ARRAY(SELECT CASE WHEN x.id = ANY (v_allowed) THEN x.id END
@@ -896,7 +896,7 @@ BEGIN
     IF result IS NOT NULL THEN
         PERFORM queue.check_size('result', pg_column_size(result), 'result');
     END IF;
-    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+    IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
         RETURN false;
     END IF;
     IF NOT queue.keep_completed() THEN
@@ -945,7 +945,7 @@ RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         ids := queue.allowed_ids(queue.caller(), 'work', ids);
     END IF;
     RETURN queue.finish_jobs(ids, '{processing}', 'completed', NULL, NULL, NULL);
@@ -978,7 +978,7 @@ BEGIN
        AND (attempt IS NULL OR j.attempts = attempt)
        FOR UPDATE;
     IF NOT FOUND
-       OR (EXISTS (SELECT FROM queue.access_rules)
+       OR (queue.rules_exist()
            AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
         RETURN NULL;
     END IF;
@@ -1034,7 +1034,7 @@ BEGIN
        AND (attempt IS NULL OR j.attempts = attempt)
        FOR UPDATE;
     IF NOT FOUND
-       OR (EXISTS (SELECT FROM queue.access_rules)
+       OR (queue.rules_exist()
            AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
         RETURN false;
     END IF;
@@ -1062,7 +1062,7 @@ DECLARE
     v_none bigint;
 BEGIN
     PERFORM queue.check_span('extend', extend, 'lease');
-    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+    IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
         RETURN false;
     END IF;
     -- The lease moved: tell the lease book (no counter changes).
@@ -1088,7 +1088,7 @@ RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT FROM queue.access_rules)
+    IF queue.rules_exist()
        AND NOT queue.job_allowed(queue.caller(), 'produce', queue_cancel.id) THEN
         RETURN false;
     END IF;

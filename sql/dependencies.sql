@@ -46,7 +46,7 @@ BEGIN
     parents := ARRAY(SELECT DISTINCT p FROM unnest(p_parents) AS p ORDER BY 1);
     PERFORM queue.check_count('depends_on', cardinality(parents), 100000,
         'A job may depend on at most 100,000 jobs; let it depend on a job that depends on the rest.');
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         -- Live or final: a dependency may be either.
         SELECT min(p) INTO v_unknown
           FROM (SELECT queue.access_patterns(queue.caller(), 'read') AS patterns OFFSET 0) a,

@@ -334,7 +334,7 @@ BEGIN
             HINT = 'total is at least 1 and current is between 0 and total.';
     END IF;
     PERFORM queue.check_size('message', pg_column_size(message), 'info');
-    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+    IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
         RETURN false;
     END IF;
     UPDATE queue.jobs j

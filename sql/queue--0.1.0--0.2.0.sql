@@ -33,6 +33,13 @@ DROP FUNCTION queue.check_push(text, text, boolean, interval, timestamptz, integ
 -- Limits depend on settings: no longer immutable.
 ALTER FUNCTION queue.check_group_name(text) STABLE;
 
+-- Whether any access rule exists, asked by every public function first
+-- (src/access.rs: the EXISTS without the executor).
+CREATE  FUNCTION queue."rules_exist"() RETURNS bool /* bool */
+STRICT STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rules_exist_wrapper';
+
 CREATE  FUNCTION queue."check_push_args"(
 	"queue" TEXT, /* Option < & str > */
 	"serial_group" TEXT, /* Option < & str > */
@@ -232,7 +239,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_patterns text[];
 BEGIN
-    IF NOT EXISTS (SELECT FROM queue.access_rules) THEN
+    IF NOT queue.rules_exist() THEN
         RETURN NULL;
     END IF;
     v_patterns := queue.access_patterns(queue.caller(), p_access);
@@ -512,7 +519,7 @@ DECLARE
     v_tallied bigint;
 BEGIN
     -- Per-queue access (sql/access.sql): one probe when no rule exists.
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
     END IF;
     IF queue_push.dedupe_key IS NULL THEN
@@ -641,7 +648,7 @@ DECLARE
     v_round   int := 0;
     v_claimed bigint;
 BEGIN
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         PERFORM queue.scope('work', v_queue);
     END IF;
     IF wait IS NOT NULL THEN
@@ -725,7 +732,7 @@ BEGIN
     IF result IS NOT NULL THEN
         PERFORM queue.check_size('result', pg_column_size(result), 'result');
     END IF;
-    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+    IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
         RETURN false;
     END IF;
     IF NOT queue.keep_completed() THEN
@@ -763,7 +770,7 @@ RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         ids := queue.allowed_ids(queue.caller(), 'work', ids);
     END IF;
     RETURN queue.finish_jobs(ids, '{processing}', 'completed', NULL, NULL, NULL);
@@ -787,7 +794,7 @@ BEGIN
        AND (attempt IS NULL OR j.attempts = attempt)
        FOR UPDATE;
     IF NOT FOUND
-       OR (EXISTS (SELECT FROM queue.access_rules)
+       OR (queue.rules_exist()
            AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
         RETURN NULL;
     END IF;
@@ -829,7 +836,7 @@ DECLARE
     v_none bigint;
 BEGIN
     PERFORM queue.check_span('extend', extend, 'lease');
-    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+    IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
         RETURN false;
     END IF;
     -- The lease moved: tell the lease book (no counter changes).
@@ -848,7 +855,7 @@ RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT FROM queue.access_rules)
+    IF queue.rules_exist()
        AND NOT queue.job_allowed(queue.caller(), 'produce', queue_cancel.id) THEN
         RETURN false;
     END IF;
@@ -1186,7 +1193,7 @@ BEGIN
             MESSAGE = format('schedule "%s": its owner %s may not push jobs', s.name, s.owner),
             HINT = 'Grant queue_producer to the owner, or re-create the schedule as a role that has it.';
     END IF;
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         PERFORM queue.check_access((SELECT r.oid FROM pg_roles r WHERE r.rolname = s.owner), 'produce',
                                    s.queue, s.serial_group);
     END IF;
@@ -1227,7 +1234,7 @@ BEGIN
             MESSAGE = format('role %s may not push jobs, so it cannot own a schedule', v_owner),
             HINT = 'Grant queue_producer or queue_admin to the role.';
     END IF;
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         PERFORM queue.check_access(queue.caller(), 'produce', p_queue, p_serial_group);
     END IF;
     SELECT s.owner INTO v_old FROM queue.schedules s WHERE s.name = p_name FOR UPDATE;
@@ -1861,7 +1868,7 @@ BEGIN
             HINT = 'total is at least 1 and current is between 0 and total.';
     END IF;
     PERFORM queue.check_size('message', pg_column_size(message), 'info');
-    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+    IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
         RETURN false;
     END IF;
     UPDATE queue.jobs j
@@ -1900,7 +1907,7 @@ BEGIN
        AND (attempt IS NULL OR j.attempts = attempt)
        FOR UPDATE;
     IF NOT FOUND
-       OR (EXISTS (SELECT FROM queue.access_rules)
+       OR (queue.rules_exist()
            AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
         RETURN false;
     END IF;
@@ -2030,7 +2037,7 @@ BEGIN
     IF p_results IS NOT NULL THEN
         PERFORM queue.check_size('result', (SELECT max(pg_column_size(r)) FROM unnest(p_results) r), 'result');
     END IF;
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         -- Forbidden ids become NULL, which matches no job; positions stay.
         v_allowed := queue.allowed_ids(queue.caller(), 'work', p_ids);
         v_ids := ARRAY(SELECT CASE WHEN x.id = ANY (v_allowed) THEN x.id END
@@ -2719,7 +2726,7 @@ DECLARE
     v_configured boolean;
     v_keep_for interval;
 BEGIN
-    v_confined := EXISTS (SELECT FROM queue.access_rules);
+    v_confined := queue.rules_exist();
     -- The queue's defaults (queue_configure) for the options left NULL.
     -- Shared memory says when no queue has any (src/settings.rs): reading
     -- the row on every push cost a push 7%. The global defaults are applied
@@ -3141,7 +3148,7 @@ BEGIN
     IF result IS NOT NULL THEN
         PERFORM queue.check_size('result', pg_column_size(result), 'result');
     END IF;
-    IF EXISTS (SELECT FROM queue.access_rules) AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+    IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
         RETURN false;
     END IF;
     IF NOT queue.keep_completed() THEN
@@ -3189,7 +3196,7 @@ RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT FROM queue.access_rules)
+    IF queue.rules_exist()
        AND NOT queue.job_allowed(queue.caller(), 'produce', queue_cancel.id) THEN
         RETURN false;
     END IF;
@@ -3623,7 +3630,7 @@ BEGIN
     parents := ARRAY(SELECT DISTINCT p FROM unnest(p_parents) AS p ORDER BY 1);
     PERFORM queue.check_count('depends_on', cardinality(parents), 100000,
         'A job may depend on at most 100,000 jobs; let it depend on a job that depends on the rest.');
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         -- Live or final: a dependency may be either.
         SELECT min(p) INTO v_unknown
           FROM (SELECT queue.access_patterns(queue.caller(), 'read') AS patterns OFFSET 0) a,

@@ -81,7 +81,7 @@ BEGIN
             MESSAGE = format('schedule "%s": its owner %s may not push jobs', s.name, s.owner),
             HINT = 'Grant queue_producer to the owner, or re-create the schedule as a role that has it.';
     END IF;
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         PERFORM queue.check_access((SELECT r.oid FROM pg_roles r WHERE r.rolname = s.owner), 'produce',
                                    s.queue, s.serial_group);
     END IF;
@@ -185,7 +185,7 @@ BEGIN
             MESSAGE = format('role %s may not push jobs, so it cannot own a schedule', v_owner),
             HINT = 'Grant queue_producer or queue_admin to the role.';
     END IF;
-    IF EXISTS (SELECT FROM queue.access_rules) THEN
+    IF queue.rules_exist() THEN
         PERFORM queue.check_access(queue.caller(), 'produce', p_queue, p_serial_group);
     END IF;
     SELECT s.owner INTO v_old FROM queue.schedules s WHERE s.name = p_name FOR UPDATE;

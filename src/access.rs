@@ -67,6 +67,39 @@ fn access_allows_group(patterns: Option<Vec<Option<String>>>, serial_group: Opti
     }
 }
 
+/// SQL `queue.rules_exist()`: whether `queue.access_rules` holds a rule that
+/// the current snapshot sees, the question every public function asks before
+/// anything else (no rule at all: nobody is confined).
+///
+/// It is `EXISTS (SELECT FROM queue.access_rules)` without the executor. In
+/// plpgsql a subquery starts a whole plan each time (a Result node, a SubPlan,
+/// a scan), where a function call is a simple expression; and one push, claim
+/// or ack is often a transaction of its own, so that start-up is paid per job.
+/// The scan is the one EXISTS runs: the same snapshot, the same lock, and a
+/// table without rules (most databases) is known empty from its size, with no
+/// page read.
+#[pg_extern(stable, schema = "queue")]
+fn rules_exist() -> bool {
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"queue".as_ptr(), false);
+        let table = pg_sys::get_relname_relid(c"access_rules".as_ptr(), schema);
+        if table == pg_sys::InvalidOid {
+            // Not reachable while the extension exists. Say "confined": the
+            // access check that follows reads the table and fails loudly.
+            return true;
+        }
+        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let snapshot =
+            if pg_sys::ActiveSnapshotSet() { pg_sys::GetActiveSnapshot() } else { pg_sys::GetTransactionSnapshot() };
+        let scan = pg_sys::systable_beginscan(rel, pg_sys::InvalidOid, false, snapshot, 0, std::ptr::null_mut());
+        let found = !pg_sys::systable_getnext(scan).is_null();
+        pg_sys::systable_endscan(scan);
+        // Like a query, keep the lock to the end of the transaction.
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        found
+    }
+}
+
 /// SQL: return an access pattern unchanged, or raise 22023: a queue name,
 /// or the start of one followed by `*` (a lone `*` is every queue).
 #[pg_extern(immutable, parallel_safe, schema = "queue")]

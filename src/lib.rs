@@ -42,7 +42,8 @@ extension_sql_file!(
         access::rule_binds,
         access::access_allows,
         access::access_allows_group,
-        access::check_access_pattern
+        access::check_access_pattern,
+        access::rules_exist
     ]
 );
 extension_sql_file!(

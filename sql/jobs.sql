@@ -105,7 +105,7 @@ CREATE TABLE queue.jobs (
 -- the claims slow down and the backlog grows long before the first vacuum
 -- comes (bench/README.md, the soak, has the figures). Vacuum after every
 -- 10,000 dead rows, unthrottled; how often autovacuum looks is
--- autovacuum_naptime (README, Operations).
+-- autovacuum_naptime (README, Running it in production).
 ALTER TABLE queue.jobs SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
                             autovacuum_vacuum_cost_delay = 0);
 

@@ -730,7 +730,7 @@ BEGIN
       FROM queue.workers w WHERE w.stale_since IS NOT NULL;
     -- The oldest snapshot that holds back cleanup of the queue's tables:
     -- while it is open, vacuum keeps every dead row of every claim and ack
-    -- since, and the live table and its indexes grow (README, Operations).
+    -- since, and the live table and its indexes grow (README, Running it in production).
     SELECT jsonb_build_object('pid', h.pid, 'application', h.application, 'kind', h.kind,
                               'age_seconds', round(extract(epoch FROM h.age), 3))
       INTO v_horizon

@@ -1,0 +1,71 @@
+"""Every public SQL function is documented where users look for it.
+
+The installed extension is the list: every function of the extension outside
+the internal `queue` schema must have a COMMENT (pg_regress `security` checks
+that too), a row in the README's Functions tables, and a signature in
+docs/reference.md, and every function the docs name must exist. A function
+added without its documentation, or documentation left behind by a removed
+one, fails here.
+"""
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def public_functions(conn):
+    return {r[0]: r[1] for r in conn.execute(
+        """SELECT p.proname, bool_and(obj_description(p.oid, 'pg_proc') IS NOT NULL)
+             FROM pg_proc p
+             JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+             JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'queue'
+            WHERE p.pronamespace <> 'queue'::regnamespace
+            GROUP BY p.proname""").fetchall()}
+
+
+def readme_functions_section():
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n## Functions\n")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
+
+
+def test_every_public_function_has_a_comment_a_readme_row_and_a_reference_entry(conn):
+    functions = public_functions(conn)
+    assert len(functions) > 40, functions
+    section = readme_functions_section()
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    uncommented = sorted(f for f, has in functions.items() if not has)
+    not_in_readme = sorted(f for f in functions if f"[`{f}`](docs/reference.md#" not in section)
+    # A signature block in the reference starts a line with the name and "(".
+    not_in_reference = sorted(f for f in functions if not re.search(rf"^{f}\(", reference, re.M))
+    assert uncommented == [] and not_in_readme == [] and not_in_reference == [], (
+        f"no COMMENT: {uncommented}; no README row: {not_in_readme}; "
+        f"no signature in docs/reference.md: {not_in_reference}")
+
+
+def test_the_docs_name_no_function_that_does_not_exist(conn):
+    functions = public_functions(conn)
+    named = set(re.findall(r"\[`(queue_[a-z_]+)`\]\(docs/reference\.md#", readme_functions_section()))
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    named |= set(re.findall(r"^(queue_[a-z_]+)\(", reference, re.M))
+    assert sorted(named - set(functions)) == []
+
+
+def test_the_readme_links_to_headings_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    reference = (ROOT / "docs" / "reference.md").read_text()
+
+    def anchors(text):
+        # GitHub's rule for these headings: lower case, spaces to '-', drop
+        # punctuation other than '-' and '_'.
+        return {re.sub(r"[^a-z0-9_ -]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#{1,4} (.+)$", text, re.M)}
+
+    missing = sorted({a for a in re.findall(r"\]\(docs/reference\.md#([a-z0-9_-]+)\)", readme)}
+                     - anchors(reference))
+    missing += sorted({a for a in re.findall(r"\]\(#([a-z0-9_-]+)\)", readme)} - anchors(readme))
+    missing += sorted({a for a in re.findall(r"\]\(\.\./README\.md#([a-z0-9_-]+)\)", reference)}
+                      - anchors(readme))
+    missing += sorted({a for a in re.findall(r"\]\(#([a-z0-9_-]+)\)", reference)} - anchors(reference))
+    assert missing == []

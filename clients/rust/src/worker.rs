@@ -383,7 +383,10 @@ struct Shared {
 /// * Acks in batches: finished jobs queue their acks to one acker task, which
 ///   sends everything queued as one `queue_ack_batch(ids, attempts, results)`
 ///   (one commit for many jobs) with at most one such call in flight; each
-///   job's finished event comes after its ack committed. On an extension
+///   job's finished event comes after its ack committed. While a queue may
+///   have more work, the same statement also claims as many of its jobs as
+///   it acks (`queue_ack_batch`, then `queue_pop`, one commit): in steady
+///   state a job costs one commit, its ack riding with the next claim. On an extension
 ///   without `queue_ack_batch`, one `queue_ack(id, result, attempt)` per job.
 ///   A failure becomes `queue_fail(id, error, attempt, retry_in, permanent)`.
 ///   A stale claim changes nothing and is logged, not raised.
@@ -998,13 +1001,20 @@ impl Shared {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                // Not reachable: only the claim loop takes permits, after checking them.
+                // Not reachable: the claim loop claims no more than the free
+                // permits, and the acker's claims run under the permits of the
+                // jobs they acked.
                 tracing::error!(job.id = job.id(), "no capacity for a claimed job; giving it back");
                 let s = self.clone();
                 tokio::spawn(async move { s.give_back(&job).await });
                 return;
             }
         };
+        self.start_job_with(job, permit);
+    }
+
+    /// Runs a claimed job under a permit already held.
+    fn start_job_with(self: &Arc<Self>, job: Job, permit: OwnedSemaphorePermit) {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let phase = Arc::new(Mutex::new(Phase::Running));
         let mut running = self.running.lock().unwrap();
@@ -1013,7 +1023,9 @@ impl Shared {
     }
 
     async fn execute(self: Arc<Self>, job: Job, phase: Arc<Mutex<Phase>>, key: u64, permit: OwnedSemaphorePermit) {
-        let _permit = permit;
+        // Held to the end, except while the acker holds it for the ack (a job
+        // it claims along with the ack may keep it).
+        let mut permit = Some(permit);
         let _touch = TouchGuard(tokio::spawn(self.clone().keep_lease(job.clone())));
         let handler = self.handlers.get(job.queue()).cloned();
         let span = tracing::info_span!("queue.process", queue = %job.queue(), job.id = job.id(),
@@ -1038,20 +1050,22 @@ impl Shared {
                 *p = Phase::Settling;
             }
             match outcome {
-                Ok(result) => self.ack(&job, result, duration).await,
+                Ok(result) => self.ack(&job, result, duration, &mut permit).await,
                 Err(error) => self.fail(&job, error, duration).await,
             }
         }
         .instrument(span)
         .await;
         self.running.lock().unwrap().remove(&key);
-        drop(_permit);
+        drop(permit);
         self.wake.notify_one();
     }
 
     /// Acks a job whose handler succeeded, through the acker (batched), and
-    /// reports the outcome once the ack committed.
-    async fn ack(&self, job: &Job, result: Value, duration: Duration) {
+    /// reports the outcome once the ack committed. The job's permit goes
+    /// with the ack and comes back with its outcome, unless a job claimed in
+    /// the ack's statement took it over.
+    async fn ack(&self, job: &Job, result: Value, duration: Duration, permit: &mut Option<OwnedSemaphorePermit>) {
         // Serialised here, per job: a result that cannot be must not spoil a batch.
         let stored = if result.is_null() {
             None
@@ -1065,7 +1079,9 @@ impl Shared {
                 }
             }
         };
-        match self.submit_ack(job.id(), job.attempt(), stored).await {
+        let reply = self.submit_ack(job.id(), job.attempt(), stored, permit.take()).await;
+        *permit = reply.permit;
+        match reply.outcome {
             acker::AckOutcome::Done(acked) => {
                 if acked {
                     tracing::debug!(duration = ?duration, "job completed");

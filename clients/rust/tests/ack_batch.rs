@@ -130,6 +130,68 @@ async fn a_drain_acks_many_jobs_per_queue_ack_batch_call_each_exactly_once() {
     assert_eq!(rec.count(|e| matches!(e, Event::Failed { .. })), 0, "{:?}", rec.events());
 }
 
+/// At concurrency 1 a worker in steady state spends one commit per job: the
+/// acker sends each ack together with the claim of the next job, so the next
+/// job's `started_at` is the acked job's `finished_at` (both are the
+/// transaction's `now()`). Claimed and acked in separate transactions, no two
+/// would be equal. The jobs still run one at a time, each exactly once.
+#[tokio::test]
+async fn at_concurrency_1_each_ack_claims_the_next_job_in_its_own_commit() {
+    let db = admin().await;
+    let q = unique_queue("ackclaim");
+    const JOBS: usize = 60;
+    let payloads: Vec<Value> = (0..JOBS).map(|n| json!({ "n": n })).collect();
+    push_batch(&db, &q, &payloads, &PushOpts::new()).await.unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (r2, m2) = (running.clone(), most.clone());
+    let worker = builder()
+        .concurrency(1)
+        .handler(&q, move |_job: Job| {
+            let (r, m) = (r2.clone(), m2.clone());
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok::<Value, JobError>(Value::Null)
+            }
+        })
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    wait_for("every job to complete", Duration::from_secs(60), || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM queue.all_jobs WHERE queue = $1 AND status = 'completed'", &[&q])
+            .await
+            .unwrap()
+            .get(0);
+        (n == JOBS as i64).then_some(())
+    })
+    .await;
+    worker.shutdown().await;
+    let row = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE EXISTS (SELECT FROM queue.all_jobs b
+                                                   WHERE b.queue = a.queue AND b.id <> a.id
+                                                     AND b.started_at = a.finished_at)),
+                    max(attempts), count(*)
+               FROM queue.all_jobs a WHERE a.queue = $1",
+            &[&q],
+        )
+        .await
+        .unwrap();
+    let (handed_on, attempts, total): (i64, i32, i64) = (row.get(0), row.get(1), row.get(2));
+    println!("{handed_on} of {JOBS} acks claimed the next job in their own commit");
+    assert_eq!((total, attempts), (JOBS as i64, 1));
+    assert_eq!(most.load(Ordering::SeqCst), 1, "more than one handler ran at once");
+    // Every ack but the last has a next job to claim; allow a few that found
+    // the queue not yet marked (the first claim, a poll in between).
+    assert!(handed_on >= (JOBS as i64) * 9 / 10, "only {handed_on} of {JOBS} acks claimed in their commit");
+}
+
 /// A worker whose handlers wait at two gates: the "plug" job's handler at the
 /// first, every other job's at the second. Each handler returns
 /// `{"role": ..., "id": ...}`, a job with role "big" a result of about 5 kB.

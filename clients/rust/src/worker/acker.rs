@@ -11,6 +11,15 @@
 //!
 //! The channel needs no bound: each queued ack belongs to a handler task that
 //! still holds its concurrency permit, so at most `concurrency` are queued.
+//!
+//! When a queue may have more work, the batch also claims: ONE statement acks
+//! the batch and claims as many jobs as it frees ([`ACK_CLAIM_SQL`]), so that
+//! a worker in steady state spends one commit per job, not two. Each request
+//! carries its job's concurrency permit; a claimed job runs under the permit
+//! of an acked one, and the permits not reused go back with the replies. So a
+//! job still counts until its ack has committed, and the jobs claimed in that
+//! same commit take its place: the server never sees more than `concurrency`
+//! of this worker's jobs processing.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -19,12 +28,13 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 use futures_util::future::join_all;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::{CallFailure, Shared, ACK_SQL};
-use crate::Error;
+use crate::error::is_transient;
+use crate::{Error, Job};
 
 /// The most acks one `queue_ack_batch` call carries (the brief's cap: a call
 /// stays a short statement even when thousands of handlers finish at once).
@@ -41,6 +51,23 @@ pub(super) const MAX_ACK_BATCH_BYTES: usize = 16 << 20;
 /// statement per connection) and in pooler mode (the unnamed statement of
 /// `query_typed`).
 pub(super) const ACK_BATCH_SQL: &str = "SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb[])";
+
+/// `queue_ack_batch` and then `queue_pop`, in one statement (one commit, one
+/// round trip), returning the ids acked on every row and the claimed jobs
+/// (one row with a NULL id when none was claimed).
+///
+/// The claim must run after the ack, so that a serial group the ack releases
+/// can hand its next job to this very claim. The claim is a LATERAL subquery
+/// that reads the ack's output (`after_the_ack`), so the planner can only run
+/// it for the ack's row, once that row exists; OFFSET 0 keeps it from being
+/// flattened into the join, and the ack's subquery is never flattened because
+/// its call is volatile. Inside, `queue_pop` is volatile plpgsql: its
+/// statements take a snapshot that sees what the ack changed.
+pub(super) const ACK_CLAIM_SQL: &str = "SELECT a.acked, p.after_the_ack, p.id, p.queue, p.payload, \
+     p.priority, p.serial_group, p.attempt, p.max_attempts, p.lease_until, p.created_at, p.lease \
+     FROM (SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb[]) AS acked) AS a \
+     LEFT JOIN LATERAL (SELECT q.*, greatest(q.lease_until - clock_timestamp(), interval '0') AS lease, \
+     a.acked IS NOT NULL AS after_the_ack FROM queue_pop($4, $5, $6) AS q OFFSET 0) AS p ON true";
 
 /// A job result already serialised to JSON text, sent as a `jsonb` parameter.
 ///
@@ -88,8 +115,26 @@ pub(super) struct AckRequest {
     pub attempt: i32,
     /// The result to store, serialised; `None` stores none.
     pub result: Option<JsonbText>,
+    /// The job's concurrency permit, held until the ack has committed (a
+    /// job claimed in the same statement may take it over).
+    pub permit: Option<OwnedSemaphorePermit>,
     /// Where the acker answers; the job's task waits on the other end.
-    pub reply: oneshot::Sender<AckOutcome>,
+    pub reply: oneshot::Sender<AckReply>,
+}
+
+/// The acker's answer: the outcome, and the job's permit unless a job claimed
+/// in the ack's statement took it over.
+pub(super) struct AckReply {
+    pub outcome: AckOutcome,
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AckRequest {
+    /// Answers the job's task, handing its permit back.
+    fn answer(self, outcome: AckOutcome) {
+        // The job's task is gone only if it was aborted: nobody to tell.
+        let _ = self.reply.send(AckReply { outcome, permit: self.permit });
+    }
 }
 
 /// What became of one ack.
@@ -125,7 +170,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack
             }
         }
         let batch = next_batch(&mut pending);
-        shared.deliver_acks(batch).await;
+        shared.deliver(batch).await;
     }
 }
 
@@ -155,6 +200,95 @@ fn next_batch(pending: &mut Vec<AckRequest>) -> Vec<AckRequest> {
 }
 
 impl Shared {
+    /// Delivers one batch: with a claim of the next queue that may have work,
+    /// while the worker runs and the extension has `queue_ack_batch`; else the
+    /// acks alone.
+    async fn deliver(self: &Arc<Self>, batch: Vec<AckRequest>) {
+        if batch.is_empty() {
+            return;
+        }
+        let claim_from = if self.has_ack_batch.load(Ordering::SeqCst) && !self.stop.is_cancelled() {
+            self.next_dirty()
+        } else {
+            None
+        };
+        match claim_from {
+            Some(idx) => self.ack_and_claim(batch, idx).await,
+            None => self.deliver_acks(batch).await,
+        }
+    }
+
+    /// Acks the batch and claims up to as many jobs of queue `idx` in one
+    /// statement ([`ACK_CLAIM_SQL`]); each claimed job starts under the
+    /// permit of an acked one. Any error changed nothing that is known: the
+    /// queue is marked again and the acks go the usual way (a refusal of the
+    /// batch is sorted out there; after connection trouble a commit whose
+    /// answer was lost shows its acks as stale there, and its claims come back
+    /// when their leases end, never run twice).
+    async fn ack_and_claim(self: &Arc<Self>, mut batch: Vec<AckRequest>, idx: usize) {
+        let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
+        let attempts: Vec<i32> = batch.iter().map(|r| r.attempt).collect();
+        let results: Option<Vec<Option<&JsonbText>>> =
+            batch.iter().any(|r| r.result.is_some()).then(|| batch.iter().map(|r| r.result.as_ref()).collect());
+        let want = batch.len().min(self.max_batch) as i32;
+        let queue = self.queues[idx].as_str();
+        let name: &str = &self.name;
+        let r = self
+            .ops
+            .query(
+                ACK_CLAIM_SQL,
+                &[Type::INT8_ARRAY, Type::INT4_ARRAY, Type::JSONB_ARRAY, Type::TEXT, Type::TEXT, Type::INT4],
+                &[&ids, &attempts, &results, &queue, &name, &want],
+            )
+            .await;
+        drop(results);
+        let rows = match r {
+            Ok(rows) => rows,
+            Err(e) => {
+                if is_transient(&e) {
+                    self.report("acking and claiming in one call failed; acking alone", &e.into());
+                } else {
+                    tracing::debug!(worker = %self.name, error = %e, "acking and claiming in one call was refused; acking alone");
+                }
+                self.mark_dirty(idx);
+                return self.deliver_acks(batch).await;
+            }
+        };
+        let completed = acked_ids(rows.first().and_then(|row| row.try_get(0).ok()));
+        let claimed: Vec<Job> = rows
+            .iter()
+            .filter(|r| r.try_get::<_, Option<i64>>("id").ok().flatten().is_some())
+            .filter_map(|r| self.job_of(r))
+            .collect();
+        if !claimed.is_empty() {
+            self.mark_dirty(idx); // a full claim: there may be more
+        }
+        let stopping = self.stop.is_cancelled();
+        let mut permits = batch.iter_mut().filter_map(|r| r.permit.take()).collect::<Vec<_>>().into_iter();
+        let mut unstarted = Vec::new();
+        for job in claimed {
+            match permits.next() {
+                Some(p) if !stopping => self.start_job_with(job, p),
+                other => {
+                    drop(other);
+                    unstarted.push(job);
+                }
+            }
+        }
+        // The permits no claimed job took go back to their jobs' tasks.
+        for r in batch.iter_mut() {
+            if r.permit.is_none() {
+                r.permit = permits.next();
+            }
+        }
+        for r in batch {
+            let done = completed.contains(&r.id);
+            r.answer(AckOutcome::Done(done));
+        }
+        // Claimed while the stop began: give them back untouched.
+        join_all(unstarted.iter().map(|j| self.give_back(j))).await;
+    }
+
     /// Delivers one batch and answers each of its requests.
     ///
     /// * Transient errors are retried by [`Shared::call`], with the backoff and
@@ -188,22 +322,16 @@ impl Shared {
         drop(results);
         match r {
             Ok(rows) => {
-                let completed: HashSet<i64> = rows
-                    .first()
-                    .and_then(|row| row.try_get::<_, Option<Vec<Option<i64>>>>(0).ok().flatten())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .flatten()
-                    .collect();
+                let completed = acked_ids(rows.first().and_then(|row| row.try_get(0).ok()));
                 for r in batch {
-                    // The job's task is gone only if it was aborted: nobody to tell.
-                    let _ = r.reply.send(AckOutcome::Done(completed.contains(&r.id)));
+                    let done = completed.contains(&r.id);
+                    r.answer(AckOutcome::Done(done));
                 }
             }
             Err(CallFailure::GaveUp(e)) => {
                 let why = e.to_string();
                 for r in batch {
-                    let _ = r.reply.send(AckOutcome::GaveUp(why.clone()));
+                    r.answer(AckOutcome::GaveUp(why.clone()));
                 }
             }
             Err(CallFailure::Rejected(e)) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
@@ -226,7 +354,7 @@ impl Shared {
     async fn ack_each(&self, batch: Vec<AckRequest>) {
         join_all(batch.into_iter().map(|r| async move {
             let outcome = self.ack_one(r.id, r.attempt, r.result.as_ref()).await;
-            let _ = r.reply.send(outcome);
+            r.answer(outcome);
         }))
         .await;
     }
@@ -253,38 +381,57 @@ impl Shared {
 
     /// Acks one finished job: through the acker when it runs and the
     /// extension has `queue_ack_batch`, else with its own `queue_ack`.
-    /// Returns once the ack committed (or could not be delivered).
-    pub(super) async fn submit_ack(&self, id: i64, attempt: i32, result: Option<JsonbText>) -> AckOutcome {
+    /// Returns once the ack committed (or could not be delivered), with the
+    /// job's permit unless a job claimed in the ack's statement took it over.
+    pub(super) async fn submit_ack(
+        &self,
+        id: i64,
+        attempt: i32,
+        result: Option<JsonbText>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> AckReply {
         if !self.has_ack_batch.load(Ordering::SeqCst) {
-            return self.ack_one(id, attempt, result.as_ref()).await;
+            return AckReply { outcome: self.ack_one(id, attempt, result.as_ref()).await, permit };
         }
         let (tx, rx) = oneshot::channel();
-        let request = AckRequest { id, attempt, result, reply: tx };
+        let request = AckRequest { id, attempt, result, permit, reply: tx };
         let queued = match self.acks.lock().unwrap().as_ref() {
             Some(acks) => acks.send(request).map_err(|e| e.0),
             None => Err(request),
         };
         match queued {
             Ok(()) => match rx.await {
-                Ok(outcome) => outcome,
+                Ok(reply) => reply,
                 // The acker was stopped with the ack still queued (after the
                 // grace and the drain's wait): the lease brings the job back.
-                Err(_) => AckOutcome::GaveUp("the worker stopped before the ack was delivered".into()),
+                // The permit went with the request and is released with it.
+                Err(_) => AckReply {
+                    outcome: AckOutcome::GaveUp("the worker stopped before the ack was delivered".into()),
+                    permit: None,
+                },
             },
             // No acker (not started, or already closed): ack it directly.
-            Err(request) => self.ack_one(request.id, request.attempt, request.result.as_ref()).await,
+            Err(request) => AckReply {
+                outcome: self.ack_one(request.id, request.attempt, request.result.as_ref()).await,
+                permit: request.permit,
+            },
         }
     }
+}
+
+/// The ids `queue_ack_batch` returned as completed.
+fn acked_ids(value: Option<Option<Vec<Option<i64>>>>) -> HashSet<i64> {
+    value.flatten().unwrap_or_default().into_iter().flatten().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn req(id: i64, bytes: usize) -> (AckRequest, oneshot::Receiver<AckOutcome>) {
+    fn req(id: i64, bytes: usize) -> (AckRequest, oneshot::Receiver<AckReply>) {
         let (tx, rx) = oneshot::channel();
         let result = (bytes > 0).then(|| JsonbText(vec![b'1'; bytes]));
-        (AckRequest { id, attempt: 1, result, reply: tx }, rx)
+        (AckRequest { id, attempt: 1, result, permit: None, reply: tx }, rx)
     }
 
     #[test]

@@ -56,6 +56,19 @@ async fn wait_for_lock_waiter(db: &Client, name: &str) {
     .await;
 }
 
+/// Waits (up to a minute) until `jobs` jobs of the queue are completed.
+async fn wait_all_completed(db: &Client, q: &str, jobs: usize) {
+    wait_for("every job to complete", Duration::from_secs(60), || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM queue.all_jobs WHERE queue = $1 AND status = 'completed'", &[&q])
+            .await
+            .unwrap()
+            .get(0);
+        (n == jobs as i64).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_drain_acks_many_jobs_per_queue_ack_batch_call_each_exactly_once() {
     let db = admin().await;
@@ -85,15 +98,7 @@ async fn a_drain_acks_many_jobs_per_queue_ack_batch_call_each_exactly_once() {
         .start()
         .await
         .unwrap();
-    wait_for("every job to complete", Duration::from_secs(60), || async {
-        let n: i64 = db
-            .query_one("SELECT count(*) FROM queue.all_jobs WHERE queue = $1 AND status = 'completed'", &[&q])
-            .await
-            .unwrap()
-            .get(0);
-        (n == JOBS as i64).then_some(())
-    })
-    .await;
+    wait_all_completed(&db, &q, JOBS).await;
     let took = t0.elapsed();
     worker.shutdown().await; // its sessions end and flush their counters
 
@@ -162,15 +167,7 @@ async fn at_concurrency_1_each_ack_claims_the_next_job_in_its_own_commit() {
         .start()
         .await
         .unwrap();
-    wait_for("every job to complete", Duration::from_secs(60), || async {
-        let n: i64 = db
-            .query_one("SELECT count(*) FROM queue.all_jobs WHERE queue = $1 AND status = 'completed'", &[&q])
-            .await
-            .unwrap()
-            .get(0);
-        (n == JOBS as i64).then_some(())
-    })
-    .await;
+    wait_all_completed(&db, &q, JOBS).await;
     worker.shutdown().await;
     let row = db
         .query_one(

@@ -252,6 +252,18 @@ interface PendingAck {
   json: string | null;
   /** Settles the slot's wait: ok (acked or refused as stale), rejected (the result could not be stored) or gave-up. */
   settle: (outcome: CallResult<boolean>) => void;
+  /** The job's slot (in {@link Worker.running} until the ack committed): a job claimed in the ack's own statement takes it over. */
+  entry: Entry;
+}
+
+/**
+ * A row of {@link ACK_CLAIM_SQL}: the ids the ack completed (the same on every
+ * row) and a claimed job, or NULLs (id null) when none was claimed.
+ */
+interface AckClaimRow extends Omit<ClaimRow, 'id'> {
+  acked: unknown;
+  after_the_ack: boolean | null;
+  id: string | null;
 }
 
 const QUEUE_NAME = /^[A-Za-z0-9_.:-]{1,57}$/;
@@ -265,6 +277,29 @@ const ACK_SQL = 'SELECT queue_ack($1::bigint, $2::jsonb, $3::int) AS ok';
 // The ids come back as text: node-postgres would otherwise leave bigint[] to its
 // array parser, and the claim's ids are text already (id::text), so the two compare exactly.
 const ACK_BATCH_SQL = 'SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb[])::text[] AS ids';
+/**
+ * The acks of a batch and a claim of the next jobs, in one statement (one
+ * commit, one round trip): what the acker sends when a queue may have work
+ * ({@link Worker.ackAndClaim}). Every row carries the ids the ack completed
+ * (as text, like {@link ACK_BATCH_SQL}); the claimed jobs come with the columns
+ * of {@link CLAIM_SQL}, or one row with a NULL id when none was claimed.
+ *
+ * The claim must run after the ack, so that a serial group the ack releases
+ * can hand its next job to this very claim: the claim is a LATERAL subquery
+ * that reads the ack's output (`after_the_ack`), so it can only run for the
+ * ack's row, once that row exists; OFFSET 0 keeps it from being flattened into
+ * the join, and the ack's subquery is never flattened because its call is
+ * volatile. It never waits (no `wait`) and uses no session state: the same
+ * statement works through a transaction-mode pooler.
+ */
+const ACK_CLAIM_SQL = `SELECT a.acked::text[] AS acked, p.after_the_ack, p.id, p.queue, p.payload, p.priority, p.serial_group,
+       p.attempt, p.max_attempts, p.lease_until, p.created_at, p.lease_ms
+  FROM (SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb[]) AS acked) AS a
+  LEFT JOIN LATERAL (SELECT q.id::text AS id, q.queue, q.payload, q.priority, q.serial_group, q.attempt, q.max_attempts,
+                            q.lease_until, q.created_at,
+                            (extract(epoch FROM q.lease_until - now()) * 1000)::float8 AS lease_ms,
+                            a.acked IS NOT NULL AS after_the_ack
+                       FROM queue_pop($4::text, $5::text, $6::int) AS q OFFSET 0) AS p ON true`;
 /** The most acks one `queue_ack_batch` carries (the rest go into the next call): bounds the statement's size and its row locks. */
 const ACK_BATCH_MAX = 1000;
 /**
@@ -404,11 +439,18 @@ class JobImpl implements Job {
  * Runs handlers for jobs of one or more queues.
  *
  * - Claims with `queue_pop(queue, name, n)`, n up to the free capacity; never
- *   more than `concurrency` handlers at once.
+ *   more than `concurrency` handlers at once (a job counts until its ack
+ *   committed).
  * - Acks in batches with `queue_ack_batch(ids, attempts, results)`: one call
  *   in flight at a time carries every ack that finished meanwhile (one commit
  *   for all of them); `queue_ack(id, result, attempt)` per job on an extension
- *   without it, and for the jobs of a batch the server refused. On a throw fails with
+ *   without it, and for the jobs of a batch the server refused.
+ * - Acks ride with claims: when a queue may have work and the worker is not
+ *   stopping, the batch's statement also claims up to as many jobs of it as
+ *   the batch frees (`queue_ack_batch` then `queue_pop`, one commit); they
+ *   take over the acked jobs' slots in that commit, so at concurrency 1 a job
+ *   costs one commit, not two. If that statement fails, the batch is acked
+ *   alone as above. On a throw fails with
  *   `queue_fail(id, error, attempt, retry_in, permanent)`. A stale claim
  *   (lease lost, job claimed again) changes nothing and does not throw.
  * - Keeps leases alive with `queue_touch` at half the job's timeout, and
@@ -828,7 +870,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       if (!serializeError) {
         // Waits until the ack committed (or was refused): the event, the freed
         // slot and the end of the touches all come after the outcome, as with one call per job.
-        const r = await this.ack(job.id, job.attempt, json);
+        const r = await this.ack(entry, json);
         if (r.kind === 'ok') {
           this.safeEmit('job:complete', { job, result: outcome.result, durationMs, acked: r.value });
           return;
@@ -892,23 +934,24 @@ export class Worker extends EventEmitter<WorkerEventMap> {
    * job's own outcome. On an extension without `queue_ack_batch`, one
    * `queue_ack` of its own.
    *
-   * @param id - the job's id
-   * @param attempt - the claim's attempt
+   * @param entry - the job's slot (its id and the claim's attempt)
    * @param json - the result as JSON text, or null for none
    * @returns ok with whether the job was completed (false: a stale claim),
    *   rejected when the server refused this job's ack, gave-up at a hard stop
    */
-  private ack(id: string, attempt: number, json: string | null): Promise<CallResult<boolean>> {
+  private ack(entry: Entry, json: string | null): Promise<CallResult<boolean>> {
+    const { id, attempt } = entry.job;
     if (!this.ackBatchAvailable) return this.ackOne(id, attempt, json);
     return new Promise((settle) => {
-      this.ackQueue.push({ id, attempt, json, settle });
+      this.ackQueue.push({ id, attempt, json, settle, entry });
       if (!this.ackerActive) this.ackerRun = this.runAcker();
     });
   }
 
   /**
    * The acker: one `queue_ack_batch` at a time, each with every ack queued
-   * since the previous one was sent (up to {@link ACK_BATCH_MAX}). No timer:
+   * since the previous one was sent (up to {@link ACK_BATCH_MAX}), and with a
+   * claim when a queue may have work ({@link Worker.deliverAcks}). No timer:
    * at concurrency 1 each call carries one ack, under load many (group commit).
    * A run starts one turn of the event loop after its first ack, so that the
    * handlers that finished in the same turn share its first call. It marks
@@ -946,7 +989,9 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   }
 
   /**
-   * Sends one batch and settles each of its acks. Connection trouble is
+   * Sends one batch and settles each of its acks: while the worker runs and a
+   * queue may have work, with a claim of that queue in the same statement
+   * ({@link Worker.ackAndClaim}); else, or when that fails, alone. Connection trouble is
    * retried as any call must be ({@link Worker.call}: until the worker stops
    * hard, then the jobs come back after their lease). A refusal falls back to
    * one `queue_ack` per job, so that only the job the server refuses (e.g. a
@@ -954,6 +999,12 @@ export class Worker extends EventEmitter<WorkerEventMap> {
    * statement) takes the fail path and its neighbours complete.
    */
   private async deliverAcks(batch: PendingAck[]): Promise<void> {
+    if (this.ackBatchAvailable && this.currentState === 'running' && !this.hard) {
+      // A queue that may have work: claim from it in the ack's own commit. Taken
+      // off the dirty set as the claim loop takes it, so only one of the two claims for it.
+      const queue = this.nextDirtyQueue();
+      if (queue !== undefined && await this.ackAndClaim(batch, queue)) return;
+    }
     if (this.ackBatchAvailable) {
       const r = await this.call<{ ids: unknown }>(ACK_BATCH_SQL,
         [batch.map((a) => a.id), batch.map((a) => a.attempt), batch.map((a) => a.json)],
@@ -976,6 +1027,79 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       }
     }
     await Promise.all(batch.map(async (a) => a.settle(await this.ackOne(a.id, a.attempt, a.json))));
+  }
+
+  /**
+   * Acks the batch and claims up to as many jobs of `queue` (at most
+   * `maxBatch`) in one statement ({@link ACK_CLAIM_SQL}), so that a worker in
+   * steady state spends one commit per job, not two. In the step that reads
+   * the reply, before anything else can run, the batch's jobs leave
+   * {@link Worker.running} and the claimed ones start in their slots: a job
+   * counts until its ack committed, and the jobs claimed in that same commit
+   * take its place, so neither this worker nor the server ever sees more than
+   * `concurrency` of its jobs at once. Each ack's outcome comes from the ids
+   * the ack returned, as with {@link ACK_BATCH_SQL}; the slots' waits are
+   * settled after that (their `job:complete` events follow the commit).
+   *
+   * Not retried: on any error the queue is marked again and the batch goes the
+   * usual way ({@link Worker.deliverAcks}: retries, the fallback to one
+   * `queue_ack` per job, 42883), which sorts out a refusal of the batch. After
+   * connection trouble whose commit may have happened, those acks show as
+   * stale there, and jobs claimed by the lost reply come back after their
+   * leases, never run twice.
+   *
+   * @returns false when the call failed (nothing settled; deliver the batch the usual way)
+   */
+  private async ackAndClaim(batch: PendingAck[], queue: string): Promise<boolean> {
+    const want = Math.min(batch.length, this.maxBatch);
+    let rows: AckClaimRow[];
+    try {
+      const res = await this.pool.query<AckClaimRow>(ACK_CLAIM_SQL, [
+        batch.map((a) => a.id), batch.map((a) => a.attempt), batch.map((a) => a.json), queue, this.name, want,
+      ]);
+      rows = res.rows;
+    } catch (err) {
+      // A refusal (e.g. a result too large, 22023; 42883 on an older extension)
+      // is reported by the usual path, which meets it again; connection trouble here.
+      if (isTransient(err)) this.emitError(err, `acking ${batch.length} job${batch.length === 1 ? '' : 's'} and claiming from '${queue}' in one call failed; acking alone`);
+      this.dirty.add(queue);
+      this.wake();
+      return false;
+    }
+    // The ids completed; any other was stale or unknown. A reply that is not
+    // a list of ids (not expected) completes nobody we can vouch for.
+    const ids = rows[0]?.acked;
+    const completed = new Set(Array.isArray(ids) ? ids.filter((x): x is string => typeof x === 'string') : []);
+    const claimed = rows.filter((r): r is AckClaimRow & { id: string } => typeof r.id === 'string');
+    if (claimed.length > 0) this.dirty.add(queue); // there may be more; an empty claim marked the sleeper instead
+
+    // From here to the settles: one synchronous step. The acked jobs' slots pass
+    // to the claimed ones (never more of those than the batch frees).
+    let freed = 0;
+    for (const a of batch) {
+      const entry = a.entry;
+      entry.finished = true; // its ack committed (or was stale): no more touches
+      if (entry.touchTimer) clearTimeout(entry.touchTimer);
+      entry.touchTimer = null;
+      if (this.running.get(entry.key) === entry) {
+        this.running.delete(entry.key);
+        freed++;
+      }
+    }
+    const unstarted: ClaimRow[] = [];
+    for (const row of claimed) {
+      // Claimed while stop() began (or, not expected, more than the batch freed): give them back untouched.
+      if (this.currentState === 'running' && freed > 0) {
+        freed--;
+        this.startJob(row);
+      } else {
+        unstarted.push(row);
+      }
+    }
+    for (const a of batch) a.settle({ kind: 'ok', value: completed.has(a.id) });
+    this.wake(); // a slot left free, or a queue marked again: the claim loop may go on
+    if (unstarted.length > 0) await Promise.all(unstarted.map((row) => this.giveBack(this.newEntry(row))));
+    return true;
   }
 
   /** One `queue_ack(id, result, attempt)`, retried like every call; `value` is whether it completed the job. */

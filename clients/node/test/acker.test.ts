@@ -7,7 +7,8 @@ import { pushBatch, Worker, type JobCompleteEvent, type JobFailEvent, type Worke
 import { adminPool, jobOf, uniqueQueue, sleep, waitFor, waitForStatus, deferred, collectErrors, DATABASE_URL } from './helpers';
 
 // The acker: finished jobs are acked in batches (queue_ack_batch), one call in
-// flight at a time. These tests count the calls the server saw
+// flight at a time, and claim the next jobs in the same statement when a queue
+// may have work. These tests count the calls the server saw
 // (pg_stat_user_functions; run-tests.sh starts the cluster with
 // track_functions = 'all'), so they fail if acks go back to one call per job.
 
@@ -119,6 +120,49 @@ test('acks are batched: 300 jobs at concurrency 20 take far fewer queue_ack_batc
     const j = await jobOf(pool, id);
     assert.deepEqual(j!.result, { n, attempt: 1, text: 'quote " backslash \\ brace { comma ,' }, `the result of job ${id}`);
   }
+});
+
+test('at concurrency 1 each ack claims the next job in its own commit', async (t) => {
+  const q = uniqueQueue('ackclaim');
+  const jobs = 60;
+  await pushBatch(pool, q, Array.from({ length: jobs }, (_, n) => ({ n })));
+  let runningNow = 0;
+  let maxRunning = 0;
+  const completes: JobCompleteEvent[] = [];
+  const { worker, errors } = newWorker({
+    concurrency: 1,
+    handlers: {
+      [q]: async (job) => {
+        runningNow++;
+        maxRunning = Math.max(maxRunning, runningNow);
+        await sleep(2);
+        runningNow--;
+        return { n: (job.payload as { n: number }).n };
+      },
+    },
+  });
+  worker.on('job:complete', (ev) => completes.push(ev));
+  t.after(() => worker.stop({ graceMs: 0 }));
+  const t0 = Date.now();
+  await worker.start();
+  await waitFor(() => completes.length === jobs, `${jobs} job:complete events`, 30_000, 10);
+  const tookMs = Date.now() - t0;
+  await worker.stop({ graceMs: 5000 });
+  // started_at (the claim's) and finished_at (the ack's) are both the
+  // transaction's now(): equal exactly when an ack and the next claim were one transaction.
+  const res = await pool.query<{ handed_on: number; max_attempts: number; total: number }>(`
+    SELECT (count(*) FILTER (WHERE EXISTS (SELECT FROM queue.all_jobs b
+                                            WHERE b.queue = a.queue AND b.id <> a.id AND b.started_at = a.finished_at)))::int AS handed_on,
+           max(attempts)::int AS max_attempts, count(*)::int AS total
+      FROM queue.all_jobs a WHERE a.queue = $1`, [q]);
+  const { handed_on: handedOn, max_attempts: maxAttempts, total } = res.rows[0]!;
+  t.diagnostic(`${jobs} jobs at concurrency 1 in ${tookMs} ms: ${handedOn} acks claimed the next job in their own commit`);
+  assert.equal(total, jobs);
+  assert.equal(maxAttempts, 1);
+  assert.ok(maxRunning <= 1, `${maxRunning} handlers ran at once`);
+  assert.ok(completes.every((ev) => ev.acked), 'every job should have been acked');
+  assert.ok(handedOn >= Math.ceil(jobs * 0.9), `only ${handedOn} of ${jobs} acks claimed the next job in the same commit`);
+  assert.deepEqual(errors, []);
 });
 
 /**

@@ -39,6 +39,22 @@ POP_WAIT_SQL = _POP_COLUMNS + " FROM queue_pop(%s::text, %s::text, %s::int, wait
 ACK_SQL = "SELECT queue_ack(%s::bigint, %s::jsonb, %s::int)"
 # Many acks in one statement and one commit (typed arrays: ids, attempts, results).
 ACK_BATCH_SQL = "SELECT queue_ack_batch(%s::bigint[], %s::int[], %s::jsonb[])"
+# The acks of a batch and a claim of the next jobs of one queue, in one statement
+# (one commit, one round trip): what the acker sends when a queue may have work.
+# Every row carries the ids the ack completed (``acked``); then the columns of
+# POP_SQL, or NULLs (one row, id NULL) when nothing was claimed. The claim is a
+# LATERAL subquery reading the ack's output (``after_the_ack``), so it can only
+# run once the ack's row exists; OFFSET 0 keeps it from being flattened into the
+# join. So a serial group the ack releases can hand its next job to this claim.
+# Parameters: ids, attempts, results, queue, worker name, how many to claim.
+ACK_CLAIM_SQL = (
+    "SELECT a.acked, p.after_the_ack, p.id, p.queue, p.payload, p.priority, p.serial_group, p.attempt,"
+    " p.max_attempts, p.lease_until, p.created_at, p.lease"
+    " FROM (SELECT queue_ack_batch(%s::bigint[], %s::int[], %s::jsonb[]) AS acked) AS a"
+    " LEFT JOIN LATERAL (SELECT q.*, q.lease_until - now() AS lease,"
+    " a.acked IS NOT NULL AS after_the_ack"
+    " FROM queue_pop(%s::text, %s::text, %s::int) AS q OFFSET 0) AS p ON true"
+)
 FAIL_SQL = "SELECT queue_fail(%s::bigint, %s::text, %s::int, %s::interval, %s::boolean)"
 TOUCH_SQL = "SELECT queue_touch(%s::bigint, %s::interval, %s::int)"
 PROGRESS_SQL = "SELECT queue_progress(%s::bigint, %s::int, %s::int, %s::text, %s::int)"
@@ -181,6 +197,13 @@ class ClaimedRow:
     def from_rows(cls, rows: List[Sequence[Any]]) -> List["ClaimedRow"]:
         """Rows of :data:`POP_SQL` as claims."""
         return [cls(*r) for r in rows]
+
+
+def split_ack_claim(rows: Sequence[Sequence[Any]]) -> Tuple[List[int], List[ClaimedRow]]:
+    """The rows of :data:`ACK_CLAIM_SQL`: (the ids the ack completed, the claimed jobs).
+    Rows with a NULL id are not jobs (the one row of an empty claim)."""
+    acked = list(rows[0][0] or ()) if rows else []
+    return acked, [ClaimedRow(*r[2:]) for r in rows if r[2] is not None]
 
 
 class JobBase:
@@ -337,6 +360,31 @@ class WorkerBase:
         self._connect_kwargs = kwargs
         self._hooks = _Hooks(listeners, self._log, tracing, VERSION)
         self._rotation = 0
+        # Queues that may have work right now (the last claim from them returned
+        # jobs), in the order they were marked: the acker claims from one of them
+        # in its ack's own statement (ACK_CLAIM_SQL). Whoever claims from a queue
+        # takes it off first (_take_dirty), so the claim loop and the acker never
+        # both count on it; a claim that returned jobs marks it again. The threaded
+        # worker touches it under its lock, the asyncio one on its loop.
+        self._dirty: Dict[str, None] = {}
+
+    def _mark_dirty(self, queue: str) -> None:
+        """``queue`` may have more work (call under the worker's lock / on its loop)."""
+        self._dirty[queue] = None
+
+    def _take_dirty(self, queue: Optional[str] = None) -> Optional[str]:
+        """Take ``queue`` (or, when None, the oldest marked queue) off the marked
+        ones: the queue now, or None when it was not marked."""
+        if queue is None:
+            queue = next(iter(self._dirty), None)
+            if queue is None:
+                return None
+        return queue if self._dirty.pop(queue, 0) is None else None
+
+    def _may_ack_and_claim(self) -> bool:
+        """Whether the acker may claim in its ack's statement at all: not in
+        pooler mode (which acks and claims as it always did)."""
+        return not self.pooler
 
     def _queue_order(self) -> List[str]:
         """The handled queues, starting one further each call (fair claims)."""
@@ -364,6 +412,11 @@ class WorkerBase:
 # one (group commit: one ack per call when idle, many under load). The batching
 # below is shared; the threaded and the asyncio acker only add the loop that
 # waits, calls and sleeps in their own way (worker.py, aio.py).
+#
+# Acks ride with claims: while the worker runs and a queue is marked as possibly
+# having work (WorkerBase._dirty), the acker sends ACK_CLAIM_SQL instead, which
+# acks the batch and claims up to as many jobs of that queue in one commit; the
+# claimed jobs take over the acked jobs' slots (split_ack_claim reads the rows).
 
 MAX_ACK_BATCH = 1000  # acks per call: bounds the statement, its row locks and its parameters
 

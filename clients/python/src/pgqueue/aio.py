@@ -101,7 +101,9 @@ class _AsyncAcker:
     acks of finished jobs, everything queued as one ``queue_ack_batch`` call,
     one call at a time; acks queued meanwhile go into the next call. The
     batching is :class:`~pgqueue._common.AckBatcher`'s, shared with the
-    threaded worker; this class adds the task and the retry sleep.
+    threaded worker; this class adds the task and the retry sleep. Like the
+    threaded acker it claims in the ack's own statement while a queue may
+    have work (:meth:`_ack_and_claim`).
     """
 
     def __init__(self, worker: "AsyncWorker") -> None:
@@ -152,7 +154,8 @@ class _AsyncAcker:
                     continue
                 batch = self._batcher.take()
                 try:
-                    await self._send(batch)
+                    if not await self._ack_and_claim(batch):
+                        await self._send(batch)
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # never let the acker die: its jobs would wait in vain
@@ -162,6 +165,56 @@ class _AsyncAcker:
         finally:
             # Cancelled (a stop that ran out of time): nobody is left to send these.
             self._batcher.abandon(batch, None)
+
+    async def _ack_and_claim(self, batch: List[c.PendingAck]) -> bool:
+        """Ack ``batch`` and claim in one statement (see
+        :meth:`pgqueue.worker._Acker._ack_and_claim`). From the reply to the
+        settles it is one step of the loop (no await), so the claimed jobs take
+        the acked jobs' slots before anything else can look at them."""
+        w = self._worker
+        if not (w._may_ack_and_claim() and self._batcher.supported) or w._stopping.is_set():
+            return False
+        queue = w._take_dirty()
+        if queue is None:
+            return False
+        ids, attempts, docs = self._batcher.params(batch)
+        want = min(len(batch), self._batcher.max_batch)
+        try:
+            async with w._pool.connection() as conn:
+                cur = await conn.execute(c.ACK_CLAIM_SQL, (ids, attempts, docs, queue, w.name, want))
+                rows = await cur.fetchall()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            w._log.debug("acking %d job(s) and claiming from %r in one call failed (%s); acking alone",
+                         len(batch), queue, exc)
+            w._mark_dirty(queue)
+            return False
+        completed, claimed = c.split_ack_claim(rows)
+        if claimed:
+            w._mark_dirty(queue)  # it may hold more
+        freed = 0
+        for ack in batch:
+            if w._active.get(ack.job.id) is ack.job:
+                del w._active[ack.job.id]  # its ack committed: its slot passes on
+                freed += 1
+        unstarted: List[AsyncJob] = []
+        for row in claimed:
+            job = AsyncJob(row, w)
+            if freed > 0 and not w._stopping.is_set():
+                freed -= 1
+                w._active[job.id] = job
+                w._tasks[job.id] = asyncio.create_task(w._run_job(job))
+            else:
+                unstarted.append(job)
+        if len(unstarted) < len(claimed):
+            w._keeper_wake.set()
+        self._batcher.settle(batch, completed)
+        w._wake.set()  # a slot may be left free
+        for job in unstarted:  # claimed as the stop began: give them back untouched
+            job._begin_release()
+            await w._release(job)
+        return True
 
     async def _send(self, batch: List[c.PendingAck]) -> None:
         """One batch until it is settled (see :meth:`pgqueue.worker._Acker._send`)."""
@@ -250,7 +303,8 @@ class AsyncWorker(c.WorkerBase):
     The asyncio twin of :class:`~pgqueue.Worker`, with the same arguments and
     guarantees: claims in batches up to free capacity, at most
     ``concurrency`` handlers at once, acks with the return value (many jobs
-    per ``queue_ack_batch`` call), fails with
+    per ``queue_ack_batch`` call, which also claims the next jobs of a queue
+    that may have work in the same commit), fails with
     the exception, extends leases at half the timeout, heartbeats, wakes on
     LISTEN with polling as a fallback (or, with ``pooler``, waits inside
     ``queue_pop(..., wait => pooler_wait)``), reconnects with backoff, and on stop
@@ -501,6 +555,7 @@ class AsyncWorker(c.WorkerBase):
         for i, queue in enumerate(order):
             if free <= 0 or self._stopping.is_set():
                 break
+            self._take_dirty(queue)  # this claim is the queue's now
             if self.pooler:
                 wait = None
                 if i == len(order) - 1 and claimed == 0:
@@ -510,6 +565,8 @@ class AsyncWorker(c.WorkerBase):
             else:
                 rows = c.ClaimedRow.from_rows(await self._pool.call(c.POP_SQL, (queue, self.name, free),
                                                                     fetch="all"))
+            if rows:
+                self._mark_dirty(queue)  # it may hold more (the acker may claim it with an ack)
             if self._stopping.is_set():
                 # Claimed as the stop began: give them back untouched.
                 for row in rows:
@@ -590,8 +647,10 @@ class AsyncWorker(c.WorkerBase):
         except Exception:
             self._log.exception("job %s: internal error", job.id)
         finally:
-            self._active.pop(job.id, None)
-            self._tasks.pop(job.id, None)
+            if self._active.get(job.id) is job:  # not handed over with its ack already
+                del self._active[job.id]
+            if self._tasks.get(job.id) is asyncio.current_task():
+                del self._tasks[job.id]
             self._wake.set()
 
     async def _execute(self, job: AsyncJob) -> None:

@@ -177,6 +177,11 @@ class _Acker:
     a call's outcome or error means for each ack is
     :class:`~pgqueue._common.AckBatcher`'s, shared with the asyncio worker;
     this class adds the thread, the lock and the retry sleep.
+
+    Acks ride with claims: while the worker runs and a queue may have work,
+    a batch goes with a claim of that queue in the same statement
+    (:meth:`_ack_and_claim`); the claimed jobs take over the acked jobs'
+    slots in that commit.
     """
 
     def __init__(self, worker: "Worker") -> None:
@@ -228,11 +233,79 @@ class _Acker:
                     return  # stopping, and everything was delivered
                 batch = self._batcher.take()
             try:
-                self._send(batch)
+                if not self._ack_and_claim(batch):
+                    self._send(batch)
             except Exception:  # never let the acker die: its slots would wait in vain
                 self._worker._log.exception("acker: internal error; acking the queued jobs one by one")
                 with self._cond:
                     self._batcher.abandon(batch, c.PER_JOB)
+
+    def _ack_and_claim(self, batch: List[c.PendingAck]) -> bool:
+        """Ack ``batch`` and claim up to as many jobs (at most the batch size
+        of the acker) of a queue that may have work, in one statement
+        (:data:`~pgqueue._common.ACK_CLAIM_SQL`): one commit per job in steady
+        state instead of two. Only while the worker runs, outside pooler mode,
+        with ``queue_ack_batch`` on the server and a marked queue (taken off
+        the marks under the worker's lock, as the claim loop takes it).
+
+        In one step under the worker's lock the acked jobs leave the active
+        set and the claimed ones take their slots (never more than the batch
+        freed), so the worker never holds more than ``concurrency`` jobs;
+        then the acks are settled from the ids that came back (their
+        finished events follow, in their slots). Jobs claimed as the stop
+        began are given back. Returns False, having settled nothing, when it
+        did not run or failed: the queue is marked again and the batch goes
+        the usual way (:meth:`_send`); the combined call is never retried.
+        """
+        w = self._worker
+        if not (w._may_ack_and_claim() and self._batcher.supported) or w._stopping.is_set():
+            return False
+        with w._lock:
+            queue = w._take_dirty()
+        if queue is None:
+            return False
+        ids, attempts, docs = self._batcher.params(batch)
+        want = min(len(batch), self._batcher.max_batch)
+        try:
+            with w._pool.connection() as conn:
+                rows = conn.execute(c.ACK_CLAIM_SQL, (ids, attempts, docs, queue, w.name, want)).fetchall()
+        except Exception as exc:
+            w._log.debug("acking %d job(s) and claiming from %r in one call failed (%s); acking alone",
+                         len(batch), queue, exc)
+            with w._lock:
+                w._mark_dirty(queue)
+            return False
+        completed, claimed = c.split_ack_claim(rows)
+        jobs = [Job(r, w) for r in claimed]
+        unstarted: List[Job] = []
+        with w._lock:
+            if jobs:
+                w._mark_dirty(queue)  # it may hold more
+            freed = 0
+            for ack in batch:
+                if w._active.get(ack.job.id) is ack.job:
+                    del w._active[ack.job.id]  # its ack committed: its slot passes on
+                    freed += 1
+            started: List[Job] = []
+            for job in jobs:
+                if freed > 0 and not w._stopping.is_set():
+                    freed -= 1
+                    w._active[job.id] = job
+                    started.append(job)
+                else:
+                    unstarted.append(job)
+            w._idle_cond.notify_all()
+        if started:
+            with w._dispatch_cond:
+                w._dispatch.extend(started)
+                w._dispatch_cond.notify(len(started))
+            w._keeper_wake.set()
+        self._batcher.settle(batch, completed)
+        w._waker.wake()  # a slot may be left free
+        for job in unstarted:  # claimed as the stop began: give them back untouched
+            job._begin_release()
+            w._release(job)
+        return True
 
     def _send(self, batch: List[c.PendingAck]) -> None:
         """One batch until it is settled: transient errors are retried with the
@@ -344,7 +417,9 @@ class Worker(c.WorkerBase):
     The worker claims jobs with ``queue_pop`` in batches up to its free
     capacity, runs at most ``concurrency`` handlers at once, acks each job with
     the handler's return value (stored as JSON; the acks of many jobs go in one
-    ``queue_ack_batch`` call, see :class:`_Acker`) or fails it with the exception
+    ``queue_ack_batch`` call, see :class:`_Acker`; while a queue may have
+    more work, that call also claims its next jobs in the same commit, which
+    take over the acked jobs' slots) or fails it with the exception
     it raised (:class:`~pgqueue.PermanentError` skips retries,
     :class:`~pgqueue.RetryIn` or a ``retry_in`` attribute sets the delay).
 
@@ -607,6 +682,8 @@ class Worker(c.WorkerBase):
         for i, queue in enumerate(order):
             if free <= 0 or self._stopping.is_set():
                 break
+            with self._lock:
+                self._take_dirty(queue)  # this claim is the queue's now
             if self.pooler:
                 wait = None
                 if i == len(order) - 1 and claimed == 0:
@@ -616,6 +693,9 @@ class Worker(c.WorkerBase):
             else:
                 rows = c.ClaimedRow.from_rows(self._pool.call(c.POP_SQL, (queue, self.name, free), fetch="all"))
             jobs = [Job(r, self) for r in rows]
+            if jobs:
+                with self._lock:
+                    self._mark_dirty(queue)  # it may hold more (the acker may claim it with an ack)
             if self._stopping.is_set():
                 # Claimed as the stop began (a wait that returned as it was
                 # cancelled): give them back untouched.
@@ -696,7 +776,8 @@ class Worker(c.WorkerBase):
                 self._log.exception("job %s: internal error", job.id)
             finally:
                 with self._lock:
-                    self._active.pop(job.id, None)
+                    if self._active.get(job.id) is job:  # not handed over with its ack already
+                        del self._active[job.id]
                     self._idle_cond.notify_all()
                 self._waker.wake()  # capacity is free again
 

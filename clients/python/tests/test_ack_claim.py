@@ -85,3 +85,25 @@ def test_acks_ride_with_claims_async(conn, queue_name, capsys):
 
     asyncio.run(main())
     check(conn, queue_name, peak, "asyncio", capsys)
+
+
+def test_the_slot_hand_over_never_starts_more_jobs_than_the_acks_freed():
+    """hand_over_slots, shared by both workers: a claimed job takes the slot of
+    an acked one still active, never more of them; while stopping none starts."""
+    from types import SimpleNamespace
+
+    from pgqueue._common import hand_over_slots
+
+    def job(i):
+        return SimpleNamespace(id=i)
+
+    a, b, gone = job(1), job(2), job(3)
+    active = {1: a, 2: b}
+    batch = [SimpleNamespace(job=a), SimpleNamespace(job=gone)]  # job 3 left at a hard stop
+    started, unstarted = hand_over_slots(active, batch, [job(10), job(11)], stopping=False)
+    assert [j.id for j in started] == [10] and [j.id for j in unstarted] == [11]
+    assert sorted(active) == [2, 10]
+
+    active = {1: a}
+    started, unstarted = hand_over_slots(active, [SimpleNamespace(job=a)], [job(12)], stopping=True)
+    assert started == [] and [j.id for j in unstarted] == [12] and active == {}

@@ -206,6 +206,32 @@ def split_ack_claim(rows: Sequence[Sequence[Any]]) -> Tuple[List[int], List[Clai
     return acked, [ClaimedRow(*r[2:]) for r in rows if r[2] is not None]
 
 
+def hand_over_slots(active: Dict[int, Any], batch: Sequence[Any], jobs: Sequence[Any],
+                    stopping: bool) -> Tuple[List[Any], List[Any]]:
+    """The slot hand-over of an ack that claimed: the acked jobs of ``batch``
+    (whose ack just committed) leave ``active``, and the claimed ``jobs``
+    take their slots, never more of them than left (a job that left
+    ``active`` already, e.g. given back at a hard stop, frees nothing).
+    Returns (the jobs now active, the jobs to give back: claimed while
+    ``stopping``, or beyond the slots freed). The caller holds whatever
+    guards ``active`` (the worker's lock; the event loop for asyncio)."""
+    freed = 0
+    for ack in batch:
+        if active.get(ack.job.id) is ack.job:
+            del active[ack.job.id]  # its ack committed: its slot passes on
+            freed += 1
+    started: List[Any] = []
+    unstarted: List[Any] = []
+    for job in jobs:
+        if freed > 0 and not stopping:
+            freed -= 1
+            active[job.id] = job
+            started.append(job)
+        else:
+            unstarted.append(job)
+    return started, unstarted
+
+
 class JobBase:
     """The data of a claimed job, shared by :class:`Job` and :class:`AsyncJob`."""
 

@@ -193,21 +193,11 @@ class _AsyncAcker:
         completed, claimed = c.split_ack_claim(rows)
         if claimed:
             w._mark_dirty(queue)  # it may hold more
-        freed = 0
-        for ack in batch:
-            if w._active.get(ack.job.id) is ack.job:
-                del w._active[ack.job.id]  # its ack committed: its slot passes on
-                freed += 1
-        unstarted: List[AsyncJob] = []
-        for row in claimed:
-            job = AsyncJob(row, w)
-            if freed > 0 and not w._stopping.is_set():
-                freed -= 1
-                w._active[job.id] = job
-                w._tasks[job.id] = asyncio.create_task(w._run_job(job))
-            else:
-                unstarted.append(job)
-        if len(unstarted) < len(claimed):
+        jobs = [AsyncJob(row, w) for row in claimed]
+        started, unstarted = c.hand_over_slots(w._active, batch, jobs, w._stopping.is_set())
+        for job in started:
+            w._tasks[job.id] = asyncio.create_task(w._run_job(job))
+        if started:
             w._keeper_wake.set()
         self._batcher.settle(batch, completed)
         w._wake.set()  # a slot may be left free

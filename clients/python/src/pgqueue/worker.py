@@ -277,23 +277,10 @@ class _Acker:
             return False
         completed, claimed = c.split_ack_claim(rows)
         jobs = [Job(r, w) for r in claimed]
-        unstarted: List[Job] = []
         with w._lock:
             if jobs:
                 w._mark_dirty(queue)  # it may hold more
-            freed = 0
-            for ack in batch:
-                if w._active.get(ack.job.id) is ack.job:
-                    del w._active[ack.job.id]  # its ack committed: its slot passes on
-                    freed += 1
-            started: List[Job] = []
-            for job in jobs:
-                if freed > 0 and not w._stopping.is_set():
-                    freed -= 1
-                    w._active[job.id] = job
-                    started.append(job)
-                else:
-                    unstarted.append(job)
+            started, unstarted = c.hand_over_slots(w._active, batch, jobs, w._stopping.is_set())
             w._idle_cond.notify_all()
         if started:
             with w._dispatch_cond:

@@ -407,11 +407,6 @@ class WorkerBase:
                 return None
         return queue if self._dirty.pop(queue, 0) is None else None
 
-    def _may_ack_and_claim(self) -> bool:
-        """Whether the acker may claim in its ack's statement at all: not in
-        pooler mode (which acks and claims as it always did)."""
-        return not self.pooler
-
     def _queue_order(self) -> List[str]:
         """The handled queues, starting one further each call (fair claims)."""
         n = len(self.queues)

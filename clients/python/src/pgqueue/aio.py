@@ -172,7 +172,8 @@ class _AsyncAcker:
         settles it is one step of the loop (no await), so the claimed jobs take
         the acked jobs' slots before anything else can look at them."""
         w = self._worker
-        if not (w._may_ack_and_claim() and self._batcher.supported) or w._stopping.is_set():
+        # Not in pooler mode, which acks and claims as it always did.
+        if w.pooler or not self._batcher.supported or w._stopping.is_set():
             return False
         queue = w._take_dirty()
         if queue is None:

@@ -258,7 +258,8 @@ class _Acker:
         the usual way (:meth:`_send`); the combined call is never retried.
         """
         w = self._worker
-        if not (w._may_ack_and_claim() and self._batcher.supported) or w._stopping.is_set():
+        # Not in pooler mode, which acks and claims as it always did.
+        if w.pooler or not self._batcher.supported or w._stopping.is_set():
             return False
         with w._lock:
             queue = w._take_dirty()

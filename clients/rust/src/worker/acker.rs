@@ -226,10 +226,7 @@ impl Shared {
     /// answer was lost shows its acks as stale there, and its claims come back
     /// when their leases end, never run twice).
     async fn ack_and_claim(self: &Arc<Self>, mut batch: Vec<AckRequest>, idx: usize) {
-        let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
-        let attempts: Vec<i32> = batch.iter().map(|r| r.attempt).collect();
-        let results: Option<Vec<Option<&JsonbText>>> =
-            batch.iter().any(|r| r.result.is_some()).then(|| batch.iter().map(|r| r.result.as_ref()).collect());
+        let (ids, attempts, results) = batch_params(&batch);
         let want = batch.len().min(self.max_batch) as i32;
         let queue = self.queues[idx].as_str();
         let name: &str = &self.name;
@@ -305,11 +302,7 @@ impl Shared {
         if !self.has_ack_batch.load(Ordering::SeqCst) {
             return self.ack_each(batch).await;
         }
-        let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
-        let attempts: Vec<i32> = batch.iter().map(|r| r.attempt).collect();
-        // No result in the whole batch: NULL instead of an array of NULLs.
-        let results: Option<Vec<Option<&JsonbText>>> =
-            batch.iter().any(|r| r.result.is_some()).then(|| batch.iter().map(|r| r.result.as_ref()).collect());
+        let (ids, attempts, results) = batch_params(&batch);
         let what = format!("queue_ack_batch({} jobs)", batch.len());
         let r = self
             .call(
@@ -417,6 +410,18 @@ impl Shared {
             },
         }
     }
+}
+
+/// The parameters of `queue_ack_batch` for a batch: ids, attempts and
+/// results in parallel arrays (no result in the whole batch: NULL instead of
+/// an array of NULLs).
+type BatchParams<'a> = (Vec<i64>, Vec<i32>, Option<Vec<Option<&'a JsonbText>>>);
+
+fn batch_params(batch: &[AckRequest]) -> BatchParams<'_> {
+    let ids = batch.iter().map(|r| r.id).collect();
+    let attempts = batch.iter().map(|r| r.attempt).collect();
+    let results = batch.iter().any(|r| r.result.is_some()).then(|| batch.iter().map(|r| r.result.as_ref()).collect());
+    (ids, attempts, results)
 }
 
 /// The ids `queue_ack_batch` returned as completed.

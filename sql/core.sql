@@ -220,22 +220,25 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
+    -- What this push must do besides the insert (queue.push_mode): 0 for
+    -- almost every push. The plain path evaluates as few plpgsql expressions
+    -- as it can: a push is often a transaction of its own, and each
+    -- expression is prepared again in every transaction.
+    v_mode   int := queue.push_mode();
     v_run_at timestamptz;
     v_status queue.job_status;
     v_id     bigint;
     v_tallied bigint;
     v_deps   record;
-    v_blocked int := 0;
-    v_confined boolean;
+    v_blocked int;
     v_configured boolean;
     v_keep_for interval;
 BEGIN
-    v_confined := queue.rules_exist();
     -- The queue's defaults (queue_configure) for the options left NULL.
-    -- Shared memory says when no queue has any (src/settings.rs): reading
-    -- the row on every push cost a push 7%. The global defaults are applied
-    -- inline below.
-    IF NOT queue.push_defaults_absent() THEN
+    -- Shared memory says when no queue has any (src/settings.rs), so the
+    -- row is read only when some queue may have them. The global defaults
+    -- are applied inline below.
+    IF v_mode >= 2 THEN
         SELECT coalesce(queue_push.priority, s.priority), coalesce(queue_push.max_attempts, s.max_attempts),
                coalesce(queue_push.timeout, s.timeout), coalesce(queue_push.backoff_base, s.backoff_base),
                coalesce(queue_push.backoff_max, s.backoff_max), s.retention,
@@ -255,23 +258,27 @@ BEGIN
         coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'),
         queue_push.retry_delays, queue_push.dedupe_key, coalesce(queue_push.priority, 0));
     v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
-    IF queue_push.tags IS NOT NULL THEN
-        queue_push.tags := queue.check_tags(queue_push.tags);
-    END IF;
-    IF queue_push.batch IS NOT NULL THEN
-        PERFORM queue.batch_join(queue_push.batch);
-    END IF;
-    -- Per-queue access (sql/access.sql): one probe when no rule exists.
-    IF v_confined THEN
-        PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
-    END IF;
-    -- Dependencies (sql/dependencies.sql) are locked before the job exists;
-    -- with any left to wait for, or a dead one, the job enters blocked.
-    IF cardinality(queue_push.depends_on) > 0 THEN
-        SELECT * INTO v_deps FROM queue.lock_deps(queue_push.depends_on, coalesce(queue_push.run_anyway, false));
-        IF v_deps.blocked_by > 0 OR v_deps.dead IS NOT NULL THEN
-            v_status := 'blocked';
-            v_blocked := greatest(v_deps.blocked_by, 1);
+    IF v_mode <> 0 OR queue_push.tags IS NOT NULL OR queue_push.batch IS NOT NULL
+       OR queue_push.depends_on IS NOT NULL THEN
+        IF queue_push.tags IS NOT NULL THEN
+            queue_push.tags := queue.check_tags(queue_push.tags);
+        END IF;
+        IF queue_push.batch IS NOT NULL THEN
+            PERFORM queue.batch_join(queue_push.batch);
+        END IF;
+        -- Per-queue access (sql/access.sql), when some rule exists.
+        IF v_mode & 1 = 1 THEN
+            PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
+        END IF;
+        -- Dependencies (sql/dependencies.sql) are locked before the job
+        -- exists; with any left to wait for, or a dead one, the job enters
+        -- blocked.
+        IF cardinality(queue_push.depends_on) > 0 THEN
+            SELECT * INTO v_deps FROM queue.lock_deps(queue_push.depends_on, coalesce(queue_push.run_anyway, false));
+            IF v_deps.blocked_by > 0 OR v_deps.dead IS NOT NULL THEN
+                v_status := 'blocked';
+                v_blocked := greatest(v_deps.blocked_by, 1);
+            END IF;
         END IF;
     END IF;
     IF queue_push.dedupe_key IS NULL THEN
@@ -282,7 +289,7 @@ BEGIN
                 queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                 queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
                 coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
-                queue_push.payload, v_blocked, queue_push.tags, queue_push.batch, v_keep_for)
+                queue_push.payload, coalesce(v_blocked, 0), queue_push.tags, queue_push.batch, v_keep_for)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
         LOOP
@@ -293,7 +300,7 @@ BEGIN
                     queue_push.serial_group IS NOT NULL AND v_status = 'pending',
                     queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
                     coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
-                    queue_push.dedupe_key, queue_push.payload, v_blocked, queue_push.tags, queue_push.batch, v_keep_for)
+                    queue_push.dedupe_key, queue_push.payload, coalesce(v_blocked, 0), queue_push.tags, queue_push.batch, v_keep_for)
             ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
                 DO NOTHING
             RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
@@ -308,14 +315,16 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
-    IF cardinality(queue_push.depends_on) > 0 THEN
-        PERFORM queue.add_edges(ARRAY[v_id], v_deps, coalesce(queue_push.run_anyway, false));
-    END IF;
-
-    IF v_status = 'pending' THEN
-        IF queue_push.serial_group IS NULL THEN
+    -- The plain push tests one expression here.
+    IF v_status = 'pending' AND queue_push.serial_group IS NULL AND queue_push.depends_on IS NULL THEN
+        PERFORM queue.wake(queue_push.queue);
+    ELSE
+        IF cardinality(queue_push.depends_on) > 0 THEN
+            PERFORM queue.add_edges(ARRAY[v_id], v_deps, coalesce(queue_push.run_anyway, false));
+        END IF;
+        IF v_status = 'pending' AND queue_push.serial_group IS NULL THEN
             PERFORM queue.wake(queue_push.queue);
-        ELSE
+        ELSIF v_status = 'pending' THEN
             PERFORM queue.group_elect(queue_push.serial_group);
         END IF;
     END IF;

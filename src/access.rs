@@ -79,7 +79,7 @@ fn access_allows_group(patterns: Option<Vec<Option<String>>>, serial_group: Opti
 /// table without rules (most databases) is known empty from its size, with no
 /// page read.
 #[pg_extern(stable, schema = "queue")]
-fn rules_exist() -> bool {
+pub(crate) fn rules_exist() -> bool {
     unsafe {
         let schema = pg_sys::get_namespace_oid(c"queue".as_ptr(), false);
         let table = pg_sys::get_relname_relid(c"access_rules".as_ptr(), schema);

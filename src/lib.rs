@@ -63,6 +63,7 @@ extension_sql_file!(
         validate::check_count,
         validate::check_queue_filter,
         settings::push_defaults_absent,
+        settings::push_mode,
         settings::push_defaults_none_found,
         settings::push_defaults_may_exist,
         wakeup::wake,

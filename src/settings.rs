@@ -43,6 +43,20 @@ fn push_defaults_absent() -> bool {
     state().is_some_and(|s| s.load(Ordering::SeqCst) == NONE)
 }
 
+/// SQL `queue.push_mode()`: what a push must do besides the plain insert, in
+/// one call: bit 1 when an access rule exists (`queue.rules_exist()`, the
+/// caller may be confined), bit 2 when some queue may have push defaults. 0
+/// for almost every push. One call instead of two, and one test of its value
+/// on the plain path: `queue_push` is a transaction of its own more often than
+/// not, and plpgsql prepares each of its simple expressions again in every
+/// transaction.
+#[pg_extern(stable, schema = "queue")]
+fn push_mode() -> i32 {
+    let confined = if crate::access::rules_exist() { 1 } else { 0 };
+    let defaults = if push_defaults_absent() { 0 } else { 2 };
+    confined | defaults
+}
+
 /// SQL `queue.push_defaults_none_found()`: a push read the table and found no
 /// defaults; record that, unless a `queue_configure` has said otherwise.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]

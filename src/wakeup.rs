@@ -305,7 +305,8 @@ fn defer_wake(queue: &str) -> bool {
         return false;
     }
     let tag = tag_of(shared::my_database(), queue);
-    PENDING.with(|p| p.fold(shared::key_hash(&tag), (tag, queue.to_owned(), 1), |(t, _, _)| *t == tag, |e, _| e.2 += 1));
+    PENDING
+        .with(|p| p.fold(shared::key_hash(&tag), (tag, queue.to_owned(), 1), |(t, _, _)| *t == tag, |e, _| e.2 += 1));
     true
 }
 

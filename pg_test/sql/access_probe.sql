@@ -5,14 +5,16 @@
 -- transaction, none after a rollback, none once every rule is revoked (the
 -- table keeps its pages), and a confined role is confined whichever path
 -- found the rule. Other sessions' snapshots: specs/access_probe_snapshots.spec.
+-- queue.push_mode() carries the same answer as its bit 1 (column mode_rule),
+-- for queue_push; its bit 2 says some queue may have push defaults.
 \set SHOW_CONTEXT never
 CREATE EXTENSION queue;
 CREATE ROLE regress_probe_confined LOGIN;
 GRANT queue_producer TO regress_probe_confined;
 
-CREATE FUNCTION pg_temp.probe() RETURNS TABLE (probe boolean, subquery boolean)
+CREATE FUNCTION pg_temp.probe() RETURNS TABLE (probe boolean, subquery boolean, mode_rule boolean)
 LANGUAGE sql AS $f$
-    SELECT queue.rules_exist(), EXISTS (SELECT FROM queue.access_rules)
+    SELECT queue.rules_exist(), EXISTS (SELECT FROM queue.access_rules), queue.push_mode() & 1 = 1
 $f$;
 
 -- A new installation: no rule, no page.
@@ -44,9 +46,16 @@ SET ROLE regress_probe_confined;
 SELECT queue_push('billing', '{}') > 0 AS pushed;
 RESET ROLE;
 
+-- Push defaults set for some queue: bit 2 is on, and a push takes them.
+SELECT queue_configure('mail', priority => 5) IS NOT NULL AS configured;
+SELECT queue.push_mode() & 2 = 2 AS mode_defaults;
+SELECT queue_push('mail', '{}') AS pushed_id \gset
+SELECT priority FROM queue.jobs WHERE id = :pushed_id;
+
 -- Internal: not callable by a role of the product.
 SET ROLE regress_probe_confined;
 SELECT queue.rules_exist();
+SELECT queue.push_mode();
 RESET ROLE;
 
 DROP EXTENSION queue;

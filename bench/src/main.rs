@@ -329,7 +329,9 @@ impl Bench {
         self.reset().await?;
         let sql = match system {
             System::Queue => format!("SELECT queue_push('{QUEUE}', $1::text::jsonb)"),
-            System::Reference | System::RefHistory => "INSERT INTO bench_ref (payload) VALUES ($1::text::jsonb)".to_string(),
+            System::Reference | System::RefHistory => {
+                "INSERT INTO bench_ref (payload) VALUES ($1::text::jsonb)".to_string()
+            }
         };
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -620,8 +622,13 @@ fn start_cluster() -> Result<String> {
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut url, mut reps, mut only, mut json) = (None, 3usize, Vec::new(), None);
-    let mut scale =
-        scale::Opts { parts: Vec::new(), waiting: 10_000_000, history: 100_000_000, soak_minutes: 60.0, json: String::new() };
+    let mut scale = scale::Opts {
+        parts: Vec::new(),
+        waiting: 10_000_000,
+        history: 100_000_000,
+        soak_minutes: 60.0,
+        json: String::new(),
+    };
     let number = |v: Option<String>, what: &str| -> Result<usize> {
         v.and_then(|v| v.replace('_', "").parse().ok()).ok_or_else(|| format!("{what} takes a whole number").into())
     };
@@ -703,7 +710,8 @@ async fn main() -> Result<()> {
         [("W3", "W3 drain 50k, 4 workers, batch 1", 1), ("W4", "W4 drain 50k, 4 workers, batch 100", 100)]
     {
         if want(&only, w) {
-            let runs = [(System::Queue, ""), (System::Queue, NOT_KEPT), (System::Reference, ""), (System::RefHistory, "")];
+            let runs =
+                [(System::Queue, ""), (System::Queue, NOT_KEPT), (System::Reference, ""), (System::RefHistory, "")];
             let mut v = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
             let mut cpu = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..b.reps {
@@ -848,12 +856,24 @@ async fn main() -> Result<()> {
                         "SELECT count(*) FROM queue_push_batch('{QUEUE}', array_fill('{{}}'::jsonb, ARRAY[{N}]){deps})"
                     ))
                     .await?;
-                if with_deps { push.push(ms(t)) } else { plain_push.push(ms(t)) }
+                if with_deps {
+                    push.push(ms(t))
+                } else {
+                    plain_push.push(ms(t))
+                }
                 b.admin.batch_execute("SELECT count(*) FROM queue_pop('bench-hub')").await?;
                 let t = Instant::now();
                 b.admin.batch_execute(&format!("SELECT queue_ack({hub})")).await?;
-                if with_deps { release.push(ms(t)) } else { plain_ack.push(ms(t)) }
-                let pending: i64 = b.admin.query_one("SELECT count(*) FROM queue.jobs WHERE status = 'pending' AND queue = $1", &[&QUEUE]).await?.get(0);
+                if with_deps {
+                    release.push(ms(t))
+                } else {
+                    plain_ack.push(ms(t))
+                }
+                let pending: i64 = b
+                    .admin
+                    .query_one("SELECT count(*) FROM queue.jobs WHERE status = 'pending' AND queue = $1", &[&QUEUE])
+                    .await?
+                    .get(0);
                 if pending != N as i64 {
                     return Err(format!("W10: {pending} of {N} dependents pending after the ack").into());
                 }
@@ -872,7 +892,11 @@ async fn main() -> Result<()> {
                 let rate = b.drain(System::Queue, N, 4, 100, "").await?;
                 if with_deps {
                     drain_in.push(rate);
-                    let sink: String = b.admin.query_one("SELECT status::text FROM queue.jobs WHERE queue = 'bench-sink'", &[]).await?.get(0);
+                    let sink: String = b
+                        .admin
+                        .query_one("SELECT status::text FROM queue.jobs WHERE queue = 'bench-sink'", &[])
+                        .await?
+                        .get(0);
                     if sink != "pending" {
                         return Err(format!("W10: the fan-in job is {sink} after its dependencies were drained").into());
                     }
@@ -882,12 +906,27 @@ async fn main() -> Result<()> {
             }
         }
         b.record("W10 push 10k dependents of one job, ms (reference: no dependency)", System::Queue, "ms", push);
-        b.record("W10 push 10k dependents of one job, ms (reference: no dependency)", System::Reference, "ms", plain_push);
+        b.record(
+            "W10 push 10k dependents of one job, ms (reference: no dependency)",
+            System::Reference,
+            "ms",
+            plain_push,
+        );
         b.record("W10 the ack releasing 10k dependents, ms (reference: an ack without)", System::Queue, "ms", release);
-        b.record("W10 the ack releasing 10k dependents, ms (reference: an ack without)", System::Reference, "ms", plain_ack);
+        b.record(
+            "W10 the ack releasing 10k dependents, ms (reference: an ack without)",
+            System::Reference,
+            "ms",
+            plain_ack,
+        );
         b.record("W10 push one job depending on 10k, ms", System::Queue, "ms", fan_in_push);
         b.record("W10 W4 drain of 10k a job depends on (reference: no dependent)", System::Queue, "jobs/s", drain_in);
-        b.record("W10 W4 drain of 10k a job depends on (reference: no dependent)", System::Reference, "jobs/s", drain_plain);
+        b.record(
+            "W10 W4 drain of 10k a job depends on (reference: no dependent)",
+            System::Reference,
+            "jobs/s",
+            drain_plain,
+        );
     }
     if want(&only, "W7") {
         b.reset().await?;

@@ -357,7 +357,8 @@ async fn wakeups(b: &Bench, names: &Arc<Vec<String>>, pushes: usize) -> Result<(
     let ready = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for l in 0..LISTENERS {
-        let (url, names, popped, stop, ready) = (b.url.clone(), names.clone(), popped.clone(), stop.clone(), ready.clone());
+        let (url, names, popped, stop, ready) =
+            (b.url.clone(), names.clone(), popped.clone(), stop.clone(), ready.clone());
         tasks.push(tokio::spawn(async move {
             let (client, mut channels) = connect_listening(&url).await?;
             // Fewer queues than listeners: every listener LISTENs on every
@@ -453,9 +454,27 @@ async fn queues(b: &Bench, c: &mut Curves) -> Result<()> {
         c.add("push server CPU per job by queues active", "ms", "queue", x, cpu);
         c.add("push p99 by queues active", "ms", "queue", x, percentile(&mut lat, 0.99));
         c.add("slowest push by queues active", "ms", "queue", x, percentile(&mut lat, 1.0));
-        c.add("counter mismatches by queues active", "pairs", "after pushes", x, counter_mismatches(b, &prefix).await? as f64);
-        c.add("queue_stats() p50 by queues active", "ms", "queue", x, read_latency(b, "SELECT queue_stats()", 20).await?);
-        c.add("queue_list() p50 by queues active", "ms", "queue", x, read_latency(b, "SELECT count(*) FROM queue_list()", 20).await?);
+        c.add(
+            "counter mismatches by queues active",
+            "pairs",
+            "after pushes",
+            x,
+            counter_mismatches(b, &prefix).await? as f64,
+        );
+        c.add(
+            "queue_stats() p50 by queues active",
+            "ms",
+            "queue",
+            x,
+            read_latency(b, "SELECT queue_stats()", 20).await?,
+        );
+        c.add(
+            "queue_list() p50 by queues active",
+            "ms",
+            "queue",
+            x,
+            read_latency(b, "SELECT count(*) FROM queue_list()", 20).await?,
+        );
         let (mut d, cpu) = drain_with_cpu(b, System::Queue, names.clone(), 4, 1, false).await?;
         if d.jobs != TOTAL {
             return Err(format!("queues {n}: {} of {TOTAL} jobs drained", d.jobs).into());
@@ -463,12 +482,24 @@ async fn queues(b: &Bench, c: &mut Curves) -> Result<()> {
         c.add("pop+ack jobs/s by queues active", "jobs/s", "queue", x, d.rate);
         c.add("pop+ack server CPU per job by queues active", "ms", "queue", x, cpu);
         c.add("claim p99 by queues active", "ms", "queue", x, percentile(&mut d.claims, 0.99));
-        c.add("counter mismatches by queues active", "pairs", "after the drain", x, counter_mismatches(b, &prefix).await? as f64);
+        c.add(
+            "counter mismatches by queues active",
+            "pairs",
+            "after the drain",
+            x,
+            counter_mismatches(b, &prefix).await? as f64,
+        );
         let (mut lat, lost) = wakeups(b, &names, 2_000).await?;
         c.add("wake-up p50 by queues active", "ms", "queue", x, percentile(&mut lat, 0.5));
         c.add("wake-up p99 by queues active", "ms", "queue", x, percentile(&mut lat, 0.99));
         c.add("wake-ups lost by queues active", "jobs", "queue", x, lost as f64);
-        c.add("counter mismatches by queues active", "pairs", "after the wake-ups", x, counter_mismatches(b, &prefix).await? as f64);
+        c.add(
+            "counter mismatches by queues active",
+            "pairs",
+            "after the wake-ups",
+            x,
+            counter_mismatches(b, &prefix).await? as f64,
+        );
     }
     Ok(())
 }
@@ -476,7 +507,9 @@ async fn queues(b: &Bench, c: &mut Curves) -> Result<()> {
 /// Payload size: W1 and W4 at 100 B to 1 MB.
 async fn payloads(b: &Bench, c: &mut Curves) -> Result<()> {
     let one = Arc::new(vec![QUEUE.to_string()]);
-    for (bytes, pushes, drained) in [(100usize, 20_000usize, 50_000usize), (4_096, 20_000, 20_000), (65_536, 4_000, 5_000), (1 << 20, 400, 500)] {
+    for (bytes, pushes, drained) in
+        [(100usize, 20_000usize, 50_000usize), (4_096, 20_000, 20_000), (65_536, 4_000, 5_000), (1 << 20, 400, 500)]
+    {
         let x = bytes as f64;
         for system in [System::Queue, System::Reference] {
             b.reset().await?;
@@ -564,9 +597,20 @@ async fn depth(b: &Bench, c: &mut Curves, waiting: usize, history: usize) -> Res
     b.admin.batch_execute("ANALYZE queue.finished_jobs").await?;
     let x = (waiting + history) as f64;
     record_pop_ack(b, c, "depth", "queue", QUEUE, x).await?;
-    c.add("depth queue_stats('bench') p50", "ms", "queue", x, read_latency(b, "SELECT queue_stats('bench')", 20).await?);
-    c.add("depth queue_jobs('bench') first page p50", "ms", "queue", x,
-          read_latency(b, "SELECT count(*) FROM queue_jobs('bench')", 20).await?);
+    c.add(
+        "depth queue_stats('bench') p50",
+        "ms",
+        "queue",
+        x,
+        read_latency(b, "SELECT queue_stats('bench')", 20).await?,
+    );
+    c.add(
+        "depth queue_jobs('bench') first page p50",
+        "ms",
+        "queue",
+        x,
+        read_latency(b, "SELECT count(*) FROM queue_jobs('bench')", 20).await?,
+    );
     c.add("depth tables MB", "MB", "queue.jobs", x, table_mb(b, "queue.jobs").await?);
     c.add("depth tables MB", "MB", "queue.finished_jobs", x, table_mb(b, "queue.finished_jobs").await?);
     // Leave the cluster small again for whatever runs next.
@@ -611,10 +655,16 @@ async fn isolation(b: &Bench, c: &mut Curves) -> Result<()> {
     const BIG: &str = "big";
     const PANEL: &str = "small queue (10 waiting)";
     b.reset().await?;
-    b.admin.batch_execute(&format!("SELECT count(*) FROM queue_push_batch('{SMALL}', array_fill('{{}}'::jsonb, ARRAY[10]))")).await?;
+    b.admin
+        .batch_execute(&format!(
+            "SELECT count(*) FROM queue_push_batch('{SMALL}', array_fill('{{}}'::jsonb, ARRAY[10]))"
+        ))
+        .await?;
     record_pop_ack(b, c, PANEL, "alone", SMALL, 10.0).await?;
     fill(b, System::Reference, BIG, 1_000_000, SMALL_PAYLOAD).await?;
-    for (series, queue) in [("alone, 2 workers draining bare", None), ("beside 1M idle", Some(BIG)), ("beside 1M drained", Some(BIG))] {
+    for (series, queue) in
+        [("alone, 2 workers draining bare", None), ("beside 1M idle", Some(BIG)), ("beside 1M drained", Some(BIG))]
+    {
         if series == "beside 1M idle" {
             fill(b, System::Queue, BIG, 1_000_000, SMALL_PAYLOAD).await?;
             record_pop_ack(b, c, PANEL, series, SMALL, 10.0).await?;
@@ -645,9 +695,7 @@ async fn soak(b: &Bench, c: &mut Curves, minutes: f64) -> Result<()> {
     // the first quarter of the run.
     let retention_s = ((minutes * 60.0) / 4.0).clamp(30.0, 300.0) as i64;
     b.reset().await?;
-    b.admin
-        .batch_execute(&format!("ALTER SYSTEM SET queue.retention = '{retention_s} seconds'"))
-        .await?;
+    b.admin.batch_execute(&format!("ALTER SYSTEM SET queue.retention = '{retention_s} seconds'")).await?;
     // The setting the README asks of a queue that runs thousands of jobs a
     // second: with the default minute, dead entries pile up at the head of
     // the claim index between two looks of autovacuum.
@@ -667,7 +715,9 @@ async fn soak(b: &Bench, c: &mut Curves, minutes: f64) -> Result<()> {
         let (url, stop) = (b.url.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let client = connect(&url).await?;
-            let stmt = client.prepare(&format!("SELECT count(*) FROM queue_push_batch('{QUEUE}', $1::text[]::jsonb[])")).await?;
+            let stmt = client
+                .prepare(&format!("SELECT count(*) FROM queue_push_batch('{QUEUE}', $1::text[]::jsonb[])"))
+                .await?;
             let batch: Vec<String> = (0..100).map(super::payload).collect();
             let mut tick = tokio::time::interval(Duration::from_secs_f64(100.0 / target));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -687,7 +737,9 @@ async fn soak(b: &Bench, c: &mut Curves, minutes: f64) -> Result<()> {
             // half load is not counted as claim latency.
             let pop = client.prepare(&format!("SELECT id, attempt FROM queue_pop('{QUEUE}', 'soak{w}', 100)")).await?;
             let wait = client
-                .prepare(&format!("SELECT id, attempt FROM queue_pop('{QUEUE}', 'soak{w}', 100, wait => '200 milliseconds')"))
+                .prepare(&format!(
+                    "SELECT id, attempt FROM queue_pop('{QUEUE}', 'soak{w}', 100, wait => '200 milliseconds')"
+                ))
                 .await?;
             let ack = client.prepare("SELECT queue_ack_batch($1::bigint[], $2::int[])").await?;
             while !stop.load(Ordering::SeqCst) {
@@ -814,7 +866,8 @@ fn print_tables(c: &Curves) {
         println!("{head}");
         println!("|{}", " --- |".repeat(names.len() + 1 + usize::from(ratio)));
         for x in xs {
-            let value = |s: &str| c.points.iter().find(|p| p.panel == panel && p.series == s && p.x == x).map(|p| p.value);
+            let value =
+                |s: &str| c.points.iter().find(|p| p.panel == panel && p.series == s && p.x == x).map(|p| p.value);
             let mut row = format!("| {x} |");
             for s in &names {
                 match value(s) {
@@ -877,7 +930,11 @@ fn plot(c: &Curves) -> String {
         let log = xmin > 0.0 && xmax / xmin > 20.0;
         let fx = |x: f64| {
             let (a, b, v) = if log { (xmin.ln(), xmax.ln(), x.ln()) } else { (xmin, xmax, x) };
-            if b > a { left + (v - a) / (b - a) * (right - left) } else { left }
+            if b > a {
+                left + (v - a) / (b - a) * (right - left)
+            } else {
+                left
+            }
         };
         let fy = |y: f64| if ymax > 0.0 { bottom - y / ymax * (bottom - top) } else { bottom };
         let _ = write!(
@@ -903,7 +960,8 @@ fn plot(c: &Curves) -> String {
         }
         for (i, s) in series(c, panel).iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
-            let mut line: Vec<(f64, f64)> = pts.iter().filter(|p| p.series == *s).map(|p| (fx(p.x), fy(p.value))).collect();
+            let mut line: Vec<(f64, f64)> =
+                pts.iter().filter(|p| p.series == *s).map(|p| (fx(p.x), fy(p.value))).collect();
             line.sort_by(|a, b| a.0.total_cmp(&b.0));
             let path: Vec<String> = line.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
             let _ = write!(

@@ -567,10 +567,10 @@ impl PushCall {
         if self.delay.is_some() && self.run_at.is_some() {
             return Err(CliError::usage("--delay and --run-at do not go together"));
         }
-        let mut call = NamedCall::new("SELECT queue_push($1::text, $2::jsonb", vec![
-            Box::new(queue.to_owned()),
-            Box::new(payload.clone()),
-        ]);
+        let mut call = NamedCall::new(
+            "SELECT queue_push($1::text, $2::jsonb",
+            vec![Box::new(queue.to_owned()), Box::new(payload.clone())],
+        );
         let mut arg = |name: &str, cast: &str, value: Param| call.arg(name, cast, value);
         if let Some(p) = self.priority {
             arg("priority", "int", Box::new(p));

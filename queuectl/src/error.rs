@@ -72,7 +72,11 @@ impl From<tokio_postgres::Error> for CliError {
                 if let Some(h) = db.hint() {
                     msg.push_str(&format!("\n  hint: {h}"));
                 }
-                CliError { exit: exit_for_sqlstate(db.code().code()), message: msg, sqlstate: Some(db.code().code().to_owned()) }
+                CliError {
+                    exit: exit_for_sqlstate(db.code().code()),
+                    message: msg,
+                    sqlstate: Some(db.code().code().to_owned()),
+                }
             }
             None => CliError::error(format!("database connection error: {e}")),
         }

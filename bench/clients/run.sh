@@ -19,12 +19,20 @@
 #      20 ms apart from a producer connection of the same process; latency =
 #      handler start - the push's return, on one monotonic clock, of the
 #      last 200;
+#   2b. per client and per size w of PICKUP: a worker at concurrency w whose
+#      handler takes PICKUP_WORK_MS, the producer pushing PICKUP_RATE jobs/s
+#      for PICKUP_SECONDS; pickup = handler start - the push's return, of
+#      every job after the first second; then the same with the workers
+#      through PgBouncer in pooler mode (server-side waits, no LISTEN; the
+#      producer still pushes straight to Postgres);
 #   3. per concurrency c: the raw drain (raw/raw_drain.py: RAW_CONNS
 #      connections, BEGIN; queue_ack(previous ids[]); queue_pop(q, w, c);
 #      COMMIT per round trip), then each client's worker with a no-op
 #      handler draining JOBS jobs prefilled by one push_batch, timed from
 #      start() to the JOBS-th "finished" event (after the ack), checked
-#      against queue_stats. Each drain also gets commits / job
+#      against queue_stats; then PROCS worker processes of each client at
+#      concurrency c draining JOBS jobs of one queue together, timed from the
+#      earliest start() to the latest finish (shared_drain.sh). Each drain also gets commits / job
 #      (pg_stat_database), WAL flushes / job (pg_stat_wal) and the driver
 #      process's CPU (user + sys) / job;
 #   4. queue-bench --only W3,W4 --reps 1 on the same cluster (last: it
@@ -46,9 +54,16 @@ JOBS=${JOBS:-20000}
 LAT_JOBS=${LAT_JOBS:-200}
 WARMUP=${WARMUP:-20}
 INTERVAL_MS=${INTERVAL_MS:-20}
-CONCURRENCY=${CONCURRENCY:-"1 10 50"}
+CONCURRENCY=${CONCURRENCY-"1 10 50"}
 CLIENTS=${CLIENTS:-"python node rust"}
 RAW_CONNS=${RAW_CONNS:-4}
+PROCS=${PROCS:-$RAW_CONNS}
+PICKUP=${PICKUP-"32 64"}
+PICKUP_RATE=${PICKUP_RATE:-600}
+PICKUP_SECONDS=${PICKUP_SECONDS:-10}
+PICKUP_WORK_MS=${PICKUP_WORK_MS:-1}
+PICKUP_POOLER=${PICKUP_POOLER:-1}
+bouncer_port=55476
 QUEUE_BENCH=${QUEUE_BENCH:-1}
 python=${PYTHON:-python3}
 export PYTHONPATH="$root/clients/python/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -72,25 +87,27 @@ for _ in $(seq 60); do [ -f "$libdir/queue.so" ] && break; sleep 5; done
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$root" rev-parse --short HEAD)"
 echo "extension: $libdir/queue.so $(stat -c '%s bytes, %y' "$libdir/queue.so" | cut -d. -f1)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-trap '"$root/scripts/cluster.sh" stop "$dir" || true' EXIT
+trap '"$root/scripts/pgbouncer.sh" stop "$dir/pgbouncer" 2>/dev/null || true; "$root/scripts/cluster.sh" stop "$dir" || true' EXIT
 "$root/scripts/cluster.sh" start "$dir" "$port" "shared_buffers = 512MB" "fsync = on" "synchronous_commit = on"
 psql "$DSN" -qAtc "CREATE EXTENSION queue"
 version=$(psql "$DSN" -qAtc "SELECT extversion FROM pg_extension WHERE extname = 'queue'")
 echo "extension version: $version"
 case "$version" in 0.0.* | 0.1.*) echo "queue $version is too old (queue_release and queue_pop(..., wait) are 0.2.0)" >&2; exit 2 ;; esac
 results="$dir/results.jsonl"
-echo "{\"kind\": \"meta\", \"warmup\": $WARMUP, \"jobs\": $JOBS, \"lat_jobs\": $LAT_JOBS}" >"$results"
+echo "{\"kind\": \"meta\", \"warmup\": $WARMUP, \"jobs\": $JOBS, \"lat_jobs\": $LAT_JOBS, \"pickup_warmup\": $PICKUP_RATE}" >"$results"
 
 snap() {
   psql "$DSN" -qAtc "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres')
                             || '|' || wal_sync || '|' || wal_write FROM pg_stat_wal"
 }
 
-driver() { # client mode queue jobs n: the driver's command in CMD
-  case "$1" in
-    python) CMD=("$python" "$here/python/bench.py" "$2" "$DSN" "$3" "$4" "$5") ;;
-    node) CMD=(node "$here/node/bench.js" "$2" "$URL" "$3" "$4" "$5") ;;
-    rust) CMD=("$rust_bench" "$2" "$DSN" "$3" "$4" "$5") ;;
+driver() { # client mode queue jobs n [more...]: the driver's command in CMD
+  local client=$1 mode=$2
+  shift 2
+  case "$client" in
+    python) CMD=("$python" "$here/python/bench.py" "$mode" "$DSN" "$@") ;;
+    node) CMD=(node "$here/node/bench.js" "$mode" "$URL" "$@") ;;
+    rust) CMD=("$rust_bench" "$mode" "$DSN" "$@") ;;
   esac
 }
 
@@ -117,6 +134,33 @@ for client in $CLIENTS; do
   "${CMD[@]}" | tee -a "$results" | cut -c1-120
 done
 
+if [ -n "$PICKUP" ]; then
+  interval_us=$((1000000 / PICKUP_RATE))
+  echo "== pickup at load: $PICKUP_RATE jobs/s for $PICKUP_SECONDS s, handlers of $PICKUP_WORK_MS ms, workers: $PICKUP"
+  for w in $PICKUP; do
+    for client in $CLIENTS; do
+      driver "$client" pickup "pick_${client}_$w" "$((PICKUP_RATE * PICKUP_SECONDS))" "$interval_us" "$w" "$PICKUP_WORK_MS"
+      "${CMD[@]}" | tee -a "$results" | cut -c1-120
+    done
+  done
+  if [ "$PICKUP_POOLER" = 1 ]; then
+    echo "== the same through PgBouncer (transaction mode, port $bouncer_port), workers in pooler mode"
+    "$root/scripts/pgbouncer.sh" start "$dir/pgbouncer" "$bouncer_port" "$port"
+    direct_dsn=$DSN direct_url=$URL
+    DSN="host=127.0.0.1 port=$bouncer_port user=postgres dbname=postgres"
+    URL="postgres://postgres@127.0.0.1:$bouncer_port/postgres"
+    for w in $PICKUP; do
+      for client in $CLIENTS; do
+        driver "$client" pickup "pickpool_${client}_$w" "$((PICKUP_RATE * PICKUP_SECONDS))" "$interval_us" "$w" "$PICKUP_WORK_MS"
+        BENCH_POOLER=1 BENCH_PRODUCER_DSN=$direct_dsn BENCH_PRODUCER_URL=$direct_url "${CMD[@]}" \
+          | tee -a "$results" | cut -c1-120
+      done
+    done
+    DSN=$direct_dsn URL=$direct_url
+    "$root/scripts/pgbouncer.sh" stop "$dir/pgbouncer"
+  fi
+fi
+
 for c in $CONCURRENCY; do
   echo "== drain $JOBS jobs, concurrency / batch $c"
   measured "$python" "$here/raw/raw_drain.py" "$DSN" "raw_b$c" "$JOBS" "$c" "$RAW_CONNS"
@@ -124,6 +168,15 @@ for c in $CONCURRENCY; do
     driver "$client" drain "drain_${client}_c$c" "$JOBS" "$c"
     measured "${CMD[@]}"
   done
+  if [ "$PROCS" -gt 0 ]; then
+    for client in $CLIENTS; do
+      q="procs_${client}_c$c"
+      psql "$DSN" -qAtc "SELECT count(*) FROM queue_push_batch('$q',
+        ARRAY(SELECT jsonb_build_object('n', i, 's', repeat('x', 64)) FROM generate_series(1, $JOBS) i))" >/dev/null
+      driver "$client" drain-shared "$q" "$JOBS" "$c"
+      measured "$here/shared_drain.sh" "$PROCS" "${CMD[@]}"
+    done
+  fi
 done
 
 qb=""

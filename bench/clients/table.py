@@ -3,6 +3,7 @@
 
     table.py annotate BEFORE AFTER CPU_FILE < one JSON line   -> the line with per-job counts added
     table.py table RESULTS.jsonl [QUEUE_BENCH.json]          -> the markdown tables
+    table.py combine < drain_part lines                      -> one drain line for them all
 
 BEFORE / AFTER are "xact_commit|wal_sync|wal_write" snapshots of the cluster
 (pg_stat_database for database postgres, pg_stat_wal); CPU_FILE is what
@@ -30,6 +31,15 @@ def annotate(before, after, cpu_file):
     line["wal_syncs_per_job"] = (a[1] - b[1]) / jobs
     line["client_cpu_us_per_job"] = (user + system) * 1e6 / jobs
     print(json.dumps(line))
+
+
+def combine():
+    parts = [json.loads(l) for l in sys.stdin if l.strip()]
+    jobs = sum(p["jobs"] for p in parts)
+    seconds = (max(p["end_ms"] for p in parts) - min(p["start_ms"] for p in parts)) / 1000
+    print(json.dumps({"client": parts[0]["client"], "kind": "drain_procs", "procs": len(parts),
+                      "concurrency": parts[0]["concurrency"], "jobs": jobs, "seconds": seconds,
+                      "rate": jobs / seconds, "per_process": [p["jobs"] for p in parts]}))
 
 
 def fmt_rate(r):
@@ -87,22 +97,54 @@ def table(results_file, queue_bench_file=None):
         print(f"Warm-up (the first {meta['warmup']} pushes after the worker started, not counted above), max ms: "
               + ", ".join(f"{c} {max(r['ms'][:meta['warmup']]):.2f}" for c, r in lat.items()) + ".")
 
+    procs = {(r["client"], r["concurrency"]): r for r in rows if r["kind"] == "drain_procs"}
+    if procs:
+        n = next(iter(procs.values()))["procs"]
+        print()
+        print(f"| drain with {n} worker processes on one queue (as the raw loop's {conns} connections) | "
+              + " | ".join(f"c={c} each, jobs/s (× raw batch {c})" for c in concs) + " |")
+        print("| --- " * (1 + len(concs)) + "|")
+        for client in CLIENTS:
+            cells = []
+            for c in concs:
+                r, raw = procs.get((client, c)), drains.get(("raw", c))
+                cells.append("" if r is None else fmt_rate(r["rate"]) if raw is None
+                             else f"{fmt_rate(r['rate'])} ({r['rate'] / raw['rate']:.2f}×)")
+            if any(cells):
+                print(f"| {client} | " + " | ".join(cells) + " |")
+
     print()
     print("| drain | jobs/s | commits / job | WAL flushes / job | driver CPU µs / job |")
     print("| --- | --- | --- | --- | --- |")
     for c in concs:
         for client in ("raw",) + CLIENTS:
-            r = drains.get((client, c))
-            if r is None or "commits_per_job" not in r:
-                continue
-            label = f"raw batch {c}" if client == "raw" else f"{client} c={c}"
-            print(f"| {label} | {fmt_rate(r['rate'])} | {r['commits_per_job']:.2f} | {r['wal_syncs_per_job']:.2f} | "
-                  f"{r['client_cpu_us_per_job']:.0f} |")
+            for r, label in ((drains.get((client, c)), f"raw batch {c}" if client == "raw" else f"{client} c={c}"),
+                             (procs.get((client, c)), f"{client} c={c}, worker processes")):
+                if r is None or "commits_per_job" not in r:
+                    continue
+                print(f"| {label} | {fmt_rate(r['rate'])} | {r['commits_per_job']:.2f} | "
+                      f"{r['wal_syncs_per_job']:.2f} | {r['client_cpu_us_per_job']:.0f} |")
+
+    picks = sorted((r for r in rows if r["kind"] == "pickup"),
+                   key=lambda r: (r.get("pooler", False), r["concurrency"], CLIENTS.index(r["client"])))
+    if picks:
+        skip = meta.get("pickup_warmup", 0)
+        print()
+        print(f"| pickup at load (push return -> handler start) | wait | workers | jobs/s pushed | handler ms "
+              f"| p50 / p99 / max (ms, all but the first {skip}) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for r in picks:
+            ms = r["ms"][skip:]
+            wait = "server-side, through PgBouncer" if r.get("pooler") else "LISTEN"
+            print(f"| {r['client']} | {wait} | {r['concurrency']} | {r['push_rate']:,.0f} | {r['work_ms']:g} "
+                  f"| {pct(ms, 0.5):.2f} / {pct(ms, 0.99):.2f} / {max(ms):.2f} |")
 
 
 def main():
     if len(sys.argv) == 5 and sys.argv[1] == "annotate":
         annotate(*sys.argv[2:])
+    elif len(sys.argv) == 2 and sys.argv[1] == "combine":
+        combine()
     elif len(sys.argv) in (3, 4) and sys.argv[1] == "table":
         table(*sys.argv[2:])
     else:

@@ -3,16 +3,30 @@
 // as built in clients/node/dist).
 //
 //   node bench/clients/node/bench.js latency DSN QUEUE JOBS INTERVAL_MS
+//   node bench/clients/node/bench.js pickup  DSN QUEUE JOBS INTERVAL_US CONCURRENCY WORK_MS
 //   node bench/clients/node/bench.js drain   DSN QUEUE JOBS CONCURRENCY
+//   node bench/clients/node/bench.js drain-shared DSN QUEUE JOBS CONCURRENCY
 //
 // latency: an idle Worker (concurrency 1, LISTEN mode) in this process; a producer
 // pg.Client of this process pushes JOBS jobs one at a time, INTERVAL_MS apart, with
 // push(). Latency = performance.now() at the handler's start minus the push's return.
 // Prints one JSON line with every sample (ms).
 //
+// pickup: the same at load: a Worker at CONCURRENCY whose handler takes WORK_MS, pushes
+// INTERVAL_US apart (600 jobs/s is 1667). The JSON line also carries the rate reached.
+// With BENCH_POOLER=1 the worker runs in pooler mode (server-side waits, no LISTEN), for
+// a DSN that points at PgBouncer in transaction mode; BENCH_PRODUCER_URL, if set, is where
+// the producer pushes.
+//
 // drain: JOBS jobs prefilled with one pushBatch, then a Worker with a no-op handler at
 // CONCURRENCY; the time from start() until 'job:complete' (emitted after the ack) has
 // fired JOBS times, checked against queue_stats(queue). Prints one JSON line with jobs/s.
+//
+// drain-shared: one of several processes draining the same queue, which run.sh filled
+// with JOBS jobs: a Worker at CONCURRENCY runs until queue_stats(queue) counts JOBS
+// completed. Prints the wall clock (ms since the epoch, comparable between processes)
+// at start() and at its last finished job, and how many it finished; run.sh takes the
+// rate from the earliest start to the latest finish.
 'use strict';
 const path = require('node:path');
 const { performance } = require('node:perf_hooks');
@@ -35,22 +49,34 @@ function untilCount(worker, jobs, timeoutMs) {
   return done;
 }
 
-async function latency(dsn, queue, jobs, intervalMs) {
+async function latency(dsn, queue, jobs, intervalMs, concurrency = 1, workMs = 0) {
   const started = new Map();
+  const pooler = process.env.BENCH_POOLER === '1';
   const worker = new Worker({
     connectionString: dsn,
-    concurrency: 1,
-    handlers: { [queue]: async (job) => { started.set(job.id, performance.now()); } },
+    concurrency,
+    pooler,
+    handlers: {
+      [queue]: async (job) => {
+        started.set(job.id, performance.now());
+        if (workMs > 0) await sleep(workMs);
+      },
+    },
   });
   const listening = new Promise((res) => worker.once('listen', res));
   const done = untilCount(worker, jobs, 60_000);
   await worker.start();
-  await listening;
-  await sleep(300);
-  const producer = new Client({ connectionString: dsn });
+  if (pooler) {
+    await sleep(1000); // no LISTEN to wait for: let the first claim reach its wait
+  } else {
+    await listening;
+    await sleep(300);
+  }
+  const producer = new Client({ connectionString: process.env.BENCH_PRODUCER_URL || dsn });
   await producer.connect();
   const pushed = new Map();
-  let nextAt = performance.now();
+  const t0 = performance.now();
+  let nextAt = t0;
   for (let n = 0; n < jobs; n++) {
     nextAt += intervalMs;
     const wait = nextAt - performance.now();
@@ -58,11 +84,16 @@ async function latency(dsn, queue, jobs, intervalMs) {
     const id = await push(producer, queue, payload(n));
     pushed.set(id, performance.now());
   }
+  const pushRate = jobs / ((performance.now() - t0) / 1000);
   await done;
   await worker.stop();
   await producer.end();
   const ms = [...pushed].map(([id, t]) => started.get(id) - t);
-  console.log(JSON.stringify({ client: 'node', kind: 'latency', jobs, ms }));
+  if (concurrency === 1 && workMs === 0) {
+    console.log(JSON.stringify({ client: 'node', kind: 'latency', jobs, ms }));
+  } else {
+    console.log(JSON.stringify({ client: 'node', kind: 'pickup', jobs, concurrency, work_ms: workMs, push_rate: pushRate, pooler, ms }));
+  }
 }
 
 async function drain(dsn, queue, jobs, concurrency) {
@@ -85,12 +116,44 @@ async function drain(dsn, queue, jobs, concurrency) {
   console.log(JSON.stringify({ client: 'node', kind: 'drain', concurrency, jobs, seconds, rate: jobs / seconds }));
 }
 
-async function main() {
-  const [mode, dsn, queue, jobs, n] = process.argv.slice(2);
-  if (!['latency', 'drain'].includes(mode) || n === undefined) {
-    throw new Error('usage: bench.js latency|drain DSN QUEUE JOBS INTERVAL_MS|CONCURRENCY');
+async function drainShared(dsn, queue, jobs, concurrency) {
+  const conn = new Client({ connectionString: dsn });
+  await conn.connect();
+  const worker = new Worker({ connectionString: dsn, concurrency, handlers: { [queue]: async () => undefined } });
+  let mine = 0;
+  let last = 0;
+  worker.on('job:complete', ({ acked }) => {
+    if (acked) { mine++; last = performance.timeOrigin + performance.now(); }
+  });
+  worker.on('error', (err) => console.error('worker error:', err.message));
+  const start = performance.timeOrigin + performance.now();
+  await worker.start();
+  const deadline = Date.now() + 600_000;
+  for (;;) {
+    const { rows } = await conn.query('SELECT queue_stats($1) AS s', [queue]);
+    if (Number(rows[0].s.completed) >= jobs) break;
+    if (Date.now() > deadline) throw new Error('drain-shared: not drained within 600 s');
+    await sleep(10);
   }
-  await (mode === 'latency' ? latency : drain)(dsn, queue, Number(jobs), Number(n));
+  await worker.stop();
+  await conn.end();
+  console.log(JSON.stringify({ client: 'node', kind: 'drain_part', concurrency, jobs: mine, start_ms: start, end_ms: last }));
+}
+
+async function main() {
+  const args = process.argv.slice(2);
+  const [mode, dsn, queue, jobs, n] = args;
+  if (mode === 'latency' && args.length === 5) {
+    await latency(dsn, queue, Number(jobs), Number(n));
+  } else if (mode === 'pickup' && args.length === 7) {
+    await latency(dsn, queue, Number(jobs), Number(n) / 1000, Number(args[5]), Number(args[6]));
+  } else if (mode === 'drain' && args.length === 5) {
+    await drain(dsn, queue, Number(jobs), Number(n));
+  } else if (mode === 'drain-shared' && args.length === 5) {
+    await drainShared(dsn, queue, Number(jobs), Number(n));
+  } else {
+    throw new Error('usage: bench.js latency DSN QUEUE JOBS INTERVAL_MS | pickup DSN QUEUE JOBS INTERVAL_US CONCURRENCY WORK_MS | drain[-shared] DSN QUEUE JOBS CONCURRENCY');
+  }
 }
 
 main().catch((err) => { console.error(err); process.exit(1); });

@@ -2,7 +2,9 @@
 """The Python client's driver of bench/clients/run.sh (public API of pgqueue only).
 
     PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py latency DSN QUEUE JOBS INTERVAL_MS
+    PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py pickup  DSN QUEUE JOBS INTERVAL_US CONCURRENCY WORK_MS
     PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py drain   DSN QUEUE JOBS CONCURRENCY
+    PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py drain-shared DSN QUEUE JOBS CONCURRENCY
 
 latency: an idle threaded pgqueue.Worker (concurrency 1, LISTEN mode) started
 in this process; a producer connection of this process pushes JOBS jobs one at
@@ -10,12 +12,26 @@ a time, INTERVAL_MS apart, with pgqueue.push (autocommit). Latency = the
 handler's time.monotonic() at its start minus the push's return. Prints one
 JSON line with every sample (ms).
 
+pickup: the same at load: a Worker at CONCURRENCY whose handler sleeps
+WORK_MS, pushes INTERVAL_US apart (600 jobs/s is 1667). The JSON line also
+carries the rate the producer reached. With BENCH_POOLER=1 the worker runs in
+pooler mode (server-side waits, no LISTEN), for a DSN that points at PgBouncer
+in transaction mode; BENCH_PRODUCER_DSN, if set, is where the producer pushes.
+
 drain: JOBS jobs prefilled with one pgqueue.push_batch, then a Worker with a
 no-op handler at CONCURRENCY; the time from start() until the on_finished
 listener (called after the ack) has fired JOBS times, checked against
 queue_stats(queue). Prints one JSON line with jobs/s.
+
+drain-shared: one of several processes draining the same queue, which
+bench/clients/run.sh filled with JOBS jobs: a Worker at CONCURRENCY runs until
+queue_stats(queue) counts JOBS completed. Prints the wall clock (ms since the
+epoch, comparable between processes) at start() and at its last finished job,
+and how many it finished; run.sh takes the rate from the earliest start to the
+latest finish.
 """
 import json
+import os
 import sys
 import threading
 import time
@@ -29,25 +45,29 @@ def payload(n):
     return {"n": n, "s": "x" * 64}
 
 
-def latency(dsn, queue, jobs, interval_ms):
+def latency(dsn, queue, jobs, interval_s, concurrency=1, work_s=0.0):
     started = {}
     done = threading.Semaphore(0)
 
     def handler(job):
         started[job.id] = time.monotonic()
+        if work_s:
+            time.sleep(work_s)
 
-    worker = pgqueue.Worker(dsn, {queue: handler}, concurrency=1,
+    pooler = os.environ.get("BENCH_POOLER") == "1"
+    worker = pgqueue.Worker(dsn, {queue: handler}, concurrency=concurrency, pooler=pooler,
                             listeners=[pgqueue.CallbackListener(on_finished=lambda e: done.release())])
     worker.start()
     time.sleep(1.0)  # connected, LISTEN in place, first (empty) claim done: idle
     pushed = {}
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        next_at = time.monotonic()
+    with psycopg.connect(os.environ.get("BENCH_PRODUCER_DSN", dsn), autocommit=True) as conn:
+        t0 = next_at = time.monotonic()
         for n in range(jobs):
-            next_at += interval_ms / 1000
+            next_at += interval_s
             time.sleep(max(0.0, next_at - time.monotonic()))
             job_id = pgqueue.push(conn, queue, payload(n))
             pushed[job_id] = time.monotonic()
+        push_rate = jobs / (time.monotonic() - t0)
     deadline = time.monotonic() + 30
     for _ in range(jobs):
         if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
@@ -55,7 +75,12 @@ def latency(dsn, queue, jobs, interval_ms):
     worker.stop()
     worker.wait()
     ms = [(started[j] - t) * 1000 for j, t in pushed.items()]
-    print(json.dumps({"client": "python", "kind": "latency", "jobs": jobs, "ms": ms}))
+    if concurrency == 1 and not work_s:
+        print(json.dumps({"client": "python", "kind": "latency", "jobs": jobs, "ms": ms}))
+    else:
+        print(json.dumps({"client": "python", "kind": "pickup", "jobs": jobs, "concurrency": concurrency,
+                          "work_ms": work_s * 1000, "push_rate": push_rate, "pooler": pooler,
+                          "ms": ms}))
 
 
 def drain(dsn, queue, jobs, concurrency):
@@ -88,11 +113,44 @@ def drain(dsn, queue, jobs, concurrency):
                       "seconds": seconds, "rate": jobs / seconds}))
 
 
+def drain_shared(dsn, queue, jobs, concurrency):
+    count = [0]
+    last = [0.0]
+    lock = threading.Lock()
+
+    def finished(event):
+        with lock:
+            count[0] += 1
+            last[0] = time.time() * 1000
+
+    worker = pgqueue.Worker(dsn, {queue: lambda job: None}, concurrency=concurrency,
+                            listeners=[pgqueue.CallbackListener(on_finished=finished)])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        start = time.time() * 1000
+        worker.start()
+        deadline = time.monotonic() + 600
+        while conn.execute("SELECT queue_stats(%s)", (queue,)).fetchone()[0]["completed"] < jobs:
+            if time.monotonic() > deadline:
+                sys.exit("drain-shared: not drained within 600 s")
+            time.sleep(0.01)
+        worker.stop()
+        worker.wait()
+    print(json.dumps({"client": "python", "kind": "drain_part", "concurrency": concurrency, "jobs": count[0],
+                      "start_ms": start, "end_ms": last[0]}))
+
+
 def main():
-    if len(sys.argv) != 6 or sys.argv[1] not in ("latency", "drain"):
+    mode, args = sys.argv[1] if len(sys.argv) > 1 else None, sys.argv[2:]
+    if mode == "latency" and len(args) == 4:
+        latency(args[0], args[1], int(args[2]), int(args[3]) / 1000)
+    elif mode == "pickup" and len(args) == 6:
+        latency(args[0], args[1], int(args[2]), int(args[3]) / 1e6, int(args[4]), int(args[5]) / 1000)
+    elif mode == "drain" and len(args) == 4:
+        drain(args[0], args[1], int(args[2]), int(args[3]))
+    elif mode == "drain-shared" and len(args) == 4:
+        drain_shared(args[0], args[1], int(args[2]), int(args[3]))
+    else:
         sys.exit(__doc__)
-    mode, dsn, queue, jobs, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-    (latency if mode == "latency" else drain)(dsn, queue, jobs, n)
 
 
 if __name__ == "__main__":

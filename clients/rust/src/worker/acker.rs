@@ -163,6 +163,11 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack
         if pending.is_empty() && rx.recv_many(&mut pending, MAX_ACK_BATCH).await == 0 {
             return; // closed and empty: every ack was answered
         }
+        // Handlers of one claim often finish together: the first ack wakes
+        // this task while the others are about to be sent. Let the tasks
+        // that are ready run first, so that one call carries their acks
+        // instead of the first going alone (a commit per call).
+        tokio::task::yield_now().await;
         while pending.len() < MAX_ACK_BATCH {
             match rx.try_recv() {
                 Ok(r) => pending.push(r),

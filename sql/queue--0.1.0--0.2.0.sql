@@ -390,6 +390,14 @@ ALTER FUNCTION queue.release_groups(text[]) SET search_path = pg_catalog, pg_tem
 ALTER FUNCTION queue.retention() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.revive_jobs(bigint[]) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION queue.scheduler_pass(integer) SET search_path = pg_catalog, pg_temp;
+-- The group elections read jobs_group_next in order whatever the statistics
+-- or the session's settings say (as queue_pop, below).
+ALTER FUNCTION queue.group_elect(text) SET enable_indexscan = on;
+ALTER FUNCTION queue.group_elect(text) SET enable_bitmapscan = off;
+ALTER FUNCTION queue.group_elect(text) SET enable_seqscan = off;
+ALTER FUNCTION queue.release_groups(text[]) SET enable_indexscan = on;
+ALTER FUNCTION queue.release_groups(text[]) SET enable_bitmapscan = off;
+ALTER FUNCTION queue.release_groups(text[]) SET enable_seqscan = off;
 
 -- stats_rows reads one queue's rows by the primary key when asked for one.
 DROP FUNCTION queue.stats_rows();
@@ -646,7 +654,15 @@ SET search_path = pg_catalog, pg_temp
 -- the primary key), but with `LIMIT batch` unknown its estimated cost is far
 -- above a custom plan's, so the plan cache would plan the claim afresh on
 -- every call: 18% of the backend's time in W3. Always use the generic plan.
-SET plan_cache_mode = force_generic_plan AS $$
+SET plan_cache_mode = force_generic_plan
+-- The plans must read their index in (priority, id) order whatever the
+-- statistics or the session's settings say: statistics taken while the table
+-- was nearly empty once gave a worker's session a bitmap scan of the queue's
+-- whole index range and a sort, so that each claim read every waiting job
+-- (pg_test/client/test_claim_plans.py). Scans are disabled, not sorts: a
+-- disabled node left in a plan (the final sort) lifts its cost past
+-- jit_above_cost, and JIT then compiles every claim (100 ms).
+SET enable_indexscan = on SET enable_bitmapscan = off SET enable_seqscan = off AS $$
 DECLARE
     v_queue   text := queue.check_queue_name(queue_pop.queue);
     v_batch   int  := queue.check_claim(queue_pop.worker, queue_pop.batch);

@@ -242,7 +242,7 @@ BEGIN
     -- Shared memory says when no queue has any (src/settings.rs), so the
     -- row is read only when some queue may have them. The global defaults
     -- are applied inline below.
-    IF v_mode >= 2 THEN
+    IF v_mode & 2 = 2 THEN
         SELECT coalesce(queue_push.priority, s.priority), coalesce(queue_push.max_attempts, s.max_attempts),
                coalesce(queue_push.timeout, s.timeout), coalesce(queue_push.backoff_base, s.backoff_base),
                coalesce(queue_push.backoff_max, s.backoff_max), s.retention,

@@ -147,18 +147,14 @@ async fn at_concurrency_1_each_ack_claims_the_next_job_in_its_own_commit() {
     const JOBS: usize = 60;
     let payloads: Vec<Value> = (0..JOBS).map(|n| json!({ "n": n })).collect();
     push_batch(&db, &q, &payloads, &PushOpts::new()).await.unwrap();
-    let running = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
-    let (r2, m2) = (running.clone(), most.clone());
+    let running = Arc::new(InFlight::default());
+    let r2 = running.clone();
     let worker = builder()
         .concurrency(1)
         .handler(&q, move |_job: Job| {
-            let (r, m) = (r2.clone(), m2.clone());
+            let r = r2.clone();
             async move {
-                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-                m.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                r.fetch_sub(1, Ordering::SeqCst);
+                r.hold(Duration::from_millis(2)).await;
                 Ok::<Value, JobError>(Value::Null)
             }
         })
@@ -183,7 +179,7 @@ async fn at_concurrency_1_each_ack_claims_the_next_job_in_its_own_commit() {
     let (handed_on, attempts, total): (i64, i32, i64) = (row.get(0), row.get(1), row.get(2));
     println!("{handed_on} of {JOBS} acks claimed the next job in their own commit");
     assert_eq!((total, attempts), (JOBS as i64, 1));
-    assert_eq!(most.load(Ordering::SeqCst), 1, "more than one handler ran at once");
+    assert_eq!(running.most(), 1, "more than one handler ran at once");
     // Every ack but the last has a next job to claim; allow a few that found
     // the queue not yet marked (the first claim, a poll in between).
     assert!(handed_on >= (JOBS as i64) * 9 / 10, "only {handed_on} of {JOBS} acks claimed in their commit");

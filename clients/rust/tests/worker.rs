@@ -255,20 +255,15 @@ async fn never_more_than_concurrency_handlers_at_once() {
     let db = admin().await;
     let q = unique_queue("conc");
     let name = format!("conc-{q}");
-    let now = Arc::new(AtomicUsize::new(0));
-    let max = Arc::new(AtomicUsize::new(0));
-    let (n2, m2) = (now.clone(), max.clone());
+    let running = Arc::new(InFlight::default());
+    let r2 = running.clone();
     let worker = builder()
         .name(&name)
         .concurrency(4)
         .handler(&q, move |job: Job| {
-            let (now, max) = (n2.clone(), m2.clone());
+            let r = r2.clone();
             async move {
-                let r = now.fetch_add(1, Ordering::SeqCst) + 1;
-                max.fetch_max(r, Ordering::SeqCst);
-                let ms = 60 + (job.id() % 7) as u64 * 10;
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                now.fetch_sub(1, Ordering::SeqCst);
+                r.hold(Duration::from_millis(60 + (job.id() % 7) as u64 * 10)).await;
                 Ok::<Value, JobError>(Value::Null)
             }
         })
@@ -303,7 +298,7 @@ async fn never_more_than_concurrency_handlers_at_once() {
     }
     stop.notify_one();
     let max_in_db = sampler.await.unwrap();
-    let max_running = max.load(Ordering::SeqCst);
+    let max_running = running.most();
     println!("concurrency 4: at most {max_running} handlers at once, {max_in_db} jobs processing in the database");
     assert!(max_running <= 4, "{max_running} handlers ran at once");
     assert_eq!(max_running, 4, "the worker should use its whole capacity");

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -162,5 +162,28 @@ impl Hooks for Recorder {
     }
     fn error(&self, e: &WorkerError<'_>) {
         self.push(Event::Error { context: format!("{}: {}", e.context, e.error) });
+    }
+}
+
+/// Counts the handlers running at once and the most seen together: a test's
+/// handler calls [`InFlight::hold`] for the time it works.
+#[derive(Default)]
+pub struct InFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl InFlight {
+    /// Counts this handler in for `work`, then out.
+    pub async fn hold(&self, work: Duration) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(work).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The most handlers that ran at once.
+    pub fn most(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
     }
 }

@@ -18,7 +18,7 @@
 # and of NEW/OLD CPU per job (above 1: NEW costs more).
 #
 #   OLD_VERSION (the old build's extension version, default 0.1.0),
-#   ROUNDS (6), JOBS (40000), WORKLOADS ("W1 W3 W4"), PORT (55460)
+#   ROUNDS (6), JOBS (40000), WORKLOADS ("W1 W3 W4"), PORT (25460)
 #
 # The library installed before the run is put back at the end.
 set -euo pipefail
@@ -29,7 +29,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 rounds=${ROUNDS:-6}; jobs=${JOBS:-40000}; clients=4
 workloads=${WORKLOADS:-W1 W3 W4}
-port=${PORT:-55460}
+port=${PORT:-25460}
 old_version=${OLD_VERSION:-0.1.0}
 libdir=$(pg_config --pkglibdir)
 pgbench=$(pg_config --bindir)/pgbench

@@ -9,13 +9,13 @@
 # in place under a running server (every install now unlinks the old file
 # first); this run shows the drains themselves crash nothing.
 #
-#   RUNS (30), JOBS (20000), PORT (55461)
+#   RUNS (30), JOBS (20000), PORT (25461)
 set -euo pipefail
 # Servers must not inherit RUST_BACKTRACE (see scripts/cluster.sh).
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-runs=${RUNS:-30}; jobs=${JOBS:-20000}; port=${PORT:-55461}; clients=4
+runs=${RUNS:-30}; jobs=${JOBS:-20000}; port=${PORT:-25461}; clients=4
 dir="$root/.run/crash-soak"
 pgbench=$(pg_config --bindir)/pgbench
 sql() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"; }

@@ -3,9 +3,9 @@
 
     python3 bench/pooler_wait.py [--jobs 300] [--workers 1,8,32,64]
 
-Starts a throwaway cluster (scripts/cluster.sh, port 55463, the extension
+Starts a throwaway cluster (scripts/cluster.sh, port 25463, the extension
 preloaded) and Debian's pgbouncer in transaction mode in front of it (port
-55464). For each worker count, that many connections through pgbouncer loop
+25464). For each worker count, that many connections through pgbouncer loop
 `queue_pop(q, w, 1, wait => '5 seconds')` (claims are not acked: the ack's
 WAL flush would make a worker busy when the next job comes), while one
 producer (a direct connection) pushes jobs one by one, 5 ms apart. Prints the
@@ -28,7 +28,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / ".run" / "pooler-bench-cluster"
 BOUNCER = ROOT / ".run" / "pooler-bench-bouncer"
-PG_PORT, BOUNCER_PORT = 55463, 55464
+PG_PORT, BOUNCER_PORT = 25463, 25464
 DIRECT = f"host=127.0.0.1 port={PG_PORT} user=postgres dbname=postgres"
 POOLED = f"host=127.0.0.1 port={BOUNCER_PORT} user=postgres dbname=postgres"
 

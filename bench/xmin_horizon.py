@@ -12,7 +12,7 @@ the oldest snapshot.
     python3 bench/xmin_horizon.py [--dsn DSN] [--rate 1500] [--before 20] [--hold 60] [--after 30]
 
 Without --dsn it starts a throwaway cluster of its own (scripts/cluster.sh,
-port 55462, the extension preloaded, default settings).
+port 25462, the extension preloaded, default settings).
 """
 import argparse
 import os
@@ -107,8 +107,8 @@ def main():
     cluster = None
     if not args.dsn:
         cluster = os.path.join(ROOT, ".run", "xmin-horizon")
-        subprocess.run([os.path.join(ROOT, "scripts", "cluster.sh"), "start", cluster, "55462"], check=True)
-        args.dsn = "host=127.0.0.1 port=55462 user=postgres dbname=postgres"
+        subprocess.run([os.path.join(ROOT, "scripts", "cluster.sh"), "start", cluster, "25462"], check=True)
+        args.dsn = "host=127.0.0.1 port=25462 user=postgres dbname=postgres"
         with psycopg.connect(args.dsn, autocommit=True) as c:
             c.execute("CREATE EXTENSION queue")
     try:

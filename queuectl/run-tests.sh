@@ -4,7 +4,7 @@
 #   queuectl/run-tests.sh [test filter passed to cargo test]
 #
 # 1. starts PostgreSQL 15 with the extension preloaded (scripts/cluster.sh,
-#    data in .run/queuectl-cluster, port 55474, queue.tick = 100ms) and runs
+#    data in .run/queuectl-cluster, port 25474, queue.tick = 100ms) and runs
 #    CREATE EXTENSION queue in database postgres;
 # 2. runs `cargo test -p queuectl -- --test-threads=1`: unit tests, then the
 #    integration tests in tests/cli.rs, which run the built binary against the
@@ -20,7 +20,7 @@ set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-port=${QUEUECTL_TEST_PORT:-55474}
+port=${QUEUECTL_TEST_PORT:-25474}
 dir="$root/.run/queuectl-cluster"
 bindir=$(pg_config --bindir)
 libdir=$(pg_config --pkglibdir)
@@ -57,7 +57,7 @@ status=0
 QUEUECTL_TEST_DATABASE_URL="$url" cargo test -p queuectl -- --test-threads=1 "$@" || status=1
 
 echo "run-tests: browser test (headless chromium)"
-QUEUECTL_BIN="$target/debug/queuectl" DATABASE_URL="$url" QUEUECTL_PORT=${QUEUECTL_BROWSER_PORT:-55493} \
+QUEUECTL_BIN="$target/debug/queuectl" DATABASE_URL="$url" QUEUECTL_PORT=${QUEUECTL_BROWSER_PORT:-25493} \
   SCREENSHOT_DIR="$root/.run" node "$here/tests/browser/dashboard.test.mjs" || status=1
 
 [ "$status" = 0 ] || echo "run-tests: FAILED; server log: $dir/server.log" >&2

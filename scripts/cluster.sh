@@ -45,10 +45,12 @@ start)
     echo "logging_collector = off"
     for line in "$@"; do echo "$line"; done
   } >>"$dir/data/postgresql.conf"
-  # Ports of 55xxx lie inside Linux's ephemeral range, so a client socket of
-  # an earlier step can hold ours for a moment: a start that failed on a port
-  # in use is tried again. Any other failure shows the server's own words,
-  # because CI keeps no .run directory to read afterwards.
+  # The project's ports (25xxx) lie below Linux's ephemeral range
+  # (32768-60999): a client socket of an earlier step cannot hold one, as it
+  # did when they were 55xxx. A start that failed on a port in use is still
+  # tried again, for a server of an earlier step that is still shutting
+  # down. Any other failure shows the server's own words, because CI keeps
+  # no .run directory to read afterwards.
   for try in 1 2 3 4 5; do
     if as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null; then
       exit 0
@@ -62,6 +64,10 @@ start)
   done
   echo "cluster.sh: the server in $dir did not start; the end of its log:" >&2
   tail -25 "$dir/server.log" >&2 2>/dev/null || true
+  if grep -q "Address already in use" "$dir/server.log" 2>/dev/null && command -v ss >/dev/null; then
+    echo "cluster.sh: what holds port $port (local port range: $(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)):" >&2
+    ss -tanp "( sport = :$port )" >&2 2>/dev/null || true
+  fi
   exit 1
   ;;
 restart)

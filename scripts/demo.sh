@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DIR=$PWD/.run/demo-cluster
-PORT=${DEMO_PORT:-55440}
+PORT=${DEMO_PORT:-25440}
 DSN="host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
 psql_demo() { psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres "$@"; }
 

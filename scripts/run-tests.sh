@@ -23,7 +23,7 @@ unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 cd "$(dirname "$0")/.."
 
 RUN_DIR=${RUN_DIR:-$PWD/.run}
-PORT=${TEST_PORT:-55433}
+PORT=${TEST_PORT:-25433}
 PKGLIB=$(pg_config --pkglibdir)
 CLUSTER="$RUN_DIR/test-cluster"
 mkdir -p "$RUN_DIR"

@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export RUN_DIR=${RUN_DIR:-$PWD/.run}
-PORT=${UPGRADE_PORT:-55434}
+PORT=${UPGRADE_PORT:-25434}
 CLUSTER="$RUN_DIR/upgrade-cluster"
 # The oldest release whose catalog this build must upgrade, and its commit.
 OLD_VERSION=0.1.0

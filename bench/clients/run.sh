@@ -12,7 +12,7 @@
 # QUEUE_BENCH [1] (0: skip `queue-bench --only W3,W4 --reps 1`).
 #
 # Starts a throwaway cluster (scripts/cluster.sh, .run/clients-bench-cluster,
-# port 55475, shared_buffers 512MB, fsync and synchronous_commit on, the
+# port 25475, shared_buffers 512MB, fsync and synchronous_commit on, the
 # extension preloaded), CREATE EXTENSION queue, then, one at a time:
 #   1. the disk's commit flush time (raw/flush_probe.py: 200 one-row commits);
 #   2. per client: an idle worker (concurrency 1, LISTEN) and 20 + 200 pushes
@@ -46,7 +46,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-port=55475
+port=25475
 dir="$root/.run/clients-bench-cluster"
 DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres"
 URL="postgres://postgres@127.0.0.1:$port/postgres"
@@ -63,7 +63,7 @@ PICKUP_RATE=${PICKUP_RATE:-600}
 PICKUP_SECONDS=${PICKUP_SECONDS:-10}
 PICKUP_WORK_MS=${PICKUP_WORK_MS:-1}
 PICKUP_POOLER=${PICKUP_POOLER:-1}
-bouncer_port=55476
+bouncer_port=25476
 QUEUE_BENCH=${QUEUE_BENCH:-1}
 python=${PYTHON:-python3}
 export PYTHONPATH="$root/clients/python/src${PYTHONPATH:+:$PYTHONPATH}"

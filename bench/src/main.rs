@@ -33,7 +33,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const BENCH_PORT: u16 = 55450;
+const BENCH_PORT: u16 = 25450;
 const QUEUE: &str = "bench";
 
 /// How a W9 worker finishes a job and claims the next.

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The Node.js client's tests against a real, throwaway PostgreSQL 15 cluster
-# with the queue extension preloaded (port 55472, data in .run/node-client-cluster).
+# with the queue extension preloaded (port 25472, data in .run/node-client-cluster).
 #
 #   clients/node/run-tests.sh            # install, build, start the cluster, test, stop
 #
-# The pooler tests start a pgbouncer of their own (port 55482; installed here
+# The pooler tests start a pgbouncer of their own (port 25482; installed here
 # with apt-get if missing). Exits non-zero when anything fails. Needs node >= 18, npm, and the extension
 # installed system-wide (make install); waits up to 30 minutes for a first
 # build still in progress to install queue.so.
@@ -13,7 +13,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cluster="$repo/.run/node-client-cluster"
-port=55472
+port=25472
 cd "$here"
 
 if [ ! -d node_modules ]; then
@@ -22,7 +22,7 @@ fi
 npm run --silent build
 npm run --silent build:test
 
-# test/pooler.test.ts runs a real PgBouncer (Debian's, as the postgres user, port 55482).
+# test/pooler.test.ts runs a real PgBouncer (Debian's, as the postgres user, port 25482).
 if [ ! -x /usr/sbin/pgbouncer ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "run-tests.sh: installing pgbouncer (apt-get)"

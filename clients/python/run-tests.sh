@@ -4,17 +4,17 @@
 #   clients/python/run-tests.sh [pytest args...]
 #
 # Starts PostgreSQL 15 with the extension preloaded (scripts/cluster.sh) on
-# port 55471 with queue.tick = 100ms and track_functions = 'all', creates the extension in database
+# port 25471 with queue.tick = 100ms and track_functions = 'all', creates the extension in database
 # postgres, runs pytest with the DSN in PGQUEUE_TEST_DSN, stops the cluster,
 # and exits with pytest's status. The pooler tests start their own pgbouncer
-# (port 55481; installed here with apt-get if missing), the cross-language test
+# (port 25481; installed here with apt-get if missing), the cross-language test
 # a Node worker (the Node client is built here if clients/node/dist is missing). Waits (up to 25 minutes) for the extension
 # to be installed if the first build is still running.
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-port=${PGQUEUE_TEST_PORT:-55471}
+port=${PGQUEUE_TEST_PORT:-25471}
 dir="$root/.run/python-client-cluster"
 libdir=$(pg_config --pkglibdir)
 python=${PYTHON:-python3}

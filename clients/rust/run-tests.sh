@@ -4,7 +4,7 @@
 #   clients/rust/run-tests.sh [test-binary args, e.g. a test name filter]
 #
 # Starts PostgreSQL 15 with the extension preloaded (scripts/cluster.sh) on
-# port 55473 with queue.tick = 100ms and track_functions = 'all' (data in
+# port 25473 with queue.tick = 100ms and track_functions = 'all' (data in
 # .run/rust-client-cluster),
 # creates the extension in database postgres, runs
 # `cargo test -p queue-client -- --test-threads=1 --nocapture` (so the measured
@@ -16,7 +16,7 @@ set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-port=${QUEUE_TEST_PORT:-55473}
+port=${QUEUE_TEST_PORT:-25473}
 dir="$root/.run/rust-client-cluster"
 libdir=$(pg_config --pkglibdir)
 bindir=$(pg_config --bindir)

@@ -11,7 +11,7 @@ import uuid
 import psycopg
 import pytest
 
-DSN = os.environ.get("QUEUE_TEST_DSN", "host=127.0.0.1 port=55433 user=postgres dbname=postgres")
+DSN = os.environ.get("QUEUE_TEST_DSN", "host=127.0.0.1 port=25433 user=postgres dbname=postgres")
 CLUSTER_DIR = os.environ.get("QUEUE_TEST_CLUSTER")
 
 

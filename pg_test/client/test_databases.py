@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = Path(os.environ.get("RUN_DIR", ROOT / ".run"))
 CLUSTER = RUN_DIR / "databases-cluster"
-PORT = 55436
+PORT = 25436
 ROLES = ("queue maintenance", "queue scheduler", "queue notifier")
 DATABASES = ("db_a", "db_b", "db_c")
 

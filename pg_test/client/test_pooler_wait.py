@@ -22,7 +22,7 @@ from conftest import DSN, connect
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = Path(os.environ.get("RUN_DIR", ROOT / ".run"))
 BOUNCER_DIR = RUN_DIR / "pgbouncer"
-BOUNCER_PORT = 55437
+BOUNCER_PORT = 25437
 
 
 def backend_port():

@@ -20,7 +20,7 @@ import time
 import psycopg
 import pytest
 
-DSN = os.environ.get("QUEUE_UPGRADE_DSN", "host=127.0.0.1 port=55434 user=postgres dbname=upgraded")
+DSN = os.environ.get("QUEUE_UPGRADE_DSN", "host=127.0.0.1 port=25434 user=postgres dbname=upgraded")
 RUN_DIR = os.environ.get("RUN_DIR", os.path.join(os.path.dirname(__file__), "..", "..", ".run"))
 SNAPSHOT = os.path.join(RUN_DIR, "upgrade-snapshot.json")
 SERVER_LOG = os.path.join(RUN_DIR, "upgrade-cluster", "server.log")

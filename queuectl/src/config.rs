@@ -215,8 +215,8 @@ mod tests {
     #[test]
     fn pgpass_matches_like_libpq() {
         let text =
-            "# comment\nother:5432:*:bob:nope\nlocalhost:55474:postgres:postgres:s\\:cret\\\\x\n*:*:*:*:fallback\n";
-        assert_eq!(pgpass_match(text, "localhost", "55474", "postgres", "postgres").as_deref(), Some("s:cret\\x"));
+            "# comment\nother:5432:*:bob:nope\nlocalhost:25474:postgres:postgres:s\\:cret\\\\x\n*:*:*:*:fallback\n";
+        assert_eq!(pgpass_match(text, "localhost", "25474", "postgres", "postgres").as_deref(), Some("s:cret\\x"));
         assert_eq!(pgpass_match(text, "db.example", "5432", "app", "app").as_deref(), Some("fallback"));
         assert_eq!(pgpass_match("a:b:c", "a", "b", "c", "d"), None);
     }

@@ -311,7 +311,7 @@ fn pause_and_resume_a_queue() {
     assert!(stderr(&o).contains("SQLSTATE 42501"), "{}", stderr(&o));
     assert_eq!(qc_json(&url, &["status", &q])["stats"]["paused"], json!(false));
     // The dashboard of such a role answers the refusal with 403, not 500.
-    let srv = serve(&producer_url, 55496, &[]);
+    let srv = serve(&producer_url, 25496, &[]);
     let (status, body) = http(srv.1, "POST", &format!("/api/queues/{q}/pause"), &[("X-Queuectl", "1")]);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("42501"), "{body}");
@@ -1308,10 +1308,10 @@ impl Drop for Server {
     }
 }
 
-/// `queuectl serve` on `port`, once it listens. The test ports lie inside
-/// Linux's ephemeral range, so an outgoing connection of this machine may
-/// hold one at that moment: a server that cannot listen there is started
-/// again on the next port up (tests use `Server.1`). A server that exits
+/// `queuectl serve` on `port`, once it listens. The test ports lie below
+/// Linux's ephemeral range (32768-60999), but another program of the
+/// machine may still listen on one: a server that cannot listen there is
+/// started again on the next port up (tests use `Server.1`). A server that exits
 /// for any other reason fails the test with what it said.
 fn serve(url: &str, port: u16, extra: &[&str]) -> Server {
     for port in port..port + 20 {
@@ -1386,7 +1386,7 @@ fn serve_answers_the_api_and_guards_its_posts() {
     let q = queue("serve");
     let dead = make_dead(&url, &q, 2);
     push(&url, &q, "{}", &["--priority", "high"]);
-    let srv = serve(&url, 55491, &[]);
+    let srv = serve(&url, 25491, &[]);
     let port = srv.1;
 
     let (status, page) = http(port, "GET", "/", &[]);
@@ -1485,7 +1485,7 @@ fn serve_answers_the_api_and_guards_its_posts() {
     drop(srv);
 
     // Read-only: every POST refused.
-    let ro = serve(&url, 55492, &["--read-only"]);
+    let ro = serve(&url, 25492, &["--read-only"]);
     assert_eq!(http(ro.1, "POST", &format!("/api/jobs/{}/retry", dead[0]), &[("X-Queuectl", "1")]).0, 403);
 }
 
@@ -1495,7 +1495,7 @@ fn serve_pauses_and_resumes_behind_the_same_guards() {
     let q = queue("serve.pause");
     push(&url, &q, "{}", &[]);
     let paused = || qc_json(&url, &["status", &q])["stats"]["paused"].clone();
-    let srv = serve(&url, 55494, &[]);
+    let srv = serve(&url, 25494, &[]);
     let port = srv.1;
     let pause = format!("/api/queues/{q}/pause");
     let resume = format!("/api/queues/{q}/resume");
@@ -1538,7 +1538,7 @@ fn serve_pauses_and_resumes_behind_the_same_guards() {
     drop(srv);
 
     // Read-only: refused.
-    let ro = serve(&url, 55495, &["--read-only"]);
+    let ro = serve(&url, 25495, &["--read-only"]);
     assert_eq!(http(ro.1, "POST", &pause, &[("X-Queuectl", "1")]).0, 403);
     assert_eq!(paused(), json!(false));
 }
@@ -1554,7 +1554,7 @@ fn serve_shows_tags_batches_and_queue_settings() {
     let second = push(&url, &q, "{}", &["--depends-on", &first.to_string(), "--batch", &batch.to_string()]);
     let untagged = push(&url, &q, "{}", &[]);
     push(&url, &format!("{q}.plain"), "{}", &[]);
-    let srv = serve(&url, 55497, &[]);
+    let srv = serve(&url, 25497, &[]);
     let port = srv.1;
 
     // The job: tags, batch id and the batch's state, dependencies.
@@ -1626,7 +1626,7 @@ fn serve_shows_tags_batches_and_queue_settings() {
     drop(srv);
 
     // Read-only: the views still answer.
-    let ro = serve(&url, 55498, &["--read-only"]);
+    let ro = serve(&url, 25498, &["--read-only"]);
     assert_eq!(get_json(ro.1, &format!("/api/batches/{batch}"))["id"], json!(batch));
     assert_eq!(ids_in_order(&get_json(ro.1, "/api/batches?limit=1")), vec![batch]);
     drop(ro);

@@ -1,6 +1,6 @@
 /*
  * A real PgBouncer in transaction mode in front of the test cluster, for the
- * pooler tests: Debian's /usr/sbin/pgbouncer on port 55482 (files in
+ * pooler tests: Debian's /usr/sbin/pgbouncer on port 25482 (files in
  * .run/node-client-pgbouncer). It refuses to run as root, so it runs as
  * `postgres` from a directory that user owns.
  */
@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { Client } from 'pg';
 import { DATABASE_URL, sleep } from './helpers';
 
-export const BOUNCER_PORT = Number(process.env.QUEUE_TEST_PGBOUNCER_PORT ?? 55482);
+export const BOUNCER_PORT = Number(process.env.QUEUE_TEST_PGBOUNCER_PORT ?? 25482);
 const PGBOUNCER = process.env.PGBOUNCER ?? '/usr/sbin/pgbouncer';
 const DIR = resolve(__dirname, '..', '..', '..', '.run', 'node-client-pgbouncer');
 

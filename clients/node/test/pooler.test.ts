@@ -8,7 +8,7 @@ import { startBouncer, type Bouncer } from './bouncer';
 
 // pooler: true: no LISTEN connection, no named prepared statements, and an idle
 // worker claims with queue_pop(..., wait => '5 seconds') in a loop. Most tests
-// go through a real PgBouncer in transaction mode (test/bouncer.ts, port 55482).
+// go through a real PgBouncer in transaction mode (test/bouncer.ts, port 25482).
 
 const pool = adminPool();
 let bouncer: Bouncer;

@@ -25,12 +25,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
 
 import pgqueue  # noqa: E402
 
-DSN = os.environ.get("PGQUEUE_TEST_DSN", "host=127.0.0.1 port=55471 user=postgres dbname=postgres")
+DSN = os.environ.get("PGQUEUE_TEST_DSN", "host=127.0.0.1 port=25471 user=postgres dbname=postgres")
 CLUSTER_DIR = os.environ.get("PGQUEUE_TEST_CLUSTER")
 CLUSTER_SCRIPT = os.environ.get("PGQUEUE_CLUSTER_SCRIPT", "/work/main/scripts/cluster.sh")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-BOUNCER_PORT = int(os.environ.get("PGQUEUE_TEST_PGBOUNCER_PORT", "55481"))
+BOUNCER_PORT = int(os.environ.get("PGQUEUE_TEST_PGBOUNCER_PORT", "25481"))
 BOUNCER_DIR = os.path.join(REPO, ".run", "python-client-pgbouncer")
 
 
@@ -94,7 +94,7 @@ def _stop_leftover_bouncer() -> None:
 @pytest.fixture(scope="session")
 def bouncer() -> Iterator[str]:
     """A real PgBouncer in transaction mode in front of the test cluster
-    (port 55481, files in ``.run/python-client-pgbouncer``); its DSN.
+    (port 25481, files in ``.run/python-client-pgbouncer``); its DSN.
 
     Debian's pgbouncer refuses to run as root: it runs as ``postgres``, from
     a directory that user owns.

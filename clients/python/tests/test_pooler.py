@@ -3,7 +3,7 @@
 ``pooler=True``: no LISTEN connection, no server-side prepared statements, and
 an idle worker claims with ``queue_pop(..., wait => '5 seconds')`` in a loop,
 sleeping in the server until a job is claimable. The ``bouncer`` fixture
-(conftest) runs Debian's pgbouncer on port 55481 in front of the test cluster.
+(conftest) runs Debian's pgbouncer on port 25481 in front of the test cluster.
 """
 
 from __future__ import annotations

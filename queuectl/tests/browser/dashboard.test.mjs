@@ -3,7 +3,7 @@
 // real cluster. Run by queuectl/run-tests.sh, which sets:
 //   QUEUECTL_BIN   the built binary
 //   DATABASE_URL   the test cluster
-//   QUEUECTL_PORT  where the dashboard listens (default 55493)
+//   QUEUECTL_PORT  where the dashboard listens (default 25493)
 //   SCREENSHOT_DIR where screenshots go (default ../../../.run)
 // Exits non-zero on any failure; prints "N passed, M failed".
 import { spawn, execFileSync } from 'node:child_process';
@@ -16,7 +16,7 @@ import { chromium } from 'playwright-core';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BIN = process.env.QUEUECTL_BIN || resolve(here, '../../../target/debug/queuectl');
-const PORT = Number(process.env.QUEUECTL_PORT || 55493);
+const PORT = Number(process.env.QUEUECTL_PORT || 25493);
 const SHOTS = process.env.SCREENSHOT_DIR || resolve(here, '../../../.run');
 const BASE = `http://127.0.0.1:${PORT}`;
 const tag = `b${process.pid}`;

@@ -225,10 +225,8 @@ SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     -- What this push must do besides the insert (queue.push_mode): 0 for
-    -- almost every push. The plain path evaluates as few plpgsql expressions
-    -- as it can: a push is often a transaction of its own, and each
-    -- expression is prepared again in every transaction.
-    v_mode   int := queue.push_mode();
+    -- almost every push.
+    v_mode   int;
     v_run_at timestamptz;
     v_status queue.job_status;
     v_id     bigint;
@@ -238,6 +236,31 @@ DECLARE
     v_configured boolean;
     v_keep_for interval;
 BEGIN
+    -- The plain push: due now, no group, key, dependency, tag or batch, and
+    -- no access rule or queue default anywhere (queue.push_mode() = 0). It
+    -- is most pushes and often a transaction of its own, and plpgsql
+    -- prepares each expression again in every transaction, so it costs one
+    -- test and one statement: the checks run inside the INSERT (they return
+    -- now() for a job without delay or run_at) and queue.pushed, in its
+    -- RETURNING, counts the job and wakes the queue. Everything else takes
+    -- the general path below, which ends in the same row.
+    IF queue.push_mode() = 0 AND queue_push.delay IS NULL AND queue_push.run_at IS NULL
+       AND queue_push.serial_group IS NULL AND queue_push.dedupe_key IS NULL
+       AND queue_push.depends_on IS NULL AND queue_push.tags IS NULL AND queue_push.batch IS NULL THEN
+        INSERT INTO queue.jobs AS j (queue, status, priority, run_at, max_attempts, timeout,
+                backoff_base, backoff_max, retry_delays, payload)
+        VALUES (queue_push.queue, 'pending', coalesce(queue_push.priority, 0),
+                queue.check_push_args(queue_push.queue, NULL, pg_column_size(queue_push.payload), NULL, NULL,
+                    coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
+                    coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'),
+                    queue_push.retry_delays, NULL, coalesce(queue_push.priority, 0)),
+                coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
+                coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'),
+                queue_push.retry_delays, queue_push.payload)
+        RETURNING j.id, queue.pushed(j.queue, j.priority) INTO v_id, v_tallied;
+        RETURN v_id;
+    END IF;
+    v_mode := queue.push_mode();
     -- The queue's defaults (queue_configure) for the options left NULL.
     -- Shared memory says when no queue has any (src/settings.rs), so the
     -- row is read only when some queue may have them. The global defaults

@@ -72,6 +72,7 @@ extension_sql_file!(
         wakeup::wait_sleep,
         wakeup::wait_done,
         stats::tally,
+        stats::pushed,
         leases::leases_ready,
         leases::leases_due,
         leases::leased_ids,

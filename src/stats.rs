@@ -466,6 +466,20 @@ fn tally(
     n
 }
 
+/// SQL `queue.pushed(queue, priority)`: one due job entered `pending` by a
+/// plain push (no group, no delay, no dependency). Counts it as
+/// `tally(queue, priority, NULL, 'pending')` does and wakes the queue as
+/// `queue.wake(queue)` does, in one call that sits in the INSERT's
+/// RETURNING: the plain push is most pushes and often a transaction of its
+/// own, and a second statement for the wake-up costs it more than the call.
+/// Returns 1, the number of jobs counted.
+#[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
+fn pushed(queue: &str, priority: i32) -> i64 {
+    record(queue, priority, transition(None, Some(Status::Pending), 1), true);
+    crate::wakeup::wake(queue);
+    1
+}
+
 /// Sum of the tallies by (queue, priority), in first-seen order. Hashed:
 /// a reader sums the whole shared table (up to `queue.max_counter_keys`
 /// keys) and a commit may carry thousands of keys.

@@ -278,7 +278,7 @@ thread_local! {
 /// workers' polling finds the jobs). Postgres folds identical notifications
 /// of one transaction into one.
 #[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
-fn wake(queue: &str) {
+pub(crate) fn wake(queue: &str) {
     if shared::preloaded() {
         let tag = tag_of(shared::my_database(), queue);
         FOR_WAITERS.with(|w| w.fold(shared::key_hash(&tag), (tag, 1), |(t, _)| *t == tag, |e, _| e.1 += 1));

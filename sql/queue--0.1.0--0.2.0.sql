@@ -2867,18 +2867,13 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
-    -- The plain push tests one expression here.
-    IF v_status = 'pending' AND queue_push.serial_group IS NULL AND queue_push.depends_on IS NULL THEN
+    IF cardinality(queue_push.depends_on) > 0 THEN
+        PERFORM queue.add_edges(ARRAY[v_id], v_deps, coalesce(queue_push.run_anyway, false));
+    END IF;
+    IF v_status = 'pending' AND queue_push.serial_group IS NULL THEN
         PERFORM queue.wake(queue_push.queue);
-    ELSE
-        IF cardinality(queue_push.depends_on) > 0 THEN
-            PERFORM queue.add_edges(ARRAY[v_id], v_deps, coalesce(queue_push.run_anyway, false));
-        END IF;
-        IF v_status = 'pending' AND queue_push.serial_group IS NULL THEN
-            PERFORM queue.wake(queue_push.queue);
-        ELSIF v_status = 'pending' THEN
-            PERFORM queue.group_elect(queue_push.serial_group);
-        END IF;
+    ELSIF v_status = 'pending' THEN
+        PERFORM queue.group_elect(queue_push.serial_group);
     END IF;
     RETURN v_id;
 END;

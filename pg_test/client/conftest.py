@@ -26,6 +26,11 @@ def wait_for(conn, sql, args, expected, timeout=5.0):
     raise AssertionError(f"{sql} {args}: never became {expected!r}, last {value!r}")
 
 
+def dsn_for(db):
+    """The test cluster's DSN for database `db`."""
+    return f"{DSN.replace('dbname=postgres', '')} dbname={db}"
+
+
 def connect(autocommit=True):
     return psycopg.connect(DSN, autocommit=autocommit)
 

@@ -23,13 +23,9 @@ import json
 import psycopg
 import pytest
 
-from conftest import DSN
+from conftest import DSN, dsn_for as dsn
 
 DB = "claim_plans"
-
-
-def dsn(db):
-    return f"{DSN.replace('dbname=postgres', '')} dbname={db}"
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import DSN
+from conftest import DSN, dsn_for as dsn
 
 DB = "push_paths"
 QUEUE = "paths"
@@ -27,10 +27,6 @@ OPTIONS = {
     "priority": 3, "max_attempts": 7, "timeout": "2 minutes", "backoff_base": "1 second",
     "backoff_max": "1 minute", "retry_delays": "{1 second, 5 seconds}",
 }
-
-
-def dsn(db):
-    return f"{DSN.replace('dbname=postgres', '')} dbname={db}"
 
 
 @pytest.fixture(scope="module")

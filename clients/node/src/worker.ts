@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
 import { connect as netConnect } from 'node:net';
-import { Client, Pool, type ClientConfig, type PoolConfig } from 'pg';
+import { Client, Pool, type ClientConfig, type PoolConfig, type QueryConfig } from 'pg';
 import { type BackoffOptions, backoffDelay } from './backoff';
 import { LeaseLostError, RetryIn, WorkerStoppedError } from './errors';
 import { type Interval, intervalToSql } from './interval';
@@ -314,6 +314,19 @@ const TOUCH_SQL = 'SELECT queue_touch($1::bigint, $2::interval, $3::int) AS ok';
 const PROGRESS_SQL = 'SELECT queue_progress($1::bigint, $2::int, $3::int, $4::text, $5::int) AS ok';
 const RELEASE_SQL = 'SELECT queue_release($1::bigint, $2::int) AS ok';
 const HEARTBEAT_SQL = 'SELECT queue_heartbeat($1::text, $2::jsonb)';
+
+/**
+ * The statements every job goes through, by name: outside pooler mode each
+ * pooled connection prepares them once (see {@link Worker.statement}). A name
+ * stands for one text only (pg refuses a second text under a name).
+ */
+const STATEMENT_NAMES: ReadonlyMap<string, string> = new Map([
+  [CLAIM_SQL, 'queue_client_claim'],
+  [ACK_CLAIM_SQL, 'queue_client_ack_claim'],
+  [ACK_BATCH_SQL, 'queue_client_ack_batch'],
+  [ACK_SQL, 'queue_client_ack'],
+  [FAIL_SQL, 'queue_client_fail'],
+]);
 
 /** SQLSTATE of a call the server does not have: the extension is older than this library. */
 const UNDEFINED_FUNCTION = '42883';
@@ -715,7 +728,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
    */
   private async claim(queue: string, n: number, waitMs: number | null = null): Promise<ClaimRow[]> {
     if (!this.pooler) {
-      const res = await this.pool.query<ClaimRow>(CLAIM_SQL, [queue, this.name, n]);
+      const res = await this.pool.query<ClaimRow>(this.statement(CLAIM_SQL, [queue, this.name, n]));
       return res.rows;
     }
     const client = await this.claimConnection();
@@ -910,11 +923,25 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     this.safeEmit('job:fail', { job, error, durationMs, status, permanent, retryIn });
   }
 
+  /**
+   * A query of the worker's hot path: a named statement, which each pooled
+   * connection parses and plans once and then only binds and runs, except in
+   * pooler mode, where a transaction-mode pooler could send the next call to
+   * a server connection that never saw it prepared.
+   *
+   * @param text - the SQL; named if it is one of {@link STATEMENT_NAMES}
+   * @param values - its parameters
+   */
+  private statement(text: string, values: unknown[]): QueryConfig {
+    const name = this.pooler ? undefined : STATEMENT_NAMES.get(text);
+    return name === undefined ? { text, values } : { name, text, values };
+  }
+
   /** A call that must get through: retried with backoff on connection trouble until the worker stops hard. */
   private async call<T>(sql: string, values: unknown[], what: string): Promise<CallResult<T>> {
     for (let failures = 1; ; failures++) {
       try {
-        const res = await this.pool.query(sql, values);
+        const res = await this.pool.query(this.statement(sql, values));
         return { kind: 'ok', value: res.rows[0] as T };
       } catch (err) {
         if (!isTransient(err)) return { kind: 'rejected', error: asError(err) };
@@ -976,16 +1003,33 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     }
   }
 
-  /** Takes the next batch off the ack queue: oldest first, up to {@link ACK_BATCH_MAX} acks and {@link ACK_BATCH_MAX_CHARS} of results (always at least one ack). */
+  /**
+   * Takes the next batch off the ack queue: oldest first, up to
+   * {@link ACK_BATCH_MAX} acks and {@link ACK_BATCH_MAX_CHARS} of results
+   * (always at least one ack), and each job id once. `queue_ack_batch`
+   * returns the ids it completed, so two acks of one id in one call (a stale
+   * claim and the job's new claim, both by this worker) could not be told
+   * apart: the second stays queued for the next call.
+   */
   private takeAckBatch(): PendingAck[] {
-    let n = 0;
+    const batch: PendingAck[] = [];
+    const rest: PendingAck[] = [];
+    const ids = new Set<string>();
     let chars = 0;
-    while (n < this.ackQueue.length && n < ACK_BATCH_MAX) {
-      chars += this.ackQueue[n]!.json?.length ?? 0;
-      if (n > 0 && chars > ACK_BATCH_MAX_CHARS) break;
-      n++;
+    for (const a of this.ackQueue) {
+      const size = a.json?.length ?? 0;
+      const fits = batch.length < ACK_BATCH_MAX && (batch.length === 0 || chars + size <= ACK_BATCH_MAX_CHARS);
+      if (fits && !ids.has(a.id)) {
+        ids.add(a.id);
+        chars += size;
+        batch.push(a);
+      } else {
+        rest.push(a);
+      }
     }
-    return this.ackQueue.splice(0, n);
+    this.ackQueue.length = 0;
+    for (const a of rest) this.ackQueue.push(a);
+    return batch;
   }
 
   /**
@@ -1054,9 +1098,9 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     const want = Math.min(batch.length, this.maxBatch);
     let rows: AckClaimRow[];
     try {
-      const res = await this.pool.query<AckClaimRow>(ACK_CLAIM_SQL, [
+      const res = await this.pool.query<AckClaimRow>(this.statement(ACK_CLAIM_SQL, [
         batch.map((a) => a.id), batch.map((a) => a.attempt), batch.map((a) => a.json), queue, this.name, want,
-      ]);
+      ]));
       rows = res.rows;
     } catch (err) {
       // A refusal (e.g. a result too large, 22023; 42883 on an older extension)

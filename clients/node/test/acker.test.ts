@@ -230,6 +230,43 @@ test('in one batch a stale claim is refused (acked false) while the other acks c
   assert.deepEqual(errors, []);
 });
 
+test('two acks of one job in one turn (a stale claim and its new claim, both by this worker): only the new one completes it', async (t) => {
+  const q = uniqueQueue('ackdup');
+  const gate = deferred();
+  const attempts: number[] = [];
+  const { worker, errors } = newWorker({
+    concurrency: 2,
+    handlers: {
+      [q]: async (job) => {
+        attempts.push(job.attempt);
+        await gate.promise;
+        return { attempt: job.attempt };
+      },
+    },
+  });
+  const completes: JobCompleteEvent[] = [];
+  worker.on('job:complete', (ev) => completes.push(ev));
+  t.after(() => worker.stop({ graceMs: 0 }));
+  const [id] = await pushBatch(pool, q, [{ n: 0 }], { timeout: '5 minutes', maxAttempts: 3 });
+  await worker.start();
+  await waitFor(() => attempts.length === 1, 'the first claim');
+  // The first claim goes stale: the job is back in line at once, and this
+  // worker, with a slot free, claims it again while the first handler waits.
+  const failed = await pool.query('SELECT queue_fail($1::bigint, $2, 1, $3::interval) AS s', [id, 'taken back', '0 seconds']);
+  assert.equal(failed.rows[0].s, 'pending');
+  await waitFor(() => attempts.length === 2, 'the second claim of the same job', 10_000);
+  assert.deepEqual(attempts, [1, 2]);
+  gate.resolve(); // both handlers return in the same turn: their acks are queued together
+  await waitFor(() => completes.length === 2, '2 job:complete events');
+  await worker.stop({ graceMs: 5000 });
+  const acked = new Map(completes.map((ev) => [ev.job.attempt, ev.acked]));
+  assert.deepEqual([...acked.entries()].sort(), [[1, false], [2, true]], 'only the ack of attempt 2 completes the job');
+  const j = await jobOf(pool, id!);
+  assert.equal(j!.status, 'completed');
+  assert.deepEqual(j!.result, { attempt: 2 });
+  assert.deepEqual(errors, []);
+});
+
 test('a result too large for the server fails only its own job; its batch neighbours complete', async (t) => {
   const q = uniqueQueue('ackbig');
   const big = randomBytes(4096).toString('hex'); // 8 kB of incompressible text: over 1 kB

@@ -604,8 +604,13 @@ impl Shared {
         self.emit(|h| h.error(&WorkerError { context, error }));
     }
 
+    /// How many jobs hold a concurrency permit (running, or being acked).
+    pub(super) fn in_use(&self) -> usize {
+        self.concurrency - self.permits.available_permits().min(self.concurrency)
+    }
+
     async fn heartbeat(&self) -> Result<(), Error> {
-        let running = self.concurrency - self.permits.available_permits().min(self.concurrency);
+        let running = self.in_use();
         let info = json!({
             "host": hostname(),
             "pid": std::process::id(),

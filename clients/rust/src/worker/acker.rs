@@ -46,6 +46,10 @@ pub(super) const MAX_ACK_BATCH: usize = 1000;
 /// the connection, and a retry would do the same again).
 pub(super) const MAX_ACK_BATCH_BYTES: usize = 16 << 20;
 
+/// The most scheduler turns the acker yields for, gathering the acks of
+/// handlers that finish together before it sends a call.
+const GATHER_TURNS: usize = 8;
+
 /// `queue_ack_batch` with typed arrays, as the extension's README asks. One
 /// statement, no session state: the same text works prepared (a named
 /// statement per connection) and in pooler mode (the unnamed statement of
@@ -167,11 +171,19 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack
         // this task while the others are about to be sent. Let the tasks
         // that are ready run first, so that one call carries their acks
         // instead of the first going alone (a commit per call).
-        tokio::task::yield_now().await;
-        while pending.len() < MAX_ACK_BATCH {
-            match rx.try_recv() {
-                Ok(r) => pending.push(r),
-                Err(_) => break,
+        // Go on yielding while each turn brings more (the handlers of a big
+        // claim finish over several turns), but not for jobs still running.
+        for _ in 0..GATHER_TURNS {
+            let before = pending.len();
+            tokio::task::yield_now().await;
+            while pending.len() < MAX_ACK_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => pending.push(r),
+                    Err(_) => break,
+                }
+            }
+            if pending.len() == before || pending.len() >= MAX_ACK_BATCH || pending.len() >= shared.in_use() {
+                break;
             }
         }
         let batch = next_batch(&mut pending);

@@ -8,7 +8,7 @@
 # Environment (defaults in brackets): JOBS [20000] jobs per drain,
 # LAT_JOBS [200] lone pushes for the wake-up latency, after WARMUP [20] more
 # that are not counted (the first pushes after a worker starts are slower:
-# see README.md), INTERVAL_MS [20] between them, CONCURRENCY ["1 10 50"], CLIENTS ["python node rust"], RAW_CONNS [4],
+# see README.md), INTERVAL_MS [20] between them, CONCURRENCY ["1 10 50"], CLIENTS ["python node rust"], PROCS [4],
 # QUEUE_BENCH [1] (0: skip `queue-bench --only W3,W4 --reps 1`).
 #
 # Starts a throwaway cluster (scripts/cluster.sh, .run/clients-bench-cluster,
@@ -25,9 +25,12 @@
 #      every job after the first second; then the same with the workers
 #      through PgBouncer in pooler mode (server-side waits, no LISTEN; the
 #      producer still pushes straight to Postgres);
-#   3. per concurrency c: the raw drain (raw/raw_drain.py: RAW_CONNS
-#      connections, BEGIN; queue_ack(previous ids[]); queue_pop(q, w, c);
-#      COMMIT per round trip), then each client's worker with a no-op
+#   3. per concurrency c: the raw drain (raw/raw_drain.py: BEGIN;
+#      queue_ack(previous ids[]); queue_pop(q, w, c); COMMIT per round trip)
+#      on one connection, the reference of one worker process (both have at
+#      most c jobs in flight), and on PROCS connections, the reference of
+#      PROCS worker processes; then each client's worker (Python: the threaded
+#      Worker, then the asyncio AsyncWorker) with a no-op
 #      handler draining JOBS jobs prefilled by one push_batch, timed from
 #      start() to the JOBS-th "finished" event (after the ack), checked
 #      against queue_stats; then PROCS worker processes of each client at
@@ -56,8 +59,7 @@ WARMUP=${WARMUP:-20}
 INTERVAL_MS=${INTERVAL_MS:-20}
 CONCURRENCY=${CONCURRENCY-"1 10 50"}
 CLIENTS=${CLIENTS:-"python node rust"}
-RAW_CONNS=${RAW_CONNS:-4}
-PROCS=${PROCS:-$RAW_CONNS}
+PROCS=${PROCS:-4}
 PICKUP=${PICKUP-"32 64"}
 PICKUP_RATE=${PICKUP_RATE:-600}
 PICKUP_SECONDS=${PICKUP_SECONDS:-10}
@@ -163,10 +165,15 @@ fi
 
 for c in $CONCURRENCY; do
   echo "== drain $JOBS jobs, concurrency / batch $c"
-  measured "$python" "$here/raw/raw_drain.py" "$DSN" "raw_b$c" "$JOBS" "$c" "$RAW_CONNS"
+  for n in 1 $([ "$PROCS" -gt 1 ] && echo "$PROCS"); do
+    measured "$python" "$here/raw/raw_drain.py" "$DSN" "raw_b${c}_n$n" "$JOBS" "$c" "$n"
+  done
   for client in $CLIENTS; do
     driver "$client" drain "drain_${client}_c$c" "$JOBS" "$c"
     measured "${CMD[@]}"
+    if [ "$client" = python ]; then # and Python's asyncio worker
+      measured "$python" "$here/python/bench.py" aio-drain "$DSN" "drain_python_aio_c$c" "$JOBS" "$c"
+    fi
   done
   if [ "$PROCS" -gt 0 ]; then
     for client in $CLIENTS; do

@@ -12,7 +12,7 @@ BEFORE / AFTER are "xact_commit|wal_sync|wal_write" snapshots of the cluster
 import json
 import sys
 
-CLIENTS = ("python", "node", "rust")
+CLIENTS = ("python", "python-aio", "node", "rust")
 
 
 def pct(values, q):
@@ -50,11 +50,15 @@ def table(results_file, queue_bench_file=None):
     rows = [json.loads(l) for l in open(results_file) if l.strip()]
     meta = next((r for r in rows if r["kind"] == "meta"), {"warmup": 0})
     lat = {r["client"]: r for r in rows if r["kind"] == "latency"}
-    drains = {(r["client"], r.get("concurrency", r.get("batch"))): r for r in rows if r["kind"] == "drain"}
+    # The clients' drains by (client, concurrency); the raw loop's by (batch,
+    # connections): one connection is the reference of one worker process
+    # (at most c jobs in flight in both), n connections that of n processes.
+    drains = {(r["client"], r["concurrency"]): r for r in rows if r["kind"] == "drain" and r["client"] != "raw"}
+    raws = {(r["batch"], r["connections"]): r for r in rows if r["kind"] == "drain" and r["client"] == "raw"}
     flush = next((r for r in rows if r["kind"] == "flush"), None)
     concs = sorted({r["concurrency"] for r in rows if r["kind"] == "drain" and "concurrency" in r})
     head = f"| client | wake-up p50 / p99 / max (ms, {len(next(iter(lat.values()))['ms']) - meta['warmup'] if lat else 0} jobs) | " + " | ".join(
-        f"drain c={c}, jobs/s (× raw batch {c})" for c in concs) + " |"
+        f"drain c={c}, jobs/s (× raw batch {c}, 1 conn)" for c in concs) + " |"
     print(head)
     print("| --- " * (2 + len(concs)) + "|")
     for client in CLIENTS:
@@ -67,7 +71,7 @@ def table(results_file, queue_bench_file=None):
         else:
             cells.append("")
         for c in concs:
-            r, raw = drains.get((client, c)), drains.get(("raw", c))
+            r, raw = drains.get((client, c)), raws.get((c, 1))
             if r is None:
                 cells.append("")
             elif raw is None:
@@ -75,13 +79,13 @@ def table(results_file, queue_bench_file=None):
             else:
                 cells.append(f"{fmt_rate(r['rate'])} ({r['rate'] / raw['rate']:.2f}×)")
         print(f"| {client} | " + " | ".join(cells) + " |")
-    raw_cells = [fmt_rate(drains[("raw", c)]["rate"]) if ("raw", c) in drains else "" for c in concs]
-    conns = next((r["connections"] for r in rows if r.get("client") == "raw" and r["kind"] == "drain"), "?")
     fl = ""
     if flush:
         fl = f"commit flush {pct(flush['ms'], 0.5):.2f} / {pct(flush['ms'], 0.99):.2f} / {max(flush['ms']):.2f}"
-    print(f"| raw SQL (Python loop, {conns} conns, pop batch = c + ack ids[] per transaction) | {fl} | "
-          + " | ".join(raw_cells) + " |")
+    for n in sorted({k[1] for k in raws}):
+        raw_cells = [fmt_rate(raws[(c, n)]["rate"]) if (c, n) in raws else "" for c in concs]
+        print(f"| raw SQL (Python loop, {n} conn{'s' if n > 1 else ''}, pop batch = c + ack ids[] per transaction) "
+              f"| {fl if n == 1 else ''} | " + " | ".join(raw_cells) + " |")
     if queue_bench_file:
         qb = json.load(open(queue_bench_file))["results"]
         got = {(r["workload"], r["system"]): r for r in qb}
@@ -101,13 +105,13 @@ def table(results_file, queue_bench_file=None):
     if procs:
         n = next(iter(procs.values()))["procs"]
         print()
-        print(f"| drain with {n} worker processes on one queue (as the raw loop's {conns} connections) | "
-              + " | ".join(f"c={c} each, jobs/s (× raw batch {c})" for c in concs) + " |")
+        print(f"| drain with {n} worker processes on one queue | "
+              + " | ".join(f"c={c} each, jobs/s (× raw batch {c}, {n} conns)" for c in concs) + " |")
         print("| --- " * (1 + len(concs)) + "|")
         for client in CLIENTS:
             cells = []
             for c in concs:
-                r, raw = procs.get((client, c)), drains.get(("raw", c))
+                r, raw = procs.get((client, c)), raws.get((c, n))
                 cells.append("" if r is None else fmt_rate(r["rate"]) if raw is None
                              else f"{fmt_rate(r['rate'])} ({r['rate'] / raw['rate']:.2f}×)")
             if any(cells):
@@ -117,13 +121,15 @@ def table(results_file, queue_bench_file=None):
     print("| drain | jobs/s | commits / job | WAL flushes / job | driver CPU µs / job |")
     print("| --- | --- | --- | --- | --- |")
     for c in concs:
-        for client in ("raw",) + CLIENTS:
-            for r, label in ((drains.get((client, c)), f"raw batch {c}" if client == "raw" else f"{client} c={c}"),
-                             (procs.get((client, c)), f"{client} c={c}, worker processes")):
-                if r is None or "commits_per_job" not in r:
-                    continue
-                print(f"| {label} | {fmt_rate(r['rate'])} | {r['commits_per_job']:.2f} | "
-                      f"{r['wal_syncs_per_job']:.2f} | {r['client_cpu_us_per_job']:.0f} |")
+        labelled = [(r, f"raw batch {c}, {n} conn{'s' if n > 1 else ''}") for (b, n), r in sorted(raws.items()) if b == c]
+        for client in CLIENTS:
+            labelled += [(drains.get((client, c)), f"{client} c={c}"),
+                         (procs.get((client, c)), f"{client} c={c}, worker processes")]
+        for r, label in labelled:
+            if r is None or "commits_per_job" not in r:
+                continue
+            print(f"| {label} | {fmt_rate(r['rate'])} | {r['commits_per_job']:.2f} | "
+                  f"{r['wal_syncs_per_job']:.2f} | {r['client_cpu_us_per_job']:.0f} |")
 
     picks = sorted((r for r in rows if r["kind"] == "pickup"),
                    key=lambda r: (r.get("pooler", False), r["concurrency"], CLIENTS.index(r["client"])))

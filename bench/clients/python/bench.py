@@ -5,6 +5,7 @@
     PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py pickup  DSN QUEUE JOBS INTERVAL_US CONCURRENCY WORK_MS
     PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py drain   DSN QUEUE JOBS CONCURRENCY
     PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py drain-shared DSN QUEUE JOBS CONCURRENCY
+    PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py aio-drain DSN QUEUE JOBS CONCURRENCY
 
 latency: an idle threaded pgqueue.Worker (concurrency 1, LISTEN mode) started
 in this process; a producer connection of this process pushes JOBS jobs one at
@@ -23,6 +24,9 @@ no-op handler at CONCURRENCY; the time from start() until the on_finished
 listener (called after the ack) has fired JOBS times, checked against
 queue_stats(queue). Prints one JSON line with jobs/s.
 
+aio-drain: the same drain with pgqueue.aio.AsyncWorker (an async no-op
+handler), reported as client "python-aio".
+
 drain-shared: one of several processes draining the same queue, which
 bench/clients/run.sh filled with JOBS jobs: a Worker at CONCURRENCY runs until
 queue_stats(queue) counts JOBS completed. Prints the wall clock (ms since the
@@ -30,6 +34,7 @@ epoch, comparable between processes) at start() and at its last finished job,
 and how many it finished; run.sh takes the rate from the earliest start to the
 latest finish.
 """
+import asyncio
 import json
 import os
 import sys
@@ -39,6 +44,7 @@ import time
 import psycopg
 
 import pgqueue
+from pgqueue.aio import AsyncWorker
 
 
 def payload(n):
@@ -113,6 +119,45 @@ def drain(dsn, queue, jobs, concurrency):
                       "seconds": seconds, "rate": jobs / seconds}))
 
 
+def aio_drain(dsn, queue, jobs, concurrency):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ids = pgqueue.push_batch(conn, queue, [payload(n) for n in range(jobs)])
+        assert len(ids) == jobs
+
+    async def noop(job):
+        return None
+
+    async def run():
+        count = [0]
+        all_done = asyncio.Event()
+
+        def finished(event):
+            count[0] += 1
+            if count[0] == jobs:
+                all_done.set()
+
+        worker = AsyncWorker(dsn, {queue: noop}, concurrency=concurrency,
+                             listeners=[pgqueue.CallbackListener(on_finished=finished)])
+        t0 = time.monotonic()
+        task = asyncio.create_task(worker.run(install_signal_handlers=False))
+        try:
+            await asyncio.wait_for(all_done.wait(), 600)
+        except asyncio.TimeoutError:
+            sys.exit("aio-drain: not finished within 600 s")
+        seconds = time.monotonic() - t0
+        worker.stop()
+        await task
+        return seconds
+
+    seconds = asyncio.run(run())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        stats = conn.execute("SELECT queue_stats(%s)", (queue,)).fetchone()[0]
+    if stats["completed"] != jobs:
+        sys.exit(f"aio-drain: queue_stats says {stats['completed']} completed, expected {jobs}")
+    print(json.dumps({"client": "python-aio", "kind": "drain", "concurrency": concurrency, "jobs": jobs,
+                      "seconds": seconds, "rate": jobs / seconds}))
+
+
 def drain_shared(dsn, queue, jobs, concurrency):
     count = [0]
     last = [0.0]
@@ -147,6 +192,8 @@ def main():
         latency(args[0], args[1], int(args[2]), int(args[3]) / 1e6, int(args[4]), int(args[5]) / 1000)
     elif mode == "drain" and len(args) == 4:
         drain(args[0], args[1], int(args[2]), int(args[3]))
+    elif mode == "aio-drain" and len(args) == 4:
+        aio_drain(args[0], args[1], int(args[2]), int(args[3]))
     elif mode == "drain-shared" and len(args) == 4:
         drain_shared(args[0], args[1], int(args[2]), int(args[3]))
     else:

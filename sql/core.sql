@@ -550,7 +550,12 @@ SET plan_cache_mode = force_generic_plan
 -- (pg_test/client/test_claim_plans.py). Scans are disabled, not sorts: a
 -- disabled node left in a plan (the final sort) lifts its cost past
 -- jit_above_cost, and JIT then compiles every claim (100 ms).
-SET enable_indexscan = on SET enable_bitmapscan = off SET enable_seqscan = off AS $$
+SET enable_indexscan = on SET enable_bitmapscan = off SET enable_seqscan = off
+-- No JIT: the generic plan guesses that `LIMIT batch` takes a tenth of the
+-- queue, so past about a million waiting jobs its estimate passes
+-- jit_above_cost and every claim compiled its expressions first: 8 ms of a
+-- 0.2 ms claim at 10M waiting (bench/README.md, "Depth").
+SET jit = off AS $$
 DECLARE
     v_queue   text := queue.check_queue_name(queue_pop.queue);
     v_batch   int  := queue.check_claim(queue_pop.worker, queue_pop.batch);

@@ -375,7 +375,11 @@ $$;
  */
 CREATE FUNCTION queue.maintenance_pass(p_batch int DEFAULT 1000) RETURNS jsonb
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+SET search_path = pg_catalog, pg_temp
+-- No JIT for any statement of the pass, as for the claim (queue_pop): with
+-- `LIMIT p_batch` unknown, a generic plan over a deep table passes
+-- jit_above_cost and would compile on every tick.
+SET jit = off AS $$
 DECLARE
     v_promoted int := 0;
     v_leases   jsonb := '{"retried": 0, "expired": 0}';

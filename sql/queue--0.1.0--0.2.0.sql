@@ -4831,6 +4831,14 @@ UPDATE queue.finished_jobs
    SET run_at = created_at
  WHERE run_at IN ('infinity', '-infinity');
 
+-- No JIT for the claim and for the passes of every tick: their generic
+-- plans guess that an unknown LIMIT takes a tenth of a deep table, pass
+-- jit_above_cost and would compile on every call (queue_pop, core.sql).
+ALTER FUNCTION @extschema@.queue_pop(text, text, int, interval) SET jit = off;
+ALTER FUNCTION queue.maintenance_pass(integer) SET jit = off;
+ALTER FUNCTION queue.scheduler_pass(integer) SET jit = off;
+ALTER FUNCTION queue.stats_pass() SET jit = off;
+
 -- Pushes read the push defaults until one finds none (src/settings.rs).
 SELECT queue.push_defaults_forget();
 

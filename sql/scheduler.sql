@@ -105,7 +105,9 @@ $$;
  */
 CREATE FUNCTION queue.scheduler_pass(p_batch int DEFAULT 100) RETURNS jsonb
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+SET search_path = pg_catalog, pg_temp
+-- No JIT, as for the maintenance pass: it runs every tick.
+SET jit = off AS $$
 DECLARE
     s        queue.schedules;
     v_job    bigint;

@@ -3,6 +3,7 @@
 Every test talks to a real cluster (started by scripts/run-tests.sh with the
 extension preloaded and `queue.tick = 100ms`) over real connections.
 """
+import json
 import os
 import subprocess
 import time
@@ -29,6 +30,26 @@ def wait_for(conn, sql, args, expected, timeout=5.0):
 def dsn_for(db):
     """The test cluster's DSN for database `db`."""
     return f"{DSN.replace('dbname=postgres', '')} dbname={db}"
+
+
+def log_plans(conn, *settings):
+    """Have auto_explain log the JSON plan of every statement `conn` runs,
+    nested ones included, under the extra session `settings` (such as
+    "jit = on"); returns the list the plans are appended to, in the order
+    their executors end (a statement's nested statements before it)."""
+    plans = []
+
+    def on_notice(diag):
+        text = diag.message_primary or ""
+        if "plan:" in text:
+            plans.append(json.loads(text.split("plan:", 1)[1]))
+
+    conn.add_notice_handler(on_notice)
+    conn.execute("LOAD 'auto_explain'")
+    for setting in (*settings, "auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
+                    "auto_explain.log_format = json", "client_min_messages = log"):
+        conn.execute(f"SET {setting}")
+    return plans
 
 
 def connect(autocommit=True):

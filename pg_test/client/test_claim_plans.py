@@ -18,12 +18,11 @@ backlog; and reads the plans the functions really run from auto_explain on a
 fresh connection. The functions pin the planner settings they rely on, as
 they pin search_path.
 """
-import json
 
 import psycopg
 import pytest
 
-from conftest import DSN, dsn_for as dsn
+from conftest import DSN, dsn_for as dsn, log_plans
 
 DB = "claim_plans"
 
@@ -44,18 +43,7 @@ def db():
 def plans_of(conn, sql, args=()):
     """Run `sql` with enable_indexscan = off and return the JSON plans
     auto_explain logged for every statement it ran, nested ones included."""
-    plans = []
-
-    def on_notice(diag):
-        text = diag.message_primary or ""
-        if "plan:" in text:
-            plans.append(json.loads(text.split("plan:", 1)[1]))
-
-    conn.add_notice_handler(on_notice)
-    conn.execute("LOAD 'auto_explain'")
-    for setting in ("enable_indexscan = off", "auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
-                    "auto_explain.log_format = json", "client_min_messages = log"):
-        conn.execute(f"SET {setting}")
+    plans = log_plans(conn, "enable_indexscan = off")
     rows = conn.execute(sql, args).fetchall()
     conn.execute("RESET client_min_messages")
     return rows, plans

@@ -16,30 +16,10 @@ checks that none of the nested statements was compiled, while the top-level
 statement, planned under the session's own settings, was, and so were the
 push's statements (so the check can see JIT at all).
 """
-import json
-
 import psycopg
 import pytest
 
-from conftest import DSN
-
-
-def logged_plans(conn):
-    """Collects the JSON plans auto_explain logs on `conn`, in order."""
-    plans = []
-
-    def on_notice(diag):
-        text = diag.message_primary or ""
-        if "plan:" in text:
-            plans.append(json.loads(text.split("plan:", 1)[1]))
-
-    conn.add_notice_handler(on_notice)
-    conn.execute("LOAD 'auto_explain'")
-    for setting in ("jit = on", "jit_above_cost = 0", "auto_explain.log_min_duration = 0",
-                    "auto_explain.log_nested_statements = on", "auto_explain.log_format = json",
-                    "client_min_messages = log"):
-        conn.execute(f"SET {setting}")
-    return plans
+from conftest import DSN, log_plans
 
 
 def test_the_claim_and_the_tick_passes_are_never_jit_compiled(queue_name):
@@ -56,11 +36,18 @@ def test_the_claim_and_the_tick_passes_are_never_jit_compiled(queue_name):
     with psycopg.connect(DSN, autocommit=True) as conn:
         if not conn.execute("SELECT pg_jit_available()").fetchone()[0]:
             pytest.skip("this server has no JIT provider (llvmjit)")
-        plans = logged_plans(conn)
+        plans = log_plans(conn, "jit = on", "jit_above_cost = 0")
         for name, sql, args in steps:
             before = len(plans)
             rows = conn.execute(sql, args).fetchall()
-            runs[name] = (plans[before:-1], plans[-1], rows)
+            # psycopg sends %s as $1: the statement's own plan is the one
+            # with its text. What was logged after it ran at the commit
+            # (counters the transaction leaves for the stats pass), outside
+            # the function.
+            head = sql.split("%s")[0]
+            run = plans[before:]
+            at = next(i for i, p in enumerate(run) if p["Query Text"].strip().startswith(head))
+            runs[name] = (run[:at], run[at], rows)
         conn.execute("RESET client_min_messages")
 
     nested, top, rows = runs["claim"]

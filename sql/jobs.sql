@@ -143,6 +143,15 @@ CREATE INDEX jobs_group_next ON queue.jobs (serial_group, priority, id)
 CREATE TABLE queue.finished_jobs (LIKE queue.jobs INCLUDING DEFAULTS);
 ALTER TABLE queue.finished_jobs ADD CONSTRAINT finished_jobs_pkey PRIMARY KEY (id);
 
+-- Retention deletes the oldest history at the rate jobs finish, and the
+-- space it frees is reused only once vacuum has recorded it: until then the
+-- acks append at the end of the table. Autovacuum's defaults wait for a
+-- fifth of the table to be dead and then throttle themselves, so a vacuum of
+-- a few GB of history took minutes while the table grew by the jobs of those
+-- minutes (bench/README.md, the soak). Vacuum after a twentieth, unthrottled:
+-- it visits only the pages that changed (the rest are all-visible).
+ALTER TABLE queue.finished_jobs SET (autovacuum_vacuum_scale_factor = 0.05, autovacuum_vacuum_cost_delay = 0);
+
 -- Retention (the oldest) and queue_metrics (the latest hour) read this.
 -- Not a BRIN index, although rows arrive in finishing order: the ranges
 -- being filled stay unsummarized until autovacuum gets to them (a minute or

@@ -4686,6 +4686,8 @@ $$;
 -- (sql/jobs.sql says why).
 ALTER TABLE queue.jobs SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
                             autovacuum_vacuum_cost_delay = 0);
+-- History is vacuumed after a twentieth of it is dead, unthrottled (jobs.sql).
+ALTER TABLE queue.finished_jobs SET (autovacuum_vacuum_scale_factor = 0.05, autovacuum_vacuum_cost_delay = 0);
 
 -- 6. Grants, as sql/security.sql gives them on a fresh install.
 REVOKE ALL ON ALL TABLES IN SCHEMA queue FROM PUBLIC;

@@ -18,7 +18,6 @@ backlog; and reads the plans the functions really run from auto_explain on a
 fresh connection. The functions pin the planner settings they rely on, as
 they pin search_path.
 """
-
 import psycopg
 import pytest
 

@@ -89,10 +89,22 @@ def latency(dsn, queue, jobs, interval_s, concurrency=1, work_s=0.0):
                           "ms": ms}))
 
 
-def drain(dsn, queue, jobs, concurrency):
+def timed_drain(dsn, queue, jobs, concurrency, client, run):
+    """Prefills JOBS jobs, times `run()` (which returns once every job was
+    acked, in seconds), checks queue_stats and prints the JSON line."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         ids = pgqueue.push_batch(conn, queue, [payload(n) for n in range(jobs)])
         assert len(ids) == jobs
+        seconds = run()
+        stats = conn.execute("SELECT queue_stats(%s)", (queue,)).fetchone()[0]
+        if stats["completed"] != jobs:
+            sys.exit(f"{client} drain: queue_stats says {stats['completed']} completed, expected {jobs}")
+    print(json.dumps({"client": client, "kind": "drain", "concurrency": concurrency, "jobs": jobs,
+                      "seconds": seconds, "rate": jobs / seconds}))
+
+
+def drain(dsn, queue, jobs, concurrency):
+    def run():
         count = [0]
         lock = threading.Lock()
         all_done = threading.Event()
@@ -112,18 +124,12 @@ def drain(dsn, queue, jobs, concurrency):
         seconds = time.monotonic() - t0
         worker.stop()
         worker.wait()
-        stats = conn.execute("SELECT queue_stats(%s)", (queue,)).fetchone()[0]
-        if stats["completed"] != jobs:
-            sys.exit(f"drain: queue_stats says {stats['completed']} completed, expected {jobs}")
-    print(json.dumps({"client": "python", "kind": "drain", "concurrency": concurrency, "jobs": jobs,
-                      "seconds": seconds, "rate": jobs / seconds}))
+        return seconds
+
+    timed_drain(dsn, queue, jobs, concurrency, "python", run)
 
 
 def aio_drain(dsn, queue, jobs, concurrency):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        ids = pgqueue.push_batch(conn, queue, [payload(n) for n in range(jobs)])
-        assert len(ids) == jobs
-
     async def noop(job):
         return None
 
@@ -149,13 +155,7 @@ def aio_drain(dsn, queue, jobs, concurrency):
         await task
         return seconds
 
-    seconds = asyncio.run(run())
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        stats = conn.execute("SELECT queue_stats(%s)", (queue,)).fetchone()[0]
-    if stats["completed"] != jobs:
-        sys.exit(f"aio-drain: queue_stats says {stats['completed']} completed, expected {jobs}")
-    print(json.dumps({"client": "python-aio", "kind": "drain", "concurrency": concurrency, "jobs": jobs,
-                      "seconds": seconds, "rate": jobs / seconds}))
+    timed_drain(dsn, queue, jobs, concurrency, "python-aio", lambda: asyncio.run(run()))
 
 
 def drain_shared(dsn, queue, jobs, concurrency):

@@ -170,9 +170,9 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack
         // Handlers of one claim often finish together: the first ack wakes
         // this task while the others are about to be sent. Let the tasks
         // that are ready run first, so that one call carries their acks
-        // instead of the first going alone (a commit per call).
-        // Go on yielding while each turn brings more (the handlers of a big
-        // claim finish over several turns), but not for jobs still running.
+        // instead of the first going alone (a commit per call): yield while
+        // each turn brings more (a big claim finishes over several turns),
+        // and stop once every job holding a permit has queued its ack.
         for _ in 0..GATHER_TURNS {
             let before = pending.len();
             tokio::task::yield_now().await;

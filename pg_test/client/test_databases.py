@@ -208,7 +208,9 @@ def test_a_database_beyond_max_databases_is_refused_then_served_when_a_slot_free
     # Its slot goes to the refused database.
     wait_until("db_e served once a slot is free", lambda: served(admin, "db_e"), timeout=5)
     with connect("db_e") as c:
-        assert c.execute("SELECT queue_health() -> 'healthy'").fetchone()[0] is True
+        # Its services connect before their first tick: healthy once they ran.
+        wait_until("db_e healthy once served",
+                   lambda: c.execute("SELECT queue_health() -> 'healthy'").fetchone()[0] is True, timeout=5)
         s = c.execute("SELECT queue_stats('refused')").fetchone()[0]
         # The unserved job's counts were written to the table; the recount keeps them.
         assert (s["completed"], s["processing"], s["total_pushed"]) == (0, 1, 1), s

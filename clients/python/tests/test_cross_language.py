@@ -28,9 +28,10 @@ from typing import Dict, List
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import pgqueue
-from conftest import DSN, REPO, dsn_params, wait_until
+from conftest import DSN, REPO, wait_until
 
 NODE = shutil.which("node")
 NODE_DIR = os.path.join(REPO, "clients", "node")
@@ -114,18 +115,24 @@ def rust_worker_binary() -> str:
     return RUST_WORKER
 
 
-def node_url() -> str:
-    p = dsn_params()
+def node_url(dsn: str = DSN) -> str:
+    p = psycopg.conninfo.conninfo_to_dict(dsn)
     return f"postgres://{p.get('user', 'postgres')}@{p.get('host', '127.0.0.1')}:{p.get('port', '5432')}/{p.get('dbname', 'postgres')}"
 
 
-def test_python_node_and_rust_workers_share_a_queue(conn, queue_name, capsys):
+def start_workers(dsn: str, queue_name: str) -> List[Proc]:
+    """One worker process per language on ``queue_name`` of ``dsn``'s database."""
     rust_worker = rust_worker_binary()
-    procs = [
-        Proc("python", [sys.executable, PY_WORKER, DSN, queue_name], {}),
-        Proc("node", [NODE, NODE_WORKER], {"DATABASE_URL": node_url(), "QUEUE": queue_name, "CONCURRENCY": "4"}),
-        Proc("rust", [rust_worker], {"DATABASE_URL": node_url(), "QUEUE": queue_name, "CONCURRENCY": "4"}),
+    url = node_url(dsn)
+    return [
+        Proc("python", [sys.executable, PY_WORKER, dsn, queue_name], {}),
+        Proc("node", [NODE, NODE_WORKER], {"DATABASE_URL": url, "QUEUE": queue_name, "CONCURRENCY": "4"}),
+        Proc("rust", [rust_worker], {"DATABASE_URL": url, "QUEUE": queue_name, "CONCURRENCY": "4"}),
     ]
+
+
+def test_python_node_and_rust_workers_share_a_queue(conn, queue_name, capsys):
+    procs = start_workers(DSN, queue_name)
     by_lang = {p.lang: p for p in procs}
     try:
         for p in procs:
@@ -177,3 +184,86 @@ def test_python_node_and_rust_workers_share_a_queue(conn, queue_name, capsys):
     with capsys.disabled():
         print(f"\n[cross-language] {JOBS} jobs: python ran {counts['python']}, node ran {counts['node']}, "
               f"rust ran {counts['rust']}; serial groups handed between languages {handovers} times")
+
+
+WIDEN_DB = "cross_language_widened"
+
+
+def widen_queue_pop(conn: psycopg.Connection) -> None:
+    """Give ``queue_pop`` one more result column, as a later release might:
+    the function moves to another schema and a plpgsql wrapper with the old
+    signature returns its rows plus ``widened``. Like an ``ALTER EXTENSION ... UPDATE`` that
+    replaces the function, this invalidates every plan that calls it, and the
+    statements the workers prepared are planned again against a wider result."""
+    cols = conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = 'queue.claimed_job'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+    ).fetchall()
+    assert cols, "queue.claimed_job has no columns"
+    table = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in cols)
+    (schema,) = conn.execute("SELECT pronamespace::regnamespace::text FROM pg_proc"
+                             " WHERE oid = 'queue_pop(text, text, integer, interval)'::regprocedure").fetchone()
+    with conn.transaction():
+        conn.execute(sql.SQL("CREATE TYPE {}.claimed_job_widened AS ({}, widened text)").format(
+            sql.Identifier(schema), table))
+        # Moved, not renamed: the function names its parameters queue_pop.queue and so on.
+        conn.execute("CREATE SCHEMA before_widening")
+        conn.execute("ALTER FUNCTION queue_pop(text, text, integer, interval) SET SCHEMA before_widening")
+        conn.execute(sql.SQL(
+            "CREATE FUNCTION {schema}.queue_pop(queue text, worker text DEFAULT NULL, batch int DEFAULT 1,"
+            " wait interval DEFAULT NULL) RETURNS SETOF {schema}.claimed_job_widened LANGUAGE plpgsql"
+            " SET search_path = pg_catalog, pg_temp AS $f$ BEGIN RETURN QUERY SELECT p.*, 'widened'::text"
+            " FROM before_widening.queue_pop(queue, worker, batch, wait) AS p; END $f$"
+        ).format(schema=sql.Identifier(schema)))
+
+
+def test_workers_go_on_when_queue_pop_gains_a_column(capsys):
+    """An upgrade that adds a column to what ``queue_pop`` returns must not stop
+    a running worker: each client keeps its claim (and the ack that claims)
+    as a prepared statement per connection, and a prepared statement whose
+    result changes shape fails for good ("cached plan must not change result
+    type", 0A000). The clients name the columns they read, so theirs keep
+    their shape. Three workers, one per language, serve a database of their
+    own; 10 rounds of 6 jobs (every worker's statements prepared), the widening,
+    10 rounds more: every job completed once, every language ran jobs after
+    the widening, and the Node worker reported no error."""
+    admin = psycopg.connect(DSN, autocommit=True)
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(WIDEN_DB)))
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(WIDEN_DB)))
+    dsn = psycopg.conninfo.make_conninfo(DSN, dbname=WIDEN_DB)
+    db = psycopg.connect(dsn, autocommit=True)
+    procs: List[Proc] = []
+    try:
+        db.execute("CREATE EXTENSION queue")
+        procs = start_workers(dsn, "widened")
+        for p in procs:
+            assert p.ready.wait(20), f"the {p.lang} worker did not start: {p.lines}"
+
+        def rounds(first: int) -> List[int]:
+            ids = []
+            for r in range(10):
+                with db.transaction():
+                    ids += [pgqueue.push(db, "widened", {"i": first + r * 6 + k, "ms": 2}) for k in range(6)]
+                wait_until(lambda: db.execute("SELECT count(*) FROM queue.all_jobs WHERE id = ANY(%s)"
+                                              " AND status = 'completed'", (ids,)).fetchone()[0] == len(ids),
+                           timeout=30, interval=0.02, what=f"round {r} of the jobs from {first} completed")
+            return ids
+
+        before = rounds(0)
+        widen_queue_pop(db)
+        assert db.execute("SELECT widened FROM queue_pop('nothing-here')").fetchall() == []
+        after = rounds(60)
+    finally:
+        codes = {p.lang: p.stop() for p in procs}
+        db.close()
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(WIDEN_DB)))
+        admin.close()
+    assert codes["python"] == 0 and codes["rust"] == 0 and codes["node"] in (0, -signal.SIGTERM), codes
+    by_lang = {p.lang: p for p in procs}
+    assert not [e for e in by_lang["node"].lines if e.get("event") == "error"], by_lang["node"].lines[-5:]
+    starts = [i for p in procs for i in p.started()]
+    assert sorted(starts) == sorted(before + after), "a job was started twice, or not at all"
+    ran_after = {p.lang: len(set(p.started()) & set(after)) for p in procs}
+    assert all(n > 0 for n in ran_after.values()), f"a worker ran nothing after the widening: {ran_after}"
+    with capsys.disabled():
+        print(f"\n[queue_pop widened] jobs run after the widening: {ran_after}")

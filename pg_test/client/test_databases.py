@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = Path(os.environ.get("RUN_DIR", ROOT / ".run"))
@@ -87,6 +88,21 @@ def admin():
             yield c
     finally:
         cluster("stop", str(CLUSTER))
+
+
+@pytest.fixture(autouse=True)
+def drop_leftover_databases(admin):
+    """A test that fails half-way leaves its databases behind, and they hold
+    slots of queue.max_databases the next test counts on: drop every database
+    but the module's own after each test. A connection of its own, since the
+    crash test ends the admin connection with every other."""
+    yield
+    with psycopg.connect(dsn("postgres"), autocommit=True) as c:
+        leftovers = c.execute(
+            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'"
+            " AND NOT datname = ANY(%s)", (list(DATABASES),)).fetchall()
+        for (name,) in leftovers:
+            c.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_each_database_gets_its_own_three_services(admin):

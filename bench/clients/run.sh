@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The client libraries' benchmark: wake-up latency and drain throughput of the
-# Python (threaded Worker), Node and Rust workers, next to raw SQL on the same
+# Python (threaded Worker and asyncio AsyncWorker), Node and Rust workers, next to raw SQL on the same
 # cluster in the same run.
 #
 #   bench/clients/run.sh
@@ -8,7 +8,7 @@
 # Environment (defaults in brackets): JOBS [20000] jobs per drain,
 # LAT_JOBS [200] lone pushes for the wake-up latency, after WARMUP [20] more
 # that are not counted (the first pushes after a worker starts are slower:
-# see README.md), INTERVAL_MS [20] between them, CONCURRENCY ["1 10 50"], CLIENTS ["python node rust"], PROCS [4],
+# see README.md), INTERVAL_MS [20] between them, CONCURRENCY ["1 10 50"], CLIENTS ["python python-aio node rust"], PROCS [4],
 # QUEUE_BENCH [1] (0: skip `queue-bench --only W3,W4 --reps 1`).
 #
 # Starts a throwaway cluster (scripts/cluster.sh, .run/clients-bench-cluster,
@@ -29,8 +29,8 @@
 #      queue_ack(previous ids[]); queue_pop(q, w, c); COMMIT per round trip)
 #      on one connection, the reference of one worker process (both have at
 #      most c jobs in flight), and on PROCS connections, the reference of
-#      PROCS worker processes; then each client's worker (Python: the threaded
-#      Worker, then the asyncio AsyncWorker) with a no-op
+#      PROCS worker processes; then each client's worker (python: the threaded
+#      Worker, python-aio: the asyncio AsyncWorker) with a no-op
 #      handler draining JOBS jobs prefilled by one push_batch, timed from
 #      start() to the JOBS-th "finished" event (after the ack), checked
 #      against queue_stats; then PROCS worker processes of each client at
@@ -58,7 +58,7 @@ LAT_JOBS=${LAT_JOBS:-200}
 WARMUP=${WARMUP:-20}
 INTERVAL_MS=${INTERVAL_MS:-20}
 CONCURRENCY=${CONCURRENCY-"1 10 50"}
-CLIENTS=${CLIENTS:-"python node rust"}
+CLIENTS=${CLIENTS:-"python python-aio node rust"}
 PROCS=${PROCS:-4}
 PICKUP=${PICKUP-"32 64"}
 PICKUP_RATE=${PICKUP_RATE:-600}
@@ -108,6 +108,7 @@ driver() { # client mode queue jobs n [more...]: the driver's command in CMD
   shift 2
   case "$client" in
     python) CMD=("$python" "$here/python/bench.py" "$mode" "$DSN" "$@") ;;
+    python-aio) CMD=("$python" "$here/python/bench.py" "aio-$mode" "$DSN" "$@") ;;
     node) CMD=(node "$here/node/bench.js" "$mode" "$URL" "$@") ;;
     rust) CMD=("$rust_bench" "$mode" "$DSN" "$@") ;;
   esac
@@ -171,9 +172,6 @@ for c in $CONCURRENCY; do
   for client in $CLIENTS; do
     driver "$client" drain "drain_${client}_c$c" "$JOBS" "$c"
     measured "${CMD[@]}"
-    if [ "$client" = python ]; then # and Python's asyncio worker
-      measured "$python" "$here/python/bench.py" aio-drain "$DSN" "drain_python_aio_c$c" "$JOBS" "$c"
-    fi
   done
   if [ "$PROCS" -gt 0 ]; then
     for client in $CLIENTS; do

@@ -5,7 +5,7 @@
     PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py pickup  DSN QUEUE JOBS INTERVAL_US CONCURRENCY WORK_MS
     PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py drain   DSN QUEUE JOBS CONCURRENCY
     PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py drain-shared DSN QUEUE JOBS CONCURRENCY
-    PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py aio-drain DSN QUEUE JOBS CONCURRENCY
+    PYTHONPATH=clients/python/src python3 bench/clients/python/bench.py aio-MODE ...   (the same, AsyncWorker)
 
 latency: an idle threaded pgqueue.Worker (concurrency 1, LISTEN mode) started
 in this process; a producer connection of this process pushes JOBS jobs one at
@@ -24,8 +24,10 @@ no-op handler at CONCURRENCY; the time from start() until the on_finished
 listener (called after the ack) has fired JOBS times, checked against
 queue_stats(queue). Prints one JSON line with jobs/s.
 
-aio-drain: the same drain with pgqueue.aio.AsyncWorker (an async no-op
-handler), reported as client "python-aio".
+aio-latency, aio-pickup, aio-drain, aio-drain-shared: the same with
+pgqueue.aio.AsyncWorker (async handlers; the worker runs on an event loop of
+its own thread, the producer pushes from the main thread as above), reported
+as client "python-aio".
 
 drain-shared: one of several processes draining the same queue, which
 bench/clients/run.sh filled with JOBS jobs: a Worker at CONCURRENCY runs until
@@ -51,18 +53,64 @@ def payload(n):
     return {"n": n, "s": "x" * 64}
 
 
-def latency(dsn, queue, jobs, interval_s, concurrency=1, work_s=0.0):
+class Workers:
+    """Starts and stops one worker of a kind: ``python`` (the threaded
+    pgqueue.Worker) or ``python-aio`` (pgqueue.aio.AsyncWorker on an event
+    loop of its own thread), with a handler that calls ``on_start(job)`` and
+    then takes ``work_s`` seconds (sleeping; awaiting for the asyncio one)."""
+
+    def __init__(self, client, dsn, queue, concurrency, on_start, work_s=0.0, **kwargs):
+        self.client = client
+        if client == "python":
+            def handler(job):
+                on_start(job)
+                if work_s:
+                    time.sleep(work_s)
+
+            self._worker = pgqueue.Worker(dsn, {queue: handler}, concurrency=concurrency, **kwargs)
+            return
+        ready = threading.Event()
+
+        async def ahandler(job):
+            on_start(job)
+            if work_s:
+                await asyncio.sleep(work_s)
+
+        async def serve():
+            self._loop = asyncio.get_running_loop()
+            self._worker = AsyncWorker(dsn, {queue: ahandler}, concurrency=concurrency, **kwargs)
+            ready.set()
+            await self._worker.run(install_signal_handlers=False)
+
+        self._thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+        self._ready = ready
+
+    def start(self):
+        if self.client == "python":
+            self._worker.start()
+        else:
+            self._thread.start()
+            self._ready.wait()
+
+    def stop(self):
+        if self.client == "python":
+            self._worker.stop()
+            self._worker.wait()
+        else:
+            self._loop.call_soon_threadsafe(self._worker.stop)
+            self._thread.join(60)
+
+
+def latency(client, dsn, queue, jobs, interval_s, concurrency=1, work_s=0.0):
     started = {}
     done = threading.Semaphore(0)
 
-    def handler(job):
+    def on_start(job):
         started[job.id] = time.monotonic()
-        if work_s:
-            time.sleep(work_s)
 
     pooler = os.environ.get("BENCH_POOLER") == "1"
-    worker = pgqueue.Worker(dsn, {queue: handler}, concurrency=concurrency, pooler=pooler,
-                            listeners=[pgqueue.CallbackListener(on_finished=lambda e: done.release())])
+    worker = Workers(client, dsn, queue, concurrency, on_start, work_s, pooler=pooler,
+                     listeners=[pgqueue.CallbackListener(on_finished=lambda e: done.release())])
     worker.start()
     time.sleep(1.0)  # connected, LISTEN in place, first (empty) claim done: idle
     pushed = {}
@@ -79,23 +127,39 @@ def latency(dsn, queue, jobs, interval_s, concurrency=1, work_s=0.0):
         if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
             sys.exit("latency: not every job finished within 30 s")
     worker.stop()
-    worker.wait()
     ms = [(started[j] - t) * 1000 for j, t in pushed.items()]
     if concurrency == 1 and not work_s:
-        print(json.dumps({"client": "python", "kind": "latency", "jobs": jobs, "ms": ms}))
+        print(json.dumps({"client": client, "kind": "latency", "jobs": jobs, "ms": ms}))
     else:
-        print(json.dumps({"client": "python", "kind": "pickup", "jobs": jobs, "concurrency": concurrency,
+        print(json.dumps({"client": client, "kind": "pickup", "jobs": jobs, "concurrency": concurrency,
                           "work_ms": work_s * 1000, "push_rate": push_rate, "pooler": pooler,
                           "ms": ms}))
 
 
-def timed_drain(dsn, queue, jobs, concurrency, client, run):
-    """Prefills JOBS jobs, times `run()` (which returns once every job was
-    acked, in seconds), checks queue_stats and prints the JSON line."""
+def drain(client, dsn, queue, jobs, concurrency):
+    """JOBS jobs prefilled, timed from start() until every job was acked,
+    checked against queue_stats; prints the JSON line."""
+    count = [0]
+    lock = threading.Lock()
+    all_done = threading.Event()
+
+    def finished(event):
+        with lock:
+            count[0] += 1
+            if count[0] == jobs:
+                all_done.set()
+
     with psycopg.connect(dsn, autocommit=True) as conn:
         ids = pgqueue.push_batch(conn, queue, [payload(n) for n in range(jobs)])
         assert len(ids) == jobs
-        seconds = run()
+        worker = Workers(client, dsn, queue, concurrency, lambda job: None,
+                         listeners=[pgqueue.CallbackListener(on_finished=finished)])
+        t0 = time.monotonic()
+        worker.start()
+        if not all_done.wait(600):
+            sys.exit(f"{client} drain: not finished within 600 s")
+        seconds = time.monotonic() - t0
+        worker.stop()
         stats = conn.execute("SELECT queue_stats(%s)", (queue,)).fetchone()[0]
         if stats["completed"] != jobs:
             sys.exit(f"{client} drain: queue_stats says {stats['completed']} completed, expected {jobs}")
@@ -103,62 +167,7 @@ def timed_drain(dsn, queue, jobs, concurrency, client, run):
                       "seconds": seconds, "rate": jobs / seconds}))
 
 
-def drain(dsn, queue, jobs, concurrency):
-    def run():
-        count = [0]
-        lock = threading.Lock()
-        all_done = threading.Event()
-
-        def finished(event):
-            with lock:
-                count[0] += 1
-                if count[0] == jobs:
-                    all_done.set()
-
-        worker = pgqueue.Worker(dsn, {queue: lambda job: None}, concurrency=concurrency,
-                                listeners=[pgqueue.CallbackListener(on_finished=finished)])
-        t0 = time.monotonic()
-        worker.start()
-        if not all_done.wait(600):
-            sys.exit("drain: not finished within 600 s")
-        seconds = time.monotonic() - t0
-        worker.stop()
-        worker.wait()
-        return seconds
-
-    timed_drain(dsn, queue, jobs, concurrency, "python", run)
-
-
-def aio_drain(dsn, queue, jobs, concurrency):
-    async def noop(job):
-        return None
-
-    async def run():
-        count = [0]
-        all_done = asyncio.Event()
-
-        def finished(event):
-            count[0] += 1
-            if count[0] == jobs:
-                all_done.set()
-
-        worker = AsyncWorker(dsn, {queue: noop}, concurrency=concurrency,
-                             listeners=[pgqueue.CallbackListener(on_finished=finished)])
-        t0 = time.monotonic()
-        task = asyncio.create_task(worker.run(install_signal_handlers=False))
-        try:
-            await asyncio.wait_for(all_done.wait(), 600)
-        except asyncio.TimeoutError:
-            sys.exit("aio-drain: not finished within 600 s")
-        seconds = time.monotonic() - t0
-        worker.stop()
-        await task
-        return seconds
-
-    timed_drain(dsn, queue, jobs, concurrency, "python-aio", lambda: asyncio.run(run()))
-
-
-def drain_shared(dsn, queue, jobs, concurrency):
+def drain_shared(client, dsn, queue, jobs, concurrency):
     count = [0]
     last = [0.0]
     lock = threading.Lock()
@@ -168,8 +177,8 @@ def drain_shared(dsn, queue, jobs, concurrency):
             count[0] += 1
             last[0] = time.time() * 1000
 
-    worker = pgqueue.Worker(dsn, {queue: lambda job: None}, concurrency=concurrency,
-                            listeners=[pgqueue.CallbackListener(on_finished=finished)])
+    worker = Workers(client, dsn, queue, concurrency, lambda job: None,
+                     listeners=[pgqueue.CallbackListener(on_finished=finished)])
     with psycopg.connect(dsn, autocommit=True) as conn:
         start = time.time() * 1000
         worker.start()
@@ -179,23 +188,23 @@ def drain_shared(dsn, queue, jobs, concurrency):
                 sys.exit("drain-shared: not drained within 600 s")
             time.sleep(0.01)
         worker.stop()
-        worker.wait()
-    print(json.dumps({"client": "python", "kind": "drain_part", "concurrency": concurrency, "jobs": count[0],
+    print(json.dumps({"client": client, "kind": "drain_part", "concurrency": concurrency, "jobs": count[0],
                       "start_ms": start, "end_ms": last[0]}))
 
 
 def main():
-    mode, args = sys.argv[1] if len(sys.argv) > 1 else None, sys.argv[2:]
+    mode, args = sys.argv[1] if len(sys.argv) > 1 else "", sys.argv[2:]
+    client = "python"
+    if mode.startswith("aio-"):
+        client, mode = "python-aio", mode[len("aio-"):]
     if mode == "latency" and len(args) == 4:
-        latency(args[0], args[1], int(args[2]), int(args[3]) / 1000)
+        latency(client, args[0], args[1], int(args[2]), int(args[3]) / 1000)
     elif mode == "pickup" and len(args) == 6:
-        latency(args[0], args[1], int(args[2]), int(args[3]) / 1e6, int(args[4]), int(args[5]) / 1000)
+        latency(client, args[0], args[1], int(args[2]), int(args[3]) / 1e6, int(args[4]), int(args[5]) / 1000)
     elif mode == "drain" and len(args) == 4:
-        drain(args[0], args[1], int(args[2]), int(args[3]))
-    elif mode == "aio-drain" and len(args) == 4:
-        aio_drain(args[0], args[1], int(args[2]), int(args[3]))
+        drain(client, args[0], args[1], int(args[2]), int(args[3]))
     elif mode == "drain-shared" and len(args) == 4:
-        drain_shared(args[0], args[1], int(args[2]), int(args[3]))
+        drain_shared(client, args[0], args[1], int(args[2]), int(args[3]))
     else:
         sys.exit(__doc__)
 

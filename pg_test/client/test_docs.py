@@ -5,8 +5,10 @@ the internal `queue` schema must have a COMMENT (pg_regress `security` checks
 that too), a row in the README's Functions tables, and a signature in
 docs/reference.md, and every function the docs name must exist. A function
 added without its documentation, or documentation left behind by a removed
-one, fails here.
+one, fails here. So does a relative link of any markdown file of the project
+that names a file or a heading that is not there.
 """
+import os
 import pathlib
 import re
 
@@ -69,3 +71,40 @@ def test_the_readme_links_to_headings_that_exist():
                       - anchors(readme))
     missing += sorted({a for a in re.findall(r"\]\(#([a-z0-9_-]+)\)", reference)} - anchors(reference))
     assert missing == []
+
+
+def markdown_files():
+    """The project's own markdown files (not dependencies or build output)."""
+    skip = {".git", ".run", "target", "node_modules", "dist"}
+    for d, dirs, files in os.walk(ROOT):
+        dirs[:] = [x for x in dirs if x not in skip]
+        yield from (pathlib.Path(d) / f for f in files if f.endswith(".md"))
+
+
+def heading_anchors(text):
+    """GitHub's anchors of a file's headings: lower case, spaces to '-',
+    punctuation other than '-' and '_' dropped (code blocks left out)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    return {re.sub(r"[^a-z0-9_ -]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+
+
+def test_every_relative_link_of_the_docs_lands():
+    """Every relative link in every markdown file names a file that exists,
+    and a heading of it that exists when it has an anchor."""
+    broken = []
+    files = list(markdown_files())
+    assert len(files) > 8, files
+    for md in files:
+        text = md.read_text()
+        prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", target):
+                continue  # http:, https:, mailto:
+            path, _, anchor = target.partition("#")
+            dest = (md.parent / path).resolve() if path else md
+            if not dest.exists():
+                broken.append(f"{md.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in heading_anchors(dest.read_text()):
+                broken.append(f"{md.relative_to(ROOT)}: {target} (no such heading)")
+    assert broken == [], broken

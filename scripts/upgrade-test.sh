@@ -9,7 +9,9 @@
 #                                   update, ALTER EXTENSION queue UPDATE, check
 #                                   that every job, schedule and counter is
 #                                   intact and the queue works, and that the
-#                                   upgraded schema equals a fresh install
+#                                   upgraded schema equals a fresh install;
+#                                   then the update of a second database
+#                                   while a worker and a producer use it
 #
 # run-tests.sh runs `old` before it installs this build and `new` after. The
 # releases and the commits that built them are listed in sql/releases/README.md;
@@ -68,15 +70,22 @@ PY
 
   scripts/cluster.sh start "$CLUSTER" "$PORT" "queue.tick = 100ms" "queue.database = 'upgraded'"
   psql_db postgres -c "CREATE DATABASE upgraded"
-  # The workers serve the database from their start: restart them there.
+  # A second database, updated while a worker and a producer use it. 0.1.0
+  # serves one database; this build serves both (set in `new`).
+  psql_db postgres -c "CREATE DATABASE upgraded_busy"
+  # The workers serve the databases from their start: restart them there.
   scripts/cluster.sh restart "$CLUSTER"
   psql_db upgraded -c "CREATE EXTENSION queue VERSION '$OLD_VERSION'"
+  psql_db upgraded_busy -c "CREATE EXTENSION queue VERSION '$OLD_VERSION'"
   python3 -m pytest -q -p no:cacheprovider pg_test/upgrade/test_upgrade.py -k before_upgrade
   ;;
 new)
-  # The new .so is installed; a restart loads it (the old catalog stays).
+  # The new .so is installed; a restart loads it (the old catalog stays), and
+  # its services serve both databases.
+  psql_db postgres -c "ALTER SYSTEM SET queue.database = 'upgraded, upgraded_busy'"
   scripts/cluster.sh restart "$CLUSTER"
   python3 -m pytest -q -p no:cacheprovider pg_test/upgrade/test_upgrade.py -k after_upgrade
+  python3 -m pytest -q -p no:cacheprovider pg_test/upgrade/test_upgrade_under_load.py
   scripts/cluster.sh stop "$CLUSTER"
   ;;
 *)

@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 
 mod access;
 mod backoff;
+mod compat;
 mod cron;
 mod gucs;
 mod launcher;

@@ -305,7 +305,7 @@ fn transaction_start() -> TimestampWithTimeZone {
 /// function again in every transaction, so each separate check costs a push.
 #[pg_extern(stable, parallel_safe, schema = "queue")]
 #[allow(clippy::too_many_arguments)]
-fn check_push_args(
+pub(crate) fn check_push_args(
     queue: Option<&str>,
     serial_group: Option<&str>,
     payload_size: Option<i32>,

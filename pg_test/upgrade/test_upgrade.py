@@ -19,6 +19,7 @@ import time
 
 import psycopg
 import pytest
+from psycopg import sql
 
 DSN = os.environ.get("QUEUE_UPGRADE_DSN", "host=127.0.0.1 port=25434 user=postgres dbname=upgraded")
 RUN_DIR = os.environ.get("RUN_DIR", os.path.join(os.path.dirname(__file__), "..", "..", ".run"))
@@ -169,13 +170,19 @@ def server_crashes():
         return [line for line in f if "terminated by signal" in line or "was terminated by" in line]
 
 
-OLD_CATALOG_CALLS = [
+# What workers and producers call: these must work on the old catalog (a
+# deployment installs the new build, restarts, and runs the update later).
+OLD_CATALOG_JOB_CALLS = [
     "SELECT queue_push('up-probe', '{}')",
     "SELECT queue_push_batch('up-probe', ARRAY['{}'::jsonb, '{}'])",
     "SELECT * FROM queue_pop('up-probe')",
     "SELECT queue_ack(0)",
     "SELECT queue_fail(0, 'x')",
     "SELECT queue_touch(0)",
+    "SELECT queue_heartbeat('up-probe-worker', '{}')",
+]
+# The rest: work or fail with a clear error.
+OLD_CATALOG_CALLS = OLD_CATALOG_JOB_CALLS + [
     "SELECT queue_stats()",
     "SELECT queue_list()",
     "SELECT queue_metrics()",
@@ -190,22 +197,59 @@ OLD_CATALOG_CALLS = [
 
 
 def test_after_upgrade_old_catalog_calls_work_or_fail_clearly():
-    """Before the update the new library serves the old catalog: never a crash."""
+    """Before the update the new library serves the old catalog: the job
+    calls work, the others work or fail with a clear error, never a crash."""
     before = len(server_crashes())
-    for sql in OLD_CATALOG_CALLS:
+    failed = {}
+    for call in OLD_CATALOG_CALLS:
         with connect(autocommit=False) as conn:
             try:
-                conn.execute(sql).fetchall()
+                conn.execute(call).fetchall()
             except psycopg.OperationalError as e:
-                pytest.fail(f"{sql}: the connection broke: {e}")
+                pytest.fail(f"{call}: the connection broke: {e}")
             except psycopg.Error as e:
-                assert e.diag.sqlstate and e.diag.sqlstate[:2] not in ("XX", "58"), (sql, e.diag.sqlstate, str(e))
-                assert e.diag.message_primary, sql
+                assert e.diag.sqlstate and e.diag.sqlstate[:2] not in ("XX", "58"), (call, e.diag.sqlstate, str(e))
+                assert e.diag.message_primary, call
+                failed[call] = f"{e.diag.sqlstate}: {e.diag.message_primary}"
             finally:
                 conn.rollback()
     with connect() as conn:
         assert conn.execute("SELECT 1").fetchone()[0] == 1
     assert len(server_crashes()) == before, server_crashes()[before:]
+    assert {s: f for s, f in failed.items() if s in OLD_CATALOG_JOB_CALLS} == {}
+
+
+def released_symbols():
+    """(release file, C symbol) of every C function a released install script declares."""
+    releases = os.path.join(os.path.dirname(__file__), "..", "..", "sql", "releases")
+    found = []
+    for name in sorted(os.listdir(releases)):
+        if name.endswith(".sql"):
+            with open(os.path.join(releases, name)) as f:
+                found += [(name, sym) for sym in sorted(set(re.findall(r"'MODULE_PATHNAME',\s*'(\w+)'", f.read())))]
+    return found
+
+
+def test_after_upgrade_this_library_has_every_symbol_a_release_calls():
+    """Every C function of every released catalog still resolves in this
+    library (src/compat.rs keeps the ones the current catalog dropped):
+    CREATE FUNCTION of a C function looks its symbol up, and fails if it is
+    not there. Rolled back."""
+    symbols = released_symbols()
+    assert len(symbols) > 20, symbols
+    missing = []
+    with connect(autocommit=False) as conn:
+        conn.execute("CREATE SCHEMA symbol_probe")
+        for i, (release, sym) in enumerate(symbols):
+            conn.execute("SAVEPOINT s")
+            try:
+                conn.execute(sql.SQL("CREATE FUNCTION symbol_probe.{}() RETURNS void LANGUAGE c AS '$libdir/queue', {}")
+                             .format(sql.Identifier(f"f{i}"), sql.Literal(sym)))
+            except psycopg.Error as e:
+                missing.append(f"{release}: {sym} ({e.diag.message_primary})")
+            conn.execute("ROLLBACK TO SAVEPOINT s")
+        conn.rollback()
+    assert missing == []
 
 
 def test_after_upgrade_alter_extension_update():

@@ -280,9 +280,11 @@ const ACK_BATCH_SQL = 'SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb
 /**
  * The acks of a batch and a claim of the next jobs, in one statement (one
  * commit, one round trip): what the acker sends when a queue may have work
- * ({@link Worker.ackAndClaim}). Every row carries the ids the ack completed
- * (as text, like {@link ACK_BATCH_SQL}); the claimed jobs come with the columns
- * of {@link CLAIM_SQL}, or one row with a NULL id when none was claimed.
+ * ({@link Worker.ackAndClaim}). The first row carries the ids the ack completed
+ * (as text, like {@link ACK_BATCH_SQL}; NULL on the other rows, which would
+ * otherwise each repeat the array: c rows of c ids to send and parse); the
+ * claimed jobs come with the columns of {@link CLAIM_SQL}, or one row with a
+ * NULL id when none was claimed.
  *
  * The claim must run after the ack, so that a serial group the ack releases
  * can hand its next job to this very claim: the claim is a LATERAL subquery
@@ -292,14 +294,14 @@ const ACK_BATCH_SQL = 'SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb
  * volatile. It never waits (no `wait`) and uses no session state: the same
  * statement works through a transaction-mode pooler.
  */
-const ACK_CLAIM_SQL = `SELECT a.acked::text[] AS acked, p.after_the_ack, p.id, p.queue, p.payload, p.priority, p.serial_group,
+const ACK_CLAIM_SQL = `SELECT CASE WHEN coalesce(p.ordinality, 1) = 1 THEN a.acked::text[] END AS acked, p.after_the_ack, p.id, p.queue, p.payload, p.priority, p.serial_group,
        p.attempt, p.max_attempts, p.lease_until, p.created_at, p.lease_ms
   FROM (SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb[]) AS acked) AS a
   LEFT JOIN LATERAL (SELECT q.id::text AS id, q.queue, q.payload, q.priority, q.serial_group, q.attempt, q.max_attempts,
                             q.lease_until, q.created_at,
                             (extract(epoch FROM q.lease_until - now()) * 1000)::float8 AS lease_ms,
-                            a.acked IS NOT NULL AS after_the_ack
-                       FROM queue_pop($4::text, $5::text, $6::int) AS q OFFSET 0) AS p ON true`;
+                            a.acked IS NOT NULL AS after_the_ack, q.ordinality
+                       FROM queue_pop($4::text, $5::text, $6::int) WITH ORDINALITY AS q OFFSET 0) AS p ON true`;
 /** The most acks one `queue_ack_batch` carries (the rest go into the next call): bounds the statement's size and its row locks. */
 const ACK_BATCH_MAX = 1000;
 /**
@@ -1112,7 +1114,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     }
     // The ids completed; any other was stale or unknown. A reply that is not
     // a list of ids (not expected) completes nobody we can vouch for.
-    const ids = rows[0]?.acked;
+    const ids = rows.find((r) => r.acked != null)?.acked; // on the first row only
     const completed = new Set(Array.isArray(ids) ? ids.filter((x): x is string => typeof x === 'string') : []);
     const claimed = rows.filter((r): r is AckClaimRow & { id: string } => typeof r.id === 'string');
     if (claimed.length > 0) this.dirty.add(queue); // there may be more; an empty claim marked the sleeper instead

@@ -41,19 +41,21 @@ ACK_SQL = "SELECT queue_ack(%s::bigint, %s::jsonb, %s::int)"
 ACK_BATCH_SQL = "SELECT queue_ack_batch(%s::bigint[], %s::int[], %s::jsonb[])"
 # The acks of a batch and a claim of the next jobs of one queue, in one statement
 # (one commit, one round trip): what the acker sends when a queue may have work.
-# Every row carries the ids the ack completed (``acked``); then the columns of
-# POP_SQL, or NULLs (one row, id NULL) when nothing was claimed. The claim is a
+# The first claimed row (or the one row, id NULL, of an empty claim) carries the
+# ids the ack completed (``acked``; NULL on the others, which would otherwise
+# each repeat the array: c rows of c ids to send and parse); then the columns
+# of POP_SQL. The claim is a
 # LATERAL subquery reading the ack's output (``after_the_ack``), so it can only
 # run once the ack's row exists; OFFSET 0 keeps it from being flattened into the
 # join. So a serial group the ack releases can hand its next job to this claim.
 # Parameters: ids, attempts, results, queue, worker name, how many to claim.
 ACK_CLAIM_SQL = (
-    "SELECT a.acked, p.after_the_ack, p.id, p.queue, p.payload, p.priority, p.serial_group, p.attempt,"
-    " p.max_attempts, p.lease_until, p.created_at, p.lease"
+    "SELECT CASE WHEN coalesce(p.ordinality, 1) = 1 THEN a.acked END, p.after_the_ack, p.id, p.queue, p.payload,"
+    " p.priority, p.serial_group, p.attempt, p.max_attempts, p.lease_until, p.created_at, p.lease"
     " FROM (SELECT queue_ack_batch(%s::bigint[], %s::int[], %s::jsonb[]) AS acked) AS a"
     " LEFT JOIN LATERAL (SELECT q.*, q.lease_until - now() AS lease,"
     " a.acked IS NOT NULL AS after_the_ack"
-    " FROM queue_pop(%s::text, %s::text, %s::int) AS q OFFSET 0) AS p ON true"
+    " FROM queue_pop(%s::text, %s::text, %s::int) WITH ORDINALITY AS q OFFSET 0) AS p ON true"
 )
 FAIL_SQL = "SELECT queue_fail(%s::bigint, %s::text, %s::int, %s::interval, %s::boolean)"
 TOUCH_SQL = "SELECT queue_touch(%s::bigint, %s::interval, %s::int)"
@@ -202,8 +204,8 @@ class ClaimedRow:
 def split_ack_claim(rows: Sequence[Sequence[Any]]) -> Tuple[List[int], List[ClaimedRow]]:
     """The rows of :data:`ACK_CLAIM_SQL`: (the ids the ack completed, the claimed jobs).
     Rows with a NULL id are not jobs (the one row of an empty claim)."""
-    acked = list(rows[0][0] or ()) if rows else []
-    return acked, [ClaimedRow(*r[2:]) for r in rows if r[2] is not None]
+    acked = next((r[0] for r in rows if r[0] is not None), None)  # the first row's
+    return list(acked or ()), [ClaimedRow(*r[2:]) for r in rows if r[2] is not None]
 
 
 def hand_over_slots(active: Dict[int, Any], batch: Sequence[Any], jobs: Sequence[Any],

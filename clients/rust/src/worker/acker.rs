@@ -57,8 +57,10 @@ const GATHER_TURNS: usize = 8;
 pub(super) const ACK_BATCH_SQL: &str = "SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb[])";
 
 /// `queue_ack_batch` and then `queue_pop`, in one statement (one commit, one
-/// round trip), returning the ids acked on every row and the claimed jobs
-/// (one row with a NULL id when none was claimed).
+/// round trip), returning the ids acked and the claimed jobs (one row with a
+/// NULL id when none was claimed). The ids come on the first row only, NULL on
+/// the others: repeated on each, a claim of c jobs would send and parse c
+/// arrays of c ids.
 ///
 /// The claim must run after the ack, so that a serial group the ack releases
 /// can hand its next job to this very claim. The claim is a LATERAL subquery
@@ -67,11 +69,12 @@ pub(super) const ACK_BATCH_SQL: &str = "SELECT queue_ack_batch($1::bigint[], $2:
 /// flattened into the join, and the ack's subquery is never flattened because
 /// its call is volatile. Inside, `queue_pop` is volatile plpgsql: its
 /// statements take a snapshot that sees what the ack changed.
-pub(super) const ACK_CLAIM_SQL: &str = "SELECT a.acked, p.after_the_ack, p.id, p.queue, p.payload, \
+pub(super) const ACK_CLAIM_SQL: &str = "SELECT CASE WHEN coalesce(p.ordinality, 1) = 1 THEN a.acked END, \
+     p.after_the_ack, p.id, p.queue, p.payload, \
      p.priority, p.serial_group, p.attempt, p.max_attempts, p.lease_until, p.created_at, p.lease \
      FROM (SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb[]) AS acked) AS a \
      LEFT JOIN LATERAL (SELECT q.*, greatest(q.lease_until - clock_timestamp(), interval '0') AS lease, \
-     a.acked IS NOT NULL AS after_the_ack FROM queue_pop($4, $5, $6) AS q OFFSET 0) AS p ON true";
+     a.acked IS NOT NULL AS after_the_ack FROM queue_pop($4, $5, $6) WITH ORDINALITY AS q OFFSET 0) AS p ON true";
 
 /// A job result already serialised to JSON text, sent as a `jsonb` parameter.
 ///
@@ -268,7 +271,10 @@ impl Shared {
                 return self.deliver_acks(batch).await;
             }
         };
-        let completed = acked_ids(rows.first().and_then(|row| row.try_get(0).ok()));
+        // The ids are on the first row only (NULL on the others).
+        let completed = acked_ids(
+            rows.iter().find_map(|row| row.try_get::<_, Option<Vec<Option<i64>>>>(0).ok().flatten()).map(Some),
+        );
         let claimed: Vec<Job> = rows
             .iter()
             .filter(|r| r.try_get::<_, Option<i64>>("id").ok().flatten().is_some())

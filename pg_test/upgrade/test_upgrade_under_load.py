@@ -5,7 +5,9 @@ which `old` created with the oldest release).
 Users upgrade a live system: a producer keeps pushing and a worker keeps
 claiming and acknowledging while the update replaces the functions they call
 (queue_pop and queue_push are dropped and created again with new signatures)
-and rewrites the tables under them. What must hold, checked here with this
+and alters the tables under them; the update's transaction is held open for
+1.5 s, so that calls queue behind its locks or run the old functions meanwhile
+and meet the new catalog when it commits. What must hold, checked here with this
 tree's threaded Python worker and a producer connection:
 
 * the update goes through while both run, and takes this build's version;
@@ -32,6 +34,7 @@ from test_upgrade import DSN, NEW_VERSION, server_crashes, wait_until  # noqa: E
 
 BUSY_DSN = re.sub(r"dbname=\S+", "dbname=upgraded_busy", DSN)
 QUEUE = "busy"
+HOLD_S = 1.5  # how long the update's transaction stays open after the script ran
 
 
 class Recorded(logging.Handler):
@@ -99,7 +102,12 @@ def test_update_while_a_worker_drains_and_a_producer_pushes(capsys):
         before = len(pushed)
         with psycopg.connect(BUSY_DSN, autocommit=True) as admin:
             start = time.monotonic()
-            admin.execute("ALTER EXTENSION queue UPDATE")
+            # Held open for a while before it commits: calls pile up behind its
+            # locks, or run the old functions meanwhile, and then meet the new
+            # catalog the moment it commits.
+            with admin.transaction():
+                admin.execute("ALTER EXTENSION queue UPDATE")
+                admin.execute("SELECT pg_sleep(%s)", (HOLD_S,))
             update_ms = (time.monotonic() - start) * 1000
             assert admin.execute("SELECT extversion FROM pg_extension WHERE extname = 'queue'").fetchone()[0] \
                 == NEW_VERSION
@@ -125,6 +133,6 @@ def test_update_while_a_worker_drains_and_a_producer_pushes(capsys):
     assert not [s for s in recorded.sqlstates if s[:2] in ("XX", "58")], (recorded.sqlstates, recorded.lines)
     assert len(server_crashes()) == crashes, server_crashes()[crashes:]
     with capsys.disabled():
-        print(f"\n[update under load] {old} -> {NEW_VERSION} in {update_ms:.0f} ms; {before} jobs pushed before it, "
-              f"{total - at_update} after; push errors: {push_errors or 'none'}; "
+        print(f"\n[update under load] {old} -> {NEW_VERSION} in {update_ms:.0f} ms (held {HOLD_S} s); "
+              f"{before} jobs pushed before it, {total - at_update} after; push errors: {push_errors or 'none'}; "
               f"worker warnings: {recorded.lines or 'none'}")

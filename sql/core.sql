@@ -673,6 +673,17 @@ BEGIN
     IF v_acks = 0 THEN
         RETURN '{}';
     END IF;
+    IF v_acks = 1 THEN
+        -- One finished job, what a worker running one job at a time sends
+        -- with its next claim: queue_ack's own move (its size check, access
+        -- check and release steps), without the join of ids to attempts and
+        -- results and the aggregates a batch needs (a quarter of a
+        -- queue_ack_pop call's instructions; bench/README.md, "One ack").
+        -- (Each array's own lower bound: '[5:5]={7}' is one id too.)
+        RETURN CASE WHEN @extschema@.queue_ack(p_ids[array_lower(p_ids, 1)], p_results[array_lower(p_results, 1)],
+                                               p_attempts[array_lower(p_attempts, 1)])
+                    THEN ARRAY[p_ids[array_lower(p_ids, 1)]] ELSE '{}' END;
+    END IF;
     IF p_results IS NOT NULL THEN
         PERFORM queue.check_size('result', (SELECT max(pg_column_size(r)) FROM unnest(p_results) r), 'result');
     END IF;

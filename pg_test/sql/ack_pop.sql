@@ -56,6 +56,12 @@ SELECT queue_ack_batch('{12}', '{1}', ARRAY[jsonb_build_object('big', repeat('x'
 RESET queue.max_result_size;
 SELECT status FROM queue.jobs WHERE id = 12;
 
+-- One id is acked as queue_ack acks it, whatever the arrays' lower bounds:
+-- a stale attempt is skipped, the current one completes with its result.
+SELECT queue_ack_batch('[5:5]={12}', '[3:3]={2}') AS stale;
+SELECT queue_ack_batch('[5:5]={12}', '[3:3]={1}', '[0:0]={"{\"r\": 12}"}') AS acked;
+SELECT status, result FROM queue.all_jobs WHERE id = 12;
+
 -- The counters saw every move.
 SELECT queue_stats('work') -> 'completed' AS completed, queue_stats('work') -> 'processing' AS processing;
 SELECT queue_stats('batch') -> 'completed' AS completed, queue_stats('batch') -> 'processing' AS processing;

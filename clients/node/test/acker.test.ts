@@ -98,7 +98,10 @@ test('acks are batched: 300 jobs at concurrency 20 take far fewer queue_ack_batc
   t.diagnostic(`${jobs} jobs in ${tookMs} ms: ${batchCalls} queue_ack_batch calls (${(jobs / Math.max(1, batchCalls)).toFixed(1)} acks per call), ${singleCalls} queue_ack calls`);
   assert.ok(batchCalls >= 1, 'no queue_ack_batch call was counted: the acks were not batched');
   assert.ok(batchCalls <= jobs / 3, `${batchCalls} queue_ack_batch calls for ${jobs} jobs: not batched`);
-  assert.equal(singleCalls, 0, 'no job should have been acked with a queue_ack of its own');
+  // A queue_ack_batch of one id runs queue_ack inside the server (its fast path),
+  // so queue_ack is counted at most once per batch call; acks sent one per job
+  // by the client would count one per job.
+  assert.ok(singleCalls <= batchCalls, `${singleCalls} queue_ack calls: jobs were acked with a queue_ack of their own`);
   assert.deepEqual(errors, []);
 
   for (const id of ids) {

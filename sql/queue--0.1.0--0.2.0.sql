@@ -2074,9 +2074,10 @@ BEGIN
         -- results and the aggregates a batch needs (a quarter of a
         -- queue_ack_pop call's instructions; bench/README.md, "One ack").
         -- (Each array's own lower bound: '[5:5]={7}' is one id too.)
-        RETURN CASE WHEN @extschema@.queue_ack(p_ids[array_lower(p_ids, 1)], p_results[array_lower(p_results, 1)],
+        v_ids := ARRAY[p_ids[array_lower(p_ids, 1)]];
+        RETURN CASE WHEN @extschema@.queue_ack(v_ids[1], p_results[array_lower(p_results, 1)],
                                                p_attempts[array_lower(p_attempts, 1)])
-                    THEN ARRAY[p_ids[array_lower(p_ids, 1)]] ELSE '{}' END;
+                    THEN v_ids ELSE '{}' END;
     END IF;
     IF p_results IS NOT NULL THEN
         PERFORM queue.check_size('result', (SELECT max(pg_column_size(r)) FROM unnest(p_results) r), 'result');

@@ -58,18 +58,12 @@ def test_the_readme_links_to_headings_that_exist():
     readme = (ROOT / "README.md").read_text()
     reference = (ROOT / "docs" / "reference.md").read_text()
 
-    def anchors(text):
-        # GitHub's rule for these headings: lower case, spaces to '-', drop
-        # punctuation other than '-' and '_'.
-        return {re.sub(r"[^a-z0-9_ -]", "", h.strip().lower()).replace(" ", "-")
-                for h in re.findall(r"^#{1,4} (.+)$", text, re.M)}
-
     missing = sorted({a for a in re.findall(r"\]\(docs/reference\.md#([a-z0-9_-]+)\)", readme)}
-                     - anchors(reference))
-    missing += sorted({a for a in re.findall(r"\]\(#([a-z0-9_-]+)\)", readme)} - anchors(readme))
+                     - heading_anchors(reference))
+    missing += sorted({a for a in re.findall(r"\]\(#([a-z0-9_-]+)\)", readme)} - heading_anchors(readme))
     missing += sorted({a for a in re.findall(r"\]\(\.\./README\.md#([a-z0-9_-]+)\)", reference)}
-                      - anchors(readme))
-    missing += sorted({a for a in re.findall(r"\]\(#([a-z0-9_-]+)\)", reference)} - anchors(reference))
+                      - heading_anchors(readme))
+    missing += sorted({a for a in re.findall(r"\]\(#([a-z0-9_-]+)\)", reference)} - heading_anchors(reference))
     assert missing == []
 
 

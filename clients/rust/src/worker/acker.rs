@@ -272,9 +272,7 @@ impl Shared {
             }
         };
         // The ids are on the first row only (NULL on the others).
-        let completed = acked_ids(
-            rows.iter().find_map(|row| row.try_get::<_, Option<Vec<Option<i64>>>>(0).ok().flatten()).map(Some),
-        );
+        let completed = acked_ids(rows.iter().find_map(|row| row.try_get(0).ok().flatten()));
         let claimed: Vec<Job> = rows
             .iter()
             .filter(|r| r.try_get::<_, Option<i64>>("id").ok().flatten().is_some())
@@ -338,7 +336,7 @@ impl Shared {
         drop(results);
         match r {
             Ok(rows) => {
-                let completed = acked_ids(rows.first().and_then(|row| row.try_get(0).ok()));
+                let completed = acked_ids(rows.first().and_then(|row| row.try_get(0).ok().flatten()));
                 for r in batch {
                     let done = completed.contains(&r.id);
                     r.answer(AckOutcome::Done(done));
@@ -448,8 +446,8 @@ fn batch_params(batch: &[AckRequest]) -> BatchParams<'_> {
 }
 
 /// The ids `queue_ack_batch` returned as completed.
-fn acked_ids(value: Option<Option<Vec<Option<i64>>>>) -> HashSet<i64> {
-    value.flatten().unwrap_or_default().into_iter().flatten().collect()
+fn acked_ids(value: Option<Vec<Option<i64>>>) -> HashSet<i64> {
+    value.unwrap_or_default().into_iter().flatten().collect()
 }
 
 #[cfg(test)]

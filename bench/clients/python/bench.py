@@ -154,17 +154,18 @@ def drain(client, dsn, queue, jobs, concurrency):
         assert len(ids) == jobs
         worker = Workers(client, dsn, queue, concurrency, lambda job: None,
                          listeners=[pgqueue.CallbackListener(on_finished=finished)])
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         worker.start()
         if not all_done.wait(600):
             sys.exit(f"{client} drain: not finished within 600 s")
         seconds = time.monotonic() - t0
+        cpu = time.process_time() - cpu0
         worker.stop()
         stats = conn.execute("SELECT queue_stats(%s)", (queue,)).fetchone()[0]
         if stats["completed"] != jobs:
             sys.exit(f"{client} drain: queue_stats says {stats['completed']} completed, expected {jobs}")
     print(json.dumps({"client": client, "kind": "drain", "concurrency": concurrency, "jobs": jobs,
-                      "seconds": seconds, "rate": jobs / seconds}))
+                      "seconds": seconds, "rate": jobs / seconds, "drain_cpu_us": cpu * 1e6 / jobs}))
 
 
 def drain_shared(client, dsn, queue, jobs, concurrency):

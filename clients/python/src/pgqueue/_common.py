@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime as dt
 import inspect
 import os
@@ -14,11 +13,12 @@ import socket
 import threading
 import time
 import traceback
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import psycopg
 from psycopg import sql
-from psycopg.adapt import PyFormat
+from psycopg.adapt import Loader, PyFormat
+from psycopg.pq import Format
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
@@ -180,9 +180,12 @@ def check_positive(what: str, value: Any, allow_zero: bool = False) -> float:
 RUNNING, FINISHING, DONE, RELEASED = "running", "finishing", "done", "released"
 
 
-@dataclasses.dataclass(frozen=True)
-class ClaimedRow:
-    """One row of ``queue_pop``."""
+class ClaimedRow(NamedTuple):
+    """One row of ``queue_pop`` (a tuple: built in C from the row psycopg made).
+
+    ``payload`` is what the claim's cursor loaded: the job's JSON text, still
+    undecoded, when the worker claimed through :func:`claim_cursor` (the job
+    decodes it on first use, see :attr:`JobBase.payload`)."""
 
     id: int
     queue: str
@@ -198,14 +201,41 @@ class ClaimedRow:
     @classmethod
     def from_rows(cls, rows: List[Sequence[Any]]) -> List["ClaimedRow"]:
         """Rows of :data:`POP_SQL` as claims."""
-        return [cls(*r) for r in rows]
+        make = cls._make
+        return [make(r) for r in rows]
 
 
 def split_ack_claim(rows: Sequence[Sequence[Any]]) -> Tuple[List[int], List[ClaimedRow]]:
     """The rows of :data:`ACK_CLAIM_SQL`: (the ids the ack completed, the claimed jobs).
     Rows with a NULL id are not jobs (the one row of an empty claim)."""
     acked = next((r[0] for r in rows if r[0] is not None), None)  # the first row's
-    return list(acked or ()), [ClaimedRow(*r[2:]) for r in rows if r[2] is not None]
+    make = ClaimedRow._make
+    return list(acked or ()), [make(r[2:]) for r in rows if r[2] is not None]
+
+
+JSONB_OID = psycopg.adapters.types["jsonb"].oid
+
+
+class _RawJsonbLoader(Loader):
+    """Loads a ``jsonb`` column as its text (bytes), undecoded: the payload
+    column of a claim, which the job decodes only when it is read."""
+
+    def load(self, data: Any) -> bytes:
+        return data if type(data) is bytes else bytes(data)
+
+
+def claim_cursor(conn: Any) -> Tuple[Any, Callable[[bytes], Any]]:
+    """A cursor of ``conn`` for a claim, and the function that decodes its payloads.
+
+    The cursor loads ``jsonb`` as undecoded text; the decoder is the ``load``
+    of the ``jsonb`` loader ``conn`` would have used (``json.loads`` unless
+    changed with :func:`psycopg.types.json.set_json_loads`), taken now as
+    any statement would take it. A job decodes its payload with it when the
+    payload is first read: a handler that never reads it costs no parse."""
+    loads = conn.adapters.get_loader(JSONB_OID, Format.TEXT)(JSONB_OID, conn).load
+    cur = conn.cursor()
+    cur.adapters.register_loader(JSONB_OID, _RawJsonbLoader)
+    return cur, loads
 
 
 def hand_over_slots(active: Dict[int, Any], batch: Sequence[Any], jobs: Sequence[Any],
@@ -237,17 +267,23 @@ def hand_over_slots(active: Dict[int, Any], batch: Sequence[Any], jobs: Sequence
 class JobBase:
     """The data of a claimed job, shared by :class:`Job` and :class:`AsyncJob`."""
 
-    __slots__ = ("_row", "_worker", "_lock", "_state", "_lost", "_next_touch", "_started")
+    __slots__ = ("_row", "_worker", "_lock", "_state", "_lost", "_next_touch", "_started", "_payload", "_loads")
 
-    def __init__(self, row: ClaimedRow, worker: str) -> None:
-        """A running claim of ``row`` by ``worker``; first lease extension at half the lease."""
+    def __init__(self, row: ClaimedRow, worker: str, now: Optional[float] = None,
+                 loads: Optional[Callable[[bytes], Any]] = None) -> None:
+        """A running claim of ``row`` by ``worker``, claimed at ``now`` (the
+        monotonic clock; default: now); first lease extension at half the
+        lease. With ``loads``, ``row.payload`` is the payload's JSON text,
+        decoded with ``loads`` when first read."""
         self._row = row
         self._worker = worker
         self._lock = threading.Lock()
         self._state = RUNNING
         self._lost = False
-        self._started = time.monotonic()
-        self._next_touch = self._started + self.touch_every
+        self._started = time.monotonic() if now is None else now
+        self._next_touch = self._started + max(0.05, row.lease.total_seconds() / 2)
+        self._payload = row.payload
+        self._loads = None if self._payload is None else loads
 
     # The claim, read-only.
     @property
@@ -262,8 +298,14 @@ class JobBase:
 
     @property
     def payload(self) -> Any:
-        """The job's payload, decoded from JSON."""
-        return self._row.payload
+        """The job's payload, decoded from JSON (on first read; then the same object)."""
+        if self._loads is not None:
+            with self._lock:
+                loads = self._loads
+                if loads is not None:
+                    self._payload = loads(self._payload)
+                    self._loads = None
+        return self._payload
 
     @property
     def priority(self) -> int:
@@ -501,17 +543,25 @@ class PendingAck:
     :data:`PER_JOB`.
     """
 
-    __slots__ = ("job", "doc", "give_up", "waiter", "outcome", "done")
+    __slots__ = ("job", "doc", "first_try", "waiter", "outcome", "done")
 
     def __init__(self, job: JobBase, doc: Optional[Jsonb], waiter: Any) -> None:
         """The ack of ``job`` with its serialised result ``doc`` (see :func:`result_doc`)."""
         self.job = job
         self.doc = doc
-        # The give-up rule of a per-job delivery: max(30 s, the lease) from the first try.
-        self.give_up = time.monotonic() + max(30.0, job.lease.total_seconds())
+        # When the batcher first handed it to a call (AckBatcher.take): the
+        # give-up rule of a per-job delivery counts from there (give_up).
+        self.first_try: Optional[float] = None
         self.waiter = waiter
         self.outcome: Any = None
         self.done = False
+
+    @property
+    def give_up(self) -> float:
+        """Past this (monotonic) time a transient failure gives the ack up:
+        ``max(30 s, the lease)`` after its first try, as for a per-job delivery."""
+        start = time.monotonic() if self.first_try is None else self.first_try
+        return start + max(30.0, self.job.lease.total_seconds())
 
     def resolve(self, outcome: Any) -> None:
         """Hand ``outcome`` to the waiting slot (the first outcome wins)."""
@@ -560,17 +610,29 @@ class AckBatcher:
         if not self.supported:
             self.abandon([], PER_JOB)
             return []
-        batch: List[PendingAck] = []
+        pending = self.pending
+        now = time.monotonic()
+        if len(pending) <= self.max_batch:
+            batch = list(pending)
+            if len({ack.job.id for ack in batch}) == len(batch):  # the common case: no id twice
+                pending.clear()
+                for ack in batch:
+                    if ack.first_try is None:
+                        ack.first_try = now
+                return batch
+        batch = []
         later: List[PendingAck] = []
         seen = set()
-        while self.pending and len(batch) < self.max_batch:
-            ack = self.pending.popleft()
+        while pending and len(batch) < self.max_batch:
+            ack = pending.popleft()
             if ack.job.id in seen:
                 later.append(ack)
             else:
                 seen.add(ack.job.id)
+                if ack.first_try is None:
+                    ack.first_try = now
                 batch.append(ack)
-        self.pending.extendleft(reversed(later))
+        pending.extendleft(reversed(later))
         return batch
 
     @staticmethod
@@ -580,6 +642,17 @@ class AckBatcher:
         function's default): psycopg cannot type a list of nothing but None."""
         docs = [a.doc for a in batch]
         return ([a.job.id for a in batch], [a.job.attempt for a in batch],
+                docs if any(d is not None for d in docs) else None)
+
+    @staticmethod
+    def array_params(batch: Sequence[PendingAck]) -> Tuple[str, str, Optional[List[Optional[Jsonb]]]]:
+        """:meth:`params` as the worker sends them: the ids and the attempts as
+        array literals (``'{1,2}'``, cast by the statement), which psycopg
+        passes as one string instead of adapting each element."""
+        jobs = [a.job for a in batch]
+        docs = [a.doc for a in batch]
+        return ("{%s}" % ",".join([str(j.id) for j in jobs]),
+                "{%s}" % ",".join([str(j.attempt) for j in jobs]),
                 docs if any(d is not None for d in docs) else None)
 
     @staticmethod

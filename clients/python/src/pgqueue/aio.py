@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -15,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from . import _common as c
 from .errors import WorkerStopped, as_timedelta, is_permanent, retry_in_of
-from .hooks import JobEvent
+from .hooks import JobEvent, _event
 from .workflows import Dependency, _DEPENDENCIES_SQL, _dependency
 
 __all__ = ["AsyncWorker", "AsyncJob"]
@@ -24,7 +25,9 @@ AsyncHandler = Callable[["AsyncJob"], Awaitable[Any]]
 
 
 class _AsyncPool:
-    """The asyncio twin of the threaded worker's pool."""
+    """The asyncio twin of the threaded worker's pool (used on one loop only,
+    so its bookkeeping needs no lock: a task that finds no connection waits
+    on a future of its own, woken in turn as connections come back)."""
 
     def __init__(self, dsn: str, size: int, connect_kwargs: Mapping[str, Any]) -> None:
         self._dsn = dsn
@@ -32,59 +35,99 @@ class _AsyncPool:
         self._kwargs = dict(connect_kwargs)
         self._idle: List[psycopg.AsyncConnection] = []
         self._open = 0
-        self._cond = asyncio.Condition()
+        self._waiters: "collections.deque[asyncio.Future[None]]" = collections.deque()
         self._closed = False
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    async def acquire(self) -> psycopg.AsyncConnection:
+        """A connection of the pool (see :meth:`pgqueue.worker._Pool.acquire`);
+        give it back with :meth:`release`."""
+        while not self._idle and self._open >= self._size and not self._closed:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._wake_one()  # woken, then cancelled: the turn passes on
+                raise
+        if self._closed:
+            raise psycopg.InterfaceError("the worker's connection pool is closed")
+        if self._idle:
+            return self._idle.pop()
+        self._open += 1
+        try:
+            return await psycopg.AsyncConnection.connect(self._dsn, autocommit=True, **self._kwargs)
+        except BaseException:
+            self._open -= 1
+            self._wake_one()
+            raise
+
+    async def release(self, conn: psycopg.AsyncConnection) -> None:
+        """Give back a connection of :meth:`acquire` (closed if it broke)."""
+        if conn.closed or conn.broken or self._closed:
+            await _aclose_quietly(conn)
+            self._open -= 1
+        else:
+            self._idle.append(conn)
+        self._wake_one()
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: bool(self._idle) or self._open < self._size or self._closed)
-            if self._closed:
-                raise psycopg.InterfaceError("the worker's connection pool is closed")
-            conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                self._open += 1
-        if conn is None:
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True, **self._kwargs)
-            except BaseException:
-                async with self._cond:
-                    self._open -= 1
-                    self._cond.notify()
-                raise
+        conn = await self.acquire()
         try:
             yield conn
         finally:
-            broken = conn.closed or conn.broken or self._closed
-            if broken:
-                await _aclose_quietly(conn)
-            async with self._cond:
-                if broken:
-                    self._open -= 1
-                else:
-                    self._idle.append(conn)
-                self._cond.notify()
+            await self.release(conn)
 
     async def call(self, query: Any, params: Sequence[Any] = (), fetch: str = "one") -> Any:
         """Run one statement; retry once on a fresh connection after a transient error."""
         for tries in (1, 2):
             try:
-                async with self.connection() as conn:
+                conn = await self.acquire()
+                try:
                     cur = await conn.execute(query, params)
                     if fetch == "all":
                         return await cur.fetchall()
                     row = await cur.fetchone()
                     return None if row is None else row[0]
+                finally:
+                    await self.release(conn)
             except Exception as exc:
                 if tries == 2 or not c.is_transient(exc) or self._closed:
                     raise
 
+    async def claim(self, query: Any, params: Sequence[Any]) -> "tuple[List[Any], Any]":
+        """A claim through :func:`~pgqueue._common.claim_cursor`: (its rows,
+        the payloads' decoder); retried once like :meth:`call`."""
+        for tries in (1, 2):
+            try:
+                conn = await self.acquire()
+                try:
+                    cur, loads = c.claim_cursor(conn)
+                    await cur.execute(query, params)
+                    return await cur.fetchall(), loads
+                finally:
+                    await self.release(conn)
+            except Exception as exc:
+                if tries == 2 or not c.is_transient(exc) or self._closed:
+                    raise
+        raise AssertionError("unreachable")
+
     async def close(self) -> None:
-        async with self._cond:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            self._open -= len(idle)
-            self._cond.notify_all()
+        self._closed = True
+        idle, self._idle = self._idle, []
+        self._open -= len(idle)
+        while self._waiters:  # they find the pool closed
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
         for conn in idle:
             await _aclose_quietly(conn)
 
@@ -94,6 +137,23 @@ async def _aclose_quietly(conn: psycopg.AsyncConnection) -> None:
         await conn.close()
     except Exception:
         pass
+
+
+class _AsyncAck(c.PendingAck):
+    """A :class:`~pgqueue._common.PendingAck` whose waiter is a bare future of
+    the worker's loop, which the job's task awaits; :meth:`resolve` (on the
+    loop) sets its result. No :class:`asyncio.Event` is made per job."""
+
+    __slots__ = ()
+
+    def resolve(self, outcome: Any) -> None:
+        """Hand ``outcome`` to the waiting job (the first outcome wins)."""
+        if self.done:
+            return
+        self.done = True
+        self.outcome = outcome
+        if not self.waiter.done():  # not cancelled with its job's task
+            self.waiter.set_result(None)
 
 
 class _AsyncAcker:
@@ -116,16 +176,18 @@ class _AsyncAcker:
 
     def start(self) -> None:
         """Start the acker's task on the running loop."""
-        self.task = asyncio.create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self.task = self._loop.create_task(self._run())
 
     async def ack(self, job: "AsyncJob", doc: Any) -> Any:
         """Ack ``job`` in the next batch and wait for the outcome (see
         :meth:`pgqueue.worker._Acker.ack`)."""
-        pending = c.PendingAck(job, doc, asyncio.Event())
-        if self._stopping or self.task is None or self.task.done() or not self._batcher.add(pending):
+        if self._stopping or self.task is None or self.task.done() or not self._batcher.supported:
             return c.PER_JOB
+        pending = _AsyncAck(job, doc, self._loop.create_future())
+        self._batcher.add(pending)
         self._wake.set()
-        await pending.waiter.wait()
+        await pending.waiter
         return pending.outcome
 
     async def stop(self, timeout: float) -> None:
@@ -178,12 +240,16 @@ class _AsyncAcker:
         queue = w._take_dirty()
         if queue is None:
             return False
-        ids, attempts, docs = self._batcher.params(batch)
+        ids, attempts, docs = self._batcher.array_params(batch)
         want = min(len(batch), self._batcher.max_batch)
         try:
-            async with w._pool.connection() as conn:
-                cur = await conn.execute(c.ACK_CLAIM_SQL, (ids, attempts, docs, queue, w.name, want))
+            conn = await w._pool.acquire()
+            try:
+                cur, loads = c.claim_cursor(conn)
+                await cur.execute(c.ACK_CLAIM_SQL, (ids, attempts, docs, queue, w.name, want))
                 rows = await cur.fetchall()
+            finally:
+                await w._pool.release(conn)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -194,14 +260,14 @@ class _AsyncAcker:
         completed, claimed = c.split_ack_claim(rows)
         if claimed:
             w._mark_dirty(queue)  # it may hold more
-        jobs = [AsyncJob(row, w) for row in claimed]
+        now = time.monotonic()
+        jobs = [AsyncJob(row, w, now, loads) for row in claimed]
         started, unstarted = c.hand_over_slots(w._active, batch, jobs, w._stopping.is_set())
-        for job in started:
-            w._tasks[job.id] = asyncio.create_task(w._run_job(job))
         if started:
-            w._keeper_wake.set()
+            w._start_jobs(started)
         self._batcher.settle(batch, completed)
-        w._wake.set()  # a slot may be left free
+        if len(w._active) < w.concurrency:
+            w._wake.set()  # a slot is left free
         for job in unstarted:  # claimed as the stop began: give them back untouched
             job._begin_release()
             await w._release(job)
@@ -213,7 +279,7 @@ class _AsyncAcker:
         backoff = c.Backoff(0.05, min(2.0, w._reconnect_max))
         while batch:
             try:
-                completed = await w._pool.call(c.ACK_BATCH_SQL, self._batcher.params(batch))
+                completed = await w._pool.call(c.ACK_BATCH_SQL, self._batcher.array_params(batch))
             except Exception as exc:
                 batch = self._batcher.failed(batch, exc, w._closing.is_set())
                 if batch:
@@ -232,12 +298,14 @@ class AsyncJob(c.JobBase):
     :meth:`touch` are coroutines.
     """
 
-    __slots__ = ("_owner",)
+    __slots__ = ("_owner", "_task")
 
-    def __init__(self, row: c.ClaimedRow, owner: "AsyncWorker") -> None:
+    def __init__(self, row: c.ClaimedRow, owner: "AsyncWorker", now: Optional[float] = None,
+                 loads: Any = None) -> None:
         """Wrap a claimed row (built by the worker, not by users)."""
-        super().__init__(row, owner.name)
+        super().__init__(row, owner.name, now, loads)
         self._owner = owner
+        self._task: Optional["asyncio.Task[None]"] = None  # the task that runs it
 
     async def dependencies(self) -> List[Dependency]:
         """The jobs this one depends on (``queue_dependencies``), in id order,
@@ -350,6 +418,9 @@ class AsyncWorker(c.WorkerBase):
         self._run_task: Optional["asyncio.Task[None]"] = None
         self._listening = False
         self._reachable = False
+        # When the lease keeper wakes next by itself (monotonic): a claim
+        # wakes it sooner only for a job whose lease is due before.
+        self._keeper_until = 0.0
         # Created in run(), on the worker's loop.
         self._pool: _AsyncPool
         self._stopping: asyncio.Event
@@ -551,33 +622,45 @@ class AsyncWorker(c.WorkerBase):
                 wait = None
                 if i == len(order) - 1 and claimed == 0:
                     wait = self._server_wait(next_heartbeat - time.monotonic())
-                rows = c.ClaimedRow.from_rows(await self._pop_pooled(queue, free, wait))
+                found, loads = await self._pop_pooled(queue, free, wait)
                 waited = wait is not None
             else:
-                rows = c.ClaimedRow.from_rows(await self._pool.call(c.POP_SQL, (queue, self.name, free),
-                                                                    fetch="all"))
-            if rows:
+                found, loads = await self._pool.claim(c.POP_SQL, (queue, self.name, free))
+            now = time.monotonic()
+            jobs = [AsyncJob(row, self, now, loads) for row in c.ClaimedRow.from_rows(found)]
+            if jobs:
                 self._mark_dirty(queue)  # it may hold more (the acker may claim it with an ack)
             if self._stopping.is_set():
                 # Claimed as the stop began: give them back untouched.
-                for row in rows:
-                    job = AsyncJob(row, self)
+                for job in jobs:
                     job._begin_release()
                     await self._release(job)
                 continue
-            for row in rows:
-                job = AsyncJob(row, self)
-                self._active[job.id] = job
-                self._tasks[job.id] = asyncio.create_task(self._run_job(job))
-            if rows:
-                self._keeper_wake.set()
-            free -= len(rows)
-            claimed += len(rows)
+            if jobs:
+                for job in jobs:
+                    self._active[job.id] = job
+                self._start_jobs(jobs)
+            free -= len(jobs)
+            claimed += len(jobs)
         return claimed, free, waited
 
-    async def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> List[Any]:
+    def _start_jobs(self, jobs: Sequence[AsyncJob]) -> None:
+        """A task for each of ``jobs`` (just claimed, already active); the lease
+        keeper is woken only for a job whose lease is due before it wakes anyway."""
+        create_task = self._loop.create_task  # type: ignore[union-attr]
+        tasks = self._tasks
+        until = self._keeper_until
+        due = False
+        for job in jobs:
+            job._task = tasks[job.id] = create_task(self._run_job(job))
+            if job._next_touch < until:
+                due = True
+        if due:
+            self._keeper_wake.set()
+
+    async def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> "tuple[List[Any], Any]":
         """A claim on the loop's own connection (pooler mode), waiting in the
-        server up to ``wait`` when given."""
+        server up to ``wait`` when given: (the rows, the payloads' decoder)."""
         conn = self._claim_conn
         if conn is None or conn.closed or conn.broken:
             if conn is not None:
@@ -585,15 +668,16 @@ class AsyncWorker(c.WorkerBase):
             self._claim_conn = None
             conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True, **self._connect_kwargs)
             self._claim_conn = conn
+        cur, loads = c.claim_cursor(conn)
         if wait is None:
-            cur = await conn.execute(c.POP_SQL, (queue, self.name, n))
-            return await cur.fetchall()
+            await cur.execute(c.POP_SQL, (queue, self.name, n))
+            return await cur.fetchall(), loads
         if self._stopping.is_set():
-            return []
+            return [], loads
         self._in_wait = True
         try:
-            cur = await conn.execute(c.POP_WAIT_SQL, (queue, self.name, n, wait))
-            return await cur.fetchall()
+            await cur.execute(c.POP_WAIT_SQL, (queue, self.name, n, wait))
+            return await cur.fetchall(), loads
         finally:
             self._in_wait = False
 
@@ -631,40 +715,49 @@ class AsyncWorker(c.WorkerBase):
 
     async def _run_job(self, job: AsyncJob) -> None:
         try:
-            await self._execute(job)
+            hooks = self._hooks
+            if hooks.wants("started"):  # no event is made that nobody would see
+                hooks.emit(_event(job, "started"))
+            if hooks.tracing:
+                with hooks.span(job) as span:
+                    await self._execute(job, span)
+            else:
+                await self._execute(job, None)
         except asyncio.CancelledError:
             if job._state != c.RELEASED:
                 raise
         except Exception:
             self._log.exception("job %s: internal error", job.id)
         finally:
-            if self._active.get(job.id) is job:  # not handed over with its ack already
+            freed = self._active.get(job.id) is job  # not handed over with its ack already
+            if freed:
                 del self._active[job.id]
-            if self._tasks.get(job.id) is asyncio.current_task():
+            if self._tasks.get(job.id) is job._task:
                 del self._tasks[job.id]
-            self._wake.set()
+            if freed:
+                self._wake.set()  # capacity is free again
 
-    async def _execute(self, job: AsyncJob) -> None:
-        handler = self._handlers[job.queue]
-        self._hooks.emit(JobEvent(job, "started"))
-        with self._hooks.span(job) as span:
-            start = time.monotonic()
-            try:
-                result = await handler(job)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                duration = time.monotonic() - start
-                status = await self._fail(job, exc)
-                self._hooks.span_outcome(span, status, exc)
-                if status != c.RELEASED:
-                    self._hooks.emit(JobEvent(job, "failed", duration=duration, error=exc, status=status))
-                return
+    async def _execute(self, job: AsyncJob, span: Any) -> None:
+        hooks = self._hooks
+        start = time.monotonic()
+        try:
+            result = await self._handlers[job.queue](job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
             duration = time.monotonic() - start
-            status = await self._ack(job, result)
-            self._hooks.span_outcome(span, status, None)
-            if status != c.RELEASED:
-                self._hooks.emit(JobEvent(job, "finished", duration=duration, result=result, status=status))
+            status = await self._fail(job, exc)
+            if span is not None:
+                hooks.span_outcome(span, status, exc)
+            if status != c.RELEASED and hooks.wants("failed"):
+                hooks.emit(_event(job, "failed", duration=duration, error=exc, status=status))
+            return
+        duration = time.monotonic() - start
+        status = await self._ack(job, result)
+        if span is not None:
+            hooks.span_outcome(span, status, None)
+        if status != c.RELEASED and hooks.wants("finished"):
+            hooks.emit(_event(job, "finished", duration=duration, result=result, status=status))
 
     async def _ack(self, job: AsyncJob, result: Any) -> Optional[str]:
         if not job._begin_finish():
@@ -734,9 +827,11 @@ class AsyncWorker(c.WorkerBase):
                     job._lost = True
                     self._log.warning("job %s: lease lost (attempt %s is no longer current)", job.id, job.attempt)
             pending = [j._next_touch for j in self._active.values() if not j._lost]
-            sleep = min(pending, default=now + 1.0) - time.monotonic()
+            now = time.monotonic()
+            sleep = max(0.01, min(1.0, min(pending, default=now + 1.0) - now))
+            self._keeper_until = now + sleep
             self._keeper_wake.clear()
-            await self._sleep_or(self._keeper_wake, max(0.01, min(1.0, sleep)))
+            await self._sleep_or(self._keeper_wake, sleep)
 
     async def _shutdown(self) -> None:
         if not self._stopping.is_set():

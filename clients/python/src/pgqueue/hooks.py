@@ -112,8 +112,31 @@ def tracing_available() -> bool:
     return _otel_trace is not None
 
 
+_KINDS = ("started", "finished", "failed", "released")
+# The level each kind is logged at (see _Hooks.emit).
+_LEVELS = {"started": logging.DEBUG, "finished": logging.INFO, "failed": logging.WARNING,
+           "released": logging.WARNING}
+
+
+def _event(job: Any, kind: str, duration: Optional[float] = None, result: Any = None,
+           error: Optional[BaseException] = None, status: Optional[str] = None) -> JobEvent:
+    """A :class:`JobEvent`, the same as ``JobEvent(...)`` but made without the
+    frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field)."""
+    event = object.__new__(JobEvent)
+    event.__dict__.update(job=job, kind=kind, duration=duration, result=result, error=error, status=status)
+    return event
+
+
 class _Hooks:
-    """Fans events out to the listeners and the log, and opens job spans."""
+    """Fans events out to the listeners and the log, and opens job spans.
+
+    The listeners' methods are looked up once, here: a method a listener
+    does not define, or inherits unchanged from :class:`WorkerListener` (a
+    no-op), is not called, and a :class:`CallbackListener` calls its
+    functions directly. :meth:`wants` tells a worker whether an event of a
+    kind would reach anyone (a listener or the log at the kind's level), so
+    that it can skip making one.
+    """
 
     def __init__(self, listeners: Sequence[Any], log: logging.Logger, tracing: bool, version: str) -> None:
         for listener in listeners:
@@ -122,31 +145,58 @@ class _Hooks:
                 raise TypeError(f"{listener!r} has none of on_started/on_finished/on_failed/on_released")
         self._listeners = list(listeners)
         self.log = log
+        self._enabled = getattr(log, "isEnabledFor", None)
+        # kind -> [(listener, method name, function to call)]
+        self._fns: dict = {kind: [] for kind in _KINDS}
+        for listener in self._listeners:
+            for kind in _KINDS:
+                method = "on_" + kind
+                fn = getattr(listener, method, None)
+                if fn is None:
+                    continue
+                own = getattr(type(listener), method, None)
+                if own is getattr(WorkerListener, method):
+                    continue  # the base class's no-op
+                if own is getattr(CallbackListener, method) and isinstance(listener, CallbackListener):
+                    fn = listener._fns[kind]  # what CallbackListener.on_<kind> forwards to
+                    if fn is None:
+                        continue
+                self._fns[kind].append((listener, method, fn))
         self._tracer = None
         if tracing and _otel_trace is not None:
             self._tracer = _otel_trace.get_tracer("pgqueue", version)
 
+    @property
+    def tracing(self) -> bool:
+        """Whether jobs run in spans (:meth:`span` opens one)."""
+        return self._tracer is not None
+
+    def wants(self, kind: str) -> bool:
+        """Whether an event of ``kind`` would reach a listener or the log."""
+        if self._fns[kind]:
+            return True
+        enabled = self._enabled
+        return enabled is None or enabled(_LEVELS[kind])
+
     def emit(self, event: JobEvent) -> None:
         job = event.job
-        if event.kind == "started":
-            self.log.debug("job %s (%s) attempt %s started", job.id, job.queue, job.attempt)
-        elif event.kind == "finished":
-            self.log.info("job %s (%s) finished in %.3fs: %s", job.id, job.queue, event.duration or 0.0,
-                          event.status or "ack not applied")
-        elif event.kind == "failed":
-            self.log.warning("job %s (%s) attempt %s failed in %.3fs -> %s: %r", job.id, job.queue,
-                             job.attempt, event.duration or 0.0, event.status, event.error)
-        elif event.kind == "released":
-            self.log.warning("job %s (%s) given back at shutdown -> %s", job.id, job.queue, event.status)
-        method = "on_" + event.kind
-        for listener in self._listeners:
-            fn = getattr(listener, method, None)
-            if fn is None:
-                continue
+        kind = event.kind
+        log = self.log
+        if kind == "started":
+            log.debug("job %s (%s) attempt %s started", job.id, job.queue, job.attempt)
+        elif kind == "finished":
+            log.info("job %s (%s) finished in %.3fs: %s", job.id, job.queue, event.duration or 0.0,
+                     event.status or "ack not applied")
+        elif kind == "failed":
+            log.warning("job %s (%s) attempt %s failed in %.3fs -> %s: %r", job.id, job.queue,
+                        job.attempt, event.duration or 0.0, event.status, event.error)
+        elif kind == "released":
+            log.warning("job %s (%s) given back at shutdown -> %s", job.id, job.queue, event.status)
+        for listener, method, fn in self._fns.get(kind, ()):
             try:
                 fn(event)
             except Exception:  # a listener never breaks the worker
-                self.log.exception("listener %r failed in %s", listener, method)
+                log.exception("listener %r failed in %s", listener, method)
 
     @contextlib.contextmanager
     def span(self, job: Any) -> Iterator[Optional[Any]]:

@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 import time
+from _thread import allocate_lock
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import psycopg
@@ -15,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from . import _common as c
 from .errors import WorkerStopped, as_timedelta, is_permanent, retry_in_of
-from .hooks import JobEvent
+from .hooks import JobEvent, _event
 from .workflows import Dependency, _DEPENDENCIES_SQL, _dependency
 
 __all__ = ["Worker", "Job"]
@@ -33,55 +34,91 @@ class _Pool:
         self._kwargs = dict(connect_kwargs)
         self._idle: List[psycopg.Connection] = []
         self._open = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0  # threads waiting in acquire() (under _lock): only then a release notifies
         self._closed = False
+
+    def acquire(self) -> psycopg.Connection:
+        """A connection of the pool (an idle one, else a new one while fewer
+        than the size are open, else the next one given back); give it back
+        with :meth:`release`."""
+        with self._lock:
+            while not self._idle and self._open >= self._size:
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
+            if self._closed:
+                raise psycopg.InterfaceError("the worker's connection pool is closed")
+            if self._idle:
+                return self._idle.pop()
+            self._open += 1
+        try:
+            return psycopg.connect(self._dsn, autocommit=True, **self._kwargs)
+        except BaseException:
+            with self._lock:
+                self._open -= 1
+                if self._waiting:
+                    self._cond.notify()
+            raise
+
+    def release(self, conn: psycopg.Connection) -> None:
+        """Give back a connection of :meth:`acquire` (closed if it broke)."""
+        with self._lock:
+            if conn.closed or conn.broken or self._closed:
+                self._open -= 1
+                _close_quietly(conn)
+            else:
+                self._idle.append(conn)
+            if self._waiting:
+                self._cond.notify()
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        with self._cond:
-            while not self._idle and self._open >= self._size:
-                self._cond.wait()
-            if self._closed:
-                raise psycopg.InterfaceError("the worker's connection pool is closed")
-            conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                self._open += 1
-        if conn is None:
-            try:
-                conn = psycopg.connect(self._dsn, autocommit=True, **self._kwargs)
-            except BaseException:
-                with self._cond:
-                    self._open -= 1
-                    self._cond.notify()
-                raise
+        conn = self.acquire()
         try:
             yield conn
         finally:
-            with self._cond:
-                if conn.closed or conn.broken or self._closed:
-                    self._open -= 1
-                    _close_quietly(conn)
-                else:
-                    self._idle.append(conn)
-                self._cond.notify()
+            self.release(conn)
 
     def call(self, query: Any, params: Sequence[Any] = (), fetch: str = "one") -> Any:
         """Run one statement; retry once on a fresh connection after a
         transient error (a pooled connection may have died while idle)."""
         for tries in (1, 2):
             try:
-                with self.connection() as conn:
+                conn = self.acquire()
+                try:
                     cur = conn.execute(query, params)
                     if fetch == "all":
                         return cur.fetchall()
                     row = cur.fetchone()
                     return None if row is None else row[0]
+                finally:
+                    self.release(conn)
             except Exception as exc:
                 if tries == 2 or not c.is_transient(exc) or self._closed:
                     raise
 
+    def claim(self, query: Any, params: Sequence[Any]) -> "tuple[List[Any], Any]":
+        """A claim (:meth:`call` with ``fetch="all"``) through
+        :func:`~pgqueue._common.claim_cursor`: (its rows, the payloads' decoder)."""
+        for tries in (1, 2):
+            try:
+                conn = self.acquire()
+                try:
+                    cur, loads = c.claim_cursor(conn)
+                    return cur.execute(query, params).fetchall(), loads
+                finally:
+                    self.release(conn)
+            except Exception as exc:
+                if tries == 2 or not c.is_transient(exc) or self._closed:
+                    raise
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
             self._open -= len(idle)
@@ -108,9 +145,10 @@ class Job(c.JobBase):
 
     __slots__ = ("_owner",)
 
-    def __init__(self, row: c.ClaimedRow, owner: "Worker") -> None:
+    def __init__(self, row: c.ClaimedRow, owner: "Worker", now: Optional[float] = None,
+                 loads: Any = None) -> None:
         """Wrap a claimed row (built by the worker, not by users)."""
-        super().__init__(row, owner.name)
+        super().__init__(row, owner.name, now, loads)
         self._owner = owner
 
     def progress(self, current: int, total: int, message: Optional[str] = None) -> bool:
@@ -167,6 +205,28 @@ class Job(c.JobBase):
         return ok
 
 
+class _ThreadAck(c.PendingAck):
+    """A :class:`~pgqueue._common.PendingAck` whose waiter is a plain lock,
+    taken when the ack is made and released by :meth:`resolve`: the slot
+    blocks on it (``waiter.acquire``), with no :class:`threading.Event`
+    (a condition, a lock per wait) made per job."""
+
+    __slots__ = ()
+
+    def __init__(self, job: "Job", doc: Any) -> None:
+        lock = allocate_lock()
+        lock.acquire()
+        super().__init__(job, doc, lock)
+
+    def resolve(self, outcome: Any) -> None:
+        """Hand ``outcome`` to the waiting slot (the first outcome wins)."""
+        if self.done:
+            return
+        self.done = True
+        self.outcome = outcome
+        self.waiter.release()
+
+
 class _Acker:
     """The threaded worker's acker: one thread that sends the acks of finished
     jobs, everything queued as one ``queue_ack_batch`` call (one statement, one
@@ -190,10 +250,16 @@ class _Acker:
         self._batcher = c.AckBatcher(worker._log)
         self._cond = threading.Condition()
         self._stopping = False
+        # Under _cond: whether the thread runs (and takes acks), and whether it
+        # waits for the first ack of a batch (then an ack wakes it; else it is
+        # busy and finds the ack when it looks next).
+        self._alive = False
+        self._idle = False
         self._thread = threading.Thread(target=self._run, name=f"pgqueue-acker-{worker.name}", daemon=True)
 
     def start(self) -> None:
         """Start the acker's thread."""
+        self._alive = True
         self._thread.start()
 
     def ack(self, job: Job, doc: Any) -> Any:
@@ -202,14 +268,16 @@ class _Acker:
         delivered) or :data:`~pgqueue._common.PER_JOB` (ack it on your own:
         the server has no ``queue_ack_batch``, the batch was refused as a
         whole, or the acker is stopped)."""
-        pending = c.PendingAck(job, doc, threading.Event())
+        pending = _ThreadAck(job, doc)
         with self._cond:
-            if self._stopping or not self._thread.is_alive() or not self._batcher.add(pending):
+            if self._stopping or not self._alive or not self._batcher.add(pending):
                 return c.PER_JOB
-            self._cond.notify()
+            if self._idle:
+                self._idle = False
+                self._cond.notify()
         # The thread resolves every ack it took before it ends; the timeout only
         # guards against a thread that died some other way (it catches errors).
-        while not pending.waiter.wait(1.0):
+        while not pending.waiter.acquire(timeout=1.0):
             if not self._thread.is_alive():
                 with self._cond:
                     self._batcher.abandon([pending], c.PER_JOB)
@@ -225,20 +293,27 @@ class _Acker:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._batcher.pending and not self._stopping:
-                    self._cond.wait()
-                if not self._batcher.pending:
-                    return  # stopping, and everything was delivered
-                batch = self._batcher.take()
-            try:
-                if not self._ack_and_claim(batch):
-                    self._send(batch)
-            except Exception:  # never let the acker die: its slots would wait in vain
-                self._worker._log.exception("acker: internal error; acking the queued jobs one by one")
+        try:
+            while True:
                 with self._cond:
-                    self._batcher.abandon(batch, c.PER_JOB)
+                    while not self._batcher.pending and not self._stopping:
+                        self._idle = True
+                        self._cond.wait()
+                    self._idle = False
+                    if not self._batcher.pending:
+                        self._alive = False  # in the same hold of the lock: no ack can come in between
+                        return  # stopping, and everything was delivered
+                    batch = self._batcher.take()
+                try:
+                    if not self._ack_and_claim(batch):
+                        self._send(batch)
+                except Exception:  # never let the acker die: its slots would wait in vain
+                    self._worker._log.exception("acker: internal error; acking the queued jobs one by one")
+                    with self._cond:
+                        self._batcher.abandon(batch, c.PER_JOB)
+        finally:
+            with self._cond:
+                self._alive = False
 
     def _ack_and_claim(self, batch: List[c.PendingAck]) -> bool:
         """Ack ``batch`` and claim up to as many jobs (at most the batch size
@@ -265,11 +340,15 @@ class _Acker:
             queue = w._take_dirty()
         if queue is None:
             return False
-        ids, attempts, docs = self._batcher.params(batch)
+        ids, attempts, docs = self._batcher.array_params(batch)
         want = min(len(batch), self._batcher.max_batch)
         try:
-            with w._pool.connection() as conn:
-                rows = conn.execute(c.ACK_CLAIM_SQL, (ids, attempts, docs, queue, w.name, want)).fetchall()
+            conn = w._pool.acquire()
+            try:
+                cur, loads = c.claim_cursor(conn)
+                rows = cur.execute(c.ACK_CLAIM_SQL, (ids, attempts, docs, queue, w.name, want)).fetchall()
+            finally:
+                w._pool.release(conn)
         except Exception as exc:
             w._log.debug("acking %d job(s) and claiming from %r in one call failed (%s); acking alone",
                          len(batch), queue, exc)
@@ -277,19 +356,26 @@ class _Acker:
                 w._mark_dirty(queue)
             return False
         completed, claimed = c.split_ack_claim(rows)
-        jobs = [Job(r, w) for r in claimed]
+        now = time.monotonic()
+        jobs = [Job(r, w, now, loads) for r in claimed]
         with w._lock:
             if jobs:
                 w._mark_dirty(queue)  # it may hold more
-            started, unstarted = c.hand_over_slots(w._active, batch, jobs, w._stopping.is_set())
-            w._idle_cond.notify_all()
+            stopping = w._stopping.is_set()
+            started, unstarted = c.hand_over_slots(w._active, batch, jobs, stopping)
+            free = len(w._active) < w.concurrency
+            if stopping:
+                w._idle_cond.notify_all()
+            wake_keeper = w._keeper_due(started)
         if started:
             with w._dispatch_cond:
                 w._dispatch.extend(started)
                 w._dispatch_cond.notify(len(started))
-            w._keeper_wake.set()
+            if wake_keeper:
+                w._keeper_wake.set()
         self._batcher.settle(batch, completed)
-        w._waker.wake()  # a slot may be left free
+        if free:
+            w._waker.wake()  # a slot is left free
         for job in unstarted:  # claimed as the stop began: give them back untouched
             job._begin_release()
             w._release(job)
@@ -303,7 +389,7 @@ class _Acker:
         backoff = c.Backoff(0.05, min(2.0, w._reconnect_max))
         while batch:
             try:
-                completed = w._pool.call(c.ACK_BATCH_SQL, self._batcher.params(batch))
+                completed = w._pool.call(c.ACK_BATCH_SQL, self._batcher.array_params(batch))
             except Exception as exc:
                 batch = self._batcher.failed(batch, exc, w._closing.is_set())
                 if batch:
@@ -493,6 +579,9 @@ class Worker(c.WorkerBase):
         self._started = False
         self._thread: Optional[threading.Thread] = None
         self._keeper_wake = threading.Event()
+        # When the lease keeper wakes next by itself (monotonic; under _lock):
+        # a claim wakes it sooner only for a job whose lease is due before.
+        self._keeper_until = 0.0
         self._reachable = False
         # Pooler mode: the claim loop's own connection, so that a cancel sent to
         # end a server-side wait can only ever hit a claim (which rolls back).
@@ -676,11 +765,12 @@ class Worker(c.WorkerBase):
                 wait = None
                 if i == len(order) - 1 and claimed == 0:
                     wait = self._server_wait(next_heartbeat - time.monotonic())
-                rows = c.ClaimedRow.from_rows(self._pop_pooled(queue, free, wait))
+                found, loads = self._pop_pooled(queue, free, wait)
                 waited = wait is not None
             else:
-                rows = c.ClaimedRow.from_rows(self._pool.call(c.POP_SQL, (queue, self.name, free), fetch="all"))
-            jobs = [Job(r, self) for r in rows]
+                found, loads = self._pool.claim(c.POP_SQL, (queue, self.name, free))
+            now = time.monotonic()
+            jobs = [Job(r, self, now, loads) for r in c.ClaimedRow.from_rows(found)]
             if jobs:
                 with self._lock:
                     self._mark_dirty(queue)  # it may hold more (the acker may claim it with an ack)
@@ -691,35 +781,48 @@ class Worker(c.WorkerBase):
                     job._begin_release()
                     self._release(job)
                 continue
-            with self._lock:
-                for job in jobs:
-                    self._active[job.id] = job
-            with self._dispatch_cond:
-                self._dispatch.extend(jobs)
-                self._dispatch_cond.notify(len(jobs))
             if jobs:
-                self._keeper_wake.set()
+                with self._lock:
+                    for job in jobs:
+                        self._active[job.id] = job
+                    wake_keeper = self._keeper_due(jobs)
+                with self._dispatch_cond:
+                    self._dispatch.extend(jobs)
+                    self._dispatch_cond.notify(len(jobs))
+                if wake_keeper:
+                    self._keeper_wake.set()
             free -= len(jobs)
             claimed += len(jobs)
         return claimed, free, waited
 
-    def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> List[Any]:
+    def _keeper_due(self, jobs: Sequence[Job]) -> bool:
+        """Whether the lease keeper must wake before its time for one of ``jobs``
+        (just claimed; call under the worker's lock)."""
+        until = self._keeper_until
+        for job in jobs:
+            if job._next_touch < until:
+                return True
+        return False
+
+    def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> "tuple[List[Any], Any]":
         """A claim on the loop's own connection (pooler mode), waiting in the
-        server up to ``wait`` when given. A connection that breaks is dropped
-        and the error raised (the loop retries with backoff)."""
+        server up to ``wait`` when given: (the rows, the payloads' decoder). A
+        connection that breaks is dropped and the error raised (the loop
+        retries with backoff)."""
         conn = self._claim_conn
         if conn is None or conn.closed or conn.broken:
             if conn is not None:
                 _close_quietly(conn)
             conn = self._claim_conn = psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs)
+        cur, loads = c.claim_cursor(conn)
         if wait is None:
-            return conn.execute(c.POP_SQL, (queue, self.name, n)).fetchall()
+            return cur.execute(c.POP_SQL, (queue, self.name, n)).fetchall(), loads
         with self._wait_lock:
             if self._stopping.is_set():
-                return []
+                return [], loads
             self._in_wait = True
         try:
-            return conn.execute(c.POP_WAIT_SQL, (queue, self.name, n, wait)).fetchall()
+            return cur.execute(c.POP_WAIT_SQL, (queue, self.name, n, wait)).fetchall(), loads
         finally:
             with self._wait_lock:
                 self._in_wait = False
@@ -764,30 +867,44 @@ class Worker(c.WorkerBase):
                 self._log.exception("job %s: internal error", job.id)
             finally:
                 with self._lock:
-                    if self._active.get(job.id) is job:  # not handed over with its ack already
+                    freed = self._active.get(job.id) is job  # not handed over with its ack already
+                    if freed:
                         del self._active[job.id]
-                    self._idle_cond.notify_all()
-                self._waker.wake()  # capacity is free again
+                    if self._stopping.is_set():
+                        self._idle_cond.notify_all()
+                if freed:
+                    self._waker.wake()  # capacity is free again
 
     def _execute(self, job: Job) -> None:
         handler = self._handlers[job.queue]
-        self._hooks.emit(JobEvent(job, "started"))
-        with self._hooks.span(job) as span:
-            start = time.monotonic()
-            try:
-                result = handler(job)
-            except Exception as exc:
-                duration = time.monotonic() - start
-                status = self._fail(job, exc)
-                self._hooks.span_outcome(span, status, exc)
-                if status != c.RELEASED:
-                    self._hooks.emit(JobEvent(job, "failed", duration=duration, error=exc, status=status))
-                return
+        hooks = self._hooks
+        if hooks.wants("started"):  # no event is made that nobody would see
+            hooks.emit(_event(job, "started"))
+        if hooks.tracing:
+            with hooks.span(job) as span:
+                self._run_handler(job, handler, span)
+        else:
+            self._run_handler(job, handler, None)
+
+    def _run_handler(self, job: Job, handler: Handler, span: Any) -> None:
+        hooks = self._hooks
+        start = time.monotonic()
+        try:
+            result = handler(job)
+        except Exception as exc:
             duration = time.monotonic() - start
-            status = self._ack(job, result)
-            self._hooks.span_outcome(span, status, None)
-            if status != c.RELEASED:
-                self._hooks.emit(JobEvent(job, "finished", duration=duration, result=result, status=status))
+            status = self._fail(job, exc)
+            if span is not None:
+                hooks.span_outcome(span, status, exc)
+            if status != c.RELEASED and hooks.wants("failed"):
+                hooks.emit(_event(job, "failed", duration=duration, error=exc, status=status))
+            return
+        duration = time.monotonic() - start
+        status = self._ack(job, result)
+        if span is not None:
+            hooks.span_outcome(span, status, None)
+        if status != c.RELEASED and hooks.wants("finished"):
+            hooks.emit(_event(job, "finished", duration=duration, result=result, status=status))
 
     def _ack(self, job: Job, result: Any) -> Optional[str]:
         if not job._begin_finish():
@@ -864,8 +981,10 @@ class Worker(c.WorkerBase):
                     self._log.warning("job %s: lease lost (attempt %s is no longer current)", job.id, job.attempt)
             with self._lock:
                 pending = [j._next_touch for j in self._active.values() if not j._lost]
-            sleep = min(pending, default=now + 1.0) - time.monotonic()
-            self._keeper_wake.wait(max(0.01, min(1.0, sleep)))
+                now = time.monotonic()
+                sleep = max(0.01, min(1.0, min(pending, default=now + 1.0) - now))
+                self._keeper_until = now + sleep
+            self._keeper_wake.wait(sleep)
             self._keeper_wake.clear()
 
     def _shutdown(self) -> None:

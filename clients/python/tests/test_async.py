@@ -172,3 +172,22 @@ def test_async_stop_gives_back_after_grace(queue_name, start_worker):
         start_worker({queue_name: lambda job: seen.append((job.attempt, job.max_attempts))})
         wait_until(lambda: job_status(conn, job_id) == "completed", timeout=5, what="completed by the next worker")
         assert seen == [(2, 6)]
+
+
+def test_async_payload_is_decoded_when_first_read(queue_name):
+    """As for the threaded worker (test_worker.py): the payload is decoded on
+    its first read, once."""
+    seen = {}
+
+    async def handler(job):
+        seen[job.id] = (job.payload, job.payload is job.payload)
+
+    async def main():
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as aconn:
+            job_id = await pgqueue.apush(aconn, queue_name, {"n": [1, 2], "s": "é"})
+            async with pgqueue.AsyncWorker(DSN, {queue_name: handler}, grace=5):
+                await completed(aconn, job_id)
+            return job_id
+
+    job_id = asyncio.run(main())
+    assert seen == {job_id: ({"n": [1, 2], "s": "é"}, True)}

@@ -301,3 +301,65 @@ def test_a_worker_runs_once(queue_name):
         w.start()
     w.stop()
     assert w.wait(10)
+
+
+def test_payload_is_decoded_once_when_first_read_with_psycopgs_loads(conn, queue_name, start_worker):
+    """A claim leaves the payload's JSON text undecoded: a handler that reads it
+    gets it decoded by the jsonb loader psycopg would have used (here one set
+    with ``set_json_loads``), once, the same object every time; one that never
+    reads it costs no decoding."""
+    import json
+
+    from psycopg.types.json import set_json_loads
+
+    decoded = []
+
+    def loads(data):
+        decoded.append(data)
+        return {"decoded_by": "custom", **json.loads(data)}
+
+    seen = {}
+    unread_ids = []
+
+    def handler(job):
+        if job.id not in unread_ids:
+            assert job.payload is job.payload
+            seen[job.id] = job.payload
+        return None
+
+    set_json_loads(loads)
+    try:
+        read = pgqueue.push(conn, queue_name, {"n": 1})
+        unread = pgqueue.push(conn, queue_name, {"read": False})
+        unread_ids.append(unread)
+        start_worker({queue_name: handler})
+        wait_until(lambda: job_status(conn, read) == "completed" and job_status(conn, unread) == "completed",
+                   what="both jobs completed")
+    finally:
+        set_json_loads(json.loads)
+    assert seen == {read: {"decoded_by": "custom", "n": 1}}
+    # Decoded once; the unread payload never (the test's own queries decode other jsonb).
+    assert [bytes(d) for d in decoded].count(b'{"n": 1}') == 1
+    assert not [d for d in decoded if bytes(d) == b'{"read": false}']
+
+
+def test_the_acks_of_short_handlers_are_gathered_into_full_calls(conn, queue_name, start_worker, capsys):
+    """Slots of a claim finish one after another (each needs the GIL); the acker
+    waits for the acks still to come while each turn brings more, so a drain of
+    no-op handlers spends about one queue_ack_batch call per claim of
+    ``concurrency`` jobs, not one per first few acks (half as many commits)."""
+    from test_ack_batch import calls_of, completed_count, settled_calls
+
+    jobs = 400
+    pgqueue.push_batch(conn, queue_name, [{"n": n} for n in range(jobs)])
+    before = calls_of(conn, "queue_ack_batch")
+    w = start_worker({queue_name: lambda job: None}, concurrency=10)
+    wait_until(lambda: completed_count(conn, queue_name) == jobs, timeout=60, what="every job completed")
+    w.stop()
+    assert w.wait(15)
+    calls = settled_calls(conn, "queue_ack_batch", before) - before
+    with capsys.disabled():
+        print(f"\n[gathered acks, threaded Worker] {jobs} no-op jobs at concurrency 10: {calls} queue_ack_batch"
+              f" calls ({jobs / max(calls, 1):.1f} acks per call)")
+    # Without gathering about 5 per call; a loaded machine may split a few claims.
+    assert 1 <= calls <= jobs // 7, f"{calls} calls for {jobs} jobs: the acks were not gathered"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import operator as _operator
 import datetime as dt
 import inspect
 import os
@@ -29,8 +30,9 @@ from .push import check_queue_name
 VERSION = "0.1.0"
 
 # Statements of the worker. Every value is a parameter.
+# (lease_until itself is not fetched: a job exposes only the lease it grants.)
 _POP_COLUMNS = (
-    "SELECT id, queue, payload, priority, serial_group, attempt, max_attempts, lease_until, created_at,"
+    "SELECT id, queue, payload, priority, serial_group, attempt, max_attempts, created_at,"
     " lease_until - now() AS lease"  # now() is the claim's own time: this is the lease granted
 )
 POP_SQL = _POP_COLUMNS + " FROM queue_pop(%s::text, %s::text, %s::int)"
@@ -51,7 +53,7 @@ ACK_BATCH_SQL = "SELECT queue_ack_batch(%s::bigint[], %s::int[], %s::jsonb[])"
 # Parameters: ids, attempts, results, queue, worker name, how many to claim.
 ACK_CLAIM_SQL = (
     "SELECT CASE WHEN coalesce(p.ordinality, 1) = 1 THEN a.acked END, p.after_the_ack, p.id, p.queue, p.payload,"
-    " p.priority, p.serial_group, p.attempt, p.max_attempts, p.lease_until, p.created_at, p.lease"
+    " p.priority, p.serial_group, p.attempt, p.max_attempts, p.created_at, p.lease"
     " FROM (SELECT queue_ack_batch(%s::bigint[], %s::int[], %s::jsonb[]) AS acked) AS a"
     " LEFT JOIN LATERAL (SELECT q.*, q.lease_until - now() AS lease,"
     " a.acked IS NOT NULL AS after_the_ack"
@@ -194,7 +196,6 @@ class ClaimedRow(NamedTuple):
     serial_group: Optional[str]
     attempt: int
     max_attempts: int
-    lease_until: dt.datetime
     created_at: dt.datetime
     lease: dt.timedelta
 
@@ -233,8 +234,16 @@ def claim_cursor(conn: Any) -> Tuple[Any, Callable[[bytes], Any]]:
     any statement would take it. A job decodes its payload with it when the
     payload is first read: a handler that never reads it costs no parse."""
     loads = conn.adapters.get_loader(JSONB_OID, Format.TEXT)(JSONB_OID, conn).load
-    cur = conn.cursor()
-    cur.adapters.register_loader(JSONB_OID, _RawJsonbLoader)
+    # One such cursor per connection, kept on it (a connection is used by one
+    # claim at a time): made and given its loader once, not at every claim.
+    cur = getattr(conn, "_pgqueue_claim_cursor", None)
+    if cur is None or cur.closed:
+        cur = conn.cursor()
+        cur.adapters.register_loader(JSONB_OID, _RawJsonbLoader)
+        try:
+            conn._pgqueue_claim_cursor = cur
+        except AttributeError:  # a connection class without a __dict__: a cursor per claim
+            pass
     return cur, loads
 
 
@@ -285,16 +294,10 @@ class JobBase:
         self._payload = row.payload
         self._loads = None if self._payload is None else loads
 
-    # The claim, read-only.
-    @property
-    def id(self) -> int:
-        """The job id."""
-        return self._row.id
+    # The claim, read-only (getters in C: the workers read some of these many times a job).
+    id = property(_operator.attrgetter("_row.id"), doc="The job id.")
 
-    @property
-    def queue(self) -> str:
-        """The queue the job was pushed to."""
-        return self._row.queue
+    queue = property(_operator.attrgetter("_row.queue"), doc="The queue the job was pushed to.")
 
     @property
     def payload(self) -> Any:
@@ -307,40 +310,22 @@ class JobBase:
                     self._loads = None
         return self._payload
 
-    @property
-    def priority(self) -> int:
-        """The job's priority (lower runs first)."""
-        return self._row.priority
+    priority = property(_operator.attrgetter("_row.priority"), doc="The job's priority (lower runs first).")
 
-    @property
-    def serial_group(self) -> Optional[str]:
-        """The job's serial group, or ``None``."""
-        return self._row.serial_group
+    serial_group = property(_operator.attrgetter("_row.serial_group"), doc="The job's serial group, or ``None``.")
 
-    @property
-    def attempt(self) -> int:
-        """This claim's attempt number (1 for the first try)."""
-        return self._row.attempt
+    attempt = property(_operator.attrgetter("_row.attempt"), doc="This claim's attempt number (1 for the first try).")
 
-    @property
-    def max_attempts(self) -> int:
-        """How many attempts the job has in all."""
-        return self._row.max_attempts
+    max_attempts = property(_operator.attrgetter("_row.max_attempts"), doc="How many attempts the job has in all.")
 
     @property
     def is_last_attempt(self) -> bool:
         """Whether a failure now sends the job to the dead letters."""
         return self._row.attempt >= self._row.max_attempts
 
-    @property
-    def created_at(self) -> dt.datetime:
-        """When the job was pushed."""
-        return self._row.created_at
+    created_at = property(_operator.attrgetter("_row.created_at"), doc="When the job was pushed.")
 
-    @property
-    def lease(self) -> dt.timedelta:
-        """The lease each claim or touch grants (the job's timeout)."""
-        return self._row.lease
+    lease = property(_operator.attrgetter("_row.lease"), doc="The lease each claim or touch grants (the job's timeout).")
 
     @property
     def worker(self) -> str:

@@ -182,7 +182,10 @@ class _Hooks:
         job = event.job
         kind = event.kind
         log = self.log
-        if kind == "started":
+        enabled = self._enabled
+        if enabled is not None and not enabled(_LEVELS.get(kind, logging.CRITICAL)):
+            pass  # not logged at this level: no arguments to gather
+        elif kind == "started":
             log.debug("job %s (%s) attempt %s started", job.id, job.queue, job.attempt)
         elif kind == "finished":
             log.info("job %s (%s) finished in %.3fs: %s", job.id, job.queue, event.duration or 0.0,

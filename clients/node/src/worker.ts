@@ -3,13 +3,13 @@ import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
 import { connect as netConnect } from 'node:net';
-import { Client, Pool, type ClientConfig, type PoolConfig, type QueryConfig } from 'pg';
+import { Client, Pool, type ClientConfig, type PoolClient, type PoolConfig, type QueryConfig, type QueryResult, type QueryResultRow } from 'pg';
 import { type BackoffOptions, backoffDelay } from './backoff';
 import { LeaseLostError, RetryIn, WorkerStoppedError } from './errors';
 import { type Interval, intervalToSql } from './interval';
 import { Listener, type WakeSource } from './listener';
 import type { JobId } from './push';
-import { withJobSpan } from './telemetry';
+import { jobTracer, withJobSpan } from './telemetry';
 import { type Dependency, dependencies } from './workflow';
 import { LIBRARY_NAME, VERSION } from './version';
 
@@ -209,34 +209,53 @@ export interface StopOptions {
 /** The worker's state. */
 export type WorkerState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 
+/**
+ * A claimed job's row ({@link CLAIM_SQL}): its id, its payload (parsed by
+ * node-postgres as any jsonb is) and the rest in one JSON array ({@link ClaimMeta}):
+ * one field to read and one native JSON.parse per row, where seven columns
+ * took seven fields and seven type parsers (and two timestamptz texts
+ * node-postgres's date parser: two regular expressions and a Date.UTC each).
+ * The queue is not a column: the claim names it.
+ */
 interface ClaimRow {
   id: string;
-  queue: string;
   payload: unknown;
-  priority: number;
-  serial_group: string | null;
-  attempt: number;
-  max_attempts: number;
-  lease_until: Date;
-  created_at: Date;
-  lease_ms: number;
+  meta: string;
 }
 
+/**
+ * The JSON array of a {@link ClaimRow}: priority, serial group, attempt, max
+ * attempts, the lease's end and the job's creation (milliseconds since the
+ * epoch, whole, as a JavaScript Date holds them) and the lease left (ms).
+ */
+type ClaimMeta = [number, string | null, number, number, number, number, number];
+
+/** The columns of {@link ClaimMeta}, from a row of `queue_pop` named `q`. */
+const CLAIM_META = `json_build_array(q.priority, q.serial_group, q.attempt, q.max_attempts,
+         floor(extract(epoch FROM q.lease_until) * 1000), floor(extract(epoch FROM q.created_at) * 1000),
+         (extract(epoch FROM q.lease_until - now()) * 1000)::float8)::text`;
+
+/** A job's slot: in {@link Worker.running} from its claim until its ack committed (or it failed, or was given back). */
 interface Entry {
-  key: string;
   job: JobImpl;
-  controller: AbortController;
   leaseMs: number;
   phase: 'running' | 'settling';
   /** Given back at a hard stop: never ack or fail it afterwards (the claim may be someone else's). */
   released: boolean;
   /** Settled or released: stop touching. */
   finished: boolean;
-  touchTimer: NodeJS.Timeout | null;
+  /** When its lease is next extended (`performance.now()` time; see {@link Worker.sweepTouches}). */
+  touchAt: number;
+  /** A `queue_touch` of it is on its way (it schedules the next one). */
+  touching: boolean;
   done: Promise<void>;
 }
 
 type CallResult<T> = { kind: 'ok'; value: T } | { kind: 'rejected'; error: Error } | { kind: 'gave-up'; error: Error };
+
+/** The two outcomes of an ack that got through, shared by every job (read only). */
+const ACKED: CallResult<boolean> = Object.freeze({ kind: 'ok', value: true });
+const STALE: CallResult<boolean> = Object.freeze({ kind: 'ok', value: false });
 
 /**
  * One finished job waiting in the acker for its `queue_ack_batch`: what
@@ -266,22 +285,26 @@ interface AckClaimRow extends Omit<ClaimRow, 'id'> {
   id: string | null;
 }
 
+type Outcome = { ok: true; result: unknown } | { ok: false; error: unknown };
+
+const RESOLVED: Promise<void> = Promise.resolve();
+
 const QUEUE_NAME = /^[A-Za-z0-9_.:-]{1,57}$/;
 const MAX_ERROR_CHARS = 16_000;
 
-const CLAIM_SQL = `SELECT id::text AS id, queue, payload, priority, serial_group, attempt, max_attempts,
-       lease_until, created_at, (extract(epoch FROM lease_until - now()) * 1000)::float8 AS lease_ms
-  FROM queue_pop($1::text, $2::text, $3::int)`;
+const CLAIM_SQL = `SELECT q.id::text AS id, q.payload, ${CLAIM_META} AS meta
+  FROM queue_pop($1::text, $2::text, $3::int) AS q`;
 const CLAIM_WAIT_SQL = CLAIM_SQL.replace('$3::int)', '$3::int, wait => $4::interval)');
 const ACK_SQL = 'SELECT queue_ack($1::bigint, $2::jsonb, $3::int) AS ok';
-// The ids come back as text: node-postgres would otherwise leave bigint[] to its
-// array parser, and the claim's ids are text already (id::text), so the two compare exactly.
-const ACK_BATCH_SQL = 'SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb[])::text[] AS ids';
+// The ids come back as one comma-separated text (split in one native call;
+// node-postgres's array parser walks a text[] character by character in
+// JavaScript), in the claim's own spelling (id::text), so the two compare exactly.
+const ACK_BATCH_SQL = "SELECT array_to_string(queue_ack_batch($1::bigint[], $2::int[], $3::jsonb[]), ',') AS ids";
 /**
  * The acks of a batch and a claim of the next jobs, in one statement (one
  * commit, one round trip): what the acker sends when a queue may have work
  * ({@link Worker.ackAndClaim}). The first row carries the ids the ack completed
- * (as text, like {@link ACK_BATCH_SQL}; NULL on the other rows, which would
+ * (one comma-separated text, like {@link ACK_BATCH_SQL}; NULL on the other rows, which would
  * otherwise each repeat the array: c rows of c ids to send and parse); the
  * claimed jobs come with the columns of {@link CLAIM_SQL}, or one row with a
  * NULL id when none was claimed.
@@ -294,12 +317,9 @@ const ACK_BATCH_SQL = 'SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb
  * volatile. It never waits (no `wait`) and uses no session state: the same
  * statement works through a transaction-mode pooler.
  */
-const ACK_CLAIM_SQL = `SELECT CASE WHEN coalesce(p.ordinality, 1) = 1 THEN a.acked::text[] END AS acked, p.after_the_ack, p.id, p.queue, p.payload, p.priority, p.serial_group,
-       p.attempt, p.max_attempts, p.lease_until, p.created_at, p.lease_ms
+const ACK_CLAIM_SQL = `SELECT CASE WHEN coalesce(p.ordinality, 1) = 1 THEN array_to_string(a.acked, ',') END AS acked, p.after_the_ack, p.id, p.payload, p.meta
   FROM (SELECT queue_ack_batch($1::bigint[], $2::int[], $3::jsonb[]) AS acked) AS a
-  LEFT JOIN LATERAL (SELECT q.id::text AS id, q.queue, q.payload, q.priority, q.serial_group, q.attempt, q.max_attempts,
-                            q.lease_until, q.created_at,
-                            (extract(epoch FROM q.lease_until - now()) * 1000)::float8 AS lease_ms,
+  LEFT JOIN LATERAL (SELECT q.id::text AS id, q.payload, ${CLAIM_META} AS meta,
                             a.acked IS NOT NULL AS after_the_ack, q.ordinality
                        FROM queue_pop($4::text, $5::text, $6::int) WITH ORDINALITY AS q OFFSET 0) AS p ON true`;
 /** The most acks one `queue_ack_batch` carries (the rest go into the next call): bounds the statement's size and its row locks. */
@@ -403,6 +423,43 @@ function retryDelayOf(err: unknown): string | null {
   return null;
 }
 
+/**
+ * The three array parameters of a `queue_ack_batch($1::bigint[], $2::int[],
+ * $3::jsonb[])` of `batch`, as Postgres array texts (`{1,2}`, `{1,1}`,
+ * `{NULL,"{\"n\": 1}"}`), in one pass: what node-postgres makes of three
+ * JavaScript arrays, without the arrays and its per-element checks (ids and
+ * attempts are digits only; a result is quoted as node-postgres quotes an
+ * array element).
+ */
+function ackArrays(batch: readonly PendingAck[]): [string, string, string] {
+  let ids = '{';
+  let attempts = '{';
+  let results = '{';
+  for (let i = 0; i < batch.length; i++) {
+    const a = batch[i]!;
+    const sep = i === 0 ? '' : ',';
+    ids += sep + a.id;
+    attempts += sep + a.attempt;
+    results += sep + (a.json === null ? 'NULL' : `"${a.json.replace(/[\\"]/g, '\\$&')}"`);
+  }
+  return [ids + '}', attempts + '}', results + '}'];
+}
+
+/**
+ * Which acks of a batch completed their jobs, from the ids `queue_ack_batch`
+ * returned ({@link ACK_BATCH_SQL}: one comma-separated text): null when it
+ * returned as many ids as the batch has, which are then all of them (a batch
+ * carries each id once, and the server returns each id it completed once,
+ * only ids it was given); else the set of those it returned. A reply that is
+ * not text (not expected) completes nobody we can vouch for.
+ */
+function completedIds(text: unknown, batchSize: number): Set<string> | null {
+  if (typeof text !== 'string' || text === '') return new Set();
+  let count = 1;
+  for (let i = text.indexOf(','); i !== -1; i = text.indexOf(',', i + 1)) count++;
+  return count === batchSize ? null : new Set(text.split(','));
+}
+
 class JobImpl implements Job {
   readonly id: JobId;
   readonly queue: string;
@@ -414,20 +471,41 @@ class JobImpl implements Job {
   readonly createdAt: Date;
   leaseUntil: Date;
   readonly worker: string;
-  readonly signal: AbortSignal;
+  /**
+   * Made when the handler first reads {@link JobImpl.signal}: an
+   * AbortController costs more than the rest of a job's bookkeeping, and most
+   * handlers never look at it.
+   */
+  private controller: AbortController | null = null;
+  /** The abort's reason, once aborted (an abort before the signal exists is replayed on it). */
+  private abortReason: Error | null = null;
 
-  constructor(row: ClaimRow, signal: AbortSignal, worker: string, private readonly pool: Pool) {
+  constructor(row: ClaimRow, meta: ClaimMeta, queue: string, worker: string, private readonly pool: Pool) {
     this.id = row.id;
-    this.queue = row.queue;
+    this.queue = queue;
     this.payload = row.payload;
-    this.priority = row.priority;
-    this.serialGroup = row.serial_group;
-    this.attempt = row.attempt;
-    this.maxAttempts = row.max_attempts;
-    this.createdAt = row.created_at;
-    this.leaseUntil = row.lease_until;
+    this.priority = meta[0];
+    this.serialGroup = meta[1];
+    this.attempt = meta[2];
+    this.maxAttempts = meta[3];
+    this.leaseUntil = new Date(meta[4]);
+    this.createdAt = new Date(meta[5]);
     this.worker = worker;
-    this.signal = signal;
+  }
+
+  get signal(): AbortSignal {
+    if (this.controller === null) {
+      this.controller = new AbortController();
+      if (this.abortReason !== null) this.controller.abort(this.abortReason);
+    }
+    return this.controller.signal;
+  }
+
+  /** Aborts {@link JobImpl.signal} (the first reason wins, as with an AbortController). */
+  abort(reason: Error): void {
+    if (this.abortReason !== null) return;
+    this.abortReason = reason;
+    this.controller?.abort(reason);
   }
 
   async progress(current: number, total: number, message?: string): Promise<boolean> {
@@ -514,7 +592,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   private readonly logger: Logger;
 
   private currentState: WorkerState = 'new';
-  private readonly running = new Map<string, Entry>();
+  private readonly running = new Set<Entry>();
   private readonly dirty = new Set<string>();
   private rotation = 0;
   private wakePending = false;
@@ -538,6 +616,17 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   private ackerActive = false;
   /** The acker's latest delivery loop (settled when idle): what a stop waits for before closing the pool. */
   private ackerRun: Promise<void> = Promise.resolve();
+  /**
+   * The acker's pooled connection while a run of it lasts ({@link Worker.ackerQuery}):
+   * checked out at its first call and back in the pool when the run ends (or
+   * someone waits for a connection), instead of a checkout per call.
+   */
+  private ackerClient: PoolClient | null = null;
+  /** Listens for errors of {@link Worker.ackerClient} between its calls (the pool's own listener is off while it is checked out). */
+  private ackerClientError: ((err: Error) => void) | null = null;
+  /** The lease timer ({@link Worker.sweepTouches}), and when it fires (`performance.now()` time; Infinity when unset). */
+  private touchSweep: NodeJS.Timeout | null = null;
+  private touchSweepAt = Infinity;
   /** False once the server said it has no `queue_ack_batch` (42883: an older extension): every ack is then a `queue_ack` of its own. */
   private ackBatchAvailable = true;
 
@@ -716,10 +805,10 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       if (rows.length > 0) this.dirty.add(queue);
       if (this.currentState !== 'running') {
         // Claimed while stop() began: give them back untouched.
-        await Promise.all(rows.map((row) => this.giveBack(this.newEntry(row))));
+        await Promise.all(rows.map((row) => this.giveBack(this.newEntry(row, queue))));
         break;
       }
-      for (const row of rows) this.startJob(row);
+      for (const row of rows) this.startJob(row, queue);
     }
   }
 
@@ -828,75 +917,93 @@ export class Worker extends EventEmitter<WorkerEventMap> {
 
   // ---------------------------------------------------------------- running
 
-  private newEntry(row: ClaimRow): Entry {
-    const controller = new AbortController();
+  private newEntry(row: ClaimRow, queue: string): Entry {
+    const meta = JSON.parse(row.meta) as ClaimMeta;
+    const leaseMs = meta[6];
     return {
-      key: `${row.id}:${row.attempt}`,
-      job: new JobImpl(row, controller.signal, this.name, this.pool),
-      controller,
-      leaseMs: Number.isFinite(row.lease_ms) && row.lease_ms > 0 ? row.lease_ms : 60_000,
+      job: new JobImpl(row, meta, queue, this.name, this.pool),
+      leaseMs: Number.isFinite(leaseMs) && leaseMs > 0 ? leaseMs : 60_000,
       phase: 'running',
       released: false,
       finished: false,
-      touchTimer: null,
-      done: Promise.resolve(),
+      touchAt: Infinity,
+      touching: false,
+      done: RESOLVED,
     };
   }
 
-  private startJob(row: ClaimRow): void {
-    const entry = this.newEntry(row);
-    this.running.set(entry.key, entry);
-    entry.done = this.execute(entry)
-      .catch((err) => this.emitError(err, `job ${entry.job.id} failed inside the worker`))
-      .finally(() => {
-        entry.finished = true;
-        if (entry.touchTimer) clearTimeout(entry.touchTimer);
-        if (this.running.get(entry.key) === entry) this.running.delete(entry.key);
-        this.wake();
-      });
+  private startJob(row: ClaimRow, queue: string): void {
+    const entry = this.newEntry(row, queue);
+    this.running.add(entry);
+    entry.done = this.run(entry);
   }
 
-  private async execute(entry: Entry): Promise<void> {
+  /**
+   * Runs a job's handler (it starts in this very step, after `job:start`) and
+   * settles the job: ack, or fail; never rejects. One async function per job
+   * (no span, no closure) when no tracer provider is registered.
+   */
+  private async run(entry: Entry): Promise<void> {
     const { job } = entry;
-    const handler = this.handlers.get(job.queue)!;
-    this.safeEmit('job:start', { job });
-    this.scheduleTouch(entry);
-    const t0 = performance.now();
-    type Outcome = { ok: true; result: unknown } | { ok: false; error: unknown };
-    const outcome = await withJobSpan<Outcome>({ id: job.id, queue: job.queue, attempt: job.attempt, worker: this.name }, async () => {
-      try {
-        const result = await handler(job);
-        return { ok: true, value: { ok: true, result } };
-      } catch (error) {
-        return { ok: false, error, value: { ok: false, error } };
-      }
-    });
-    const durationMs = performance.now() - t0;
-    entry.phase = 'settling';
-    if (entry.released) return; // given back at a hard stop: its outcome no longer counts
-    if (outcome.ok) {
-      let json: string | null = null;
-      let serializeError: Error | null = null;
-      try {
-        json = outcome.result === undefined ? null : (JSON.stringify(outcome.result) ?? null);
-      } catch (err) {
-        serializeError = new TypeError(`the handler's result is not JSON-serializable: ${asError(err).message}`);
-      }
-      if (!serializeError) {
-        // Waits until the ack committed (or was refused): the event, the freed
-        // slot and the end of the touches all come after the outcome, as with one call per job.
-        const r = await this.ack(entry, json);
-        if (r.kind === 'ok') {
-          this.safeEmit('job:complete', { job, result: outcome.result, durationMs, acked: r.value });
-          return;
+    try {
+      const handler = this.handlers.get(job.queue)!;
+      if (this.listenerCount('job:start') > 0) this.safeEmit('job:start', { job });
+      const t0 = performance.now();
+      this.scheduleTouch(entry, t0);
+      let outcome: Outcome;
+      const tracer = jobTracer();
+      if (tracer === null) {
+        // No tracer provider registered: the API's no-op tracer would make a
+        // span that records nothing; make none (and none of its closures).
+        try {
+          outcome = { ok: true, result: await handler(job) };
+        } catch (error) {
+          outcome = { ok: false, error };
         }
-        if (r.kind === 'gave-up') return; // the lease brings the job back
-        serializeError = new Error(`queue_ack refused the result: ${r.error.message}`);
+      } else {
+        outcome = await withJobSpan<Outcome>(tracer, { id: job.id, queue: job.queue, attempt: job.attempt, worker: this.name }, async () => {
+          try {
+            const result = await handler(job);
+            return { ok: true, value: { ok: true, result } };
+          } catch (error) {
+            return { ok: false, error, value: { ok: false, error } };
+          }
+        });
       }
-      await this.fail(entry, serializeError, durationMs);
-      return;
+      const durationMs = performance.now() - t0;
+      entry.phase = 'settling';
+      if (entry.released) return; // given back at a hard stop: its outcome no longer counts
+      if (outcome.ok) {
+        let json: string | null = null;
+        let serializeError: Error | null = null;
+        try {
+          json = outcome.result === undefined ? null : (JSON.stringify(outcome.result) ?? null);
+        } catch (err) {
+          serializeError = new TypeError(`the handler's result is not JSON-serializable: ${asError(err).message}`);
+        }
+        if (!serializeError) {
+          // Waits until the ack committed (or was refused): the event, the freed
+          // slot and the end of the touches all come after the outcome, as with one call per job.
+          const r = await this.ack(entry, json);
+          if (r.kind === 'ok') {
+            this.safeEmit('job:complete', { job, result: outcome.result, durationMs, acked: r.value });
+            return;
+          }
+          if (r.kind === 'gave-up') return; // the lease brings the job back
+          serializeError = new Error(`queue_ack refused the result: ${r.error.message}`);
+        }
+        await this.fail(entry, serializeError, durationMs);
+        return;
+      }
+      await this.fail(entry, outcome.error, durationMs);
+    } catch (err) {
+      this.emitError(err, `job ${job.id} failed inside the worker`);
+    } finally {
+      entry.finished = true; // no more touches
+      // A slot freed here wakes the claim loop; one the ack's own claim already
+      // took over (ackAndClaim, which wakes the loop itself) does not, once per job.
+      if (this.running.delete(entry) || entry.released) this.wake();
     }
-    await this.fail(entry, outcome.error, durationMs);
   }
 
   private async fail(entry: Entry, error: unknown, durationMs: number): Promise<void> {
@@ -939,11 +1046,16 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     return name === undefined ? { text, values } : { name, text, values };
   }
 
-  /** A call that must get through: retried with backoff on connection trouble until the worker stops hard. */
-  private async call<T>(sql: string, values: unknown[], what: string): Promise<CallResult<T>> {
+  /**
+   * A call that must get through: retried with backoff on connection trouble until the worker stops hard.
+   *
+   * @param viaAcker - on the acker's connection ({@link Worker.ackerQuery}), for the acker's own calls
+   */
+  private async call<T>(sql: string, values: unknown[], what: string, viaAcker = false): Promise<CallResult<T>> {
     for (let failures = 1; ; failures++) {
       try {
-        const res = await this.pool.query(this.statement(sql, values));
+        const config = this.statement(sql, values);
+        const res = await (viaAcker ? this.ackerQuery(config) : this.pool.query(config));
         return { kind: 'ok', value: res.rows[0] as T };
       } catch (err) {
         if (!isTransient(err)) return { kind: 'rejected', error: asError(err) };
@@ -1001,8 +1113,51 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       this.emitError(err, 'the acker failed');
       for (const a of [...batch, ...this.ackQueue.splice(0)]) a.settle({ kind: 'gave-up', error: asError(err) });
     } finally {
+      this.releaseAckerClient();
       this.ackerActive = false;
     }
+  }
+
+  /**
+   * A call of the acker (the batch ack, the ack with its claim) on its own
+   * pooled connection ({@link Worker.ackerClient}), which it keeps from one call
+   * to the next while its run lasts: a pool checkout and release per call
+   * (two timers, listeners, closures and a tick) cost about as much as the
+   * rest of the call's client side at concurrency 10. The connection goes back
+   * after any call while something else waits for one of the pool's
+   * connections (a touch, a fail, the claim loop), so the acker never holds
+   * one that is wanted; connection trouble drops it (the pool discards it) and
+   * the next call checks out another.
+   */
+  private async ackerQuery<R extends QueryResultRow>(config: QueryConfig): Promise<QueryResult<R>> {
+    let client = this.ackerClient;
+    if (client === null) {
+      client = await this.pool.connect();
+      const held = client;
+      // Between calls nobody else listens on it: a backend terminated then only drops it.
+      const onError = (err: Error): void => this.releaseAckerClient(held, err);
+      held.on('error', onError);
+      this.ackerClient = held;
+      this.ackerClientError = onError;
+    }
+    try {
+      const res = await client.query<R>(config);
+      if (this.pool.waitingCount > 0) this.releaseAckerClient(client);
+      return res;
+    } catch (err) {
+      // Connection trouble (or a state we cannot vouch for): let the pool discard it.
+      this.releaseAckerClient(client, isTransient(err) ? asError(err) : undefined);
+      throw err;
+    }
+  }
+
+  /** Gives {@link Worker.ackerClient} back to the pool (with an error: to be discarded); only once, only if it is still the one held. */
+  private releaseAckerClient(client: PoolClient | null = this.ackerClient, err?: Error): void {
+    if (client === null || client !== this.ackerClient) return;
+    this.ackerClient = null;
+    if (this.ackerClientError) client.removeListener('error', this.ackerClientError);
+    this.ackerClientError = null;
+    client.release(err);
   }
 
   /**
@@ -1053,14 +1208,12 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     }
     if (this.ackBatchAvailable) {
       const r = await this.call<{ ids: unknown }>(ACK_BATCH_SQL,
-        [batch.map((a) => a.id), batch.map((a) => a.attempt), batch.map((a) => a.json)],
-        `queue_ack_batch(${batch.length} job${batch.length === 1 ? '' : 's'})`);
+        ackArrays(batch),
+        `queue_ack_batch(${batch.length} job${batch.length === 1 ? '' : 's'})`, true);
       if (r.kind === 'ok') {
-        // The ids completed; any other was stale or unknown. A reply that is not
-        // a list of ids (not expected) completes nobody we can vouch for.
-        const ids = r.value?.ids;
-        const completed = new Set(Array.isArray(ids) ? ids.filter((x): x is string => typeof x === 'string') : []);
-        for (const a of batch) a.settle({ kind: 'ok', value: completed.has(a.id) });
+        // The ids completed; any other was stale or unknown.
+        const completed = completedIds(r.value?.ids, batch.length);
+        for (const a of batch) a.settle(completed === null || completed.has(a.id) ? ACKED : STALE);
         return;
       }
       if (r.kind === 'gave-up') {
@@ -1100,8 +1253,8 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     const want = Math.min(batch.length, this.maxBatch);
     let rows: AckClaimRow[];
     try {
-      const res = await this.pool.query<AckClaimRow>(this.statement(ACK_CLAIM_SQL, [
-        batch.map((a) => a.id), batch.map((a) => a.attempt), batch.map((a) => a.json), queue, this.name, want,
+      const res = await this.ackerQuery<AckClaimRow>(this.statement(ACK_CLAIM_SQL, [
+        ...ackArrays(batch), queue, this.name, want,
       ]));
       rows = res.rows;
     } catch (err) {
@@ -1112,11 +1265,14 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       this.wake();
       return false;
     }
-    // The ids completed; any other was stale or unknown. A reply that is not
-    // a list of ids (not expected) completes nobody we can vouch for.
-    const ids = rows.find((r) => r.acked != null)?.acked; // on the first row only
-    const completed = new Set(Array.isArray(ids) ? ids.filter((x): x is string => typeof x === 'string') : []);
-    const claimed = rows.filter((r): r is AckClaimRow & { id: string } => typeof r.id === 'string');
+    // The ids completed; any other was stale or unknown.
+    let ids: unknown = null;
+    const claimed: ClaimRow[] = [];
+    for (const r of rows) {
+      if (ids === null && r.acked != null) ids = r.acked; // on the first row only
+      if (typeof r.id === 'string') claimed.push(r as ClaimRow);
+    }
+    const completed = completedIds(ids, batch.length);
     if (claimed.length > 0) this.dirty.add(queue); // there may be more; an empty claim marked the sleeper instead
 
     // From here to the settles: one synchronous step. The acked jobs' slots pass
@@ -1125,60 +1281,92 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     for (const a of batch) {
       const entry = a.entry;
       entry.finished = true; // its ack committed (or was stale): no more touches
-      if (entry.touchTimer) clearTimeout(entry.touchTimer);
-      entry.touchTimer = null;
-      if (this.running.get(entry.key) === entry) {
-        this.running.delete(entry.key);
-        freed++;
-      }
+      if (this.running.delete(entry)) freed++;
     }
     const unstarted: ClaimRow[] = [];
     for (const row of claimed) {
       // Claimed while stop() began (or, not expected, more than the batch freed): give them back untouched.
       if (this.currentState === 'running' && freed > 0) {
         freed--;
-        this.startJob(row);
+        this.startJob(row, queue);
       } else {
         unstarted.push(row);
       }
     }
-    for (const a of batch) a.settle({ kind: 'ok', value: completed.has(a.id) });
-    this.wake(); // a slot left free, or a queue marked again: the claim loop may go on
-    if (unstarted.length > 0) await Promise.all(unstarted.map((row) => this.giveBack(this.newEntry(row))));
+    for (const a of batch) a.settle(completed === null || completed.has(a.id) ? ACKED : STALE);
+    // A slot left free, or a queue marked again: the claim loop may go on (not
+    // while every slot is taken, the steady state: it would only wait again).
+    if (this.running.size < this.concurrency) this.wake();
+    if (unstarted.length > 0) await Promise.all(unstarted.map((row) => this.giveBack(this.newEntry(row, queue))));
     return true;
   }
 
   /** One `queue_ack(id, result, attempt)`, retried like every call; `value` is whether it completed the job. */
   private async ackOne(id: string, attempt: number, json: string | null): Promise<CallResult<boolean>> {
     const r = await this.call<{ ok: boolean }>(ACK_SQL, [id, json, attempt], `queue_ack(${id})`);
-    return r.kind === 'ok' ? { kind: 'ok', value: r.value?.ok === true } : r;
+    return r.kind === 'ok' ? (r.value?.ok === true ? ACKED : STALE) : r;
   }
 
-  /** Extends the lease at half the job's timeout, while the job is running or being acked. */
-  private scheduleTouch(entry: Entry, delayMs = Math.max(50, entry.leaseMs / 2)): void {
+  /**
+   * Schedules the next extension of a job's lease: at half its timeout (or
+   * `delayMs`) from `now`, while the job is running or being acked. One timer
+   * serves every job ({@link Worker.sweepTouches}), set for the earliest
+   * extension due; a job whose extension falls later (the usual case: jobs
+   * start one after another with the same timeout) costs no timer call, and a
+   * job that finishes costs none either.
+   *
+   * @param now - `performance.now()`
+   */
+  private scheduleTouch(entry: Entry, now: number, delayMs = Math.max(50, entry.leaseMs / 2)): void {
     if (entry.finished) return;
-    entry.touchTimer = setTimeout(() => {
-      entry.touchTimer = null;
-      if (entry.finished) return;
-      const started = Date.now();
-      this.pool.query<{ ok: boolean }>(TOUCH_SQL, [entry.job.id, null, entry.job.attempt]).then(
-        (res) => {
-          if (entry.finished) return;
-          if (res.rows[0]!.ok !== true) {
-            this.safeEmit('job:lost', { job: entry.job });
-            entry.controller.abort(new LeaseLostError());
-            return; // whatever the handler returns, the ack with this attempt changes nothing
-          }
-          entry.job.leaseUntil = new Date(started + entry.leaseMs);
-          this.scheduleTouch(entry);
-        },
-        (err) => {
-          if (entry.finished) return;
-          this.emitError(err, `queue_touch(${entry.job.id}) failed; retrying`);
-          this.scheduleTouch(entry, Math.max(50, Math.min(1000, entry.leaseMs / 8)));
-        },
-      );
-    }, delayMs);
+    entry.touchAt = now + delayMs;
+    if (entry.touchAt < this.touchSweepAt) this.armTouchSweep(entry.touchAt, now);
+  }
+
+  private armTouchSweep(at: number, now: number): void {
+    if (this.currentState === 'stopped') return;
+    if (this.touchSweep) clearTimeout(this.touchSweep);
+    this.touchSweepAt = at;
+    this.touchSweep = setTimeout(() => this.sweepTouches(), Math.max(0, at - now));
+  }
+
+  /** The lease timer: touches every running job whose extension is due, and sets itself for the next one. */
+  private sweepTouches(): void {
+    this.touchSweep = null;
+    this.touchSweepAt = Infinity;
+    const now = performance.now();
+    let next = Infinity;
+    for (const entry of this.running) {
+      if (entry.finished || entry.touching) continue; // a touch on its way schedules the next
+      if (entry.touchAt <= now + 1) this.touch(entry);
+      else if (entry.touchAt < next) next = entry.touchAt;
+    }
+    if (next < this.touchSweepAt) this.armTouchSweep(next, now);
+  }
+
+  /** One `queue_touch` of a running job's lease; a lost lease aborts its signal. */
+  private touch(entry: Entry): void {
+    entry.touching = true;
+    const started = Date.now();
+    this.pool.query<{ ok: boolean }>(TOUCH_SQL, [entry.job.id, null, entry.job.attempt]).then(
+      (res) => {
+        entry.touching = false;
+        if (entry.finished) return;
+        if (res.rows[0]!.ok !== true) {
+          this.safeEmit('job:lost', { job: entry.job });
+          entry.job.abort(new LeaseLostError());
+          return; // whatever the handler returns, the ack with this attempt changes nothing
+        }
+        entry.job.leaseUntil = new Date(started + entry.leaseMs);
+        this.scheduleTouch(entry, performance.now());
+      },
+      (err) => {
+        entry.touching = false;
+        if (entry.finished) return;
+        this.emitError(err, `queue_touch(${entry.job.id}) failed; retrying`);
+        this.scheduleTouch(entry, performance.now(), Math.max(50, Math.min(1000, entry.leaseMs / 8)));
+      },
+    );
   }
 
   // ---------------------------------------------------------------- stopping
@@ -1232,6 +1420,8 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     await this.pool.end().catch(() => undefined);
     this.removeSignalHandlers();
     this.currentState = 'stopped';
+    if (this.touchSweep) clearTimeout(this.touchSweep);
+    this.touchSweep = null;
     this.safeEmit('stop');
   }
 
@@ -1250,10 +1440,8 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   private async giveBack(entry: Entry): Promise<void> {
     entry.released = true;
     entry.finished = true;
-    if (entry.touchTimer) clearTimeout(entry.touchTimer);
-    entry.touchTimer = null;
-    this.running.delete(entry.key);
-    if (!entry.controller.signal.aborted) entry.controller.abort(new WorkerStoppedError());
+    this.running.delete(entry);
+    entry.job.abort(new WorkerStoppedError()); // unless already aborted (a lost lease)
     const { job } = entry;
     for (let tries = 1; tries <= 3; tries++) {
       try {

@@ -302,7 +302,7 @@ test('a result too large for the server fails only its own job; its batch neighb
   assert.equal(calls.batch - before.batch, 0, 'the refused batch does not count; nothing else should have been batched');
   const logged = log.since();
   if (logged !== null) {
-    assert.match(logged, /more than queue\.max_result_size[^]*STATEMENT: +SELECT queue_ack_batch\(/, 'the server did not log a refused queue_ack_batch');
+    assert.match(logged, /more than queue\.max_result_size[^]*STATEMENT: +SELECT array_to_string\(queue_ack_batch\(/, 'the server did not log a refused queue_ack_batch');
   }
   assert.deepEqual(errors, []);
 });

@@ -48,3 +48,31 @@ test('with @opentelemetry/api installed, pushes and jobs make PRODUCER and CONSU
   assert.equal((consumer(bad)?.exceptions[0] as Error).message, 'nope');
   assert.ok(spans.every((s) => s.ended));
 });
+
+test('a tracer provider registered after the worker started gets the spans of the jobs that follow', async (t) => {
+  const q = uniqueQueue('otel-late');
+  const worker = new Worker({ connectionString: DATABASE_URL, handlers: { [q]: () => 1 } });
+  collectErrors(worker);
+  await worker.start();
+  t.after(() => worker.stop({ graceMs: 0 }));
+  const before = await push(pool, q, {});
+  await waitForStatus(pool, before, ['completed']); // no provider: no span, nothing else changes
+
+  const names: string[] = [];
+  const ids: unknown[] = [];
+  const tracer = {
+    startActiveSpan(name: string, opts: { attributes?: Record<string, unknown> }, fn: (span: unknown) => unknown) {
+      names.push(name);
+      ids.push(opts.attributes?.['messaging.message.id']);
+      return fn({ setAttribute() {}, setStatus() {}, recordException() {}, end() {} });
+    },
+    startSpan() { throw new Error('not used'); },
+  } as unknown as Tracer;
+  assert.ok(trace.setGlobalTracerProvider({ getTracer: () => tracer }));
+  t.after(() => trace.disable());
+  const afterwards = await push(pool, q, {});
+  await waitForStatus(pool, afterwards, ['completed']);
+  assert.ok(ids.includes(afterwards), 'the job pushed after the registration ran in a span');
+  assert.ok(!ids.includes(before));
+  assert.ok(names.includes(`process ${q}`));
+});

@@ -1,7 +1,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { push, pushBatch, Worker, PermanentError, RetryIn, LeaseLostError, VERSION, type Job, type WorkerOptions } from '../dist';
+import { push, pushBatch, Worker, PermanentError, RetryIn, LeaseLostError, WorkerStoppedError, VERSION, type Job, type WorkerOptions } from '../dist';
 import {
   adminPool, jobOf, uniqueQueue, sleep, waitFor, waitForStatus, nextEvent, deferred, collectErrors, DATABASE_URL,
 } from './helpers';
@@ -206,6 +206,28 @@ test('a stale claim: touch loses the lease, the signal fires, the late ack retur
   const next = nextEvent(worker, 'job:complete');
   const id2 = await push(pool, q, {});
   assert.equal((await next)[0].job.id, id2);
+});
+
+test('job.signal first read after the job was aborted is already aborted, with the reason', async () => {
+  // The worker makes a job's AbortController only when the handler reads job.signal.
+  const q = uniqueQueue('signal');
+  const hold = deferred();
+  const worker = new Worker({ connectionString: DATABASE_URL, concurrency: 1, handlers: { [q]: () => hold.promise } });
+  collectErrors(worker);
+  await worker.start();
+  const started = nextEvent(worker, 'job:start');
+  const released = nextEvent(worker, 'job:release');
+  const id = await push(pool, q, {});
+  const [{ job }] = await started;
+  await worker.stop({ graceMs: 0 }); // the handler never looked at its signal
+  const [ev] = await released;
+  assert.equal(ev.job.id, id);
+  assert.equal(ev.via, 'queue_release');
+  assert.equal(job.signal.aborted, true);
+  assert.ok(job.signal.reason instanceof WorkerStoppedError);
+  assert.equal(job.signal, job.signal, 'one signal per job');
+  hold.resolve();
+  assert.equal((await jobOf(pool, id))!.status, 'pending');
 });
 
 test('progress goes to queue_progress with the attempt; the worker registers with a heartbeat', async (t) => {

@@ -243,10 +243,14 @@ export async function pushBatch<P = unknown>(
   if (payloads.length === 0) return [];
   // One JSON array, split on the server in order: no array-literal quoting involved.
   const values: unknown[] = [queue, '[' + payloads.map((p, i) => payloadJson(p, `payloads[${i}]`)).join(',') + ']'];
-  const sql = `SELECT id::text AS id FROM queue_push_batch($1::text,
-      ARRAY(SELECT e FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n)${optionArgs(opts, values)}) AS id`;
+  // The ids come back as one comma-separated text in push order (one row to
+  // parse instead of one per job: most of a large batch's client CPU).
+  const sql = `SELECT string_agg(t.id::text, ',' ORDER BY t.n) AS ids FROM queue_push_batch($1::text,
+      ARRAY(SELECT e FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n)${optionArgs(opts, values)})
+      WITH ORDINALITY AS t(id, n)`;
   return withPushSpan(queue, payloads.length, async () => {
-    const res = await client.query<{ id: string }>(sql, values);
-    return res.rows.map((r) => r.id);
+    const res = await client.query<{ ids: string | null }>(sql, values);
+    const ids = res.rows[0]?.ids;
+    return typeof ids === 'string' && ids !== '' ? ids.split(',') : [];
   });
 }

@@ -20,7 +20,10 @@
 //
 // drain: JOBS jobs prefilled with one pushBatch, then a Worker with a no-op handler at
 // CONCURRENCY; the time from start() until 'job:complete' (emitted after the ack) has
-// fired JOBS times, checked against queue_stats(queue). Prints one JSON line with jobs/s.
+// fired JOBS times, checked against queue_stats(queue). Prints one JSON line with jobs/s
+// and drain_cpu_us_per_job: this process's CPU (user + system, process.cpuUsage) over the
+// same span, per job: the worker's own, without the process's start and the prefill
+// (which run.sh's client_cpu_us_per_job, the whole process's, includes).
 //
 // drain-shared: one of several processes draining the same queue, which run.sh filled
 // with JOBS jobs: a Worker at CONCURRENCY runs until queue_stats(queue) counts JOBS
@@ -104,16 +107,21 @@ async function drain(dsn, queue, jobs, concurrency) {
   const worker = new Worker({ connectionString: dsn, concurrency, handlers: { [queue]: async () => undefined } });
   const done = untilCount(worker, jobs, 600_000);
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   await worker.start();
   await done;
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
   await worker.stop();
   const { rows } = await producer.query('SELECT queue_stats($1) AS s', [queue]);
   await producer.end();
   if (Number(rows[0].s.completed) !== jobs) {
     throw new Error(`queue_stats says ${rows[0].s.completed} completed, expected ${jobs}`);
   }
-  console.log(JSON.stringify({ client: 'node', kind: 'drain', concurrency, jobs, seconds, rate: jobs / seconds }));
+  console.log(JSON.stringify({
+    client: 'node', kind: 'drain', concurrency, jobs, seconds, rate: jobs / seconds,
+    drain_cpu_us_per_job: (cpu.user + cpu.system) / jobs,
+  }));
 }
 
 async function drainShared(dsn, queue, jobs, concurrency) {

@@ -179,16 +179,19 @@ class _AsyncAcker:
         self._loop = asyncio.get_running_loop()
         self.task = self._loop.create_task(self._run())
 
-    async def ack(self, job: "AsyncJob", doc: Any) -> Any:
-        """Ack ``job`` in the next batch and wait for the outcome (see
+    def enqueue(self, job: "AsyncJob", doc: Any) -> Optional[_AsyncAck]:
+        """Queue the ack of ``job`` for the next batch: its :class:`_AsyncAck`,
+        whose ``waiter`` to await for the outcome, or None when the job must
+        be acked on its own (:data:`~pgqueue._common.PER_JOB`: the acker is
+        stopped or the server has no ``queue_ack_batch``). The outcome, once
+        the waiter is done, is the ack's ``outcome`` (see
         :meth:`pgqueue.worker._Acker.ack`)."""
         if self._stopping or self.task is None or self.task.done() or not self._batcher.supported:
-            return c.PER_JOB
+            return None
         pending = _AsyncAck(job, doc, self._loop.create_future())
         self._batcher.add(pending)
         self._wake.set()
-        await pending.waiter
-        return pending.outcome
+        return pending
 
     async def stop(self, timeout: float) -> None:
         """Take no more acks, deliver the queued and the in-flight ones, then
@@ -306,6 +309,16 @@ class AsyncJob(c.JobBase):
         super().__init__(row, owner.name, now, loads)
         self._owner = owner
         self._task: Optional["asyncio.Task[None]"] = None  # the task that runs it
+
+    # The state changes happen on the worker's loop only: no lock needed.
+    def _begin_finish(self) -> bool:
+        if self._state != c.RUNNING:
+            return False
+        self._state = c.FINISHING
+        return True
+
+    def _end_finish(self) -> None:
+        self._state = c.DONE
 
     async def dependencies(self) -> List[Dependency]:
         """The jobs this one depends on (``queue_dependencies``), in id order,
@@ -753,34 +766,47 @@ class AsyncWorker(c.WorkerBase):
                 hooks.emit(_event(job, "failed", duration=duration, error=exc, status=status))
             return
         duration = time.monotonic() - start
-        status = await self._ack(job, result)
+        # The ack, inline (no coroutine of its own per job on the common path).
+        if not job._begin_finish():
+            status: Optional[str] = c.RELEASED
+        else:
+            try:
+                try:
+                    doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
+                    pending = self._acker.enqueue(job, doc)
+                    if pending is None:
+                        ok = c.PER_JOB
+                    else:
+                        await pending.waiter
+                        ok = pending.outcome
+                    if ok is c.PER_JOB:
+                        ok = await self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
+                except Exception as exc:
+                    status = await self._unstorable(job, exc)
+                else:
+                    status = self._ack_status(job, ok)
+            finally:
+                job._end_finish()
         if span is not None:
             hooks.span_outcome(span, status, None)
         if status != c.RELEASED and hooks.wants("finished"):
             hooks.emit(_event(job, "finished", duration=duration, result=result, status=status))
 
-    async def _ack(self, job: AsyncJob, result: Any) -> Optional[str]:
-        if not job._begin_finish():
-            return c.RELEASED
-        try:
-            try:
-                doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
-                ok = await self._acker.ack(job, doc)
-                if ok is c.PER_JOB:
-                    ok = await self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
-            except Exception as exc:
-                self._log.error("job %s: result could not be stored: %s", job.id, exc)
-                bad = TypeError(f"result could not be stored: {type(exc).__name__}: {exc}")
-                return c.as_status(await self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(bad, False),
-                                                                         job.attempt, None, False)))
-            if ok is None:
-                return None
-            if not ok:
-                self._log.warning("job %s: ack refused, the claim (attempt %s) is no longer current",
-                                  job.id, job.attempt)
-            return "completed" if ok else None
-        finally:
-            job._end_finish()
+    async def _unstorable(self, job: AsyncJob, exc: Exception) -> Optional[str]:
+        """The result of ``job`` could not be stored (``exc``): fail the attempt."""
+        self._log.error("job %s: result could not be stored: %s", job.id, exc)
+        bad = TypeError(f"result could not be stored: {type(exc).__name__}: {exc}")
+        return c.as_status(await self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(bad, False),
+                                                                 job.attempt, None, False)))
+
+    def _ack_status(self, job: AsyncJob, ok: Any) -> Optional[str]:
+        """The status an ack's outcome ``ok`` reports (a refusal is logged)."""
+        if ok is None:
+            return None
+        if not ok:
+            self._log.warning("job %s: ack refused, the claim (attempt %s) is no longer current",
+                              job.id, job.attempt)
+        return "completed" if ok else None
 
     async def _fail(self, job: AsyncJob, exc: BaseException) -> Optional[str]:
         if not job._begin_finish():

@@ -26,6 +26,8 @@ __all__ = ["Worker", "Job"]
 # each turn brings more.
 _GATHER_TURN = 0.0005
 _GATHER_TURNS = 8
+# Which ack wakes the acker (_Acker._wake_on).
+_WAKE_NONE, _WAKE_ANY, _WAKE_ALL = 0, 1, 2
 
 Handler = Callable[["Job"], Any]
 
@@ -277,7 +279,8 @@ class _Acker:
     Acks are gathered (:meth:`_gather`) while handlers are short: the slots of
     a claim finish one after another (each needs the GIL), and a call sent at
     the first ack would carry a few of them and claim as few, splitting the
-    worker into batches of half its concurrency and twice the commits.
+    worker into batches of half its concurrency and twice the commits. The
+    thread then sleeps until the last of them, not waking at the first.
     """
 
     def __init__(self, worker: "Worker") -> None:
@@ -286,15 +289,13 @@ class _Acker:
         self._batcher = c.AckBatcher(worker._log)
         self._cond = threading.Condition()
         self._stopping = False
-        # Under _cond: whether the thread runs (and takes acks), and whether it
-        # waits for the first ack of a batch (then an ack wakes it; else it is
-        # busy and finds the ack when it looks next).
+        # Under _cond: whether the thread runs (and takes acks); which ack wakes
+        # it (_WAKE_*: it waits for any ack, or it gathers and only the ack
+        # that leaves no running job without its ack queued wakes it, or it is
+        # busy and finds the acks when it looks next); and the handlers' recent
+        # mean run in seconds (an exponential average over the acks).
         self._alive = False
-        self._idle = False
-        # Under _cond: whether the thread gathers (then the ack that leaves no
-        # running job without its ack queued wakes it), and the handlers'
-        # recent mean run in seconds (an exponential average over the acks).
-        self._gathering = False
+        self._wake_on = _WAKE_NONE
         self._mean_run = 0.0
         self._thread = threading.Thread(target=self._run, name=f"pgqueue-acker-{worker.name}", daemon=True)
 
@@ -314,8 +315,10 @@ class _Acker:
             if self._stopping or not self._alive or not self._batcher.add(pending):
                 return c.PER_JOB
             self._mean_run += (run - self._mean_run) * 0.1
-            if self._idle or (self._gathering and len(self._batcher.pending) >= len(self._worker._active)):
-                self._idle = self._gathering = False
+            wake_on = self._wake_on
+            if wake_on == _WAKE_ANY or (wake_on == _WAKE_ALL
+                                        and len(self._batcher.pending) >= len(self._worker._active)):
+                self._wake_on = _WAKE_NONE
                 self._cond.notify()
         # The thread resolves every ack it took before it ends; the timeout only
         # guards against a thread that died some other way (it catches errors).
@@ -341,14 +344,10 @@ class _Acker:
         try:
             while True:
                 with self._cond:
-                    while not self._batcher.pending and not self._stopping:
-                        self._idle = True
-                        self._cond.wait()
-                    self._idle = False
+                    self._gather()
                     if not self._batcher.pending:
                         self._alive = False  # in the same hold of the lock: no ack can come in between
                         return  # stopping, and everything was delivered
-                    self._gather()
                     batch = self._batcher.take()
                 try:
                     if not self._ack_and_claim(batch):
@@ -362,27 +361,38 @@ class _Acker:
                 self._alive = False
 
     def _gather(self) -> None:
-        """Before a call (under ``_cond``): while the handlers are short, wait
-        for the acks of the jobs still running, a turn at a time, for as long
-        as each turn brings more (at most :data:`_GATHER_TURNS`); the last
-        such ack wakes the thread at once. With long handlers, a stop, or no
-        job left without its ack queued, the call goes at once, as without.
+        """Wait (under ``_cond``) until there is a batch to send, or a stop.
+
+        With long handlers (their recent mean run at least :data:`_GATHER_TURN`)
+        that is the first ack: a call goes as soon as one is queued. While
+        they are short, it waits for the acks of the jobs still running, a
+        turn of :data:`_GATHER_TURN` at a time, as long as each turn brings
+        more (at most :data:`_GATHER_TURNS`); the ack that leaves no running
+        job without its ack queued wakes it at once. A first turn that
+        brings no ack at all falls back to waiting for any ack.
 
         The worker's running jobs (its active set, read without its lock:
         only a length) hold one ack each, queued or to come; no call is in
         flight meanwhile, so they are the acks this call can still carry."""
-        if self._mean_run >= _GATHER_TURN:
-            return
         pending = self._batcher.pending
         active = self._worker._active
-        for _ in range(_GATHER_TURNS):
-            before = len(pending)
-            if self._stopping or before >= len(active) or before >= self._batcher.max_batch:
+        turns = 0
+        while not self._stopping:
+            queued = len(pending)
+            short = self._mean_run < _GATHER_TURN
+            if queued and (not short or queued >= len(active) or queued >= self._batcher.max_batch
+                           or turns >= _GATHER_TURNS):
                 return
-            self._gathering = True
+            if not queued and (not short or not active or turns):
+                self._wake_on = _WAKE_ANY  # idle, or long handlers: the first ack wakes it
+                self._cond.wait()
+                self._wake_on = _WAKE_NONE
+                continue
+            self._wake_on = _WAKE_ALL
             self._cond.wait(_GATHER_TURN)
-            self._gathering = False
-            if len(pending) == before:
+            self._wake_on = _WAKE_NONE
+            turns += 1
+            if queued and len(pending) == queued:
                 return  # a turn without acks: the rest are long
 
     def _ack_and_claim(self, batch: List[c.PendingAck]) -> bool:

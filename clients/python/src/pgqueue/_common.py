@@ -520,9 +520,10 @@ def result_doc(result: Any) -> Optional[Jsonb]:
 class PendingAck:
     """One finished job's ack, queued to the worker's acker.
 
-    ``waiter`` is a :class:`threading.Event` (threaded worker) or an
-    :class:`asyncio.Event` (asyncio worker, only ever set on its loop): the
-    shared code only calls ``set()``. Once :attr:`done`, :attr:`outcome` is
+    ``waiter`` is anything with a ``set()`` (e.g. a :class:`threading.Event`):
+    :meth:`resolve` calls it. The workers use subclasses with a cheaper
+    waiter of their own (``worker._ThreadAck``: a plain lock the slot blocks
+    on; ``aio._AsyncAck``: a bare future of the loop). Once :attr:`done`, :attr:`outcome` is
     ``True`` (completed), ``False`` (refused: the claim is no longer current),
     ``None`` (not delivered; the job returns after its lease) or
     :data:`PER_JOB`.

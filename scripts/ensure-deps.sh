@@ -28,8 +28,11 @@ if ! grep -qs '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
   cargo pgrx init --pg15 "$PG_CONFIG_BIN" >/dev/null
 fi
 
-if ! python3 -c 'import psycopg, pytest, hypothesis' >/dev/null 2>&1; then
-  echo "deps: installing psycopg, pytest and hypothesis"
-  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' 'pytest>=7' 'hypothesis>=6' 2>&1 \
+# opentelemetry-sdk: the Python client's span test (clients/python/tests/test_hooks.py)
+# runs in make test instead of being skipped.
+if ! python3 -c 'import psycopg, pytest, hypothesis, opentelemetry.sdk' >/dev/null 2>&1; then
+  echo "deps: installing psycopg, pytest, hypothesis and opentelemetry-sdk"
+  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' 'pytest>=7' 'hypothesis>=6' \
+    'opentelemetry-api>=1.20' 'opentelemetry-sdk>=1.20' 2>&1 \
     | grep -v 'Running pip as the' || true
 fi

@@ -3,7 +3,7 @@
 //! the same protocol as clients/node/test/fixtures/cross-language-worker.js.
 //!
 //! Each handler sleeps `payload.ms` milliseconds and returns
-//! `{ lang, pid, start, end }` (epoch milliseconds, fractional) as the job's
+//! `{ lang, pid, start, end }` (CLOCK_MONOTONIC milliseconds, fractional) as the job's
 //! result. Prints one JSON line per event on stdout: `ready` (once started and
 //! listening), `start` (per job), `error` (a worker error being retried),
 //! `stop`; `start-failed` and exit status 2 when it cannot start. SIGTERM
@@ -18,7 +18,7 @@
 
 use std::io::Write;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use queue_client::hooks::{Hooks, JobStarted, Listening, WorkerError};
 use queue_client::{Job, JobError, Worker};
@@ -32,10 +32,19 @@ fn out(v: Value) {
     let _ = stdout.flush();
 }
 
-/// Epoch milliseconds, fractional: the clock the Python (`time.time() * 1000`)
-/// and Node (`performance.timeOrigin + performance.now()`) workers use.
+/// Milliseconds of the system's monotonic clock (CLOCK_MONOTONIC), fractional:
+/// the clock the Python (`time.monotonic()`) and Node (`process.hrtime`)
+/// workers read too. One clock for every process of the machine, where their
+/// wall clocks (each process's own reading of the system time, and Node's
+/// `performance.timeOrigin`) were seen up to 3 ms apart on a VM, more than
+/// the test's handover takes.
 fn now_ms() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
 }
 
 async fn handle(job: Job) -> Result<Value, JobError> {

@@ -169,6 +169,9 @@ for c in $CONCURRENCY; do
   for n in 1 $([ "$PROCS" -gt 1 ] && echo "$PROCS"); do
     measured "$python" "$here/raw/raw_drain.py" "$DSN" "raw_b${c}_n$n" "$JOBS" "$c" "$n"
   done
+  # The raw loop that also receives each job (payload, attempt) and acks
+  # with the attempts: the least a worker running handlers must do.
+  measured "$python" "$here/raw/raw_drain.py" "$DSN" "rawjob_b${c}_n1" "$JOBS" "$c" 1 job
   for client in $CLIENTS; do
     driver "$client" drain "drain_${client}_c$c" "$JOBS" "$c"
     measured "${CMD[@]}"

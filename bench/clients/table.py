@@ -53,12 +53,15 @@ def table(results_file, queue_bench_file=None):
     # The clients' drains by (client, concurrency); the raw loop's by (batch,
     # connections): one connection is the reference of one worker process
     # (at most c jobs in flight in both), n connections that of n processes.
-    drains = {(r["client"], r["concurrency"]): r for r in rows if r["kind"] == "drain" and r["client"] != "raw"}
+    drains = {(r["client"], r["concurrency"]): r for r in rows
+              if r["kind"] == "drain" and r["client"] not in ("raw", "raw-job")}
     raws = {(r["batch"], r["connections"]): r for r in rows if r["kind"] == "drain" and r["client"] == "raw"}
+    # The raw loop that receives each job's payload and attempt (one connection).
+    raw_jobs = {r["batch"]: r for r in rows if r["kind"] == "drain" and r["client"] == "raw-job"}
     flush = next((r for r in rows if r["kind"] == "flush"), None)
     concs = sorted({r["concurrency"] for r in rows if r["kind"] == "drain" and "concurrency" in r})
     head = f"| client | wake-up p50 / p99 / max (ms, {len(next(iter(lat.values()))['ms']) - meta['warmup'] if lat else 0} jobs) | " + " | ".join(
-        f"drain c={c}, jobs/s (× raw batch {c}, 1 conn)" for c in concs) + " |"
+        f"drain c={c}, jobs/s (× raw batch {c}, 1 conn{' / × raw job loop' if raw_jobs else ''})" for c in concs) + " |"
     print(head)
     print("| --- " * (2 + len(concs)) + "|")
     for client in CLIENTS:
@@ -71,13 +74,12 @@ def table(results_file, queue_bench_file=None):
         else:
             cells.append("")
         for c in concs:
-            r, raw = drains.get((client, c)), raws.get((c, 1))
+            r, raw, raw_job = drains.get((client, c)), raws.get((c, 1)), raw_jobs.get(c)
             if r is None:
                 cells.append("")
-            elif raw is None:
-                cells.append(fmt_rate(r["rate"]))
             else:
-                cells.append(f"{fmt_rate(r['rate'])} ({r['rate'] / raw['rate']:.2f}×)")
+                ratios = [f"{r['rate'] / x['rate']:.2f}×" for x in (raw, raw_job) if x is not None]
+                cells.append(fmt_rate(r["rate"]) + (f" ({' / '.join(ratios)})" if ratios else ""))
         print(f"| {client} | " + " | ".join(cells) + " |")
     fl = ""
     if flush:
@@ -86,6 +88,9 @@ def table(results_file, queue_bench_file=None):
         raw_cells = [fmt_rate(raws[(c, n)]["rate"]) if (c, n) in raws else "" for c in concs]
         print(f"| raw SQL (Python loop, {n} conn{'s' if n > 1 else ''}, pop batch = c + ack ids[] per transaction) "
               f"| {fl if n == 1 else ''} | " + " | ".join(raw_cells) + " |")
+    if raw_jobs:
+        print("| raw SQL job loop (1 conn; also fetches payload and attempt, acks with attempts) | | "
+              + " | ".join(fmt_rate(raw_jobs[c]["rate"]) if c in raw_jobs else "" for c in concs) + " |")
     if queue_bench_file:
         qb = json.load(open(queue_bench_file))["results"]
         got = {(r["workload"], r["system"]): r for r in qb}
@@ -122,6 +127,7 @@ def table(results_file, queue_bench_file=None):
     print("| --- | --- | --- | --- | --- |")
     for c in concs:
         labelled = [(r, f"raw batch {c}, {n} conn{'s' if n > 1 else ''}") for (b, n), r in sorted(raws.items()) if b == c]
+        labelled.append((raw_jobs.get(c), f"raw job loop batch {c}, 1 conn"))
         for client in CLIENTS:
             labelled += [(drains.get((client, c)), f"{client} c={c}"),
                          (procs.get((client, c)), f"{client} c={c}, worker processes")]

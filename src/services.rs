@@ -15,7 +15,9 @@
 //! an ERROR (a bad `queue.timezone`, `statement_timeout`, `lock_timeout`,
 //! anything a duty raises) rolls that transaction back and is logged once
 //! with its SQLSTATE, the pass runs again next tick, and the worker never
-//! restarts because of it. Inside a pass each duty is its own
+//! restarts because of it. A pass first takes a share lock on the extension,
+//! so that it and a DROP EXTENSION take turns instead of deadlocking
+//! ([`hold_extension`]). Inside a pass each duty is its own
 //! subtransaction, so one bad row never stops the others. Between passes a
 //! worker shows `state = 'idle'` in pg_stat_activity, so monitoring does not
 //! count it as busy and scripts that end long-active sessions leave it be.
@@ -180,7 +182,7 @@ fn run_passes(service: &Service, db: Db) -> Option<Duration> {
         set_activity(c"running a pass");
         let mut gone = false;
         let result = guarded(service.name, "a pass", || {
-            if !extension_installed() {
+            if !hold_extension() {
                 gone = true;
                 return Ok(None);
             }
@@ -212,7 +214,7 @@ fn run_after(service: &Service) {
         return;
     }
     guarded(service.name, "the counters' flush", || {
-        if extension_installed() {
+        if hold_extension() {
             Spi::run(STATS_PASS_SQL)?;
         }
         Ok(())
@@ -320,6 +322,32 @@ fn sqlstate(code: pgrx::PgSqlErrorCode) -> String {
             c
         })
         .collect()
+}
+
+/// Whether the extension is installed, holding a share lock on it until the
+/// transaction ends: what a pass does first. DROP EXTENSION locks the
+/// extension itself (exclusively) before any of its tables, so a pass that
+/// holds this lock cannot deadlock with it: the DROP waits for the pass's
+/// transaction, or the pass waits for the DROP holding nothing of the
+/// extension's and then finds it gone. Without it, a pass holding one of the
+/// tables and asking for another met a DROP that held the second and asked
+/// for the first: "deadlock detected", and the DROP failed (seen in CI).
+fn hold_extension() -> bool {
+    let Some(oid) = extension_oid() else {
+        return false;
+    };
+    unsafe {
+        pg_sys::LockDatabaseObject(pg_sys::ExtensionRelationId, oid, 0, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
+    };
+    // The lock also took in what committed while it waited (the catalog
+    // caches are current again): a DROP that ran meanwhile shows here.
+    extension_oid() == Some(oid)
+}
+
+/// The extension's OID in this database, if it is installed.
+fn extension_oid() -> Option<pg_sys::Oid> {
+    let oid = unsafe { pg_sys::get_extension_oid(c"queue".as_ptr(), true) };
+    (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
 /// Whether `CREATE EXTENSION queue` has run in this database.

@@ -352,10 +352,7 @@ fn extension_oid() -> Option<pg_sys::Oid> {
 
 /// Whether `CREATE EXTENSION queue` has run in this database.
 pub fn extension_installed() -> bool {
-    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'queue')")
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    extension_oid().is_some()
 }
 
 /// Show what the service is doing in pg_stat_activity.query.

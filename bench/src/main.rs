@@ -358,6 +358,37 @@ impl Bench {
         Ok(total as f64 / started.elapsed().as_secs_f64())
     }
 
+    /// W1 sent by a second, independent client library: pgbench (libpq, C,
+    /// prepared statements, `conns` clients), the same statements as
+    /// [`Bench::single_pushes`] with one fixed payload. Timed here, from the
+    /// start of pgbench to its exit, as W1 is.
+    async fn single_pushes_pgbench(&self, system: System, total: usize, conns: usize) -> Result<f64> {
+        self.reset().await?;
+        let body = payload(1).replace('\'', "''");
+        let sql = match system {
+            System::Queue => format!("SELECT queue_push('{QUEUE}', '{body}');"),
+            System::Reference | System::RefHistory => format!("INSERT INTO bench_ref (payload) VALUES ('{body}');"),
+        };
+        let script = std::env::temp_dir().join(format!("queue-bench-w1p-{}.sql", std::process::id()));
+        std::fs::write(&script, sql)?;
+        let bindir = std::process::Command::new("pg_config").arg("--bindir").output()?;
+        let pgbench = format!("{}/pgbench", String::from_utf8_lossy(&bindir.stdout).trim());
+        let started = Instant::now();
+        let out = tokio::process::Command::new(pgbench)
+            .args(["-n", "-M", "prepared", "-c", &conns.to_string(), "-j", "2"])
+            .args(["-t", &(total / conns).to_string(), "-f"])
+            .arg(&script)
+            .arg(&self.url) // a connection string is a valid dbname for libpq
+            .output()
+            .await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let _ = std::fs::remove_file(&script);
+        if !out.status.success() {
+            return Err(format!("pgbench failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(total as f64 / elapsed)
+    }
+
     /// W2: pushes in batches from one connection.
     async fn batch_pushes(&self, system: System, total: usize, batch: usize) -> Result<f64> {
         self.reset().await?;
@@ -692,20 +723,32 @@ async fn main() -> Result<()> {
 
     // Queue and reference alternate inside each repetition, so that both
     // see the same stretch of this machine's (noisy) fsync latency.
-    if want(&only, "W1") {
+    // W1, and W1P: the same pushes sent by pgbench (libpq), the second
+    // client library issue 21 asks for.
+    for (w, via_pgbench, label) in [
+        ("W1", false, "W1 50k single pushes, 4 conns"),
+        ("W1P", true, "W1P 50k single pushes, 4 conns, sent by pgbench (libpq)"),
+    ] {
+        if !want(&only, w) {
+            continue;
+        }
         let (mut v, mut cpu) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
         for _ in 0..b.reps {
             for (k, s) in systems.iter().enumerate() {
-                let (rate, ms) = b.with_cpu(50_000, b.single_pushes(*s, 50_000, 4)).await?;
+                let (rate, ms) = if via_pgbench {
+                    b.with_cpu(50_000, b.single_pushes_pgbench(*s, 50_000, 4)).await?
+                } else {
+                    b.with_cpu(50_000, b.single_pushes(*s, 50_000, 4)).await?
+                };
                 v[k].push(rate);
                 cpu[k].push(ms);
             }
         }
         for (k, s) in systems.iter().enumerate() {
-            b.record("W1 50k single pushes, 4 conns", *s, "jobs/s", v[k].clone());
+            b.record(label, *s, "jobs/s", v[k].clone());
         }
         for (k, s) in systems.iter().enumerate() {
-            b.record("W1 server CPU per job", *s, "ms", cpu[k].clone());
+            b.record(&format!("{w} server CPU per job"), *s, "ms", cpu[k].clone());
         }
     }
     if want(&only, "W2") {

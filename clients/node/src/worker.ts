@@ -460,6 +460,16 @@ function completedIds(text: unknown, batchSize: number): Set<string> | null {
   return count === batchSize ? null : new Set(text.split(','));
 }
 
+/**
+ * Settles each ack of a batch that got through, by the ids `queue_ack_batch`
+ * returned (`ids`, see {@link completedIds}): those completed, the others were
+ * stale or unknown.
+ */
+function settleAcks(batch: readonly PendingAck[], ids: unknown): void {
+  const completed = completedIds(ids, batch.length);
+  for (const a of batch) a.settle(completed === null || completed.has(a.id) ? ACKED : STALE);
+}
+
 class JobImpl implements Job {
   readonly id: JobId;
   readonly queue: string;
@@ -1211,9 +1221,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
         ackArrays(batch),
         `queue_ack_batch(${batch.length} job${batch.length === 1 ? '' : 's'})`, true);
       if (r.kind === 'ok') {
-        // The ids completed; any other was stale or unknown.
-        const completed = completedIds(r.value?.ids, batch.length);
-        for (const a of batch) a.settle(completed === null || completed.has(a.id) ? ACKED : STALE);
+        settleAcks(batch, r.value?.ids);
         return;
       }
       if (r.kind === 'gave-up') {
@@ -1265,14 +1273,12 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       this.wake();
       return false;
     }
-    // The ids completed; any other was stale or unknown.
     let ids: unknown = null;
     const claimed: ClaimRow[] = [];
     for (const r of rows) {
       if (ids === null && r.acked != null) ids = r.acked; // on the first row only
       if (typeof r.id === 'string') claimed.push(r as ClaimRow);
     }
-    const completed = completedIds(ids, batch.length);
     if (claimed.length > 0) this.dirty.add(queue); // there may be more; an empty claim marked the sleeper instead
 
     // From here to the settles: one synchronous step. The acked jobs' slots pass
@@ -1293,7 +1299,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
         unstarted.push(row);
       }
     }
-    for (const a of batch) a.settle(completed === null || completed.has(a.id) ? ACKED : STALE);
+    settleAcks(batch, ids);
     // A slot left free, or a queue marked again: the claim loop may go on (not
     // while every slot is taken, the steady state: it would only wait again).
     if (this.running.size < this.concurrency) this.wake();

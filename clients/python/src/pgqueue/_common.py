@@ -290,7 +290,7 @@ class JobBase:
         self._state = RUNNING
         self._lost = False
         self._started = time.monotonic() if now is None else now
-        self._next_touch = self._started + max(0.05, row.lease.total_seconds() / 2)
+        self._next_touch = self._started + self.touch_every
         self._payload = row.payload
         self._loads = None if self._payload is None else loads
 
@@ -377,6 +377,20 @@ class JobBase:
 
 class WorkerBase:
     """Settings shared by :class:`~pgqueue.Worker` and :class:`~pgqueue.AsyncWorker`."""
+
+    # When the worker's lease keeper wakes next by itself (monotonic), set by
+    # the keeper before each sleep: a claim wakes it sooner only for a job
+    # whose lease is due before (:meth:`_keeper_due`).
+    _keeper_until = 0.0
+
+    def _keeper_due(self, jobs: Sequence["JobBase"]) -> bool:
+        """Whether the lease keeper must wake before its time for one of
+        ``jobs`` (just claimed; the threaded worker calls it under its lock)."""
+        until = self._keeper_until
+        for job in jobs:
+            if job._next_touch < until:
+                return True
+        return False
 
     def _configure(self, dsn: str, handlers: Mapping[str, Callable[..., Any]], want_async: bool, *,
                    concurrency: int, name: Optional[str], grace: float, poll_interval: float,
@@ -555,6 +569,10 @@ class PendingAck:
             return
         self.done = True
         self.outcome = outcome
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the waiting slot (the subclasses' waiters override this)."""
         self.waiter.set()
 
 
@@ -630,16 +648,13 @@ class AckBatcher:
         return ([a.job.id for a in batch], [a.job.attempt for a in batch],
                 docs if any(d is not None for d in docs) else None)
 
-    @staticmethod
-    def array_params(batch: Sequence[PendingAck]) -> Tuple[str, str, Optional[List[Optional[Jsonb]]]]:
+    @classmethod
+    def array_params(cls, batch: Sequence[PendingAck]) -> Tuple[str, str, Optional[List[Optional[Jsonb]]]]:
         """:meth:`params` as the worker sends them: the ids and the attempts as
         array literals (``'{1,2}'``, cast by the statement), which psycopg
         passes as one string instead of adapting each element."""
-        jobs = [a.job for a in batch]
-        docs = [a.doc for a in batch]
-        return ("{%s}" % ",".join([str(j.id) for j in jobs]),
-                "{%s}" % ",".join([str(j.attempt) for j in jobs]),
-                docs if any(d is not None for d in docs) else None)
+        ids, attempts, docs = cls.params(batch)
+        return "{%s}" % ",".join(map(str, ids)), "{%s}" % ",".join(map(str, attempts)), docs
 
     @staticmethod
     def settle(batch: Sequence[PendingAck], completed: Optional[Sequence[int]]) -> None:

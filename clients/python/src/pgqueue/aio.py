@@ -86,39 +86,40 @@ class _AsyncPool:
         finally:
             await self.release(conn)
 
-    async def call(self, query: Any, params: Sequence[Any] = (), fetch: str = "one") -> Any:
-        """Run one statement; retry once on a fresh connection after a transient error."""
+    async def _retried(self, work: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
+        """``await work(conn)`` on a pooled connection; retried once on a fresh
+        connection after a transient error."""
         for tries in (1, 2):
             try:
                 conn = await self.acquire()
                 try:
-                    cur = await conn.execute(query, params)
-                    if fetch == "all":
-                        return await cur.fetchall()
-                    row = await cur.fetchone()
-                    return None if row is None else row[0]
-                finally:
-                    await self.release(conn)
-            except Exception as exc:
-                if tries == 2 or not c.is_transient(exc) or self._closed:
-                    raise
-
-    async def claim(self, query: Any, params: Sequence[Any]) -> "tuple[List[Any], Any]":
-        """A claim through :func:`~pgqueue._common.claim_cursor`: (its rows,
-        the payloads' decoder); retried once like :meth:`call`."""
-        for tries in (1, 2):
-            try:
-                conn = await self.acquire()
-                try:
-                    cur, loads = c.claim_cursor(conn)
-                    await cur.execute(query, params)
-                    return await cur.fetchall(), loads
+                    return await work(conn)
                 finally:
                     await self.release(conn)
             except Exception as exc:
                 if tries == 2 or not c.is_transient(exc) or self._closed:
                     raise
         raise AssertionError("unreachable")
+
+    async def call(self, query: Any, params: Sequence[Any] = (), fetch: str = "one") -> Any:
+        """Run one statement (:meth:`_retried`): its first column of its first
+        row, or with ``fetch="all"`` every row."""
+        async def work(conn: psycopg.AsyncConnection) -> Any:
+            cur = await conn.execute(query, params)
+            if fetch == "all":
+                return await cur.fetchall()
+            row = await cur.fetchone()
+            return None if row is None else row[0]
+        return await self._retried(work)
+
+    async def claim(self, query: Any, params: Sequence[Any]) -> "tuple[List[Any], Any]":
+        """A claim through :func:`~pgqueue._common.claim_cursor`: (its rows,
+        the payloads' decoder); retried once like :meth:`call`."""
+        async def work(conn: psycopg.AsyncConnection) -> "tuple[List[Any], Any]":
+            cur, loads = c.claim_cursor(conn)
+            await cur.execute(query, params)
+            return await cur.fetchall(), loads
+        return await self._retried(work)
 
     async def close(self) -> None:
         self._closed = True
@@ -141,18 +142,14 @@ async def _aclose_quietly(conn: psycopg.AsyncConnection) -> None:
 
 class _AsyncAck(c.PendingAck):
     """A :class:`~pgqueue._common.PendingAck` whose waiter is a bare future of
-    the worker's loop, which the job's task awaits; :meth:`resolve` (on the
+    the worker's loop, which the job's task awaits; resolving the ack (on the
     loop) sets its result. No :class:`asyncio.Event` is made per job."""
 
     __slots__ = ()
 
-    def resolve(self, outcome: Any) -> None:
-        """Hand ``outcome`` to the waiting job (the first outcome wins)."""
-        if self.done:
-            return
-        self.done = True
-        self.outcome = outcome
-        if not self.waiter.done():  # not cancelled with its job's task
+    def _wake(self) -> None:
+        """Set the future's result, unless it was cancelled with its job's task."""
+        if not self.waiter.done():
             self.waiter.set_result(None)
 
 
@@ -431,9 +428,6 @@ class AsyncWorker(c.WorkerBase):
         self._run_task: Optional["asyncio.Task[None]"] = None
         self._listening = False
         self._reachable = False
-        # When the lease keeper wakes next by itself (monotonic): a claim
-        # wakes it sooner only for a job whose lease is due before.
-        self._keeper_until = 0.0
         # Created in run(), on the worker's loop.
         self._pool: _AsyncPool
         self._stopping: asyncio.Event
@@ -662,13 +656,9 @@ class AsyncWorker(c.WorkerBase):
         keeper is woken only for a job whose lease is due before it wakes anyway."""
         create_task = self._loop.create_task  # type: ignore[union-attr]
         tasks = self._tasks
-        until = self._keeper_until
-        due = False
         for job in jobs:
             job._task = tasks[job.id] = create_task(self._run_job(job))
-            if job._next_touch < until:
-                due = True
-        if due:
+        if self._keeper_due(jobs):
             self._keeper_wake.set()
 
     async def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> "tuple[List[Any], Any]":

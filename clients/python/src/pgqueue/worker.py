@@ -91,39 +91,40 @@ class _Pool:
         finally:
             self.release(conn)
 
-    def call(self, query: Any, params: Sequence[Any] = (), fetch: str = "one") -> Any:
-        """Run one statement; retry once on a fresh connection after a
-        transient error (a pooled connection may have died while idle)."""
+    def _retried(self, work: Callable[[psycopg.Connection], Any]) -> Any:
+        """``work(conn)`` on a pooled connection; retried once on a fresh
+        connection after a transient error (a pooled connection may have died
+        while idle)."""
         for tries in (1, 2):
             try:
                 conn = self.acquire()
                 try:
-                    cur = conn.execute(query, params)
-                    if fetch == "all":
-                        return cur.fetchall()
-                    row = cur.fetchone()
-                    return None if row is None else row[0]
-                finally:
-                    self.release(conn)
-            except Exception as exc:
-                if tries == 2 or not c.is_transient(exc) or self._closed:
-                    raise
-
-    def claim(self, query: Any, params: Sequence[Any]) -> "tuple[List[Any], Any]":
-        """A claim (:meth:`call` with ``fetch="all"``) through
-        :func:`~pgqueue._common.claim_cursor`: (its rows, the payloads' decoder)."""
-        for tries in (1, 2):
-            try:
-                conn = self.acquire()
-                try:
-                    cur, loads = c.claim_cursor(conn)
-                    return cur.execute(query, params).fetchall(), loads
+                    return work(conn)
                 finally:
                     self.release(conn)
             except Exception as exc:
                 if tries == 2 or not c.is_transient(exc) or self._closed:
                     raise
         raise AssertionError("unreachable")
+
+    def call(self, query: Any, params: Sequence[Any] = (), fetch: str = "one") -> Any:
+        """Run one statement (:meth:`_retried`): its first column of its first
+        row, or with ``fetch="all"`` every row."""
+        def work(conn: psycopg.Connection) -> Any:
+            cur = conn.execute(query, params)
+            if fetch == "all":
+                return cur.fetchall()
+            row = cur.fetchone()
+            return None if row is None else row[0]
+        return self._retried(work)
+
+    def claim(self, query: Any, params: Sequence[Any]) -> "tuple[List[Any], Any]":
+        """A claim (:meth:`call` with ``fetch="all"``) through
+        :func:`~pgqueue._common.claim_cursor`: (its rows, the payloads' decoder)."""
+        def work(conn: psycopg.Connection) -> "tuple[List[Any], Any]":
+            cur, loads = c.claim_cursor(conn)
+            return cur.execute(query, params).fetchall(), loads
+        return self._retried(work)
 
     def close(self) -> None:
         with self._lock:
@@ -215,7 +216,7 @@ class Job(c.JobBase):
 
 class _ThreadAck(c.PendingAck):
     """A :class:`~pgqueue._common.PendingAck` whose waiter is a plain lock,
-    taken when the ack is made and released by :meth:`resolve`: the slot
+    taken when the ack is made and released when it is resolved: the slot
     blocks on it (``waiter.acquire``), with no :class:`threading.Event`
     (a condition, a lock per wait) made per job.
 
@@ -231,12 +232,8 @@ class _ThreadAck(c.PendingAck):
         super().__init__(job, doc, lock)
         self.next: Optional["_ThreadAck"] = None
 
-    def resolve(self, outcome: Any) -> None:
-        """Hand ``outcome`` to the waiting slot (the first outcome wins)."""
-        if self.done:
-            return
-        self.done = True
-        self.outcome = outcome
+    def _wake(self) -> None:
+        """Release the lock the slot blocks on."""
         self.waiter.release()
 
 
@@ -659,9 +656,6 @@ class Worker(c.WorkerBase):
         self._started = False
         self._thread: Optional[threading.Thread] = None
         self._keeper_wake = threading.Event()
-        # When the lease keeper wakes next by itself (monotonic; under _lock):
-        # a claim wakes it sooner only for a job whose lease is due before.
-        self._keeper_until = 0.0
         self._reachable = False
         # Pooler mode: the claim loop's own connection, so that a cancel sent to
         # end a server-side wait can only ever hit a claim (which rolls back).
@@ -874,15 +868,6 @@ class Worker(c.WorkerBase):
             free -= len(jobs)
             claimed += len(jobs)
         return claimed, free, waited
-
-    def _keeper_due(self, jobs: Sequence[Job]) -> bool:
-        """Whether the lease keeper must wake before its time for one of ``jobs``
-        (just claimed; call under the worker's lock)."""
-        until = self._keeper_until
-        for job in jobs:
-            if job._next_touch < until:
-                return True
-        return False
 
     def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> "tuple[List[Any], Any]":
         """A claim on the loop's own connection (pooler mode), waiting in the

@@ -198,7 +198,9 @@ COMMENT ON FUNCTION @extschema@.queue_priority(text) IS
 ------------------------------------------------------------------------------
 
 /*
- * queue_push: add one job. Returns its id.
+ * queue.push_general: queue_push for every push that is not plain (below),
+ * and for a plain one where the table has triggers or row security. Every
+ * argument is given (queue_push passes its own).
  *
  * A due job is `pending` and wakes the queue's listeners; a delayed one is
  * `scheduled` until the maintenance pass promotes it. With a dedupe_key, a
@@ -210,15 +212,15 @@ COMMENT ON FUNCTION @extschema@.queue_priority(text) IS
  * else the global ones: 0, 3, 5 minutes, 10 seconds, 1 hour. The job also
  * takes the queue's retention, if it has one (keep_for).
  */
-CREATE FUNCTION @extschema@.queue_push(
-    queue text, payload jsonb DEFAULT '{}', priority int DEFAULT NULL,
-    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
-    serial_group text DEFAULT NULL, max_attempts int DEFAULT NULL,
-    timeout interval DEFAULT NULL,
-    backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
-    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
-    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL,
-    batch bigint DEFAULT NULL)
+CREATE FUNCTION queue.push_general(
+    queue text, payload jsonb, priority int,
+    delay interval, run_at timestamptz,
+    serial_group text, max_attempts int,
+    timeout interval,
+    backoff_base interval, backoff_max interval,
+    retry_delays interval[], dedupe_key text,
+    depends_on bigint[], run_anyway boolean, tags text[],
+    batch bigint)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -236,98 +238,74 @@ DECLARE
     v_configured boolean;
     v_keep_for interval;
 BEGIN
-    -- The plain push: due now, no group, key, dependency, tag or batch, and
-    -- no access rule or queue default anywhere (queue.push_mode() = 0). It
-    -- is most pushes and often a transaction of its own, and plpgsql
-    -- prepares each expression again in every transaction, so it costs one
-    -- test and one statement: the checks run inside the INSERT (they return
-    -- now() for a job without delay or run_at) and queue.pushed, in its
-    -- RETURNING, counts the job and wakes the queue. Everything else takes
-    -- the general path below, which ends in the same row.
-    IF queue.push_mode() = 0 AND queue_push.delay IS NULL AND queue_push.run_at IS NULL
-       AND queue_push.serial_group IS NULL AND queue_push.dedupe_key IS NULL
-       AND queue_push.depends_on IS NULL AND queue_push.tags IS NULL AND queue_push.batch IS NULL THEN
-        INSERT INTO queue.jobs AS j (queue, status, priority, run_at, max_attempts, timeout,
-                backoff_base, backoff_max, retry_delays, payload)
-        VALUES (queue_push.queue, 'pending', coalesce(queue_push.priority, 0),
-                queue.check_push_args(queue_push.queue, NULL, pg_column_size(queue_push.payload), NULL, NULL,
-                    coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
-                    coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'),
-                    queue_push.retry_delays, NULL, coalesce(queue_push.priority, 0)),
-                coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
-                coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'),
-                queue_push.retry_delays, queue_push.payload)
-        RETURNING j.id, queue.pushed(j.queue, j.priority) INTO v_id, v_tallied;
-        RETURN v_id;
-    END IF;
     v_mode := queue.push_mode();
     -- The queue's defaults (queue_configure) for the options left NULL.
     -- Shared memory says when no queue has any (src/settings.rs), so the
     -- row is read only when some queue may have them. The global defaults
     -- are applied inline below.
     IF v_mode & 2 = 2 THEN
-        SELECT coalesce(queue_push.priority, s.priority), coalesce(queue_push.max_attempts, s.max_attempts),
-               coalesce(queue_push.timeout, s.timeout), coalesce(queue_push.backoff_base, s.backoff_base),
-               coalesce(queue_push.backoff_max, s.backoff_max), s.retention,
+        SELECT coalesce(push_general.priority, s.priority), coalesce(push_general.max_attempts, s.max_attempts),
+               coalesce(push_general.timeout, s.timeout), coalesce(push_general.backoff_base, s.backoff_base),
+               coalesce(push_general.backoff_max, s.backoff_max), s.retention,
                EXISTS (SELECT FROM queue.queue_settings d
                         WHERE d.priority IS NOT NULL OR d.max_attempts IS NOT NULL OR d.timeout IS NOT NULL
                            OR d.backoff_base IS NOT NULL OR d.backoff_max IS NOT NULL OR d.retention IS NOT NULL)
           INTO priority, max_attempts, timeout, backoff_base, backoff_max, v_keep_for, v_configured
-          FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = queue_push.queue;
+          FROM (SELECT) AS x LEFT JOIN queue.queue_settings s ON s.queue = push_general.queue;
         IF NOT v_configured THEN
             PERFORM queue.push_defaults_none_found();
         END IF;
     END IF;
     -- Every argument is checked by this one call (see queue.check_push_args).
-    v_run_at := queue.check_push_args(queue_push.queue, queue_push.serial_group,
-        pg_column_size(queue_push.payload), queue_push.delay, queue_push.run_at,
-        coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
-        coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'),
-        queue_push.retry_delays, queue_push.dedupe_key, coalesce(queue_push.priority, 0));
+    v_run_at := queue.check_push_args(push_general.queue, push_general.serial_group,
+        pg_column_size(push_general.payload), push_general.delay, push_general.run_at,
+        coalesce(push_general.max_attempts, 3), coalesce(push_general.timeout, '5 minutes'),
+        coalesce(push_general.backoff_base, '10 seconds'), coalesce(push_general.backoff_max, '1 hour'),
+        push_general.retry_delays, push_general.dedupe_key, coalesce(push_general.priority, 0));
     v_status := CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'pending' END;
-    IF v_mode <> 0 OR queue_push.tags IS NOT NULL OR queue_push.batch IS NOT NULL
-       OR queue_push.depends_on IS NOT NULL THEN
-        IF queue_push.tags IS NOT NULL THEN
-            queue_push.tags := queue.check_tags(queue_push.tags);
+    IF v_mode <> 0 OR push_general.tags IS NOT NULL OR push_general.batch IS NOT NULL
+       OR push_general.depends_on IS NOT NULL THEN
+        IF push_general.tags IS NOT NULL THEN
+            push_general.tags := queue.check_tags(push_general.tags);
         END IF;
-        IF queue_push.batch IS NOT NULL THEN
-            PERFORM queue.batch_join(queue_push.batch);
+        IF push_general.batch IS NOT NULL THEN
+            PERFORM queue.batch_join(push_general.batch);
         END IF;
         -- Per-queue access (sql/access.sql), when some rule exists.
         IF v_mode & 1 = 1 THEN
-            PERFORM queue.scope('produce', queue_push.queue, queue_push.serial_group);
+            PERFORM queue.scope('produce', push_general.queue, push_general.serial_group);
         END IF;
         -- Dependencies (sql/dependencies.sql) are locked before the job
         -- exists; with any left to wait for, or a dead one, the job enters
         -- blocked.
-        IF cardinality(queue_push.depends_on) > 0 THEN
-            SELECT * INTO v_deps FROM queue.lock_deps(queue_push.depends_on, coalesce(queue_push.run_anyway, false));
+        IF cardinality(push_general.depends_on) > 0 THEN
+            SELECT * INTO v_deps FROM queue.lock_deps(push_general.depends_on, coalesce(push_general.run_anyway, false));
             IF v_deps.blocked_by > 0 OR v_deps.dead IS NOT NULL THEN
                 v_status := 'blocked';
                 v_blocked := greatest(v_deps.blocked_by, 1);
             END IF;
         END IF;
     END IF;
-    IF queue_push.dedupe_key IS NULL THEN
+    IF push_general.dedupe_key IS NULL THEN
         INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                 run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays, payload,
                 blocked_by, tags, batch_id, keep_for)
-        VALUES (queue_push.queue, v_status, coalesce(queue_push.priority, 0),
-                queue_push.serial_group IS NOT NULL AND v_status = 'pending',
-                queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
-                coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
-                queue_push.payload, coalesce(v_blocked, 0), queue_push.tags, queue_push.batch, v_keep_for)
+        VALUES (push_general.queue, v_status, coalesce(push_general.priority, 0),
+                push_general.serial_group IS NOT NULL AND v_status = 'pending',
+                push_general.serial_group, v_run_at, coalesce(push_general.max_attempts, 3), coalesce(push_general.timeout, '5 minutes'),
+                coalesce(push_general.backoff_base, '10 seconds'), coalesce(push_general.backoff_max, '1 hour'), push_general.retry_delays,
+                push_general.payload, coalesce(v_blocked, 0), push_general.tags, push_general.batch, v_keep_for)
         RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
     ELSE
         LOOP
             INSERT INTO queue.jobs AS j (queue, status, priority, group_waiting, serial_group,
                     run_at, max_attempts, timeout, backoff_base, backoff_max, retry_delays,
                     dedupe_key, payload, blocked_by, tags, batch_id, keep_for)
-            VALUES (queue_push.queue, v_status, coalesce(queue_push.priority, 0),
-                    queue_push.serial_group IS NOT NULL AND v_status = 'pending',
-                    queue_push.serial_group, v_run_at, coalesce(queue_push.max_attempts, 3), coalesce(queue_push.timeout, '5 minutes'),
-                    coalesce(queue_push.backoff_base, '10 seconds'), coalesce(queue_push.backoff_max, '1 hour'), queue_push.retry_delays,
-                    queue_push.dedupe_key, queue_push.payload, coalesce(v_blocked, 0), queue_push.tags, queue_push.batch, v_keep_for)
+            VALUES (push_general.queue, v_status, coalesce(push_general.priority, 0),
+                    push_general.serial_group IS NOT NULL AND v_status = 'pending',
+                    push_general.serial_group, v_run_at, coalesce(push_general.max_attempts, 3), coalesce(push_general.timeout, '5 minutes'),
+                    coalesce(push_general.backoff_base, '10 seconds'), coalesce(push_general.backoff_max, '1 hour'), push_general.retry_delays,
+                    push_general.dedupe_key, push_general.payload, coalesce(v_blocked, 0), push_general.tags, push_general.batch, v_keep_for)
             ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL
                 DO NOTHING
             RETURNING j.id, queue.tally(j.queue, j.priority, NULL, v_status::text) INTO v_id, v_tallied;
@@ -336,23 +314,48 @@ BEGIN
             -- may become final between the two statements; then the next
             -- round inserts.
             SELECT j.id INTO v_id FROM queue.jobs j
-             WHERE j.queue = queue_push.queue AND j.dedupe_key = queue_push.dedupe_key;
+             WHERE j.queue = push_general.queue AND j.dedupe_key = push_general.dedupe_key;
             IF v_id IS NOT NULL THEN
                 RETURN v_id;
             END IF;
         END LOOP;
     END IF;
-    IF cardinality(queue_push.depends_on) > 0 THEN
-        PERFORM queue.add_edges(ARRAY[v_id], v_deps, coalesce(queue_push.run_anyway, false));
+    IF cardinality(push_general.depends_on) > 0 THEN
+        PERFORM queue.add_edges(ARRAY[v_id], v_deps, coalesce(push_general.run_anyway, false));
     END IF;
-    IF v_status = 'pending' AND queue_push.serial_group IS NULL THEN
-        PERFORM queue.wake(queue_push.queue);
+    IF v_status = 'pending' AND push_general.serial_group IS NULL THEN
+        PERFORM queue.wake(push_general.queue);
     ELSIF v_status = 'pending' THEN
-        PERFORM queue.group_elect(queue_push.serial_group);
+        PERFORM queue.group_elect(push_general.serial_group);
     END IF;
     RETURN v_id;
 END;
 $$;
+
+/*
+ * queue_push: add one job. Returns its id.
+ *
+ * Written in Rust (src/push.rs). The plain push, due now with no serial
+ * group, dedupe key, dependency, tag or batch, in a database with no access
+ * rule and no queue default (queue.push_mode() = 0), is most pushes and
+ * often a transaction of its own: it is stored without an INSERT statement,
+ * its arguments checked by queue.check_push_args and the job counted and its
+ * queue woken as queue.push_general does. Every other push is
+ * queue.push_general, called with the same arguments.
+ */
+CREATE FUNCTION @extschema@.queue_push(
+    queue text, payload jsonb DEFAULT '{}', priority int DEFAULT NULL,
+    delay interval DEFAULT NULL, run_at timestamptz DEFAULT NULL,
+    serial_group text DEFAULT NULL, max_attempts int DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    backoff_base interval DEFAULT NULL, backoff_max interval DEFAULT NULL,
+    retry_delays interval[] DEFAULT NULL, dedupe_key text DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL, run_anyway boolean DEFAULT false, tags text[] DEFAULT NULL,
+    batch bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'queue_push';
 COMMENT ON FUNCTION @extschema@.queue_push(text, jsonb, int, interval, timestamptz, text, int, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint) IS
 'Push one job and return its id. Options: priority (lower first), delay or run_at, serial_group (one job of the group runs at a time), max_attempts, timeout (lease), backoff_base/backoff_max or retry_delays, dedupe_key (a live job with the same key wins), depends_on (job ids: blocked until all completed; cancelled when one fails, unless run_anyway), tags (labels to find it by), batch (an open batch of queue_batch_open).';
 

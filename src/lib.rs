@@ -14,6 +14,7 @@ mod cron;
 mod gucs;
 mod launcher;
 mod leases;
+mod push;
 mod scheduler;
 mod serial_group;
 mod services;

@@ -51,7 +51,7 @@ fn push_defaults_absent() -> bool {
 /// not, and plpgsql prepares each of its simple expressions again in every
 /// transaction.
 #[pg_extern(stable, schema = "queue")]
-fn push_mode() -> i32 {
+pub(crate) fn push_mode() -> i32 {
     let confined = if crate::access::rules_exist() { 1 } else { 0 };
     let defaults = if push_defaults_absent() { 0 } else { 2 };
     confined | defaults

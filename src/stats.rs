@@ -474,7 +474,7 @@ fn tally(
 /// own, and a second statement for the wake-up costs it more than the call.
 /// Returns 1, the number of jobs counted.
 #[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
-fn pushed(queue: &str, priority: i32) -> i64 {
+pub(crate) fn pushed(queue: &str, priority: i32) -> i64 {
     record(queue, priority, transition(None, Some(Status::Pending), 1), true);
     crate::wakeup::wake(queue);
     1

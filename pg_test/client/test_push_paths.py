@@ -2,10 +2,16 @@
 
 The plain push (due now, no serial group, dedupe key, dependency, tag or
 batch, and no access rule or queue default anywhere in the database:
-queue.push_mode() = 0) is one INSERT whose RETURNING counts the job and wakes
-the queue through queue.pushed. Every other push takes the general path. Both
-must store the same row, count it the same, wake the same listeners and
-waiters, and refuse bad input with the same SQLSTATE, leaving nothing behind.
+queue.push_mode() = 0) is stored by queue_push itself, in Rust, without an
+INSERT statement (src/push.rs): the row handed to the table's access method,
+the indexes maintained by the executor's routine, the defaults and index
+predicates compiled once per backend and dropped when the table changes.
+Every other push, and a plain one on a table with a trigger, takes the
+general path, queue.push_general (plpgsql). Both must store the same row,
+count it the same, wake the same listeners and waiters, and refuse bad input
+with the same SQLSTATE, leaving nothing behind; and the plain path must see
+every change to the table (a new index, a changed default, a trigger) as an
+INSERT would, from the session that made it and from every other.
 
 The plain path only exists in a database the background workers serve (the
 others always read queue.queue_settings, as if defaults may exist), and a
@@ -58,12 +64,16 @@ def db():
             admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
 
 
+PLAIN = {"queue_push": 1}
+
+
 def push(conn, sql, args=()):
-    """Run a push in a transaction of its own; its id and the functions of
-    schema queue it called (pushed: the plain path, tally: the general)."""
+    """Run a push in a transaction of its own; its id and the SQL functions
+    it called (PLAIN: queue_push alone; the general path calls
+    queue.push_general)."""
     def counts():
         return dict(conn.execute(
-            "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE schemaname = 'queue'"
+            "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE schemaname IN ('queue', 'public')"
         ).fetchall())
 
     # Counts not yet flushed to the shared statistics carry over from the
@@ -111,12 +121,12 @@ class Rule:
 def test_both_paths_store_and_count_the_same_job(db):
     with psycopg.connect(db, autocommit=True) as conn:
         plain, calls = push(conn, *with_options(QUEUE))
-        assert calls.get("pushed") == 1 and "tally" not in calls, calls
+        assert calls == PLAIN, calls
         plain_bare, calls = push(conn, "SELECT queue_push(%s, '{\"n\": 1}')", (QUEUE,))
-        assert calls.get("pushed") == 1, calls
+        assert calls == PLAIN, calls
         with Rule(conn):
             general, calls = push(conn, *with_options(QUEUE))
-            assert calls.get("tally") == 1 and "pushed" not in calls, calls
+            assert calls.get("push_general") == 1 and calls.get("tally") == 1, calls
             general_bare, _ = push(conn, "SELECT queue_push(%s, '{\"n\": 1}')", (QUEUE,))
 
         assert row_of(conn, plain) == row_of(conn, general)
@@ -189,7 +199,7 @@ def test_a_plain_push_wakes_listeners_and_waiters(db):
     with psycopg.connect(db, autocommit=True) as listener, psycopg.connect(db, autocommit=True) as producer:
         listener.execute(f'LISTEN "queue_{queue}"')
         _, calls = push(producer, "SELECT queue_push(%s, '{}')", (queue,))
-        assert calls.get("pushed") == 1, calls
+        assert calls == PLAIN, calls
         got = list(listener.notifies(timeout=5, stop_after=1))
         assert [n.channel for n in got] == [f"queue_{queue}"]
         listener.execute("SELECT queue_pop(%s, 'w')", (queue,))
@@ -214,7 +224,184 @@ def test_a_plain_push_wakes_listeners_and_waiters(db):
             assert time.monotonic() < deadline, "the waiter never waited"
             time.sleep(0.02)
         job, calls = push(producer, "SELECT queue_push(%s, '{}')", (queue,))
-        assert calls.get("pushed") == 1, calls
+        assert calls == PLAIN, calls
         t.join(20)
         assert popped["id"] == job
         assert popped["after"] < 15, popped
+
+
+def btree_indexes_hold_every_row(conn):
+    """amcheck over every B-tree of queue.jobs, heapallindexed: each live row
+    has its entry in every index whose predicate it meets. Raises otherwise.
+    Returns the indexes checked."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    names = [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_am a ON a.oid = c.relam "
+        "WHERE i.indrelid = 'queue.jobs'::regclass AND a.amname = 'btree' AND i.indisvalid ORDER BY 1"
+    ).fetchall()]
+    for name in names:
+        conn.execute("SELECT bt_index_check(%s::regclass, heapallindexed => true)", (f"queue.{name}",))
+    return names
+
+
+def test_a_trigger_on_the_table_sends_plain_pushes_through_the_insert(db):
+    """A trigger is what only an INSERT statement fires: while queue.jobs has
+    one, plain pushes take the general path (seen by this session, which had
+    the table's plan, and by another, which built one before the trigger
+    came), and the trigger sees every job; once it is gone they are plain
+    again."""
+    with psycopg.connect(db, autocommit=True) as a, psycopg.connect(db, autocommit=True) as b:
+        assert push(a, "SELECT queue_push('paths-trigger', '{}')")[1] == PLAIN
+        assert push(b, "SELECT queue_push('paths-trigger', '{}')")[1] == PLAIN
+        a.execute("CREATE TABLE public.seen (id bigint)")
+        a.execute("CREATE FUNCTION public.note_job() RETURNS trigger LANGUAGE plpgsql AS "
+                  "$$BEGIN INSERT INTO public.seen VALUES (NEW.id); RETURN NEW; END$$")
+        a.execute("CREATE TRIGGER note_job AFTER INSERT ON queue.jobs FOR EACH ROW EXECUTE FUNCTION public.note_job()")
+        try:
+            ids = []
+            for conn in (a, b):
+                job, calls = push(conn, "SELECT queue_push('paths-trigger', '{}')")
+                assert calls.get("push_general") == 1 and calls.get("note_job") == 1, calls
+                ids.append(job)
+            assert [r[0] for r in a.execute("SELECT id FROM public.seen ORDER BY id").fetchall()] == ids
+        finally:
+            a.execute("DROP TRIGGER note_job ON queue.jobs")
+            a.execute("DROP FUNCTION public.note_job()")
+            a.execute("DROP TABLE public.seen")
+        assert push(a, "SELECT queue_push('paths-trigger', '{}')")[1] == PLAIN
+        assert push(b, "SELECT queue_push('paths-trigger', '{}')")[1] == PLAIN
+        a.execute("DELETE FROM queue.jobs WHERE queue = 'paths-trigger'")
+        a.execute("SELECT queue.recount_stats()")
+
+
+def test_a_new_index_and_a_changed_default_reach_sessions_that_pushed_before(db):
+    """Session b keeps the table's plan from its first push. An index made
+    afterwards by another session (partial, on an expression) must receive
+    b's next plain pushes that meet its predicate, and a default changed
+    afterwards must fill b's next rows, as they would for an INSERT."""
+    queue = "paths-ddl"
+    with psycopg.connect(db, autocommit=True) as a, psycopg.connect(db, autocommit=True) as b:
+        assert push(b, "SELECT queue_push(%s, '{\"n\": 0}')", (queue,))[1] == PLAIN
+        a.execute("CREATE INDEX paths_ddl_n ON queue.jobs ((payload->>'n')) WHERE priority = 42")
+        a.execute("ALTER TABLE queue.jobs ALTER COLUMN created_at SET DEFAULT '2001-02-03 04:05:06+00'")
+        try:
+            hit, calls = push(b, "SELECT queue_push(%s, '{\"n\": 7}', priority => 42)", (queue,))
+            assert calls == PLAIN, calls
+            miss, _ = push(b, "SELECT queue_push(%s, '{\"n\": 7}', priority => 41)", (queue,))
+            a.execute("SET enable_seqscan = off")
+            a.execute("SET enable_bitmapscan = off")
+            plan = "\n".join(r[0] for r in a.execute(
+                "EXPLAIN SELECT id FROM queue.jobs WHERE payload->>'n' = '7' AND priority = 42").fetchall())
+            assert "paths_ddl_n" in plan, plan
+            assert [r[0] for r in a.execute(
+                "SELECT id FROM queue.jobs WHERE payload->>'n' = '7' AND priority = 42").fetchall()] == [hit]
+            created = dict(a.execute("SELECT id, created_at::text FROM queue.jobs WHERE id IN (%s, %s)",
+                                     (hit, miss)).fetchall())
+            assert created == {hit: "2001-02-03 04:05:06+00", miss: "2001-02-03 04:05:06+00"}, created
+            assert "paths_ddl_n" in btree_indexes_hold_every_row(a)
+        finally:
+            a.execute("RESET enable_seqscan")
+            a.execute("RESET enable_bitmapscan")
+            a.execute("ALTER TABLE queue.jobs ALTER COLUMN created_at SET DEFAULT now()")
+            a.execute("DROP INDEX IF EXISTS queue.paths_ddl_n")
+        # The default is now() again for b's next push, and the dropped index
+        # is no longer written.
+        job, calls = push(b, "SELECT queue_push(%s, '{\"n\": 7}', priority => 42)", (queue,))
+        assert calls == PLAIN, calls
+        assert b.execute("SELECT created_at > now() - interval '1 hour' FROM queue.jobs WHERE id = %s",
+                         (job,)).fetchone()[0]
+        a.execute("DELETE FROM queue.jobs WHERE queue = %s", (queue,))
+        a.execute("SELECT queue.recount_stats()")
+
+
+def test_plain_pushes_during_create_index_concurrently_are_all_indexed(db):
+    """Four sessions push plain jobs without pause while a fifth builds an
+    index with CREATE INDEX CONCURRENTLY, whose phases change the table's
+    index list under them (not ready, ready, valid). Every job must end in
+    the new index and in every other: amcheck, heapallindexed."""
+    queue = "paths-cic"
+    stop = threading.Event()
+    pushed, errors = [], []
+
+    def pusher():
+        try:
+            with psycopg.connect(db, autocommit=True) as conn:
+                while not stop.is_set():
+                    pushed.append(conn.execute("SELECT queue_push(%s, '{\"n\": 1}')", (queue,)).fetchone()[0])
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=pusher) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        with psycopg.connect(db, autocommit=True) as admin:
+            for _ in range(3):
+                time.sleep(0.3)
+                admin.execute("CREATE INDEX CONCURRENTLY paths_cic ON queue.jobs (created_at) WHERE queue = 'paths-cic'")
+                time.sleep(0.3)
+                assert not errors, errors
+                checked = btree_indexes_hold_every_row(admin)
+                assert {"paths_cic", "jobs_claim", "jobs_pkey"} <= set(checked), checked
+                admin.execute("DROP INDEX CONCURRENTLY queue.paths_cic")
+            stop.set()
+            for t in threads:
+                t.join(30)
+            assert not errors, errors
+            stored = admin.execute("SELECT count(*) FROM queue.jobs WHERE queue = %s", (queue,)).fetchone()[0]
+            assert stored == len(pushed) > 100, (stored, len(pushed))
+            stats = admin.execute("SELECT queue_stats(%s)", (queue,)).fetchone()[0]
+            assert stats["pending"] == stats["total_pushed"] == stored, stats
+            assert btree_indexes_hold_every_row(admin)
+            admin.execute("DELETE FROM queue.jobs WHERE queue = %s", (queue,))
+            admin.execute("SELECT queue.recount_stats()")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+
+def test_a_plain_push_stores_a_large_payload_out_of_line(db):
+    """A payload far above the page size goes through TOAST, compressed or
+    not, and comes back unchanged."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SET LOCAL queue.max_payload_size = '4MB'")
+            conn.execute("SET LOCAL track_functions = 'all'")
+            job = conn.execute(
+                "SELECT queue_push('paths-big', jsonb_build_object('s', repeat('x', 1000000), "
+                "'r', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 20000) i)))"
+            ).fetchone()[0]
+            calls = dict(conn.execute(
+                "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE funcname = 'push_general'").fetchall())
+            assert calls == {}, calls
+        same, size = conn.execute(
+            "SELECT payload = jsonb_build_object('s', repeat('x', 1000000), "
+            "'r', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 20000) i)), pg_column_size(payload) "
+            "FROM queue.jobs WHERE id = %s", (job,)).fetchone()
+        assert same and size < 1000000
+        conn.execute("DELETE FROM queue.jobs WHERE queue = 'paths-big'")
+        conn.execute("SELECT queue.recount_stats()")
+
+
+def test_a_session_pushes_again_after_the_extension_is_recreated(db):
+    """DROP and CREATE EXTENSION in the session that has pushed: its next
+    plain push builds the plan for the new table."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        assert push(conn, "SELECT queue_push('paths-again', '{}')")[1] == PLAIN
+        old = conn.execute("SELECT 'queue.jobs'::regclass::oid").fetchone()[0]
+        conn.execute("DROP EXTENSION queue")
+        conn.execute("CREATE EXTENSION queue")
+        assert conn.execute("SELECT 'queue.jobs'::regclass::oid").fetchone()[0] != old
+        deadline = time.monotonic() + 30
+        while conn.execute("SELECT queue.push_mode()").fetchone()[0] != 0:
+            assert time.monotonic() < deadline, "push_mode stays non-zero after CREATE EXTENSION"
+            conn.execute("SELECT queue_push('paths-warm', '{}')")
+            time.sleep(0.1)
+        job, calls = push(conn, "SELECT queue_push('paths-again', '{\"after\": true}')")
+        assert calls == PLAIN, calls
+        assert conn.execute("SELECT payload FROM queue.jobs WHERE id = %s", (job,)).fetchone()[0] == {"after": True}
+        assert btree_indexes_hold_every_row(conn)
+        conn.execute("DELETE FROM queue.jobs")
+        conn.execute("SELECT queue.recount_stats()")

@@ -75,6 +75,7 @@ thread_local! {
     static WATCHED: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     static STALE: Cell<bool> = const { Cell::new(true) };
     static LISTENING: Cell<bool> = const { Cell::new(false) };
+    static LISTENING_PROCS: Cell<bool> = const { Cell::new(false) };
 }
 
 /*
@@ -373,25 +374,61 @@ unsafe fn store(plan: &Plan, rel: pg_sys::Relation, row: &Row) -> i64 {
 /// arguments.
 const GENERAL: &CStr = c"queue.push_general(text, jsonb, integer, interval, timestamptz, text, integer, interval, interval, interval, interval[], text, bigint[], boolean, text[], bigint)";
 
+thread_local! {
+    /// The general path's OID, looked up once per backend; forgotten on
+    /// any change to pg_proc (DROP and CREATE EXTENSION make a new one).
+    static GENERAL_OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+}
+
+/*
+ * The syscache's callback for pg_proc: forget the general path's OID.
+ */
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_general(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
+    GENERAL_OID.set(pg_sys::InvalidOid);
+}
+
+/// The OID of `queue.push_general`: parsing its signature costs more than a
+/// push, and a prepared statement makes a new call site (a new FmgrInfo,
+/// so an empty fn_extra) for every execution.
+unsafe fn general_oid() -> pg_sys::Oid {
+    unsafe {
+        let kept = GENERAL_OID.get();
+        if kept != pg_sys::InvalidOid {
+            return kept;
+        }
+        if !LISTENING_PROCS.get() {
+            pg_sys::CacheRegisterSyscacheCallback(
+                pg_sys::SysCacheIdentifier::PROCOID as i32,
+                Some(forget_general),
+                pg_sys::Datum::from(0),
+            );
+            LISTENING_PROCS.set(true);
+        }
+        let oid = pgrx::fcinfo::direct_function_call::<pg_sys::Oid>(
+            pg_sys::regprocedurein,
+            &[Some(pg_sys::Datum::from(GENERAL.as_ptr()))],
+        );
+        let Some(oid) = oid else {
+            error!("queue.push_general is missing: reinstall the extension");
+        };
+        GENERAL_OID.set(oid);
+        oid
+    }
+}
+
 /*
  * Run queue.push_general with this call's arguments: the call's FmgrInfo
  * swapped for the general path's for the length of the call, as
  * fmgr_security_definer swaps its own, and put back however the call ends.
- * The general path's FmgrInfo is looked up once per call site and kept in
- * the call site's fn_extra.
+ * The general path's FmgrInfo is kept in the call site's fn_extra.
  */
 unsafe fn general(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         let mut target = (*flinfo).fn_extra.cast::<pg_sys::FmgrInfo>();
         if target.is_null() {
-            let oid = pgrx::fcinfo::direct_function_call::<pg_sys::Oid>(
-                pg_sys::regprocedurein,
-                &[Some(pg_sys::Datum::from(GENERAL.as_ptr()))],
-            );
-            let Some(oid) = oid else {
-                error!("queue.push_general is missing: reinstall the extension");
-            };
+            let oid = general_oid();
             target = pg_sys::MemoryContextAllocZero((*flinfo).fn_mcxt, size_of::<pg_sys::FmgrInfo>()).cast();
             pg_sys::fmgr_info_cxt(oid, target, (*flinfo).fn_mcxt);
             (*flinfo).fn_extra = target.cast();

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import statistics
 import time
@@ -191,3 +192,165 @@ def test_async_payload_is_decoded_when_first_read(queue_name):
 
     job_id = asyncio.run(main())
     assert seen == {job_id: ({"n": [1, 2], "s": "é"}, True)}
+
+
+def test_async_handlers_that_return_at_once_await_or_raise_first_thing(queue_name):
+    """Handlers that return without suspending, that await, that raise before
+    their first await and that raise after it: each outcome lands, with its
+    event (duration, status), at a concurrency below the number of jobs."""
+    events = []
+
+    async def handler(job):
+        kind = job.payload["kind"]
+        if kind == "sync-raise" and job.attempt == 1:
+            raise KeyError("before any await")
+        if kind in ("await", "await-raise"):
+            await asyncio.sleep(0.005)
+            if kind == "await-raise" and job.attempt == 1:
+                raise ValueError("after an await")
+        return {"kind": kind, "attempt": job.attempt}
+
+    kinds = ["sync", "await", "sync-raise", "await-raise"] * 10
+    listener = pgqueue.CallbackListener(on_started=events.append, on_finished=events.append,
+                                        on_failed=events.append)
+
+    async def main():
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as aconn:
+            ids = await pgqueue.apush_batch(aconn, queue_name, [{"kind": k} for k in kinds], retry_delays=[0])
+            async with pgqueue.AsyncWorker(DSN, {queue_name: handler}, concurrency=8, poll_interval=0.2,
+                                           listeners=[listener]) as w:
+                for job_id in ids:
+                    await completed(aconn, job_id)
+            assert w.running_jobs == 0
+            return ids
+
+    ids = asyncio.run(main())
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        for job_id, kind in zip(ids, kinds):
+            info = job_info(conn, job_id)
+            retried = kind.endswith("raise")
+            assert info["attempts"] == (2 if retried else 1), (kind, info)
+            assert info["result"] == {"kind": kind, "attempt": info["attempts"]}
+            if retried:
+                error = "KeyError: 'before any await'" if kind == "sync-raise" else "ValueError: after an await"
+                assert info["last_error"].startswith(error)
+    by_kind = {}
+    for e in events:
+        by_kind.setdefault(e.kind, []).append(e)
+    assert len(by_kind["started"]) == len(kinds) + 20
+    assert sorted(e.job.id for e in by_kind["finished"]) == sorted(ids)
+    assert all(e.status == "completed" and e.duration >= 0 for e in by_kind["finished"])
+    assert len(by_kind["failed"]) == 20
+    assert {e.job.id for e in by_kind["failed"]} == {i for i, k in zip(ids, kinds) if k.endswith("raise")}
+    assert all(e.status in ("retrying", "pending") and e.duration >= 0 for e in by_kind["failed"])
+    assert all(e.duration >= 0.004 for e in by_kind["finished"] if e.result["kind"].startswith("await"))
+
+
+def test_async_each_handler_runs_in_a_task_and_a_context_of_its_own(queue_name):
+    """A handler sees the context of the code that ran the worker, its changes
+    stay in its own context (which its finished event is emitted in), it is
+    the current task of its own (``asyncio.timeout`` works before its first
+    await), and no two jobs share a task."""
+    var = contextvars.ContextVar("var", default="unset")
+    seen = {}
+    tasks = {}
+    listened = {}
+
+    async def handler(job):
+        seen[job.id] = var.get()
+        var.set(f"job {job.id}")
+        tasks[job.id] = asyncio.current_task()
+        async with asyncio.timeout(5):  # needs the handler's own current task
+            if job.payload["await"]:
+                await asyncio.sleep(0.002)
+        return None
+
+    def on_finished(event):
+        listened[event.job.id] = var.get()
+
+    async def main():
+        var.set("the worker's caller")
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as aconn:
+            ids = await pgqueue.apush_batch(aconn, queue_name, [{"await": n % 2 == 0} for n in range(30)])
+            w = pgqueue.AsyncWorker(DSN, {queue_name: handler}, concurrency=5, poll_interval=0.2,
+                                    listeners=[pgqueue.CallbackListener(on_finished=on_finished)])
+            run = asyncio.create_task(w.run(install_signal_handlers=False))
+            for job_id in ids:
+                await completed(aconn, job_id)
+            await until(lambda: _true_when(len(listened) == len(ids)), what="every finished event")
+            w.stop()
+            await asyncio.wait_for(run, 15)
+            return ids, run, var.get()
+
+    ids, run, after = asyncio.run(main())
+    assert after == "the worker's caller"
+    assert seen == {job_id: "the worker's caller" for job_id in ids}
+    assert listened == {job_id: f"job {job_id}" for job_id in ids}
+    assert len({id(t) for t in tasks.values()}) == len(ids)
+    assert all(t is not None and t is not run for t in tasks.values())
+
+
+async def _true_when(value):
+    return value
+
+
+def test_async_a_handler_that_swallows_the_cancel_at_stop_is_still_given_back(queue_name):
+    """Past the grace the handler is cancelled and its job given back; a handler
+    that catches the cancel and returns changes nothing: no finished event,
+    the job is pending again, its attempt not counted."""
+    events = []
+
+    async def handler(job):
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            return "swallowed"
+
+    async def main():
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as aconn:
+            job_id = await pgqueue.apush(aconn, queue_name, {}, max_attempts=3)
+            w = pgqueue.AsyncWorker(DSN, {queue_name: handler}, grace=0.3, poll_interval=0.2,
+                                    listeners=[pgqueue.CallbackListener(on_finished=events.append,
+                                                                        on_released=events.append)])
+            run = asyncio.create_task(w.run(install_signal_handlers=False))
+            await until(lambda: _true_when(w.running_jobs == 1), what="job running")
+            w.stop()
+            await asyncio.wait_for(run, 10)
+            return job_id
+
+    job_id = asyncio.run(main())
+    assert [(e.kind, e.job.id, e.status) for e in events] == [("released", job_id, "released")]
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        info = job_info(conn, job_id)
+        assert (info["status"], info["attempts"], info["max_attempts"]) == ("pending", 1, 4)
+
+
+def test_async_a_stop_amid_a_drain_leaves_no_job_half_done(queue_name):
+    """A stop while a drain of no-op handlers is in full swing: every job that
+    started was acked before the worker returned (its finished event says
+    completed), and the others are still pending; none is left processing."""
+    started, finished = [], []
+
+    async def handler(job):
+        return None
+
+    async def main():
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as aconn:
+            ids = await pgqueue.apush_batch(aconn, queue_name, [{} for _ in range(3000)])
+            w = pgqueue.AsyncWorker(DSN, {queue_name: handler}, concurrency=20, grace=5, poll_interval=0.2,
+                                    listeners=[pgqueue.CallbackListener(on_started=started.append,
+                                                                        on_finished=finished.append)])
+            run = asyncio.create_task(w.run(install_signal_handlers=False))
+            await until(lambda: _true_when(len(finished) >= 200), what="the drain under way")
+            w.stop()
+            await asyncio.wait_for(run, 15)
+            return ids
+
+    ids = asyncio.run(main())
+    assert len(finished) < len(ids), "the drain ended before the stop"
+    assert sorted(e.job.id for e in finished) == sorted(e.job.id for e in started)
+    assert all(e.status == "completed" for e in finished)
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        counts = dict(conn.execute("SELECT status::text, count(*) FROM queue.all_jobs WHERE queue = %s GROUP BY 1",
+                                   (queue_name,)).fetchall())
+    assert counts == {"completed": len(finished), "pending": len(ids) - len(finished)}

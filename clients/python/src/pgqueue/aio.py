@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import signal
+import sys
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -22,6 +24,9 @@ from .workflows import Dependency, _DEPENDENCIES_SQL, _dependency
 __all__ = ["AsyncWorker", "AsyncJob"]
 
 AsyncHandler = Callable[["AsyncJob"], Awaitable[Any]]
+
+# asyncio.Task(..., eager_start=True): Python 3.12 and later (see AsyncWorker._start_jobs).
+_EAGER_START = sys.version_info >= (3, 12)
 
 
 class _AsyncPool:
@@ -141,16 +146,35 @@ async def _aclose_quietly(conn: psycopg.AsyncConnection) -> None:
 
 
 class _AsyncAck(c.PendingAck):
-    """A :class:`~pgqueue._common.PendingAck` whose waiter is a bare future of
-    the worker's loop, which the job's task awaits; resolving the ack (on the
-    loop) sets its result. No :class:`asyncio.Event` is made per job."""
+    """A :class:`~pgqueue._common.PendingAck` that carries the rest of its job
+    instead of a waiter: resolving it (on the loop, in the acker's settle)
+    runs :meth:`AsyncWorker._acked` in the job's own context, which reports
+    the outcome and frees the slot. The job's task ended when it queued the
+    ack, so an ack costs no future, no task and no loop step of its own."""
 
-    __slots__ = ()
+    __slots__ = ("worker", "result", "duration", "span", "context")
+
+    def __init__(self, job: "AsyncJob", doc: Any, worker: "AsyncWorker", result: Any, duration: float,
+                 span: Any, context: contextvars.Context) -> None:
+        """The ack of ``job`` (``doc``: its serialised ``result``; ``duration``:
+        the handler's run; ``span``: its open span handle or None), finished
+        by ``worker`` in ``context`` once resolved."""
+        super().__init__(job, doc, None)
+        self.worker = worker
+        self.result = result
+        self.duration = duration
+        self.span = span
+        self.context = context
 
     def _wake(self) -> None:
-        """Set the future's result, unless it was cancelled with its job's task."""
-        if not self.waiter.done():
-            self.waiter.set_result(None)
+        """Finish the job in its context (the span is current there, as it
+        was for the handler; the listeners see it too)."""
+        try:
+            self.context.run(self.worker._acked, self)
+        except RuntimeError as exc:  # the context is entered already: we are in the job's own code
+            if "already entered" not in str(exc):
+                raise
+            self.worker._acked(self)
 
 
 class _AsyncAcker:
@@ -176,19 +200,16 @@ class _AsyncAcker:
         self._loop = asyncio.get_running_loop()
         self.task = self._loop.create_task(self._run())
 
-    def enqueue(self, job: "AsyncJob", doc: Any) -> Optional[_AsyncAck]:
-        """Queue the ack of ``job`` for the next batch: its :class:`_AsyncAck`,
-        whose ``waiter`` to await for the outcome, or None when the job must
-        be acked on its own (:data:`~pgqueue._common.PER_JOB`: the acker is
-        stopped or the server has no ``queue_ack_batch``). The outcome, once
-        the waiter is done, is the ack's ``outcome`` (see
-        :meth:`pgqueue.worker._Acker.ack`)."""
-        if self._stopping or self.task is None or self.task.done() or not self._batcher.supported:
-            return None
-        pending = _AsyncAck(job, doc, self._loop.create_future())
-        self._batcher.add(pending)
+    def enqueue(self, ack: _AsyncAck) -> bool:
+        """Queue ``ack`` for the next batch: once resolved, its ``outcome``
+        (see :meth:`pgqueue.worker._Acker.ack`) goes to its continuation.
+        False when the job must be acked on its own
+        (:data:`~pgqueue._common.PER_JOB`: the acker is stopped or the server
+        has no ``queue_ack_batch``)."""
+        if self._stopping or self.task is None or self.task.done() or not self._batcher.add(ack):
+            return False
         self._wake.set()
-        return pending
+        return True
 
     async def stop(self, timeout: float) -> None:
         """Take no more acks, deliver the queued and the in-flight ones, then
@@ -652,14 +673,34 @@ class AsyncWorker(c.WorkerBase):
         return claimed, free, waited
 
     def _start_jobs(self, jobs: Sequence[AsyncJob]) -> None:
-        """A task for each of ``jobs`` (just claimed, already active); the lease
-        keeper is woken only for a job whose lease is due before it wakes anyway."""
-        create_task = self._loop.create_task  # type: ignore[union-attr]
-        tasks = self._tasks
-        for job in jobs:
-            job._task = tasks[job.id] = create_task(self._run_job(job))
+        """A task for each of ``jobs`` (just claimed, already active), in a
+        context of its own (a copy of the current one, as for any task; the
+        ack's continuation runs in it too); the lease keeper is woken only
+        for a job whose lease is due before it wakes anyway.
+
+        On Python 3.12 and later the tasks start eagerly (``eager_start``):
+        a handler runs at once, up to its first suspension, and one that
+        returns without suspending (queuing its ack) costs no loop step; the
+        task is the current task meanwhile, as ``asyncio.timeout`` and task
+        groups need. (Python 3.11 has no such start: there a task's first step
+        is scheduled, which is the one step a job then costs.)"""
         if self._keeper_due(jobs):
             self._keeper_wake.set()
+        new_task = self._new_task
+        copy_context = contextvars.copy_context
+        tasks = self._tasks
+        for job in jobs:
+            context = copy_context()
+            task = new_task(self._run_job(job, context), context)
+            if not task.done():  # an eager task may have run to its end already
+                job._task = tasks[job.id] = task
+
+    def _new_task(self, coro: Any, context: contextvars.Context) -> "asyncio.Task[Any]":
+        """A task of the worker's loop running ``coro`` in ``context``, started
+        eagerly where asyncio can (Python 3.12+: see :meth:`_start_jobs`)."""
+        if _EAGER_START:
+            return asyncio.Task(coro, loop=self._loop, context=context, eager_start=True)
+        return self._loop.create_task(coro, context=context)  # type: ignore[union-attr]
 
     async def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> "tuple[List[Any], Any]":
         """A claim on the loop's own connection (pooler mode), waiting in the
@@ -716,71 +757,151 @@ class AsyncWorker(c.WorkerBase):
                 if conn is not None:
                     await _aclose_quietly(conn)
 
-    async def _run_job(self, job: AsyncJob) -> None:
+    async def _run_job(self, job: AsyncJob, context: contextvars.Context) -> None:
+        """The task of one job (run in ``context``): its handler, then its outcome.
+
+        A handler that returns queues its ack with the acker and the task
+        ends there: the ack's continuation (:meth:`_acked`) reports the
+        outcome and frees the slot once the ack's call settled it. A failure,
+        or an ack that must go on its own, is delivered here, in the task."""
+        hooks = self._hooks
+        span = None
+        later = False  # the ack's continuation finishes the job
         try:
-            hooks = self._hooks
             if hooks.wants("started"):  # no event is made that nobody would see
                 hooks.emit(_event(job, "started"))
             if hooks.tracing:
-                with hooks.span(job) as span:
-                    await self._execute(job, span)
+                span = hooks.open_span(job)  # current in this task's context
+            start = time.monotonic()
+            try:
+                result = await self._handlers[job.queue](job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                duration = time.monotonic() - start
+                status = await self._fail(job, exc)
+                span, handle = None, span
+                try:
+                    if handle is not None:
+                        hooks.span_outcome(handle[1], status, exc)
+                    if status != c.RELEASED and hooks.wants("failed"):  # the span still current
+                        hooks.emit(_event(job, "failed", duration=duration, error=exc, status=status))
+                finally:
+                    hooks.close_span(handle)
+                return
+            rest = self._returned(job, result, time.monotonic() - start, span, context)
+            span = None  # the outcome's path ends it from here on
+            if rest is None:
+                later = True
             else:
-                await self._execute(job, None)
+                await rest
         except asyncio.CancelledError:
             if job._state != c.RELEASED:
                 raise
         except Exception:
             self._log.exception("job %s: internal error", job.id)
         finally:
-            freed = self._active.get(job.id) is job  # not handed over with its ack already
-            if freed:
-                del self._active[job.id]
-            if self._tasks.get(job.id) is job._task:
+            if span is not None:  # cancelled or given back while the handler ran
+                hooks.close_span(span)
+            if job._task is not None and self._tasks.get(job.id) is job._task:
                 del self._tasks[job.id]
-            if freed:
-                self._wake.set()  # capacity is free again
+            if not later:
+                self._free(job)
 
-    async def _execute(self, job: AsyncJob, span: Any) -> None:
-        hooks = self._hooks
-        start = time.monotonic()
+    def _returned(self, job: AsyncJob, result: Any, duration: float, span: Any,
+                  context: contextvars.Context) -> Optional[Awaitable[None]]:
+        """The handler of ``job`` returned ``result``: queue its ack (None), or
+        the coroutine that delivers its outcome on its own (a result that cannot
+        be stored, or an ack the acker cannot take), for the caller to run."""
+        if not job._begin_finish():  # given back meanwhile: its result is not recorded
+            self._finish(job, c.RELEASED, result, duration, span)
+            return None
         try:
-            result = await self._handlers[job.queue](job)
-        except asyncio.CancelledError:
-            raise
+            doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
         except Exception as exc:
-            duration = time.monotonic() - start
-            status = await self._fail(job, exc)
-            if span is not None:
-                hooks.span_outcome(span, status, exc)
-            if status != c.RELEASED and hooks.wants("failed"):
-                hooks.emit(_event(job, "failed", duration=duration, error=exc, status=status))
-            return
-        duration = time.monotonic() - start
-        # The ack, inline (no coroutine of its own per job on the common path).
-        if not job._begin_finish():
-            status: Optional[str] = c.RELEASED
-        else:
+            return self._deliver_alone(job, None, exc, result, duration, span)
+        ack = _AsyncAck(job, doc, self, result, duration, span, context)
+        if self._acker.enqueue(ack):
+            return None
+        return self._deliver_alone(job, doc, None, result, duration, span)
+
+    def _acked(self, ack: _AsyncAck) -> None:
+        """The continuation of a queued ack, now resolved (see :class:`_AsyncAck`):
+        the job's outcome, its span's end, its finished event, its slot."""
+        job = ack.job
+        try:
+            ok = ack.outcome
+            if ok is c.PER_JOB:  # the acker gave it back: ack it alone, in a task of its own
+                # Not started eagerly: this runs inside ack.context already,
+                # which an eager start would have to enter again.
+                job._task = self._tasks[job.id] = self._loop.create_task(  # type: ignore[union-attr]
+                    self._run_rest(job, self._deliver_alone(job, ack.doc, None, ack.result, ack.duration,
+                                                            ack.span)), context=ack.context)
+                return
             try:
-                try:
-                    doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
-                    pending = self._acker.enqueue(job, doc)
-                    if pending is None:
-                        ok = c.PER_JOB
-                    else:
-                        await pending.waiter
-                        ok = pending.outcome
-                    if ok is c.PER_JOB:
-                        ok = await self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
-                except Exception as exc:
-                    status = await self._unstorable(job, exc)
-                else:
-                    status = self._ack_status(job, ok)
+                status = self._ack_status(job, ok)
             finally:
                 job._end_finish()
-        if span is not None:
-            hooks.span_outcome(span, status, None)
-        if status != c.RELEASED and hooks.wants("finished"):
-            hooks.emit(_event(job, "finished", duration=duration, result=result, status=status))
+            self._finish(job, status, ack.result, ack.duration, ack.span)
+        except Exception:
+            self._log.exception("job %s: internal error", job.id)
+            self._free(job)
+
+    async def _run_rest(self, job: AsyncJob, rest: Awaitable[None]) -> None:
+        """A task for the rest of a job whose ack the acker gave back: as the
+        end of :meth:`_run_job`."""
+        try:
+            await rest
+        except asyncio.CancelledError:
+            if job._state != c.RELEASED:
+                raise
+        except Exception:
+            self._log.exception("job %s: internal error", job.id)
+        finally:
+            if job._task is not None and self._tasks.get(job.id) is job._task:
+                del self._tasks[job.id]
+            self._free(job)
+
+    async def _deliver_alone(self, job: AsyncJob, doc: Any, unstorable: Optional[Exception], result: Any,
+                             duration: float, span: Any) -> None:
+        """Deliver the outcome of ``job`` with a call of its own: its ack with
+        ``doc``, or, when its result could not be stored (``unstorable``), the
+        failure of the attempt; then finish it (:meth:`_finish`)."""
+        try:
+            try:
+                if unstorable is not None:
+                    raise unstorable
+                ok = await self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
+            except Exception as exc:
+                status = await self._unstorable(job, exc)
+            else:
+                status = self._ack_status(job, ok)
+        except BaseException:  # cancelled, or an error of the delivery: the span ends without an outcome
+            self._hooks.close_span(span)
+            raise
+        finally:
+            job._end_finish()
+        self._finish(job, status, result, duration, span)
+
+    def _finish(self, job: AsyncJob, status: Optional[str], result: Any, duration: float, span: Any) -> None:
+        """The end of a job whose handler returned: its span, its finished
+        event (none for a job given back) and its slot."""
+        hooks = self._hooks
+        try:
+            if span is not None:
+                hooks.span_outcome(span[1], status, None)
+            if status != c.RELEASED and hooks.wants("finished"):  # the span still current
+                hooks.emit(_event(job, "finished", duration=duration, result=result, status=status))
+        finally:
+            hooks.close_span(span)
+            self._free(job)
+
+    def _free(self, job: AsyncJob) -> None:
+        """``job`` ended: its slot is free, unless its ack's call handed the slot
+        over already (``hand_over_slots``). Called once or more per job (no-op after the first)."""
+        if self._active.get(job.id) is job:
+            del self._active[job.id]
+            self._wake.set()  # capacity is free again
 
     async def _unstorable(self, job: AsyncJob, exc: Exception) -> Optional[str]:
         """The result of ``job`` could not be stored (``exc``): fail the attempt."""
@@ -858,9 +979,15 @@ class AsyncWorker(c.WorkerBase):
         if self._claim_conn is not None:
             await _aclose_quietly(self._claim_conn)
             self._claim_conn = None
-        while self._tasks and time.monotonic() < self._grace_deadline:
-            await asyncio.wait(list(self._tasks.values()),
-                               timeout=min(0.1, max(0.0, self._grace_deadline - time.monotonic())))
+        # The running handlers, and the jobs whose acks are queued (no task:
+        # their continuation frees them, which sets _wake).
+        while (self._tasks or self._active) and time.monotonic() < self._grace_deadline:
+            timeout = min(0.1, max(0.0, self._grace_deadline - time.monotonic()))
+            if self._tasks:
+                await asyncio.wait(list(self._tasks.values()), timeout=timeout)
+            else:
+                self._wake.clear()
+                await self._sleep_or(self._wake, timeout)
         left = [(self._active[i], t) for i, t in list(self._tasks.items()) if i in self._active]
         if left:
             self._log.warning("grace over: giving back %d running job(s)", len(left))

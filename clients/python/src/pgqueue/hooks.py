@@ -26,6 +26,7 @@ try:  # optional dependency
 except ImportError:  # pragma: no cover - exercised when the package is absent
     _otel_trace = None  # type: ignore[assignment]
 
+_NO_GLOBAL = object()
 # The providers of the API alone (nothing installed, or the explicit no-op):
 # their spans are no-ops whose context is the current one again, so a job
 # opens none while one of these is the global provider (see _Hooks.tracing).
@@ -176,6 +177,9 @@ class _Hooks:
         self._live = False
         if tracing and _otel_trace is not None:
             self._tracer = _otel_trace.get_tracer("pgqueue", version)
+            # Once, here: a provider named by OTEL_PYTHON_TRACER_PROVIDER is
+            # loaded by this first call (the per-job check reads the global only).
+            _otel_trace.get_tracer_provider()
 
     @property
     def tracing(self) -> bool:
@@ -192,7 +196,15 @@ class _Hooks:
             return False
         if self._live:
             return True
-        if isinstance(_otel_trace.get_tracer_provider(), _NO_OP_PROVIDERS):
+        # The API's global, read directly: get_tracer_provider() would look the
+        # environment up every time (a third of a no-op job's hooks). An API
+        # without that global gets the public call.
+        provider = getattr(_otel_trace, "_TRACER_PROVIDER", _NO_GLOBAL)
+        if provider is None:
+            return False
+        if provider is _NO_GLOBAL:
+            provider = _otel_trace.get_tracer_provider()
+        if isinstance(provider, _NO_OP_PROVIDERS):
             return False
         # A real provider now: its tracer directly, not through the API's proxy.
         self._tracer = _otel_trace.get_tracer("pgqueue", self._version)
@@ -250,8 +262,28 @@ class _Hooks:
         ) as span:
             yield span
 
+    def open_span(self, job: Any) -> Any:
+        """Start the span of :meth:`span` and make it the calling context's
+        current span, without a ``with`` block: for a job whose end comes
+        later, in a callback (the asyncio worker's ack). A handle for
+        :meth:`close_span`, which must run in the same context (the same
+        :class:`contextvars.Context`: the span is detached from it there)."""
+        manager = self.span(job)
+        return manager, manager.__enter__()
+
+    @staticmethod
+    def close_span(handle: Any) -> None:
+        """End a span of :meth:`open_span` (``None``: nothing to end). Its
+        outcome, if any, was recorded before (:meth:`span_outcome` on
+        ``handle[1]``): a job cancelled or given back ends its span without
+        one, as it leaves the ``with`` block of :meth:`span` with the
+        exception."""
+        if handle is not None:
+            handle[0].__exit__(None, None, None)
+
     @staticmethod
     def span_outcome(span: Optional[Any], status: Optional[str], error: Optional[BaseException]) -> None:
+        """Record a job's new ``status`` (and the handler's ``error``) on its span."""
         if span is None:
             return
         span.set_attribute("pgqueue.job.status", status or "unknown")

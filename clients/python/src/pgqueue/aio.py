@@ -698,7 +698,7 @@ class AsyncWorker(c.WorkerBase):
     def _new_task(self, coro: Any, context: contextvars.Context) -> "asyncio.Task[Any]":
         """A task of the worker's loop running ``coro`` in ``context``, started
         eagerly where asyncio can (Python 3.12+: see :meth:`_start_jobs`)."""
-        if _EAGER_START:
+        if _EAGER_START and self._loop.get_task_factory() is None:  # type: ignore[union-attr]
             return asyncio.Task(coro, loop=self._loop, context=context, eager_start=True)
         return self._loop.create_task(coro, context=context)  # type: ignore[union-attr]
 

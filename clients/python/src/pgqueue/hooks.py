@@ -241,13 +241,10 @@ class _Hooks:
             except Exception:  # a listener never breaks the worker
                 log.exception("listener %r failed in %s", listener, method)
 
-    @contextlib.contextmanager
-    def span(self, job: Any) -> Iterator[Optional[Any]]:
-        """A CONSUMER span around one job, or nothing without OpenTelemetry."""
-        if self._tracer is None:
-            yield None
-            return
-        attributes = {
+    @staticmethod
+    def _attributes(job: Any) -> dict:
+        """The attributes of ``job``'s span."""
+        return {
             "messaging.system": "pgqueue",
             "messaging.operation.type": "process",
             "messaging.destination.name": job.queue,
@@ -256,11 +253,36 @@ class _Hooks:
             "pgqueue.job.max_attempts": job.max_attempts,
             "pgqueue.worker": job.worker,
         }
+
+    @contextlib.contextmanager
+    def span(self, job: Any) -> Iterator[Optional[Any]]:
+        """A CONSUMER span around one job, or nothing without OpenTelemetry."""
+        if self._tracer is None:
+            yield None
+            return
         with self._tracer.start_as_current_span(
-            f"process {job.queue}", kind=_SpanKind.CONSUMER, attributes=attributes,
+            f"process {job.queue}", kind=_SpanKind.CONSUMER, attributes=self._attributes(job),
             record_exception=False, set_status_on_exception=False,
         ) as span:
             yield span
+
+    def start_span(self, job: Any) -> Any:
+        """The CONSUMER span of ``job`` (as :meth:`span`'s), started but not made
+        current: the threaded worker makes it current with :meth:`use_span`
+        while the handler runs and while its event's listeners do, and ends it
+        (``span.end()``) once the job's outcome is known. Only while
+        :attr:`tracing`."""
+        assert self._tracer is not None
+        return self._tracer.start_span(f"process {job.queue}", kind=_SpanKind.CONSUMER,
+                                       attributes=self._attributes(job))
+
+    @staticmethod
+    def use_span(span: Any) -> Any:
+        """A ``with`` block in which ``span`` (of :meth:`start_span`) is the
+        current span, not ended at its end; an exception leaving it is not
+        recorded (the worker records the outcome, :meth:`span_outcome`)."""
+        return _otel_trace.use_span(span, end_on_exit=False, record_exception=False,
+                                    set_status_on_exception=False)
 
     def open_span(self, job: Any) -> Any:
         """Start the span of :meth:`span` and make it the calling context's

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import logging
+import math
 import signal
 import threading
 import time
@@ -216,45 +218,65 @@ class Job(c.JobBase):
 
 class _ThreadAck(c.PendingAck):
     """A :class:`~pgqueue._common.PendingAck` whose waiter is a plain lock,
-    taken when the ack is made and released when it is resolved: the slot
-    blocks on it (``waiter.acquire``), with no :class:`threading.Event`
-    (a condition, a lock per wait) made per job.
+    taken when the ack is made and released when it is resolved, with what
+    the slot needs to finish the job afterwards (the handler's ``result``,
+    its run's ``duration``, its ``span``). No :class:`threading.Event` (a
+    condition, a lock per wait) is made per job.
 
-    The acks of a call that went through are released in a chain
-    (:func:`_settle_chained`): ``next`` is the ack whose slot this one's slot
-    wakes as soon as it wakes itself."""
+    The slot that queued it goes on with the next claimed job and blocks on
+    the lock (:meth:`_Acker.wait`) only when it has nothing else to do, saying
+    so first (``blocked``). The acks of a call that went through wake only the
+    slots blocked on one of them, in a chain (:func:`_settle_chained`):
+    ``next`` is the blocked ack whose slot this one's slot wakes first thing."""
 
-    __slots__ = ("next",)
+    __slots__ = ("next", "blocked", "result", "duration", "span")
 
-    def __init__(self, job: "Job", doc: Any) -> None:
+    def __init__(self, job: "Job", doc: Any, result: Any = None, duration: float = 0.0, span: Any = None) -> None:
         lock = allocate_lock()
         lock.acquire()
         super().__init__(job, doc, lock)
         self.next: Optional["_ThreadAck"] = None
+        self.blocked = False
+        self.result = result
+        self.duration = duration
+        self.span = span
 
     def _wake(self) -> None:
-        """Release the lock the slot blocks on."""
+        """Release the lock the slot blocks (or will block) on."""
         self.waiter.release()
 
 
-def _settle_chained(batch: Sequence[_ThreadAck], completed: Optional[Sequence[int]]) -> None:
-    """:meth:`~pgqueue._common.AckBatcher.settle` for the threaded acker: the
-    outcomes are set at once, but only the first slot is woken here; each
-    woken slot wakes the next first thing (see :meth:`_Acker.ack`). Woken
-    all at once, the slots of a call would each wake only to wait for the
-    GIL the others hold, twice the sleeps and wake-ups of a chain (about
-    half the CPU per wake-up at concurrency 50)."""
-    done = set(completed or ())
+def _settle_chained(batch: Sequence[_ThreadAck], completed: Optional[Sequence[int]]) -> int:
+    """:meth:`~pgqueue._common.AckBatcher.settle` for the threaded acker;
+    returns how many slots it wakes.
+
+    The outcomes are set at once. An ack whose slot does not block on it
+    (the slot is running another job) has its lock released right away: no
+    thread waits, so no thread wakes, and the slot finds it settled when it
+    looks. Of the slots that block on one of the acks only the first is woken
+    here; each woken slot wakes the next first thing (see :meth:`Worker._acked`).
+    Woken all at once, they would each wake only to wait for the GIL the
+    others hold, twice the sleeps and wake-ups of a chain (about half the CPU
+    per wake-up at concurrency 50). Each ack is put in the chain or released
+    on one reading of ``blocked``; a slot that blocks after that reading finds
+    its lock released. The chain's links are set before any ack is marked
+    done, so a slot that sees its ack done sees its ``next`` too."""
+    done_ids = set(completed or ())
+    unsettled = [ack for ack in batch if not ack.done]
     chain: List[_ThreadAck] = []
-    for ack in batch:
-        if not ack.done:
-            ack.done = True
-            ack.outcome = ack.job.id in done
-            chain.append(ack)
+    free: List[_ThreadAck] = []
+    for ack in unsettled:
+        ack.outcome = ack.job.id in done_ids
+        (chain if ack.blocked else free).append(ack)
     for i in range(len(chain) - 1):
         chain[i].next = chain[i + 1]
+    for ack in unsettled:
+        ack.done = True
+    for ack in free:
+        ack.waiter.release()
     if chain:
         chain[0].waiter.release()
+    return len(chain)
 
 
 class _Acker:
@@ -262,8 +284,9 @@ class _Acker:
     jobs, everything queued as one ``queue_ack_batch`` call (one statement, one
     commit), one call at a time; acks queued meanwhile go into the next call.
 
-    A slot hands its ack to :meth:`ack` and blocks until the outcome is known,
-    so the finished event and the freed capacity still follow the commit. What
+    A slot hands its ack to :meth:`enqueue` and, once it has no other job to
+    run, blocks until the outcome is known (:meth:`wait`), so the finished
+    event and the freed capacity still follow the commit. What
     a call's outcome or error means for each ack is
     :class:`~pgqueue._common.AckBatcher`'s, shared with the asyncio worker;
     this class adds the thread, the lock and the retry sleep.
@@ -289,11 +312,10 @@ class _Acker:
         # Under _cond: whether the thread runs (and takes acks); which ack wakes
         # it (_WAKE_*: it waits for any ack, or it gathers and only the ack
         # that leaves no running job without its ack queued wakes it, or it is
-        # busy and finds the acks when it looks next); and the handlers' recent
-        # mean run in seconds (an exponential average over the acks).
+        # busy and finds the acks when it looks next). The handlers' recent
+        # mean run is the worker's (Worker._mean_run).
         self._alive = False
         self._wake_on = _WAKE_NONE
-        self._mean_run = 0.0
         self._thread = threading.Thread(target=self._run, name=f"pgqueue-acker-{worker.name}", daemon=True)
 
     def start(self) -> None:
@@ -301,32 +323,33 @@ class _Acker:
         self._alive = True
         self._thread.start()
 
-    def ack(self, job: Job, doc: Any, run: float = 0.0) -> Any:
-        """Ack ``job`` with its serialised result ``doc`` in the next batch and
-        wait for the outcome: True (completed), False (refused), None (not
-        delivered) or :data:`~pgqueue._common.PER_JOB` (ack it on your own:
-        the server has no ``queue_ack_batch``, the batch was refused as a
-        whole, or the acker is stopped). ``run``: the seconds its handler ran."""
-        pending = _ThreadAck(job, doc)
+    def enqueue(self, ack: _ThreadAck) -> bool:
+        """Queue ``ack`` for the next batch, without waiting (see :meth:`wait`):
+        False when the job must be acked on its own
+        (:data:`~pgqueue._common.PER_JOB`: the server has no
+        ``queue_ack_batch``, or the acker is stopped)."""
         with self._cond:
-            if self._stopping or not self._alive or not self._batcher.add(pending):
-                return c.PER_JOB
-            self._mean_run += (run - self._mean_run) * 0.1
+            if self._stopping or not self._alive or not self._batcher.add(ack):
+                return False
             wake_on = self._wake_on
             if wake_on == _WAKE_ANY or (wake_on == _WAKE_ALL
                                         and len(self._batcher.pending) >= len(self._worker._active)):
                 self._wake_on = _WAKE_NONE
                 self._cond.notify()
+        return True
+
+    def wait(self, ack: _ThreadAck) -> None:
+        """Block until ``ack`` (queued by this thread) is settled: its
+        ``outcome`` is then True (completed), False (refused), None (not
+        delivered) or :data:`~pgqueue._common.PER_JOB` (ack it on your own:
+        the batch was refused as a whole, or the acker stopped)."""
+        ack.blocked = True
         # The thread resolves every ack it took before it ends; the timeout only
         # guards against a thread that died some other way (it catches errors).
-        while not pending.waiter.acquire(timeout=1.0):
+        while not ack.waiter.acquire(timeout=1.0):
             if not self._thread.is_alive():
                 with self._cond:
-                    self._batcher.abandon([pending], c.PER_JOB)
-        after = pending.next
-        if after is not None:
-            after.waiter.release()  # the next slot of the chain (_settle_chained)
-        return pending.outcome
+                    self._batcher.abandon([ack], c.PER_JOB)
 
     def stop(self, timeout: float) -> None:
         """Take no more acks, deliver the queued and the in-flight ones, then
@@ -370,24 +393,33 @@ class _Acker:
 
         The worker's running jobs (its active set, read without its lock:
         only a length) hold one ack each, queued or to come; no call is in
-        flight meanwhile, so they are the acks this call can still carry."""
+        flight meanwhile, so they are the acks this call can still carry.
+
+        It also watches the claimed jobs no slot has taken yet: while there
+        are some, it sleeps at most a turn, and wakes more slots when the
+        oldest of them waited a whole turn (see :meth:`Worker._spread`)."""
+        w = self._worker
         pending = self._batcher.pending
-        active = self._worker._active
+        active = w._active
+        dispatch = w._dispatch
         turns = 0
         while not self._stopping:
             queued = len(pending)
-            short = self._mean_run < _GATHER_TURN
+            short = w._mean_run < _GATHER_TURN
             if queued and (not short or queued >= len(active) or queued >= self._batcher.max_batch
                            or turns >= _GATHER_TURNS):
                 return
+            head = dispatch[0] if dispatch else None
             if not queued and (not short or not active or turns):
                 self._wake_on = _WAKE_ANY  # idle, or long handlers: the first ack wakes it
-                self._cond.wait()
+                self._cond.wait(None if head is None else _GATHER_TURN)
                 self._wake_on = _WAKE_NONE
+                w._spread(head)
                 continue
             self._wake_on = _WAKE_ALL
             self._cond.wait(_GATHER_TURN)
             self._wake_on = _WAKE_NONE
+            w._spread(head)
             turns += 1
             if queued and len(pending) == queued:
                 return  # a turn without acks: the rest are long
@@ -445,12 +477,14 @@ class _Acker:
                 w._idle_cond.notify_all()
             wake_keeper = w._keeper_due(started)
         if started:
-            with w._dispatch_cond:
-                w._dispatch.extend(started)
-                w._dispatch_cond.notify(len(started))
+            # Queued before the settle: the slots it wakes take them first
+            # (see Worker._dispatch_jobs); the others are woken after it.
+            w._dispatch.extend(started)
             if wake_keeper:
                 w._keeper_wake.set()
-        _settle_chained(batch, completed)
+        woken = _settle_chained(batch, completed)
+        if started:
+            w._dispatch_jobs(len(started), woken)
         if free:
             w._waker.wake()  # a slot is left free
         for job in unstarted:  # claimed as the stop began: give them back untouched
@@ -475,6 +509,7 @@ class _Acker:
                     w._closing.wait(delay)  # a stop past the grace ends the wait: then they give up
                 continue
             _settle_chained(batch, completed)
+            w._free_acked(batch)
             return
 
 
@@ -646,9 +681,17 @@ class Worker(c.WorkerBase):
         self._lock = threading.Lock()
         self._active: Dict[int, Job] = {}
         self._idle_cond = threading.Condition(self._lock)
-        self._dispatch: List[Optional[Job]] = []
+        # Claimed jobs no slot has taken yet (None: a slot's stop), and the
+        # condition idle slots wait on (see _slot, _dispatch_jobs).
+        self._dispatch: "collections.deque[Optional[Job]]" = collections.deque()
         self._dispatch_cond = threading.Condition()
         self._slots: List[threading.Thread] = []
+        # Each slot's acks whose jobs it has not finished yet (see _slot).
+        self._slot_acks: List["collections.deque[_ThreadAck]"] = []
+        # The handlers' recent mean run in seconds (an exponential average,
+        # updated by the slots without a lock): how the acker gathers and how
+        # many slots a claim wakes.
+        self._mean_run = 0.0
         self._stopping = threading.Event()
         self._closing = threading.Event()  # past the grace: give up deliveries
         self._grace_deadline: Optional[float] = None
@@ -767,7 +810,9 @@ class Worker(c.WorkerBase):
                        self.concurrency, ", pooler mode (waits in the server)" if self.pooler else "")
         self._acker.start()
         for i in range(self.concurrency):
-            t = threading.Thread(target=self._slot, name=f"pgqueue-slot-{i}", daemon=True)
+            waiting: "collections.deque[_ThreadAck]" = collections.deque()
+            self._slot_acks.append(waiting)
+            t = threading.Thread(target=self._slot, args=(waiting,), name=f"pgqueue-slot-{i}", daemon=True)
             t.start()
             self._slots.append(t)
         keeper = threading.Thread(target=self._keep_leases, name="pgqueue-leases", daemon=True)
@@ -860,9 +905,8 @@ class Worker(c.WorkerBase):
                     for job in jobs:
                         self._active[job.id] = job
                     wake_keeper = self._keeper_due(jobs)
-                with self._dispatch_cond:
-                    self._dispatch.extend(jobs)
-                    self._dispatch_cond.notify(len(jobs))
+                self._dispatch.extend(jobs)
+                self._dispatch_jobs(len(jobs))
                 if wake_keeper:
                     self._keeper_wake.set()
             free -= len(jobs)
@@ -917,82 +961,241 @@ class Worker(c.WorkerBase):
                 self._log.debug("cancelling the server-side wait: %s", exc)
             self._done.wait(0.2)
 
-    def _slot(self) -> None:
-        while True:
+    def _dispatch_jobs(self, n: int, woken: int = 0) -> None:
+        """``n`` jobs were just added to the dispatch queue: wake as many slots
+        as they need (:meth:`_slots_for`), less the ``woken`` ones an ack's
+        settle wakes anyway (they take queued jobs before they block again)."""
+        want = self._slots_for(n) - woken
+        if want > 0:
             with self._dispatch_cond:
-                while not self._dispatch:
-                    self._dispatch_cond.wait()
-                job = self._dispatch.pop(0)
-            if job is None:
-                return
+                self._dispatch_cond.notify(want)
+
+    def _slots_for(self, n: int) -> int:
+        """How many slots ``n`` claimed jobs need. Handlers whose recent mean
+        run is at least :data:`_GATHER_TURN` get a slot each, as they always
+        did. Shorter ones share slots, about a turn's work to each: a slot runs
+        the queued jobs one after another without sleeping in between (see
+        :meth:`_slot`), where a slot per job would cost a thread's wake-up
+        (and a GIL hand-over) per job, more CPU than such a handler itself."""
+        run = self._mean_run
+        if run >= _GATHER_TURN:
+            return n
+        return max(1, min(n, math.ceil(n * run / _GATHER_TURN)))
+
+    def _spread(self, head: Optional[Job]) -> None:
+        """``head`` was the oldest queued job a turn ago (the acker watches, see
+        :meth:`_Acker._gather`): if it still is, the slots that took the queue's
+        jobs are held up (a handler that turned out long), and every queued job
+        gets a slot of its own."""
+        dispatch = self._dispatch
+        if head is not None and dispatch and dispatch[0] is head:
+            with self._dispatch_cond:
+                self._dispatch_cond.notify(len(dispatch))
+
+    def _free_acked(self, batch: Sequence[_ThreadAck]) -> None:
+        """The acks of ``batch`` were settled by a call of their own (not one
+        that also claimed): the jobs they completed or that were refused free
+        their slots now, not when their slot threads get round to them."""
+        freed = 0
+        with self._lock:
+            active = self._active
+            for ack in batch:
+                job = ack.job
+                if ack.outcome is not c.PER_JOB and active.get(job.id) is job:
+                    del active[job.id]
+                    freed += 1
+            if freed and self._stopping.is_set():
+                self._idle_cond.notify_all()
+        if freed:
+            self._waker.wake()  # capacity is free again
+
+    def _slot(self, waiting: "collections.deque[_ThreadAck]") -> None:
+        """A slot thread: runs claimed jobs one at a time.
+
+        The handler's ack is queued and the slot goes on with the next queued
+        job without waiting for it; it blocks on its oldest ack only when no
+        job is queued (:meth:`_Acker.wait`), and finishes each job (its span,
+        its finished event) once its ack is settled, before it takes another.
+        So a drain of short handlers keeps one slot busy instead of waking a
+        thread per job, while at most ``concurrency`` handlers run at once
+        (one per slot thread) and a job's finished event still follows its
+        ack. ``waiting``: this slot's acks not finished yet, oldest first."""
+        dispatch = self._dispatch
+        while True:
+            while waiting and waiting[0].done:
+                self._finish_one(waiting.popleft())
             try:
-                if job._state == c.RUNNING:  # not given back while it waited for this slot
-                    self._execute(job)
+                job = dispatch.popleft()
+            except IndexError:
+                if waiting:
+                    self._acker.wait(waiting[0])
+                    continue
+                with self._dispatch_cond:
+                    while not dispatch:
+                        self._dispatch_cond.wait()
+                    job = dispatch.popleft()
+            if job is None:  # the stop (after the acker's): finish what is settled, then end
+                while waiting:
+                    if not waiting[0].done:
+                        self._acker.wait(waiting[0])
+                    self._finish_one(waiting.popleft())
+                return
+            if job._state != c.RUNNING:  # given back while it waited for a slot
+                continue
+            try:
+                ack = self._execute(job)
             except Exception:  # never let a slot die
                 self._log.exception("job %s: internal error", job.id)
-            finally:
-                with self._lock:
-                    freed = self._active.get(job.id) is job  # not handed over with its ack already
-                    if freed:
-                        del self._active[job.id]
-                    if self._stopping.is_set():
-                        self._idle_cond.notify_all()
-                if freed:
-                    self._waker.wake()  # capacity is free again
+                self._free(job)
+                continue
+            if ack is not None:
+                waiting.append(ack)
 
-    def _execute(self, job: Job) -> None:
+    def _finish_one(self, ack: _ThreadAck) -> None:
+        """:meth:`_acked`, with the slot's guard against internal errors."""
+        try:
+            self._acked(ack)
+        except Exception:  # never let a slot die
+            self._log.exception("job %s: internal error", ack.job.id)
+            self._free(ack.job)
+
+    def _free(self, job: Job) -> None:
+        """``job`` is done with: its slot is free, unless an ack's call freed it
+        already (it is no longer ``job`` in the active set)."""
+        freed = False
+        if self._active.get(job.id) is job or self._stopping.is_set():
+            with self._lock:
+                freed = self._active.get(job.id) is job
+                if freed:
+                    del self._active[job.id]
+                if self._stopping.is_set():
+                    self._idle_cond.notify_all()
+        if freed:
+            self._waker.wake()  # capacity is free again
+
+    def _execute(self, job: Job) -> Optional[_ThreadAck]:
+        """Run ``job``'s handler: its ack queued (to finish with :meth:`_acked`),
+        or None when the job is done with already (failed, given back, or
+        its outcome delivered on its own)."""
         handler = self._handlers[job.queue]
         hooks = self._hooks
         if hooks.wants("started"):  # no event is made that nobody would see
             hooks.emit(_event(job, "started"))
-        if hooks.tracing:
-            with hooks.span(job) as span:
-                self._run_handler(job, handler, span)
-        else:
-            self._run_handler(job, handler, None)
-
-    def _run_handler(self, job: Job, handler: Handler, span: Any) -> None:
-        hooks = self._hooks
+        span = hooks.start_span(job) if hooks.tracing else None
         start = time.monotonic()
         try:
-            result = handler(job)
+            if span is None:
+                result = handler(job)
+            else:
+                with hooks.use_span(span):  # current while the handler runs
+                    result = handler(job)
         except Exception as exc:
             duration = time.monotonic() - start
-            status = self._fail(job, exc)
+            try:
+                status = self._fail(job, exc)
+            except BaseException:
+                if span is not None:
+                    span.end()
+                raise
+            self._report(job, "failed", status, duration, None, exc, span)
+            self._free(job)
+            return None
+        except BaseException:
             if span is not None:
-                hooks.span_outcome(span, status, exc)
-            if status != c.RELEASED and hooks.wants("failed"):
-                hooks.emit(_event(job, "failed", duration=duration, error=exc, status=status))
-            return
+                span.end()
+            raise
         duration = time.monotonic() - start
-        status = self._ack(job, result, duration)
-        if span is not None:
-            hooks.span_outcome(span, status, None)
-        if status != c.RELEASED and hooks.wants("finished"):
-            hooks.emit(_event(job, "finished", duration=duration, result=result, status=status))
+        self._mean_run += (duration - self._mean_run) * 0.1  # unlocked: a lost update is harmless
+        if not job._begin_finish():  # given back meanwhile: its result is not recorded
+            self._report(job, "finished", c.RELEASED, duration, result, None, span)
+            self._free(job)
+            return None
+        try:
+            doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
+        except Exception as exc:
+            self._deliver_alone(job, None, exc, result, duration, span)
+            return None
+        ack = _ThreadAck(job, doc, result, duration, span)
+        if self._acker.enqueue(ack):
+            return ack
+        self._deliver_alone(job, doc, None, result, duration, span)
+        return None
 
-    def _ack(self, job: Job, result: Any, run: float = 0.0) -> Optional[str]:
-        if not job._begin_finish():
-            return c.RELEASED
+    def _acked(self, ack: _ThreadAck) -> None:
+        """The end of a job whose ack was settled: the next slot of the ack's
+        chain is woken first (:func:`_settle_chained`), then the outcome is
+        reported (an ack the acker handed back goes on its own now) and the
+        slot freed."""
+        after = ack.next
+        if after is not None:
+            ack.next = None
+            after.waiter.release()
+        job = ack.job
+        ok = ack.outcome
+        if ok is c.PER_JOB:
+            self._deliver_alone(job, ack.doc, None, ack.result, ack.duration, ack.span)
+            return
+        try:
+            status = self._ack_status(job, ok)
+        finally:
+            job._end_finish()
+        self._report(job, "finished", status, ack.duration, ack.result, None, ack.span)
+        self._free(job)
+
+    def _deliver_alone(self, job: Job, doc: Any, unstorable: Optional[Exception], result: Any,
+                       duration: float, span: Any) -> None:
+        """Deliver the outcome of ``job`` with a call of its own, its ack with
+        ``doc`` or, when its result could not be stored (``unstorable``, or
+        an error of that ack), the failure of the attempt; then report it and
+        free the slot."""
         try:
             try:
-                doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
-                ok = self._acker.ack(job, doc, run)
-                if ok is c.PER_JOB:
-                    ok = self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
+                if unstorable is not None:
+                    raise unstorable
+                ok = self._deliver(job, c.ACK_SQL, (job.id, doc, job.attempt))
             except Exception as exc:  # e.g. not JSON-serialisable, or too large
                 self._log.error("job %s: result could not be stored: %s", job.id, exc)
                 bad = TypeError(f"result could not be stored: {type(exc).__name__}: {exc}")
-                return c.as_status(self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(bad, False),
-                                                                   job.attempt, None, False)))
-            if ok is None:
-                return None
-            if not ok:
-                self._log.warning("job %s: ack refused, the claim (attempt %s) is no longer current",
-                                  job.id, job.attempt)
-            return "completed" if ok else None
+                status = c.as_status(self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(bad, False),
+                                                                     job.attempt, None, False)))
+            else:
+                status = self._ack_status(job, ok)
+        except BaseException:  # an error of the failure's delivery: the span ends without an outcome
+            if span is not None:
+                span.end()
+            raise
         finally:
             job._end_finish()
+        self._report(job, "finished", status, duration, result, None, span)
+        self._free(job)
+
+    def _ack_status(self, job: Job, ok: Any) -> Optional[str]:
+        """The status an ack's outcome ``ok`` reports (a refusal is logged)."""
+        if ok is None:
+            return None
+        if not ok:
+            self._log.warning("job %s: ack refused, the claim (attempt %s) is no longer current",
+                              job.id, job.attempt)
+        return "completed" if ok else None
+
+    def _report(self, job: Job, kind: str, status: Optional[str], duration: float, result: Any,
+                error: Optional[BaseException], span: Any) -> None:
+        """The event of ``kind`` (none for a job given back) and the end of the
+        job's span, which is current again while the event's listeners run
+        (as it was in the handler)."""
+        hooks = self._hooks
+        emit = status != c.RELEASED and hooks.wants(kind)
+        if span is None:
+            if emit:
+                hooks.emit(_event(job, kind, duration=duration, result=result, error=error, status=status))
+            return
+        try:
+            hooks.span_outcome(span, status, error)
+            if emit:
+                with hooks.use_span(span):
+                    hooks.emit(_event(job, kind, duration=duration, result=result, error=error, status=status))
+        finally:
+            span.end()
 
     def _fail(self, job: Job, exc: BaseException) -> Optional[str]:
         if not job._begin_finish():
@@ -1069,10 +1272,13 @@ class Worker(c.WorkerBase):
         for job in left:
             if job._begin_release():
                 self._release(job)
-        # Outcomes still in flight get a moment, then deliveries give up.
+        # Outcomes still in flight get a moment, then deliveries give up; so do
+        # the jobs whose acks landed and whose slots have not finished them
+        # (reported them) yet.
         with self._lock:
             end = time.monotonic() + 5.0
-            while any(j._state == c.FINISHING for j in self._active.values()) and time.monotonic() < end:
+            while (any(j._state == c.FINISHING for j in self._active.values())
+                   or any(self._slot_acks)) and time.monotonic() < end:
                 self._idle_cond.wait(timeout=0.1)
         self._closing.set()
         # Queued and in-flight acks are delivered before the pool closes (one

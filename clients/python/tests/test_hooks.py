@@ -127,14 +127,21 @@ def test_opentelemetry_span_per_job(conn, queue_name, start_worker):
             raise pgqueue.PermanentError("bad")
         return None
 
+    in_listener = {}
+
+    def on_finished(event):  # the job's span is current again for its listeners
+        in_listener[event.job.id] = trace.get_current_span().get_span_context().span_id
+
     # Started before the provider is installed (when this test is the first to
     # install it): the jobs that start afterwards still get their spans.
-    start_worker({queue_name: handler})
+    start_worker({queue_name: handler}, listeners=[pgqueue.CallbackListener(on_finished=on_finished)])
     exporter = span_exporter()
     ok = pgqueue.push(conn, queue_name, {"fail": False})
     bad = pgqueue.push(conn, queue_name, {"fail": True}, max_attempts=1)
     wait_until(lambda: job_status(conn, ok) == "completed" and job_status(conn, bad) == "failed", what="done")
-    check_spans(spans_of(exporter, queue_name, 2), queue_name, ok, bad, current)
+    spans = spans_of(exporter, queue_name, 2)
+    check_spans(spans, queue_name, ok, bad, current)
+    assert in_listener == {ok: spans[ok].context.span_id}
 
 
 def test_opentelemetry_span_per_job_async(conn, queue_name):

@@ -363,3 +363,88 @@ def test_the_acks_of_short_handlers_are_gathered_into_full_calls(conn, queue_nam
               f" calls ({jobs / max(calls, 1):.1f} acks per call)")
     # Without gathering about 5 per call; a loaded machine may split a few claims.
     assert 1 <= calls <= jobs // 7, f"{calls} calls for {jobs} jobs: the acks were not gathered"
+
+
+def test_short_handlers_share_slots_without_a_wake_up_per_job(conn, queue_name, start_worker, capsys):
+    """A drain of no-op handlers: a slot runs the claimed jobs one after
+    another instead of a thread waking per job (and again per ack), so the
+    process blocks well under once per job (it was 1.6 times per job), and
+    each job still runs once and completes."""
+    import resource
+
+    jobs = 1000
+    ids = pgqueue.push_batch(conn, queue_name, [{"n": n} for n in range(jobs)])
+    finished = []
+    all_done = threading.Event()
+
+    def on_finished(event):
+        finished.append(event)
+        if len(finished) == jobs:
+            all_done.set()
+
+    w = pgqueue.Worker(DSN, {queue_name: lambda job: job.payload["n"]}, concurrency=10, grace=5,
+                       listeners=[pgqueue.CallbackListener(on_finished=on_finished)])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+    w.start()
+    try:
+        assert all_done.wait(60), f"{len(finished)} of {jobs} finished"
+        switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before
+    finally:
+        w.stop()
+        assert w.wait(15)
+    with capsys.disabled():
+        print(f"\n[shared slots, threaded Worker] {jobs} no-op jobs at concurrency 10: "
+              f"{switches / jobs:.2f} voluntary context switches per job")
+    assert sorted(e.job.id for e in finished) == sorted(ids)
+    assert all(e.status == "completed" for e in finished)
+    assert switches < jobs, f"{switches} voluntary context switches for {jobs} jobs"
+
+
+def test_a_handler_that_turns_out_long_does_not_hold_up_the_jobs_queued_behind_it(conn, queue_name,
+                                                                                  start_worker):
+    """Short handlers share slots; when one of them blocks, the jobs claimed
+    with it get slots of their own within a turn instead of waiting for it."""
+    gate = threading.Event()
+    quick_done = []
+
+    def handler(job):
+        if job.payload.get("block"):
+            gate.wait(10)
+        else:
+            quick_done.append(job.id)
+
+    w = start_worker({queue_name: handler}, concurrency=8, poll_interval=0.2)
+    wait_until(lambda: w.listening, what="listening")
+    warm = pgqueue.push_batch(conn, queue_name, [{} for _ in range(200)])  # the mean run: short
+    wait_until(lambda: len(quick_done) == len(warm), timeout=30, what="the warm-up drained")
+    try:
+        ids = pgqueue.push_batch(conn, queue_name, [{"block": True}] + [{} for _ in range(7)])
+        t0 = time.monotonic()
+        wait_until(lambda: all(i in quick_done for i in ids[1:]), timeout=5, what="the quick jobs")
+        took = time.monotonic() - t0
+    finally:
+        gate.set()
+    wait_until(lambda: job_status(conn, ids[0]) == "completed", what="the long job completed")
+    assert took < 2, f"the quick jobs waited {took:.2f}s behind the long one"
+    assert gate.is_set()
+
+
+def test_a_stop_amid_a_drain_leaves_no_job_half_done(conn, queue_name):
+    """A stop while a drain of no-op handlers is in full swing: every job that
+    started was acked, and finished, before wait() returned; the others are
+    still pending; none is left processing."""
+    ids = pgqueue.push_batch(conn, queue_name, [{} for _ in range(3000)])
+    started, finished = [], []
+    w = pgqueue.Worker(DSN, {queue_name: lambda job: None}, concurrency=20, grace=5, poll_interval=0.2,
+                       listeners=[pgqueue.CallbackListener(on_started=started.append, on_finished=finished.append)])
+    w.start()
+    wait_until(lambda: len(finished) >= 200, what="the drain under way")
+    w.stop()
+    assert w.wait(15)
+    count = len(finished)
+    assert count < len(ids), "the drain ended before the stop"
+    assert sorted(e.job.id for e in finished) == sorted(e.job.id for e in started)
+    assert all(e.status == "completed" for e in finished)
+    counts = dict(conn.execute("SELECT status::text, count(*) FROM queue.all_jobs WHERE queue = %s GROUP BY 1",
+                               (queue_name,)).fetchall())
+    assert counts == {"completed": count, "pending": len(ids) - count}

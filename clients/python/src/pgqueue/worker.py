@@ -338,6 +338,15 @@ class _Acker:
                 self._cond.notify()
         return True
 
+    def watch(self) -> None:
+        """Claimed jobs were queued for fewer slots than jobs outside the
+        acker's own thread (by the claim loop): an acker idle without a
+        timeout looks again, so that it watches them (see :meth:`_gather`)."""
+        with self._cond:
+            if self._wake_on == _WAKE_ANY:
+                self._wake_on = _WAKE_NONE
+                self._cond.notify()
+
     def wait(self, ack: _ThreadAck) -> None:
         """Block until ``ack`` (queued by this thread) is settled: its
         ``outcome`` is then True (completed), False (refused), None (not
@@ -906,7 +915,8 @@ class Worker(c.WorkerBase):
                         self._active[job.id] = job
                     wake_keeper = self._keeper_due(jobs)
                 self._dispatch.extend(jobs)
-                self._dispatch_jobs(len(jobs))
+                if self._dispatch_jobs(len(jobs)) < len(jobs):
+                    self._acker.watch()  # shared slots: the acker watches for a handler that blocks
                 if wake_keeper:
                     self._keeper_wake.set()
             free -= len(jobs)
@@ -961,14 +971,16 @@ class Worker(c.WorkerBase):
                 self._log.debug("cancelling the server-side wait: %s", exc)
             self._done.wait(0.2)
 
-    def _dispatch_jobs(self, n: int, woken: int = 0) -> None:
+    def _dispatch_jobs(self, n: int, woken: int = 0) -> int:
         """``n`` jobs were just added to the dispatch queue: wake as many slots
         as they need (:meth:`_slots_for`), less the ``woken`` ones an ack's
-        settle wakes anyway (they take queued jobs before they block again)."""
-        want = self._slots_for(n) - woken
-        if want > 0:
+        settle wakes anyway (they take queued jobs before they block again).
+        Returns how many slots the jobs get."""
+        slots = self._slots_for(n)
+        if slots > woken:
             with self._dispatch_cond:
-                self._dispatch_cond.notify(want)
+                self._dispatch_cond.notify(slots - woken)
+        return slots
 
     def _slots_for(self, n: int) -> int:
         """How many slots ``n`` claimed jobs need. Handlers whose recent mean

@@ -10,6 +10,7 @@
 # fills it afresh and runs one workload with pgbench:
 #
 #   W1  single pushes, one per transaction          (4 clients, prepared)
+#   W1D the same, each delayed by an hour: the general path of queue_push
 #   W3  pop one job, then ack it: two commits a job (4 clients, prepared)
 #   W4  claim 100 and ack those ids, one transaction (4 clients)
 #
@@ -47,6 +48,9 @@ busy_ms() {
 cat >"$run_dir/W1.sql" <<'EOF'
 SELECT queue_push('bench', '{"n": 1, "s": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}');
 EOF
+cat >"$run_dir/W1D.sql" <<'EOF'
+SELECT queue_push('bench', '{"n": 1, "s": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}', delay => '1 hour');
+EOF
 cat >"$run_dir/W3.sql" <<'EOF'
 SELECT id, attempt FROM queue_pop('bench', 'w', 1) \gset
 SELECT queue_ack(:id, NULL, :attempt);
@@ -78,7 +82,7 @@ cluster_of() {
 # fill WORKLOAD: fresh jobs for a drain, an empty queue for pushes.
 fill() {
   sql -c "TRUNCATE queue.jobs, queue.finished_jobs, queue.job_times"
-  if [ "$1" != W1 ]; then
+  if [ "$1" != W1 ] && [ "$1" != W1D ]; then
     sql -c "INSERT INTO queue.jobs (queue, status, run_at, max_attempts, timeout, backoff_base, backoff_max, payload)
             SELECT 'bench', 'pending', now(), 3, '5 minutes', '10 seconds', '1 hour',
                    jsonb_build_object('n', i, 's', repeat('x', 64)) FROM generate_series(1, $jobs) i"

@@ -266,6 +266,9 @@ unsafe fn insert(row: &Row) -> Option<i64> {
             Some(table) if !STALE.get() => table,
             _ => jobs_table(),
         };
+        // What the executor checks of an INSERT first: the same 25006 in a
+        // read-only transaction (and on a standby).
+        pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
         // Taking the lock accepts the invalidations sent since: a change
         // committed before it marks the plan stale here.
         let rel = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);

@@ -405,3 +405,22 @@ def test_a_session_pushes_again_after_the_extension_is_recreated(db):
         assert btree_indexes_hold_every_row(conn)
         conn.execute("DELETE FROM queue.jobs")
         conn.execute("SELECT queue.recount_stats()")
+
+
+def test_a_read_only_transaction_refuses_both_paths_alike(db):
+    """As an INSERT would: 25006, nothing stored or counted."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        before = totals(conn)
+
+        def refused():
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as e:
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION READ ONLY")
+                    conn.execute("SELECT queue_push(%s, '{}')", (QUEUE,))
+            return str(e.value).splitlines()[0]
+
+        plain = refused()
+        with Rule(conn):
+            general = refused()
+        assert plain == general == "cannot execute INSERT in a read-only transaction"
+        assert totals(conn) == before

@@ -289,8 +289,8 @@ class JobBase:
         self._lock = threading.Lock()
         self._state = RUNNING
         self._lost = False
-        self._started = time.monotonic() if now is None else now
-        self._next_touch = self._started + self.touch_every
+        self._started = started = time.monotonic() if now is None else now
+        self._next_touch = started + max(0.05, row.lease.total_seconds() / 2)  # touch_every, inlined
         self._payload = row.payload
         self._loads = None if self._payload is None else loads
 

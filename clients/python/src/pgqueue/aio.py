@@ -159,7 +159,13 @@ class _AsyncAck(c.PendingAck):
         """The ack of ``job`` (``doc``: its serialised ``result``; ``duration``:
         the handler's run; ``span``: its open span handle or None), finished
         by ``worker`` in ``context`` once resolved."""
-        super().__init__(job, doc, None)
+        # PendingAck.__init__, inlined (one made per job).
+        self.job = job
+        self.doc = doc
+        self.first_try = None
+        self.waiter = None
+        self.outcome = None
+        self.done = False
         self.worker = worker
         self.result = result
         self.duration = duration
@@ -194,6 +200,10 @@ class _AsyncAcker:
         self._wake = asyncio.Event()
         self._stopping = False
         self.task: Optional["asyncio.Task[None]"] = None
+        # A batch acked by a call that also claimed, settled later (_defer_settle),
+        # and whether that call started jobs (their first steps still to run).
+        self._deferred: Optional["tuple[List[c.PendingAck], Any]"] = None
+        self._started_jobs = False
 
     def start(self) -> None:
         """Start the acker's task on the running loop."""
@@ -230,6 +240,14 @@ class _AsyncAcker:
         try:
             while True:
                 if not self._batcher.pending:
+                    if self._started_jobs:
+                        # The last call started jobs whose first steps are
+                        # scheduled: one step of the loop runs them, and the
+                        # acks of those that returned at once are queued then.
+                        self._started_jobs = False
+                        await asyncio.sleep(0)
+                        continue
+                    self._settle_deferred()  # no call to overlap it with
                     if self._stopping:
                         return  # everything was delivered
                     self._wake.clear()
@@ -243,11 +261,35 @@ class _AsyncAcker:
                     raise
                 except Exception:  # never let the acker die: its jobs would wait in vain
                     self._worker._log.exception("acker: internal error; acking the queued jobs one by one")
+                    self._settle_deferred()
                     self._batcher.abandon(batch, c.PER_JOB)
                 batch = []
         finally:
+            self._settle_deferred()
             # Cancelled (a stop that ran out of time): nobody is left to send these.
             self._batcher.abandon(batch, None)
+
+    def _defer_settle(self, batch: List[c.PendingAck], completed: Any) -> None:
+        """Settle ``batch`` (acked by a call that also claimed: its slots were
+        handed over already) a little later: while the next call is in flight
+        (:meth:`_overlap_settle`), or before the acker sleeps. Its jobs'
+        finished events then run while the server works, instead of between
+        a reply and the next call."""
+        self._settle_deferred()
+        self._deferred = (batch, completed)
+
+    def _settle_deferred(self) -> None:
+        """Settle the deferred batch now, if any (see :meth:`_defer_settle`)."""
+        deferred = self._deferred
+        if deferred is not None:
+            self._deferred = None
+            self._batcher.settle(*deferred)
+
+    def _overlap_settle(self) -> None:
+        """Called just before a call's await: the deferred batch is settled
+        in the loop's next step, which runs while the call is in flight."""
+        if self._deferred is not None:
+            self._loop.call_soon(self._settle_deferred)
 
     async def _ack_and_claim(self, batch: List[c.PendingAck]) -> bool:
         """Ack ``batch`` and claim in one statement (see
@@ -267,6 +309,7 @@ class _AsyncAcker:
             conn = await w._pool.acquire()
             try:
                 cur, loads = c.claim_cursor(conn)
+                self._overlap_settle()
                 await cur.execute(c.ACK_CLAIM_SQL, (ids, attempts, docs, queue, w.name, want))
                 rows = await cur.fetchall()
             finally:
@@ -286,12 +329,17 @@ class _AsyncAcker:
         started, unstarted = c.hand_over_slots(w._active, batch, jobs, w._stopping.is_set())
         if started:
             w._start_jobs(started)
-        self._batcher.settle(batch, completed)
+            self._started_jobs = not _EAGER_START  # eager tasks ran their first steps already
+        # The slots were handed over above; what the settle adds (the jobs'
+        # outcomes, finished events) can wait for the next call's flight.
+        self._defer_settle(batch, completed)
         if len(w._active) < w.concurrency:
             w._wake.set()  # a slot is left free
-        for job in unstarted:  # claimed as the stop began: give them back untouched
-            job._begin_release()
-            await w._release(job)
+        if unstarted:
+            self._settle_deferred()
+            for job in unstarted:  # claimed as the stop began: give them back untouched
+                job._begin_release()
+                await w._release(job)
         return True
 
     async def _send(self, batch: List[c.PendingAck]) -> None:
@@ -300,6 +348,7 @@ class _AsyncAcker:
         backoff = c.Backoff(0.05, min(2.0, w._reconnect_max))
         while batch:
             try:
+                self._overlap_settle()
                 completed = await w._pool.call(c.ACK_BATCH_SQL, self._batcher.array_params(batch))
             except Exception as exc:
                 batch = self._batcher.failed(batch, exc, w._closing.is_set())
@@ -698,9 +747,14 @@ class AsyncWorker(c.WorkerBase):
     def _new_task(self, coro: Any, context: contextvars.Context) -> "asyncio.Task[Any]":
         """A task of the worker's loop running ``coro`` in ``context``, started
         eagerly where asyncio can (Python 3.12+: see :meth:`_start_jobs`)."""
-        if _EAGER_START and self._loop.get_task_factory() is None:  # type: ignore[union-attr]
-            return asyncio.Task(coro, loop=self._loop, context=context, eager_start=True)
-        return self._loop.create_task(coro, context=context)  # type: ignore[union-attr]
+        loop = self._loop
+        if loop.get_task_factory() is not None:  # type: ignore[union-attr]
+            return loop.create_task(coro, context=context)  # type: ignore[union-attr]
+        # The Task itself: what create_task makes without a factory, minus its
+        # wrapper (on 3.11 a Python function, a tenth of a no-op job's CPU).
+        if _EAGER_START:
+            return asyncio.Task(coro, loop=loop, context=context, eager_start=True)
+        return asyncio.Task(coro, loop=loop, context=context)
 
     async def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> "tuple[List[Any], Any]":
         """A claim on the loop's own connection (pooler mode), waiting in the
@@ -887,9 +941,15 @@ class AsyncWorker(c.WorkerBase):
         """The end of a job whose handler returned: its span, its finished
         event (none for a job given back) and its slot."""
         hooks = self._hooks
+        if span is None:
+            try:
+                if status != c.RELEASED and hooks.wants("finished"):
+                    hooks.emit(_event(job, "finished", duration=duration, result=result, status=status))
+            finally:
+                self._free(job)
+            return
         try:
-            if span is not None:
-                hooks.span_outcome(span[1], status, None)
+            hooks.span_outcome(span[1], status, None)
             if status != c.RELEASED and hooks.wants("finished"):  # the span still current
                 hooks.emit(_event(job, "finished", duration=duration, result=result, status=status))
         finally:

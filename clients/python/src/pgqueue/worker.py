@@ -234,7 +234,13 @@ class _ThreadAck(c.PendingAck):
     def __init__(self, job: "Job", doc: Any, result: Any = None, duration: float = 0.0, span: Any = None) -> None:
         lock = allocate_lock()
         lock.acquire()
-        super().__init__(job, doc, lock)
+        # PendingAck.__init__, inlined (one made per job).
+        self.job = job
+        self.doc = doc
+        self.first_try = None
+        self.waiter = lock
+        self.outcome = None
+        self.done = False
         self.next: Optional["_ThreadAck"] = None
         self.blocked = False
         self.result = result
@@ -307,7 +313,11 @@ class _Acker:
         """An acker for ``worker`` (its pool, logger, reconnect cap and closing flag)."""
         self._worker = worker
         self._batcher = c.AckBatcher(worker._log)
-        self._cond = threading.Condition()
+        # A plain lock under the condition: `with self._mutex` is the lock's own
+        # (C) context manager, where `with self._cond` calls two Python methods
+        # (enqueue takes it once per job). Never taken twice by one thread.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._stopping = False
         # Under _cond: whether the thread runs (and takes acks); which ack wakes
         # it (_WAKE_*: it waits for any ack, or it gathers and only the ack
@@ -328,7 +338,7 @@ class _Acker:
         False when the job must be acked on its own
         (:data:`~pgqueue._common.PER_JOB`: the server has no
         ``queue_ack_batch``, or the acker is stopped)."""
-        with self._cond:
+        with self._mutex:
             if self._stopping or not self._alive or not self._batcher.add(ack):
                 return False
             wake_on = self._wake_on

@@ -89,6 +89,30 @@ def test_push_batch_in_order(conn, queue_name):
     assert pgqueue.push_batch(conn, queue_name, []) == []
 
 
+def test_push_batch_keeps_every_payload_as_given_and_in_order(conn, queue_name):
+    """The payloads travel as one JSON array split in the server: any JSON
+    value (None is {}), escapes and non-ASCII text arrive unchanged, each
+    job in its place; the connection's own json dumps is used."""
+    import decimal
+
+    from psycopg.types.json import set_json_dumps
+
+    odd = [None, [], [1, "two", None], "a \"quoted\" \\ back\\slash", 3.5, 0, True, {"é": "ß", "k": {"n": [None]}},
+           {"big": decimal.Decimal("1.25")}]
+    many = odd + [{"n": n} for n in range(1500)]
+
+    def dumps(obj):  # Decimal is no JSON type: the connection's dumps says how
+        import json
+        return json.dumps(obj, default=lambda v: float(v) if isinstance(v, decimal.Decimal) else str(v))
+
+    set_json_dumps(dumps, conn)
+    ids = pgqueue.push_batch(conn, queue_name, many)
+    assert len(ids) == len(many) and ids == sorted(ids)
+    stored = dict(conn.execute("SELECT id, payload FROM queue.all_jobs WHERE queue = %s", (queue_name,)).fetchall())
+    expected = [{} if p is None else p for p in odd[:-1]] + [{"big": 1.25}] + [{"n": n} for n in range(1500)]
+    assert [stored[i] for i in ids] == expected
+
+
 def test_push_in_rolled_back_transaction_creates_no_job(queue_name):
     with psycopg.connect(DSN) as tx_conn:  # not autocommit: one transaction
         job_id = pgqueue.push(tx_conn, queue_name, {"x": 1})

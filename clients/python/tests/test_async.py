@@ -354,3 +354,24 @@ def test_async_a_stop_amid_a_drain_leaves_no_job_half_done(queue_name):
         counts = dict(conn.execute("SELECT status::text, count(*) FROM queue.all_jobs WHERE queue = %s GROUP BY 1",
                                    (queue_name,)).fetchall())
     assert counts == {"completed": len(finished), "pending": len(ids) - len(finished)}
+
+
+def test_async_created_at_is_decoded_when_first_read(queue_name):
+    """As for the threaded worker (test_worker.py): the creation time is the
+    server's, decoded once when first read."""
+    seen = {}
+
+    async def handler(job):
+        seen[job.id] = (job.created_at, job.created_at is job.created_at)
+
+    async def main():
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as aconn:
+            job_id = await pgqueue.apush(aconn, queue_name, {})
+            async with pgqueue.AsyncWorker(DSN, {queue_name: handler}, grace=5):
+                await completed(aconn, job_id)
+            cur = await aconn.execute("SELECT created_at FROM queue.all_jobs WHERE id = %s", (job_id,))
+            return job_id, (await cur.fetchone())[0]
+
+    job_id, server = asyncio.run(main())
+    created, same = seen[job_id]
+    assert same and created == server and created.tzinfo is not None

@@ -448,3 +448,25 @@ def test_a_stop_amid_a_drain_leaves_no_job_half_done(conn, queue_name):
     counts = dict(conn.execute("SELECT status::text, count(*) FROM queue.all_jobs WHERE queue = %s GROUP BY 1",
                                (queue_name,)).fetchall())
     assert counts == {"completed": count, "pending": len(ids) - count}
+
+
+def test_created_at_is_decoded_when_first_read_in_the_connections_time_zone(conn, queue_name, start_worker):
+    """A claimed job's creation time is the server's, as the worker's
+    connections would load it (their time zone), decoded once when first
+    read; a handler that never reads it costs no parse."""
+    seen = {}
+
+    def handler(job):
+        if job.payload["read"]:
+            seen[job.id] = (job.created_at, job.created_at is job.created_at)
+
+    read = pgqueue.push(conn, queue_name, {"read": True})
+    unread = pgqueue.push(conn, queue_name, {"read": False})
+    start_worker({queue_name: handler}, connect_kwargs={"options": "-c TimeZone=America/New_York"})
+    wait_until(lambda: job_status(conn, read) == "completed" and job_status(conn, unread) == "completed",
+               what="both completed")
+    created, same = seen[read]
+    assert same and set(seen) == {read}
+    server = conn.execute("SELECT created_at FROM queue.all_jobs WHERE id = %s", (read,)).fetchone()[0]
+    assert created == server  # the same instant
+    assert created.utcoffset() in (dt.timedelta(hours=-5), dt.timedelta(hours=-4))  # New York's zone, not UTC

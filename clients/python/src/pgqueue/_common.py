@@ -185,9 +185,10 @@ RUNNING, FINISHING, DONE, RELEASED = "running", "finishing", "done", "released"
 class ClaimedRow(NamedTuple):
     """One row of ``queue_pop`` (a tuple: built in C from the row psycopg made).
 
-    ``payload`` is what the claim's cursor loaded: the job's JSON text, still
-    undecoded, when the worker claimed through :func:`claim_cursor` (the job
-    decodes it on first use, see :attr:`JobBase.payload`)."""
+    ``payload`` and ``created_at`` are what the claim's cursor loaded: the
+    job's JSON text and the timestamp's text, still undecoded, when the worker
+    claimed through :func:`claim_cursor` (the job decodes them on first use,
+    see :attr:`JobBase.payload`, :attr:`JobBase.created_at`)."""
 
     id: int
     queue: str
@@ -215,36 +216,51 @@ def split_ack_claim(rows: Sequence[Sequence[Any]]) -> Tuple[List[int], List[Clai
 
 
 JSONB_OID = psycopg.adapters.types["jsonb"].oid
+TIMESTAMPTZ_OID = psycopg.adapters.types["timestamptz"].oid
 
 
-class _RawJsonbLoader(Loader):
-    """Loads a ``jsonb`` column as its text (bytes), undecoded: the payload
-    column of a claim, which the job decodes only when it is read."""
+class _RawLoader(Loader):
+    """Loads a column as its text (bytes), undecoded: the payload and the
+    creation time of a claim, which the job decodes only when read."""
 
     def load(self, data: Any) -> bytes:
         return data if type(data) is bytes else bytes(data)
 
 
-def claim_cursor(conn: Any) -> Tuple[Any, Callable[[bytes], Any]]:
-    """A cursor of ``conn`` for a claim, and the function that decodes its payloads.
+class ClaimDecoders(NamedTuple):
+    """How the jobs of one claim decode what :func:`claim_cursor` left as text:
+    the ``load`` of the loaders the connection would have used for
+    ``jsonb`` (the payload) and ``timestamptz`` (``created_at``)."""
 
-    The cursor loads ``jsonb`` as undecoded text; the decoder is the ``load``
-    of the ``jsonb`` loader ``conn`` would have used (``json.loads`` unless
-    changed with :func:`psycopg.types.json.set_json_loads`), taken now as
-    any statement would take it. A job decodes its payload with it when the
-    payload is first read: a handler that never reads it costs no parse."""
-    loads = conn.adapters.get_loader(JSONB_OID, Format.TEXT)(JSONB_OID, conn).load
+    payload: Callable[[bytes], Any]
+    created_at: Callable[[bytes], Any]
+
+
+def claim_cursor(conn: Any) -> Tuple[Any, ClaimDecoders]:
+    """A cursor of ``conn`` for a claim, and the functions that decode its jobs' fields.
+
+    The cursor loads ``jsonb`` and ``timestamptz`` as undecoded text; the
+    decoders are the ``load`` of the loaders ``conn`` would have used
+    (``json.loads`` unless changed with
+    :func:`psycopg.types.json.set_json_loads`; the connection's time zone),
+    taken now as any statement would take them. A job decodes its payload
+    and its creation time when first read: a handler that never reads them
+    costs no parse (a timestamp's was half of a claimed row's load)."""
+    adapters = conn.adapters
+    decoders = ClaimDecoders(adapters.get_loader(JSONB_OID, Format.TEXT)(JSONB_OID, conn).load,
+                             adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT)(TIMESTAMPTZ_OID, conn).load)
     # One such cursor per connection, kept on it (a connection is used by one
-    # claim at a time): made and given its loader once, not at every claim.
+    # claim at a time): made and given its loaders once, not at every claim.
     cur = getattr(conn, "_pgqueue_claim_cursor", None)
     if cur is None or cur.closed:
         cur = conn.cursor()
-        cur.adapters.register_loader(JSONB_OID, _RawJsonbLoader)
+        cur.adapters.register_loader(JSONB_OID, _RawLoader)
+        cur.adapters.register_loader(TIMESTAMPTZ_OID, _RawLoader)
         try:
             conn._pgqueue_claim_cursor = cur
         except AttributeError:  # a connection class without a __dict__: a cursor per claim
             pass
-    return cur, loads
+    return cur, decoders
 
 
 def hand_over_slots(active: Dict[int, Any], batch: Sequence[Any], jobs: Sequence[Any],
@@ -276,14 +292,16 @@ def hand_over_slots(active: Dict[int, Any], batch: Sequence[Any], jobs: Sequence
 class JobBase:
     """The data of a claimed job, shared by :class:`Job` and :class:`AsyncJob`."""
 
-    __slots__ = ("_row", "_worker", "_lock", "_state", "_lost", "_next_touch", "_started", "_payload", "_loads")
+    __slots__ = ("_row", "_worker", "_lock", "_state", "_lost", "_next_touch", "_started", "_payload", "_loads",
+                 "_created", "_created_load")
 
     def __init__(self, row: ClaimedRow, worker: str, now: Optional[float] = None,
-                 loads: Optional[Callable[[bytes], Any]] = None) -> None:
+                 loads: Optional[ClaimDecoders] = None) -> None:
         """A running claim of ``row`` by ``worker``, claimed at ``now`` (the
         monotonic clock; default: now); first lease extension at half the
-        lease. With ``loads``, ``row.payload`` is the payload's JSON text,
-        decoded with ``loads`` when first read."""
+        lease. With ``loads`` (a claim's :class:`ClaimDecoders`),
+        ``row.payload`` and ``row.created_at`` are text, decoded with them
+        when first read."""
         self._row = row
         self._worker = worker
         self._lock = threading.Lock()
@@ -292,7 +310,12 @@ class JobBase:
         self._started = started = time.monotonic() if now is None else now
         self._next_touch = started + max(0.05, row.lease.total_seconds() / 2)  # touch_every, inlined
         self._payload = row.payload
-        self._loads = None if self._payload is None else loads
+        self._created = row.created_at
+        if loads is None:
+            self._loads = self._created_load = None
+        else:
+            self._loads = None if self._payload is None else loads.payload
+            self._created_load = None if self._created is None else loads.created_at
 
     # The claim, read-only (getters in C: the workers read some of these many times a job).
     id = property(_operator.attrgetter("_row.id"), doc="The job id.")
@@ -323,7 +346,16 @@ class JobBase:
         """Whether a failure now sends the job to the dead letters."""
         return self._row.attempt >= self._row.max_attempts
 
-    created_at = property(_operator.attrgetter("_row.created_at"), doc="When the job was pushed.")
+    @property
+    def created_at(self) -> dt.datetime:
+        """When the job was pushed (decoded on first read; then the same object)."""
+        if self._created_load is not None:
+            with self._lock:
+                load = self._created_load
+                if load is not None:
+                    self._created = load(self._created)
+                    self._created_load = None
+        return self._created
 
     lease = property(_operator.attrgetter("_row.lease"), doc="The lease each claim or touch grants (the job's timeout).")
 

@@ -119,7 +119,7 @@ class _AsyncPool:
 
     async def claim(self, query: Any, params: Sequence[Any]) -> "tuple[List[Any], Any]":
         """A claim through :func:`~pgqueue._common.claim_cursor`: (its rows,
-        the payloads' decoder); retried once like :meth:`call`."""
+        the jobs' decoders); retried once like :meth:`call`."""
         async def work(conn: psycopg.AsyncConnection) -> "tuple[List[Any], Any]":
             cur, loads = c.claim_cursor(conn)
             await cur.execute(query, params)
@@ -758,7 +758,7 @@ class AsyncWorker(c.WorkerBase):
 
     async def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> "tuple[List[Any], Any]":
         """A claim on the loop's own connection (pooler mode), waiting in the
-        server up to ``wait`` when given: (the rows, the payloads' decoder)."""
+        server up to ``wait`` when given: (the rows, the jobs' decoders)."""
         conn = self._claim_conn
         if conn is None or conn.closed or conn.broken:
             if conn is not None:

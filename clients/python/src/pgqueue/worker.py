@@ -122,7 +122,7 @@ class _Pool:
 
     def claim(self, query: Any, params: Sequence[Any]) -> "tuple[List[Any], Any]":
         """A claim (:meth:`call` with ``fetch="all"``) through
-        :func:`~pgqueue._common.claim_cursor`: (its rows, the payloads' decoder)."""
+        :func:`~pgqueue._common.claim_cursor`: (its rows, the jobs' decoders)."""
         def work(conn: psycopg.Connection) -> "tuple[List[Any], Any]":
             cur, loads = c.claim_cursor(conn)
             return cur.execute(query, params).fetchall(), loads
@@ -935,7 +935,7 @@ class Worker(c.WorkerBase):
 
     def _pop_pooled(self, queue: str, n: int, wait: Optional[dt.timedelta]) -> "tuple[List[Any], Any]":
         """A claim on the loop's own connection (pooler mode), waiting in the
-        server up to ``wait`` when given: (the rows, the payloads' decoder). A
+        server up to ``wait`` when given: (the rows, the jobs' decoders). A
         connection that breaks is dropped and the error raised (the loop
         retries with backoff)."""
         conn = self._claim_conn

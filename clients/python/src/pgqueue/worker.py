@@ -28,6 +28,9 @@ __all__ = ["Worker", "Job"]
 # each turn brings more.
 _GATHER_TURN = 0.0005
 _GATHER_TURNS = 8
+# How many settled jobs a slot must have to finish before it hands the GIL
+# to the acker it just woke (see Worker._slot).
+_OVERLAP_FINISHES = 24
 # Which ack wakes the acker (_Acker._wake_on).
 _WAKE_NONE, _WAKE_ANY, _WAKE_ALL = 0, 1, 2
 
@@ -229,7 +232,7 @@ class _ThreadAck(c.PendingAck):
     slots blocked on one of them, in a chain (:func:`_settle_chained`):
     ``next`` is the blocked ack whose slot this one's slot wakes first thing."""
 
-    __slots__ = ("next", "blocked", "result", "duration", "span")
+    __slots__ = ("next", "blocked", "woke", "result", "duration", "span")
 
     def __init__(self, job: "Job", doc: Any, result: Any = None, duration: float = 0.0, span: Any = None) -> None:
         lock = allocate_lock()
@@ -243,6 +246,7 @@ class _ThreadAck(c.PendingAck):
         self.done = False
         self.next: Optional["_ThreadAck"] = None
         self.blocked = False
+        self.woke = False  # queuing it woke the acker (see Worker._slot)
         self.result = result
         self.duration = duration
         self.span = span
@@ -283,6 +287,16 @@ def _settle_chained(batch: Sequence[_ThreadAck], completed: Optional[Sequence[in
     if chain:
         chain[0].waiter.release()
     return len(chain)
+
+
+def _settled(waiting: "collections.deque[_ThreadAck]") -> int:
+    """How many of a slot's oldest acks (``waiting``) are settled."""
+    n = 0
+    for ack in waiting:
+        if not ack.done:
+            break
+        n += 1
+    return n
 
 
 class _Acker:
@@ -346,6 +360,7 @@ class _Acker:
                                         and len(self._batcher.pending) >= len(self._worker._active)):
                 self._wake_on = _WAKE_NONE
                 self._cond.notify()
+                ack.woke = True
         return True
 
     def watch(self) -> None:
@@ -1037,20 +1052,35 @@ class Worker(c.WorkerBase):
         The handler's ack is queued and the slot goes on with the next queued
         job without waiting for it; it blocks on its oldest ack only when no
         job is queued (:meth:`_Acker.wait`), and finishes each job (its span,
-        its finished event) once its ack is settled, before it takes another.
-        So a drain of short handlers keeps one slot busy instead of waking a
-        thread per job, while at most ``concurrency`` handlers run at once
-        (one per slot thread) and a job's finished event still follows its
-        ack. ``waiting``: this slot's acks not finished yet, oldest first."""
+        its finished event) once its ack is settled: before it takes another
+        job, or, while handlers are short, once the queued jobs ran and their
+        acks' call is on its way. So a drain of short handlers keeps one slot
+        busy instead of waking a thread per job, while at most
+        ``concurrency`` handlers run at once (one per slot thread) and a job's
+        finished event still follows its ack. ``waiting``: this slot's acks
+        not finished yet, oldest first."""
         dispatch = self._dispatch
+        defer = False
         while True:
-            while waiting and waiting[0].done:
-                self._finish_one(waiting.popleft())
+            # Settled acks are finished first, unless there are many of them,
+            # handlers are short and jobs are queued (a drain at a high
+            # concurrency): then those jobs run first, their acks' call goes
+            # out (see below), and the finished events follow while the call
+            # is in flight instead of before it (``defer`` until the queue is
+            # empty).
+            if waiting and waiting[0].done and not defer:
+                if dispatch and self._mean_run < _GATHER_TURN and _settled(waiting) >= _OVERLAP_FINISHES:
+                    defer = True
+                else:
+                    self._finish_one(waiting.popleft())
+                    continue
             try:
                 job = dispatch.popleft()
             except IndexError:
+                defer = False
                 if waiting:
-                    self._acker.wait(waiting[0])
+                    if not waiting[0].done:
+                        self._acker.wait(waiting[0])
                     continue
                 with self._dispatch_cond:
                     while not dispatch:
@@ -1072,6 +1102,13 @@ class Worker(c.WorkerBase):
                 continue
             if ack is not None:
                 waiting.append(ack)
+                if ack.woke and defer:
+                    # This ack woke the acker for its call, and this slot has
+                    # many jobs to finish: the GIL goes to the acker first, so
+                    # that the call is on its way while they are finished. (A
+                    # hand-over costs about as much as finishing a dozen jobs:
+                    # with fewer it would cost more than it saves.)
+                    time.sleep(0)
 
     def _finish_one(self, ack: _ThreadAck) -> None:
         """:meth:`_acked`, with the slot's guard against internal errors."""

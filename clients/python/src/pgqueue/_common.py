@@ -292,18 +292,21 @@ def hand_over_slots(active: Dict[int, Any], batch: Sequence[Any], jobs: Sequence
 class JobBase:
     """The data of a claimed job, shared by :class:`Job` and :class:`AsyncJob`."""
 
-    __slots__ = ("_row", "_worker", "_lock", "_state", "_lost", "_next_touch", "_started", "_payload", "_loads",
-                 "_created", "_created_load")
+    __slots__ = ("_row", "_owner", "_worker", "_lock", "_state", "_lost", "_next_touch", "_started", "_payload",
+                 "_loads", "_created", "_created_load", "_task")
 
-    def __init__(self, row: ClaimedRow, worker: str, now: Optional[float] = None,
+    def __init__(self, row: ClaimedRow, owner: Any, now: Optional[float] = None,
                  loads: Optional[ClaimDecoders] = None) -> None:
-        """A running claim of ``row`` by ``worker``, claimed at ``now`` (the
-        monotonic clock; default: now); first lease extension at half the
-        lease. With ``loads`` (a claim's :class:`ClaimDecoders`),
-        ``row.payload`` and ``row.created_at`` are text, decoded with them
-        when first read."""
+        """A running claim of ``row`` by the worker ``owner`` (built by the
+        worker, not by users), claimed at ``now`` (the monotonic clock;
+        default: now); first lease extension at half the lease. With
+        ``loads`` (a claim's :class:`ClaimDecoders`), ``row.payload`` and
+        ``row.created_at`` are text, decoded with them when first read. The
+        subclasses add no ``__init__`` of their own: one is made per job."""
         self._row = row
-        self._worker = worker
+        self._owner = owner
+        self._worker = owner.name
+        self._task = None  # the asyncio worker's task that runs it (AsyncJob)
         self._lock = threading.Lock()
         self._state = RUNNING
         self._lost = False

@@ -212,7 +212,7 @@ class _AsyncAcker:
 
     def enqueue(self, ack: _AsyncAck) -> bool:
         """Queue ``ack`` for the next batch: once resolved, its ``outcome``
-        (see :meth:`pgqueue.worker._Acker.ack`) goes to its continuation.
+        (see :meth:`pgqueue.worker._Acker.wait`) goes to its continuation.
         False when the job must be acked on its own
         (:data:`~pgqueue._common.PER_JOB`: the acker is stopped or the server
         has no ``queue_ack_batch``)."""
@@ -368,14 +368,7 @@ class AsyncJob(c.JobBase):
     :meth:`touch` are coroutines.
     """
 
-    __slots__ = ("_owner", "_task")
-
-    def __init__(self, row: c.ClaimedRow, owner: "AsyncWorker", now: Optional[float] = None,
-                 loads: Any = None) -> None:
-        """Wrap a claimed row (built by the worker, not by users)."""
-        super().__init__(row, owner.name, now, loads)
-        self._owner = owner
-        self._task: Optional["asyncio.Task[None]"] = None  # the task that runs it
+    __slots__ = ()
 
     # The state changes happen on the worker's loop only: no lock needed.
     def _begin_finish(self) -> bool:
@@ -867,13 +860,16 @@ class AsyncWorker(c.WorkerBase):
         """The handler of ``job`` returned ``result``: queue its ack (None), or
         the coroutine that delivers its outcome on its own (a result that cannot
         be stored, or an ack the acker cannot take), for the caller to run."""
-        if not job._begin_finish():  # given back meanwhile: its result is not recorded
+        if job._state != c.RUNNING:  # given back meanwhile: its result is not recorded
             self._finish(job, c.RELEASED, result, duration, span)
             return None
-        try:
-            doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
-        except Exception as exc:
-            return self._deliver_alone(job, None, exc, result, duration, span)
+        job._state = c.FINISHING  # AsyncJob._begin_finish, inlined (on the loop: no lock)
+        doc = None
+        if result is not None:
+            try:
+                doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
+            except Exception as exc:
+                return self._deliver_alone(job, None, exc, result, duration, span)
         ack = _AsyncAck(job, doc, self, result, duration, span, context)
         if self._acker.enqueue(ack):
             return None

@@ -157,13 +157,7 @@ class Job(c.JobBase):
     runs, and acks or fails the job from the handler's outcome.
     """
 
-    __slots__ = ("_owner",)
-
-    def __init__(self, row: c.ClaimedRow, owner: "Worker", now: Optional[float] = None,
-                 loads: Any = None) -> None:
-        """Wrap a claimed row (built by the worker, not by users)."""
-        super().__init__(row, owner.name, now, loads)
-        self._owner = owner
+    __slots__ = ()
 
     def progress(self, current: int, total: int, message: Optional[str] = None) -> bool:
         """Report progress with ``queue_progress`` for this claim's attempt.
@@ -1169,11 +1163,13 @@ class Worker(c.WorkerBase):
             self._report(job, "finished", c.RELEASED, duration, result, None, span)
             self._free(job)
             return None
-        try:
-            doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
-        except Exception as exc:
-            self._deliver_alone(job, None, exc, result, duration, span)
-            return None
+        doc = None
+        if result is not None:
+            try:
+                doc = c.result_doc(result)  # raises here, for this job alone, if not serialisable
+            except Exception as exc:
+                self._deliver_alone(job, None, exc, result, duration, span)
+                return None
         ack = _ThreadAck(job, doc, result, duration, span)
         if self._acker.enqueue(ack):
             return ack

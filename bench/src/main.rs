@@ -473,10 +473,20 @@ impl Bench {
                         // (Beside a CTE, `id IN (SELECT ... LIMIT 1 FOR UPDATE
                         // SKIP LOCKED)` was planned as a rescanned subplan that
                         // claimed every row; the claim is a materialized CTE.)
+                        // The claim reads the DELETE's count so that the
+                        // DELETE runs first, as in queue_ack_pop. Otherwise
+                        // the claim runs first, and FOR UPDATE keeps its lock
+                        // on a row it found claimed since its snapshot (the
+                        // recheck fails, the row stays locked): two workers
+                        // that each locked the other's fresh claim then wait
+                        // on each other's DELETE, a deadlock (seen at 5k
+                        // jobs/s).
                         let ack_claim = client
                             .prepare(
-                                "WITH done AS (DELETE FROM bench_ref WHERE id = $1::bigint AND $2::int = 1), \
+                                "WITH done AS (DELETE FROM bench_ref WHERE id = $1::bigint AND $2::int = 1 \
+                                 RETURNING id), \
                                  next AS MATERIALIZED (SELECT id FROM bench_ref WHERE NOT claimed \
+                                 AND (SELECT count(*) FROM done) >= 0 \
                                  ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT 1) \
                                  UPDATE bench_ref b SET claimed = true FROM next WHERE b.id = next.id \
                                  RETURNING b.id, 1::int",
@@ -704,6 +714,9 @@ async fn main() -> Result<()> {
         Some(u) => u,
         None => start_cluster()?,
     };
+    // Stopped however the run ends: a failed workload left it running,
+    // holding the port, and the next run could not start.
+    let _cluster = OwnCluster(own_cluster);
     let admin = connect(&url).await?;
     admin.batch_execute(SETUP_SQL).await?;
     let version: String = admin.query_one("SELECT version()", &[]).await?.get(0);
@@ -715,7 +728,6 @@ async fn main() -> Result<()> {
     if !scale.parts.is_empty() {
         scale.json = json.unwrap_or_else(|| ".run/scale.json".to_string());
         scale::run(&b, &scale).await?;
-        stop_own_cluster(own_cluster);
         return Ok(());
     }
     let json = json.unwrap_or_else(|| ".run/bench.json".to_string());
@@ -1080,17 +1092,20 @@ async fn main() -> Result<()> {
     print_table(&b.results);
     write_json(&b.results, &json)?;
     println!("JSON: {json}");
-    stop_own_cluster(own_cluster);
     Ok(())
 }
 
-/// Stop the throwaway cluster, when this run started it.
-fn stop_own_cluster(own_cluster: bool) {
-    if own_cluster {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-        let _ = std::process::Command::new(format!("{root}/scripts/cluster.sh"))
-            .args(["stop", &format!("{root}/.run/bench-cluster")])
-            .status();
+/// The throwaway cluster, when this run started it: stopped when dropped.
+struct OwnCluster(bool);
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        if self.0 {
+            let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+            let _ = std::process::Command::new(format!("{root}/scripts/cluster.sh"))
+                .args(["stop", &format!("{root}/.run/bench-cluster")])
+                .status();
+        }
     }
 }
 

@@ -759,10 +759,11 @@ COMMENT ON FUNCTION @extschema@.queue_ack_pop(text, text, int, bigint[], int[], 
  * them, so two concurrent finishers of one job cannot both move it. A job
  * that became final no longer holds its serial group, so the groups of the
  * moved jobs are released here (a group whose active job is another one
- * keeps it). Returns how many moved. Every path to a final status goes
- * through here, except the single queue_ack, which writes the same move
- * (and, with queue.keep_completed off, the same delete) out for speed. With queue.keep_completed off, completed jobs are deleted
- * instead of moved, leaving their times in queue.job_times.
+ * keeps it). Returns how many moved. With queue.keep_completed off,
+ * completed jobs are deleted instead of moved, leaving their times in
+ * queue.job_times. Every path to a final status goes through here, except
+ * the single queue_ack, which writes the same move and the same delete out
+ * for speed.
  */
 CREATE FUNCTION queue.finish_jobs(p_ids bigint[], p_from queue.job_status[], p_status queue.job_status,
                                   p_attempt int, p_result jsonb, p_error text,
@@ -937,10 +938,11 @@ $$;
  * queue_ack: complete a claimed job. False (and no change) when the job
  * is unknown, not processing, or `attempt` is stale. Frees its serial group.
  *
- * The move (or delete) of queue.finish_jobs written out for one job: a single ack is
- * the commonest statement a worker sends, and the nested function call
- * (with its generic-plan setting) cost about 8% of W3 in sequential runs. With a
- * scalar id the plan cache keeps the generic plan by itself.
+ * The move and the delete of queue.finish_jobs written out for one job: a
+ * single ack is the commonest statement a worker sends, and the nested
+ * function call (with its generic-plan setting) cost about 8% of W3 in
+ * sequential runs. With a scalar id the plan cache keeps the generic plan
+ * by itself.
  */
 CREATE FUNCTION @extschema@.queue_ack(id bigint, result jsonb DEFAULT NULL, attempt int DEFAULT NULL)
 RETURNS boolean

@@ -15,7 +15,10 @@
 //!   launcher when it commits (`queue.announce_database()`), so a new
 //!   installation is served within a second or so; a database created
 //!   from a template that has the extension is new to the launcher, and a
-//!   database looked at before is looked at again every ten minutes.
+//!   database looked at before is looked at again every ten minutes. A
+//!   database whose services retired is looked at again as soon as its
+//!   slot is free, since `DROP EXTENSION` and `CREATE EXTENSION` may follow
+//!   each other before the old services notice.
 //! * **Keeping them running.** Each service writes its pid into its
 //!   database's slot and clears it on the way out. The launcher restarts a
 //!   service whose pid is gone (after a crash, a `pg_terminate_backend`)
@@ -669,6 +672,13 @@ fn round(b: &Board, known: &mut HashMap<u32, Known>) {
             if !alive {
                 shared::release(db, oid);
                 k.probed = Some(Instant::now());
+                // Look again at once: a CREATE EXTENSION that followed the
+                // DROP announced itself while the old services still held
+                // the slot, and that announcement found the database served
+                // and was spent. Without this look the new installation
+                // would wait for PROBE_AGAIN. (A dropped or no longer listed
+                // database is not in `databases`, so it is not looked at.)
+                announced.push(oid);
                 // A slot is free: databases refused for lack of one get it.
                 for e in &b.refused {
                     let refused = e.swap(0, Ordering::SeqCst);

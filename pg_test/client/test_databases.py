@@ -258,6 +258,36 @@ def test_drop_extension_rename_and_template_copy(admin):
     admin.execute('DROP DATABASE "db_y"')
 
 
+def test_drop_and_create_extension_back_to_back_is_served_again(admin):
+    """DROP EXTENSION and CREATE EXTENSION with no pause between, in one
+    commit and in two. The DROP's transaction lasts long enough for a
+    maintenance pass to wait on the extension's lock; when it commits, the
+    pass finds the installation it locked gone and retires the services,
+    while the launcher hears CREATE EXTENSION's announcement with the old
+    services still in the slot. The new installation must be served all the
+    same, within seconds, not at the launcher's ten-minute look: its
+    services run, queue.service_problem() is NULL, and a push learns that no
+    queue has defaults (push_mode 0, which needs the database's slot)."""
+    create_served(admin, "db_x")
+    with connect("db_x") as c:
+        for round_ in range(4):
+            with c.transaction():
+                c.execute("DROP EXTENSION queue")
+                if round_ % 2 == 0:
+                    c.execute("CREATE EXTENSION queue")
+                c.execute("SELECT pg_sleep(0.3)")
+            if round_ % 2 == 1:
+                c.execute("CREATE EXTENSION queue")
+
+            def ready():
+                c.execute("SELECT queue_push('warm', '{}')")
+                return served(admin, "db_x") and c.execute(
+                    "SELECT queue.service_problem() IS NULL AND queue.push_mode() = 0").fetchone()[0]
+
+            wait_until(f"round {round_}: the new installation is served", ready, timeout=5)
+    admin.execute('DROP DATABASE "db_x"')
+
+
 def test_queue_database_restricts_service_on_reload(admin):
     admin.execute("ALTER SYSTEM SET queue.database = 'db_a, db_b'")
     admin.execute("SELECT pg_reload_conf()")

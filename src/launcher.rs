@@ -42,7 +42,9 @@
 use crate::gucs;
 use crate::shared::{self, Db, TxList};
 use pgrx::bgworkers::*;
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicUsize, Ordering};
@@ -237,6 +239,15 @@ pub fn enter(role: Role) -> Option<Db> {
     let db = if role == Role::Maintenance {
         let installed = BackgroundWorker::transaction(crate::services::extension_installed);
         if !installed {
+            // A slot that still serves this database belongs to an
+            // installation dropped while no maintenance service ran to see
+            // it go (all three had left: terminated, or asked to leave by a
+            // DROP DATABASE that then failed). Retire it, as that service
+            // would have, or the other two services would go on serving
+            // nothing and this role would be started again every second.
+            if let Some(db) = shared::find(oid) {
+                retire(db);
+            }
             return None;
         }
         match shared::assign(oid) {
@@ -261,6 +272,7 @@ pub fn enter(role: Role) -> Option<Db> {
     if services.pids[role as usize].compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst).is_err() {
         return None;
     }
+    IS_SERVICE.store(true, Ordering::SeqCst);
     let token = ((db.index() as u64) << 8) | role as u64;
     unsafe { pg_sys::before_shmem_exit(Some(leave), pg_sys::Datum::from(token as usize)) };
     if role == Role::Maintenance {
@@ -281,6 +293,20 @@ unsafe extern "C-unwind" fn leave(_code: i32, token: pg_sys::Datum) {
         let _ = db.slot().services.pids[role].compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
     wake_launcher();
+}
+
+/// This process is one of a database's services (process-local).
+static IS_SERVICE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a backend may hand new work to `db` (tallies to flush, wake-ups
+/// for its notifier): not once the slot is retiring, since nothing flushes
+/// or delivers what reaches a retiring slot and its release zeroes it.
+/// Backends then take the paths of an unserved database (the tallies into
+/// queue.stats, a plain NOTIFY), exact and only slower. The services
+/// themselves go on using it: the maintenance service's last flush takes
+/// what the slot holds.
+pub fn accepts_work(db: Db) -> bool {
+    IS_SERVICE.load(Ordering::Relaxed) || !db.slot().services.retiring()
 }
 
 /// Whether a service must stop: its slot is retiring or serves another
@@ -327,6 +353,22 @@ pub(crate) fn at_transaction_end(event: pg_sys::XactEvent::Type) {
                     }
                 }
                 wake_launcher();
+            }
+        }
+        // A prepared CREATE EXTENSION commits later, perhaps in another
+        // session, where no announcement follows it; the launcher would find
+        // the installation only at its ten-minute look (and a look at PREPARE
+        // would find nothing yet). Refused, as PostgreSQL refuses to prepare
+        // a transaction that executed LISTEN.
+        XACT_EVENT_PRE_PREPARE => {
+            if board().is_some() && ANNOUNCE.with(|a| !a.is_empty()) {
+                ErrorReport::new(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "cannot PREPARE a transaction that installed or updated the queue extension",
+                    "queue.announce_database",
+                )
+                .set_hint("Run CREATE EXTENSION queue and ALTER EXTENSION queue UPDATE outside two-phase commit.")
+                .report(PgLogLevel::ERROR);
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => ANNOUNCE.with(|a| a.clear()),

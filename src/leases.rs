@@ -40,7 +40,8 @@
 //!   processing jobs instead: slower at depth, never wrong.
 //! * Each served database has a book of its own in its slot of shared
 //!   memory (src/shared.rs), sized by `queue.max_leases` at server start.
-//!   Elsewhere `record` does nothing and the callers always scan.
+//!   Elsewhere the callers always scan, and the changes a backend kept are
+//!   dropped at its commit.
 
 use crate::shared::{self, Db, TxList};
 use pgrx::prelude::*;
@@ -270,8 +271,14 @@ thread_local! {
     static CHANGES: TxList<Change> = const { TxList::new() };
 }
 
+/// Keep a change for the commit. Whenever the library is preloaded, not
+/// only while the database is served: a claim that began before its
+/// database was served (after a server start, a refusal for lack of a slot,
+/// a `queue.database` that did not list it) and commits after the rebuild's
+/// scan, which could not see it, must still write its entry. The commit
+/// applies it if a book is there, and drops it otherwise.
 fn push(change: Change) {
-    if crate::stats::served() {
+    if shared::preloaded() {
         CHANGES.with(|c| c.push(change));
     }
 }

@@ -332,16 +332,29 @@ fn sqlstate(code: pgrx::PgSqlErrorCode) -> String {
 /// extension's and then finds it gone. Without it, a pass holding one of the
 /// tables and asking for another met a DROP that held the second and asked
 /// for the first: "deadlock detected", and the DROP failed (seen in CI).
+///
+/// A DROP and a CREATE EXTENSION committed together (or one right after the
+/// other) leave a new installation behind the lock the pass waited on: the
+/// pass then holds the new one instead, and the services go on serving it,
+/// as they do when no pass was waiting at that moment. Retiring them would
+/// only restart them, and the new installation's first tallies and
+/// wake-ups would go into a slot about to be freed. False only when no
+/// installation is there (or it kept changing under three tries).
 fn hold_extension() -> bool {
-    let Some(oid) = extension_oid() else {
-        return false;
-    };
-    unsafe {
-        pg_sys::LockDatabaseObject(pg_sys::ExtensionRelationId, oid, 0, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
-    };
-    // The lock also took in what committed while it waited (the catalog
-    // caches are current again): a DROP that ran meanwhile shows here.
-    extension_oid() == Some(oid)
+    for _ in 0..3 {
+        let Some(oid) = extension_oid() else {
+            return false;
+        };
+        unsafe {
+            pg_sys::LockDatabaseObject(pg_sys::ExtensionRelationId, oid, 0, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
+        };
+        // The lock also took in what committed while it waited (the catalog
+        // caches are current again): a DROP that ran meanwhile shows here.
+        if extension_oid() == Some(oid) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The extension's OID in this database, if it is installed.

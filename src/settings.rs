@@ -11,16 +11,26 @@
 //!   never overwrites `SOME`;
 //! - `NONE`: pushes skip the table;
 //! - `SOME`: pushes read their queue's row. `queue_configure` stores it before
-//!   its change commits, so any push that could see the change reads it. It is
+//!   its change commits, so any push that could see the change reads it, and
+//!   again when it commits. It is
 //!   never taken back while the slot lives: a database that once had defaults
 //!   only pays the read it paid before.
+//!
+//! A `queue_configure` may run where no slot is yet (the database is not
+//! served for a moment: after a start, between two installations), and its
+//! stores then reach nothing. Two rules keep a push from recording `NONE`
+//! past it: a push records it only from a transaction that began after the
+//! slot became `UNKNOWN` (its snapshot then sees every configure that
+//! committed before), and a configure that commits while the slot exists
+//! stores `SOME` at its commit, over any `NONE` recorded meanwhile by a push
+//! whose snapshot was older.
 //!
 //! A database the launcher does not serve has no slot, and its pushes always
 //! read the table.
 
 use crate::shared;
 use pgrx::prelude::*;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 const UNKNOWN: u32 = 0;
 const NONE: u32 = 1;
@@ -30,6 +40,13 @@ const SOME: u32 = 2;
 #[repr(C)]
 pub struct PushDefaults {
     state: AtomicU32,
+    /// When `CREATE EXTENSION` last made the state `UNKNOWN` (TimestampTz).
+    forgotten_at: AtomicI64,
+}
+
+thread_local! {
+    /// This transaction called `queue_configure`: store `SOME` at commit.
+    static CONFIGURED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn state() -> Option<&'static AtomicU32> {
@@ -59,11 +76,21 @@ pub(crate) fn push_mode() -> i32 {
 
 /// SQL `queue.push_defaults_none_found()`: a push read the table and found no
 /// defaults; record that, unless a `queue_configure` has said otherwise.
+/// Only from a transaction that began after the state became `UNKNOWN`
+/// (see the module comment); an older one leaves it to a later push.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn push_defaults_none_found() {
-    if let Some(s) = state() {
-        let _ = s.compare_exchange(UNKNOWN, NONE, Ordering::SeqCst, Ordering::SeqCst);
+    let Some(db) = shared::this_db() else { return };
+    let slot = db.slot();
+    let d = &slot.push_defaults;
+    if d.state.load(Ordering::SeqCst) != UNKNOWN {
+        return;
     }
+    let since = slot.assigned_at.load(Ordering::SeqCst).max(d.forgotten_at.load(Ordering::SeqCst));
+    if unsafe { pg_sys::GetCurrentTransactionStartTimestamp() } <= since {
+        return;
+    }
+    let _ = d.state.compare_exchange(UNKNOWN, NONE, Ordering::SeqCst, Ordering::SeqCst);
 }
 
 /// SQL `queue.push_defaults_may_exist()`: called by `queue_configure`:
@@ -73,6 +100,7 @@ fn push_defaults_may_exist() {
     if let Some(s) = state() {
         s.store(SOME, Ordering::SeqCst);
     }
+    CONFIGURED.set(true);
 }
 
 /// SQL `queue.push_defaults_forget()`: called by `CREATE EXTENSION`. The slot
@@ -81,7 +109,27 @@ fn push_defaults_may_exist() {
 /// read the table again until one finds none.
 #[pg_extern(volatile, parallel_unsafe, schema = "queue")]
 fn push_defaults_forget() {
-    if let Some(s) = state() {
-        s.store(UNKNOWN, Ordering::SeqCst);
+    if let Some(db) = shared::this_db() {
+        let d = &db.slot().push_defaults;
+        d.forgotten_at.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::SeqCst);
+        d.state.store(UNKNOWN, Ordering::SeqCst);
+    }
+}
+
+/// The end of a transaction: one that called `queue_configure` stores
+/// `SOME` once more as it commits (or prepares), into the slot there is
+/// now. Atomics only: it runs after the commit record.
+pub(crate) fn at_transaction_end(event: pg_sys::XactEvent::Type) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT | XACT_EVENT_PREPARE => {
+            if CONFIGURED.replace(false) {
+                if let Some(s) = state() {
+                    s.store(SOME, Ordering::SeqCst);
+                }
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => CONFIGURED.set(false),
+        _ => {}
     }
 }

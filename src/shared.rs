@@ -52,7 +52,7 @@ use std::sync::OnceLock;
 use crate::{gucs, launcher, leases, stats, wakeup};
 
 /// Bumped whenever the layout of the region changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 const MAGIC: u64 = u64::from_le_bytes(*b"queueshm");
 const REGION_NAME: &CStr = c"queue";
 const TRANCHE_NAME: &CStr = c"queue";
@@ -182,6 +182,10 @@ pub struct Header {
 pub struct DbSlot {
     /// The database served with this slot; 0 when free.
     database: AtomicU32,
+    /// When the slot was given to its database (TimestampTz), stored before
+    /// `database`: state a consumer learns from a reading transaction is
+    /// only trusted from transactions that began after it (src/settings.rs).
+    pub assigned_at: std::sync::atomic::AtomicI64,
     pub services: launcher::Services,
     pub notifier: wakeup::Notifier,
     pub counters: stats::Control,
@@ -482,6 +486,7 @@ pub fn assign(oid: u32) -> Result<Db, ()> {
         return Ok(db);
     }
     let db = slots().find(|db| db.database() == 0).ok_or(())?;
+    db.slot().assigned_at.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::SeqCst);
     db.slot().database.store(oid, Ordering::SeqCst);
     header.generation.fetch_add(1, Ordering::SeqCst);
     Ok(db)
@@ -595,6 +600,10 @@ impl<T> TxList<T> {
         self.items.borrow_mut().clear();
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.items.borrow().is_empty()
+    }
+
     /// Read the pending changes without taking them.
     pub fn with<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &T>) -> R) -> R {
         let items = self.items.borrow();
@@ -654,6 +663,7 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
     leases::at_transaction_end(event);
     wakeup::at_transaction_end(event);
     launcher::at_transaction_end(event);
+    crate::settings::at_transaction_end(event);
 }
 
 #[pg_guard]

@@ -826,7 +826,7 @@ pub(crate) fn at_transaction_end(event: pg_sys::XactEvent::Type) {
             if tallies.is_empty() {
                 return;
             }
-            match served_db() {
+            match served_db().filter(|&db| crate::launcher::accepts_work(db)) {
                 Some(db) => pin_tallies(db, tallies),
                 None => write_tallies_to_table(tallies, unsafe { pg_sys::MyBackendId }),
             }

@@ -261,13 +261,14 @@ def test_drop_extension_rename_and_template_copy(admin):
 def test_drop_and_create_extension_back_to_back_is_served_again(admin):
     """DROP EXTENSION and CREATE EXTENSION with no pause between, in one
     commit and in two. The DROP's transaction lasts long enough for a
-    maintenance pass to wait on the extension's lock; when it commits, the
-    pass finds the installation it locked gone and retires the services,
-    while the launcher hears CREATE EXTENSION's announcement with the old
-    services still in the slot. The new installation must be served all the
-    same, within seconds, not at the launcher's ten-minute look: its
-    services run, queue.service_problem() is NULL, and a push learns that no
-    queue has defaults (push_mode 0, which needs the database's slot)."""
+    maintenance pass to wait on the extension's lock. In one commit, the
+    pass then holds the new installation and the services go on serving it.
+    In two, the pass finds no installation and retires the services, while
+    the launcher hears CREATE EXTENSION's announcement with the old services
+    still in the slot. Either way the new installation must be served within
+    seconds, not at the launcher's ten-minute look: its services run,
+    queue.service_problem() is NULL, and a push learns that no queue has
+    defaults (push_mode 0, which needs the database's slot)."""
     create_served(admin, "db_x")
     with connect("db_x") as c:
         for round_ in range(4):
@@ -285,6 +286,155 @@ def test_drop_and_create_extension_back_to_back_is_served_again(admin):
                     "SELECT queue.service_problem() IS NULL AND queue.push_mode() = 0").fetchone()[0]
 
             wait_until(f"round {round_}: the new installation is served", ready, timeout=5)
+    admin.execute('DROP DATABASE "db_x"')
+
+
+def reload_with(admin, setting):
+    """Serve only the databases `setting` lists (None: every one again)."""
+    if setting is None:
+        admin.execute("ALTER SYSTEM RESET queue.database")
+    else:
+        admin.execute(f"ALTER SYSTEM SET queue.database = '{setting}'")
+    admin.execute("SELECT pg_reload_conf()")
+
+
+def test_a_slot_whose_installation_was_dropped_unseen_is_retired(admin):
+    """All three services had left without retiring (here: asked to leave by a
+    DROP DATABASE that then failed, which keeps them away for ten seconds),
+    and DROP EXTENSION committed meanwhile. When the launcher brings them
+    back, the maintenance service finds no extension: it must retire the
+    slot, not leave the scheduler and the notifier serving nothing while it
+    is started again every second."""
+    create_served(admin, "db_x")
+    with connect("db_x") as s:
+        start = time.monotonic()
+        with pytest.raises(psycopg.errors.ObjectInUse):
+            admin.execute('DROP DATABASE "db_x"')  # s is connected: fails after 5 s
+        assert services(admin, "db_x") == {}, "the services left for the DROP DATABASE"
+        s.execute("DROP EXTENSION queue")
+        assert time.monotonic() - start < 9, "the DROP EXTENSION must land inside the pause"
+        # The pause ends ten seconds after it began; then the launcher looks.
+        time.sleep(max(0.0, start + 12 - time.monotonic()))
+        seen = {}
+        for _ in range(15):  # three seconds: no service of db_x runs
+            seen.update(services(admin, "db_x"))
+            time.sleep(0.2)
+        assert seen == {}, f"services of a database without the extension: {seen}"
+        # No slot is held for it: CREATE EXTENSION is served again at once.
+        s.execute("CREATE EXTENSION queue")
+        wait_until("served after CREATE EXTENSION", lambda: served(admin, "db_x"), timeout=5)
+    log = (CLUSTER / "server.log").read_text()
+    assert log.count("stopped serving database") >= 1
+    admin.execute('DROP DATABASE "db_x"')
+
+
+def test_a_claim_open_while_the_database_became_served_keeps_its_lease_entry(admin):
+    """A claim that began before its database was served and commits after the
+    lease book's rebuild (whose scan could not see it) still writes its
+    entry: its lease, once run out, is recovered at the next passes, not at
+    the ten-minute safety rebuild."""
+    reload_with(admin, "db_a, db_b, db_c")
+    try:
+        admin.execute('CREATE DATABASE "db_x"')
+        with connect("db_x") as c, connect("db_x", autocommit=False) as w:
+            c.execute("CREATE EXTENSION queue")
+            job = c.execute("SELECT queue_push('lease', '{}', timeout => '1 second')").fetchone()[0]
+            time.sleep(0.5)
+            assert services(admin, "db_x") == {}, "not served yet"
+            claimed = w.execute("SELECT id FROM queue_pop('lease', 'w')").fetchall()
+            assert claimed == [(job,)]
+            reload_with(admin, None)
+            wait_until("db_x served, its lease book ready",
+                       lambda: served(admin, "db_x")
+                       and c.execute("SELECT queue.leases_ready()").fetchone()[0], timeout=10)
+            w.commit()
+            wait_until("the run-out lease recovered",
+                       lambda: c.execute("SELECT status <> 'processing' FROM queue.jobs WHERE id = %s",
+                                         (job,)).fetchone()[0], timeout=8)
+    finally:
+        reload_with(admin, None)
+    admin.execute('DROP DATABASE "db_x"')
+
+
+def test_queue_defaults_configured_while_unserved_reach_every_later_push(admin):
+    """queue_configure runs while the database has no slot (its store reaches
+    nothing); a push whose snapshot is older than the configure then runs
+    once the database is served, finds no defaults and must not record that
+    none exist: every later push gets the queue's defaults."""
+    reload_with(admin, "db_a, db_b, db_c")
+    try:
+        admin.execute('CREATE DATABASE "db_x"')
+        with connect("db_x") as c, connect("db_x", autocommit=False) as p:
+            c.execute("CREATE EXTENSION queue")
+            p.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            p.execute("SELECT 1")  # the snapshot: before the configure
+            c.execute("SELECT queue_configure('defaults', priority => 7)")
+            reload_with(admin, None)
+            wait_until("db_x served", lambda: served(admin, "db_x"), timeout=10)
+            old = p.execute("SELECT queue_push('defaults', '{}')").fetchone()[0]
+            p.commit()
+            new = c.execute("SELECT queue_push('defaults', '{}')").fetchone()[0]
+            got = dict(c.execute("SELECT id, priority FROM queue.jobs WHERE id IN (%s, %s)", (old, new)).fetchall())
+            assert got == {old: 0, new: 7}, got  # the old snapshot saw no defaults; the new push must
+            assert c.execute("SELECT queue.push_mode() & 2").fetchone() == (2,)
+    finally:
+        reload_with(admin, None)
+    admin.execute('DROP DATABASE "db_x"')
+
+
+def test_create_extension_cannot_be_prepared(admin):
+    """A prepared CREATE EXTENSION would commit where nothing tells the
+    launcher: refused (0A000), and nothing is left of it."""
+    admin.execute('CREATE DATABASE "db_x"')
+    with connect("db_x") as c:
+        c.execute("BEGIN")
+        c.execute("CREATE EXTENSION queue")
+        try:
+            with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+                c.execute("PREPARE TRANSACTION 'queue_install'")
+        finally:
+            # Should the PREPARE succeed, it must not outlive the test: a
+            # prepared transaction keeps its database from being dropped.
+            c.execute("ROLLBACK")
+            if c.execute("SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'queue_install'").fetchone()[0]:
+                c.execute("ROLLBACK PREPARED 'queue_install'")
+        assert "cannot PREPARE a transaction that installed or updated the queue extension" in str(e.value)
+        assert c.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
+        assert c.execute("SELECT count(*) FROM pg_extension WHERE extname = 'queue'").fetchone() == (0,)
+        c.execute("CREATE EXTENSION queue")
+        wait_until("served", lambda: served(admin, "db_x"), timeout=5)
+    admin.execute('DROP DATABASE "db_x"')
+
+
+def test_work_done_while_a_slot_retires_is_counted_and_wakes(admin):
+    """Pushes that commit while the database's slot is retiring (no longer
+    listed in queue.database; the maintenance service made its last flush and
+    left, the scheduler is still on its way out) are counted in the table
+    and wake listeners with a plain NOTIFY: nothing goes into the slot that
+    is about to be zeroed."""
+    create_served(admin, "db_x")
+    with connect("db_x") as c, connect("db_x", autocommit=False) as lock, connect("db_x") as listener:
+        listener.execute("LISTEN queue_retiring")
+        # The scheduler's next pass waits on this lock, so it cannot leave yet.
+        lock.execute("LOCK TABLE queue.schedules IN ACCESS EXCLUSIVE MODE")
+        time.sleep(0.5)
+        reload_with(admin, "db_a, db_b, db_c")
+        try:
+            wait_until("the maintenance service left, the scheduler not yet",
+                       lambda: set(services(admin, "db_x")) == {"queue scheduler"}, timeout=10)
+            for _ in range(20):
+                c.execute("SELECT queue_push('retiring', '{}')")
+            assert any(True for _ in listener.notifies(timeout=2, stop_after=1)), "no wake-up"
+            lock.rollback()
+            wait_until("the slot freed", lambda: services(admin, "db_x") == {}, timeout=10)
+            s = c.execute("SELECT queue_stats('retiring')").fetchone()[0]
+            assert (s["pending"], s["total_pushed"]) == (20, 20), s
+        finally:
+            reload_with(admin, None)
+        wait_until("served again", lambda: served(admin, "db_x"), timeout=15)
+        wait_until("counted once served again",
+                   lambda: c.execute("SELECT queue_stats('retiring') -> 'total_pushed'").fetchone() == (20,),
+                   timeout=5)
     admin.execute('DROP DATABASE "db_x"')
 
 

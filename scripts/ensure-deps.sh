@@ -3,7 +3,7 @@
 # Idempotent and quick when everything is there: each step checks first.
 set -euo pipefail
 
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pgbouncer chromium chromium-driver)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-pgaudit libclang-dev clang sudo pgbouncer chromium chromium-driver)
 PGRX_VERSION=0.18.0
 
 missing=()

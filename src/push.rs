@@ -14,15 +14,21 @@
 //! access method and maintains the indexes with the executor's own
 //! `ExecInsertIndexTuples` after `ExecConstraints`, so unique indexes, NOT
 //! NULL and any CHECK or index an operator adds behave as for an INSERT.
-//! What only an INSERT statement does (triggers, row security, generated
-//! columns) makes it step aside: on such a table, or one whose columns are
-//! not the ones it knows, the push takes the general path
+//! What only an INSERT statement does (triggers, rules, row security,
+//! generated columns, a partition constraint, domain checks on columns
+//! left NULL, the hooks an auditing module puts on the executor's
+//! permission check) makes it step aside: on such a table, one whose filled
+//! columns are not the ones it knows, or one whose defaults or index
+//! expressions use more than plain operators and function calls on columns
+//! (see [`cacheable`]), the push takes the general path
 //! (`queue.push_general`, plpgsql), whose INSERT honours them.
 //!
 //! The kept state is dropped whenever the relcache reports a change to the
-//! table (a new or dropped index, a changed default, a trigger, DROP
-//! EXTENSION: each invalidates the table's entry), and rebuilt by the next
-//! push once it holds the table's lock, which is when such a change becomes
+//! table or one of its indexes (a new or dropped index, a changed default,
+//! a trigger, DROP EXTENSION: each invalidates the table's entry), and on
+//! any change to pg_proc (a function a default or an index calls may have
+//! been replaced or given other settings), and rebuilt by the next push
+//! once it holds the table's lock, which is when such a change becomes
 //! visible to it, as it does to an INSERT.
 
 use crate::validate::check_push_args;
@@ -53,8 +59,8 @@ struct Plan {
     context: pg_sys::MemoryContext,
     /// The table it was built for.
     table: pg_sys::Oid,
-    /// false: the table has triggers, row security, generated columns or
-    /// columns other than the ones above; pushes take the general path.
+    /// false: the table needs an INSERT (see the module comment); pushes
+    /// take the general path.
     usable: bool,
     /// The attribute index of each of `FILLED`, and of `id`.
     filled: [usize; FILLED.len()],
@@ -73,6 +79,10 @@ thread_local! {
     /// The table of the plan being built or kept, and whether the relcache
     /// has reported a change to it (or to everything) since the build began.
     static WATCHED: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// The indexes of the kept plan: a change to one alone (its pg_index row
+    /// updated in place, as CREATE INDEX CONCURRENTLY does) reaches only its
+    /// own relcache entry.
+    static WATCHED_INDEXES: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
     static STALE: Cell<bool> = const { Cell::new(true) };
     static LISTENING: Cell<bool> = const { Cell::new(false) };
     static LISTENING_PROCS: Cell<bool> = const { Cell::new(false) };
@@ -86,9 +96,46 @@ thread_local! {
  */
 #[pg_guard]
 unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    if relid == pg_sys::InvalidOid || relid == WATCHED.get() {
+    if relid == pg_sys::InvalidOid
+        || relid == WATCHED.get()
+        || WATCHED_INDEXES.with_borrow(|indexes| indexes.contains(&relid))
+    {
         STALE.set(true);
     }
+}
+
+/// Whether an expression state compiled from `expr` may be kept and
+/// evaluated push after push, each time in the push's own executor state.
+/// Most steps keep nothing between evaluations, but some set themselves up
+/// on their first one in the per-query memory of the evaluating context
+/// (a whole-row Var copies its tuple descriptor there, a row-type
+/// conversion its map, a hashed IN list its table), which is freed with
+/// the push that ran it first: the next push would read freed memory. So
+/// only nodes known to keep nothing there are accepted, which covers every
+/// default and index of the extension's own table (constants, columns,
+/// operators, function calls such as nextval() and now(), IN lists, NULL and
+/// boolean tests, casts, CASE, COALESCE); anything else makes the push take
+/// the general path, whose INSERT compiles its expressions per statement.
+unsafe fn cacheable(expr: *mut pg_sys::Node) -> bool {
+    #[pg_guard]
+    unsafe extern "C-unwind" fn refuse(node: *mut pg_sys::Node, context: *mut std::ffi::c_void) -> bool {
+        unsafe {
+            if node.is_null() {
+                return false;
+            }
+            use pg_sys::NodeTag::*;
+            let ok = match (*node).type_ {
+                T_Var => (*node.cast::<pg_sys::Var>()).varattno > 0,
+                T_ScalarArrayOpExpr => (*node.cast::<pg_sys::ScalarArrayOpExpr>()).hashfuncid == pg_sys::InvalidOid,
+                T_List | T_Const | T_FuncExpr | T_OpExpr | T_DistinctExpr | T_NullIfExpr | T_BoolExpr
+                | T_RelabelType | T_CoerceViaIO | T_CaseExpr | T_CaseWhen | T_CaseTestExpr | T_CoalesceExpr
+                | T_MinMaxExpr | T_NullTest | T_BooleanTest | T_SQLValueFunction | T_ArrayExpr => true,
+                _ => false,
+            };
+            !ok || pg_sys::expression_tree_walker(node, Some(refuse), context)
+        }
+    }
+    unsafe { !refuse(expr, null_mut()) }
 }
 
 /// The OID of `queue.jobs`, looked up by name (the extension is not
@@ -105,12 +152,6 @@ unsafe fn attribute(rel: pg_sys::Relation, i: usize) -> &'static pg_sys::FormDat
     unsafe { &*(*(*rel).rd_att).attrs.as_ptr().add(i) }
 }
 
-/// `expr` planned and compiled for evaluation outside any plan (what
-/// ExecPrepareExpr does), in the current memory context.
-unsafe fn compiled(expr: *mut pg_sys::Expr) -> *mut pg_sys::ExprState {
-    unsafe { pg_sys::ExecInitExpr(pg_sys::expression_planner(expr), null_mut()) }
-}
-
 /*
  * Build the plan for the locked table `rel`, in the current memory context,
  * which must outlive it. An index is opened (and locked, as an INSERT would)
@@ -125,10 +166,19 @@ unsafe fn build(rel: pg_sys::Relation) -> Plan {
                 !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name
             })
         };
+        // An INSERT would also fire rules, check a partition constraint, and
+        // check the domain of a column it leaves NULL (one without a
+        // default): none of which the plain push does.
         let mut usable = (*rel).trigdesc.is_null()
+            && (*rel).rd_rules.is_null()
             && !(*(*rel).rd_rel).relrowsecurity
+            && !(*(*rel).rd_rel).relispartition
             && (*(*rel).rd_rel).relkind as u8 == pg_sys::RELKIND_RELATION
-            && ((*(*rel).rd_att).constr.is_null() || !(*(*(*rel).rd_att).constr).has_generated_stored);
+            && ((*(*rel).rd_att).constr.is_null() || !(*(*(*rel).rd_att).constr).has_generated_stored)
+            && (0..natts).all(|i| {
+                let a = attribute(rel, i);
+                a.attisdropped || pg_sys::get_typtype(a.atttypid) as u8 != pg_sys::TYPTYPE_DOMAIN
+            });
         let mut filled = [0usize; FILLED.len()];
         let mut pending = pg_sys::Datum::from(0);
         for (k, (name, typ)) in FILLED.iter().enumerate() {
@@ -163,7 +213,9 @@ unsafe fn build(rel: pg_sys::Relation) -> Plan {
                 if expr.is_null() {
                     null_mut()
                 } else {
-                    compiled(expr.cast())
+                    let expr = pg_sys::expression_planner(expr.cast());
+                    usable &= cacheable(expr.cast());
+                    pg_sys::ExecInitExpr(expr, null_mut())
                 }
             })
             .collect::<Vec<_>>();
@@ -177,15 +229,17 @@ unsafe fn build(rel: pg_sys::Relation) -> Plan {
             let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
             let info = pg_sys::BuildIndexInfo(index);
             if !(*info).ii_Predicate.is_null() {
-                (*info).ii_PredicateState =
-                    pg_sys::ExecInitQual(pg_sys::expression_planner((*info).ii_Predicate.cast()).cast(), null_mut());
+                let predicate = pg_sys::expression_planner((*info).ii_Predicate.cast());
+                usable &= cacheable(predicate.cast());
+                (*info).ii_PredicateState = pg_sys::ExecInitQual(predicate.cast(), null_mut());
             }
             let exprs = (*info).ii_Expressions;
             if !exprs.is_null() {
                 let mut states: *mut pg_sys::List = null_mut();
                 for e in 0..(*exprs).length as usize {
-                    let expr = (*(*exprs).elements.add(e)).ptr_value;
-                    states = pg_sys::lappend(states, compiled(expr.cast()).cast());
+                    let expr = pg_sys::expression_planner((*(*exprs).elements.add(e)).ptr_value.cast());
+                    usable &= cacheable(expr.cast());
+                    states = pg_sys::lappend(states, pg_sys::ExecInitExpr(expr, null_mut()).cast());
                 }
                 (*info).ii_ExpressionsState = states;
             }
@@ -219,10 +273,12 @@ unsafe fn rebuild(rel: pg_sys::Relation) {
             pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0));
             LISTENING.set(true);
         }
+        listen_to_procs();
         if let Some(previous) = PLAN.with_borrow_mut(Option::take) {
             pg_sys::MemoryContextDelete(previous.context);
         }
         WATCHED.set((*rel).rd_id);
+        WATCHED_INDEXES.with_borrow_mut(Vec::clear);
         STALE.set(false);
         let context = pg_sys::AllocSetContextCreateInternal(
             pg_sys::CurrentMemoryContext,
@@ -235,6 +291,7 @@ unsafe fn rebuild(rel: pg_sys::Relation) {
         let plan = build(rel);
         pg_sys::MemoryContextSwitchTo(old);
         pg_sys::MemoryContextSetParent(context, pg_sys::CacheMemoryContext);
+        WATCHED_INDEXES.with_borrow_mut(|indexes| indexes.extend(plan.indexes.iter().map(|(oid, _)| *oid)));
         PLAN.set(Some(plan));
     }
 }
@@ -269,13 +326,23 @@ unsafe fn insert(row: &Row) -> Option<i64> {
         // What the executor checks of an INSERT first: the same 25006 in a
         // read-only transaction (and on a standby).
         pg_sys::PreventCommandIfReadOnly(c"INSERT".as_ptr());
+        pg_sys::PreventCommandIfParallelMode(c"INSERT".as_ptr());
+        // A module that checks or audits every table access (pgaudit,
+        // sepgsql) sees an INSERT through this hook, which only the
+        // executor calls: let the general path's INSERT be seen.
+        if (&raw const pg_sys::ExecutorCheckPerms_hook).read().is_some() {
+            return None;
+        }
         // Taking the lock accepts the invalidations sent since: a change
         // committed before it marks the plan stale here.
         let rel = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         if STALE.get() || kept != Some(table) {
             rebuild(rel);
         }
-        let id = PLAN.with_borrow(|plan| plan.as_ref().filter(|p| p.usable).map(|plan| store(plan, rel, row)));
+        let natts = (*(*rel).rd_att).natts as usize;
+        let id = PLAN.with_borrow(|plan| {
+            plan.as_ref().filter(|p| p.usable && p.defaults.len() == natts).map(|plan| store(plan, rel, row))
+        });
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         id
     }
@@ -389,6 +456,24 @@ thread_local! {
 #[pg_guard]
 unsafe extern "C-unwind" fn forget_general(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
     GENERAL_OID.set(pg_sys::InvalidOid);
+    // A function the plan's defaults or indexes call may have changed (its
+    // body, or whether it runs as its owner or with other settings): the
+    // plan has it compiled in, so it is built again.
+    STALE.set(true);
+}
+
+/// Register [`forget_general`] for pg_proc, once per backend.
+unsafe fn listen_to_procs() {
+    if !LISTENING_PROCS.get() {
+        unsafe {
+            pg_sys::CacheRegisterSyscacheCallback(
+                pg_sys::SysCacheIdentifier::PROCOID as i32,
+                Some(forget_general),
+                pg_sys::Datum::from(0),
+            )
+        };
+        LISTENING_PROCS.set(true);
+    }
 }
 
 /// The OID of `queue.push_general`: parsing its signature costs more than a
@@ -400,14 +485,7 @@ unsafe fn general_oid() -> pg_sys::Oid {
         if kept != pg_sys::InvalidOid {
             return kept;
         }
-        if !LISTENING_PROCS.get() {
-            pg_sys::CacheRegisterSyscacheCallback(
-                pg_sys::SysCacheIdentifier::PROCOID as i32,
-                Some(forget_general),
-                pg_sys::Datum::from(0),
-            );
-            LISTENING_PROCS.set(true);
-        }
+        listen_to_procs();
         let oid = pgrx::fcinfo::direct_function_call::<pg_sys::Oid>(
             pg_sys::regprocedurein,
             &[Some(pg_sys::Datum::from(GENERAL.as_ptr()))],

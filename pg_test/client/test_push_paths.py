@@ -424,3 +424,94 @@ def test_a_read_only_transaction_refuses_both_paths_alike(db):
             general = refused()
         assert plain == general == "cannot execute INSERT in a read-only transaction"
         assert totals(conn) == before
+
+
+def test_an_index_on_the_whole_row_sends_pushes_through_the_insert(db):
+    """An index whose expression takes the whole row: the step that reads it
+    sets itself up, on its first evaluation, in memory that lives as long as
+    the statement, so a kept expression would read freed memory at the next
+    push. While such an index exists pushes take the general path (whose
+    INSERT compiles per statement), and every row is in it."""
+    with psycopg.connect(db, autocommit=True) as a, psycopg.connect(db, autocommit=True) as b:
+        assert push(b, "SELECT queue_push('paths-wholerow', '{}')")[1] == PLAIN
+        a.execute("CREATE FUNCTION public.job_key(j queue.jobs) RETURNS bigint LANGUAGE plpgsql IMMUTABLE "
+                  "AS $$BEGIN RETURN j.id; END$$")
+        a.execute("CREATE INDEX paths_wholerow ON queue.jobs (public.job_key(jobs)) WHERE queue = 'paths-wholerow'")
+        try:
+            ids = []
+            for conn in (a, b, b, b):
+                job, calls = push(conn, "SELECT queue_push('paths-wholerow', '{}')")
+                assert calls.get("push_general") == 1, calls
+                ids.append(job)
+            assert "paths_wholerow" in btree_indexes_hold_every_row(a)
+        finally:
+            a.execute("DROP INDEX queue.paths_wholerow")
+            a.execute("DROP FUNCTION public.job_key(queue.jobs)")
+        assert push(b, "SELECT queue_push('paths-wholerow', '{}')")[1] == PLAIN
+        a.execute("DELETE FROM queue.jobs WHERE queue = 'paths-wholerow'")
+        a.execute("SELECT queue.recount_stats()")
+
+
+def test_a_rule_on_the_table_sends_pushes_through_the_insert(db):
+    """An ON INSERT rule is applied by the rewriter to INSERT statements only:
+    while one exists, pushes take the general path and the rule sees each."""
+    with psycopg.connect(db, autocommit=True) as a, psycopg.connect(db, autocommit=True) as b:
+        assert push(b, "SELECT queue_push('paths-rule', '{}')")[1] == PLAIN
+        a.execute("CREATE TABLE public.ruled (queue text)")
+        a.execute("CREATE RULE paths_rule AS ON INSERT TO queue.jobs DO ALSO INSERT INTO public.ruled VALUES (NEW.queue)")
+        try:
+            for conn in (a, b):
+                assert push(conn, "SELECT queue_push('paths-rule', '{}')")[1].get("push_general") == 1
+            assert a.execute("SELECT count(*) FROM public.ruled WHERE queue = 'paths-rule'").fetchone() == (2,)
+        finally:
+            a.execute("DROP RULE paths_rule ON queue.jobs")
+            a.execute("DROP TABLE public.ruled")
+        assert push(b, "SELECT queue_push('paths-rule', '{}')")[1] == PLAIN
+        a.execute("DELETE FROM queue.jobs WHERE queue = 'paths-rule'")
+        a.execute("SELECT queue.recount_stats()")
+
+
+def test_a_domain_column_left_null_is_checked_as_an_insert_checks_it(db):
+    """A column whose domain refuses NULL, added without a default: an INSERT
+    that leaves it out fails the domain's check, and so must every push,
+    from a session that pushed before too; nothing is stored."""
+    with psycopg.connect(db, autocommit=True) as a, psycopg.connect(db, autocommit=True) as b:
+        assert push(b, "SELECT queue_push('paths-domain', '{}')")[1] == PLAIN
+        a.execute("DELETE FROM queue.jobs")
+        a.execute("CREATE DOMAIN public.required_int AS int CHECK (VALUE IS NOT NULL)")
+        a.execute("ALTER TABLE queue.jobs ADD COLUMN paths_required public.required_int")
+        try:
+            before = totals(a)
+            for conn in (a, b):
+                assert sqlstate_of(conn, "SELECT queue_push('paths-domain', '{}')", ()) == "23514"
+            assert a.execute("SELECT count(*) FROM queue.jobs").fetchone() == (0,)
+            assert totals(a) == before
+        finally:
+            a.execute("ALTER TABLE queue.jobs DROP COLUMN paths_required")
+            a.execute("DROP DOMAIN public.required_int")
+        assert push(b, "SELECT queue_push('paths-domain', '{}')")[1] == PLAIN
+        a.execute("DELETE FROM queue.jobs")
+        a.execute("SELECT queue.recount_stats()")
+
+
+def test_a_replaced_default_function_reaches_sessions_that_pushed_before(db):
+    """A default that calls a function: CREATE OR REPLACE FUNCTION changes
+    what an INSERT stores from then on, in every session, and so it must for
+    the plain push of a session that had compiled the old one."""
+    with psycopg.connect(db, autocommit=True) as a, psycopg.connect(db, autocommit=True) as b:
+        a.execute("CREATE FUNCTION public.paths_note() RETURNS text LANGUAGE sql AS $$SELECT 'v1'$$")
+        a.execute("ALTER TABLE queue.jobs ADD COLUMN paths_note text DEFAULT public.paths_note()")
+        try:
+            first, calls = push(b, "SELECT queue_push('paths-proc', '{}')")
+            assert calls == PLAIN, calls
+            a.execute("CREATE OR REPLACE FUNCTION public.paths_note() RETURNS text LANGUAGE sql AS $$SELECT 'v2'$$")
+            second, calls = push(b, "SELECT queue_push('paths-proc', '{}')")
+            assert calls == PLAIN, calls
+            notes = dict(a.execute("SELECT id, paths_note FROM queue.jobs WHERE id IN (%s, %s)",
+                                   (first, second)).fetchall())
+            assert notes == {first: "v1", second: "v2"}, notes
+        finally:
+            a.execute("ALTER TABLE queue.jobs DROP COLUMN paths_note")
+            a.execute("DROP FUNCTION public.paths_note()")
+        a.execute("DELETE FROM queue.jobs WHERE queue = 'paths-proc'")
+        a.execute("SELECT queue.recount_stats()")

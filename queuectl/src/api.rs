@@ -27,6 +27,38 @@ fn rows_sql(call: &str) -> String {
     )
 }
 
+/// The most bytes of a payload or result a listing carries (per field); a
+/// larger one comes as a string preview of its first
+/// [`PREVIEW_CHARS`] characters, and its row gets `"truncated": true`.
+/// `queue_job` (one job) carries everything. Payloads may be megabytes each:
+/// a page of them would make the dashboard's poll, and a listing of
+/// thousands the whole command, carry (or fail on) hundreds of megabytes.
+pub const LISTED_FIELD_MAX: i32 = 16 * 1024;
+pub const PREVIEW_CHARS: i32 = 1000;
+
+/// [`rows_sql`] for listings of jobs: payloads and results past
+/// [`LISTED_FIELD_MAX`] bytes cut to a preview before they are aggregated.
+fn listing_sql(call: &str) -> String {
+    let field = |k: &str| {
+        format!(
+            "CASE WHEN x.j ? '{k}' THEN jsonb_build_object('{k}', CASE WHEN octet_length((x.j -> '{k}')::text) > {max} \
+             THEN to_jsonb(left((x.j -> '{k}')::text, {chars}) || '…') ELSE x.j -> '{k}' END) ELSE '{{}}' END",
+            max = LISTED_FIELD_MAX,
+            chars = PREVIEW_CHARS
+        )
+    };
+    format!(
+        "SELECT coalesce(jsonb_agg(x.j - 'payload' - 'result' || {payload} || {result} \
+         || CASE WHEN octet_length((x.j -> 'payload')::text) > {max} OR octet_length((x.j -> 'result')::text) > {max} \
+            THEN '{{\"truncated\": true}}'::jsonb ELSE '{{}}' END ORDER BY x.o), '[]'::jsonb) \
+         FROM ROWS FROM ({call}) WITH ORDINALITY AS t \
+         CROSS JOIN LATERAL (SELECT to_jsonb(t) - 'ordinality' AS j, t.ordinality AS o) x",
+        payload = field("payload"),
+        result = field("result"),
+        max = LISTED_FIELD_MAX
+    )
+}
+
 impl Api {
     /// Connects (the connection runs on a background task until the `Api` is dropped).
     pub async fn connect(config: &Config) -> Result<Api> {
@@ -63,7 +95,16 @@ impl Api {
     }
 
     async fn rows(&self, call: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Value>> {
-        match self.one(&rows_sql(call), params).await? {
+        Self::array(self.one(&rows_sql(call), params).await?)
+    }
+
+    /// [`Api::rows`] of a listing of jobs (see [`listing_sql`]).
+    async fn listed(&self, call: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Value>> {
+        Self::array(self.one(&listing_sql(call), params).await?)
+    }
+
+    fn array(v: Value) -> Result<Vec<Value>> {
+        match v {
             Value::Array(a) => Ok(a),
             _ => Ok(Vec::new()),
         }
@@ -140,12 +181,32 @@ impl Api {
     /// still lists.
     pub async fn dead(&self, queue: Option<&str>, max_rows: i32, tag: Option<&str>) -> Result<Vec<Value>> {
         match tag {
-            None => self.rows("queue_dead($1::text, $2::int)", &[&queue, &max_rows]).await,
+            None => self.listed("queue_dead($1::text, $2::int)", &[&queue, &max_rows]).await,
             Some(t) => self
-                .rows("queue_dead($1::text, $2::int, tag => $3::text)", &[&queue, &max_rows, &t])
+                .listed("queue_dead($1::text, $2::int, tag => $3::text)", &[&queue, &max_rows, &t])
                 .await
                 .map_err(no_tags),
         }
+    }
+
+    /// The ids and finish times (`{"id", "finished_at"}`) of what
+    /// [`Api::dead`] lists, without payloads, results or errors: what
+    /// `retry --all` and `purge-dead` need of up to 100,000 dead jobs.
+    pub async fn dead_keys(&self, queue: Option<&str>, max_rows: i32, tag: Option<&str>) -> Result<Vec<Value>> {
+        let keys = |call: &str| {
+            format!(
+                "SELECT coalesce(jsonb_agg(jsonb_build_object('id', t.id, 'finished_at', t.finished_at) \
+                 ORDER BY t.ordinality), '[]'::jsonb) FROM ROWS FROM ({call}) WITH ORDINALITY AS t"
+            )
+        };
+        let v = match tag {
+            None => self.one(&keys("queue_dead($1::text, $2::int)"), &[&queue, &max_rows]).await?,
+            Some(t) => self
+                .one(&keys("queue_dead($1::text, $2::int, tag => $3::text)"), &[&queue, &max_rows, &t])
+                .await
+                .map_err(no_tags)?,
+        };
+        Self::array(v)
     }
 
     /// `queue_jobs(queue, status, max_rows, before_id)`: jobs of any status,
@@ -161,14 +222,14 @@ impl Api {
     ) -> Result<Vec<Value>> {
         match tag {
             None => {
-                self.rows(
+                self.listed(
                     "queue_jobs($1::text, $2::text, $3::int, $4::bigint)",
                     &[&queue, &status, &max_rows, &before_id],
                 )
                 .await
             }
             Some(t) => self
-                .rows(
+                .listed(
                     "queue_jobs($1::text, $2::text, $3::int, $4::bigint, tag => $5::text)",
                     &[&queue, &status, &max_rows, &before_id, &t],
                 )
@@ -179,7 +240,7 @@ impl Api {
 
     /// `queue_peek(queue, n)`: the next jobs in claim order.
     pub async fn peek(&self, queue: &str, n: i32) -> Result<Vec<Value>> {
-        self.rows("queue_peek($1::text, $2::int)", &[&queue, &n]).await
+        self.listed("queue_peek($1::text, $2::int)", &[&queue, &n]).await
     }
 
     /// `queue_job(id)`; `None` for an unknown id.

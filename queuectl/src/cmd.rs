@@ -831,7 +831,7 @@ async fn retry_all(api: &Api, out: Out, queue: &str, tag: Option<&str>) -> Resul
     let bar = out.bar(0, &format!("retrying {queue}"));
     loop {
         let ids: Vec<i64> = api
-            .dead(Some(queue), 100_000, tag)
+            .dead_keys(Some(queue), 100_000, tag)
             .await?
             .iter()
             .filter_map(|r| r["id"].as_i64())
@@ -905,7 +905,7 @@ async fn purge_dead(
 ) -> Result<Exit> {
     const CHUNK: usize = 1000;
     // Oldest first; each step deletes what finished before the next chunk's first job.
-    let mut rows = api.dead(queue, 100_000, tag).await?;
+    let mut rows = api.dead_keys(queue, 100_000, tag).await?;
     rows.reverse();
     let stamps: Vec<String> = rows.iter().filter_map(|r| r["finished_at"].as_str().map(str::to_owned)).collect();
     let cutoff = older_than.map(|d| chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());

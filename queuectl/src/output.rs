@@ -73,11 +73,23 @@ impl Table {
     }
 }
 
-/// A JSON value as a table cell: strings bare, null as `-`, numbers as they are.
+/// Text as the terminal may show it: control characters (ESC, BEL, the C1
+/// range, ...) written as `\u{1b}` escapes, so that an error text, worker
+/// name or progress message set by a worker cannot retitle the terminal,
+/// write its clipboard or hide lines of the output.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
+/// A JSON value as a table cell: strings bare (control characters escaped,
+/// see [`printable`]), null as `-`, numbers as they are.
 pub fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s),
         Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
         other => other.to_string(),
     }
@@ -95,7 +107,7 @@ pub fn int(v: &Value, key: &str) -> i64 {
 
 /// One line of text at most `max` characters long, with `…` when cut.
 pub fn preview(s: &str, max: usize) -> String {
-    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one: String = printable(&s.split_whitespace().collect::<Vec<_>>().join(" "));
     if one.chars().count() <= max {
         one
     } else {
@@ -190,7 +202,7 @@ pub fn percent(v: &Value) -> String {
 pub fn secs(v: &Value) -> String {
     match v.as_f64() {
         None => "-".into(),
-        Some(x) => human_span(Duration::from_secs_f64(x.max(0.0))),
+        Some(x) => Duration::try_from_secs_f64(x.max(0.0)).map(human_span).unwrap_or_else(|_| "-".into()),
     }
 }
 
@@ -201,12 +213,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if s.is_empty() {
         return Err("an empty duration".into());
     }
+    let bad = || format!("{text:?} is not a duration (examples: 30s, 10m, 1h30m, 7d, \"2 hours\")");
+    // At most a hundred years: more is a mistake, and past u64 seconds the
+    // conversion would panic.
+    let too_long = || format!("{text:?} is longer than 100 years");
+    const MAX: f64 = 100.0 * 365.25 * 86_400.0;
     if let Ok(n) = s.parse::<f64>() {
         if n >= 0.0 && n.is_finite() {
-            return Ok(Duration::from_secs_f64(n));
+            return if n <= MAX { Ok(Duration::from_secs_f64(n)) } else { Err(too_long()) };
         }
     }
-    let bad = || format!("{text:?} is not a duration (examples: 30s, 10m, 1h30m, 7d, \"2 hours\")");
     let mut total = Duration::ZERO;
     let mut rest = s;
     let mut any = false;
@@ -233,7 +249,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "w" | "week" | "weeks" => 604_800.0,
             _ => return Err(bad()),
         };
-        total += Duration::from_secs_f64(n * secs);
+        let part = n * secs;
+        if !part.is_finite() || part > MAX || total.as_secs_f64() + part > MAX {
+            return Err(too_long());
+        }
+        total += Duration::from_secs_f64(part);
         any = true;
     }
     if any {
@@ -277,6 +297,11 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+        // Too long for a Duration (or for sense): an error, never a panic.
+        for huge in ["1e30", "1e30s", "99999999999999999999w", "200 years", "60y", "36600d", "50w 99999999999w"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        assert_eq!(parse_duration("36500d").unwrap(), Duration::from_secs(36500 * 86400));
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
     }
 
@@ -287,6 +312,17 @@ mod tests {
         let now = Utc::now();
         assert_eq!(relative(now + chrono::Duration::seconds(5 * 3600 + 30 * 60 + 5), now), "in 5 hours, 30 min");
         assert_eq!(relative(now - chrono::Duration::seconds(180), now), "3 min ago");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let planted = Value::String("boom \u{1b}]52;c;AAAA\u{7} \u{9b}2J done".into());
+        let shown = cell(&planted);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "boom \\u{1b}]52;c;AAAA\\u{7} \\u{9b}2J done");
+        assert!(!preview("a\u{1b}[2Kb", 40).chars().any(char::is_control));
+        assert_eq!(cell(&Value::String("plain ünïcode".into())), "plain ünïcode");
+        assert_eq!(secs(&serde_json::json!(1e300)), "-");
     }
 
     #[test]

@@ -116,6 +116,14 @@ pub async fn run(config: Config, listen: SocketAddr, read_only: bool) -> Result<
         .map_err(|e| CliError::error(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr()?;
     eprintln!("queuectl: dashboard on http://{addr}/ for {target}{}", if read_only { " (read-only)" } else { "" });
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "queuectl: warning: {addr} is not a loopback address, and the dashboard has no login: anyone who can \
+             reach it reads every job's payload and result{}; put it behind an authenticating proxy, and connect \
+             as a role that may only do what the dashboard should",
+            if read_only { "" } else { " and can retry, delete, pause and trigger (add --read-only)" }
+        );
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -167,17 +175,38 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
+/// Whether a `Host` header names this machine by a loopback name:
+/// `localhost`, an IPv4 address in 127.0.0.0/8 or `[::1]`, with or without a
+/// port. Anything else, a name that merely begins with `127.` included, may
+/// be a name the visitor's DNS points at 127.0.0.1 for a page of its own (DNS
+/// rebinding), which would then read and drive the dashboard.
+fn loopback_host(host: &str) -> bool {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((inner, after)) => (inner, after.strip_prefix(':').or(Some(after).filter(|a| a.is_empty()))),
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, Some("")),
+        },
+    };
+    let port_ok = port.is_some_and(|p| p.is_empty() || (p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())));
+    let name_ok = if host.starts_with('[') {
+        name.parse::<std::net::Ipv6Addr>().is_ok_and(|a| a.is_loopback())
+    } else {
+        name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+    };
+    port_ok && name_ok
+}
+
 /// Host check, POST check, and the security headers of every response.
 async fn guard(State(state): State<Shared>, req: Request, next: Next) -> Response {
     if state.loopback {
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        let name = host
-            .rsplit_once(':')
-            .map(|(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
-            .unwrap_or(host);
-        let ok = matches!(name, "localhost" | "127.0.0.1" | "[::1]" | "::1" | "") || name.starts_with("127.");
-        if !ok {
-            return ApiError(StatusCode::FORBIDDEN, format!("host {host:?} is not this machine")).into_response();
+        let host = req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("?"));
+        if !host.is_some_and(loopback_host) {
+            let shown = host.unwrap_or("(none)");
+            return ApiError(StatusCode::FORBIDDEN, format!("host {shown:?} is not this machine")).into_response();
         }
     }
     if req.method() == Method::POST {
@@ -420,4 +449,32 @@ async fn pause(State(s): State<Shared>, Path(queue): Path<String>) -> ApiResult 
 async fn resume(State(s): State<Shared>, Path(queue): Path<String>) -> ApiResult {
     let changed = s.api().await?.resume(&queue).await?;
     Ok(Json(json!({"queue": queue, "paused": false, "changed": changed})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_names_pass_the_host_check() {
+        for ok in ["localhost", "LOCALHOST:8080", "127.0.0.1", "127.0.0.1:8080", "127.9.9.9:1", "[::1]", "[::1]:8080"] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example",
+            "127.evil.example:8080",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "127.0.0.1:80x",
+            "127.0.0.1:123456",
+            "[::1]x",
+            "[::2]:80",
+            "[::1",
+            "10.0.0.1:8080",
+            "::1",
+        ] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+    }
 }

@@ -1476,12 +1476,26 @@ fn serve_answers_the_api_and_guards_its_posts() {
             .unwrap();
     assert_eq!(r["retried"], json!(1));
 
-    // DNS rebinding: another Host is refused.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /api/info HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    // DNS rebinding: a Host that is not a loopback name is refused, one that
+    // only begins like a loopback address (a name an attacker's DNS can point
+    // at 127.0.0.1) included, and so is a request without a Host.
+    let raw = |host: Option<&str>| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+        s.write_all(format!("GET /api/info HTTP/1.1\r\n{host}Connection: close\r\n\r\n").as_bytes()).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp.lines().next().unwrap_or("").to_owned()
+    };
+    for host in [Some("evil.example:80"), Some(&format!("127.evil.example:{port}")), Some("127.0.0.1.evil.example")] {
+        assert!(raw(host).starts_with("HTTP/1.1 403"), "{host:?}: {}", raw(host));
+    }
+    let none = raw(None);
+    assert!(none.starts_with("HTTP/1.1 403") || none.starts_with("HTTP/1.1 400"), "no Host: {none}");
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("127.1.2.3:{port}"), "[::1]".into()]
+    {
+        assert!(raw(Some(&host)).starts_with("HTTP/1.1 200"), "{host}: {}", raw(Some(&host)));
+    }
     drop(srv);
 
     // Read-only: every POST refused.
@@ -1632,4 +1646,64 @@ fn serve_shows_tags_batches_and_queue_settings() {
     drop(ro);
     assert_eq!(code(&qc(&url, &["batch", "cancel", &batch.to_string()])), 0);
     assert_eq!(code(&qc(&url, &["configure", &q, "--reset"])), 0);
+}
+
+#[test]
+fn serve_and_the_cli_list_large_payloads_as_previews() {
+    let url = need_db!();
+    let q = queue("serve.big");
+    // Three dead jobs of about 200 kB each, one small.
+    sql(
+        &url,
+        &format!(
+            "SELECT count(*) FROM queue_push_batch('{q}', array_fill(jsonb_build_object('blob', repeat('x', 200000)), \
+             array[3]))"
+        ),
+    );
+    let ids: Vec<i64> = sql(
+        &url,
+        &format!(
+            "SELECT id FROM (SELECT id, queue_fail(id, 'boom', permanent => true) AS s \
+             FROM queue_pop('{q}', 'test-worker', 3)) x WHERE s = 'failed'"
+        ),
+    )
+    .iter()
+    .filter_map(Value::as_i64)
+    .collect();
+    assert_eq!(ids.len(), 3);
+    push(&url, &q, r#"{"small": true}"#, &[]);
+
+    let srv = serve(&url, 25520, &[]);
+    let (status, body) = http(srv.1, "GET", &format!("/api/failed?queue={q}&limit=50"), &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.len() < 20_000, "a listing of three 200 kB payloads carried {} bytes", body.len());
+    let rows: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        assert_eq!(r["truncated"], json!(true), "{r}");
+        let preview = r["payload"].as_str().unwrap();
+        assert!(preview.starts_with(r#"{"blob": "xxx"#) && preview.ends_with('…'), "{preview:.60}");
+        assert!(preview.chars().count() <= 1001);
+        assert_eq!(r["last_error"], json!("boom"));
+    }
+    // The pending job is listed whole; the job page carries everything.
+    let (_, pending) = http(srv.1, "GET", &format!("/api/jobs?queue={q}&status=pending"), &[]);
+    let pending: Vec<Value> = serde_json::from_str(&pending).unwrap();
+    assert_eq!(pending[0]["payload"], json!({"small": true}));
+    assert!(pending[0].get("truncated").is_none());
+    let (_, one) = http(srv.1, "GET", &format!("/api/jobs/{}", ids[0]), &[]);
+    let one: Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one["payload"]["blob"].as_str().map(str::len), Some(200_000));
+    drop(srv);
+
+    // The command line: the same listing, and retry --all / purge-dead,
+    // which fetch only ids and times.
+    let failed = qc_json(&url, &["failed", &q]);
+    assert!(failed.to_string().len() < 20_000);
+    let out = qc(&url, &["retry", "--all", &q]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        sql(&url, &format!("SELECT count(*) FROM queue.jobs WHERE queue = '{q}' AND status = 'pending'"))[0],
+        json!(4)
+    );
 }

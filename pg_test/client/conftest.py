@@ -27,6 +27,37 @@ def wait_for(conn, sql, args, expected, timeout=5.0):
     raise AssertionError(f"{sql} {args}: never became {expected!r}, last {value!r}")
 
 
+def wait_for_plain_pushes(conn, timeout=30.0):
+    """Wait until a push in `conn`'s database may take the plain path
+    (queue.push_mode() = 0): the database is served and a push has found
+    that no queue has defaults, which the pushes made here find."""
+    deadline = time.monotonic() + timeout
+    while conn.execute("SELECT queue.push_mode()").fetchone()[0] != 0:
+        assert time.monotonic() < deadline, "the database was never served (push_mode stays non-zero)"
+        conn.execute("SELECT queue_push('warm-up', '{}')")
+        time.sleep(0.1)
+
+
+def push_calls(conn, sql, args=()):
+    """Run `sql` in a transaction of its own: its first column (a push's id)
+    and the SQL functions it called, from pg_stat_xact_user_functions
+    ({"queue_push": 1} alone is a plain push; the general path calls
+    queue.push_general)."""
+    def counts():
+        return dict(conn.execute(
+            "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE schemaname IN ('queue', 'public')"
+        ).fetchall())
+
+    # Counts not yet flushed to the shared statistics carry over from the
+    # session's earlier transactions: the difference is this statement's.
+    with conn.transaction():
+        conn.execute("SET LOCAL track_functions = 'all'")
+        before = counts()
+        first = conn.execute(sql, args).fetchone()[0]
+        after = counts()
+    return first, {f: n - before.get(f, 0) for f, n in after.items() if n != before.get(f, 0)}
+
+
 def dsn_for(db):
     """The test cluster's DSN for database `db`."""
     return f"{DSN.replace('dbname=postgres', '')} dbname={db}"

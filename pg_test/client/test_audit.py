@@ -10,11 +10,12 @@ into queue.jobs through an audit role, and counts the audit lines.
 """
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from conftest import push_calls, wait_for_plain_pushes
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = Path(os.environ.get("RUN_DIR", ROOT / ".run"))
@@ -38,29 +39,10 @@ def audited():
             c.execute("GRANT INSERT ON queue.jobs TO queue_auditor")
             # Served, and known to have no queue defaults: a push could be
             # plain (push_mode 0) but for the audit hook.
-            deadline = time.monotonic() + 30
-            while c.execute("SELECT queue.push_mode()").fetchone()[0] != 0:
-                assert time.monotonic() < deadline, "the database was never served (push_mode stays non-zero)"
-                c.execute("SELECT queue_push('warm-up', '{}')")
-                time.sleep(0.1)
+            wait_for_plain_pushes(c)
             yield c
     finally:
         cluster("stop", str(CLUSTER))
-
-
-def calls_of(conn, sql):
-    """Run `sql` in a transaction of its own: the SQL functions it called."""
-    def counts():
-        return dict(conn.execute(
-            "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE schemaname IN ('queue', 'public')"
-        ).fetchall())
-
-    with conn.transaction():
-        conn.execute("SET LOCAL track_functions = 'all'")
-        before = counts()
-        conn.execute(sql)
-        after = counts()
-    return {f: n - before.get(f, 0) for f, n in after.items() if n != before.get(f, 0)}
 
 
 def audit_lines():
@@ -72,7 +54,7 @@ def test_every_push_is_seen_by_the_audit_hook(audited):
     before = len(audit_lines())
     assert audited.execute("SELECT queue.push_mode()").fetchone() == (0,)
     for n in range(3):
-        calls = calls_of(audited, f"SELECT queue_push('audited', '{{\"n\": {n}}}')")
+        _, calls = push_calls(audited, "SELECT queue_push('audited', jsonb_build_object('n', %s::int))", (n,))
         assert calls.get("push_general") == 1, calls
     assert len(audit_lines()) - before == 3, audit_lines()[before:]
     assert audited.execute("SELECT count(*) FROM queue.jobs WHERE queue = 'audited'").fetchone() == (3,)

@@ -25,7 +25,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import DSN, dsn_for as dsn
+from conftest import DSN, dsn_for as dsn, push_calls, wait_for_plain_pushes
 
 DB = "push_paths"
 QUEUE = "paths"
@@ -50,11 +50,7 @@ def db():
                 c.execute("CREATE EXTENSION queue")
                 # Served once the launcher has found the database; the first
                 # push there that reads no defaults records that none exist.
-                deadline = time.monotonic() + 30
-                while c.execute("SELECT queue.push_mode()").fetchone()[0] != 0:
-                    assert time.monotonic() < deadline, "the database was never served (push_mode stays non-zero)"
-                    c.execute("SELECT queue_push('warm-up', '{}')")
-                    time.sleep(0.1)
+                wait_for_plain_pushes(c)
                 c.execute("DELETE FROM queue.jobs")
                 c.execute("SELECT queue.recount_stats()")
             yield dsn(DB)
@@ -71,19 +67,7 @@ def push(conn, sql, args=()):
     """Run a push in a transaction of its own; its id and the SQL functions
     it called (PLAIN: queue_push alone; the general path calls
     queue.push_general)."""
-    def counts():
-        return dict(conn.execute(
-            "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE schemaname IN ('queue', 'public')"
-        ).fetchall())
-
-    # Counts not yet flushed to the shared statistics carry over from the
-    # session's earlier transactions: the difference is this push's.
-    with conn.transaction():
-        conn.execute("SET LOCAL track_functions = 'all'")
-        before = counts()
-        job = conn.execute(sql, args).fetchone()[0]
-        after = counts()
-    return job, {f: n - before.get(f, 0) for f, n in after.items() if n != before.get(f, 0)}
+    return push_calls(conn, sql, args)
 
 
 def row_of(conn, job):

@@ -272,7 +272,9 @@ pub fn enter(role: Role) -> Option<Db> {
     if services.pids[role as usize].compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst).is_err() {
         return None;
     }
-    IS_SERVICE.store(true, Ordering::SeqCst);
+    if role == Role::Maintenance {
+        FLUSHES_SLOT.store(true, Ordering::SeqCst);
+    }
     let token = ((db.index() as u64) << 8) | role as u64;
     unsafe { pg_sys::before_shmem_exit(Some(leave), pg_sys::Datum::from(token as usize)) };
     if role == Role::Maintenance {
@@ -295,18 +297,26 @@ unsafe extern "C-unwind" fn leave(_code: i32, token: pg_sys::Datum) {
     wake_launcher();
 }
 
-/// This process is one of a database's services (process-local).
-static IS_SERVICE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// This process is a database's maintenance service, which flushes its
+/// slot (process-local).
+static FLUSHES_SLOT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether a backend may hand new work to `db` (tallies to flush, wake-ups
 /// for its notifier): not once the slot is retiring, since nothing flushes
-/// or delivers what reaches a retiring slot and its release zeroes it.
-/// Backends then take the paths of an unserved database (the tallies into
-/// queue.stats, a plain NOTIFY), exact and only slower. The services
-/// themselves go on using it: the maintenance service's last flush takes
-/// what the slot holds.
+/// or delivers what reaches a retiring slot after the maintenance service's
+/// last flush, and its release zeroes it. Backends (the scheduler's fires
+/// included) then take the paths of an unserved database (the tallies into
+/// queue.stats, a plain NOTIFY), exact and only slower. The maintenance
+/// service itself goes on using it: its last flush takes what its own last
+/// passes left there.
 pub fn accepts_work(db: Db) -> bool {
-    IS_SERVICE.load(Ordering::Relaxed) || !db.slot().services.retiring()
+    FLUSHES_SLOT.load(Ordering::Relaxed) || !retiring(db)
+}
+
+/// Whether `db`'s services are on their way out: its notifier delivers
+/// nothing more, so wake-ups go out as plain NOTIFYs.
+pub fn retiring(db: Db) -> bool {
+    db.slot().services.retiring()
 }
 
 /// Whether a service must stop: its slot is retiring or serves another

@@ -246,7 +246,7 @@ fn take_mark(slots: &[AtomicU64], tag: u64) -> bool {
 /// This database's slot, when its notifier can take this backend's
 /// wake-ups.
 fn notifier_of_this_database() -> Option<Db> {
-    shared::this_db().filter(|&db| db.slot().notifier.latch.load(Ordering::SeqCst) != 0 && launcher::accepts_work(db))
+    shared::this_db().filter(|&db| db.slot().notifier.latch.load(Ordering::SeqCst) != 0 && !launcher::retiring(db))
 }
 
 /// SQL `queue.note_sleeper(queue)`: called by queue_pop when a claim came

@@ -375,3 +375,39 @@ def test_async_created_at_is_decoded_when_first_read(queue_name):
     job_id, server = asyncio.run(main())
     created, same = seen[job_id]
     assert same and created == server and created.tzinfo is not None
+
+
+def test_async_a_handler_that_exits_or_whose_error_cannot_be_stored_fails_only_its_job(queue_name):
+    """As for the threaded worker: a handler's SystemExit, an error text with
+    a NUL and a retry delay the server refuses each fail their own job, and
+    the worker (its event loop) goes on. Before, the SystemExit ended the
+    loop, and with it every job in flight."""
+    import sys
+
+    async def handler(job):
+        kind = job.payload["kind"]
+        if kind == "exit":
+            sys.exit(2)
+        if kind == "nul":
+            raise ValueError("bad\x00byte")
+        if kind == "far":
+            raise pgqueue.RetryIn(dt.timedelta(days=7300), "much later")
+        return "ok"
+
+    async def main():
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as aconn:
+            ids = {kind: await pgqueue.apush(aconn, queue_name, {"kind": kind}, max_attempts=1, timeout=dt.timedelta(hours=1))
+                   for kind in ("exit", "nul", "far", "fine")}
+            async with pgqueue.AsyncWorker(DSN, {queue_name: handler}, concurrency=1, poll_interval=0.5):
+                await completed(aconn, ids["fine"])
+                for kind in ("exit", "nul", "far"):
+                    async def dead(kind=kind):
+                        return await status_of(aconn, ids[kind]) == "failed"
+                    await until(dead, timeout=5, what=f"{kind} failed")
+            return ids
+
+    ids = asyncio.run(main())
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        for kind, text in (("exit", "SystemExit: 2"), ("nul", "ValueError: bad\\x00byte"),
+                           ("far", "RetryIn: much later")):
+            assert job_info(conn, ids[kind])["last_error"].startswith(text), job_info(conn, ids[kind])["last_error"]

@@ -470,3 +470,32 @@ def test_created_at_is_decoded_when_first_read_in_the_connections_time_zone(conn
     server = conn.execute("SELECT created_at FROM queue.all_jobs WHERE id = %s", (read,)).fetchone()[0]
     assert created == server  # the same instant
     assert created.utcoffset() in (dt.timedelta(hours=-5), dt.timedelta(hours=-4))  # New York's zone, not UTC
+
+
+def test_a_handler_that_exits_or_whose_error_cannot_be_stored_fails_only_its_job(conn, queue_name, start_worker):
+    """Poison pills: a handler that calls sys.exit (SystemExit, as argparse
+    does on a bad payload), an error text holding a NUL (PostgreSQL text
+    cannot), and a retry delay the server refuses (beyond queue.max_delay).
+    Each fails its own job at once, with its error recorded, and the worker's
+    one slot goes on to run the job queued behind them. Before, the first
+    ended the slot's thread (its lease kept forever) and the other two left
+    their jobs to wait out their lease, their errors lost."""
+    import sys
+
+    def handler(job):
+        kind = job.payload["kind"]
+        if kind == "exit":
+            sys.exit(2)
+        if kind == "nul":
+            raise ValueError("bad\x00byte")
+        if kind == "far":
+            raise pgqueue.RetryIn(dt.timedelta(days=7300), "much later")
+        return "ok"
+
+    ids = {kind: pgqueue.push(conn, queue_name, {"kind": kind}, max_attempts=1, timeout=dt.timedelta(hours=1))
+           for kind in ("exit", "nul", "far", "fine")}
+    start_worker({queue_name: handler}, concurrency=1)
+    wait_until(lambda: job_status(conn, ids["fine"]) == "completed", what="the job behind the poison pills")
+    for kind, text in (("exit", "SystemExit: 2"), ("nul", "ValueError: bad\\x00byte"), ("far", "RetryIn: much later")):
+        wait_until(lambda: job_status(conn, ids[kind]) == "failed", timeout=5, what=f"{kind} failed")
+        assert job_info(conn, ids[kind])["last_error"].startswith(text), job_info(conn, ids[kind])["last_error"]

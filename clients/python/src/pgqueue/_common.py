@@ -121,13 +121,45 @@ def as_status(value: Any) -> Optional[str]:
 
 
 def describe_error(exc: BaseException, with_traceback: bool = True) -> str:
-    """The text stored as a job's last error: ``Type: message``, then the traceback."""
-    head = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """The text stored as a job's last error: ``Type: message``, then the
+    traceback. Never raises, and the text is one PostgreSQL can store: a NUL
+    (which text cannot hold) is written ``\\x00``, a lone surrogate as its
+    escape; an exception whose ``str()`` itself raises is named without its
+    message."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "(its message could not be read)"
+    head = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     if with_traceback and not isinstance(exc, (PermanentError, RetryIn)):
-        head += "\n\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            head += "\n\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except Exception:
+            pass
     if len(head) > MAX_ERROR_CHARS:
         head = head[: MAX_ERROR_CHARS - 20] + "\n... (truncated)"
-    return head
+    return storable_text(head)
+
+
+def storable_text(text: str) -> str:
+    """``text`` as PostgreSQL text can hold it: NUL written ``\\x00``, lone
+    surrogates as backslash escapes."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def fail_attempts(job_id: int, text: str, attempt: int, retry_in: Any, permanent: bool) -> List[tuple]:
+    """The parameters of ``queue_fail`` to try in turn until one is accepted:
+    as given; without the retry delay (one the server refuses, such as one
+    beyond ``queue.max_delay``); then with a short fixed text (an error text
+    the server refuses, such as one above a lowered ``queue.max_error_size``).
+    A job whose failure cannot be recorded as given still fails, instead of
+    waiting out its lease with its real error lost."""
+    tries = [(job_id, text, attempt, retry_in, permanent)]
+    if retry_in is not None:
+        tries.append((job_id, text, attempt, None, permanent))
+    tries.append((job_id, storable_text(text[:1000]) + "\n(the full error text was refused by the server)",
+                  attempt, None, permanent))
+    return tries
 
 
 def default_worker_name() -> str:

@@ -822,9 +822,12 @@ class AsyncWorker(c.WorkerBase):
             start = time.monotonic()
             try:
                 result = await self._handlers[job.queue](job)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
-            except Exception as exc:
+            except BaseException as exc:
+                # A handler's SystemExit (argparse, sys.exit) or GeneratorExit
+                # fails its job like any error: out of the task it would end
+                # the event loop, and with it every job in flight.
                 duration = time.monotonic() - start
                 status = await self._fail(job, exc)
                 span, handle = None, span
@@ -979,9 +982,15 @@ class AsyncWorker(c.WorkerBase):
         if not job._begin_finish():
             return c.RELEASED
         try:
-            return c.as_status(await self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(exc),
-                                                                     job.attempt, retry_in_of(exc),
-                                                                     is_permanent(exc))))
+            tries = c.fail_attempts(job.id, c.describe_error(exc), job.attempt, retry_in_of(exc), is_permanent(exc))
+            for n, params in enumerate(tries):
+                try:
+                    return c.as_status(await self._deliver(job, c.FAIL_SQL, params))
+                except Exception as refused:
+                    if n + 1 == len(tries):
+                        raise
+                    self._log.warning("job %s: queue_fail refused (%s); trying again with less", job.id, refused)
+            return None
         finally:
             job._end_finish()
 

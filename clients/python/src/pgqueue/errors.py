@@ -73,5 +73,5 @@ def retry_in_of(exc: BaseException) -> Optional[dt.timedelta]:
         return None
     try:
         return as_timedelta(value, "retry_in")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None

@@ -1142,7 +1142,16 @@ class Worker(c.WorkerBase):
             else:
                 with hooks.use_span(span):  # current while the handler runs
                     result = handler(job)
-        except Exception as exc:
+        except BaseException as exc:
+            # A handler's SystemExit (argparse, sys.exit), GeneratorExit or
+            # KeyboardInterrupt fails its job like any error: it must not end
+            # the slot's thread, which would keep the job's lease forever and
+            # the slot's capacity gone. (Only the main thread receives a real
+            # Ctrl-C, and handlers never run there.)
+            if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                if span is not None:
+                    span.end()
+                raise
             duration = time.monotonic() - start
             try:
                 status = self._fail(job, exc)
@@ -1153,10 +1162,6 @@ class Worker(c.WorkerBase):
             self._report(job, "failed", status, duration, None, exc, span)
             self._free(job)
             return None
-        except BaseException:
-            if span is not None:
-                span.end()
-            raise
         duration = time.monotonic() - start
         self._mean_run += (duration - self._mean_run) * 0.1  # unlocked: a lost update is harmless
         if not job._begin_finish():  # given back meanwhile: its result is not recorded
@@ -1256,8 +1261,15 @@ class Worker(c.WorkerBase):
         if not job._begin_finish():
             return c.RELEASED
         try:
-            return c.as_status(self._deliver(job, c.FAIL_SQL, (job.id, c.describe_error(exc), job.attempt,
-                                                               retry_in_of(exc), is_permanent(exc))))
+            tries = c.fail_attempts(job.id, c.describe_error(exc), job.attempt, retry_in_of(exc), is_permanent(exc))
+            for n, params in enumerate(tries):
+                try:
+                    return c.as_status(self._deliver(job, c.FAIL_SQL, params))
+                except Exception as refused:
+                    if n + 1 == len(tries):
+                        raise
+                    self._log.warning("job %s: queue_fail refused (%s); trying again with less", job.id, refused)
+            return None
         finally:
             job._end_finish()
 

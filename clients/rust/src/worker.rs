@@ -1040,8 +1040,14 @@ impl Shared {
             self.emit(|h| h.job_started(&JobStarted { job: &job }));
             let t0 = Instant::now();
             let outcome = match handler {
-                Some(h) => match AssertUnwindSafe(h.handle(job.clone())).catch_unwind().await {
-                    Ok(r) => r,
+                // A handler may panic before its future exists (a closure that
+                // reads the payload before `async move`) as well as inside it:
+                // both fail the attempt, and the worker goes on.
+                Some(h) => match std::panic::catch_unwind(AssertUnwindSafe(|| h.handle(job.clone()))) {
+                    Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
+                        Ok(r) => r,
+                        Err(panic) => Err(JobError::new(format!("the handler panicked: {}", panic_text(&*panic)))),
+                    },
                     Err(panic) => Err(JobError::new(format!("the handler panicked: {}", panic_text(&*panic)))),
                 },
                 None => Err(JobError::new(format!("no handler for queue {}", job.queue()))),
@@ -1109,7 +1115,9 @@ impl Shared {
     }
 
     async fn fail(&self, job: &Job, error: JobError, duration: Duration) {
-        let mut text = truncate_chars(&error.to_error_text(), MAX_ERROR_CHARS);
+        // PostgreSQL text cannot hold a NUL: written `\0`, or both calls
+        // below would be refused and the job left to its lease.
+        let mut text = truncate_chars(&error.to_error_text(), MAX_ERROR_CHARS).replace('\0', "\\0");
         let permanent = error.is_permanent();
         let mut retry_in = error.retry_delay().map(PgInterval);
         if let Some(Err(e)) = retry_in.map(|r| r.micros()) {

@@ -251,6 +251,46 @@ async fn a_panicking_handler_fails_the_attempt_and_the_worker_goes_on() {
 }
 
 #[tokio::test]
+async fn a_panic_before_the_handlers_future_and_an_error_with_a_nul_fail_only_their_jobs() {
+    let db = admin().await;
+    let q = unique_queue("poison");
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.to_string().contains("no such field") {
+            default_hook(info);
+        }
+    }));
+    // Not an async closure: it reads the payload, and may panic, before its
+    // future exists.
+    let worker = builder()
+        .concurrency(1)
+        .handler(&q, |job: Job| {
+            let kind = job.payload()["kind"].as_str().expect("no such field").to_owned();
+            async move {
+                if kind == "nul" {
+                    return Err(JobError::permanent("bad\0byte"));
+                }
+                Ok::<Value, JobError>(json!("fine"))
+            }
+        })
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let once = PushOpts::new().max_attempts(1);
+    let early = push(&db, &q, &json!({}), &once).await.unwrap();
+    let nul = push(&db, &q, &json!({"kind": "nul"}), &once).await.unwrap();
+    let good = push(&db, &q, &json!({"kind": "fine"}), &once).await.unwrap();
+    wait_for_status(&db, good, &["completed"], Duration::from_secs(5)).await;
+    let j = wait_for_status(&db, early, &["failed"], Duration::from_secs(5)).await;
+    assert!(j["last_error"].as_str().unwrap().contains("no such field"), "{j}");
+    let j = wait_for_status(&db, nul, &["failed"], Duration::from_secs(5)).await;
+    assert!(j["last_error"].as_str().unwrap().starts_with("bad\\0byte"), "{j}");
+    worker.shutdown().await;
+}
+
+#[tokio::test]
 async fn never_more_than_concurrency_handlers_at_once() {
     let db = admin().await;
     let q = unique_queue("conc");

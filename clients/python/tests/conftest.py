@@ -8,6 +8,7 @@ directory in ``PGQUEUE_TEST_CLUSTER``, for the restart test).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -56,6 +57,25 @@ def job_status(conn: psycopg.Connection, job_id: int) -> Optional[str]:
     """A job's status, or None for an unknown job."""
     info = job_info(conn, job_id)
     return None if info is None else info["status"]
+
+
+POISON_KINDS = ("exit", "nul", "far", "fine")
+POISON_ERRORS = (("exit", "SystemExit: 2"), ("nul", "ValueError: bad\\x00byte"), ("far", "RetryIn: much later"))
+
+
+def poison(job) -> str:
+    """The body of a handler fed poison pills by ``job.payload["kind"]``: a
+    SystemExit, an error text with a NUL, a retry delay beyond the server's
+    queue.max_delay; "fine" returns "ok". POISON_ERRORS holds the start of
+    the error each records."""
+    kind = job.payload["kind"]
+    if kind == "exit":
+        sys.exit(2)
+    if kind == "nul":
+        raise ValueError("bad\x00byte")
+    if kind == "far":
+        raise pgqueue.RetryIn(dt.timedelta(days=7300), "much later")
+    return "ok"
 
 
 def dsn_params() -> dict:

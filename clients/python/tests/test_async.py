@@ -11,7 +11,7 @@ import time
 import psycopg
 
 import pgqueue
-from conftest import DSN, job_info, job_status, wait_until
+from conftest import DSN, POISON_ERRORS, POISON_KINDS, job_info, job_status, poison, wait_until
 
 
 async def status_of(aconn, job_id):
@@ -382,25 +382,17 @@ def test_async_a_handler_that_exits_or_whose_error_cannot_be_stored_fails_only_i
     a NUL and a retry delay the server refuses each fail their own job, and
     the worker (its event loop) goes on. Before, the SystemExit ended the
     loop, and with it every job in flight."""
-    import sys
-
     async def handler(job):
-        kind = job.payload["kind"]
-        if kind == "exit":
-            sys.exit(2)
-        if kind == "nul":
-            raise ValueError("bad\x00byte")
-        if kind == "far":
-            raise pgqueue.RetryIn(dt.timedelta(days=7300), "much later")
-        return "ok"
+        return poison(job)
 
     async def main():
         async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as aconn:
-            ids = {kind: await pgqueue.apush(aconn, queue_name, {"kind": kind}, max_attempts=1, timeout=dt.timedelta(hours=1))
-                   for kind in ("exit", "nul", "far", "fine")}
+            ids = {kind: await pgqueue.apush(aconn, queue_name, {"kind": kind}, max_attempts=1,
+                                             timeout=dt.timedelta(hours=1))
+                   for kind in POISON_KINDS}
             async with pgqueue.AsyncWorker(DSN, {queue_name: handler}, concurrency=1, poll_interval=0.5):
                 await completed(aconn, ids["fine"])
-                for kind in ("exit", "nul", "far"):
+                for kind, _ in POISON_ERRORS:
                     async def dead(kind=kind):
                         return await status_of(aconn, ids[kind]) == "failed"
                     await until(dead, timeout=5, what=f"{kind} failed")
@@ -408,6 +400,5 @@ def test_async_a_handler_that_exits_or_whose_error_cannot_be_stored_fails_only_i
 
     ids = asyncio.run(main())
     with psycopg.connect(DSN, autocommit=True) as conn:
-        for kind, text in (("exit", "SystemExit: 2"), ("nul", "ValueError: bad\\x00byte"),
-                           ("far", "RetryIn: much later")):
+        for kind, text in POISON_ERRORS:
             assert job_info(conn, ids[kind])["last_error"].startswith(text), job_info(conn, ids[kind])["last_error"]

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 import pgqueue
-from conftest import DSN, Concurrency, job_info, job_status, wait_until
+from conftest import DSN, POISON_ERRORS, POISON_KINDS, Concurrency, job_info, job_status, poison, wait_until
 
 
 def test_wakes_on_notify_quickly(conn, queue_name, start_worker, capsys):
@@ -480,22 +480,10 @@ def test_a_handler_that_exits_or_whose_error_cannot_be_stored_fails_only_its_job
     one slot goes on to run the job queued behind them. Before, the first
     ended the slot's thread (its lease kept forever) and the other two left
     their jobs to wait out their lease, their errors lost."""
-    import sys
-
-    def handler(job):
-        kind = job.payload["kind"]
-        if kind == "exit":
-            sys.exit(2)
-        if kind == "nul":
-            raise ValueError("bad\x00byte")
-        if kind == "far":
-            raise pgqueue.RetryIn(dt.timedelta(days=7300), "much later")
-        return "ok"
-
     ids = {kind: pgqueue.push(conn, queue_name, {"kind": kind}, max_attempts=1, timeout=dt.timedelta(hours=1))
-           for kind in ("exit", "nul", "far", "fine")}
-    start_worker({queue_name: handler}, concurrency=1)
+           for kind in POISON_KINDS}
+    start_worker({queue_name: poison}, concurrency=1)
     wait_until(lambda: job_status(conn, ids["fine"]) == "completed", what="the job behind the poison pills")
-    for kind, text in (("exit", "SystemExit: 2"), ("nul", "ValueError: bad\\x00byte"), ("far", "RetryIn: much later")):
+    for kind, text in POISON_ERRORS:
         wait_until(lambda: job_status(conn, ids[kind]) == "failed", timeout=5, what=f"{kind} failed")
         assert job_info(conn, ids[kind])["last_error"].startswith(text), job_info(conn, ids[kind])["last_error"]

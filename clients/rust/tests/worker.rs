@@ -224,12 +224,7 @@ async fn a_panicking_handler_fails_the_attempt_and_the_worker_goes_on() {
     let db = admin().await;
     let q = unique_queue("panic");
     // Keep the expected panic's message and backtrace out of the test output.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !info.to_string().contains("handler exploded") {
-            default_hook(info);
-        }
-    }));
+    quiet_panics("handler exploded");
     let worker = builder()
         .handler(&q, |job: Job| async move {
             if job.payload()["panic"] == json!(true) {
@@ -254,12 +249,7 @@ async fn a_panicking_handler_fails_the_attempt_and_the_worker_goes_on() {
 async fn a_panic_before_the_handlers_future_and_an_error_with_a_nul_fail_only_their_jobs() {
     let db = admin().await;
     let q = unique_queue("poison");
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !info.to_string().contains("no such field") {
-            default_hook(info);
-        }
-    }));
+    quiet_panics("no such field");
     // Not an async closure: it reads the payload, and may panic, before its
     // future exists.
     let worker = builder()

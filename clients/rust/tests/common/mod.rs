@@ -187,3 +187,14 @@ impl InFlight {
         self.most.load(Ordering::SeqCst)
     }
 }
+
+/// Keep the expected panics of a test (those whose message contains
+/// `marker`) out of the test output; any other panic is reported as usual.
+pub fn quiet_panics(marker: &'static str) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.to_string().contains(marker) {
+            default_hook(info);
+        }
+    }));
+}

@@ -402,3 +402,33 @@ def test_async_a_handler_that_exits_or_whose_error_cannot_be_stored_fails_only_i
     with psycopg.connect(DSN, autocommit=True) as conn:
         for kind, text in POISON_ERRORS:
             assert job_info(conn, ids[kind])["last_error"].startswith(text), job_info(conn, ids[kind])["last_error"]
+
+
+def test_async_a_handler_that_raises_cancelled_error_itself_fails_its_job(queue_name):
+    """A handler that awaited a task someone else cancelled raises
+    CancelledError though its own task was never cancelled: its job fails
+    at once with that error, instead of being dropped by the worker and left
+    to wait out its lease; the worker goes on."""
+    async def handler(job):
+        if job.payload.get("cancelled"):
+            other = asyncio.ensure_future(asyncio.sleep(60))
+            other.cancel()
+            await other  # raises CancelledError into this handler
+        return "ok"
+
+    async def main():
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as aconn:
+            bad = await pgqueue.apush(aconn, queue_name, {"cancelled": True}, max_attempts=1,
+                                      timeout=dt.timedelta(hours=1))
+            good = await pgqueue.apush(aconn, queue_name, {}, max_attempts=1)
+            async with pgqueue.AsyncWorker(DSN, {queue_name: handler}, concurrency=1, poll_interval=0.5):
+                await completed(aconn, good)
+
+                async def dead():
+                    return await status_of(aconn, bad) == "failed"
+                await until(dead, timeout=5, what="the cancelled handler's job failed")
+            return bad
+
+    bad = asyncio.run(main())
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        assert job_info(conn, bad)["last_error"].startswith("CancelledError"), job_info(conn, bad)["last_error"]

@@ -138,6 +138,14 @@ class _AsyncPool:
             await _aclose_quietly(conn)
 
 
+def _task_cancelled() -> bool:
+    """Whether the current task was asked to cancel (``Task.cancelling()``,
+    Python 3.11+; before it, any CancelledError counts as one)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return True if cancelling is None else cancelling() > 0
+
+
 async def _aclose_quietly(conn: psycopg.AsyncConnection) -> None:
     try:
         await conn.close()
@@ -822,12 +830,16 @@ class AsyncWorker(c.WorkerBase):
             start = time.monotonic()
             try:
                 result = await self._handlers[job.queue](job)
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                raise
             except BaseException as exc:
                 # A handler's SystemExit (argparse, sys.exit) or GeneratorExit
                 # fails its job like any error: out of the task it would end
-                # the event loop, and with it every job in flight.
+                # the event loop, and with it every job in flight. So does a
+                # CancelledError the handler raised of its own (it awaited a
+                # task someone else cancelled), while this task was not
+                # cancelled: only a cancel of the job's task gives it back.
+                if isinstance(exc, KeyboardInterrupt) or (
+                        isinstance(exc, asyncio.CancelledError) and _task_cancelled()):
+                    raise
                 duration = time.monotonic() - start
                 status = await self._fail(job, exc)
                 span, handle = None, span

@@ -79,10 +79,6 @@ thread_local! {
     /// The table of the plan being built or kept, and whether the relcache
     /// has reported a change to it (or to everything) since the build began.
     static WATCHED: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-    /// The indexes of the kept plan: a change to one alone (its pg_index row
-    /// updated in place, as CREATE INDEX CONCURRENTLY does) reaches only its
-    /// own relcache entry.
-    static WATCHED_INDEXES: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
     static STALE: Cell<bool> = const { Cell::new(true) };
     static LISTENING: Cell<bool> = const { Cell::new(false) };
     static LISTENING_PROCS: Cell<bool> = const { Cell::new(false) };
@@ -96,10 +92,18 @@ thread_local! {
  */
 #[pg_guard]
 unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    if relid == pg_sys::InvalidOid
-        || relid == WATCHED.get()
-        || WATCHED_INDEXES.with_borrow(|indexes| indexes.contains(&relid))
-    {
+    // One of the kept plan's indexes counts too: a change to it alone (its
+    // pg_index row updated in place, as CREATE INDEX CONCURRENTLY does)
+    // reaches only its own entry. The plan is only ever borrowed shared
+    // while a callback can run; a borrow that fails counts as a change.
+    let kept_index = || {
+        PLAN.with(|plan| {
+            plan.try_borrow()
+                .map(|plan| plan.as_ref().is_some_and(|p| p.indexes.iter().any(|(oid, _)| *oid == relid)))
+                .unwrap_or(true)
+        })
+    };
+    if relid == pg_sys::InvalidOid || relid == WATCHED.get() || kept_index() {
         STALE.set(true);
     }
 }
@@ -278,7 +282,6 @@ unsafe fn rebuild(rel: pg_sys::Relation) {
             pg_sys::MemoryContextDelete(previous.context);
         }
         WATCHED.set((*rel).rd_id);
-        WATCHED_INDEXES.with_borrow_mut(Vec::clear);
         STALE.set(false);
         let context = pg_sys::AllocSetContextCreateInternal(
             pg_sys::CurrentMemoryContext,
@@ -291,7 +294,6 @@ unsafe fn rebuild(rel: pg_sys::Relation) {
         let plan = build(rel);
         pg_sys::MemoryContextSwitchTo(old);
         pg_sys::MemoryContextSetParent(context, pg_sys::CacheMemoryContext);
-        WATCHED_INDEXES.with_borrow_mut(|indexes| indexes.extend(plan.indexes.iter().map(|(oid, _)| *oid)));
         PLAN.set(Some(plan));
     }
 }

@@ -120,6 +120,7 @@ pub struct Board {
     announced: [AtomicU32; BOARD_LEN],
     announced_overflow: AtomicU32,
     refused: [AtomicU32; BOARD_LEN],
+    refused_overflow: AtomicU32,
     paused: [AtomicU32; BOARD_LEN],
     paused_until: [AtomicI64; BOARD_LEN],
 }
@@ -250,12 +251,25 @@ pub fn enter(role: Role) -> Option<Db> {
             }
             return None;
         }
-        match shared::assign(oid) {
+        // Refused for lack of a slot: noted on the board, so that the
+        // launcher hands the next free slot to this database. The launcher
+        // empties the list right after it frees a slot, so a slot freed
+        // between the first try and the note would go to nobody: try again
+        // once the note is in. More refused databases than the list holds
+        // make the launcher look at every database when a slot frees.
+        let refused = || {
+            if let Some(b) = board() {
+                if !board_add(&b.refused, oid) {
+                    b.refused_overflow.store(1, Ordering::SeqCst);
+                }
+            }
+        };
+        match shared::assign(oid).or_else(|()| {
+            refused();
+            shared::assign(oid)
+        }) {
             Ok(db) => db,
             Err(()) => {
-                if let Some(b) = board() {
-                    board_add(&b.refused, oid);
-                }
                 let name = BackgroundWorker::transaction(database_name);
                 log!(
                     "queue launcher: database \"{name}\" has the extension, but queue.max_databases ({}) databases are served already; it is not served",
@@ -701,7 +715,7 @@ pub extern "C-unwind" fn queue_launcher_main(_arg: pg_sys::Datum) {
 fn round(b: &Board, known: &mut HashMap<u32, Known>) {
     let mut announced: Vec<u32> =
         b.announced.iter().map(|e| e.swap(0, Ordering::SeqCst)).filter(|&oid| oid != 0).collect();
-    let look_at_all = b.announced_overflow.swap(0, Ordering::SeqCst) != 0;
+    let mut look_at_all = b.announced_overflow.swap(0, Ordering::SeqCst) != 0;
     let filter = gucs::database_filter();
     let databases: HashMap<u32, String> =
         list_databases().into_iter().filter(|(_, name)| filter.allows(name)).collect();
@@ -738,6 +752,7 @@ fn round(b: &Board, known: &mut HashMap<u32, Known>) {
                         announced.push(refused);
                     }
                 }
+                look_at_all |= b.refused_overflow.swap(0, Ordering::SeqCst) != 0;
                 log!("queue launcher: stopped serving database {oid}");
             }
             continue;
@@ -759,6 +774,17 @@ fn round(b: &Board, known: &mut HashMap<u32, Known>) {
         .map(|(_, k)| k.running(Role::Maintenance))
         .filter(|&running| running)
         .count();
+    if look_at_all {
+        // More databases than the board holds announced themselves or were
+        // refused: every unserved database is due for a look. Forgetting
+        // when each was last looked at keeps them due until each had its
+        // look, MAX_PROBES at a time, rather than for this one round.
+        for &oid in databases.keys() {
+            if shared::find(oid).is_none() {
+                known.entry(oid).or_default().probed = None;
+            }
+        }
+    }
     for (&oid, name) in &databases {
         if shared::find(oid).is_some() {
             continue;
@@ -778,7 +804,7 @@ fn round(b: &Board, known: &mut HashMap<u32, Known>) {
             }
             continue;
         }
-        let due = look_at_all || announced.contains(&oid) || k.probed.is_none_or(|t| t.elapsed() >= PROBE_AGAIN);
+        let due = announced.contains(&oid) || k.probed.is_none_or(|t| t.elapsed() >= PROBE_AGAIN);
         if due && probes < MAX_PROBES && start(k, Role::Maintenance, oid, name) {
             k.probed = Some(Instant::now());
             probes += 1;

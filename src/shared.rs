@@ -52,7 +52,7 @@ use std::sync::OnceLock;
 use crate::{gucs, launcher, leases, stats, wakeup};
 
 /// Bumped whenever the layout of the region changes.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 const MAGIC: u64 = u64::from_le_bytes(*b"queueshm");
 const REGION_NAME: &CStr = c"queue";
 const TRANCHE_NAME: &CStr = c"queue";

@@ -234,6 +234,37 @@ def test_a_database_beyond_max_databases_is_refused_then_served_when_a_slot_free
     assert admin.execute("SELECT count(*) FROM pg_database WHERE datname IN ('db_d', 'db_e')").fetchone() == (0,)
 
 
+def test_more_refused_databases_than_the_board_holds_are_served_when_a_slot_frees(admin):
+    """The launcher's board notes 16 databases refused for lack of a slot.
+    One refused beyond them must still get the next free slot within
+    seconds, not at the launcher's ten-minute look."""
+    create_served(admin, "db_d")  # the fourth slot: every slot is taken
+    admin.execute('CREATE DATABASE "rf_template"')
+    with connect("rf_template") as c:
+        c.execute("CREATE EXTENSION queue")
+    admin.execute("ALTER DATABASE rf_template IS_TEMPLATE true")  # the launcher skips templates
+    log = CLUSTER / "server.log"
+
+    def refused(db):
+        return f'database "{db}" has the extension, but queue.max_databases' in log.read_text()
+
+    # One at a time, each refused before the next, so that the first 16 fill
+    # the board and the 17th is refused with the board full.
+    names = [f"rf_{i:02}" for i in range(17)]
+    for db in names:
+        admin.execute(f'CREATE DATABASE "{db}" TEMPLATE rf_template')
+        wait_until(f"{db} refused", lambda: refused(db), timeout=10)
+    last = names[-1]
+    # Only the one beyond the board still wants a slot.
+    for db in names[:-1]:
+        admin.execute(f'DROP DATABASE "{db}"')
+    admin.execute('DROP DATABASE "db_d"')
+    wait_until(f"{last} served once a slot is free", lambda: served(admin, last), timeout=10)
+    admin.execute(f'DROP DATABASE "{last}"')
+    admin.execute("ALTER DATABASE rf_template IS_TEMPLATE false")
+    admin.execute('DROP DATABASE "rf_template"')
+
+
 def test_drop_extension_rename_and_template_copy(admin):
     create_served(admin, "db_x")
     old = services(admin, "db_x")

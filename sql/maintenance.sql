@@ -451,6 +451,16 @@ BEGIN
                              upper(current_setting('transaction_isolation'))),
             HINT = 'Call it in a transaction of its own at the default isolation level.';
     END IF;
+    -- Each pass would fail with a warning of its own and the call return
+    -- counts: refuse at once instead.
+    IF current_setting('transaction_read_only')::boolean THEN
+        RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction',
+            MESSAGE = CASE WHEN pg_is_in_recovery() THEN 'queue_tick() cannot run on a standby'
+                           ELSE 'queue_tick() cannot run in a read-only transaction' END,
+            HINT = CASE WHEN pg_is_in_recovery()
+                        THEN 'Jobs are promoted, expired and scheduled on the primary: run it there.'
+                        ELSE 'Call it in a read-write transaction.' END;
+    END IF;
     LOOP
         v_pass := queue.maintenance_pass();
         FOREACH v_key IN ARRAY ARRAY['promoted', 'retried', 'expired', 'deleted', 'stale_workers', 'errors'] LOOP

@@ -415,6 +415,13 @@ fn service_problem() -> Option<String> {
     let Some(b) = board() else {
         return Some("the background workers are not running: add queue to shared_preload_libraries".into());
     };
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        // Services start when recovery ends (BgWorkerStart_RecoveryFinished).
+        return Some(
+            "this server is a standby (in recovery): the primary serves the queue; this server answers reads as of its replay, and serves the queue once promoted"
+                .into(),
+        );
+    }
     let oid = shared::my_database();
     if let Some(db) = shared::this_db() {
         if db.slot().services.pid(Role::Maintenance) != 0 {

@@ -472,11 +472,38 @@ fn stop_waiting() {
     }
 }
 
+/// A waiting `queue_pop` claims only once something is claimable, so in a
+/// read-only transaction it would not fail: it would wait out every call and
+/// return nothing. On a standby nothing ever becomes claimable, and a worker
+/// pointed at one (a pooler, or a host name left on a server that became a
+/// standby after a failover) would idle silently while jobs pile up on the
+/// primary. Refuse as the claim itself would.
+fn refuse_read_only_wait() {
+    if !unsafe { pg_sys::XactReadOnly } {
+        return;
+    }
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "queue_pop cannot claim jobs on a standby",
+            "This server is in recovery: point workers at the primary."
+        );
+    }
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+        "queue_pop cannot claim jobs in a read-only transaction",
+        "Claim in a read-write transaction (default_transaction_read_only is on, or the transaction was started READ ONLY)."
+    );
+}
+
 /// SQL `queue.wait_register(queue)`: from now on, a commit that makes jobs
 /// of the queue claimable sets this backend's latch. False where waiting is
 /// not possible (library not preloaded): the caller naps instead.
 #[pg_extern(volatile, strict, parallel_unsafe, schema = "queue")]
 fn wait_register(queue: &str) -> bool {
+    refuse_read_only_wait();
     let Some((waiting, w)) = my_waiter() else { return false };
     unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
     let tag = tag_of(shared::my_database(), queue);

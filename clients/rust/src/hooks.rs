@@ -39,15 +39,20 @@ pub struct JobFinished<'a> {
     pub acked: bool,
 }
 
-/// A handler returned `Err` (or panicked) and the worker recorded the failure.
+/// A handler returned `Err` (or panicked, or ran past its
+/// [`max_runtime`](crate::WorkerBuilder::max_runtime)), or a claimed job could
+/// not be run at all (its payload cannot be decoded: failed for good, with no
+/// [`JobStarted`] before), and the worker recorded the failure.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct JobFailed<'a> {
     /// The job.
     pub job: &'a Job,
-    /// The failure (a panic is a `JobError` with the panic's message).
+    /// The failure (a panic is a `JobError` with the panic's message; a
+    /// handler stopped at its max_runtime, one whose message is
+    /// `max_runtime exceeded: the handler ran longer than <limit>`).
     pub error: &'a JobError,
-    /// How long the handler ran.
+    /// How long the handler ran (next to nothing when none ran).
     pub duration: Duration,
     /// The job's new status from `queue_fail` (`Retrying`, `Pending` or
     /// `Failed`), or `None` when the claim was stale or the call could not be made.

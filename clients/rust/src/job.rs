@@ -94,6 +94,9 @@ pub(crate) struct JobInner {
     pub worker: Arc<str>,
     pub ops: Arc<Db>,
     pub cancel: CancellationToken,
+    /// Why a column of the claimed row could not be decoded (the payload,
+    /// mostly): the job is failed for good instead of run.
+    pub undecodable: Option<String>,
 }
 
 /// A claimed job, handed to its handler. Cheap to clone (one `Arc`).
@@ -175,8 +178,9 @@ impl Job {
     }
 
     /// Whether the job was taken away: the lease was lost (a touch found the
-    /// claim stale) or the worker's grace period ended. The outcome will be
-    /// ignored; stop early.
+    /// claim stale), the worker's grace period ended, or the handler ran past
+    /// its [`max_runtime`](crate::WorkerBuilder::max_runtime). The outcome
+    /// will be ignored; stop early.
     pub fn is_cancelled(&self) -> bool {
         self.inner.cancel.is_cancelled()
     }

@@ -58,7 +58,7 @@ pub use hooks::Hooks;
 pub use interval::PgInterval;
 pub use job::{Job, JobStatus};
 pub use push::{push, push_batch, Priority, PushOpts, RunAt};
-pub use worker::{is_valid_queue_name, Handler, RunningWorker, ShutdownHandle, Worker, WorkerBuilder};
+pub use worker::{is_valid_queue_name, Handler, HandlerOpts, RunningWorker, ShutdownHandle, Worker, WorkerBuilder};
 pub use workflow::{
     batch_cancel, batch_close, batch_open, batch_status, dependencies, BatchOpts, BatchState, BatchStatus, Callback,
     Dependency,

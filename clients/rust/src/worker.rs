@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Config, NoTls, Row, Socket};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -78,14 +78,37 @@ pub fn is_valid_queue_name(name: &str) -> bool {
     (1..=57).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
 }
 
+/// Options of one queue's handler, for [`WorkerBuilder::handler_with`]; what
+/// they do not set comes from the worker.
+#[derive(Debug, Clone, Default)]
+pub struct HandlerOpts {
+    max_runtime: Option<Duration>,
+}
+
+impl HandlerOpts {
+    /// No options of its own: the worker's apply.
+    pub fn new() -> Self {
+        HandlerOpts::default()
+    }
+
+    /// The longest this handler may run, from its start (instead of the
+    /// worker's [`max_runtime`](WorkerBuilder::max_runtime), which says what
+    /// happens then). Must be more than zero.
+    pub fn max_runtime(mut self, limit: Duration) -> Self {
+        self.max_runtime = Some(limit);
+        self
+    }
+}
+
 /// Builds a [`Worker`]: connection, handlers, concurrency and the rest.
 /// Made by [`Worker::builder`].
 pub struct WorkerBuilder {
     config: Config,
     connect: ConnectFn,
     cancel: CancelFn,
-    handlers: Vec<(String, Arc<dyn Handler>)>,
+    handlers: Vec<(String, Arc<dyn Handler>, HandlerOpts)>,
     concurrency: usize,
+    max_runtime: Option<Duration>,
     max_batch: Option<usize>,
     name: Option<String>,
     poll_interval: Option<Duration>,
@@ -100,14 +123,62 @@ pub struct WorkerBuilder {
 
 impl WorkerBuilder {
     /// Serves `queue` with `handler` (one handler per queue; at least one).
-    pub fn handler(mut self, queue: impl Into<String>, handler: impl Handler) -> Self {
-        self.handlers.push((queue.into(), Arc::new(handler)));
+    pub fn handler(self, queue: impl Into<String>, handler: impl Handler) -> Self {
+        self.handler_with(queue, handler, HandlerOpts::new())
+    }
+
+    /// Serves `queue` with `handler` and options of its own, which win over
+    /// the worker's (e.g. a [`max_runtime`](HandlerOpts::max_runtime) for
+    /// this queue alone).
+    ///
+    /// ```
+    /// # async fn resize(_job: queue_client::Job) -> Result<serde_json::Value, queue_client::JobError> { Ok(serde_json::Value::Null) }
+    /// # async fn email(_job: queue_client::Job) -> Result<serde_json::Value, queue_client::JobError> { Ok(serde_json::Value::Null) }
+    /// use queue_client::{HandlerOpts, Worker};
+    /// use std::time::Duration;
+    ///
+    /// # fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder("postgres://app@localhost/app".parse()?)
+    ///     .max_runtime(Duration::from_secs(30)) // every handler of this worker...
+    ///     .handler("emails", email)
+    ///     .handler_with("thumbnails", resize, HandlerOpts::new().max_runtime(Duration::from_secs(600))) // ...but this one
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn handler_with(mut self, queue: impl Into<String>, handler: impl Handler, opts: HandlerOpts) -> Self {
+        self.handlers.push((queue.into(), Arc::new(handler), opts));
         self
     }
 
     /// How many handlers run at once, at most (1–10000). Default 10.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
+        self
+    }
+
+    /// The longest a handler may run, from its start, for every queue whose
+    /// [`HandlerOpts`] do not set their own. Default: no limit (the lease is
+    /// extended for as long as the handler runs).
+    ///
+    /// Once a handler has run this long, the worker stops extending its
+    /// job's lease, fires the job's cancellation ([`Job::cancelled`]), drops
+    /// the handler's future (which frees its concurrency slot), and fails the
+    /// attempt with `queue_fail(id, 'max_runtime exceeded: the handler ran
+    /// longer than <limit>', attempt)`: an ordinary failure, retried with the
+    /// job's backoff while attempts are left, then a dead letter. The hooks
+    /// are told it as a failure. A hung handler (an await that never ends, a
+    /// call without a timeout) so costs one attempt, not the job or the slot
+    /// for ever.
+    ///
+    /// A handler that blocks its thread (a loop that never awaits,
+    /// `std::thread::sleep`, a blocking call outside `spawn_blocking`) cannot
+    /// be stopped: its lease is no longer extended, so the job comes back
+    /// when the lease runs out, its slot stays taken until it returns, and
+    /// what it then returns is discarded.
+    ///
+    /// Must be more than zero ([`build`](Self::build) says so otherwise).
+    pub fn max_runtime(mut self, limit: Duration) -> Self {
+        self.max_runtime = Some(limit);
         self
     }
 
@@ -199,19 +270,27 @@ impl WorkerBuilder {
     /// Checks the settings and makes the worker; nothing connects yet.
     ///
     /// Fails with [`Error::InvalidArgument`] for no handler, a bad or repeated
-    /// queue name, a concurrency or batch out of range, a bad name.
+    /// queue name, a concurrency or batch out of range, a bad name, a zero
+    /// `max_runtime`.
     pub fn build(self) -> Result<Worker, Error> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
         if self.handlers.is_empty() {
             return bad("a worker needs at least one handler: .handler(\"queue\", handler)".into());
         }
+        if self.max_runtime.is_some_and(|d| d.is_zero()) {
+            return bad("max_runtime must be more than zero".into());
+        }
         let mut handlers = HashMap::new();
         let mut queues = Vec::new();
-        for (q, h) in self.handlers {
+        for (q, handler, opts) in self.handlers {
             if !is_valid_queue_name(&q) {
                 return bad(format!("bad queue name {q:?}: 1-57 characters of [A-Za-z0-9_.:-]"));
             }
-            if handlers.insert(q.clone(), h).is_some() {
+            if opts.max_runtime.is_some_and(|d| d.is_zero()) {
+                return bad(format!("the max_runtime of queue {q:?} must be more than zero"));
+            }
+            let route = Route { handler, max_runtime: opts.max_runtime.or(self.max_runtime) };
+            if handlers.insert(q.clone(), route).is_some() {
                 return bad(format!("two handlers for queue {q:?}"));
             }
             queues.push(q);
@@ -321,6 +400,15 @@ enum Phase {
     Settling,
     /// Given back at the end of the grace: its outcome no longer counts.
     Released,
+    /// Stopped at its max_runtime; its failure is being written. Unlike
+    /// `Settling`, the lease is no longer extended.
+    Overdue,
+}
+
+/// A queue's handler and the options it runs with.
+struct Route {
+    handler: Arc<dyn Handler>,
+    max_runtime: Option<Duration>,
 }
 
 struct Entry {
@@ -332,7 +420,7 @@ struct Entry {
 struct Shared {
     name: Arc<str>,
     queues: Vec<String>,
-    handlers: HashMap<String, Arc<dyn Handler>>,
+    handlers: HashMap<String, Route>,
     concurrency: usize,
     max_batch: usize,
     poll_interval: Duration,
@@ -432,6 +520,7 @@ impl Worker {
             cancel,
             handlers: Vec::new(),
             concurrency: 10,
+            max_runtime: None,
             max_batch: None,
             name: None,
             poll_interval: None,
@@ -969,35 +1058,44 @@ impl Shared {
         }
     }
 
+    /// The job of a claimed row. A row whose id and attempt can be read is
+    /// always a job: one whose payload (or another column) cannot be decoded
+    /// (a payload nested deeper than serde_json's recursion limit, a number
+    /// beyond an `f64`, both of which jsonb stores) is one to fail for good at
+    /// once. Dropped, it would keep its claim until the lease ran out, come
+    /// back and be dropped again, each time taking a slot of the capacity.
     fn job_of(&self, r: &Row) -> Option<Job> {
-        let parse = || -> Result<Job, tokio_postgres::Error> {
-            let lease: PgInterval = r.try_get("lease")?;
-            Ok(Job {
-                inner: Arc::new(JobInner {
-                    id: r.try_get("id")?,
-                    queue: r.try_get("queue")?,
-                    payload: r.try_get::<_, Option<Value>>("payload")?.unwrap_or(Value::Null),
-                    priority: r.try_get("priority")?,
-                    serial_group: r.try_get("serial_group")?,
-                    attempt: r.try_get("attempt")?,
-                    max_attempts: r.try_get("max_attempts")?,
-                    created_at: r.try_get("created_at")?,
-                    lease_until: Mutex::new(r.try_get("lease_until")?),
-                    lease: if lease.0.is_zero() { Duration::from_secs(60) } else { lease.0 },
-                    worker: self.name.clone(),
-                    ops: self.ops.clone(),
-                    cancel: CancellationToken::new(),
-                }),
-            })
-        };
-        match parse() {
-            Ok(j) => Some(j),
-            Err(e) => {
+        let (id, attempt) = match (r.try_get::<_, i64>("id"), r.try_get::<_, i32>("attempt")) {
+            (Ok(id), Ok(attempt)) => (id, attempt),
+            (Err(e), _) | (_, Err(e)) => {
                 // Cannot happen with a matching extension; the lease brings the job back.
-                self.report("a claimed row could not be read", &e.into());
-                None
+                self.report("a claimed row could not be read (no id or attempt)", &e.into());
+                return None;
             }
-        }
+        };
+        let mut undecodable = Vec::new();
+        let payload = column::<Option<Value>>(r, "payload", &mut undecodable).flatten().unwrap_or(Value::Null);
+        let lease = column::<PgInterval>(r, "lease", &mut undecodable).map_or(Duration::ZERO, |l| l.0);
+        let lease = if lease.is_zero() { Duration::from_secs(60) } else { lease };
+        let now = SystemTime::now();
+        Some(Job {
+            inner: Arc::new(JobInner {
+                id,
+                queue: column(r, "queue", &mut undecodable).unwrap_or_default(),
+                payload,
+                priority: column(r, "priority", &mut undecodable).unwrap_or(0),
+                serial_group: column(r, "serial_group", &mut undecodable).flatten(),
+                attempt,
+                max_attempts: column(r, "max_attempts", &mut undecodable).unwrap_or(attempt),
+                created_at: column(r, "created_at", &mut undecodable).unwrap_or(now),
+                lease_until: Mutex::new(column(r, "lease_until", &mut undecodable).unwrap_or(now + lease)),
+                lease,
+                worker: self.name.clone(),
+                ops: self.ops.clone(),
+                cancel: CancellationToken::new(),
+                undecodable: (!undecodable.is_empty()).then(|| undecodable.join("; ")),
+            }),
+        })
     }
 
     // ------------------------------------------------------------ running
@@ -1031,26 +1129,47 @@ impl Shared {
         // Held to the end, except while the acker holds it for the ack (a job
         // it claims along with the ack may keep it).
         let mut permit = Some(permit);
-        let _touch = TouchGuard(tokio::spawn(self.clone().keep_lease(job.clone())));
-        let handler = self.handlers.get(job.queue()).cloned();
+        let route = self.handlers.get(job.queue());
+        let limit = route.and_then(|r| r.max_runtime);
         let span = tracing::info_span!("queue.process", queue = %job.queue(), job.id = job.id(),
             attempt = job.attempt(), worker = %self.name);
         async {
-            tracing::debug!("job started");
-            self.emit(|h| h.job_started(&JobStarted { job: &job }));
+            let undecodable = job.inner.undecodable.clone();
+            if undecodable.is_none() {
+                tracing::debug!("job started");
+                self.emit(|h| h.job_started(&JobStarted { job: &job }));
+            }
             let t0 = Instant::now();
-            let outcome = match handler {
+            // A limit too far off for an Instant is no limit.
+            let deadline = limit.and_then(|l| t0.checked_add(l));
+            let _touch = TouchGuard(tokio::spawn(self.clone().keep_lease(job.clone(), phase.clone(), deadline)));
+            let mut overdue = false;
+            let outcome = match (undecodable, route) {
+                // Not run: no handler could read it, and a retry would read the same.
+                (Some(why), _) => Err(JobError::permanent(why)),
+                (None, None) => Err(JobError::new(format!("no handler for queue {}", job.queue()))),
                 // A handler may panic before its future exists (a closure that
                 // reads the payload before `async move`) as well as inside it:
                 // both fail the attempt, and the worker goes on.
-                Some(h) => match std::panic::catch_unwind(AssertUnwindSafe(|| h.handle(job.clone()))) {
-                    Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
-                        Ok(r) => r,
-                        Err(panic) => Err(JobError::new(format!("the handler panicked: {}", panic_text(&*panic)))),
-                    },
+                (None, Some(r)) => match std::panic::catch_unwind(AssertUnwindSafe(|| r.handler.handle(job.clone()))) {
+                    Ok(fut) => {
+                        let fut = AssertUnwindSafe(fut).catch_unwind().map(|r| match r {
+                            Ok(r) => r,
+                            Err(panic) => Err(JobError::new(format!("the handler panicked: {}", panic_text(&*panic)))),
+                        });
+                        match until_deadline(&job, fut, deadline).await {
+                            Some(r) => r,
+                            None => {
+                                overdue = true;
+                                let limit = limit.unwrap_or_default();
+                                Err(JobError::new(format!(
+                                    "max_runtime exceeded: the handler ran longer than {limit:?}"
+                                )))
+                            }
+                        }
+                    }
                     Err(panic) => Err(JobError::new(format!("the handler panicked: {}", panic_text(&*panic)))),
                 },
-                None => Err(JobError::new(format!("no handler for queue {}", job.queue()))),
             };
             let duration = t0.elapsed();
             {
@@ -1058,7 +1177,7 @@ impl Shared {
                 if *p == Phase::Released {
                     return; // given back at a hard stop: the outcome no longer counts
                 }
-                *p = Phase::Settling;
+                *p = if overdue { Phase::Overdue } else { Phase::Settling };
             }
             match outcome {
                 Ok(result) => self.ack(&job, result, duration, &mut permit).await,
@@ -1173,12 +1292,25 @@ impl Shared {
         }
     }
 
-    /// Extends the lease at half of it while the job runs or is being acked.
-    async fn keep_lease(self: Arc<Self>, job: Job) {
+    /// Extends the lease at half of it while the job runs or is being acked;
+    /// past the handler's `deadline` (its max_runtime), only while its ack or
+    /// fail is being written after it returned in time.
+    async fn keep_lease(self: Arc<Self>, job: Job, phase: Arc<Mutex<Phase>>, deadline: Option<Instant>) {
         let lease = job.inner.lease;
         let mut delay = (lease / 2).max(Duration::from_millis(50));
         loop {
             tokio::time::sleep(delay).await;
+            // Checked here, not only where the handler runs: a handler that
+            // blocks its thread keeps `execute` from seeing its deadline, and
+            // must lose its job to the lease rather than hold it for ever.
+            if deadline.is_some_and(|d| Instant::now() >= d) && *phase.lock().unwrap() != Phase::Settling {
+                tracing::debug!(
+                    job.id = job.id(),
+                    attempt = job.attempt(),
+                    "max_runtime passed: the lease is no longer extended"
+                );
+                return;
+            }
             let started = SystemTime::now();
             let none: Option<PgInterval> = None;
             match self
@@ -1306,12 +1438,59 @@ impl Shared {
     }
 }
 
+/// Runs a handler's future until `deadline`, if any. Past it, fires the
+/// job's cancellation, drops the future (so whatever it would still return
+/// cannot ack or fail the job again) and returns `None`. An outcome that
+/// comes only after the deadline (a handler that blocked its thread, so the
+/// timer could not fire) is discarded in the same way.
+async fn until_deadline<T>(
+    job: &Job,
+    mut fut: impl Future<Output = T> + Unpin,
+    deadline: Option<Instant>,
+) -> Option<T> {
+    let Some(deadline) = deadline else {
+        return Some(fut.await);
+    };
+    let done = tokio::select! {
+        r = &mut fut => Some(r),
+        _ = tokio::time::sleep_until(deadline.into()) => None,
+    };
+    if done.is_some() {
+        if Instant::now() < deadline {
+            return done;
+        }
+        tracing::warn!("the handler returned after its max_runtime: its outcome is discarded");
+    }
+    job.inner.cancel.cancel();
+    // A drop that panics (a guard of the handler's) fails nothing more than the attempt already failed.
+    if std::panic::catch_unwind(AssertUnwindSafe(move || drop(fut))).is_err() {
+        tracing::warn!("the handler's future panicked while it was dropped at its max_runtime (ignored)");
+    }
+    None
+}
+
 /// Aborts the lease-keeping task when the job's task ends (or is aborted).
 struct TouchGuard(JoinHandle<()>);
 
 impl Drop for TouchGuard {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A column of a claimed row, or `None` with why it cannot be decoded added to `why`.
+fn column<'a, T: FromSql<'a>>(r: &'a Row, name: &str, why: &mut Vec<String>) -> Option<T> {
+    match r.try_get::<_, T>(name) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            // The cause (serde_json's "recursion limit exceeded at line 1
+            // column 129") says more than tokio-postgres's "error
+            // deserializing column 2" around it.
+            let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |c| c.to_string());
+            let what = if name == "payload" { "the payload".to_owned() } else { format!("column {name}") };
+            why.push(format!("{what} cannot be decoded: {cause}"));
+            None
+        }
     }
 }
 

@@ -35,9 +35,13 @@ def send_email(job: pgqueue.Job) -> dict:
 
 
 def build_report(job: pgqueue.Job) -> dict:
-    """A long job: reports progress; its lease is extended while it runs."""
+    """A long job: reports progress; its lease is extended while it runs (up
+    to its max_runtime, which it checks between pages: a thread cannot be
+    interrupted)."""
     pages = int(job.payload.get("pages", 5))
     for page in range(1, pages + 1):
+        if job.lease_lost:  # past its max_runtime (or the claim was taken away): the outcome would be dropped
+            return {"stopped_at": page}
         time.sleep(0.5)
         job.progress(page, pages, f"page {page} of {pages}")
     return {"pages": pages}
@@ -74,8 +78,9 @@ def main() -> None:
 
     worker = pgqueue.Worker(
         args.dsn,
-        {"emails": send_email, "reports": build_report},
+        {"emails": send_email, "reports": pgqueue.Handler(build_report, max_runtime=60)},
         concurrency=args.concurrency,
+        max_runtime=10,  # a hung handler fails its attempt after 10 s (the reports get 60 s)
         grace=args.grace,
         pooler=args.pooler,
         listeners=[PrintListener()],

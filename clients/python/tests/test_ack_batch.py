@@ -20,6 +20,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from psycopg.adapt import PyFormat
+from psycopg.types.json import Jsonb
+
 import pgqueue
 from pgqueue import _common as c
 from conftest import DSN, dsn_params, job_info, job_status, wait_until
@@ -132,6 +135,12 @@ def test_an_async_drain_acks_many_jobs_per_queue_ack_batch_call(conn, queue_name
     assert failed == []
 
 
+def mb_result(job_id: int, mb: float) -> Dict[str, Any]:
+    """A result of about ``mb`` MB, different for every job."""
+    unit = f"{job_id}:" + "abcdefghijklmnopqrstuvwxyz"[job_id % 26] * 50 + ";"
+    return {"role": "mb", "id": job_id, "blob": unit * (int(mb * 1024 * 1024) // len(unit))}
+
+
 class Gated:
     """Handlers that wait at two gates: the "plug" job's at the first, every
     other job's at the second. Each returns ``{"role": ..., "id": ...}``; a
@@ -152,6 +161,8 @@ class Gated:
             self.returned += 1
         if role == "big":
             return {"role": role, "blob": "x" * 5000}
+        if role == "mb":  # a result of payload["mb"] MB, its own text
+            return mb_result(job.id, job.payload["mb"])
         return {"role": role, "id": job.id}
 
     def handler(self, job: Any) -> Any:
@@ -301,6 +312,111 @@ def test_async_a_result_too_large_fails_only_its_job_and_its_batch_neighbours_co
     assert_one_refused_batch(caplog, jobs - 1)
 
 
+class SentBatches:
+    """Records, client side, every batch the worker's acker sends, alone or
+    with a claim (both build their parameters with the batcher's
+    ``array_params`` right before the statement): how many acks, and the
+    bytes their results add to the statement, as psycopg dumps them."""
+
+    def __init__(self, acker: Any) -> None:
+        self.lock = threading.Lock()
+        self.sizes: List[tuple] = []  # (acks, result bytes) per statement sent
+        dump = psycopg.adapters.get_dumper(Jsonb, PyFormat.TEXT)(Jsonb).dump
+        batcher = acker._batcher
+        original = batcher.array_params
+
+        def array_params(batch: List[c.PendingAck]) -> Any:
+            size = sum(len(dump(a.doc)) for a in batch if a.doc is not None)
+            with self.lock:
+                self.sizes.append((len(batch), size))
+            return original(batch)
+
+        batcher.array_params = array_params
+
+    def check(self, cap: int, results: int, total: int) -> None:
+        """The statements sent carried ``results`` acks with results in all
+        (``total`` bytes: each was sent once), and every one past ``cap``
+        bytes was one ack alone."""
+        with self.lock:
+            sizes = [s for s in self.sizes if s[1] > 0]
+        assert sum(n for n, _ in sizes) == results, f"batches with results sent: {sizes}"
+        assert sum(b for _, b in sizes) == total, sizes
+        assert [s for s in sizes if s[1] > cap and s[0] != 1] == [], \
+            f"a batch over the {cap}-byte cap held more than one ack: {sizes}"
+
+
+ACK_BATCH_CAP = 8 * 1024 * 1024  # the workers' cap (pgqueue._common.MAX_ACK_BATCH_BYTES)
+MB_JOBS = 5  # each 3 MB: 15 MB of results in all, queued behind a plug as one batch
+BIG_MB = 9  # over the 8 MB cap alone, under the 10 MB queue.max_result_size
+
+
+def push_mb_jobs(conn: psycopg.Connection, queue: str) -> tuple:
+    """The plug, MB_JOBS jobs of 3 MB results and one of BIG_MB: (plug, [the others])."""
+    plug = pgqueue.push(conn, queue, {"role": "plug"})
+    ids = [pgqueue.push(conn, queue, {"role": "mb", "mb": 3}, max_attempts=1) for _ in range(MB_JOBS)]
+    ids.append(pgqueue.push(conn, queue, {"role": "mb", "mb": BIG_MB}, max_attempts=1))
+    return plug, ids
+
+
+def mb_checks(conn: psycopg.Connection, g: Gated, sent: SentBatches, plug: int, ids: List[int]) -> None:
+    """Every job completed once with its result intact; the batches stayed under the cap."""
+    for job_id in [plug, *ids]:
+        wait_until(lambda: job_status(conn, job_id) == "completed", timeout=30, what=f"job {job_id} completed")
+        wait_until(lambda: g.finished_of(job_id), what=f"job {job_id} finished event")
+    total = len(c.result_doc({"role": "plug", "id": plug}).obj)
+    for n, job_id in enumerate(ids):
+        info = job_info(conn, job_id)
+        want = mb_result(job_id, BIG_MB if n == MB_JOBS else 3)
+        assert info["attempts"] == 1
+        assert info["result"] == want, f"job {job_id}: the result stored is not the one returned"
+        total += len(c.result_doc(want).obj)
+    assert sorted(e.status for e in g.finished) == ["completed"] * (len(ids) + 1)
+    assert g.failed == []
+    sent.check(ACK_BATCH_CAP, len(ids) + 1, total)
+
+
+def test_the_results_in_one_ack_batch_stay_under_the_byte_cap(conn, queue_name, start_worker, caplog):
+    """Six handlers return 3 MB results (and one 9 MB) at once, their acks all
+    queued behind the plug's: without a byte cap they go as ONE statement of
+    24 MB; with it, batches of at most 8 MB, the 9 MB one alone. Every result
+    is stored intact, and nothing falls back to per-job acks."""
+    g = Gated()
+    plug, ids = push_mb_jobs(conn, queue_name)
+    w = start_worker({queue_name: g.handler}, concurrency=len(ids) + 1, listeners=[g.listener], poll_interval=0.2)
+    sent = SentBatches(w._acker)
+    for job_id in [plug, *ids]:
+        wait_until(lambda: job_status(conn, job_id) == "processing", what=f"job {job_id} claimed")
+    one_batch_behind_a_plug(conn, g, f"pgqueue {w.name}"[:63], plug, len(ids) + 1)
+    mb_checks(conn, g, sent, plug, ids)
+    assert not [r for r in caplog.records if "refused as a whole" in r.getMessage()]
+
+
+def test_async_the_results_in_one_ack_batch_stay_under_the_byte_cap(conn, queue_name, caplog):
+    g = Gated()
+    plug, ids = push_mb_jobs(conn, queue_name)
+
+    async def handler(job):
+        gate = g.plug if job.payload["role"] == "plug" else g.rest
+        while not gate.is_set():
+            await asyncio.sleep(0.01)
+        return g.result(job)
+
+    async def main() -> None:
+        async with pgqueue.AsyncWorker(DSN, {queue_name: handler}, concurrency=len(ids) + 1, grace=5,
+                                       poll_interval=0.2, listeners=[g.listener]) as w:
+            while not hasattr(w, "_acker"):
+                await asyncio.sleep(0)
+            sent = SentBatches(w._acker)
+            for job_id in [plug, *ids]:
+                await asyncio.to_thread(wait_until, lambda: job_status(conn, job_id) == "processing",
+                                        what=f"job {job_id} claimed")
+            await asyncio.to_thread(one_batch_behind_a_plug, conn, g, f"pgqueue {w.name}"[:63], plug, len(ids) + 1)
+            await asyncio.to_thread(mb_checks, conn, g, sent, plug, ids)
+
+    asyncio.run(main())
+    assert not [r for r in caplog.records if "refused as a whole" in r.getMessage()]
+
+
 def test_without_queue_ack_batch_an_older_extension_gets_one_queue_ack_per_job(conn, queue_name, start_worker):
     """A database of its own whose extension loses queue_ack_batch after the
     worker started (as if it were older): the first batch gets 42883, every
@@ -359,6 +475,28 @@ def test_a_batch_holds_at_most_1000_acks_and_never_one_job_twice():
     assert b.take() == []
     b.settle(second, [7, 1000])
     assert (twice.outcome, second[1].outcome, second[2].outcome) == (True, True, False)
+
+
+def test_a_batch_ends_before_the_ack_that_would_take_it_past_the_byte_cap():
+    b = c.AckBatcher(None, max_bytes=100)
+
+    def ack(job_id: int, chars: int) -> c.PendingAck:
+        return c.PendingAck(_FakeJob(job_id), None if chars == 0 else c.result_doc("x" * (chars - 2)),
+                            threading.Event())
+
+    acks = [ack(1, 40), ack(2, 40), ack(3, 40), ack(4, 250), ack(5, 0), ack(6, 60), ack(7, 40), ack(8, 100)]
+    assert [a.size for a in acks] == [40, 40, 40, 250, 0, 60, 40, 100]
+    assert c.PendingAck(_FakeJob(9), c.result_doc("\u00e9"), threading.Event()).size == len('"\\u00e9"')
+    for a in acks:
+        b.add(a)
+    batches = []
+    while True:
+        batch = b.take()
+        if not batch:
+            break
+        batches.append([a.job.id for a in batch])
+    # 40+40 (a third 40 would pass 100), 40 (250 would), 250 alone, 0+60+40 (exactly 100: full), 100 alone.
+    assert batches == [[1, 2], [3], [4], [5, 6, 7], [8]]
 
 
 def test_an_unserialisable_result_is_caught_before_it_joins_a_batch():

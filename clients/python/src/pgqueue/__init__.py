@@ -21,8 +21,9 @@ completed (its handler reads their results with :func:`dependencies`);
 """
 
 from ._common import VERSION as __version__
+from ._common import Handler
 from .aio import AsyncJob, AsyncWorker
-from .errors import PermanentError, RetryIn, WorkerStopped
+from .errors import MaxRuntimeExceeded, PermanentError, RetryIn, WorkerStopped
 from .hooks import CallbackListener, JobEvent, WorkerListener, tracing_available
 from .push import Priority, PushOptions, apush, apush_batch, check_queue_name, push, push_batch
 from .worker import Job, Worker
@@ -64,11 +65,13 @@ __all__ = [
     "BatchStatus",
     "Worker",
     "Job",
+    "Handler",
     "AsyncWorker",
     "AsyncJob",
     "PermanentError",
     "RetryIn",
     "WorkerStopped",
+    "MaxRuntimeExceeded",
     "WorkerListener",
     "CallbackListener",
     "JobEvent",

@@ -6,6 +6,7 @@ import collections
 import operator as _operator
 import datetime as dt
 import inspect
+import math
 import os
 import platform
 import random
@@ -23,7 +24,7 @@ from psycopg.pq import Format
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from .errors import PermanentError, RetryIn
+from .errors import MaxRuntimeExceeded, PermanentError, RetryIn, format_duration
 from .hooks import _Hooks, logger as default_logger
 from .push import check_queue_name
 
@@ -125,11 +126,14 @@ def describe_error(exc: BaseException, with_traceback: bool = True) -> str:
     traceback. Never raises, and the text is one PostgreSQL can store: a NUL
     (which text cannot hold) is written ``\\x00``, a lone surrogate as its
     escape; an exception whose ``str()`` itself raises is named without its
-    message."""
+    message. A :class:`~pgqueue.MaxRuntimeExceeded` is its message alone (the
+    text every client records for it)."""
     try:
         message = str(exc)
     except Exception:
         message = "(its message could not be read)"
+    if isinstance(exc, MaxRuntimeExceeded):
+        return storable_text(message)
     head = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     if with_traceback and not isinstance(exc, (PermanentError, RetryIn)):
         try:
@@ -183,13 +187,59 @@ def worker_info(name: str, queues: Sequence[str], concurrency: int, pooler: bool
     }
 
 
-def check_handlers(handlers: Mapping[str, Callable[..., Any]], want_async: bool) -> Dict[str, Callable[..., Any]]:
-    """Validate the queue -> handler mapping of a worker."""
+def check_max_runtime(value: Any, what: str = "max_runtime") -> float:
+    """``value`` (seconds, or a :class:`datetime.timedelta`) as seconds; a
+    TypeError or ValueError unless it is a positive, finite span."""
+    if isinstance(value, dt.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or a timedelta, not {type(value).__name__}")
+    else:
+        seconds = float(value)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{what} must be a positive, finite span: {value!r}")
+    return seconds
+
+
+class Handler:
+    """A queue's handler with settings of its own, for a worker's ``handlers``
+    mapping in place of the bare function::
+
+        Worker(DSN, {"emails": send_email, "reports": Handler(render, max_runtime=600)},
+               max_runtime=30)
+
+    Args:
+        fn: the handler (a function for :class:`~pgqueue.Worker`, an ``async``
+            function for :class:`~pgqueue.AsyncWorker`).
+        max_runtime: the longest one run of ``fn`` may take, in seconds or as
+            a :class:`datetime.timedelta`; it overrides the worker's
+            ``max_runtime`` for this queue. ``None`` (the default): the
+            worker's.
+    """
+
+    __slots__ = ("fn", "max_runtime")
+
+    def __init__(self, fn: Callable[..., Any], *, max_runtime: Any = None) -> None:
+        """Validated at once: a TypeError / ValueError for a bad ``fn`` or ``max_runtime``."""
+        if not callable(fn):
+            raise TypeError("a Handler's fn must be callable")
+        self.fn = fn
+        self.max_runtime: Optional[float] = None if max_runtime is None else check_max_runtime(max_runtime)
+
+    def __repr__(self) -> str:
+        return f"Handler({self.fn!r}, max_runtime={self.max_runtime!r})"
+
+
+def check_handlers(handlers: Mapping[str, Any], want_async: bool) -> Dict[str, Callable[..., Any]]:
+    """Validate the queue -> handler mapping of a worker: queue -> the
+    function (a :class:`Handler` gives its ``fn``)."""
     if not isinstance(handlers, Mapping) or not handlers:
         raise ValueError("handlers must be a non-empty mapping of queue name to handler")
     out: Dict[str, Callable[..., Any]] = {}
     for queue, fn in handlers.items():
         check_queue_name(queue)
+        if isinstance(fn, Handler):
+            fn = fn.fn
         if not callable(fn):
             raise TypeError(f"handler for {queue!r} is not callable")
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
@@ -208,6 +258,18 @@ def check_positive(what: str, value: Any, allow_zero: bool = False) -> float:
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{what} must be {'>= 0' if allow_zero else '> 0'}: {value}")
     return float(value)
+
+
+def runtime_limits(handlers: Mapping[str, Any], default: Optional[float]) -> Dict[str, float]:
+    """queue -> the ``max_runtime`` of its handler in seconds: the
+    :class:`Handler`'s own, else ``default``; queues without one are left out."""
+    limits: Dict[str, float] = {}
+    for queue, fn in handlers.items():
+        own = fn.max_runtime if isinstance(fn, Handler) else None
+        limit = own if own is not None else default
+        if limit is not None:
+            limits[queue] = limit
+    return limits
 
 
 # Job states (client side).
@@ -325,7 +387,7 @@ class JobBase:
     """The data of a claimed job, shared by :class:`Job` and :class:`AsyncJob`."""
 
     __slots__ = ("_row", "_owner", "_worker", "_lock", "_state", "_lost", "_next_touch", "_started", "_payload",
-                 "_loads", "_created", "_created_load", "_task")
+                 "_loads", "_created", "_created_load", "_task", "_deadline", "_expiry", "_expired")
 
     def __init__(self, row: ClaimedRow, owner: Any, now: Optional[float] = None,
                  loads: Optional[ClaimDecoders] = None) -> None:
@@ -342,6 +404,12 @@ class JobBase:
         self._lock = threading.Lock()
         self._state = RUNNING
         self._lost = False
+        # max_runtime (the threaded worker's lease keeper enforces it): when the
+        # handler's run must end (monotonic), None without a limit; what the
+        # expiry needs (limit, handler start, span); whether it happened.
+        self._deadline: Optional[float] = None
+        self._expiry: Any = None
+        self._expired = False
         self._started = started = time.monotonic() if now is None else now
         self._next_touch = started + max(0.05, row.lease.total_seconds() / 2)  # touch_every, inlined
         self._payload = row.payload
@@ -404,9 +472,10 @@ class JobBase:
         """True once the worker learnt that this claim is no longer current.
 
         Set when a lease extension was refused (the lease ran out and the job
-        was claimed again, or it was reaped) or when the worker gave the job
-        back at shutdown. A handler may check it to stop early; its result
-        will not be recorded.
+        was claimed again, or it was reaped), when the worker gave the job
+        back at shutdown, or when the handler ran past its ``max_runtime``
+        (the worker failed the attempt). A handler may check it to stop
+        early; its result will not be recorded.
         """
         return self._lost or self._state == RELEASED
 
@@ -437,6 +506,19 @@ class JobBase:
             self._state = RELEASED
             return True
 
+    def _begin_expire(self) -> bool:
+        """The handler ran past its max_runtime: the worker fails the attempt
+        (FINISHING, as for any failure), and the handler's own outcome, when
+        it comes, finds the job taken (``_expired``) and is dropped. One
+        step, so that whoever loses the race to finish sees ``_expired``."""
+        with self._lock:
+            if self._state != RUNNING:
+                return False
+            self._state = FINISHING
+            self._expired = True
+            self._lost = True  # lease_lost: the stop signal a handler can check
+            return True
+
     def _may_report(self) -> bool:
         with self._lock:
             return self._state == RUNNING and not self._lost
@@ -462,12 +544,21 @@ class WorkerBase:
     def _configure(self, dsn: str, handlers: Mapping[str, Callable[..., Any]], want_async: bool, *,
                    concurrency: int, name: Optional[str], grace: float, poll_interval: float,
                    heartbeat_interval: float, pooler: bool, pooler_wait: float, listeners: Sequence[Any], reconnect_max: float,
-                   tracing: bool, logger: Any, connect_kwargs: Optional[Mapping[str, Any]]) -> None:
+                   tracing: bool, logger: Any, connect_kwargs: Optional[Mapping[str, Any]],
+                   max_runtime: Any = None) -> None:
         if not isinstance(dsn, str):
             raise TypeError("dsn must be a connection string")
         self._dsn = dsn
         self._handlers = check_handlers(handlers, want_async)
         self.queues: List[str] = list(self._handlers)
+        #: The default ``max_runtime`` of the worker's handlers, in seconds (None: no limit).
+        self.max_runtime: Optional[float] = None if max_runtime is None else check_max_runtime(max_runtime)
+        self._limits = runtime_limits(handlers, self.max_runtime)
+        # Jobs whose handler ran past its max_runtime and has not returned yet:
+        # failed already and out of the active set (a retry of the job may be
+        # claimed meanwhile, by its id), but their slots stay taken: the
+        # capacity is concurrency - len(active) - len(overtime).
+        self._overtime: "set[Any]" = set()
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError("concurrency must be an int >= 1")
         self.concurrency = concurrency
@@ -534,6 +625,15 @@ class WorkerBase:
     def _info(self, state: str) -> Dict[str, Any]:
         return worker_info(self.name, self.queues, self.concurrency, self.pooler, state)
 
+    def _overran(self, job: JobBase, exc: Optional[BaseException]) -> None:
+        """The handler of ``job``, failed for running past its max_runtime, ended
+        now: what it returned or raised (``exc``) is dropped, only logged."""
+        limit, start = job._expiry[0], job._expiry[1]
+        self._log.info("job %s: the handler %s after %.3fs, past its max_runtime of %s; that is dropped"
+                       " (the attempt was failed already)", job.id,
+                       "returned" if exc is None else f"raised {type(exc).__name__}",
+                       time.monotonic() - start, format_duration(limit))
+
 
 # ------------------------------------------------------------------ batched acks
 #
@@ -550,6 +650,12 @@ class WorkerBase:
 # claimed jobs take over the acked jobs' slots (split_ack_claim reads the rows).
 
 MAX_ACK_BATCH = 1000  # acks per call: bounds the statement, its row locks and its parameters
+# The serialised results of one call, in bytes, at most (an ack whose own result
+# is larger goes in a call of its own). 50 handlers returning 10 MB each (the
+# default queue.max_result_size; a superuser may raise it far beyond) would
+# otherwise make one 500 MB statement, held in the client's and the server's
+# memory at once, and one such batch refused or lost fails every ack in it.
+MAX_ACK_BATCH_BYTES = 8 * 1024 * 1024
 
 NO_ACK_BATCH_MESSAGE = (
     "the server has no queue_ack_batch(bigint[], integer[], jsonb[]) (the queue extension is older"
@@ -598,6 +704,22 @@ def result_doc(result: Any) -> Optional[Jsonb]:
     return Jsonb(bytes(data).decode("utf-8"), dumps=_as_is)
 
 
+def doc_size(doc: Optional[Jsonb]) -> int:
+    """The bytes ``doc`` (of :func:`result_doc`) adds to a statement: its
+    JSON text as UTF-8 (0 for NULL)."""
+    if doc is None:
+        return 0
+    text = doc.obj
+    if isinstance(text, str):
+        # json.dumps escapes non-ASCII by default: the text is almost always
+        # ASCII, its length its size, with no copy made to measure it.
+        return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return len(text) if isinstance(text, (bytes, bytearray)) else 0
+
+
+_size_of = _operator.attrgetter("size")
+
+
 class PendingAck:
     """One finished job's ack, queued to the worker's acker.
 
@@ -607,15 +729,16 @@ class PendingAck:
     on; ``aio._AsyncAck``: a bare future of the loop). Once :attr:`done`, :attr:`outcome` is
     ``True`` (completed), ``False`` (refused: the claim is no longer current),
     ``None`` (not delivered; the job returns after its lease) or
-    :data:`PER_JOB`.
+    :data:`PER_JOB`. ``size`` is what ``doc`` adds to a call (:func:`doc_size`).
     """
 
-    __slots__ = ("job", "doc", "first_try", "waiter", "outcome", "done")
+    __slots__ = ("job", "doc", "size", "first_try", "waiter", "outcome", "done")
 
     def __init__(self, job: JobBase, doc: Optional[Jsonb], waiter: Any) -> None:
         """The ack of ``job`` with its serialised result ``doc`` (see :func:`result_doc`)."""
         self.job = job
         self.doc = doc
+        self.size = doc_size(doc)
         # When the batcher first handed it to a call (AckBatcher.take): the
         # give-up rule of a per-job delivery counts from there (give_up).
         self.first_try: Optional[float] = None
@@ -657,10 +780,12 @@ class AckBatcher:
     error, which returns the acks to send again after a backoff delay.
     """
 
-    def __init__(self, log: Any, max_batch: int = MAX_ACK_BATCH) -> None:
-        """Acks are logged to ``log``; at most ``max_batch`` go in one call."""
+    def __init__(self, log: Any, max_batch: int = MAX_ACK_BATCH, max_bytes: int = MAX_ACK_BATCH_BYTES) -> None:
+        """Acks are logged to ``log``; at most ``max_batch`` go in one call,
+        with at most ``max_bytes`` of results between them (see :meth:`take`)."""
         self._log = log
         self.max_batch = max_batch
+        self.max_bytes = max_bytes
         self.pending: Deque[PendingAck] = collections.deque()
         # False after 42883 (an extension without queue_ack_batch): every ack goes per job.
         self.supported = True
@@ -674,16 +799,20 @@ class AckBatcher:
         return True
 
     def take(self) -> List[PendingAck]:
-        """The next batch, oldest first: at most :attr:`max_batch` acks and never
-        two of the same job id (one worker may hold a stale and a current claim
-        of a job; the ids that come back could not tell them apart, so the
-        later one waits for the next call). Empty when nothing is queued."""
+        """The next batch, oldest first: at most :attr:`max_batch` acks, results
+        of at most :attr:`max_bytes` in all, and never two of the same job id
+        (one worker may hold a stale and a current claim of a job; the ids
+        that come back could not tell them apart, so the later one waits for
+        the next call). The batch ends before the first ack that would take
+        it past :attr:`max_bytes`, which starts the next one; an ack whose own
+        result is larger goes alone. Empty when nothing is queued."""
         if not self.supported:
             self.abandon([], PER_JOB)
             return []
         pending = self.pending
         now = time.monotonic()
-        if len(pending) <= self.max_batch:
+        max_bytes = self.max_bytes
+        if len(pending) <= self.max_batch and sum(map(_size_of, pending)) <= max_bytes:
             batch = list(pending)
             if len({ack.job.id for ack in batch}) == len(batch):  # the common case: no id twice
                 pending.clear()
@@ -694,15 +823,22 @@ class AckBatcher:
         batch = []
         later: List[PendingAck] = []
         seen = set()
+        total = 0
         while pending and len(batch) < self.max_batch:
-            ack = pending.popleft()
+            ack = pending[0]
             if ack.job.id in seen:
-                later.append(ack)
-            else:
-                seen.add(ack.job.id)
-                if ack.first_try is None:
-                    ack.first_try = now
-                batch.append(ack)
+                later.append(pending.popleft())
+                continue
+            if batch and total + ack.size > max_bytes:
+                break  # it starts the next batch
+            pending.popleft()
+            seen.add(ack.job.id)
+            if ack.first_try is None:
+                ack.first_try = now
+            batch.append(ack)
+            total += ack.size
+            if total >= max_bytes:
+                break  # full, or one result over the cap alone
         pending.extendleft(reversed(later))
         return batch
 

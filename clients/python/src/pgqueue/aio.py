@@ -11,13 +11,13 @@ import logging
 import signal
 import sys
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from . import _common as c
-from .errors import WorkerStopped, as_timedelta, is_permanent, retry_in_of
+from .errors import MaxRuntimeExceeded, WorkerStopped, as_timedelta, format_duration, is_permanent, retry_in_of
 from .hooks import JobEvent, _event
 from .workflows import Dependency, _DEPENDENCIES_SQL, _dependency
 
@@ -138,6 +138,15 @@ class _AsyncPool:
             await _aclose_quietly(conn)
 
 
+def _uncancel() -> None:
+    """Take back one cancel request of the current task (``Task.uncancel()``,
+    Python 3.11+): the worker's own, which the task has handled."""
+    task = asyncio.current_task()
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None and task.cancelling() > 0:  # type: ignore[union-attr]
+        uncancel()
+
+
 def _task_cancelled() -> bool:
     """Whether the current task was asked to cancel (``Task.cancelling()``,
     Python 3.11+; before it, any CancelledError counts as one)."""
@@ -170,6 +179,7 @@ class _AsyncAck(c.PendingAck):
         # PendingAck.__init__, inlined (one made per job).
         self.job = job
         self.doc = doc
+        self.size = c.doc_size(doc)
         self.first_try = None
         self.waiter = None
         self.outcome = None
@@ -341,7 +351,7 @@ class _AsyncAcker:
         # The slots were handed over above; what the settle adds (the jobs'
         # outcomes, finished events) can wait for the next call's flight.
         self._defer_settle(batch, completed)
-        if len(w._active) < w.concurrency:
+        if len(w._active) + len(w._overtime) < w.concurrency:
             w._wake.set()  # a slot is left free
         if unstarted:
             self._settle_deferred()
@@ -387,6 +397,14 @@ class AsyncJob(c.JobBase):
 
     def _end_finish(self) -> None:
         self._state = c.DONE
+
+    def _begin_expire(self) -> bool:
+        if self._state != c.RUNNING:
+            return False
+        self._state = c.FINISHING
+        self._expired = True
+        self._lost = True
+        return True
 
     async def dependencies(self) -> List[Dependency]:
         """The jobs this one depends on (``queue_dependencies``), in id order,
@@ -451,6 +469,18 @@ class AsyncWorker(c.WorkerBase):
     waits ``grace`` seconds before cancelling the remaining handlers and
     giving their jobs back with ``queue_release``.
 
+    ``max_runtime`` (seconds or a :class:`datetime.timedelta`; a
+    :class:`~pgqueue.Handler`'s own wins; default None, no limit) bounds one
+    run of a handler: past it the worker stops extending the job's lease,
+    cancels the handler's task (the handler sees :class:`asyncio.CancelledError`
+    at its current ``await``) and fails the attempt at once with
+    ``max_runtime exceeded: the handler ran longer than <limit>``, an ordinary
+    retryable failure (a ``"failed"`` event with a
+    :class:`~pgqueue.MaxRuntimeExceeded`). What the handler returns or raises
+    afterwards is dropped. Its slot frees when its task ends: at once for a
+    handler that lets the cancel through, only when it returns for one that
+    swallows it (or blocks the loop).
+
     Run it with ``await worker.run()`` (SIGTERM / SIGINT stop it), or
     ``async with AsyncWorker(...) as w:`` to run it in the background.
     Handlers must be coroutine functions; run blocking code in
@@ -462,7 +492,7 @@ class AsyncWorker(c.WorkerBase):
     def __init__(
         self,
         dsn: str,
-        handlers: Mapping[str, AsyncHandler],
+        handlers: Mapping[str, Union[AsyncHandler, c.Handler]],
         *,
         concurrency: int = 10,
         name: Optional[str] = None,
@@ -477,18 +507,21 @@ class AsyncWorker(c.WorkerBase):
         tracing: bool = True,
         logger: Optional[logging.Logger] = None,
         connect_kwargs: Optional[Mapping[str, Any]] = None,
+        max_runtime: Union[float, dt.timedelta, None] = None,
     ) -> None:
         """Configure the worker; nothing connects before :meth:`run`."""
         self._configure(dsn, handlers, True, concurrency=concurrency, name=name, grace=grace,
                         poll_interval=poll_interval, heartbeat_interval=heartbeat_interval, pooler=pooler,
                         pooler_wait=pooler_wait, listeners=listeners, reconnect_max=reconnect_max, tracing=tracing, logger=logger,
-                        connect_kwargs=connect_kwargs)
+                        connect_kwargs=connect_kwargs, max_runtime=max_runtime)
         size = max_connections if max_connections is not None else min(concurrency, 4) + 1
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError("max_connections must be an int >= 1")
         self._pool_size = size
         self._active: Dict[int, AsyncJob] = {}
         self._tasks: Dict[int, "asyncio.Task[None]"] = {}
+        # The tasks failing jobs for their max_runtime (see _expire), kept until they end.
+        self._expiring: "set[asyncio.Task[None]]" = set()
         self._started = False
         self._grace_deadline: Optional[float] = None
         # Pooler mode: the claim loop's own connection (see Worker._claim_conn).
@@ -512,8 +545,9 @@ class AsyncWorker(c.WorkerBase):
 
     @property
     def running_jobs(self) -> int:
-        """How many claimed jobs this worker holds right now."""
-        return len(self._active)
+        """How many claimed jobs this worker holds right now, counting the
+        handlers still running past their ``max_runtime`` (their slots are taken)."""
+        return len(self._active) + len(self._overtime)
 
     @property
     def listening(self) -> bool:
@@ -688,7 +722,7 @@ class AsyncWorker(c.WorkerBase):
 
     async def _claim(self, next_heartbeat: float) -> "tuple[int, int, bool]":
         """One pass over the queues (see :meth:`Worker._claim`)."""
-        free = self.concurrency - len(self._active)
+        free = self.concurrency - len(self._active) - len(self._overtime)
         claimed = 0
         waited = False
         order = self._queue_order()
@@ -822,15 +856,29 @@ class AsyncWorker(c.WorkerBase):
         hooks = self._hooks
         span = None
         later = False  # the ack's continuation finishes the job
+        timer = None  # the max_runtime's (see _watch)
         try:
             if hooks.wants("started"):  # no event is made that nobody would see
                 hooks.emit(_event(job, "started"))
             if hooks.tracing:
                 span = hooks.open_span(job)  # current in this task's context
             start = time.monotonic()
+            limit = self._limits.get(job.queue)
+            if limit is not None:
+                timer = self._watch(job, limit, start, span, context)
             try:
                 result = await self._handlers[job.queue](job)
             except BaseException as exc:
+                if timer is not None:
+                    timer.cancel()
+                if job._expired and not isinstance(exc, KeyboardInterrupt):
+                    # Failed for its max_runtime (the expiry owns the span): what
+                    # the handler raised (the expiry's cancel, most often) is
+                    # dropped; the task ends normally and frees the slot.
+                    self._overran(job, exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        _uncancel()
+                    return
                 # A handler's SystemExit (argparse, sys.exit) or GeneratorExit
                 # fails its job like any error: out of the task it would end
                 # the event loop, and with it every job in flight. So does a
@@ -851,6 +899,11 @@ class AsyncWorker(c.WorkerBase):
                 finally:
                     hooks.close_span(handle)
                 return
+            if timer is not None:
+                timer.cancel()
+                if job._expired:  # it swallowed the expiry's cancel and returned: dropped
+                    self._overran(job, None)
+                    return
             rest = self._returned(job, result, time.monotonic() - start, span, context)
             span = None  # the outcome's path ends it from here on
             if rest is None:
@@ -863,7 +916,9 @@ class AsyncWorker(c.WorkerBase):
         except Exception:
             self._log.exception("job %s: internal error", job.id)
         finally:
-            if span is not None:  # cancelled or given back while the handler ran
+            # Cancelled or given back while the handler ran; not one failed for
+            # its max_runtime, whose span the expiry ends (_fail_expired).
+            if span is not None and not job._expired:
                 hooks.close_span(span)
             if job._task is not None and self._tasks.get(job.id) is job._task:
                 del self._tasks[job.id]
@@ -969,10 +1024,71 @@ class AsyncWorker(c.WorkerBase):
 
     def _free(self, job: AsyncJob) -> None:
         """``job`` ended: its slot is free, unless its ack's call handed the slot
-        over already (``hand_over_slots``). Called once or more per job (no-op after the first)."""
+        over already (``hand_over_slots``). Called once or more per job (no-op after the first).
+        A job failed for its max_runtime frees its slot here, once its task ends."""
         if self._active.get(job.id) is job:
             del self._active[job.id]
             self._wake.set()  # capacity is free again
+        elif job._expired and job in self._overtime:
+            self._overtime.discard(job)
+            self._wake.set()
+
+    def _watch(self, job: AsyncJob, limit: float, start: float, span: Any,
+               context: contextvars.Context) -> asyncio.TimerHandle:
+        """The handler of ``job`` starts now (``start``, in the current task)
+        with a max_runtime of ``limit`` seconds: the timer that expires it
+        (:meth:`_expire`), for the task to cancel once the handler ends."""
+        job._expiry = (limit, start, span)
+        job._deadline = start + limit
+        return self._loop.call_later(limit, self._expire, job,  # type: ignore[union-attr]
+                                     asyncio.current_task(), context)
+
+    def _expire(self, job: AsyncJob, task: Optional["asyncio.Task[Any]"], context: contextvars.Context) -> None:
+        """The handler of ``job`` ran past its max_runtime: its lease is no
+        longer extended, its task is cancelled, and the attempt is failed at
+        once by a task of its own (:meth:`_fail_expired`, in the job's
+        ``context``, where its span was opened). The slot moves to the overtime
+        set until the job's task ends: the cancel usually ends it within a
+        step of the loop, a handler that swallows it keeps the slot meanwhile.
+        The stop does not wait for that task (its job is failed already)."""
+        if not job._begin_expire():
+            return  # it returned, failed or was given back meanwhile
+        if self._active.get(job.id) is job:
+            del self._active[job.id]
+        self._overtime.add(job)
+        if task is not None:
+            if self._tasks.get(job.id) is task:
+                del self._tasks[job.id]
+            task.cancel()
+        limit, start, _ = job._expiry
+        self._log.warning("job %s: the handler ran past its max_runtime of %s; cancelling it and failing the"
+                          " attempt", job.id, format_duration(limit))
+        fail = self._loop.create_task(self._fail_expired(job, time.monotonic() - start),  # type: ignore[union-attr]
+                                      context=context)
+        self._expiring.add(fail)
+        fail.add_done_callback(self._expiring.discard)
+
+    async def _fail_expired(self, job: AsyncJob, duration: float) -> None:
+        """Fail the attempt of ``job`` for its max_runtime (after :meth:`_expire`)
+        and report it like any failure (its span ends here)."""
+        limit, _, span = job._expiry
+        error = MaxRuntimeExceeded(limit)
+        status: Optional[str] = None
+        hooks = self._hooks
+        try:
+            try:
+                status = await self._record_failure(job, error)
+            except Exception as exc:
+                self._log.error("job %s: the max_runtime failure was not recorded (%s); it returns after its lease",
+                                job.id, exc)
+            if span is not None:
+                hooks.span_outcome(span[1], status, error)
+            if hooks.wants("failed"):  # the span still current (this task runs in the job's context)
+                hooks.emit(_event(job, "failed", duration=duration, error=error, status=status))
+        except Exception:
+            self._log.exception("job %s: internal error", job.id)
+        finally:
+            hooks.close_span(span)
 
     async def _unstorable(self, job: AsyncJob, exc: Exception) -> Optional[str]:
         """The result of ``job`` could not be stored (``exc``): fail the attempt."""
@@ -991,8 +1107,14 @@ class AsyncWorker(c.WorkerBase):
         return "completed" if ok else None
 
     async def _fail(self, job: AsyncJob, exc: BaseException) -> Optional[str]:
+        """Fail the attempt with ``exc`` (see :meth:`pgqueue.worker.Worker._fail`)."""
         if not job._begin_finish():
             return c.RELEASED
+        return await self._record_failure(job, exc)
+
+    async def _record_failure(self, job: AsyncJob, exc: BaseException) -> Optional[str]:
+        """Deliver the failure of ``job`` (FINISHING) with ``exc``'s text, retry
+        delay and permanence: its new status (None if not delivered)."""
         try:
             tries = c.fail_attempts(job.id, c.describe_error(exc), job.attempt, retry_in_of(exc), is_permanent(exc))
             for n, params in enumerate(tries):
@@ -1073,8 +1195,8 @@ class AsyncWorker(c.WorkerBase):
                 task.cancel()
                 await self._release(job)
         end = time.monotonic() + 5.0
-        while self._tasks and time.monotonic() < end:
-            await asyncio.wait(list(self._tasks.values()), timeout=0.1)
+        while (self._tasks or self._expiring) and time.monotonic() < end:  # and max_runtime failures in flight
+            await asyncio.wait([*self._tasks.values(), *self._expiring], timeout=0.1)
         self._closing.set()
         self._keeper_wake.set()
         # Queued and in-flight acks are delivered before the pool closes (one

@@ -53,6 +53,28 @@ class RetryIn(Exception):
         super().__init__(message or f"retry in {self.retry_in}")
 
 
+def format_duration(seconds: float) -> str:
+    """A span as the client prints it: ``2s``, ``1.5s``, ``500ms``."""
+    if seconds >= 1:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    return format(seconds * 1000, ".6g") + "ms"
+
+
+class MaxRuntimeExceeded(Exception):
+    """The error of a job whose handler ran longer than its ``max_runtime``.
+
+    A worker does not raise it into the handler: it fails the job's attempt
+    with this error's message as the last error (an ordinary, retryable
+    failure) and reports it in the job's ``"failed"`` event (``event.error``).
+    ``max_runtime`` is the limit in seconds.
+    """
+
+    def __init__(self, max_runtime: float) -> None:
+        """The limit the handler ran past, in seconds."""
+        self.max_runtime = max_runtime
+        super().__init__(f"max_runtime exceeded: the handler ran longer than {format_duration(max_runtime)}")
+
+
 class WorkerStopped(Exception):
     """Raised by :meth:`Worker.start` / :meth:`AsyncWorker.run` on a worker that has already run."""
 

@@ -11,13 +11,13 @@ import signal
 import threading
 import time
 from _thread import allocate_lock
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from . import _common as c
-from .errors import WorkerStopped, as_timedelta, is_permanent, retry_in_of
+from .errors import MaxRuntimeExceeded, WorkerStopped, as_timedelta, format_duration, is_permanent, retry_in_of
 from .hooks import JobEvent, _event
 from .workflows import Dependency, _DEPENDENCIES_SQL, _dependency
 
@@ -34,7 +34,7 @@ _OVERLAP_FINISHES = 24
 # Which ack wakes the acker (_Acker._wake_on).
 _WAKE_NONE, _WAKE_ANY, _WAKE_ALL = 0, 1, 2
 
-Handler = Callable[["Job"], Any]
+HandlerFunction = Callable[["Job"], Any]
 
 
 class _Pool:
@@ -234,6 +234,7 @@ class _ThreadAck(c.PendingAck):
         # PendingAck.__init__, inlined (one made per job).
         self.job = job
         self.doc = doc
+        self.size = c.doc_size(doc)
         self.first_try = None
         self.waiter = lock
         self.outcome = None
@@ -500,7 +501,7 @@ class _Acker:
                 w._mark_dirty(queue)  # it may hold more
             stopping = w._stopping.is_set()
             started, unstarted = c.hand_over_slots(w._active, batch, jobs, stopping)
-            free = len(w._active) < w.concurrency
+            free = len(w._active) + len(w._overtime) < w.concurrency
             if stopping:
                 w._idle_cond.notify_all()
             wake_keeper = w._keeper_due(started)
@@ -650,8 +651,20 @@ class Worker(c.WorkerBase):
 
     Args:
         dsn: libpq connection string or URI.
-        handlers: queue name -> handler.
+        handlers: queue name -> handler (a function, or a
+            :class:`~pgqueue.Handler` with settings of its own).
         concurrency: most handlers running at once (threads).
+        max_runtime: the longest one run of a handler may take (seconds or a
+            :class:`datetime.timedelta`; a :class:`~pgqueue.Handler`'s own
+            wins). Past it the worker stops extending the job's lease, sets
+            :attr:`Job.lease_lost` (a thread cannot be interrupted: a handler
+            that checks it can stop), and fails the attempt at once with
+            ``max_runtime exceeded: the handler ran longer than <limit>``, an
+            ordinary retryable failure (reported as a ``"failed"`` event with
+            a :class:`~pgqueue.MaxRuntimeExceeded`). What the handler returns
+            or raises afterwards is dropped; its thread, and so its slot of
+            ``concurrency``, stays taken until it does return. Default None:
+            no limit (the lease is extended for as long as the handler runs).
         name: the worker name passed to ``queue_pop`` and ``queue_heartbeat``
             (default ``host-pid-random``).
         grace: seconds running handlers get to finish on stop.
@@ -678,7 +691,7 @@ class Worker(c.WorkerBase):
     def __init__(
         self,
         dsn: str,
-        handlers: Mapping[str, Handler],
+        handlers: Mapping[str, Union[HandlerFunction, c.Handler]],
         *,
         concurrency: int = 10,
         name: Optional[str] = None,
@@ -693,12 +706,13 @@ class Worker(c.WorkerBase):
         tracing: bool = True,
         logger: Optional[logging.Logger] = None,
         connect_kwargs: Optional[Mapping[str, Any]] = None,
+        max_runtime: Union[float, dt.timedelta, None] = None,
     ) -> None:
         """Configure the worker; nothing connects before :meth:`run` or :meth:`start`."""
         self._configure(dsn, handlers, False, concurrency=concurrency, name=name, grace=grace,
                         poll_interval=poll_interval, heartbeat_interval=heartbeat_interval, pooler=pooler,
                         pooler_wait=pooler_wait, listeners=listeners, reconnect_max=reconnect_max, tracing=tracing, logger=logger,
-                        connect_kwargs=connect_kwargs)
+                        connect_kwargs=connect_kwargs, max_runtime=max_runtime)
         size = max_connections if max_connections is not None else min(concurrency, 8) + 1
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError("max_connections must be an int >= 1")
@@ -739,9 +753,10 @@ class Worker(c.WorkerBase):
 
     @property
     def running_jobs(self) -> int:
-        """How many claimed jobs this worker holds right now."""
+        """How many claimed jobs this worker holds right now, counting the
+        handlers still running past their ``max_runtime`` (their slots are taken)."""
         with self._lock:
-            return len(self._active)
+            return len(self._active) + len(self._overtime)
 
     @property
     def listening(self) -> bool:
@@ -899,7 +914,7 @@ class Worker(c.WorkerBase):
         claim waited in the server). In pooler mode the last queue's claim
         waits when nothing was claimed before it (never with no free capacity)."""
         with self._lock:
-            free = self.concurrency - len(self._active)
+            free = self.concurrency - len(self._active) - len(self._overtime)
         claimed = 0
         waited = False
         order = self._queue_order()
@@ -1114,13 +1129,17 @@ class Worker(c.WorkerBase):
 
     def _free(self, job: Job) -> None:
         """``job`` is done with: its slot is free, unless an ack's call freed it
-        already (it is no longer ``job`` in the active set)."""
+        already (it is no longer ``job`` in the active set). A job failed for
+        its max_runtime frees its slot here, once its handler returned."""
         freed = False
-        if self._active.get(job.id) is job or self._stopping.is_set():
+        if self._active.get(job.id) is job or job._expired or self._stopping.is_set():
             with self._lock:
                 freed = self._active.get(job.id) is job
                 if freed:
                     del self._active[job.id]
+                elif job in self._overtime:
+                    self._overtime.discard(job)
+                    freed = True
                 if self._stopping.is_set():
                     self._idle_cond.notify_all()
         if freed:
@@ -1136,6 +1155,9 @@ class Worker(c.WorkerBase):
             hooks.emit(_event(job, "started"))
         span = hooks.start_span(job) if hooks.tracing else None
         start = time.monotonic()
+        limit = self._limits.get(job.queue)
+        if limit is not None:
+            self._watch(job, limit, start, span)
         try:
             if span is None:
                 result = handler(job)
@@ -1149,7 +1171,7 @@ class Worker(c.WorkerBase):
             # the slot's capacity gone. (Only the main thread receives a real
             # Ctrl-C, and handlers never run there.)
             if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
-                if span is not None:
+                if span is not None and not job._expired:
                     span.end()
                 raise
             duration = time.monotonic() - start
@@ -1159,12 +1181,19 @@ class Worker(c.WorkerBase):
                 if span is not None:
                     span.end()
                 raise
-            self._report(job, "failed", status, duration, None, exc, span)
+            if status == c.RELEASED and job._expired:  # failed for its max_runtime (which owns the span)
+                self._overran(job, exc)
+            else:
+                self._report(job, "failed", status, duration, None, exc, span)
             self._free(job)
             return None
         duration = time.monotonic() - start
         self._mean_run += (duration - self._mean_run) * 0.1  # unlocked: a lost update is harmless
         if not job._begin_finish():  # given back meanwhile: its result is not recorded
+            if job._expired:  # failed for its max_runtime (which owns the span)
+                self._overran(job, None)
+                self._free(job)
+                return None
             self._report(job, "finished", c.RELEASED, duration, result, None, span)
             self._free(job)
             return None
@@ -1258,8 +1287,15 @@ class Worker(c.WorkerBase):
             span.end()
 
     def _fail(self, job: Job, exc: BaseException) -> Optional[str]:
+        """Fail the attempt with ``exc``: the new status, or RELEASED when the
+        job was no longer running (given back, or failed for its max_runtime)."""
         if not job._begin_finish():
             return c.RELEASED
+        return self._record_failure(job, exc)
+
+    def _record_failure(self, job: Job, exc: BaseException) -> Optional[str]:
+        """Deliver the failure of ``job`` (FINISHING) with ``exc``'s text, retry
+        delay and permanence: its new status (None if not delivered)."""
         try:
             tries = c.fail_attempts(job.id, c.describe_error(exc), job.attempt, retry_in_of(exc), is_permanent(exc))
             for n, params in enumerate(tries):
@@ -1295,11 +1331,16 @@ class Worker(c.WorkerBase):
                 time.sleep(delay)
 
     def _keep_leases(self) -> None:
-        """Extend the lease of every running job at half its timeout."""
+        """Extend the lease of every running job at half its timeout, and fail
+        those whose handler ran past its max_runtime (:meth:`_expire`)."""
         while not self._done.is_set() and not self._closing.is_set():
             now = time.monotonic()
             with self._lock:
                 jobs = list(self._active.values())
+            for job in jobs:
+                deadline = job._deadline
+                if deadline is not None and deadline <= now and job._state == c.RUNNING:
+                    self._expire(job)
             for job in jobs:
                 if job._state not in (c.RUNNING, c.FINISHING) or job._lost or job._next_touch > now:
                     continue
@@ -1316,11 +1357,62 @@ class Worker(c.WorkerBase):
                     self._log.warning("job %s: lease lost (attempt %s is no longer current)", job.id, job.attempt)
             with self._lock:
                 pending = [j._next_touch for j in self._active.values() if not j._lost]
+                pending += [j._deadline for j in self._active.values()
+                            if j._deadline is not None and j._state == c.RUNNING]
                 now = time.monotonic()
                 sleep = max(0.01, min(1.0, min(pending, default=now + 1.0) - now))
                 self._keeper_until = now + sleep
             self._keeper_wake.wait(sleep)
             self._keeper_wake.clear()
+
+    def _watch(self, job: Job, limit: float, start: float, span: Any) -> None:
+        """The handler of ``job`` starts now (``start``) with a max_runtime of
+        ``limit`` seconds: the lease keeper fails it past that (waking sooner
+        than it would for it)."""
+        job._expiry = (limit, start, span)
+        deadline = job._deadline = start + limit
+        if deadline < self._keeper_until:
+            self._keeper_wake.set()
+
+    def _expire(self, job: Job) -> None:
+        """The handler of ``job`` ran past its max_runtime (called by the lease
+        keeper): its lease is no longer extended and ``lease_lost`` is set
+        (how a thread is asked to stop); its slot moves to the overtime set,
+        taken until the handler returns; the attempt is failed at once, in a
+        thread of its own (:meth:`_fail_expired`), so that the keeper goes on
+        extending the other jobs' leases while that call is retried."""
+        # Under the worker's lock with the move: a handler that returns meanwhile
+        # frees its slot (_free, under that lock) from where the expiry put it.
+        with self._lock:
+            if not job._begin_expire():
+                return  # it returned, failed or was given back meanwhile
+            if self._active.get(job.id) is job:
+                del self._active[job.id]
+            self._overtime.add(job)
+        self._log.warning("job %s: the handler ran past its max_runtime of %s; failing the attempt (its thread"
+                          " keeps its slot until it returns)", job.id, format_duration(job._expiry[0]))
+        try:
+            threading.Thread(target=self._fail_expired, args=(job, time.monotonic() - job._expiry[1]),
+                             name=f"pgqueue-expire-{job.id}", daemon=True).start()
+        except Exception as exc:  # no thread to be had: the keeper itself must go on
+            self._log.error("job %s: the max_runtime failure could not be sent (%s); it returns after its lease",
+                            job.id, exc)
+
+    def _fail_expired(self, job: Job, duration: float) -> None:
+        """Fail the attempt of ``job`` for its max_runtime (after
+        :meth:`_expire`) and report it like any failure (its span ends here)."""
+        limit, _, span = job._expiry
+        error = MaxRuntimeExceeded(limit)
+        status: Optional[str] = None
+        try:
+            status = self._record_failure(job, error)
+        except Exception as exc:
+            self._log.error("job %s: the max_runtime failure was not recorded (%s); it returns after its lease",
+                            job.id, exc)
+        try:
+            self._report(job, "failed", status, duration, None, error, span)
+        except Exception:
+            self._log.exception("job %s: internal error", job.id)
 
     def _shutdown(self) -> None:
         self._stopping.set()
@@ -1345,6 +1437,7 @@ class Worker(c.WorkerBase):
         with self._lock:
             end = time.monotonic() + 5.0
             while (any(j._state == c.FINISHING for j in self._active.values())
+                   or any(j._state == c.FINISHING for j in self._overtime)  # a max_runtime failure in flight
                    or any(self._slot_acks)) and time.monotonic() < end:
                 self._idle_cond.wait(timeout=0.1)
         self._closing.set()

@@ -35,12 +35,13 @@ CREATE TABLE queue.access_rules (
 );
 
 /*
- * queue.access_patterns: the queue patterns p_role may use for p_access, or
- * NULL when p_role is bound by no rule at all (not confined). For 'read' it
- * is every pattern of every kind: a role may read what it produces or works.
- * An empty array means confined with nothing allowed for this kind.
+ * queue.role_patterns: the queue patterns the rules binding p_role give it
+ * for p_access, or NULL when p_role is bound by no rule at all (not
+ * confined). For 'read' it is every pattern of every kind: a role may read
+ * what it produces or works. An empty array means confined with nothing
+ * allowed for this kind.
  */
-CREATE FUNCTION queue.access_patterns(p_role oid, p_access text) RETURNS text[]
+CREATE FUNCTION queue.role_patterns(p_role oid, p_access text) RETURNS text[]
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN count(*) = 0 THEN NULL
@@ -48,6 +49,22 @@ SET search_path = pg_catalog, pg_temp AS $$
                               '{}') END
       FROM queue.access_rules r
      WHERE queue.rule_binds(p_role, r.role_oid);
+$$;
+
+/*
+ * queue.access_patterns: the queue patterns p_role may use for p_access
+ * (NULL: not confined). For the caller of this session that is what both
+ * its own rules and those of the role the session logged in as allow
+ * (queue.session_role_for): a confined login that took another role with
+ * SET ROLE (queue_worker, say, which no rule binds) stays confined.
+ */
+CREATE FUNCTION queue.access_patterns(p_role oid, p_access text) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN s.session_role IS NULL THEN queue.role_patterns(p_role, p_access)
+                ELSE queue.intersect_patterns(queue.role_patterns(p_role, p_access),
+                                              queue.role_patterns(s.session_role, p_access)) END
+      FROM (SELECT queue.session_role_for(p_role) AS session_role) s;
 $$;
 
 /*
@@ -102,9 +119,10 @@ END;
 $$;
 
 /*
- * queue.job_allowed: whether p_role may act (p_access) on the job p_id, or
- * true when the job does not exist (the caller then finds nothing itself).
- * For the by-id functions of confined roles.
+ * queue.job_allowed: whether p_role may act (p_access) on the job p_id. A
+ * job that does not exist is allowed to an unconfined role (the caller then
+ * finds nothing itself) and refused to a confined one, which so learns
+ * nothing either way. For the by-id functions of confined roles.
  */
 CREATE FUNCTION queue.job_allowed(p_role oid, p_access text, p_id bigint) RETURNS boolean
 LANGUAGE sql STABLE

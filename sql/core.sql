@@ -1054,13 +1054,17 @@ DECLARE
 BEGIN
     PERFORM queue.check_span('retry_in', retry_in, 'delay');
     PERFORM queue.check_size('error', pg_column_size(error), 'error');
+    -- Checked before the row lock: a confined role must not hold another
+    -- queue's job locked (stalling its worker's ack and its lease expiry)
+    -- nor learn from taking the lock that the id exists.
+    IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+        RETURN NULL;
+    END IF;
     SELECT * INTO v_job FROM queue.jobs j
      WHERE j.id = queue_fail.id AND j.status = 'processing'
        AND (attempt IS NULL OR j.attempts = attempt)
        FOR UPDATE;
-    IF NOT FOUND
-       OR (queue.rules_exist()
-           AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
+    IF NOT FOUND THEN
         RETURN NULL;
     END IF;
 
@@ -1110,13 +1114,17 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_job queue.jobs;
 BEGIN
+    -- Checked before the row lock: a confined role must not hold another
+    -- queue's job locked (stalling its worker's ack and its lease expiry)
+    -- nor learn from taking the lock that the id exists.
+    IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+        RETURN false;
+    END IF;
     SELECT * INTO v_job FROM queue.jobs j
      WHERE j.id = queue_release.id AND j.status = 'processing'
        AND (attempt IS NULL OR j.attempts = attempt)
        FOR UPDATE;
-    IF NOT FOUND
-       OR (queue.rules_exist()
-           AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
+    IF NOT FOUND THEN
         RETURN false;
     END IF;
     UPDATE queue.jobs j

@@ -22,8 +22,8 @@
  * (or ended otherwise, with run_anyway) resolves at once; failed, expired
  * or cancelled without run_anyway means the child is cancelled at once
  * (dead names the first such). An id that is neither live nor final, or
- * that a confined caller may not read, is refused (22023), so that ids
- * reveal nothing of another team's jobs.
+ * of a queue a confined caller may neither produce into nor work, is
+ * refused (22023), so that ids reveal nothing of another team's jobs.
  */
 CREATE FUNCTION queue.lock_deps(p_parents bigint[], p_run_anyway boolean,
                                 OUT parents bigint[], OUT resolved boolean[], OUT blocked_by int,
@@ -47,16 +47,21 @@ BEGIN
     PERFORM queue.check_count('depends_on', cardinality(parents), 100000,
         'A job may depend on at most 100,000 jobs; let it depend on a job that depends on the rest.');
     IF queue.rules_exist() THEN
-        -- Live or final: a dependency may be either.
+        -- Live or final: a dependency may be either. Depending on a job
+        -- locks it and marks it (below), which would stall its claim while
+        -- this push's transaction lasts: a confined role may depend only on
+        -- jobs of queues it may produce into or work, not merely read.
         SELECT min(p) INTO v_unknown
-          FROM (SELECT queue.access_patterns(queue.caller(), 'read') AS patterns OFFSET 0) a,
+          FROM (SELECT queue.access_patterns(queue.caller(), 'produce') AS produce,
+                       queue.access_patterns(queue.caller(), 'work') AS work OFFSET 0) a,
                unnest(parents) AS p
          WHERE NOT EXISTS (SELECT FROM queue.all_jobs j
-                            WHERE j.id = p AND queue.access_allows(a.patterns, j.queue));
+                            WHERE j.id = p AND (queue.access_allows(a.produce, j.queue)
+                                                OR queue.access_allows(a.work, j.queue)));
         IF v_unknown IS NOT NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
                 MESSAGE = format('depends_on names an unknown job: %s', v_unknown),
-                HINT = 'A dependency must be a job of a queue you may read, live or still in history.';
+                HINT = 'A dependency must be a job of a queue you may produce into or work, live or still in history.';
         END IF;
     END IF;
     LOOP
@@ -103,7 +108,7 @@ BEGIN
     IF v_unknown IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = format('depends_on names an unknown job: %s', v_unknown),
-            HINT = 'A dependency must be a job of a queue you may read, live or still in history (with queue.keep_completed off, a completed job leaves none).';
+            HINT = 'A dependency must be a job of a queue you may produce into or work, live or still in history (with queue.keep_completed off, a completed job leaves none).';
     END IF;
     -- Resolved: completed, or ended with run_anyway. A dead edge stays
     -- open: it blocks the child again if the child is revived.

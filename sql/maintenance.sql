@@ -33,6 +33,13 @@ BEGIN
                    SELECT id
                      FROM queue.jobs
                     WHERE status IN ('scheduled', 'retrying') AND run_at <= now()
+                      -- A scheduled job of a group is elected below, under
+                      -- its group's lock. A session holding that lock (an
+                      -- open transaction that pushed into the group) must
+                      -- not stall the pass, and every queue with it: such a
+                      -- job waits for a later pass, as a claim skips it.
+                      AND (serial_group IS NULL OR status = 'retrying'
+                           OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
                     ORDER BY run_at
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))
@@ -172,6 +179,11 @@ BEGIN
                      FROM queue.jobs
                     WHERE (v_ids IS NULL OR id = ANY (v_ids))
                       AND status = 'processing' AND lease_until < now()
+                      -- One that ends expired releases its group under the
+                      -- group's lock: skipped while a session holds it (see
+                      -- queue.promote_due), expired by a later pass.
+                      AND (serial_group IS NULL OR attempts < max_attempts
+                           OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
                     ORDER BY lease_until
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))

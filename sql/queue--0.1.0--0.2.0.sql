@@ -121,6 +121,21 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'caller_wrapper';
 
+CREATE  FUNCTION queue."session_role_for"(
+	"role" oid /* pg_sys :: Oid */
+) RETURNS oid /* Option < pg_sys :: Oid > */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'session_role_for_wrapper';
+
+CREATE  FUNCTION queue."intersect_patterns"(
+	"a" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"b" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
+) RETURNS TEXT[] /* :: std :: option :: Option < Vec < String > > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'intersect_patterns_wrapper';
+
 CREATE  FUNCTION queue."rule_binds"(
 	"role" oid, /* pg_sys :: Oid */
 	"rule_role" oid /* pg_sys :: Oid */
@@ -201,12 +216,13 @@ CREATE TABLE queue.access_rules (
 );
 
 /*
- * queue.access_patterns: the queue patterns p_role may use for p_access, or
- * NULL when p_role is bound by no rule at all (not confined). For 'read' it
- * is every pattern of every kind: a role may read what it produces or works.
- * An empty array means confined with nothing allowed for this kind.
+ * queue.role_patterns: the queue patterns the rules binding p_role give it
+ * for p_access, or NULL when p_role is bound by no rule at all (not
+ * confined). For 'read' it is every pattern of every kind: a role may read
+ * what it produces or works. An empty array means confined with nothing
+ * allowed for this kind.
  */
-CREATE FUNCTION queue.access_patterns(p_role oid, p_access text) RETURNS text[]
+CREATE FUNCTION queue.role_patterns(p_role oid, p_access text) RETURNS text[]
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN count(*) = 0 THEN NULL
@@ -214,6 +230,22 @@ SET search_path = pg_catalog, pg_temp AS $$
                               '{}') END
       FROM queue.access_rules r
      WHERE queue.rule_binds(p_role, r.role_oid);
+$$;
+
+/*
+ * queue.access_patterns: the queue patterns p_role may use for p_access
+ * (NULL: not confined). For the caller of this session that is what both
+ * its own rules and those of the role the session logged in as allow
+ * (queue.session_role_for): a confined login that took another role with
+ * SET ROLE (queue_worker, say, which no rule binds) stays confined.
+ */
+CREATE FUNCTION queue.access_patterns(p_role oid, p_access text) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN s.session_role IS NULL THEN queue.role_patterns(p_role, p_access)
+                ELSE queue.intersect_patterns(queue.role_patterns(p_role, p_access),
+                                              queue.role_patterns(s.session_role, p_access)) END
+      FROM (SELECT queue.session_role_for(p_role) AS session_role) s;
 $$;
 
 /*
@@ -268,9 +300,10 @@ END;
 $$;
 
 /*
- * queue.job_allowed: whether p_role may act (p_access) on the job p_id, or
- * true when the job does not exist (the caller then finds nothing itself).
- * For the by-id functions of confined roles.
+ * queue.job_allowed: whether p_role may act (p_access) on the job p_id. A
+ * job that does not exist is allowed to an unconfined role (the caller then
+ * finds nothing itself) and refused to a confined one, which so learns
+ * nothing either way. For the by-id functions of confined roles.
  */
 CREATE FUNCTION queue.job_allowed(p_role oid, p_access text, p_id bigint) RETURNS boolean
 LANGUAGE sql STABLE
@@ -822,13 +855,17 @@ DECLARE
 BEGIN
     PERFORM queue.check_span('retry_in', retry_in, 'delay');
     PERFORM queue.check_size('error', pg_column_size(error), 'error');
+    -- Checked before the row lock: a confined role must not hold another
+    -- queue's job locked (stalling its worker's ack and its lease expiry)
+    -- nor learn from taking the lock that the id exists.
+    IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+        RETURN NULL;
+    END IF;
     SELECT * INTO v_job FROM queue.jobs j
      WHERE j.id = queue_fail.id AND j.status = 'processing'
        AND (attempt IS NULL OR j.attempts = attempt)
        FOR UPDATE;
-    IF NOT FOUND
-       OR (queue.rules_exist()
-           AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
+    IF NOT FOUND THEN
         RETURN NULL;
     END IF;
 
@@ -1945,13 +1982,17 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_job queue.jobs;
 BEGIN
+    -- Checked before the row lock: a confined role must not hold another
+    -- queue's job locked (stalling its worker's ack and its lease expiry)
+    -- nor learn from taking the lock that the id exists.
+    IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
+        RETURN false;
+    END IF;
     SELECT * INTO v_job FROM queue.jobs j
      WHERE j.id = queue_release.id AND j.status = 'processing'
        AND (attempt IS NULL OR j.attempts = attempt)
        FOR UPDATE;
-    IF NOT FOUND
-       OR (queue.rules_exist()
-           AND NOT queue.access_allows(queue.access_patterns(queue.caller(), 'work'), v_job.queue)) THEN
+    IF NOT FOUND THEN
         RETURN false;
     END IF;
     UPDATE queue.jobs j
@@ -2324,6 +2365,11 @@ BEGIN
                      FROM queue.jobs
                     WHERE (v_ids IS NULL OR id = ANY (v_ids))
                       AND status = 'processing' AND lease_until < now()
+                      -- One that ends expired releases its group under the
+                      -- group's lock: skipped while a session holds it (see
+                      -- queue.promote_due), expired by a later pass.
+                      AND (serial_group IS NULL OR attempts < max_attempts
+                           OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
                     ORDER BY lease_until
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))
@@ -3749,16 +3795,21 @@ BEGIN
     PERFORM queue.check_count('depends_on', cardinality(parents), 100000,
         'A job may depend on at most 100,000 jobs; let it depend on a job that depends on the rest.');
     IF queue.rules_exist() THEN
-        -- Live or final: a dependency may be either.
+        -- Live or final: a dependency may be either. Depending on a job
+        -- locks it and marks it (below), which would stall its claim while
+        -- this push's transaction lasts: a confined role may depend only on
+        -- jobs of queues it may produce into or work, not merely read.
         SELECT min(p) INTO v_unknown
-          FROM (SELECT queue.access_patterns(queue.caller(), 'read') AS patterns OFFSET 0) a,
+          FROM (SELECT queue.access_patterns(queue.caller(), 'produce') AS produce,
+                       queue.access_patterns(queue.caller(), 'work') AS work OFFSET 0) a,
                unnest(parents) AS p
          WHERE NOT EXISTS (SELECT FROM queue.all_jobs j
-                            WHERE j.id = p AND queue.access_allows(a.patterns, j.queue));
+                            WHERE j.id = p AND (queue.access_allows(a.produce, j.queue)
+                                                OR queue.access_allows(a.work, j.queue)));
         IF v_unknown IS NOT NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
                 MESSAGE = format('depends_on names an unknown job: %s', v_unknown),
-                HINT = 'A dependency must be a job of a queue you may read, live or still in history.';
+                HINT = 'A dependency must be a job of a queue you may produce into or work, live or still in history.';
         END IF;
     END IF;
     LOOP
@@ -3805,7 +3856,7 @@ BEGIN
     IF v_unknown IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = format('depends_on names an unknown job: %s', v_unknown),
-            HINT = 'A dependency must be a job of a queue you may read, live or still in history (with queue.keep_completed off, a completed job leaves none).';
+            HINT = 'A dependency must be a job of a queue you may produce into or work, live or still in history (with queue.keep_completed off, a completed job leaves none).';
     END IF;
     -- Resolved: completed, or ended with run_anyway. A dead edge stays
     -- open: it blocks the child again if the child is revived.
@@ -4890,6 +4941,133 @@ UPDATE queue.jobs
 UPDATE queue.finished_jobs
    SET run_at = created_at
  WHERE run_at IN ('infinity', '-infinity');
+
+-- A session holding a serial group's lock (an open transaction that pushed
+-- into the group) no longer stalls the promotion of due jobs or the
+-- scheduler, and every queue with them: grouped work whose lock is busy
+-- waits for a later pass.
+/*
+ * queue.promote_due: scheduled and retrying jobs whose run_at has come
+ * become pending, at most p_batch of them, oldest first. Each affected queue
+ * is woken once. A scheduled job of a serial group enters as waiting and its
+ * group is re-elected; a retrying job is already its group's active job and
+ * simply stays so.
+ */
+CREATE OR REPLACE FUNCTION queue.promote_due(p_batch int) RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_count  int;
+    v_queues text[];
+    v_groups text[];
+BEGIN
+    -- In SET, j.status is still the old status: a scheduled job of a group
+    -- enters waiting (and its group is elected below), a retrying one stays
+    -- its group's active job. The ids go through an array, not a join, so
+    -- this is a primary-key lookup per job whatever LIMIT the planner guesses.
+    -- RETURNING sees only the new row; the old status is told by attempts
+    -- (a scheduled job has never run, a retrying one has: see jobs.sql).
+    WITH promoted AS (
+        UPDATE queue.jobs j
+           SET status = 'pending',
+               group_waiting = (j.serial_group IS NOT NULL AND j.status = 'scheduled')
+         WHERE j.id = ANY (ARRAY(
+                   SELECT id
+                     FROM queue.jobs
+                    WHERE status IN ('scheduled', 'retrying') AND run_at <= now()
+                      -- A scheduled job of a group is elected below, under
+                      -- its group's lock. A session holding that lock (an
+                      -- open transaction that pushed into the group) must
+                      -- not stall the pass, and every queue with it: such a
+                      -- job waits for a later pass, as a claim skips it.
+                      AND (serial_group IS NULL OR status = 'retrying'
+                           OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
+                    ORDER BY run_at
+                    LIMIT p_batch
+                      FOR UPDATE SKIP LOCKED))
+        RETURNING j.queue, j.serial_group, j.group_waiting,
+                  queue.tally(j.queue, j.priority,
+                              CASE WHEN j.attempts > 0 THEN 'retrying' ELSE 'scheduled' END, 'pending')
+    )
+    SELECT count(*),
+           array_agg(DISTINCT queue) FILTER (WHERE NOT group_waiting),
+           array_agg(DISTINCT serial_group) FILTER (WHERE group_waiting)
+      INTO v_count, v_queues, v_groups
+      FROM promoted;
+    PERFORM queue.announce(v_queues, v_groups);
+    RETURN v_count;
+END;
+$$;
+
+/*
+ * queue.scheduler_pass: fire every due schedule, at most p_batch of them.
+ *
+ * Due schedules are locked (SKIP LOCKED) and their next_run_at moves past
+ * now() in the same transaction that pushes the job, so two passes running
+ * at once never push the same slot twice: the second skips the locked row,
+ * or, once the first committed, no longer sees it as due. The next run is
+ * computed from now(), so after downtime a schedule runs once, not once per
+ * missed slot. A push that fails (bad owner, bad options) is recorded in
+ * last_error and the schedule moves on. Returns {"fired", "failed", "more",
+ * "next_in_ms"} (milliseconds until the next due schedule, for the service's
+ * sleep).
+ */
+CREATE OR REPLACE FUNCTION queue.scheduler_pass(p_batch int DEFAULT 100) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+-- No JIT, as for the maintenance pass: it runs every tick.
+SET jit = off AS $$
+DECLARE
+    s        queue.schedules;
+    v_job    bigint;
+    v_error  text;
+    v_fired  int := 0;
+    v_failed int := 0;
+    v_next   timestamptz;
+BEGIN
+    FOR s IN
+        SELECT * FROM queue.schedules
+         WHERE enabled AND next_run_at <= now()
+           -- A push into a serial group takes the group's lock: a session
+           -- holding it must not stall every other schedule. The schedule
+           -- stays due and fires once the group is free.
+           AND (serial_group IS NULL OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
+         ORDER BY next_run_at
+         LIMIT p_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        BEGIN
+            v_job := queue.push_for_schedule(s);
+            v_error := NULL;
+            v_fired := v_fired + 1;
+        EXCEPTION WHEN OTHERS THEN
+            v_job := NULL;
+            v_error := SQLERRM;
+            v_failed := v_failed + 1;
+            RAISE WARNING 'queue scheduler: %', SQLERRM;
+        END;
+        UPDATE queue.schedules
+           SET last_run_at = now(),
+               last_job_id = coalesce(v_job, last_job_id),
+               last_error  = v_error,
+               next_run_at = queue.schedule_after_run(schedule, next_run_at, now()),
+               enabled     = enabled AND kind <> 'once'
+         WHERE id = s.id;
+    END LOOP;
+
+    -- A schedule still due was skipped (its group busy, or locked by
+    -- another pass): look again soon, not at once, so that a busy group
+    -- does not make the scheduler spin.
+    SELECT least(min(next_run_at) FILTER (WHERE next_run_at > now()),
+                 CASE WHEN bool_or(next_run_at <= now()) THEN now() + interval '250 milliseconds' END)
+      INTO v_next FROM queue.schedules WHERE enabled AND next_run_at IS NOT NULL;
+    RETURN jsonb_build_object(
+        'fired', v_fired, 'failed', v_failed,
+        'more', v_fired + v_failed >= p_batch,
+        'next_in_ms', CASE WHEN v_next IS NULL THEN NULL
+                           ELSE greatest(0, ceil(extract(epoch FROM v_next - clock_timestamp()) * 1000))::bigint END);
+END;
+$$;
 
 -- No JIT for the claim and for the passes of every tick: their generic
 -- plans guess that an unknown LIMIT takes a tenth of a deep table, pass

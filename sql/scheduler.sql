@@ -119,6 +119,10 @@ BEGIN
     FOR s IN
         SELECT * FROM queue.schedules
          WHERE enabled AND next_run_at <= now()
+           -- A push into a serial group takes the group's lock: a session
+           -- holding it must not stall every other schedule. The schedule
+           -- stays due and fires once the group is free.
+           AND (serial_group IS NULL OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
          ORDER BY next_run_at
          LIMIT p_batch
            FOR UPDATE SKIP LOCKED
@@ -142,7 +146,12 @@ BEGIN
          WHERE id = s.id;
     END LOOP;
 
-    SELECT min(next_run_at) INTO v_next FROM queue.schedules WHERE enabled AND next_run_at IS NOT NULL;
+    -- A schedule still due was skipped (its group busy, or locked by
+    -- another pass): look again soon, not at once, so that a busy group
+    -- does not make the scheduler spin.
+    SELECT least(min(next_run_at) FILTER (WHERE next_run_at > now()),
+                 CASE WHEN bool_or(next_run_at <= now()) THEN now() + interval '250 milliseconds' END)
+      INTO v_next FROM queue.schedules WHERE enabled AND next_run_at IS NOT NULL;
     RETURN jsonb_build_object(
         'fired', v_fired, 'failed', v_failed,
         'more', v_fired + v_failed >= p_batch,

@@ -27,6 +27,62 @@ fn rule_binds(role: pg_sys::Oid, rule_role: pg_sys::Oid) -> bool {
     unsafe { !pg_sys::superuser_arg(role) && pg_sys::is_member_of_role_nosuper(role, rule_role) }
 }
 
+/// SQL: the session's own role, where it confines the caller too: when
+/// `role` is the caller (the role in effect, [`caller`]) and the session
+/// logged in as another role that is not a superuser. NULL otherwise.
+///
+/// A login confined by a rule on its team's role may `SET ROLE` to any role
+/// it is a member of, the extension's `queue_worker`, `queue_producer` and
+/// `queue_admin` included, and no rule binds those: judged by the role in
+/// effect alone, one `SET ROLE` would lift every confinement. The session's
+/// role stays what it logged in as, so its rules hold whatever role it
+/// takes. A superuser's session is bound by no rule of its own: one that
+/// takes a confined role (a test, a pooler that logs in as a superuser) is
+/// confined as that role.
+#[pg_extern(stable, parallel_safe, schema = "queue")]
+fn session_role_for(role: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    unsafe {
+        let session = pg_sys::GetSessionUserId();
+        (role == pg_sys::GetOuterUserId() && session != role && !pg_sys::superuser_arg(session)).then_some(session)
+    }
+}
+
+/// The names both patterns match, as one pattern; None when no name matches
+/// both. Two prefixes meet in the longer one, a name meets a prefix it
+/// starts with.
+fn pattern_meet<'a>(p: &'a str, q: &'a str) -> Option<&'a str> {
+    match (p.strip_suffix('*'), q.strip_suffix('*')) {
+        (Some(a), Some(b)) if a.starts_with(b) => Some(p),
+        (Some(a), Some(b)) if b.starts_with(a) => Some(q),
+        (Some(_), Some(_)) => None,
+        (Some(a), None) => q.starts_with(a).then_some(q),
+        (None, Some(b)) => p.starts_with(b).then_some(p),
+        (None, None) => (p == q).then_some(p),
+    }
+}
+
+/// SQL: the queues two sets of patterns both allow, as patterns. NULL is
+/// "not confined" (everything), so it gives the other set back.
+#[pg_extern(immutable, parallel_safe, schema = "queue")]
+fn intersect_patterns(a: Option<Vec<Option<String>>>, b: Option<Vec<Option<String>>>) -> Option<Vec<String>> {
+    let (a, b) = match (a, b) {
+        (None, None) => return None,
+        (Some(x), None) | (None, Some(x)) => return Some(x.into_iter().flatten().collect()),
+        (Some(a), Some(b)) => (a, b),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for p in a.iter().flatten() {
+        for q in b.iter().flatten() {
+            if let Some(m) = pattern_meet(p, q) {
+                if !out.iter().any(|o| o == m) {
+                    out.push(m.to_owned());
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Whether one pattern matches a name: the exact name, or, ending in `*`,
 /// every name that starts with what comes before it.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
@@ -135,6 +191,27 @@ mod tests {
         assert!(pattern_matches("billing.*", "billing.invoices"));
         assert!(!pattern_matches("billing.*", "billing"));
         assert!(pattern_matches("*", "anything"));
+    }
+
+    #[pg_test]
+    fn pattern_sets_intersect_to_what_both_allow() {
+        let set = |v: &[&str]| Some(v.iter().map(|p| Some(p.to_string())).collect::<Vec<_>>());
+        let meet = |a, b| {
+            intersect_patterns(a, b).map(|mut v| {
+                v.sort();
+                v
+            })
+        };
+        assert_eq!(meet(None, None), None);
+        assert_eq!(meet(set(&["a.*"]), None), Some(vec!["a.*".to_string()]));
+        assert_eq!(meet(set(&["a.*", "b"]), set(&["a.x.*", "b", "c"])), Some(vec!["a.x.*".into(), "b".into()]));
+        assert_eq!(meet(set(&["*"]), set(&["billing.*"])), Some(vec!["billing.*".to_string()]));
+        assert_eq!(
+            meet(set(&["billing.*"]), set(&["billing.invoices", "payroll.x"])),
+            Some(vec!["billing.invoices".into()])
+        );
+        assert_eq!(meet(set(&["billing.*"]), set(&["payroll.*"])), Some(vec![]));
+        assert_eq!(meet(set(&[]), set(&["*"])), Some(vec![]));
     }
 
     #[pg_test]

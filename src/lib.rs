@@ -42,6 +42,8 @@ extension_sql_file!(
         "jobs",
         access::caller,
         access::rule_binds,
+        access::session_role_for,
+        access::intersect_patterns,
         access::access_allows,
         access::access_allows_group,
         access::check_access_pattern,

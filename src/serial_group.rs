@@ -2,13 +2,22 @@
 //!
 //! Every transaction that changes which job of a group may run (push, claim,
 //! finish, cancel, promotion) takes a transaction-scoped advisory lock on this
-//! key first. The key is the CRC-32 of the group name in the low 32 bits and a
-//! fixed namespace in the high 32 bits, so that our locks never collide with
-//! an application's own `pg_advisory_lock(int)` calls. Two group names with the
-//! same CRC only serialize more than they need to; the partial unique index on
-//! active group members keeps correctness either way.
+//! key first. The key is a keyed hash (SipHash-2-4) of the group name in the
+//! low 32 bits and a fixed namespace in the high 32 bits, so that our locks
+//! never collide with an application's own `pg_advisory_lock(int)` calls. Two
+//! group names with the same key only serialize more than they need to; the
+//! partial unique index on active group members keeps correctness either way.
+//!
+//! Keyed, because an unkeyed hash (the CRC-32 of earlier builds) lets anyone
+//! who may push into one group name another whose key equals a second team's
+//! group, computed in milliseconds, and hold that team's group (its pushes and
+//! acks wait) with one open transaction. The secret is drawn at every server
+//! start (src/shared.rs), which is all a key of transaction-scoped locks needs
+//! to be stable for. Without shared memory (the library not preloaded) the
+//! key is fixed.
 
 use pgrx::prelude::*;
+use std::hash::Hasher;
 
 /// High 32 bits of every group lock key: ASCII "queu".
 const LOCK_NAMESPACE: i64 = 0x7175_6575;
@@ -39,10 +48,13 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     crc ^ 0xFFFF_FFFF
 }
 
-/// The 64-bit advisory lock key of a serial group. Never negative overflow:
-/// the CRC is placed in the low half as an unsigned value.
+/// The 64-bit advisory lock key of a serial group. Never negative: the
+/// hash's low 32 bits are placed in the low half as an unsigned value.
 pub fn lock_key(group: &str) -> i64 {
-    (LOCK_NAMESPACE << 32) | crc32(group.as_bytes()) as i64
+    let [k0, k1] = crate::shared::group_key().unwrap_or([0x7175_6575, 0]);
+    let mut h = siphasher::sip::SipHasher24::new_with_keys(k0, k1);
+    h.write(group.as_bytes());
+    (LOCK_NAMESPACE << 32) | (h.finish() & 0xFFFF_FFFF) as i64
 }
 
 /// SQL face of [`lock_key`], used by the claim query and by the group
@@ -78,10 +90,12 @@ mod tests {
         let b = lock_key("customer-43");
         assert_ne!(a, b);
         assert_eq!(a >> 32, LOCK_NAMESPACE);
-        assert_eq!(a & 0xFFFF_FFFF, crc32(b"customer-42") as i64);
-        // A CRC above 2^31 must not turn the key negative or overflow.
-        let high = (0..10_000).map(|i| format!("g{i}")).find(|g| crc32(g.as_bytes()) > 0x8000_0000).unwrap();
-        assert!(lock_key(&high) > 0);
+        assert_eq!(lock_key("customer-42"), a, "stable within a server's life");
+        // Not the CRC of earlier builds, whose collisions anyone can compute.
+        assert_ne!(a & 0xFFFF_FFFF, crc32(b"customer-42") as i64);
+        // A low half above 2^31 must not turn the key negative or overflow.
+        let high = (0..10_000).map(|i| format!("g{i}")).find(|g| lock_key(g) & 0x8000_0000 != 0);
+        assert!(high.is_some_and(|g| lock_key(&g) > 0));
     }
 
     #[pg_test]

@@ -52,6 +52,10 @@ struct Service {
     keeps_counters: bool,
 }
 
+/// The longest a pass waits for a lock, unless `lock_timeout` is set.
+const SERVICE_LOCK_TIMEOUT_SQL: &str = "SELECT pg_catalog.set_config('lock_timeout', '2s', true) \
+     WHERE pg_catalog.current_setting('lock_timeout') = '0'";
+
 /// The counters' duty (sql/stats.sql): recount after a start, then flush.
 const STATS_PASS_SQL: &str = "SELECT queue.stats_pass()";
 
@@ -186,6 +190,14 @@ fn run_passes(service: &Service, db: Db) -> Option<Duration> {
                 gone = true;
                 return Ok(None);
             }
+            // A pass serves every queue of the database, so it must not wait
+            // without end for a lock one session holds (an open transaction
+            // whose rows or batch a duty's cascade must update): past the
+            // limit the pass fails, is logged, and runs again next tick. The
+            // duties skip what they know may be held (serial groups' locks,
+            // locked rows) without waiting; this bounds the rest. A
+            // lock_timeout the administrator set is kept.
+            Spi::run(SERVICE_LOCK_TIMEOUT_SQL)?;
             Spi::get_one_with_args::<pgrx::JsonB>(service.pass_sql, &[service.batch.into()]).map(|j| j.map(|j| j.0))
         })
         .flatten();

@@ -52,7 +52,7 @@ use std::sync::OnceLock;
 use crate::{gucs, launcher, leases, stats, wakeup};
 
 /// Bumped whenever the layout of the region changes.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 const MAGIC: u64 = u64::from_le_bytes(*b"queueshm");
 const REGION_NAME: &CStr = c"queue";
 const TRANCHE_NAME: &CStr = c"queue";
@@ -174,6 +174,10 @@ pub struct Header {
     /// the header (one per backend, by pgprocno).
     waiting: AtomicU32,
     pub board: launcher::Board,
+    /// The secret key of the serial groups' lock keys (src/serial_group.rs),
+    /// drawn at server start. Written once, in the postmaster, before any
+    /// backend exists; read only after.
+    group_key: [u64; 2],
 }
 
 /// The registry entry of one database, and the atomics of its consumers.
@@ -276,10 +280,33 @@ unsafe extern "C-unwind" fn shmem_startup() {
             (*header).magic = MAGIC;
             (*header).version = LAYOUT_VERSION;
             (*header).layout = layout;
+            (*header).group_key = random_key();
         }
         LOCKS.store(pg_sys::GetNamedLWLockTranche(TRANCHE_NAME.as_ptr()), Ordering::SeqCst);
         REGION.store(header, Ordering::SeqCst);
     }
+}
+
+/// A fresh secret key for the group lock keys. pg_strong_random fails only
+/// without a usable entropy source; the time and pid then still make the
+/// key unknown in advance, if guessable.
+fn random_key() -> [u64; 2] {
+    let mut bytes = [0u8; 16];
+    if unsafe { pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), bytes.len()) } {
+        let (a, b) = bytes.split_at(8);
+        return [
+            u64::from_le_bytes(a.try_into().unwrap_or_default()),
+            u64::from_le_bytes(b.try_into().unwrap_or_default()),
+        ];
+    }
+    log!("queue: no strong random source; the serial groups' lock keys use a weaker key");
+    unsafe { [pg_sys::GetCurrentTimestamp() as u64, pg_sys::MyProcPid as u64] }
+}
+
+/// The serial groups' lock key secret; None where the library was not
+/// preloaded.
+pub fn group_key() -> Option<[u64; 2]> {
+    header().map(|h| h.group_key)
 }
 
 /// The region's header; None where the library was not preloaded.

@@ -380,8 +380,9 @@ def test_confined_workers_cannot_touch_another_queues_jobs(teams):
 
 
 def test_confined_producers_cannot_depend_on_or_read_another_teams_jobs(teams):
-    """A dependency is a read of another job (its completion, its result):
-    a confined role may only depend on jobs of queues it may read. Another
+    """A dependency reads another job (its completion, its result) and
+    locks it while the push commits: a confined role may only depend on jobs
+    of queues it may produce into or work, not merely read. Another
     team's id is refused as unknown (22023, as for an id that never
     existed) and nothing is pushed; queue_dependencies shows nothing of a
     job the caller may not read."""
@@ -407,6 +408,24 @@ def test_confined_producers_cannot_depend_on_or_read_another_teams_jobs(teams):
         # within its own queues a confined producer uses dependencies freely
         child = alice.execute("SELECT queue_push(%s, '{}', depends_on => ARRAY[%s::bigint])", (qa, mine)).fetchone()[0]
         assert alice.execute("SELECT queue_job(%s) ->> 'status'", (child,)).fetchone()[0] == "blocked"
+
+
+def test_a_read_rule_does_not_let_a_role_lock_another_teams_job_by_depending_on_it(teams):
+    """Depending on a live job locks it until the push commits, and a locked
+    job is skipped by claims: a role that may only read another team's queue
+    must not hold its jobs that way."""
+    names, qa, qb = teams
+    with connect() as su:
+        su.execute("SELECT queue_grant_access(%s::regrole, 'read', %s)", (names["team_a"], qb))
+    with as_role(names["bob"]) as bob, connect() as su, psycopg.connect(dsn_for(names["alice"])) as alice:
+        theirs = bob.execute("SELECT queue_push(%s, '{}')", (qb,)).fetchone()[0]
+        assert alice.execute("SELECT queue_job(%s) ->> 'status'", (theirs,)).fetchone()[0] == "pending"
+        before = snapshot(su)
+        assert sqlstate_of(alice, "SELECT queue_push(%s, '{}', depends_on => ARRAY[%s::bigint])",
+                           (qa, theirs)) == "22023"
+        alice.rollback()
+        assert snapshot(su) == before
+        assert bob.execute("SELECT id FROM queue_pop(%s, 'bob')", (qb,)).fetchone() == (theirs,)
 
 
 def test_a_confined_producer_sees_and_drives_only_its_own_batches(teams):
@@ -550,6 +569,124 @@ def test_schedules_push_only_what_their_owner_may(teams):
     finally:
         with connect() as su:
             su.execute(f"REVOKE queue_admin FROM {names['alice']}")
+
+
+def test_a_confined_login_stays_confined_after_set_role(teams):
+    """A login may SET ROLE to any role it is a member of, the extension's
+    own roles included, and no rule binds those: the rules of the role the
+    session logged in as still hold, whatever role it takes."""
+    names, qa, qb = teams
+    with as_role(names["alice"]) as alice, as_role(names["bob"]) as bob, as_role(names["ops_a"]) as ops, \
+            connect() as su:
+        secret = bob.execute("SELECT queue_push(%s, '{\"secret\": 1}')", (qb,)).fetchone()[0]
+        mine = alice.execute("SELECT queue_push(%s, '{}')", (qa,)).fetchone()[0]
+        before = snapshot(su)
+        # queue_worker may pop (and not push), queue_producer push (and not pop)
+        alice.execute("SET ROLE queue_worker")
+        assert sqlstate_of(alice, "SELECT * FROM queue_pop(%s)", (qb,)) == "42501"
+        alice.execute("SET ROLE queue_producer")
+        for sql, args in [("SELECT queue_push(%s, '{}')", (qb,)),
+                          ("SELECT queue_push(%s, '{}', serial_group => %s)", (qa, qb + ":c1")),
+                          ("SELECT * FROM queue_peek(%s)", (qb,))]:
+            assert sqlstate_of(alice, sql, args) == "42501", sql
+        assert alice.execute("SELECT queue_job(%s)", (secret,)).fetchone()[0] is None
+        alice.execute("RESET ROLE")
+        ops.execute("SET ROLE queue_admin")
+        assert sqlstate_of(ops, "SELECT queue_revoke_access(%s::regrole)", (names["ops_a"],)) == "42501"
+        assert qb not in [r[0] for r in ops.execute("SELECT queue FROM queue_list()").fetchall()]
+        assert sqlstate_of(ops, "SELECT queue_schedule('x', '@daily', %s)", (qb,)) == "42501"
+        assert snapshot(su) == before
+        # ... and keeps what its rules allow
+        alice.execute("SET ROLE queue_worker")
+        assert alice.execute("SELECT id FROM queue_pop(%s)", (qa,)).fetchone() == (mine,)
+        # A superuser's session that takes a confined role is confined as that role.
+        su.execute(f"SET ROLE {names['alice']}")
+        assert sqlstate_of(su, "SELECT queue_push(%s, '{}')", (qb,)) == "42501"
+        su.execute("RESET ROLE")
+
+
+def test_a_confined_worker_cannot_lock_or_probe_another_queues_job(teams):
+    """queue_fail and queue_release on another queue's job return as for an
+    unknown job without taking its row lock: the job's own worker acks it
+    while the other transaction is still open, and no transaction id (a
+    sign that a lock was taken) betrays that the id exists."""
+    names, qa, qb = teams
+    with as_role(names["bob"]) as bob, connect() as su, \
+            psycopg.connect(dsn_for(names["alice"])) as alice:
+        bob.execute("SELECT queue_push(%s, '{}')", (qb,))
+        claim = bob.execute("SELECT id, attempt FROM queue_pop(%s, 'bob')", (qb,)).fetchone()
+        assert alice.execute("SELECT queue_fail(%s, 'x'), queue_release(%s)", (claim[0], claim[0])).fetchone() == \
+            (None, False)
+        assert alice.execute("SELECT queue_fail(%s, 'x', attempt => %s)", claim).fetchone()[0] is None
+        assert alice.execute("SELECT txid_current_if_assigned()").fetchone()[0] is None
+        bob.execute("SET lock_timeout = '2s'")
+        assert bob.execute("SELECT queue_ack(%s, attempt => %s)", claim).fetchone()[0] is True
+        alice.rollback()
+
+
+def crc_twins(prefix_a, prefix_b, n=300_000):
+    """Two group names, one with each prefix, whose CRC-32 (the lock key of
+    builds before 0.2.0) is the same: a birthday search over n names each."""
+    import secrets
+    import zlib
+    # Random suffixes: CRC-32 is affine, so suffixes that differ only in a
+    # few bits (counters) may never meet.
+    seen = {}
+    for _ in range(n):
+        a = prefix_a + secrets.token_urlsafe(9)
+        seen[zlib.crc32(a.encode())] = a
+    for _ in range(n):
+        b = prefix_b + secrets.token_urlsafe(9)
+        a = seen.get(zlib.crc32(b.encode()))
+        if a is not None:
+            return a, b
+    raise AssertionError("no CRC-32 twins found")
+
+
+def test_a_group_lock_held_by_one_team_stalls_neither_another_team_nor_the_services(teams):
+    """One team's open transaction that pushed into its own serial group
+    holds that group's lock. It must not hold another team's group (a name
+    with the same CRC-32, the key of earlier builds, is computed in a
+    second), nor stall the maintenance pass or the scheduler, which serve
+    every queue."""
+    names, qa, qb = teams
+    mine, theirs = crc_twins(qa + ":", qb + ":")
+    with as_role(names["alice"]) as alice, as_role(names["bob"]) as bob, connect() as su, \
+            psycopg.connect(dsn_for(names["alice"])) as holder:
+        try:
+            # alice's grouped work, due soon, and a schedule into her group
+            alice.execute("SELECT queue_push(%s, '{}', serial_group => %s, delay => '300 milliseconds')", (qa, mine))
+            su.execute("SELECT queue_schedule(%s, 'every 1 second', %s, serial_group => %s)", (qa + "-held", qa, mine))
+            bob_group_job = bob.execute("SELECT queue_push(%s, '{}', serial_group => %s)", (qb, theirs)).fetchone()[0]
+            claim = bob.execute("SELECT id, attempt FROM queue_pop(%s, 'bob')", (qb,)).fetchone()
+            assert claim[0] == bob_group_job
+            # alice holds her group's lock in an open transaction
+            holder.execute("SELECT queue_push(%s, '{}', serial_group => %s)", (qa, mine))
+            bob.execute("SET lock_timeout = '2s'")
+            # bob's group is his own: his push and his ack do not wait
+            bob.execute("SELECT queue_push(%s, '{}', serial_group => %s)", (qb, theirs))
+            assert bob.execute("SELECT queue_ack(%s, attempt => %s)", claim).fetchone()[0] is True
+            # the services go on for every other queue
+            due = bob.execute("SELECT queue_push(%s, '{}', delay => '300 milliseconds')", (qb,)).fetchone()[0]
+            su.execute("SELECT queue_schedule(%s, 'every 1 second', %s)", (qb + "-tick", qb))
+            wait_for(su, "SELECT status::text FROM queue.jobs WHERE id = %s", (due,), "pending", timeout=5)
+            wait_for(su, "SELECT count(*) > 0 FROM queue.jobs WHERE queue = %s AND id > %s AND serial_group IS NULL",
+                     (qb, due), True, timeout=5)
+            waits = su.execute("SELECT backend_type, wait_event_type FROM pg_stat_activity"
+                               " WHERE backend_type IN ('queue maintenance', 'queue scheduler')"
+                               " AND datname = current_database()").fetchall()
+            assert all(w != "Lock" for _, w in waits), waits
+            assert su.execute("SELECT last_job_id FROM queue.schedules WHERE name = %s", (qa + "-held",)
+                              ).fetchone()[0] is None, "the held group's schedule waits"
+            holder.commit()
+            # alice's delayed grouped job and her group's schedule go on once her lock is free
+            wait_for(su, "SELECT count(*) FROM queue.jobs WHERE serial_group = %s AND status = 'scheduled'",
+                     (mine,), 0, timeout=5)
+            wait_for(su, "SELECT last_job_id IS NOT NULL FROM queue.schedules WHERE name = %s", (qa + "-held",),
+                     True, timeout=5)
+        finally:
+            holder.rollback()
+            su.execute("DELETE FROM queue.schedules WHERE name = ANY(%s)", ([qb + "-tick", qa + "-held"],))
 
 
 # ---------------------------------------------------------------------------

@@ -80,8 +80,11 @@ UPDATE queue.jobs SET group_waiting = false WHERE serial_group = 'ga';
 SELECT serial_group, count(*) FROM queue.all_jobs
  WHERE status = 'processing' AND serial_group IS NOT NULL GROUP BY 1 ORDER BY 1;
 
--- The lock key is the CRC-32 of the group name in a fixed namespace.
-SELECT queue.crc32_of('customer-42') AS crc,
-       queue.group_lock_key('customer-42') & x'FFFFFFFF'::bigint = queue.crc32_of('customer-42') AS low_half_is_crc;
+-- The lock key is a keyed hash of the group name in a fixed namespace:
+-- stable, distinct, and not the CRC-32 whose collisions anyone can compute.
+SELECT queue.group_lock_key('customer-42') >> 32 = x'71756575'::bigint AS namespaced,
+       queue.group_lock_key('customer-42') = queue.group_lock_key('customer-42') AS stable,
+       queue.group_lock_key('customer-42') <> queue.group_lock_key('customer-43') AS distinct_keys,
+       queue.group_lock_key('customer-42') & x'FFFFFFFF'::bigint <> queue.crc32_of('customer-42') AS not_the_crc;
 
 DROP EXTENSION queue;

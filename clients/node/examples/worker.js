@@ -20,7 +20,7 @@ async function sendEmail(job) {
   if (!to || !to.includes('@')) throw new PermanentError(`not an address: ${to}`); // no retry
   if (job.payload.rateLimited) throw new RetryIn('30 seconds', 'SMTP said 421');   // retry in 30 s
   await job.progress(1, 2, 'connecting');
-  await new Promise((resolve) => setTimeout(resolve, 100)); // the "work"; job.signal fires at a hard stop
+  await new Promise((resolve) => setTimeout(resolve, 100)); // the "work"; job.signal fires at a hard stop or past maxRuntimeMs
   return { messageId: `<${job.id}@example.com>`, to, subject };
 }
 
@@ -43,6 +43,7 @@ async function main() {
     connectionString,
     handlers: { [queue]: sendEmail },
     concurrency: 5,
+    maxRuntimeMs: 30_000, // a hung handler's attempt fails after 30 s (and is retried) instead of holding its job forever
     graceMs: 10_000,
     handleSignals: true, // SIGTERM / SIGINT: stop gracefully; a second signal stops at once
   });

@@ -16,10 +16,10 @@ export type {
 } from './workflow';
 export { Worker } from './worker';
 export type {
-  Job, Handler, WorkerOptions, StopOptions, WorkerState, WorkerEventMap, Logger,
+  Job, Handler, HandlerOptions, WorkerOptions, StopOptions, WorkerState, WorkerEventMap, Logger,
   JobStartEvent, JobCompleteEvent, JobFailEvent, JobReleaseEvent, JobLostEvent, ListenEvent,
 } from './worker';
-export { PermanentError, RetryIn, LeaseLostError, WorkerStoppedError } from './errors';
+export { PermanentError, RetryIn, LeaseLostError, WorkerStoppedError, MaxRuntimeExceededError } from './errors';
 export type { Interval } from './interval';
 export type { BackoffOptions } from './backoff';
 export { VERSION, LIBRARY_NAME } from './version';

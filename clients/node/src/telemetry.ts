@@ -3,6 +3,7 @@
  * dependency). Without it, or without a registered tracer provider, every
  * helper just runs its function.
  */
+import { errorMessage } from './errors';
 import { LIBRARY_NAME, VERSION } from './version';
 
 /* A minimal view of @opentelemetry/api, so that the package compiles and runs without it. */
@@ -45,6 +46,15 @@ function tracer(a: OtelApi): Tracer {
   return a.trace.getTracer(LIBRARY_NAME, VERSION);
 }
 
+/** Calls a span's method; a tracer that throws (on an odd error, say) must not fail the push or the job it traces. */
+function quietly(call: () => unknown): void {
+  try {
+    call();
+  } catch {
+    /* the span misses this detail; the work goes on */
+  }
+}
+
 /** @internal Runs a push inside a PRODUCER span `publish <queue>`. */
 export async function withPushSpan<T>(queue: string, count: number, fn: () => Promise<T>): Promise<T> {
   const a = otel();
@@ -60,14 +70,14 @@ export async function withPushSpan<T>(queue: string, count: number, fn: () => Pr
   }, async (span) => {
     try {
       const out = await fn();
-      span.setStatus({ code: a.SpanStatusCode.OK });
+      quietly(() => span.setStatus({ code: a.SpanStatusCode.OK }));
       return out;
     } catch (err) {
-      span.recordException(err as Error);
-      span.setStatus({ code: a.SpanStatusCode.ERROR, message: String((err as Error)?.message ?? err) });
+      quietly(() => span.recordException(err as Error));
+      quietly(() => span.setStatus({ code: a.SpanStatusCode.ERROR, message: errorMessage(err) }));
       throw err;
     } finally {
-      span.end();
+      quietly(() => span.end());
     }
   });
 }
@@ -102,10 +112,22 @@ export interface JobSpanInfo {
 /**
  * @internal Runs a handler inside a CONSUMER span `process <queue>` of `jobTracer` ({@link jobTracer}; the
  * handler's own spans become its children). `fn` resolves to whether the job
- * succeeded, and the error if not.
+ * succeeded, and the error if not; it must not reject. Nothing the tracer
+ * does changes what this resolves to: a span method that throws is ignored,
+ * and a `startActiveSpan` that throws before it calls back runs `fn` without a span.
  */
 export async function withJobSpan<T>(jobTracer: Tracer, info: JobSpanInfo, fn: () => Promise<{ ok: boolean; error?: unknown; value: T }>): Promise<T> {
   const a = otel()!;
+  let outcome: Promise<{ ok: boolean; error?: unknown; value: T }> | null = null;
+  try {
+    await startJobSpan(a, jobTracer, info, () => (outcome = fn()));
+  } catch {
+    /* the tracer failed: the handler's outcome stands, or it runs without a span */
+  }
+  return (await (outcome ?? fn())).value;
+}
+
+function startJobSpan<T>(a: OtelApi, jobTracer: Tracer, info: JobSpanInfo, fn: () => Promise<{ ok: boolean; error?: unknown; value: T }>): Promise<T> {
   return jobTracer.startActiveSpan(`process ${info.queue}`, {
     kind: a.SpanKind.CONSUMER,
     attributes: {
@@ -120,14 +142,14 @@ export async function withJobSpan<T>(jobTracer: Tracer, info: JobSpanInfo, fn: (
     try {
       const out = await fn();
       if (out.ok) {
-        span.setStatus({ code: a.SpanStatusCode.OK });
+        quietly(() => span.setStatus({ code: a.SpanStatusCode.OK }));
       } else {
-        span.recordException(out.error as Error);
-        span.setStatus({ code: a.SpanStatusCode.ERROR, message: String((out.error as Error)?.message ?? out.error) });
+        quietly(() => span.recordException(out.error as Error));
+        quietly(() => span.setStatus({ code: a.SpanStatusCode.ERROR, message: errorMessage(out.error) }));
       }
       return out.value;
     } finally {
-      span.end();
+      quietly(() => span.end());
     }
   });
 }

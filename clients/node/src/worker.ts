@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { connect as netConnect } from 'node:net';
 import { Client, Pool, type ClientConfig, type PoolClient, type PoolConfig, type QueryConfig, type QueryResult, type QueryResultRow } from 'pg';
 import { type BackoffOptions, backoffDelay } from './backoff';
-import { LeaseLostError, RetryIn, WorkerStoppedError } from './errors';
+import { LeaseLostError, MaxRuntimeExceededError, RetryIn, WorkerStoppedError, asError, describeError, errorMessage } from './errors';
 import { type Interval, intervalToSql } from './interval';
 import { Listener, type WakeSource } from './listener';
 import type { JobId } from './push';
@@ -41,8 +41,10 @@ export interface Job<P = any> {
   readonly worker: string;
   /**
    * Fires when the worker stops hard (the grace of {@link Worker.stop} ran
-   * out; reason {@link WorkerStoppedError}) or the lease was lost (reason
-   * {@link LeaseLostError}). The job's outcome is then ignored: stop working.
+   * out; reason {@link WorkerStoppedError}), the lease was lost (reason
+   * {@link LeaseLostError}) or the handler ran past its `maxRuntimeMs`
+   * (reason {@link MaxRuntimeExceededError}; the job has then been failed).
+   * The job's outcome is then ignored: stop working.
    */
   readonly signal: AbortSignal;
   /**
@@ -81,6 +83,19 @@ export interface Job<P = any> {
  */
 export type Handler<P = any> = (job: Job<P>) => unknown;
 
+/**
+ * A queue's handler with options of its own, in {@link WorkerOptions.handlers}:
+ * `{ handler: async (job) => ..., maxRuntimeMs: 30_000 }`.
+ *
+ * @typeParam P - the payload's type
+ */
+export interface HandlerOptions<P = any> {
+  /** The handler. */
+  handler: Handler<P>;
+  /** This queue's limit on a handler's run time, in ms; wins over the worker's {@link WorkerOptions.maxRuntimeMs}. */
+  maxRuntimeMs?: number;
+}
+
 /** Emitted when a handler starts. */
 export interface JobStartEvent {
   /** The job. */
@@ -103,7 +118,7 @@ export interface JobCompleteEvent {
 export interface JobFailEvent {
   /** The job. */
   job: Job;
-  /** What the handler threw. */
+  /** What the handler threw; a {@link MaxRuntimeExceededError} when it ran past its max runtime. */
   error: unknown;
   /** How long the handler ran, in milliseconds. */
   durationMs: number;
@@ -169,8 +184,11 @@ export interface WorkerOptions {
   connectionString?: string;
   /** Further `pg.Pool` settings (host, user, ssl, max, ...). The worker owns the pool it makes from them. */
   pool?: PoolConfig;
-  /** One handler per queue name: `{ emails: async (job) => ... }`. */
-  handlers: Record<string, Handler>;
+  /**
+   * One handler per queue name: `{ emails: async (job) => ... }`, or with
+   * options of its own: `{ emails: { handler, maxRuntimeMs: 30_000 } }`.
+   */
+  handlers: Record<string, Handler | HandlerOptions>;
   /** How many handlers run at once, at most. Default 10. */
   concurrency?: number;
   /** The worker's name in `queue_pop`, `queue_heartbeat` and `application_name`. Default `<host>:<pid>:<random>`. */
@@ -198,6 +216,20 @@ export interface WorkerOptions {
   backoff?: BackoffOptions;
   /** Where errors go when nothing listens for `error`. Default `console`. */
   logger?: Logger;
+  /**
+   * The longest a handler may run, in ms from its start (a queue's
+   * {@link HandlerOptions.maxRuntimeMs} wins). Past it the worker stops
+   * extending the job's lease, aborts `job.signal` with a
+   * {@link MaxRuntimeExceededError}, and fails the attempt at once with
+   * `queue_fail` (`max_runtime exceeded: the handler ran longer than 30s`):
+   * an ordinary failure, retried with the job's backoff up to its
+   * `max_attempts`, then a dead letter. Whatever the handler returns or
+   * throws afterwards is ignored. JavaScript cannot stop a function from
+   * outside: a handler that ignores its signal keeps running, and keeps its
+   * concurrency slot until it returns. Default: no limit (a running handler
+   * keeps its lease however long it takes). At most 2 147 483 647 (about 24.8 days).
+   */
+  maxRuntimeMs?: number;
 }
 
 /** Options of {@link Worker.stop}. */
@@ -242,13 +274,54 @@ interface Entry {
   phase: 'running' | 'settling';
   /** Given back at a hard stop: never ack or fail it afterwards (the claim may be someone else's). */
   released: boolean;
-  /** Settled or released: stop touching. */
+  /** Settled, released or past its max runtime: stop touching. */
   finished: boolean;
   /** When its lease is next extended (`performance.now()` time; see {@link Worker.sweepTouches}). */
   touchAt: number;
   /** A `queue_touch` of it is on its way (it schedules the next one). */
   touching: boolean;
   done: Promise<void>;
+  /** The max runtime's timer while the handler runs ({@link Worker.armDeadline}). */
+  deadline: NodeJS.Timeout | null;
+  /** Set when the handler ran past its max runtime: the job was failed with it, the handler's outcome no longer counts. */
+  overran: MaxRuntimeExceededError | null;
+  /** With a max runtime: settles once the failure for running past it is recorded (never, if the handler finished in time). */
+  overrunFailed: Promise<void> | null;
+}
+
+/**
+ * Settles once a job's outcome is recorded: when its run ends, or, for a
+ * handler past its max runtime, once that failure is: a stop does not wait
+ * for a handler that ignores its aborted signal.
+ */
+function recorded(entry: Entry): Promise<void> {
+  return entry.overrunFailed === null ? entry.done : Promise.race([entry.done, entry.overrunFailed]);
+}
+
+/** Stops a job's max-runtime clock, if it runs. */
+function clearDeadline(entry: Entry): void {
+  if (entry.deadline === null) return;
+  clearTimeout(entry.deadline);
+  entry.deadline = null;
+}
+
+/** A queue's handler and its limits, as the worker keeps them. */
+interface QueueHandler {
+  fn: Handler;
+  /** Its max runtime in ms, or null for none. */
+  maxRuntimeMs: number | null;
+}
+
+/** The longest max runtime a timer can wait (setTimeout's limit, 2^31 - 1 ms); a longer one would fire at once. */
+const MAX_RUNTIME_LIMIT_MS = 2_147_483_647;
+
+/** A max runtime as given: undefined, or a positive, finite number of ms a timer can wait. */
+function checkMaxRuntime(v: unknown, what: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > MAX_RUNTIME_LIMIT_MS) {
+    throw new TypeError(`${what} must be a positive, finite number of milliseconds, at most ${MAX_RUNTIME_LIMIT_MS} (about 24.8 days), got ${String(v)}`);
+  }
+  return v;
 }
 
 type CallResult<T> = { kind: 'ok'; value: T } | { kind: 'rejected'; error: Error } | { kind: 'gave-up'; error: Error };
@@ -269,6 +342,8 @@ interface PendingAck {
   attempt: number;
   /** The result as JSON text, or null for none (already serialised: a result that cannot be never gets here). */
   json: string | null;
+  /** Its size in UTF-8 bytes (0 for none), for {@link ACK_BATCH_MAX_BYTES}. */
+  bytes: number;
   /** Settles the slot's wait: ok (acked or refused as stale), rejected (the result could not be stored) or gave-up. */
   settle: (outcome: CallResult<boolean>) => void;
   /** The job's slot (in {@link Worker.running} until the ack committed): a job claimed in the ack's own statement takes it over. */
@@ -290,7 +365,6 @@ type Outcome = { ok: true; result: unknown } | { ok: false; error: unknown };
 const RESOLVED: Promise<void> = Promise.resolve();
 
 const QUEUE_NAME = /^[A-Za-z0-9_.:-]{1,57}$/;
-const MAX_ERROR_CHARS = 16_000;
 
 const CLAIM_SQL = `SELECT q.id::text AS id, q.payload, ${CLAIM_META} AS meta
   FROM queue_pop($1::text, $2::text, $3::int) AS q`;
@@ -325,12 +399,15 @@ const ACK_CLAIM_SQL = `SELECT CASE WHEN coalesce(p.ordinality, 1) = 1 THEN array
 /** The most acks one `queue_ack_batch` carries (the rest go into the next call): bounds the statement's size and its row locks. */
 const ACK_BATCH_MAX = 1000;
 /**
- * And the most result text one call carries (UTF-16 code units, at most 3 bytes
- * each in UTF-8), past its first ack: a thousand large results in one Bind
- * message could pass the server's 1 GB message limit, which drops the
- * connection, and a batch that can never get through would be retried forever.
+ * And the most result JSON one call carries, in UTF-8 bytes (the statement's
+ * array text, with its escapes, is at most about twice that), past its first
+ * ack: an ack whose result alone is larger goes in a call of its own. Without
+ * it, 50 handlers each returning a 10 MB result (`queue.max_result_size`'s
+ * default) would make one 500 MB statement; a thousand could pass the
+ * server's 1 GB message limit, which drops the connection, and a batch that
+ * can never get through would be retried forever.
  */
-const ACK_BATCH_MAX_CHARS = 8 * 1024 * 1024;
+const ACK_BATCH_MAX_BYTES = 8 * 1024 * 1024;
 const FAIL_SQL = 'SELECT queue_fail($1::bigint, $2::text, $3::int, $4::interval, $5::boolean) AS status';
 const TOUCH_SQL = 'SELECT queue_touch($1::bigint, $2::interval, $3::int) AS ok';
 const PROGRESS_SQL = 'SELECT queue_progress($1::bigint, $2::int, $3::int, $4::text, $5::int) AS ok';
@@ -392,33 +469,25 @@ function isTransient(err: unknown): boolean {
     || code === '40001' || code === '40P01' || code === '55P03' || code === '57014';
 }
 
-function asError(err: unknown): Error {
-  return err instanceof Error ? err : new Error(String(err));
-}
-
-function errorText(err: unknown): string {
-  let text: string;
-  if (err instanceof Error) {
-    text = err.stack && err.stack.includes(err.message) ? err.stack : `${err.name}: ${err.message}`;
-  } else if (typeof err === 'string') {
-    text = err;
-  } else {
-    try {
-      text = JSON.stringify(err) ?? String(err);
-    } catch {
-      text = String(err);
-    }
-  }
-  return text.length > MAX_ERROR_CHARS ? text.slice(0, MAX_ERROR_CHARS) + '…' : text;
-}
-
 function isPermanent(err: unknown): boolean {
-  return (err as { permanent?: unknown })?.permanent === true;
+  try {
+    return (err as { permanent?: unknown })?.permanent === true;
+  } catch {
+    return false; // a getter or a Proxy that throws: an ordinary failure
+  }
 }
 
+/** The retry delay an error asks for, or null; throws only for a RetryIn delay that is not one. */
 function retryDelayOf(err: unknown): string | null {
-  if (err instanceof RetryIn) return intervalToSql(err.retryIn, 'RetryIn delay');
-  const ms = (err as { retryInMs?: unknown })?.retryInMs;
+  let delay: Interval | undefined;
+  let ms: unknown;
+  try {
+    if (err instanceof RetryIn) delay = err.retryIn;
+    else ms = (err as { retryInMs?: unknown })?.retryInMs;
+  } catch {
+    return null; // a getter or a Proxy that throws: no delay asked for
+  }
+  if (delay !== undefined) return intervalToSql(delay, 'RetryIn delay');
   if (typeof ms === 'number' && Number.isFinite(ms)) return `${ms} milliseconds`;
   return null;
 }
@@ -557,7 +626,8 @@ class JobImpl implements Job {
  *   `queue_fail(id, error, attempt, retry_in, permanent)`. A stale claim
  *   (lease lost, job claimed again) changes nothing and does not throw.
  * - Keeps leases alive with `queue_touch` at half the job's timeout, and
- *   heartbeats with `queue_heartbeat`.
+ *   heartbeats with `queue_heartbeat`. With `maxRuntimeMs`, a handler that
+ *   runs longer has its attempt failed at once and its signal aborted.
  * - Wakes on `LISTEN "queue_<name>"` (one connection), polls as a fallback,
  *   reconnects with backoff. With `pooler` (PgBouncer in transaction mode):
  *   no LISTEN; an idle worker waits inside `queue_pop(..., wait)` instead.
@@ -583,7 +653,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   /** The queues served. */
   readonly queues: readonly string[];
 
-  private readonly handlers: Map<string, Handler>;
+  private readonly handlers: Map<string, QueueHandler>;
   private readonly pool: Pool;
   private readonly listenConfig: ClientConfig;
   private readonly maxBatch: number;
@@ -647,22 +717,35 @@ export class Worker extends EventEmitter<WorkerEventMap> {
    * @throws TypeError for a bad queue name, a missing handler or a bad number
    */
   constructor(options: WorkerOptions) {
-    super();
+    // A listener that returns a rejected promise (an async listener that
+    // throws) is reported like one that throws, not left an unhandled
+    // rejection, which ends the process (see the captureRejectionSymbol method).
+    super({ captureRejections: true });
     if (!options || typeof options !== 'object') throw new TypeError('Worker options are required');
     const handlers = options.handlers;
     if (!handlers || typeof handlers !== 'object' || Object.keys(handlers).length === 0) {
       throw new TypeError('Worker needs at least one handler: { handlers: { queueName: async (job) => ... } }');
     }
-    for (const [queue, fn] of Object.entries(handlers)) {
+    const defaultMaxRuntime = checkMaxRuntime(options.maxRuntimeMs, 'maxRuntimeMs') ?? null;
+    const queueHandlers = new Map<string, QueueHandler>();
+    for (const [queue, spec] of Object.entries(handlers)) {
       if (!QUEUE_NAME.test(queue)) throw new TypeError(`bad queue name "${queue}": 1-57 characters of [A-Za-z0-9_.:-]`);
-      if (typeof fn !== 'function') throw new TypeError(`the handler of queue "${queue}" is not a function`);
+      if (typeof spec === 'function') {
+        queueHandlers.set(queue, { fn: spec, maxRuntimeMs: defaultMaxRuntime });
+        continue;
+      }
+      if (!spec || typeof spec !== 'object' || typeof spec.handler !== 'function') {
+        throw new TypeError(`the handler of queue "${queue}" is not a function (nor { handler: function, maxRuntimeMs? })`);
+      }
+      const own = checkMaxRuntime(spec.maxRuntimeMs, `the maxRuntimeMs of queue "${queue}"`);
+      queueHandlers.set(queue, { fn: spec.handler, maxRuntimeMs: own ?? defaultMaxRuntime });
     }
     const positiveInt = (v: number | undefined, dflt: number, what: string, max = 1_000_000_000): number => {
       if (v === undefined) return dflt;
       if (!Number.isInteger(v) || v < 1 || v > max) throw new TypeError(`${what} must be an integer from 1 to ${max}, got ${v}`);
       return v;
     };
-    this.handlers = new Map(Object.entries(handlers));
+    this.handlers = queueHandlers;
     this.queues = Object.freeze([...this.handlers.keys()]);
     this.concurrency = positiveInt(options.concurrency, 10, 'concurrency', 10_000);
     this.maxBatch = Math.min(this.concurrency, positiveInt(options.maxBatch, this.concurrency, 'maxBatch', 10_000));
@@ -939,6 +1022,9 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       touchAt: Infinity,
       touching: false,
       done: RESOLVED,
+      deadline: null,
+      overran: null,
+      overrunFailed: null,
     };
   }
 
@@ -956,10 +1042,11 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   private async run(entry: Entry): Promise<void> {
     const { job } = entry;
     try {
-      const handler = this.handlers.get(job.queue)!;
+      const { fn: handler, maxRuntimeMs } = this.handlers.get(job.queue)!;
       if (this.listenerCount('job:start') > 0) this.safeEmit('job:start', { job });
       const t0 = performance.now();
       this.scheduleTouch(entry, t0);
+      if (maxRuntimeMs !== null) this.armDeadline(entry, maxRuntimeMs, t0);
       let outcome: Outcome;
       const tracer = jobTracer();
       if (tracer === null) {
@@ -972,13 +1059,23 @@ export class Worker extends EventEmitter<WorkerEventMap> {
         }
       } else {
         outcome = await withJobSpan<Outcome>(tracer, { id: job.id, queue: job.queue, attempt: job.attempt, worker: this.name }, async () => {
+          let o: Outcome;
           try {
-            const result = await handler(job);
-            return { ok: true, value: { ok: true, result } };
+            o = { ok: true, result: await handler(job) };
           } catch (error) {
-            return { ok: false, error, value: { ok: false, error } };
+            o = { ok: false, error };
           }
+          // The span shows the job's outcome: past its max runtime, that failure.
+          const error = entry.overran ?? (o.ok ? null : o.error);
+          return error === null ? { ok: true, value: o } : { ok: false, error, value: o };
         });
+      }
+      clearDeadline(entry); // returned in time: no overrun while it is acked
+      if (entry.overran !== null) {
+        // Failed when its time ran out: what the handler did since does not
+        // count. Its slot frees now that it returned (and the failure is recorded).
+        await entry.overrunFailed;
+        return;
       }
       const durationMs = performance.now() - t0;
       entry.phase = 'settling';
@@ -989,7 +1086,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
         try {
           json = outcome.result === undefined ? null : (JSON.stringify(outcome.result) ?? null);
         } catch (err) {
-          serializeError = new TypeError(`the handler's result is not JSON-serializable: ${asError(err).message}`);
+          serializeError = new TypeError(`the handler's result is not JSON-serializable: ${errorMessage(err)}`);
         }
         if (!serializeError) {
           // Waits until the ack committed (or was refused): the event, the freed
@@ -1010,21 +1107,26 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       this.emitError(err, `job ${job.id} failed inside the worker`);
     } finally {
       entry.finished = true; // no more touches
+      clearDeadline(entry);
       // A slot freed here wakes the claim loop; one the ack's own claim already
       // took over (ackAndClaim, which wakes the loop itself) does not, once per job.
       if (this.running.delete(entry) || entry.released) this.wake();
     }
   }
 
-  private async fail(entry: Entry, error: unknown, durationMs: number): Promise<void> {
+  /**
+   * Records a failed attempt (`queue_fail` with the claim's attempt) and emits `job:fail`.
+   *
+   * @param text - the error text to store; default what {@link describeError} makes of `error`
+   */
+  private async fail(entry: Entry, error: unknown, durationMs: number, text = describeError(error)): Promise<void> {
     const { job } = entry;
     const permanent = isPermanent(error);
     let retryIn: string | null = null;
-    let text = errorText(error);
     try {
       retryIn = retryDelayOf(error);
     } catch (err) {
-      text += `\n(retry delay ignored: ${asError(err).message})`;
+      text += `\n(retry delay ignored: ${errorMessage(err)})`;
     }
     const what = `queue_fail(${job.id})`;
     let r = await this.call<{ status: string | null }>(FAIL_SQL, [job.id, text, job.attempt, retryIn, permanent], what);
@@ -1040,6 +1142,32 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     }
     const status = r.kind === 'ok' ? r.value.status : null;
     this.safeEmit('job:fail', { job, error, durationMs, status, permanent, retryIn });
+  }
+
+  /**
+   * Starts the clock of a handler's max runtime (`limitMs` from `t0`, the
+   * handler's start). When it runs out while the handler still runs, the job
+   * stops being touched, its signal aborts with a
+   * {@link MaxRuntimeExceededError}, and the attempt is failed at once with
+   * that error, an ordinary failure (backoff, max_attempts). The job keeps its
+   * slot in {@link Worker.running} until the handler has returned: JavaScript
+   * cannot stop it, and the concurrency limit counts what really runs.
+   */
+  private armDeadline(entry: Entry, limitMs: number, t0: number): void {
+    let markRecorded!: () => void;
+    entry.overrunFailed = new Promise<void>((resolve) => (markRecorded = resolve));
+    entry.deadline = setTimeout(() => {
+      entry.deadline = null;
+      if (entry.phase !== 'running' || entry.released) return markRecorded();
+      const error = new MaxRuntimeExceededError(limitMs);
+      entry.overran = error;
+      entry.phase = 'settling'; // failed here: a hard stop does not give it back
+      entry.finished = true; // no more touches
+      entry.job.abort(error);
+      this.fail(entry, error, performance.now() - t0, error.message)
+        .catch((err) => this.emitError(err, `failing job ${entry.job.id} past its max runtime failed`))
+        .finally(markRecorded);
+    }, limitMs);
   }
 
   /**
@@ -1094,7 +1222,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     const { id, attempt } = entry.job;
     if (!this.ackBatchAvailable) return this.ackOne(id, attempt, json);
     return new Promise((settle) => {
-      this.ackQueue.push({ id, attempt, json, settle, entry });
+      this.ackQueue.push({ id, attempt, json, bytes: json === null ? 0 : Buffer.byteLength(json), settle, entry });
       if (!this.ackerActive) this.ackerRun = this.runAcker();
     });
   }
@@ -1172,7 +1300,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
 
   /**
    * Takes the next batch off the ack queue: oldest first, up to
-   * {@link ACK_BATCH_MAX} acks and {@link ACK_BATCH_MAX_CHARS} of results
+   * {@link ACK_BATCH_MAX} acks and {@link ACK_BATCH_MAX_BYTES} of results
    * (always at least one ack), and each job id once. `queue_ack_batch`
    * returns the ids it completed, so two acks of one id in one call (a stale
    * claim and the job's new claim, both by this worker) could not be told
@@ -1182,13 +1310,12 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     const batch: PendingAck[] = [];
     const rest: PendingAck[] = [];
     const ids = new Set<string>();
-    let chars = 0;
+    let bytes = 0;
     for (const a of this.ackQueue) {
-      const size = a.json?.length ?? 0;
-      const fits = batch.length < ACK_BATCH_MAX && (batch.length === 0 || chars + size <= ACK_BATCH_MAX_CHARS);
+      const fits = batch.length < ACK_BATCH_MAX && (batch.length === 0 || bytes + a.bytes <= ACK_BATCH_MAX_BYTES);
       if (fits && !ids.has(a.id)) {
         ids.add(a.id);
-        chars += size;
+        bytes += a.bytes;
         batch.push(a);
       } else {
         rest.push(a);
@@ -1402,7 +1529,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       });
       this.graceDeadline = Date.now() + graceMs;
       this.graceTimer = setTimeout(() => this.endGrace?.(), graceMs);
-      const allDone = Promise.all([...this.running.values()].map((e) => e.done));
+      const allDone = Promise.all([...this.running.values()].map(recorded));
       await Promise.race([allDone, graceOver]);
       if (this.graceTimer) clearTimeout(this.graceTimer);
       this.graceTimer = null;
@@ -1413,7 +1540,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
       await Promise.all(unfinished.map((e) => this.giveBack(e)));
       const settling = [...this.running.values()].filter((e) => !e.released);
       if (settling.length) {
-        await Promise.race([Promise.all(settling.map((e) => e.done)), new Promise((r) => setTimeout(r, 5000))]);
+        await Promise.race([Promise.all(settling.map(recorded)), new Promise((r) => setTimeout(r, 5000))]);
       }
     }
     this.hard = true;
@@ -1446,6 +1573,7 @@ export class Worker extends EventEmitter<WorkerEventMap> {
   private async giveBack(entry: Entry): Promise<void> {
     entry.released = true;
     entry.finished = true;
+    clearDeadline(entry); // given back within its max runtime: its clock stops here
     this.running.delete(entry);
     entry.job.abort(new WorkerStoppedError()); // unless already aborted (a lost lease)
     const { job } = entry;
@@ -1515,9 +1643,27 @@ export class Worker extends EventEmitter<WorkerEventMap> {
     }
   }
 
+  /**
+   * Where a listener's rejected promise goes (the worker's EventEmitter is
+   * made with `captureRejections`): reported as a listener that throws is
+   * ({@link Worker.safeEmit}), so an async listener that fails neither ends
+   * the process as an unhandled rejection nor changes any job's outcome (the
+   * worker never waits for its listeners).
+   *
+   * @internal
+   */
+  override [EventEmitter.captureRejectionSymbol](err: unknown, event: unknown, ..._args: unknown[]): void {
+    if (event === 'error') {
+      // Not back to the `error` listeners, which just failed.
+      this.log(`a listener of "error" rejected: ${errorMessage(err)}`);
+      return;
+    }
+    this.emitError(err, `a listener of "${String(event)}" rejected`);
+  }
+
   private emitError(err: unknown, context: string): void {
     const cause = asError(err);
-    const error = new Error(`${context}: ${cause.message}`, { cause });
+    const error = new Error(`${context}: ${errorMessage(cause)}`, { cause });
     if (this.listenerCount('error') > 0) {
       try {
         this.emit('error', error);
@@ -1526,6 +1672,19 @@ export class Worker extends EventEmitter<WorkerEventMap> {
         /* fall through to the logger */
       }
     }
-    this.logger.error(`[${LIBRARY_NAME} ${this.name}] ${error.message}`);
+    this.log(error.message);
+  }
+
+  /**
+   * Writes one line to the logger. A logger that throws or rejects is the
+   * last place an error can go: it is dropped, never thrown into the worker.
+   */
+  private log(message: string): void {
+    try {
+      const r: unknown = this.logger.error(`[${LIBRARY_NAME} ${this.name}] ${message}`);
+      if (r !== undefined && r !== null) Promise.resolve(r).catch(() => undefined);
+    } catch {
+      /* nowhere left to report it */
+    }
   }
 }

@@ -1,8 +1,9 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { Client } from 'pg';
 import { pushBatch, Worker, type JobCompleteEvent, type JobFailEvent, type WorkerOptions } from '../dist';
 import { adminPool, jobOf, uniqueQueue, sleep, waitFor, waitForStatus, deferred, collectErrors, DATABASE_URL } from './helpers';
 
@@ -303,6 +304,53 @@ test('a result too large for the server fails only its own job; its batch neighb
   const logged = log.since();
   if (logged !== null) {
     assert.match(logged, /more than queue\.max_result_size[^]*STATEMENT: +SELECT array_to_string\(queue_ack_batch\(/, 'the server did not log a refused queue_ack_batch');
+  }
+  assert.deepEqual(errors, []);
+});
+
+test('results of a few MB from concurrent handlers: at most 8 MB of results per statement (a larger one alone), each stored intact', async (t) => {
+  const q = uniqueQueue('ackbytes');
+  const CAP = 8 * 1024 * 1024;
+  // Two-byte UTF-8 characters: 1.5 M of them are 3 MB (a cap counted in
+  // characters would put five of them in one call). Job 5's 9.2 MB, under
+  // queue.max_result_size's 10 MB, is over the cap on its own.
+  const resultOf = (n: number): string => `${n}:` + 'é'.repeat(n === 5 ? 4_600_000 : 1_500_000);
+  // What the acker sends, seen from the client: every statement with a queue_ack_batch.
+  const sent: Array<{ acks: number; resultBytes: number }> = [];
+  const original = Client.prototype.query;
+  Client.prototype.query = function (this: Client, config: unknown, ...rest: unknown[]) {
+    const c = config as { text?: unknown; values?: unknown[] } | null;
+    if (c && typeof c === 'object' && typeof c.text === 'string' && c.text.includes('queue_ack_batch(')) {
+      const values = c.values ?? (rest[0] as unknown[]);
+      sent.push({ acks: String(values[0]).split(',').length, resultBytes: Buffer.byteLength(String(values[2])) });
+    }
+    return (original as (...a: unknown[]) => unknown).apply(this, [config, ...rest]);
+  } as typeof original;
+  t.after(() => { Client.prototype.query = original; });
+
+  const { worker, errors, ids, open, completes } = await gatedWorker(t, q, 8, 1, {}, resultOf);
+  open();
+  await waitFor(() => completes.length === 8, '8 job:complete events', 60_000);
+  await worker.stop({ graceMs: 5000 });
+  Client.prototype.query = original;
+  assert.ok(completes.every((ev) => ev.acked));
+  t.diagnostic(`statements: ${sent.map((s) => `${s.acks} acks / ${(s.resultBytes / 1e6).toFixed(1)} MB`).join(', ')}`);
+  // The array text escapes each result's two quotes (4 bytes) and adds a comma.
+  for (const s of sent) {
+    assert.ok(s.acks === 1 || s.resultBytes <= CAP + 8 * s.acks, `a statement of ${s.acks} acks carried ${s.resultBytes} bytes of results`);
+  }
+  assert.ok(sent.some((s) => s.acks > 1), 'results under the cap should still share statements');
+  assert.ok(sent.some((s) => s.acks === 1 && s.resultBytes > CAP), 'the 9.2 MB result should have gone alone');
+  const rows = await pool.query<{ id: string; status: string; h: string; len: number }>(
+    `SELECT id::text AS id, status::text AS status, md5(result #>> '{}') AS h, octet_length(result #>> '{}') AS len
+       FROM queue.all_jobs WHERE queue = $1`, [q]);
+  const byId = new Map(rows.rows.map((r) => [r.id, r]));
+  for (const [n, id] of ids.entries()) {
+    const want = resultOf(n);
+    const r = byId.get(id);
+    assert.equal(r?.status, 'completed', `job ${id}`);
+    assert.equal(r?.len, Buffer.byteLength(want), `job ${id}: the length of its stored result`);
+    assert.equal(r?.h, createHash('md5').update(want, 'utf8').digest('hex'), `job ${id}: its stored result`);
   }
   assert.deepEqual(errors, []);
 });

@@ -76,3 +76,48 @@ test('a tracer provider registered after the worker started gets the spans of th
   assert.ok(!ids.includes(before));
   assert.ok(names.includes(`process ${q}`));
 });
+
+test('a tracer that throws, or an odd error in a span, fails no job: each job keeps its own outcome', async (t) => {
+  let ended = 0;
+  const tracer = {
+    startActiveSpan(name: string, _opts: unknown, fn: (span: unknown) => unknown) {
+      return fn({
+        setAttribute() {},
+        setStatus() { throw new Error('setStatus is down'); },
+        recordException() { throw new Error('recordException is down'); },
+        end() {
+          if (name.startsWith('process ')) ended++;
+          throw new Error('end is down');
+        },
+      });
+    },
+    startSpan() { throw new Error('not used'); },
+  } as unknown as Tracer;
+  assert.ok(trace.setGlobalTracerProvider({ getTracer: () => tracer }));
+  t.after(() => trace.disable());
+  const q = uniqueQueue('otel-odd');
+  const worker = new Worker({
+    connectionString: DATABASE_URL,
+    handlers: {
+      [q]: (job) => {
+        const { kind } = job.payload as { kind: string };
+        if (kind === 'nullproto') throw Object.create(null); // String() of it throws
+        if (kind === 'error') throw new Error('plain');
+        return 'ok';
+      },
+    },
+  });
+  const errors = collectErrors(worker);
+  await worker.start();
+  t.after(() => worker.stop({ graceMs: 0 }));
+  const ok = await push(pool, q, { kind: 'ok' });
+  const odd = await push(pool, q, { kind: 'nullproto' }, { maxAttempts: 1 });
+  const plain = await push(pool, q, { kind: 'error' }, { maxAttempts: 1 });
+  assert.equal((await waitForStatus(pool, ok, ['completed'])).result, 'ok');
+  assert.equal((await waitForStatus(pool, odd, ['failed'])).last_error, '{}');
+  assert.match((await waitForStatus(pool, plain, ['failed'])).last_error, /^Error: plain/);
+  assert.equal(ended, 3, 'each job had its span');
+  // The pushes went through as well, their spans' failures ignored (a push that
+  // committed must not throw: its caller would push it again).
+  assert.deepEqual(errors, []);
+});

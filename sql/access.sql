@@ -226,8 +226,13 @@ LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(pg_get_userbyid(r.role_oid)::text, r.role_oid::text), r.access, r.pattern::text,
            r.granted_by, r.granted_at
-      FROM queue.access_rules r
+      FROM (SELECT queue.scope('read') AS patterns OFFSET 0) a, queue.access_rules r
+     -- A confined admin sees the rules that bind it, not every team's
+     -- patterns (and so their queue names).
+     WHERE a.patterns IS NULL
+        OR queue.rule_binds(queue.caller(), r.role_oid)
+        OR queue.rule_binds(coalesce(queue.session_role_for(queue.caller()), queue.caller()), r.role_oid)
      ORDER BY 1, 2, 3;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_access_rules() IS
-'Every access rule: role, access (produce, work, read), pattern, granted_by, granted_at.';
+'Every access rule: role, access (produce, work, read), pattern, granted_by, granted_at. A confined caller sees the rules that bind it.';

@@ -178,6 +178,7 @@ DECLARE
     v_kind  text;
     v_id    bigint;
     v_old   name;
+    v_old_queue text;
 BEGIN
     IF p_name IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'schedule name must not be NULL',
@@ -199,8 +200,13 @@ BEGIN
     IF queue.rules_exist() THEN
         PERFORM queue.check_access(queue.caller(), 'produce', p_queue, p_serial_group);
     END IF;
-    SELECT s.owner INTO v_old FROM queue.schedules s WHERE s.name = p_name FOR UPDATE;
-    IF FOUND THEN
+    SELECT s.owner, s.queue INTO v_old, v_old_queue FROM queue.schedules s WHERE s.name = p_name FOR UPDATE;
+    IF FOUND AND NOT queue.access_allows(queue.scope('read'), v_old_queue) THEN
+        -- Another team's schedule: say the name is taken, not whose it is.
+        RAISE EXCEPTION USING ERRCODE = 'duplicate_object',
+            MESSAGE = format('schedule name "%s" is taken', p_name),
+            HINT = 'Schedule names are shared by every team of the database: choose another, e.g. prefixed with your queue''s name.';
+    ELSIF FOUND THEN
         PERFORM queue.check_schedule_owner(v_old, p_name);
     END IF;
 
@@ -242,9 +248,12 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_owner name;
+    v_queue text;
 BEGIN
-    SELECT s.owner INTO v_owner FROM queue.schedules s WHERE s.name = queue_unschedule.name FOR UPDATE;
-    IF NOT FOUND THEN
+    SELECT s.owner, s.queue INTO v_owner, v_queue FROM queue.schedules s WHERE s.name = queue_unschedule.name FOR UPDATE;
+    -- A schedule of a queue the caller may not read is unknown to it, as
+    -- in queue_schedules(): its name and owner stay another team's.
+    IF NOT FOUND OR NOT queue.access_allows(queue.scope('read'), v_queue) THEN
         RETURN false;
     END IF;
     PERFORM queue.check_schedule_owner(v_owner, queue_unschedule.name);
@@ -267,7 +276,7 @@ DECLARE
     v_job bigint;
 BEGIN
     SELECT * INTO s FROM queue.schedules WHERE schedules.name = queue_trigger.name FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT FOUND OR NOT queue.access_allows(queue.scope('read'), s.queue) THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
             MESSAGE = format('schedule "%s" does not exist', queue_trigger.name),
             HINT = 'queue_schedules() lists the schedules.';

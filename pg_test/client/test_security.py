@@ -553,6 +553,32 @@ def test_a_confined_admin_sees_and_manages_only_its_queues(teams):
         assert snapshot(su) == before
 
 
+def test_a_confined_admin_learns_nothing_of_another_teams_schedules_and_rules(teams):
+    """Another team's schedule is unknown to a confined admin, by every
+    function that takes a schedule's name, as it is in queue_schedules(); and
+    queue_access_rules() shows it the rules that bind it, not every team's
+    patterns."""
+    names, qa, qb = teams
+    other = qb + "-nightly"
+    with connect() as su, as_role(names["ops_a"]) as ops:
+        su.execute("SELECT queue_schedule(%s, '@daily', %s)", (other, qb))
+        try:
+            before = snapshot(su)
+            assert ops.execute("SELECT queue_unschedule(%s)", (other,)).fetchone()[0] is False
+            assert ops.execute("SELECT queue_unschedule('no-such-schedule')").fetchone()[0] is False
+            assert sqlstate_of(ops, "SELECT queue_trigger(%s)", (other,)) == "42704"
+            assert sqlstate_of(ops, "SELECT queue_trigger('no-such-schedule')") == "42704"
+            with pytest.raises(psycopg.Error) as taken:
+                ops.execute("SELECT queue_schedule(%s, '@daily', %s)", (other, qa))
+            assert taken.value.diag.sqlstate == "42710" and "postgres" not in str(taken.value)
+            assert snapshot(su) == before
+            rules = ops.execute("SELECT role, pattern FROM queue_access_rules()").fetchall()
+            assert rules and all(role == names["ops_a"] for role, _ in rules), rules
+            assert len(su.execute("SELECT * FROM queue_access_rules()").fetchall()) > len(rules)
+        finally:
+            su.execute("SELECT queue_unschedule(%s)", (other,))
+
+
 def test_schedules_push_only_what_their_owner_may(teams):
     """A schedule fires as its owner: confined to the owner's queues, checked at every run."""
     names, qa, qb = teams

@@ -51,7 +51,7 @@ BEGIN
                       WHEN 'number' THEN v_number::int
                       WHEN 'string' THEN @extschema@.queue_priority(p_spec ->> 'priority')
                   END;
-    PERFORM queue.check_size(p_what, pg_column_size(p_spec), 'payload');
+    PERFORM queue.check_size(p_what, queue.json_size(p_spec), 'payload');
     PERFORM queue.scope('produce', v_queue);
     RETURN jsonb_build_object('queue', v_queue, 'payload', coalesce(p_spec -> 'payload', '{}'))
            || CASE WHEN v_priority IS NULL THEN '{}' ELSE jsonb_build_object('priority', v_priority) END;

@@ -8,6 +8,16 @@
 ------------------------------------------------------------------------------
 
 /*
+ * queue.json_size: the size a jsonb payload, result or worker info is held
+ * to its limit by: as stored or as printed, whichever is larger
+ * (src/validate.rs). Numbers such as 1e131071 take a few bytes stored and
+ * print as 131,072 digits.
+ */
+CREATE FUNCTION queue.json_size(jsonb) RETURNS int
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'queue_json_size';
+
+/*
  * queue.group_elect: make the right job of a serial group its active job.
  *
  * A group has at most one active job (processing, retrying, or pending and
@@ -258,7 +268,7 @@ BEGIN
     END IF;
     -- Every argument is checked by this one call (see queue.check_push_args).
     v_run_at := queue.check_push_args(push_general.queue, push_general.serial_group,
-        pg_column_size(push_general.payload), push_general.delay, push_general.run_at,
+        queue.json_size(push_general.payload), push_general.delay, push_general.run_at,
         coalesce(push_general.max_attempts, 3), coalesce(push_general.timeout, '5 minutes'),
         coalesce(push_general.backoff_base, '10 seconds'), coalesce(push_general.backoff_max, '1 hour'),
         push_general.retry_delays, push_general.dedupe_key, coalesce(push_general.priority, 0));
@@ -430,7 +440,7 @@ BEGIN
     backoff_max := coalesce(backoff_max, '1 hour');
     -- The names were checked above, the payloads here (the largest one's size).
     v_run_at := queue.check_push_args(v_queue, v_group,
-        coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
+        coalesce((SELECT max(queue.json_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
         max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key, priority);
     PERFORM queue.scope('produce', v_queue, v_group);
     IF tags IS NOT NULL THEN
@@ -689,7 +699,7 @@ BEGIN
                     THEN v_ids ELSE '{}' END;
     END IF;
     IF p_results IS NOT NULL THEN
-        PERFORM queue.check_size('result', (SELECT max(pg_column_size(r)) FROM unnest(p_results) r), 'result');
+        PERFORM queue.check_size('result', (SELECT max(queue.json_size(r)) FROM unnest(p_results) r), 'result');
     END IF;
     IF queue.rules_exist() THEN
         -- Forbidden ids become NULL, which matches no job; positions stay.
@@ -955,7 +965,7 @@ DECLARE
     v_batch  bigint;
 BEGIN
     IF result IS NOT NULL THEN
-        PERFORM queue.check_size('result', pg_column_size(result), 'result');
+        PERFORM queue.check_size('result', queue.json_size(result), 'result');
     END IF;
     IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
         RETURN false;

@@ -360,7 +360,7 @@ BEGIN
             HINT = 'Name the worker as it names itself to queue_pop.';
     END IF;
     PERFORM queue.check_key('worker', worker);
-    PERFORM queue.check_size('info', pg_column_size(info), 'info');
+    PERFORM queue.check_size('info', queue.json_size(info), 'info');
     INSERT INTO queue.workers AS w (worker, info) VALUES (worker, coalesce(info, '{}'))
     ON CONFLICT ON CONSTRAINT workers_pkey
     DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info);

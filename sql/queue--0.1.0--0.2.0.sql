@@ -121,6 +121,12 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'caller_wrapper';
 
+-- The size a jsonb payload, result or worker info is held to its limit by:
+-- as stored or as printed, whichever is larger (src/validate.rs).
+CREATE FUNCTION queue.json_size(jsonb) RETURNS int
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'queue_json_size';
+
 CREATE  FUNCTION queue."session_role_for"(
 	"role" oid /* pg_sys :: Oid */
 ) RETURNS oid /* Option < pg_sys :: Oid > */
@@ -655,7 +661,7 @@ BEGIN
     END IF;
     -- The names were checked above, the payloads here (the largest one's size).
     v_run_at := queue.check_push_args(v_queue, v_group,
-        coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
+        coalesce((SELECT max(queue.json_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
         max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key, priority);
     PERFORM queue.scope('produce', v_queue, v_group);
 
@@ -801,7 +807,7 @@ DECLARE
     v_group text;
 BEGIN
     IF result IS NOT NULL THEN
-        PERFORM queue.check_size('result', pg_column_size(result), 'result');
+        PERFORM queue.check_size('result', queue.json_size(result), 'result');
     END IF;
     IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
         RETURN false;
@@ -1193,7 +1199,7 @@ BEGIN
             HINT = 'Name the worker as it names itself to queue_pop.';
     END IF;
     PERFORM queue.check_key('worker', worker);
-    PERFORM queue.check_size('info', pg_column_size(info), 'info');
+    PERFORM queue.check_size('info', queue.json_size(info), 'info');
     INSERT INTO queue.workers AS w (worker, info) VALUES (worker, coalesce(info, '{}'))
     ON CONFLICT ON CONSTRAINT workers_pkey
     DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info);
@@ -1312,7 +1318,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'schedule must not be NULL',
             HINT = 'Pass a cron expression, @daily, ''every 10 minutes'', ''at <timestamptz>'' or ''manual''.';
     END IF;
-    PERFORM queue.check_push_args(p_queue, p_serial_group, pg_column_size(p_payload), NULL, NULL,
+    PERFORM queue.check_push_args(p_queue, p_serial_group, queue.json_size(p_payload), NULL, NULL,
                                   p_max_attempts, p_timeout, '0', '0', NULL, NULL, p_priority);
     v_kind := queue.schedule_kind(p_schedule);
     IF NOT queue.owner_may_push(v_owner) THEN
@@ -2145,7 +2151,7 @@ BEGIN
                     THEN v_ids ELSE '{}' END;
     END IF;
     IF p_results IS NOT NULL THEN
-        PERFORM queue.check_size('result', (SELECT max(pg_column_size(r)) FROM unnest(p_results) r), 'result');
+        PERFORM queue.check_size('result', (SELECT max(queue.json_size(r)) FROM unnest(p_results) r), 'result');
     END IF;
     IF queue.rules_exist() THEN
         -- Forbidden ids become NULL, which matches no job; positions stay.
@@ -2878,7 +2884,7 @@ BEGIN
     END IF;
     -- Every argument is checked by this one call (see queue.check_push_args).
     v_run_at := queue.check_push_args(push_general.queue, push_general.serial_group,
-        pg_column_size(push_general.payload), push_general.delay, push_general.run_at,
+        queue.json_size(push_general.payload), push_general.delay, push_general.run_at,
         coalesce(push_general.max_attempts, 3), coalesce(push_general.timeout, '5 minutes'),
         coalesce(push_general.backoff_base, '10 seconds'), coalesce(push_general.backoff_max, '1 hour'),
         push_general.retry_delays, push_general.dedupe_key, coalesce(push_general.priority, 0));
@@ -3049,7 +3055,7 @@ BEGIN
     backoff_max := coalesce(backoff_max, '1 hour');
     -- The names were checked above, the payloads here (the largest one's size).
     v_run_at := queue.check_push_args(v_queue, v_group,
-        coalesce((SELECT max(pg_column_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
+        coalesce((SELECT max(queue.json_size(p)) FROM unnest(payloads) AS p), 0), delay, run_at,
         max_attempts, timeout, backoff_base, backoff_max, retry_delays, dedupe_key, priority);
     PERFORM queue.scope('produce', v_queue, v_group);
     IF tags IS NOT NULL THEN
@@ -3304,7 +3310,7 @@ DECLARE
     v_batch  bigint;
 BEGIN
     IF result IS NOT NULL THEN
-        PERFORM queue.check_size('result', pg_column_size(result), 'result');
+        PERFORM queue.check_size('result', queue.json_size(result), 'result');
     END IF;
     IF queue.rules_exist() AND NOT queue.job_allowed(queue.caller(), 'work', id) THEN
         RETURN false;
@@ -4076,7 +4082,7 @@ BEGIN
                       WHEN 'number' THEN v_number::int
                       WHEN 'string' THEN @extschema@.queue_priority(p_spec ->> 'priority')
                   END;
-    PERFORM queue.check_size(p_what, pg_column_size(p_spec), 'payload');
+    PERFORM queue.check_size(p_what, queue.json_size(p_spec), 'payload');
     PERFORM queue.scope('produce', v_queue);
     RETURN jsonb_build_object('queue', v_queue, 'payload', coalesce(p_spec -> 'payload', '{}'))
            || CASE WHEN v_priority IS NULL THEN '{}' ELSE jsonb_build_object('priority', v_priority) END;

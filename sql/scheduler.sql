@@ -189,7 +189,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'schedule must not be NULL',
             HINT = 'Pass a cron expression, @daily, ''every 10 minutes'', ''at <timestamptz>'' or ''manual''.';
     END IF;
-    PERFORM queue.check_push_args(p_queue, p_serial_group, pg_column_size(p_payload), NULL, NULL,
+    PERFORM queue.check_push_args(p_queue, p_serial_group, queue.json_size(p_payload), NULL, NULL,
                                   p_max_attempts, p_timeout, '0', '0', NULL, NULL, p_priority);
     v_kind := queue.schedule_kind(p_schedule);
     IF NOT queue.owner_may_push(v_owner) THEN

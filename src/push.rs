@@ -573,7 +573,7 @@ unsafe fn plain(fcinfo: pg_sys::FunctionCallInfo) -> Option<pg_sys::Datum> {
         let retry_delays = given(arg::RETRY_DELAYS);
         let delays: Option<Vec<Option<Interval>>> =
             if retry_delays.is_some() { pgrx::fcinfo::pg_getarg(fcinfo, arg::RETRY_DELAYS) } else { None };
-        let size = payload.map(|p| pg_sys::toast_datum_size(p) as i32);
+        let size = payload.map(|p| crate::validate::json_size_of(p));
         let run_at = check_push_args(
             queue,
             None,

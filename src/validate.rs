@@ -254,9 +254,101 @@ pub fn size_problem(what: &str, bytes: i64, kind: &str) -> Option<(String, Strin
     (bytes > kb as i64 * 1024).then(|| {
         (
             format!("{what} is {bytes} bytes, more than {guc} ({kb} kB)"),
-            format!("Keep large data elsewhere and pass a reference; a superuser can raise {guc}."),
+            format!(
+                "Keep large data elsewhere and pass a reference (JSON counts as the larger of its stored and its printed size); a superuser can raise {guc}."
+            ),
         )
     })
+}
+
+/// The most characters `numeric_out` prints for a numeric, read from its
+/// header (the on-disk format of numeric.c, unchanged since PostgreSQL 9.1)
+/// without printing it: sign, (weight + 1) groups of four digits before
+/// the point, and dscale digits after it. `1e131071` is stored in a few
+/// bytes and prints as 131,072 digits.
+unsafe fn numeric_printed_len(n: pg_sys::Numeric) -> i64 {
+    unsafe {
+        let p = n as *const u8;
+        // A 1-byte varlena header has its low bit set (little-endian) or its
+        // high bit (big-endian); numeric data follows the header.
+        let one_byte = if cfg!(target_endian = "little") { *p & 0x01 == 0x01 } else { *p & 0x80 == 0x80 };
+        let data = p.add(if one_byte { 1 } else { 4 });
+        let header = std::ptr::read_unaligned(data.cast::<u16>());
+        let (weight, dscale) = match header & 0xC000 {
+            0xC000 => return 9, // NaN, Infinity, -Infinity
+            0x8000 => {
+                let mut w = (header & 0x003F) as i32;
+                if header & 0x0040 != 0 {
+                    w |= !0x3F;
+                }
+                (w, ((header & 0x1F80) >> 7) as i64)
+            }
+            _ => (std::ptr::read_unaligned(data.add(2).cast::<i16>()) as i32, (header & 0x3FFF) as i64),
+        };
+        1 + (weight.max(-1) as i64 + 1).max(1) * 4 + if dscale > 0 { dscale + 1 } else { 0 }
+    }
+}
+
+/// About how many bytes a jsonb value prints as (its text form, as every
+/// client receives it), without printing it: keys and strings with their
+/// quotes and separators, numbers by [`numeric_printed_len`]. Escapes are
+/// not counted (at most six bytes for one).
+unsafe fn jsonb_printed_size(jb: *mut pg_sys::Jsonb) -> i64 {
+    use pg_sys::JsonbIteratorToken::*;
+    unsafe {
+        let mut it = pg_sys::JsonbIteratorInit(&raw mut (*jb).root);
+        let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+        let mut total: i64 = 0;
+        loop {
+            match pg_sys::JsonbIteratorNext(&mut it, &mut v, false) {
+                WJB_DONE => break,
+                WJB_KEY => total += v.val.string.len as i64 + 4,
+                WJB_VALUE | WJB_ELEM => {
+                    total += 2 + match v.type_ {
+                        pg_sys::jbvType::jbvString => v.val.string.len as i64 + 2,
+                        pg_sys::jbvType::jbvNumeric => numeric_printed_len(v.val.numeric),
+                        pg_sys::jbvType::jbvBool => 5,
+                        _ => 4,
+                    }
+                }
+                WJB_BEGIN_ARRAY | WJB_BEGIN_OBJECT => total += 2,
+                _ => {}
+            }
+        }
+        total
+    }
+}
+
+/// The size a jsonb payload, result or info is held to its limit by: its
+/// stored size (pg_column_size) or its printed size, whichever is larger. A
+/// limit on the stored size alone lets a few kilobytes of numbers like
+/// `1e131071` print as gigabytes at every claim: more than a client can
+/// hold (node-postgres crashes, psycopg and serde_json refuse), more than a
+/// text value may be (1 GB), so that no worker could claim the queue's jobs
+/// any more.
+pub unsafe fn json_size_of(datum: pg_sys::Datum) -> i32 {
+    unsafe {
+        let stored = pg_sys::toast_datum_size(datum) as i64;
+        let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr::<pg_sys::varlena>()).cast::<pg_sys::Jsonb>();
+        stored.max(jsonb_printed_size(jb)).min(i32::MAX as i64) as i32
+    }
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_queue_json_size() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// SQL `queue.json_size(jsonb) RETURNS int` (STRICT, declared in
+/// sql/core.sql): [`json_size_of`], for the size checks of the SQL
+/// functions. A C function of its own, as `queue_push` is, so that the
+/// value is read where it lies, never converted.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn queue_json_size(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe { pg_sys::Datum::from(json_size_of((*(*fcinfo).args.as_ptr()).value)) }
 }
 
 /// SQL: raise 22023 when a value of `bytes` bytes (pg_column_size of it;

@@ -50,11 +50,21 @@ SELECT pg_temp.error_of($$SELECT queue_heartbeat(repeat('w', 21))$$);
 SELECT pg_temp.error_of($$SELECT queue_heartbeat('w', jsonb_build_object('x', repeat('x', 2000)))$$);
 SELECT pg_temp.error_of($$SELECT queue_schedule(repeat('s', 21), '@daily', 'q')$$);
 SELECT pg_temp.error_of($$SELECT queue_schedule('s', '@daily', 'q', jsonb_build_object('x', repeat('x', 2000)))$$);
+-- A limit holds for the printed size too: 1e2000 is stored in a few bytes
+-- and prints as 2,001 characters, at every claim and every listing.
+SELECT pg_column_size('[1e2000]'::jsonb) < 100 AS stored_small, length('[1e2000]'::jsonb::text) AS printed;
+SELECT pg_temp.error_of($$SELECT queue_push('q', '[1e2000]')$$);
+SELECT pg_temp.error_of($$SELECT queue_push('q', '[1e2000]', delay => '1 minute')$$);
+SELECT pg_temp.error_of($$SELECT queue_push_batch('q', ARRAY['{}'::jsonb, '[1e2000]'])$$);
+SELECT pg_temp.error_of($$SELECT queue_schedule('s', '@daily', 'q', '[1e2000]')$$);
+SELECT pg_temp.error_of($$SELECT queue_heartbeat('w', '[1e-2000]')$$);
 
 -- A claimed job: result, error, progress message and lease extension.
 SELECT queue_push('q', '{}') AS job \gset
 SELECT attempt FROM queue_pop('q') \gset
 SELECT pg_temp.error_of($$SELECT queue_ack($$ || :job || $$, jsonb_build_object('x', repeat('x', 2000)))$$);
+SELECT pg_temp.error_of($$SELECT queue_ack($$ || :job || $$, '[1e2000]')$$);
+SELECT pg_temp.error_of($$SELECT queue_ack_batch(ARRAY[$$ || :job || $$]::bigint[], ARRAY[1], ARRAY['[1e2000]'::jsonb])$$);
 SELECT pg_temp.error_of($$SELECT queue_fail($$ || :job || $$, repeat('e', 2000))$$);
 SELECT pg_temp.error_of($$SELECT queue_progress($$ || :job || $$, 1, 2, repeat('m', 2000))$$);
 SELECT pg_temp.error_of($$SELECT queue_touch($$ || :job || $$, extend => '2 days')$$);

@@ -8,7 +8,9 @@ CREATE TABLE queue.workers (
     last_heartbeat timestamptz NOT NULL DEFAULT now(),
     -- Set by the maintenance pass when the worker has been silent for two
     -- minutes; cleared by its next heartbeat.
-    stale_since    timestamptz
+    stale_since    timestamptz,
+    -- The role whose heartbeat made the row (NULL: made before 0.2.0).
+    registered_by  oid
 );
 
 -- Per-queue settings, one row per queue that has any. Today: pausing. A
@@ -361,9 +363,18 @@ BEGIN
     END IF;
     PERFORM queue.check_key('worker', worker);
     PERFORM queue.check_size('info', queue.json_size(info), 'info');
-    INSERT INTO queue.workers AS w (worker, info) VALUES (worker, coalesce(info, '{}'))
+    -- A worker's row is its registrant's: a confined role may not take over
+    -- (or keep alive) another role's worker of the same name.
+    INSERT INTO queue.workers AS w (worker, info, registered_by) VALUES (worker, coalesce(info, '{}'), queue.caller())
     ON CONFLICT ON CONSTRAINT workers_pkey
-    DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info);
+    DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info)
+     WHERE w.registered_by IS NOT DISTINCT FROM excluded.registered_by OR w.registered_by IS NULL
+        OR queue.scope('work') IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('worker "%s" is registered by another role', worker),
+            HINT = 'Give each worker a name of its own, e.g. its queue, host and process id.';
+    END IF;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.queue_heartbeat(text, jsonb) IS
@@ -413,8 +424,18 @@ BEGIN
             HINT = 'Workers silent for longer than this are dropped and their jobs released.';
     END IF;
     PERFORM queue.check_span('stale_after', stale_after, 'window');
+    -- A confined reaper drops a silent worker only when none of its running
+    -- jobs is outside the reaper's queues, and the worker is its own or runs
+    -- one of them: another team's workers stay for that team to reap.
     FOR v_worker IN
-        DELETE FROM queue.workers w WHERE w.last_heartbeat < now() - stale_after RETURNING w.worker
+        DELETE FROM queue.workers w
+         WHERE w.last_heartbeat < now() - stale_after
+           AND (v_scope IS NULL
+                OR (NOT EXISTS (SELECT FROM queue.processing_jobs() j
+                                 WHERE j.worker = w.worker AND NOT queue.access_allows(v_scope, j.queue))
+                    AND (w.registered_by = queue.caller()
+                         OR EXISTS (SELECT FROM queue.processing_jobs() j WHERE j.worker = w.worker))))
+        RETURNING w.worker
     LOOP
         FOR v_job IN
             SELECT j.id, j.attempts FROM queue.processing_jobs() j

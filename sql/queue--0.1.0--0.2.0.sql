@@ -1188,6 +1188,9 @@ BEGIN
 END;
 $$;
 
+-- The role whose heartbeat made a worker's row (rows of 0.1.0 have none).
+ALTER TABLE queue.workers ADD COLUMN registered_by oid;
+
 CREATE OR REPLACE FUNCTION @extschema@.queue_heartbeat(worker text, info jsonb DEFAULT '{}') RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -1200,9 +1203,18 @@ BEGIN
     END IF;
     PERFORM queue.check_key('worker', worker);
     PERFORM queue.check_size('info', queue.json_size(info), 'info');
-    INSERT INTO queue.workers AS w (worker, info) VALUES (worker, coalesce(info, '{}'))
+    -- A worker's row is its registrant's: a confined role may not take over
+    -- (or keep alive) another role's worker of the same name.
+    INSERT INTO queue.workers AS w (worker, info, registered_by) VALUES (worker, coalesce(info, '{}'), queue.caller())
     ON CONFLICT ON CONSTRAINT workers_pkey
-    DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info);
+    DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info)
+     WHERE w.registered_by IS NOT DISTINCT FROM excluded.registered_by OR w.registered_by IS NULL
+        OR queue.scope('work') IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('worker "%s" is registered by another role', worker),
+            HINT = 'Give each worker a name of its own, e.g. its queue, host and process id.';
+    END IF;
 END;
 $$;
 
@@ -1242,8 +1254,18 @@ BEGIN
             HINT = 'Workers silent for longer than this are dropped and their jobs released.';
     END IF;
     PERFORM queue.check_span('stale_after', stale_after, 'window');
+    -- A confined reaper drops a silent worker only when none of its running
+    -- jobs is outside the reaper's queues, and the worker is its own or runs
+    -- one of them: another team's workers stay for that team to reap.
     FOR v_worker IN
-        DELETE FROM queue.workers w WHERE w.last_heartbeat < now() - stale_after RETURNING w.worker
+        DELETE FROM queue.workers w
+         WHERE w.last_heartbeat < now() - stale_after
+           AND (v_scope IS NULL
+                OR (NOT EXISTS (SELECT FROM queue.processing_jobs() j
+                                 WHERE j.worker = w.worker AND NOT queue.access_allows(v_scope, j.queue))
+                    AND (w.registered_by = queue.caller()
+                         OR EXISTS (SELECT FROM queue.processing_jobs() j WHERE j.worker = w.worker))))
+        RETURNING w.worker
     LOOP
         FOR v_job IN
             SELECT j.id, j.attempts FROM queue.processing_jobs() j

@@ -579,6 +579,28 @@ def test_a_confined_admin_learns_nothing_of_another_teams_schedules_and_rules(te
             su.execute("SELECT queue_unschedule(%s)", (other,))
 
 
+def test_a_worker_row_belongs_to_the_role_that_registered_it(teams):
+    """A confined role can neither overwrite another role's worker of the
+    same name (its info, its liveness) nor reap it."""
+    names, qa, qb = teams
+    w = f"w-{qb}"
+    with as_role(names["alice"]) as alice, as_role(names["bob"]) as bob, as_role(names["ops_a"]) as ops, \
+            connect() as su:
+        try:
+            bob.execute("SELECT queue_heartbeat(%s, '{\"host\": \"bob-host\"}')", (w,))
+            assert sqlstate_of(alice, "SELECT queue_heartbeat(%s, '{\"host\": \"evil\"}')", (w,)) == "42501"
+            su.execute("UPDATE queue.workers SET last_heartbeat = now() - interval '1 hour' WHERE worker = %s", (w,))
+            assert sqlstate_of(alice, "SELECT queue_heartbeat(%s)", (w,)) == "42501"
+            assert ops.execute("SELECT queue_reap_workers('5 minutes')").fetchone()[0] == 0
+            assert su.execute("SELECT info ->> 'host', last_heartbeat < now() - interval '30 minutes'"
+                              " FROM queue.workers WHERE worker = %s", (w,)).fetchone() == ("bob-host", True)
+            bob.execute("SELECT queue_heartbeat(%s)", (w,))
+            assert su.execute("SELECT last_heartbeat > now() - interval '1 minute' FROM queue.workers"
+                              " WHERE worker = %s", (w,)).fetchone() == (True,)
+        finally:
+            su.execute("DELETE FROM queue.workers WHERE worker = %s", (w,))
+
+
 def test_schedules_push_only_what_their_owner_may(teams):
     """A schedule fires as its owner: confined to the owner's queues, checked at every run."""
     names, qa, qb = teams

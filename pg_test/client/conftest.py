@@ -27,6 +27,19 @@ def wait_for(conn, sql, args, expected, timeout=5.0):
     raise AssertionError(f"{sql} {args}: never became {expected!r}, last {value!r}")
 
 
+def wait_until(what, check, timeout=10.0):
+    """Poll `check` until it returns a truthy value; that value. Fails after
+    `timeout` seconds with `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last {value!r})")
+        time.sleep(0.02)
+
+
 def wait_for_plain_pushes(conn, timeout=30.0):
     """Wait until a push in `conn`'s database may take the plain path
     (queue.push_mode() = 0): the database is served and a push has found

@@ -16,6 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from conftest import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = Path(os.environ.get("RUN_DIR", ROOT / ".run"))
 CLUSTER = RUN_DIR / "databases-cluster"
@@ -44,19 +46,6 @@ def services(admin, db):
             (db, list(ROLES)),
         ).fetchall()
     )
-
-
-def wait_until(what, check, timeout=10.0):
-    """Poll `check` until it returns a truthy value; that value. Fails after
-    `timeout` seconds with `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last {value!r})")
-        time.sleep(0.02)
 
 
 def served(admin, db):

@@ -22,6 +22,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from conftest import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = Path(os.environ.get("RUN_DIR", ROOT / ".run"))
 PRIMARY_DIR = RUN_DIR / "standby-test" / "primary"
@@ -42,17 +44,6 @@ def as_postgres(*cmd):
 
 def bindir():
     return subprocess.run(["pg_config", "--bindir"], check=True, capture_output=True, text=True).stdout.strip()
-
-
-def wait_until(what, check, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last {value!r})")
-        time.sleep(0.05)
 
 
 def replayed(primary, standby):

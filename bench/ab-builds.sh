@@ -19,7 +19,11 @@
 # and of NEW/OLD CPU per job (above 1: NEW costs more).
 #
 #   OLD_VERSION (the old build's extension version, default 0.1.0),
-#   ROUNDS (6), JOBS (40000), WORKLOADS ("W1 W3 W4"), PORT (25460)
+#   ROUNDS (6), JOBS (40000), WORKLOADS ("W1 W3 W4"), PORT (25460),
+#   OLD_SQL, NEW_SQL (a build's own install script, queue--VERSION.sql from
+#   its `cargo pgrx package` stage: needed when the two builds' SQL differs
+#   under one version, as within a release in progress; its cluster's
+#   catalog is then created from it)
 #
 # The library installed before the run is put back at the end.
 set -euo pipefail
@@ -33,6 +37,7 @@ workloads=${WORKLOADS:-W1 W3 W4}
 port=${PORT:-25460}
 old_version=${OLD_VERSION:-0.1.0}
 libdir=$(pg_config --pkglibdir)
+extdir="$(pg_config --sharedir)/extension"
 pgbench=$(pg_config --bindir)/pgbench
 run_dir="$root/.run/ab-builds"
 mkdir -p "$run_dir"
@@ -66,14 +71,23 @@ EOF
 cluster_of() {
   local side=$1 so=$2 dir="$run_dir/$1"
   if [ ! -f "$dir/ready" ]; then
-    install -m 755 "$so" "$libdir/queue.so"
-    "$root/scripts/cluster.sh" start "$dir" "$port" "fsync = on" "synchronous_commit = on"
+    local version script
     if [ "$side" = old ]; then
-      sql -c "CREATE EXTENSION queue VERSION '$old_version'"
+      version=$old_version script=${OLD_SQL:-}
     else
-      sql -c "CREATE EXTENSION queue"
+      version=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$extdir/queue.control") script=${NEW_SQL:-}
     fi
+    install -m 755 "$so" "$libdir/queue.so"
+    if [ -n "$script" ]; then
+      cp "$extdir/queue--$version.sql" "$run_dir/installed.sql"
+      install -m 644 "$script" "$extdir/queue--$version.sql"
+    fi
+    "$root/scripts/cluster.sh" start "$dir" "$port" "fsync = on" "synchronous_commit = on"
+    sql -c "CREATE EXTENSION queue VERSION '$version'"
     "$root/scripts/cluster.sh" stop "$dir"
+    if [ -n "$script" ]; then
+      install -m 644 "$run_dir/installed.sql" "$extdir/queue--$version.sql"
+    fi
     touch "$dir/ready"
   fi
   echo "$dir"

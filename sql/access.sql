@@ -56,7 +56,10 @@ $$;
  * (NULL: not confined). For the caller of this session that is what both
  * its own rules and those of the role the session logged in as allow
  * (queue.session_role_for): a confined login that took another role with
- * SET ROLE (queue_worker, say, which no rule binds) stays confined.
+ * SET ROLE (queue_worker, say, which no rule binds) stays confined. A
+ * NOINHERIT login is an authenticator (PostgREST's pattern): it holds no
+ * privilege of its own and acts only through the role it takes, so that
+ * role's rules apply alone.
  */
 CREATE FUNCTION queue.access_patterns(p_role oid, p_access text) RETURNS text[]
 LANGUAGE sql STABLE
@@ -64,7 +67,8 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN s.session_role IS NULL THEN queue.role_patterns(p_role, p_access)
                 ELSE queue.intersect_patterns(queue.role_patterns(p_role, p_access),
                                               queue.role_patterns(s.session_role, p_access)) END
-      FROM (SELECT queue.session_role_for(p_role) AS session_role) s;
+      FROM (SELECT (SELECT r.oid FROM pg_roles r
+                     WHERE r.oid = queue.session_role_for(p_role) AND r.rolinherit) AS session_role) s;
 $$;
 
 /*

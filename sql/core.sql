@@ -32,7 +32,8 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'queue_json_size';
  *    of the new active job is woken.
  *
  * All electors of one group, and the claimers of its jobs, serialize on a
- * transaction-scoped advisory lock keyed by the CRC-32 of the group name.
+ * transaction-scoped advisory lock keyed by a keyed hash of the group name
+ * (src/serial_group.rs).
  * Both lookups read small partial indexes: O(log n) whatever the group size.
  */
 CREATE FUNCTION queue.group_elect(p_group text) RETURNS void

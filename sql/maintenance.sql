@@ -13,7 +13,11 @@
  */
 CREATE FUNCTION queue.promote_due(p_batch int) RETURNS int
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+SET search_path = pg_catalog, pg_temp
+-- jobs_due in run_at order, whatever the statistics say (a fresh table has
+-- none): the group try-lock below then runs only on the rows the scan
+-- visits up to its LIMIT, not on every due row before a sort.
+SET enable_indexscan = on SET enable_bitmapscan = off SET enable_seqscan = off AS $$
 DECLARE
     v_count  int;
     v_queues text[];
@@ -151,6 +155,9 @@ DECLARE
     v_ending   bigint[];
     v_lapsed   bigint[];
     v_expired  bigint;
+    v_id       bigint;
+    v_job      queue.jobs;
+    v_timeout  text := current_setting('lock_timeout');
 BEGIN
     IF queue.leases_ready() THEN
         SELECT coalesce(array_agg(d.id), '{}'), array_agg(d.attempt), array_agg(d.lease_until)
@@ -184,6 +191,8 @@ BEGIN
                       -- queue.promote_due), expired by a later pass.
                       AND (serial_group IS NULL OR attempts < max_attempts
                            OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
+                      -- One whose end reaches further ends alone, below.
+                      AND (attempts < max_attempts OR NOT (has_children OR batch_id IS NOT NULL))
                     ORDER BY lease_until
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))
@@ -201,6 +210,46 @@ BEGIN
       INTO v_retried, v_ending, v_lapsed
       FROM lapsed;
     v_expired := queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL);
+
+    -- A last attempt whose end reaches further (its dependents are
+    -- cancelled, their groups released; its batch counts down) takes locks
+    -- beyond its own row and group, which any session may hold (an open
+    -- transaction that pushed into a dependent's group or into the batch).
+    -- Each ends in a subtransaction of its own that waits at most 50 ms for
+    -- a lock; one that cannot is left for a later pass, so that it never
+    -- holds up the expiry of every other lease.
+    FOR v_id IN
+        SELECT id
+          FROM queue.jobs
+         WHERE (v_ids IS NULL OR id = ANY (v_ids))
+           AND status = 'processing' AND lease_until < now()
+           AND attempts >= max_attempts AND (has_children OR batch_id IS NOT NULL)
+         ORDER BY lease_until
+         LIMIT p_batch
+    LOOP
+        BEGIN
+            PERFORM set_config('lock_timeout', '50ms', true);
+            SELECT * INTO v_job FROM queue.jobs j
+             WHERE j.id = v_id AND j.status = 'processing' AND j.lease_until < now()
+               AND (j.serial_group IS NULL OR pg_try_advisory_xact_lock(queue.group_lock_key(j.serial_group)))
+               FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                UPDATE queue.jobs j
+                   SET last_error = format('lease expired: attempt %s was claimed at %s and not finished by %s',
+                                           j.attempts, j.started_at, j.lease_until)
+                 WHERE j.id = v_id
+                RETURNING j.* INTO v_job;
+                INSERT INTO queue.job_errors AS e (job_id, attempt, error)
+                VALUES (v_id, v_job.attempts, v_job.last_error)
+                ON CONFLICT ON CONSTRAINT job_errors_pkey DO UPDATE SET at = now(), error = excluded.error;
+                v_expired := v_expired + queue.finish_jobs(ARRAY[v_id], '{processing}', 'expired', NULL, NULL, NULL);
+                v_lapsed := v_lapsed || v_id;
+            END IF;
+            PERFORM set_config('lock_timeout', v_timeout, true);
+        EXCEPTION WHEN lock_not_available THEN
+            NULL; -- rolled back, lock_timeout with it: a later pass
+        END;
+    END LOOP;
 
     IF v_ids IS NOT NULL THEN
         -- The due entries of jobs that did not lapse here are settled from

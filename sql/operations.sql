@@ -367,7 +367,8 @@ BEGIN
     -- (or keep alive) another role's worker of the same name.
     INSERT INTO queue.workers AS w (worker, info, registered_by) VALUES (worker, coalesce(info, '{}'), queue.caller())
     ON CONFLICT ON CONSTRAINT workers_pkey
-    DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info)
+    DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info),
+                  registered_by = coalesce(w.registered_by, excluded.registered_by)
      WHERE w.registered_by IS NOT DISTINCT FROM excluded.registered_by OR w.registered_by IS NULL
         OR queue.scope('work') IS NULL;
     IF NOT FOUND THEN

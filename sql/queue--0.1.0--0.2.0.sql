@@ -243,7 +243,10 @@ $$;
  * (NULL: not confined). For the caller of this session that is what both
  * its own rules and those of the role the session logged in as allow
  * (queue.session_role_for): a confined login that took another role with
- * SET ROLE (queue_worker, say, which no rule binds) stays confined.
+ * SET ROLE (queue_worker, say, which no rule binds) stays confined. A
+ * NOINHERIT login is an authenticator (PostgREST's pattern): it holds no
+ * privilege of its own and acts only through the role it takes, so that
+ * role's rules apply alone.
  */
 CREATE FUNCTION queue.access_patterns(p_role oid, p_access text) RETURNS text[]
 LANGUAGE sql STABLE
@@ -251,7 +254,8 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN s.session_role IS NULL THEN queue.role_patterns(p_role, p_access)
                 ELSE queue.intersect_patterns(queue.role_patterns(p_role, p_access),
                                               queue.role_patterns(s.session_role, p_access)) END
-      FROM (SELECT queue.session_role_for(p_role) AS session_role) s;
+      FROM (SELECT (SELECT r.oid FROM pg_roles r
+                     WHERE r.oid = queue.session_role_for(p_role) AND r.rolinherit) AS session_role) s;
 $$;
 
 /*
@@ -1207,7 +1211,8 @@ BEGIN
     -- (or keep alive) another role's worker of the same name.
     INSERT INTO queue.workers AS w (worker, info, registered_by) VALUES (worker, coalesce(info, '{}'), queue.caller())
     ON CONFLICT ON CONSTRAINT workers_pkey
-    DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info)
+    DO UPDATE SET last_heartbeat = now(), stale_since = NULL, info = coalesce(excluded.info, w.info),
+                  registered_by = coalesce(w.registered_by, excluded.registered_by)
      WHERE w.registered_by IS NOT DISTINCT FROM excluded.registered_by OR w.registered_by IS NULL
         OR queue.scope('work') IS NULL;
     IF NOT FOUND THEN
@@ -1351,13 +1356,16 @@ BEGIN
     IF queue.rules_exist() THEN
         PERFORM queue.check_access(queue.caller(), 'produce', p_queue, p_serial_group);
     END IF;
-    SELECT s.owner, s.queue INTO v_old, v_old_queue FROM queue.schedules s WHERE s.name = p_name FOR UPDATE;
+    -- Another team's schedule is neither locked nor named.
+    SELECT s.queue INTO v_old_queue FROM queue.schedules s WHERE s.name = p_name;
     IF FOUND AND NOT queue.access_allows(queue.scope('read'), v_old_queue) THEN
         -- Another team's schedule: say the name is taken, not whose it is.
         RAISE EXCEPTION USING ERRCODE = 'duplicate_object',
             MESSAGE = format('schedule name "%s" is taken', p_name),
             HINT = 'Schedule names are shared by every team of the database: choose another, e.g. prefixed with your queue''s name.';
-    ELSIF FOUND THEN
+    END IF;
+    SELECT s.owner INTO v_old FROM queue.schedules s WHERE s.name = p_name FOR UPDATE;
+    IF FOUND THEN
         PERFORM queue.check_schedule_owner(v_old, p_name);
     END IF;
 
@@ -1395,10 +1403,15 @@ DECLARE
     v_owner name;
     v_queue text;
 BEGIN
-    SELECT s.owner, s.queue INTO v_owner, v_queue FROM queue.schedules s WHERE s.name = queue_unschedule.name FOR UPDATE;
     -- A schedule of a queue the caller may not read is unknown to it, as
-    -- in queue_schedules(): its name and owner stay another team's.
+    -- in queue_schedules(): its name and owner stay another team's, and it
+    -- is not locked (which would hold up its firing).
+    SELECT s.queue INTO v_queue FROM queue.schedules s WHERE s.name = queue_unschedule.name;
     IF NOT FOUND OR NOT queue.access_allows(queue.scope('read'), v_queue) THEN
+        RETURN false;
+    END IF;
+    SELECT s.owner INTO v_owner FROM queue.schedules s WHERE s.name = queue_unschedule.name FOR UPDATE;
+    IF NOT FOUND THEN
         RETURN false;
     END IF;
     PERFORM queue.check_schedule_owner(v_owner, queue_unschedule.name);
@@ -1414,8 +1427,15 @@ DECLARE
     s     queue.schedules;
     v_job bigint;
 BEGIN
+    -- Unknown to a caller that may not read its queue, and then not locked.
+    IF NOT EXISTS (SELECT FROM queue.schedules x WHERE x.name = queue_trigger.name
+                                                  AND queue.access_allows(queue.scope('read'), x.queue)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('schedule "%s" does not exist', queue_trigger.name),
+            HINT = 'queue_schedules() lists the schedules.';
+    END IF;
     SELECT * INTO s FROM queue.schedules WHERE schedules.name = queue_trigger.name FOR UPDATE;
-    IF NOT FOUND OR NOT queue.access_allows(queue.scope('read'), s.queue) THEN
+    IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
             MESSAGE = format('schedule "%s" does not exist', queue_trigger.name),
             HINT = 'queue_schedules() lists the schedules.';
@@ -2379,6 +2399,9 @@ DECLARE
     v_ending   bigint[];
     v_lapsed   bigint[];
     v_expired  bigint;
+    v_id       bigint;
+    v_job      queue.jobs;
+    v_timeout  text := current_setting('lock_timeout');
 BEGIN
     IF queue.leases_ready() THEN
         SELECT coalesce(array_agg(d.id), '{}'), array_agg(d.attempt), array_agg(d.lease_until)
@@ -2412,6 +2435,8 @@ BEGIN
                       -- queue.promote_due), expired by a later pass.
                       AND (serial_group IS NULL OR attempts < max_attempts
                            OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
+                      -- One whose end reaches further ends alone, below.
+                      AND (attempts < max_attempts OR NOT (has_children OR batch_id IS NOT NULL))
                     ORDER BY lease_until
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))
@@ -2429,6 +2454,46 @@ BEGIN
       INTO v_retried, v_ending, v_lapsed
       FROM lapsed;
     v_expired := queue.finish_jobs(v_ending, '{processing}', 'expired', NULL, NULL, NULL);
+
+    -- A last attempt whose end reaches further (its dependents are
+    -- cancelled, their groups released; its batch counts down) takes locks
+    -- beyond its own row and group, which any session may hold (an open
+    -- transaction that pushed into a dependent's group or into the batch).
+    -- Each ends in a subtransaction of its own that waits at most 50 ms for
+    -- a lock; one that cannot is left for a later pass, so that it never
+    -- holds up the expiry of every other lease.
+    FOR v_id IN
+        SELECT id
+          FROM queue.jobs
+         WHERE (v_ids IS NULL OR id = ANY (v_ids))
+           AND status = 'processing' AND lease_until < now()
+           AND attempts >= max_attempts AND (has_children OR batch_id IS NOT NULL)
+         ORDER BY lease_until
+         LIMIT p_batch
+    LOOP
+        BEGIN
+            PERFORM set_config('lock_timeout', '50ms', true);
+            SELECT * INTO v_job FROM queue.jobs j
+             WHERE j.id = v_id AND j.status = 'processing' AND j.lease_until < now()
+               AND (j.serial_group IS NULL OR pg_try_advisory_xact_lock(queue.group_lock_key(j.serial_group)))
+               FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                UPDATE queue.jobs j
+                   SET last_error = format('lease expired: attempt %s was claimed at %s and not finished by %s',
+                                           j.attempts, j.started_at, j.lease_until)
+                 WHERE j.id = v_id
+                RETURNING j.* INTO v_job;
+                INSERT INTO queue.job_errors AS e (job_id, attempt, error)
+                VALUES (v_id, v_job.attempts, v_job.last_error)
+                ON CONFLICT ON CONSTRAINT job_errors_pkey DO UPDATE SET at = now(), error = excluded.error;
+                v_expired := v_expired + queue.finish_jobs(ARRAY[v_id], '{processing}', 'expired', NULL, NULL, NULL);
+                v_lapsed := v_lapsed || v_id;
+            END IF;
+            PERFORM set_config('lock_timeout', v_timeout, true);
+        EXCEPTION WHEN lock_not_available THEN
+            NULL; -- rolled back, lock_timeout with it: a later pass
+        END;
+    END LOOP;
 
     IF v_ids IS NOT NULL THEN
         -- The due entries of jobs that did not lapse here are settled from
@@ -4997,7 +5062,11 @@ UPDATE queue.finished_jobs
  */
 CREATE OR REPLACE FUNCTION queue.promote_due(p_batch int) RETURNS int
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+SET search_path = pg_catalog, pg_temp
+-- jobs_due in run_at order, whatever the statistics say (a fresh table has
+-- none): the group try-lock below then runs only on the rows the scan
+-- visits up to its LIMIT, not on every due row before a sort.
+SET enable_indexscan = on SET enable_bitmapscan = off SET enable_seqscan = off AS $$
 DECLARE
     v_count  int;
     v_queues text[];
@@ -5082,7 +5151,12 @@ BEGIN
             v_job := queue.push_for_schedule(s);
             v_error := NULL;
             v_fired := v_fired + 1;
-        EXCEPTION WHEN OTHERS THEN
+        EXCEPTION WHEN lock_not_available THEN
+            -- Waited past the pass's lock timeout (src/services.rs): not a
+            -- failure of the schedule. It stays due, unchanged, and fires
+            -- once the lock is free (the pass looks again soon).
+            CONTINUE;
+        WHEN OTHERS THEN
             v_job := NULL;
             v_error := SQLERRM;
             v_failed := v_failed + 1;

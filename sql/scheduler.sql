@@ -131,7 +131,12 @@ BEGIN
             v_job := queue.push_for_schedule(s);
             v_error := NULL;
             v_fired := v_fired + 1;
-        EXCEPTION WHEN OTHERS THEN
+        EXCEPTION WHEN lock_not_available THEN
+            -- Waited past the pass's lock timeout (src/services.rs): not a
+            -- failure of the schedule. It stays due, unchanged, and fires
+            -- once the lock is free (the pass looks again soon).
+            CONTINUE;
+        WHEN OTHERS THEN
             v_job := NULL;
             v_error := SQLERRM;
             v_failed := v_failed + 1;
@@ -200,13 +205,16 @@ BEGIN
     IF queue.rules_exist() THEN
         PERFORM queue.check_access(queue.caller(), 'produce', p_queue, p_serial_group);
     END IF;
-    SELECT s.owner, s.queue INTO v_old, v_old_queue FROM queue.schedules s WHERE s.name = p_name FOR UPDATE;
+    -- Another team's schedule is neither locked nor named.
+    SELECT s.queue INTO v_old_queue FROM queue.schedules s WHERE s.name = p_name;
     IF FOUND AND NOT queue.access_allows(queue.scope('read'), v_old_queue) THEN
         -- Another team's schedule: say the name is taken, not whose it is.
         RAISE EXCEPTION USING ERRCODE = 'duplicate_object',
             MESSAGE = format('schedule name "%s" is taken', p_name),
             HINT = 'Schedule names are shared by every team of the database: choose another, e.g. prefixed with your queue''s name.';
-    ELSIF FOUND THEN
+    END IF;
+    SELECT s.owner INTO v_old FROM queue.schedules s WHERE s.name = p_name FOR UPDATE;
+    IF FOUND THEN
         PERFORM queue.check_schedule_owner(v_old, p_name);
     END IF;
 
@@ -250,10 +258,15 @@ DECLARE
     v_owner name;
     v_queue text;
 BEGIN
-    SELECT s.owner, s.queue INTO v_owner, v_queue FROM queue.schedules s WHERE s.name = queue_unschedule.name FOR UPDATE;
     -- A schedule of a queue the caller may not read is unknown to it, as
-    -- in queue_schedules(): its name and owner stay another team's.
+    -- in queue_schedules(): its name and owner stay another team's, and it
+    -- is not locked (which would hold up its firing).
+    SELECT s.queue INTO v_queue FROM queue.schedules s WHERE s.name = queue_unschedule.name;
     IF NOT FOUND OR NOT queue.access_allows(queue.scope('read'), v_queue) THEN
+        RETURN false;
+    END IF;
+    SELECT s.owner INTO v_owner FROM queue.schedules s WHERE s.name = queue_unschedule.name FOR UPDATE;
+    IF NOT FOUND THEN
         RETURN false;
     END IF;
     PERFORM queue.check_schedule_owner(v_owner, queue_unschedule.name);
@@ -275,8 +288,15 @@ DECLARE
     s     queue.schedules;
     v_job bigint;
 BEGIN
+    -- Unknown to a caller that may not read its queue, and then not locked.
+    IF NOT EXISTS (SELECT FROM queue.schedules x WHERE x.name = queue_trigger.name
+                                                  AND queue.access_allows(queue.scope('read'), x.queue)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('schedule "%s" does not exist', queue_trigger.name),
+            HINT = 'queue_schedules() lists the schedules.';
+    END IF;
     SELECT * INTO s FROM queue.schedules WHERE schedules.name = queue_trigger.name FOR UPDATE;
-    IF NOT FOUND OR NOT queue.access_allows(queue.scope('read'), s.queue) THEN
+    IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
             MESSAGE = format('schedule "%s" does not exist', queue_trigger.name),
             HINT = 'queue_schedules() lists the schedules.';

@@ -289,10 +289,30 @@ unsafe fn numeric_printed_len(n: pg_sys::Numeric) -> i64 {
     }
 }
 
+/// How many bytes a JSON string prints as: its quotes, and each byte that
+/// needs an escape as its escape (`\"`, `\\`, `\n` and the like, `\u0001`
+/// for the other control characters: six bytes for one).
+unsafe fn string_printed_len(s: &pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_1) -> i64 {
+    let len = s.len.max(0) as usize;
+    let bytes = if len == 0 || s.val.is_null() {
+        &[][..]
+    } else {
+        unsafe { std::slice::from_raw_parts(s.val.cast::<u8>(), len) }
+    };
+    let extra: i64 = bytes
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' | b'\t' | b'\r' | 0x08 | 0x0c => 1,
+            0..=0x1f => 5,
+            _ => 0,
+        })
+        .sum();
+    len as i64 + 2 + extra
+}
+
 /// About how many bytes a jsonb value prints as (its text form, as every
 /// client receives it), without printing it: keys and strings with their
-/// quotes and separators, numbers by [`numeric_printed_len`]. Escapes are
-/// not counted (at most six bytes for one).
+/// quotes, escapes and separators, numbers by [`numeric_printed_len`].
 unsafe fn jsonb_printed_size(jb: *mut pg_sys::Jsonb) -> i64 {
     use pg_sys::JsonbIteratorToken::*;
     unsafe {
@@ -302,10 +322,10 @@ unsafe fn jsonb_printed_size(jb: *mut pg_sys::Jsonb) -> i64 {
         loop {
             match pg_sys::JsonbIteratorNext(&mut it, &mut v, false) {
                 WJB_DONE => break,
-                WJB_KEY => total += v.val.string.len as i64 + 4,
+                WJB_KEY => total += string_printed_len(&v.val.string) + 2,
                 WJB_VALUE | WJB_ELEM => {
                     total += 2 + match v.type_ {
-                        pg_sys::jbvType::jbvString => v.val.string.len as i64 + 2,
+                        pg_sys::jbvType::jbvString => string_printed_len(&v.val.string),
                         pg_sys::jbvType::jbvNumeric => numeric_printed_len(v.val.numeric),
                         pg_sys::jbvType::jbvBool => 5,
                         _ => 4,

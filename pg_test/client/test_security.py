@@ -410,6 +410,70 @@ def test_confined_producers_cannot_depend_on_or_read_another_teams_jobs(teams):
         assert alice.execute("SELECT queue_job(%s) ->> 'status'", (child,)).fetchone()[0] == "blocked"
 
 
+def test_a_lock_held_on_an_expiring_jobs_dependents_holds_up_no_other_expiry(queue_name):
+    """A last attempt whose lease lapses cancels its dependents, releasing
+    their groups, under their groups' locks. A session holding one of those
+    locks (an open transaction that pushed into a dependent's group) must
+    not hold up the expiry of every other lease: that job waits for a later
+    pass, the others expire."""
+    q = queue_name
+    group = q + ":g"
+    with connect() as su, connect(autocommit=False) as holder:
+        parent = su.execute("SELECT queue_push(%s, '{}', max_attempts => 1, timeout => '1 second')", (q,)).fetchone()[0]
+        assert su.execute("SELECT id FROM queue_pop(%s, 'w')", (q,)).fetchone() == (parent,)
+        child = su.execute("SELECT queue_push(%s, '{}', serial_group => %s, depends_on => ARRAY[%s::bigint])",
+                           (q + "-c", group, parent)).fetchone()[0]
+        other = su.execute("SELECT queue_push(%s, '{}', max_attempts => 1, timeout => '1 second')",
+                           (q + "-x",)).fetchone()[0]
+        assert su.execute("SELECT id FROM queue_pop(%s, 'w')", (q + "-x",)).fetchone() == (other,)
+        holder.execute("SELECT queue_push(%s, '{}', serial_group => %s)", (q + "-c", group))
+        try:
+            wait_for(su, "SELECT status::text FROM queue.all_jobs WHERE id = %s", (other,), "expired", timeout=6)
+            assert su.execute("SELECT status::text FROM queue.all_jobs WHERE id = %s", (parent,)).fetchone() == \
+                ("processing",), "the parent waits for the group"
+        finally:
+            holder.commit()
+        wait_for(su, "SELECT status::text FROM queue.all_jobs WHERE id = %s", (parent,), "expired", timeout=6)
+        wait_for(su, "SELECT status::text FROM queue.all_jobs WHERE id = %s", (child,), "cancelled", timeout=6)
+
+
+def test_a_confined_admin_locks_no_schedule_it_may_not_see(teams):
+    """A schedule of another team's queue is unknown to a confined admin,
+    and so never locked by its calls: it keeps firing while the admin's
+    transaction stays open."""
+    names, qa, qb = teams
+    other = qb + "-every"
+    with connect() as su, psycopg.connect(dsn_for(names["ops_a"])) as ops:
+        su.execute("SELECT queue_schedule(%s, 'every 1 second', %s)", (other, qb))
+        try:
+            assert ops.execute("SELECT queue_unschedule(%s)", (other,)).fetchone()[0] is False
+            before = su.execute("SELECT last_job_id FROM queue.schedules WHERE name = %s", (other,)).fetchone()[0]
+            wait_for(su, "SELECT last_job_id IS DISTINCT FROM %s FROM queue.schedules WHERE name = %s",
+                     (before, other), True, timeout=5)
+        finally:
+            ops.rollback()
+            su.execute("SELECT queue_unschedule(%s)", (other,))
+
+
+def test_an_authenticator_login_takes_the_rules_of_the_role_it_becomes(teams):
+    """A NOINHERIT login (PostgREST's authenticator) holds no privilege of its
+    own: after SET ROLE it is confined by that role's rules alone, so a
+    confined member role does not confine its service role."""
+    names, qa, qb = teams
+    authn, service = names["team_a"] + "_authn", names["team_a"] + "_service"
+    with connect() as su:
+        su.execute(f"CREATE ROLE {service} NOLOGIN IN ROLE queue_producer, queue_worker")
+        su.execute(f"CREATE ROLE {authn} LOGIN NOINHERIT IN ROLE {names['team_a']}, {service}")
+    try:
+        with as_role(authn) as a:
+            a.execute(f"SET ROLE {service}")
+            assert a.execute("SELECT queue_push(%s, '{}')", (qb,)).fetchone()[0] > 0
+    finally:
+        with connect() as su:
+            su.execute(f"DROP ROLE {authn}")
+            su.execute(f"DROP ROLE {service}")
+
+
 def test_a_read_rule_does_not_let_a_role_lock_another_teams_job_by_depending_on_it(teams):
     """Depending on a live job locks it until the push commits, and a locked
     job is skipped by claims: a role that may only read another team's queue
@@ -587,6 +651,8 @@ def test_a_worker_row_belongs_to_the_role_that_registered_it(teams):
     with as_role(names["alice"]) as alice, as_role(names["bob"]) as bob, as_role(names["ops_a"]) as ops, \
             connect() as su:
         try:
+            # a row from before registered_by existed belongs to its next heartbeat's role
+            su.execute("INSERT INTO queue.workers (worker) VALUES (%s)", (w,))
             bob.execute("SELECT queue_heartbeat(%s, '{\"host\": \"bob-host\"}')", (w,))
             assert sqlstate_of(alice, "SELECT queue_heartbeat(%s, '{\"host\": \"evil\"}')", (w,)) == "42501"
             su.execute("UPDATE queue.workers SET last_heartbeat = now() - interval '1 hour' WHERE worker = %s", (w,))

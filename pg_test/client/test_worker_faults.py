@@ -101,6 +101,24 @@ def test_statement_and_lock_timeouts_inside_duties(queue_name, log_mark):
         assert "terminated by signal" not in log and "exited with exit code" not in log
 
 
+def test_a_schedule_whose_push_waits_past_the_passes_lock_timeout_still_fires(queue_name):
+    """A pass waits at most 2 s for a lock (src/services.rs). A schedule whose
+    push waited longer is not a failed schedule: it stays due and fires once
+    the lock is free, a one-time schedule included."""
+    name = queue_name + "-once"
+    with connect() as c, connect(autocommit=False) as locker:
+        c.execute("SELECT queue_schedule(%s, 'at ' || (now() + interval '300 milliseconds'), %s)", (name, queue_name))
+        locker.execute("LOCK TABLE queue.jobs IN SHARE MODE")
+        time.sleep(3.0)
+        locker.rollback()
+        try:
+            wait_for(c, "SELECT count(*) FROM queue.jobs WHERE queue = %s", (queue_name,), 1, timeout=5)
+            assert c.execute("SELECT last_error, enabled, last_job_id IS NOT NULL FROM queue.schedules WHERE name = %s",
+                             (name,)).fetchone() == (None, False, True)
+        finally:
+            c.execute("SELECT queue_unschedule(%s)", (name,))
+
+
 def test_workers_are_idle_between_passes():
     """Sampled many times, the workers are 'idle' nearly always: monitoring
     does not count them busy, and scripts that end long-active sessions

@@ -58,6 +58,8 @@ SELECT pg_temp.error_of($$SELECT queue_push('q', '[1e2000]', delay => '1 minute'
 SELECT pg_temp.error_of($$SELECT queue_push_batch('q', ARRAY['{}'::jsonb, '[1e2000]'])$$);
 SELECT pg_temp.error_of($$SELECT queue_schedule('s', '@daily', 'q', '[1e2000]')$$);
 SELECT pg_temp.error_of($$SELECT queue_heartbeat('w', '[1e-2000]')$$);
+-- Escapes count too: a control character prints as six bytes (\u0001).
+SELECT pg_temp.error_of($$SELECT queue_push('q', jsonb_build_array(repeat(E'\u0001', 300)))$$);
 
 -- A claimed job: result, error, progress message and lease extension.
 SELECT queue_push('q', '{}') AS job \gset

@@ -50,7 +50,7 @@ DECLARE
     v_next_priority   int;
     v_next_queue      text;
 BEGIN
-    PERFORM pg_advisory_xact_lock(queue.group_lock_key(p_group));
+    PERFORM queue.group_lock(queue.group_lock_key(p_group));
 
     SELECT id, status, attempts > 0, priority
       INTO v_active_id, v_active_status, v_active_started, v_active_priority
@@ -100,7 +100,7 @@ DECLARE
     v_queues text[];
     v_queue  text;
 BEGIN
-    PERFORM pg_advisory_xact_lock(k)
+    PERFORM queue.group_lock(k)
        FROM (SELECT DISTINCT queue.group_lock_key(g) AS k FROM unnest(p_groups) AS g ORDER BY 1) keys;
     WITH elected AS (
         UPDATE queue.jobs j
@@ -624,7 +624,7 @@ BEGIN
                               AND c.status = 'pending'
                               AND NOT c.group_waiting
                               AND (c.serial_group IS NULL
-                                   OR pg_try_advisory_xact_lock(queue.group_lock_key(c.serial_group)))
+                                   OR queue.group_try_lock(queue.group_lock_key(c.serial_group)))
                             ORDER BY c.priority, c.id
                             LIMIT v_batch
                               FOR UPDATE SKIP LOCKED))

@@ -43,7 +43,7 @@ BEGIN
                       -- not stall the pass, and every queue with it: such a
                       -- job waits for a later pass, as a claim skips it.
                       AND (serial_group IS NULL OR status = 'retrying'
-                           OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
+                           OR queue.group_try_lock(queue.group_lock_key(serial_group)))
                     ORDER BY run_at
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))
@@ -190,7 +190,7 @@ BEGIN
                       -- group's lock: skipped while a session holds it (see
                       -- queue.promote_due), expired by a later pass.
                       AND (serial_group IS NULL OR attempts < max_attempts
-                           OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
+                           OR queue.group_try_lock(queue.group_lock_key(serial_group)))
                       -- One whose end reaches further ends alone, below.
                       AND (attempts < max_attempts OR NOT (has_children OR batch_id IS NOT NULL))
                     ORDER BY lease_until
@@ -231,7 +231,7 @@ BEGIN
             PERFORM set_config('lock_timeout', '50ms', true);
             SELECT * INTO v_job FROM queue.jobs j
              WHERE j.id = v_id AND j.status = 'processing' AND j.lease_until < now()
-               AND (j.serial_group IS NULL OR pg_try_advisory_xact_lock(queue.group_lock_key(j.serial_group)))
+               AND (j.serial_group IS NULL OR queue.group_try_lock(queue.group_lock_key(j.serial_group)))
                FOR UPDATE SKIP LOCKED;
             IF FOUND THEN
                 UPDATE queue.jobs j

@@ -127,6 +127,34 @@ CREATE FUNCTION queue.json_size(jsonb) RETURNS int
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'queue_json_size';
 
+-- The serial groups' and the counters' locks, under lock tags no SQL
+-- function can name (src/locks.rs).
+CREATE  FUNCTION queue."group_lock"(
+	"key" bigint /* i64 */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'group_lock_wrapper';
+
+CREATE  FUNCTION queue."group_try_lock"(
+	"key" bigint /* i64 */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'group_try_lock_wrapper';
+
+CREATE  FUNCTION queue."counters_lock"(
+	"shared" bool /* bool */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'counters_lock_wrapper';
+
+CREATE  FUNCTION queue."counters_try_lock"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'counters_try_lock_wrapper';
+
 CREATE  FUNCTION queue."session_role_for"(
 	"role" oid /* pg_sys :: Oid */
 ) RETURNS oid /* Option < pg_sys :: Oid > */
@@ -477,7 +505,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
+    PERFORM queue.counters_lock(true);
     RETURN QUERY
     SELECT r.queue::text, r.priority,
            sum(r.scheduled)::bigint, sum(r.pending)::bigint, sum(r.processing)::bigint,
@@ -775,7 +803,7 @@ BEGIN
                               AND c.status = 'pending'
                               AND NOT c.group_waiting
                               AND (c.serial_group IS NULL
-                                   OR pg_try_advisory_xact_lock(queue.group_lock_key(c.serial_group)))
+                                   OR queue.group_try_lock(queue.group_lock_key(c.serial_group)))
                             ORDER BY c.priority, c.id
                             LIMIT v_batch
                               FOR UPDATE SKIP LOCKED))
@@ -1521,7 +1549,7 @@ BEGIN
     -- transaction that then writes jobs would otherwise deadlock with us.
     PERFORM set_config('lock_timeout', '10ms', true);
     LOCK TABLE queue.jobs IN SHARE MODE;
-    PERFORM pg_advisory_xact_lock(1903519093, 1);
+    PERFORM queue.counters_lock(false);
     PERFORM set_config('lock_timeout', v_timeout, true);
     PERFORM queue.stats_forget_gauges();
     UPDATE queue.stats
@@ -1605,7 +1633,7 @@ BEGIN
             RAISE WARNING 'queue: recounting the job gauges failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
         END;
     END IF;
-    IF NOT pg_try_advisory_xact_lock(1903519093, 1) THEN
+    IF NOT queue.counters_try_lock() THEN
         RETURN 0;
     END IF;
     -- The amounts moved are also this minute's throughput (counts[5] is
@@ -2295,7 +2323,7 @@ BEGIN
     -- What shared memory holds and no flush has moved yet belongs to this
     -- minute; the shared lock keeps a flush from moving it meanwhile, so
     -- nothing is counted twice (as in queue.stats_rows).
-    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
+    PERFORM queue.counters_lock(true);
     RETURN QUERY
     SELECT r.queue, r.minute, sum(r.pushed)::bigint, sum(r.completed)::bigint, sum(r.failed)::bigint,
            sum(r.retried)::bigint
@@ -2434,7 +2462,7 @@ BEGIN
                       -- group's lock: skipped while a session holds it (see
                       -- queue.promote_due), expired by a later pass.
                       AND (serial_group IS NULL OR attempts < max_attempts
-                           OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
+                           OR queue.group_try_lock(queue.group_lock_key(serial_group)))
                       -- One whose end reaches further ends alone, below.
                       AND (attempts < max_attempts OR NOT (has_children OR batch_id IS NOT NULL))
                     ORDER BY lease_until
@@ -2475,7 +2503,7 @@ BEGIN
             PERFORM set_config('lock_timeout', '50ms', true);
             SELECT * INTO v_job FROM queue.jobs j
              WHERE j.id = v_id AND j.status = 'processing' AND j.lease_until < now()
-               AND (j.serial_group IS NULL OR pg_try_advisory_xact_lock(queue.group_lock_key(j.serial_group)))
+               AND (j.serial_group IS NULL OR queue.group_try_lock(queue.group_lock_key(j.serial_group)))
                FOR UPDATE SKIP LOCKED;
             IF FOUND THEN
                 UPDATE queue.jobs j
@@ -3544,7 +3572,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
+    PERFORM queue.counters_lock(true);
     RETURN QUERY
     SELECT r.queue::text, r.priority,
            sum(r.scheduled)::bigint, sum(r.pending)::bigint, sum(r.processing)::bigint,
@@ -3592,7 +3620,7 @@ BEGIN
     -- transaction that then writes jobs would otherwise deadlock with us.
     PERFORM set_config('lock_timeout', '10ms', true);
     LOCK TABLE queue.jobs IN SHARE MODE;
-    PERFORM pg_advisory_xact_lock(1903519093, 1);
+    PERFORM queue.counters_lock(false);
     PERFORM set_config('lock_timeout', v_timeout, true);
     PERFORM queue.stats_forget_gauges();
     UPDATE queue.stats
@@ -3631,7 +3659,7 @@ BEGIN
             RAISE WARNING 'queue: recounting the job gauges failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
         END;
     END IF;
-    IF NOT pg_try_advisory_xact_lock(1903519093, 1) THEN
+    IF NOT queue.counters_try_lock() THEN
         RETURN 0;
     END IF;
     -- The amounts moved are also this minute's throughput (counts[5] is
@@ -4550,7 +4578,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
+    PERFORM queue.counters_lock(true);
     RETURN QUERY
     SELECT CASE WHEN p_by_queue THEN r.queue::text END, CASE WHEN NOT p_by_queue THEN r.priority END,
            sum(r.scheduled)::bigint, sum(r.pending)::bigint, sum(r.processing)::bigint,
@@ -4594,7 +4622,7 @@ BEGIN
             RAISE WARNING 'queue: recounting the job gauges failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
         END;
     END IF;
-    IF NOT pg_try_advisory_xact_lock(1903519093, 1) THEN
+    IF NOT queue.counters_try_lock() THEN
         RETURN 0;
     END IF;
     -- The amounts moved are also this minute's throughput (counts[5] is
@@ -5092,7 +5120,7 @@ BEGIN
                       -- not stall the pass, and every queue with it: such a
                       -- job waits for a later pass, as a claim skips it.
                       AND (serial_group IS NULL OR status = 'retrying'
-                           OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
+                           OR queue.group_try_lock(queue.group_lock_key(serial_group)))
                     ORDER BY run_at
                     LIMIT p_batch
                       FOR UPDATE SKIP LOCKED))
@@ -5142,7 +5170,7 @@ BEGIN
            -- A push into a serial group takes the group's lock: a session
            -- holding it must not stall every other schedule. The schedule
            -- stays due and fires once the group is free.
-           AND (serial_group IS NULL OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
+           AND (serial_group IS NULL OR queue.group_try_lock(queue.group_lock_key(serial_group)))
          ORDER BY next_run_at
          LIMIT p_batch
            FOR UPDATE SKIP LOCKED

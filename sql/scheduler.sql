@@ -122,7 +122,7 @@ BEGIN
            -- A push into a serial group takes the group's lock: a session
            -- holding it must not stall every other schedule. The schedule
            -- stays due and fires once the group is free.
-           AND (serial_group IS NULL OR pg_try_advisory_xact_lock(queue.group_lock_key(serial_group)))
+           AND (serial_group IS NULL OR queue.group_try_lock(queue.group_lock_key(serial_group)))
          ORDER BY next_run_at
          LIMIT p_batch
            FOR UPDATE SKIP LOCKED

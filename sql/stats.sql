@@ -150,7 +150,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
+    PERFORM queue.counters_lock(true);
     RETURN QUERY
     SELECT r.queue::text, r.priority,
            sum(r.scheduled)::bigint, sum(r.pending)::bigint, sum(r.processing)::bigint,
@@ -189,7 +189,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
+    PERFORM queue.counters_lock(true);
     RETURN QUERY
     SELECT CASE WHEN p_by_queue THEN r.queue::text END, CASE WHEN NOT p_by_queue THEN r.priority END,
            sum(r.scheduled)::bigint, sum(r.pending)::bigint, sum(r.processing)::bigint,
@@ -258,7 +258,7 @@ BEGIN
     -- transaction that then writes jobs would otherwise deadlock with us.
     PERFORM set_config('lock_timeout', '10ms', true);
     LOCK TABLE queue.jobs IN SHARE MODE;
-    PERFORM pg_advisory_xact_lock(1903519093, 1);
+    PERFORM queue.counters_lock(false);
     PERFORM set_config('lock_timeout', v_timeout, true);
     PERFORM queue.stats_forget_gauges();
     UPDATE queue.stats
@@ -306,7 +306,7 @@ BEGIN
             RAISE WARNING 'queue: recounting the job gauges failed: % (SQLSTATE %)', SQLERRM, SQLSTATE;
         END;
     END IF;
-    IF NOT pg_try_advisory_xact_lock(1903519093, 1) THEN
+    IF NOT queue.counters_try_lock() THEN
         RETURN 0;
     END IF;
     -- The amounts moved are also this minute's throughput (counts[5] is
@@ -673,7 +673,7 @@ BEGIN
     -- What shared memory holds and no flush has moved yet belongs to this
     -- minute; the shared lock keeps a flush from moving it meanwhile, so
     -- nothing is counted twice (as in queue.stats_rows).
-    PERFORM pg_advisory_xact_lock_shared(1903519093, 1);
+    PERFORM queue.counters_lock(true);
     RETURN QUERY
     SELECT r.queue, r.minute, sum(r.pushed)::bigint, sum(r.completed)::bigint, sum(r.failed)::bigint,
            sum(r.retried)::bigint

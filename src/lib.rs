@@ -14,6 +14,7 @@ mod cron;
 mod gucs;
 mod launcher;
 mod leases;
+mod locks;
 mod push;
 mod scheduler;
 mod serial_group;
@@ -58,6 +59,10 @@ extension_sql_file!(
         validate::check_queue_name,
         validate::check_group_name,
         serial_group::group_lock_key,
+        locks::group_lock,
+        locks::group_try_lock,
+        locks::counters_lock,
+        locks::counters_try_lock,
         backoff::retry_delay,
         validate::check_push_args,
         validate::check_span,

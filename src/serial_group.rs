@@ -14,9 +14,9 @@
 //! acks wait) with one open transaction. The secret is drawn at every server
 //! start (src/shared.rs), which is all a key of transaction-scoped locks needs
 //! to be stable for. Without shared memory (the library not preloaded) the
-//! key is fixed. The key of a lock that is held shows in `pg_locks`, and any
-//! role may take an advisory lock: that is left open (README, Security
-//! model); taking these locks under a lock tag SQL cannot name is the fix.
+//! key is fixed. The lock itself is taken under a lock tag no SQL function
+//! can name (src/locks.rs): a held key shows in `pg_locks`, and any role may
+//! call `pg_advisory_lock`.
 
 use pgrx::prelude::*;
 use std::hash::Hasher;

@@ -70,10 +70,9 @@ type Counts = [i64; COUNTERS];
 /// Queue names are at most 57 bytes.
 const NAME_BYTES: usize = 64;
 
-// The flush and the recount take the advisory lock (1903519093, 1)
-// exclusively, readers take it shared (sql/stats.sql). 1903519093 is
-// 0x71756575, "queu"; the two-int form is a key space of its own, apart
-// from the serial-group locks.
+// The flush and the recount take the counters' lock (src/locks.rs)
+// exclusively, readers take it shared (sql/stats.sql): a lock tag no SQL
+// function can name, so that no session can hold it and stall them.
 
 /// A job status as the counters see it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

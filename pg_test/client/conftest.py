@@ -150,6 +150,6 @@ def remove_namespace(prefix):
         # Under the counters' advisory lock, as the flush takes it: a flush
         # upserting these rows meanwhile would otherwise deadlock with us.
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(1903519093, 1)")
+            conn.execute("SELECT queue.counters_lock(false)")
             conn.execute("DELETE FROM queue.stats WHERE starts_with(queue, %(p)s)", {"p": prefix})
             conn.execute("DELETE FROM queue.stats_minutes WHERE starts_with(queue, %(p)s)", {"p": prefix})

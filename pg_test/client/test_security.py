@@ -410,6 +410,40 @@ def test_confined_producers_cannot_depend_on_or_read_another_teams_jobs(teams):
         assert alice.execute("SELECT queue_job(%s) ->> 'status'", (child,)).fetchone()[0] == "blocked"
 
 
+def test_a_role_that_reads_pg_locks_cannot_hold_a_group_or_the_counters(teams):
+    """pg_locks shows every held lock's key to anyone, and any role may call
+    pg_advisory_lock. The queue's own locks are under a lock tag SQL cannot
+    name: a role with no queue grant at all that takes the key it read
+    holds nothing the queue waits for."""
+    names, qa, qb = teams
+    eve = names["team_b"] + "_eve"
+    group = qb + ":c1"
+    with connect() as su:
+        su.execute(f"CREATE ROLE {eve} LOGIN")
+    try:
+        with psycopg.connect(dsn_for(names["bob"])) as bob_tx, as_role(names["bob"]) as bob, as_role(eve) as e:
+            bob_tx.execute("SELECT queue_push(%s, '{}', serial_group => %s)", (qb, group))
+            keys = e.execute("SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks"
+                             " WHERE locktype = 'advisory' AND classid = 1903519093 AND objsubid = 3").fetchall()
+            assert keys, "the group's lock shows in pg_locks"
+            bob_tx.commit()
+            for (key,) in keys:
+                e.execute("SELECT pg_advisory_lock(%s)", (key,))
+            e.execute("SELECT pg_advisory_lock(1903519093, 1)")
+            bob.execute("SET lock_timeout = '2s'")
+            bob.execute("SELECT queue_push(%s, '{}', serial_group => %s)", (qb, group))
+            claim = bob.execute("SELECT id, attempt FROM queue_pop(%s, 'bob')", (qb,)).fetchone()
+            assert claim is not None
+            assert bob.execute("SELECT queue_ack(%s, attempt => %s)", claim).fetchone()[0] is True
+            with connect() as su:
+                su.execute("SET lock_timeout = '2s'")
+                assert su.execute("SELECT queue_stats(%s)", (qb,)).fetchone()[0]["total_pushed"] >= 2
+            e.execute("SELECT pg_advisory_unlock_all()")
+    finally:
+        with connect() as su:
+            su.execute(f"DROP ROLE {eve}")
+
+
 def test_a_lock_held_on_an_expiring_jobs_dependents_holds_up_no_other_expiry(queue_name):
     """A last attempt whose lease lapses cancels its dependents, releasing
     their groups, under their groups' locks. A session holding one of those

@@ -68,6 +68,9 @@ if blocks[0] != blocks[1]:
     sys.exit(f"{sys.argv[1]} is not the install script kept in {sys.argv[2]}")
 PY
 
+  # Left running for `new` when this succeeds; stopped when it fails, so that
+  # a failed run holds no port for the next one.
+  trap 'status=$?; [ "$status" -eq 0 ] || scripts/cluster.sh stop "$CLUSTER" || true; exit "$status"' EXIT
   scripts/cluster.sh start "$CLUSTER" "$PORT" "queue.tick = 100ms" "queue.database = 'upgraded'"
   psql_db postgres -c "CREATE DATABASE upgraded"
   # A second database, updated while a worker and a producer use it. 0.1.0
@@ -81,12 +84,12 @@ PY
   ;;
 new)
   # The new .so is installed; a restart loads it (the old catalog stays), and
-  # its services serve both databases.
+  # its services serve both databases. The cluster stops however this ends.
+  trap 'scripts/cluster.sh stop "$CLUSTER" || true' EXIT
   psql_db postgres -c "ALTER SYSTEM SET queue.database = 'upgraded, upgraded_busy'"
   scripts/cluster.sh restart "$CLUSTER"
   python3 -m pytest -q -p no:cacheprovider pg_test/upgrade/test_upgrade.py -k after_upgrade
   python3 -m pytest -q -p no:cacheprovider pg_test/upgrade/test_upgrade_under_load.py
-  scripts/cluster.sh stop "$CLUSTER"
   ;;
 *)
   echo "usage: upgrade-test.sh old|new" >&2

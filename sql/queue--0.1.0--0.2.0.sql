@@ -5077,6 +5077,118 @@ UPDATE queue.finished_jobs
    SET run_at = created_at
  WHERE run_at IN ('infinity', '-infinity');
 
+-- The serial groups' locks are taken under a lock tag no SQL function can
+-- name (src/locks.rs), so that no session can hold another's group.
+/*
+ * queue.group_elect: make the right job of a serial group its active job.
+ *
+ * A group has at most one active job (processing, retrying, or pending and
+ * next in line), enforced by the unique index jobs_group_active. This is
+ * called whenever the group may have changed: a push into the group, a
+ * scheduled job becoming due, the active job finishing or being cancelled.
+ *
+ *  - A job that has started (processing, retrying, or pending again after a
+ *    retry) keeps the group until it is final: nothing changes.
+ *  - Otherwise the waiting job first in (priority, id) order becomes active,
+ *    replacing a not-yet-started active job that it overtakes, and the queue
+ *    of the new active job is woken.
+ *
+ * All electors of one group, and the claimers of its jobs, serialize on a
+ * transaction-scoped advisory lock keyed by a keyed hash of the group name
+ * (src/serial_group.rs).
+ * Both lookups read small partial indexes: O(log n) whatever the group size.
+ */
+CREATE OR REPLACE FUNCTION queue.group_elect(p_group text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+-- As queue_pop: the next job of a group is read from jobs_group_next in order.
+SET enable_indexscan = on SET enable_bitmapscan = off SET enable_seqscan = off AS $$
+DECLARE
+    v_active_id       bigint;
+    v_active_status   queue.job_status;
+    v_active_started  boolean;
+    v_active_priority int;
+    v_next_id         bigint;
+    v_next_priority   int;
+    v_next_queue      text;
+BEGIN
+    PERFORM queue.group_lock(queue.group_lock_key(p_group));
+
+    SELECT id, status, attempts > 0, priority
+      INTO v_active_id, v_active_status, v_active_started, v_active_priority
+      FROM queue.jobs
+     WHERE serial_group = p_group
+       AND (status IN ('processing', 'retrying') OR (status = 'pending' AND NOT group_waiting));
+    IF v_active_id IS NOT NULL AND (v_active_status <> 'pending' OR v_active_started) THEN
+        RETURN;
+    END IF;
+
+    SELECT id, priority, queue INTO v_next_id, v_next_priority, v_next_queue
+      FROM queue.jobs
+     WHERE serial_group = p_group AND status = 'pending' AND group_waiting
+     ORDER BY priority, id
+     LIMIT 1;
+    IF v_next_id IS NULL
+       OR (v_active_id IS NOT NULL AND (v_active_priority, v_active_id) < (v_next_priority, v_next_id)) THEN
+        RETURN;
+    END IF;
+
+    -- Demote first: the unique index allows one active job at any moment.
+    IF v_active_id IS NOT NULL THEN
+        UPDATE queue.jobs SET group_waiting = true WHERE id = v_active_id;
+    END IF;
+    UPDATE queue.jobs SET group_waiting = false WHERE id = v_next_id;
+    PERFORM queue.wake(v_next_queue);
+END;
+$$;
+
+/*
+ * queue.release_groups: jobs of these groups just became final (ack, fail,
+ * expiry, cancel); make each group that has no active job left activate
+ * its next one. Cheaper than queue.group_elect per group, and set-based for
+ * batch acks: with no active job left, the next one is simply the first
+ * waiting job in (priority, id) order. A group whose active job is still
+ * there (a waiting job was cancelled) keeps it: it is already the best. The
+ * group locks are taken in one global order (by key) so that concurrent
+ * releasers cannot deadlock; the unique index jobs_group_active is the
+ * guarantee.
+ */
+CREATE OR REPLACE FUNCTION queue.release_groups(p_groups text[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+-- As queue_pop: the next job of a group is read from jobs_group_next in order.
+SET enable_indexscan = on SET enable_bitmapscan = off SET enable_seqscan = off AS $$
+DECLARE
+    v_queues text[];
+    v_queue  text;
+BEGIN
+    PERFORM queue.group_lock(k)
+       FROM (SELECT DISTINCT queue.group_lock_key(g) AS k FROM unnest(p_groups) AS g ORDER BY 1) keys;
+    WITH elected AS (
+        UPDATE queue.jobs j
+           SET group_waiting = false
+         WHERE j.id = ANY (ARRAY(
+                   SELECT n.id
+                     FROM unnest(p_groups) AS g(name),
+                          LATERAL (SELECT w.id FROM queue.jobs w
+                                    WHERE w.serial_group = g.name AND w.status = 'pending'
+                                      AND w.group_waiting
+                                    ORDER BY w.priority, w.id
+                                    LIMIT 1) n
+                    WHERE NOT EXISTS (
+                          SELECT 1 FROM queue.jobs a
+                           WHERE a.serial_group = g.name
+                             AND (a.status IN ('processing', 'retrying')
+                                  OR (a.status = 'pending' AND NOT a.group_waiting)))))
+        RETURNING j.queue
+    )
+    SELECT array_agg(DISTINCT queue) INTO v_queues FROM elected;
+    FOREACH v_queue IN ARRAY coalesce(v_queues, '{}') LOOP
+        PERFORM queue.wake(v_queue);
+    END LOOP;
+END;
+$$;
+
 -- A session holding a serial group's lock (an open transaction that pushed
 -- into the group) no longer stalls the promotion of due jobs or the
 -- scheduler, and every queue with them: grouped work whose lock is busy
